@@ -1,0 +1,77 @@
+"""The seam between the broker and the policy engine.
+
+The broker asks; the policy answers with a Decision. It never decides access itself. Two things sit
+here: the Peer a connection presents (who, proved by what), and the AccessPolicy protocol the broker
+calls for every connect, subscribe, publish and delivery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.mqtt.packets import Connect
+from gateway.policy.decision import Decision, allow, deny
+from pki.names import Identity
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What a connection proved about itself before sending a single MQTT byte."""
+
+    address: str  # "host:port" of the remote end
+    identity: Identity | None  # from the verified client certificate; None only on the lab listener
+    certificate_serial: int | None = None
+    certificate_not_after: float | None = None  # epoch seconds
+
+    @property
+    def is_lab_client(self) -> bool:
+        return self.identity is None
+
+
+class AccessPolicy(Protocol):
+    def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision: ...
+
+    def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision: ...
+
+    def decide_publish(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision: ...
+
+    def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
+        """May this peer receive a message on this topic now (retained, queued, will, live)?"""
+        ...
+
+
+class CertificateOnlyPolicy:
+    """The built-in floor that no configuration can lower.
+
+    Certificate clients: the client id must equal the certificate's id. Lab clients (plaintext,
+    loopback only): any client id, any topic outside the gateway's own `$` space. Everything above
+    this floor (grants, quarantine, rates) is the policy engine's.
+    """
+
+    def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
+        if peer.identity is None:
+            return allow("lab_client", "builtin/lab_listener")
+        if connect.client_id != peer.identity.id:
+            return deny("client_id_mismatch", "builtin/client_id_binding")
+        return allow("certificate_identity", "builtin/client_id_binding")
+
+    def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
+        return _outside_dollar_space(topic_filter)
+
+    def decide_publish(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        return _outside_dollar_space(topic)
+
+    def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
+        return _outside_dollar_space(topic)
+
+
+def _outside_dollar_space(topic: str) -> Decision:
+    bare = topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
+    if bare.startswith("$"):
+        return deny("reserved_topic", "builtin/dollar_topics")
+    return allow("builtin_floor", "builtin/floor")
