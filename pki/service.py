@@ -1,0 +1,346 @@
+"""FleetCA: the CA's operations as the CLI and the EST handlers use them.
+
+Each operation reads what it needs, decides (pki.enrollment), signs (pki.authority) and records
+(pki.store) inside one registry transaction, so a concurrent enrollment, revocation or second
+process sees either all of it or none of it, and a refusal changes nothing. Revocations rewrite the
+CRL files before returning. No HTTP, no audit: callers audit the values returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pki.authority import CertificateAuthority, sha256_fingerprint
+from pki.enrollment import (
+    Refusal,
+    RefusalReason,
+    TokenRecord,
+    check_csr,
+    check_enrollment,
+    check_reenrollment,
+    hash_token,
+    new_token,
+)
+from pki.errors import AlreadyExistsError, CSRError, NotFoundError, PkiError, WeakKeyError
+from pki.keys import generate_private_key, write_private_key, write_public_file
+from pki.names import Identity, IdentityError, identity_from_certificate, make_identity
+from pki.store import IdentityRecord, Registry
+
+DIRECT_ISSUE_KINDS = ("operator", "service", "partner")  # units get certificates only by enrolling
+DEFAULT_TOKEN_TTL = timedelta(hours=24)
+DEFAULT_CRL_VALIDITY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    certificate: x509.Certificate | None
+    refusal: Refusal | None
+
+    @property
+    def ok(self) -> bool:
+        return self.certificate is not None
+
+
+def _refused(reason: RefusalReason, detail: str = "") -> EnrollmentResult:
+    return EnrollmentResult(None, Refusal(reason, detail))
+
+
+class FleetCA:
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        registry: Registry,
+        crl_dir: Path,
+        *,
+        crl_validity: timedelta = DEFAULT_CRL_VALIDITY,
+    ) -> None:
+        self.authority = authority
+        self.registry = registry
+        self.crl_dir = crl_dir
+        self.crl_validity = crl_validity
+        self._crl: x509.CertificateRevocationList | None = None
+
+    @property
+    def trust_domain(self) -> str:
+        return self.authority.trust_domain
+
+    # ----------------------------------------------------------------------------- registration
+
+    def register_unit(
+        self,
+        unit_id: str,
+        now: datetime,
+        token_ttl: timedelta = DEFAULT_TOKEN_TTL,
+        metadata: dict[str, str] | None = None,
+        *,
+        reissue: bool = False,
+    ) -> str:
+        """Create the unit (state ``registered``) and return its one-time token (stored as a hash).
+
+        A unit that already exists is refused (``already_exists``): adding twice is usually a typo
+        or a retried script, and silently replacing a token already handed to a device would break
+        its enrollment. ``reissue=True`` instead gives a unit that is still ``registered`` without a
+        certificate (first token lost) a fresh token; new_token() does that for any unit.
+        """
+        make_identity("unit", unit_id, self.trust_domain)
+        with self.registry.transaction():
+            record = self.registry.get_identity("unit", unit_id)
+            if record is None:
+                self.registry.add_identity("unit", unit_id, now, metadata)
+            elif not (reissue and self._never_enrolled(record)):
+                raise AlreadyExistsError(
+                    "already_exists",
+                    f"unit {unit_id} already exists ({record.state}); "
+                    "give it a new token instead of adding it again",
+                )
+            return self._issue_token("unit", unit_id, now, token_ttl)
+
+    def _never_enrolled(self, record: IdentityRecord) -> bool:
+        return (
+            record.state == "registered" and self.registry.latest_certificate(record.kind, record.id) is None
+        )
+
+    def new_token(self, unit_id: str, now: datetime, ttl: timedelta = DEFAULT_TOKEN_TTL) -> str:
+        """A fresh token for an existing, non-revoked unit (new device, lost token); older ones expire."""
+        with self.registry.transaction():
+            record = self._require("unit", unit_id)
+            if record.state == "revoked":
+                raise PkiError(
+                    "identity_revoked",
+                    f"unit {unit_id} is revoked; remove it and add it again to re-enroll it",
+                )
+            return self._issue_token("unit", unit_id, now, ttl)
+
+    def _issue_token(self, kind: str, ident: str, now: datetime, ttl: timedelta) -> str:
+        if ttl <= timedelta(0):
+            raise PkiError("invalid_lifetime", f"token lifetime {ttl} must be positive")
+        self.registry.revoke_tokens(kind, ident, now)
+        token = new_token()
+        self.registry.add_token(TokenRecord(hash_token(token), ident, now, now + ttl, None, kind))
+        return token
+
+    def _require(self, kind: str, ident: str) -> IdentityRecord:
+        record = self.registry.get_identity(kind, ident)
+        if record is None:
+            raise NotFoundError("unknown_identity", f"there is no {kind} {ident}; check the id")
+        return record
+
+    # -------------------------------------------------------------------------------- enrollment
+
+    def enroll(
+        self,
+        unit_id: str,
+        token: str,
+        csr: x509.CertificateSigningRequest,
+        now: datetime,
+        lifetime: timedelta,
+    ) -> EnrollmentResult:
+        """First certificate of a unit, authorised by its one-time token."""
+        with self.registry.transaction():
+            record = self.registry.get_token(hash_token(token))
+            unit = self.registry.get_identity("unit", unit_id)
+            state = unit.state if unit else None
+            refusal = check_enrollment(unit_id, token, record, state, csr, self.trust_domain, now)
+            if refusal is not None:
+                return EnrollmentResult(None, refusal)
+            assert record is not None and state is not None  # check_enrollment refuses otherwise
+            # Within the transaction nobody else can have used it, but the single conditional UPDATE
+            # is what guarantees "exactly once" even if this code is ever called outside one.
+            if not self.registry.consume_token(record.token_hash, now):
+                return _refused(RefusalReason.TOKEN_USED, "used by a concurrent enrollment")
+            identity = make_identity("unit", unit_id, self.trust_domain)
+            return EnrollmentResult(self._issue_and_record(csr, identity, state, now, lifetime), None)
+
+    def reenroll(
+        self,
+        current_cert: x509.Certificate,
+        csr: x509.CertificateSigningRequest,
+        now: datetime,
+        lifetime: timedelta,
+    ) -> EnrollmentResult:
+        """A new certificate for the holder of a current one; the old one stays valid until it expires."""
+        try:
+            identity = identity_from_certificate(current_cert, self.trust_domain)
+        except IdentityError as exc:
+            return _refused(RefusalReason.UNKNOWN_CERTIFICATE, exc.reason)
+        if identity.kind not in (*DIRECT_ISSUE_KINDS, "unit"):
+            return _refused(RefusalReason.UNKNOWN_CERTIFICATE, "server certificates are not renewed over EST")
+        with self.registry.transaction():
+            known = self.registry.get_certificate(current_cert.serial_number)
+            if known is None or known.fingerprint != sha256_fingerprint(current_cert):
+                return _refused(RefusalReason.UNKNOWN_CERTIFICATE, f"serial {current_cert.serial_number:x}")
+            holder = self.registry.get_identity(identity.kind, identity.id)
+            state = holder.state if holder else None
+            refusal = check_reenrollment(
+                identity,
+                known.status == "revoked",
+                state,
+                csr,
+                self.trust_domain,
+                now,
+                not_after=known.not_after,
+            )
+            if refusal is not None:
+                return EnrollmentResult(None, refusal)
+            assert state is not None
+            return EnrollmentResult(self._issue_and_record(csr, identity, state, now, lifetime), None)
+
+    def issue_identity(
+        self,
+        kind: str,
+        ident: str,
+        csr: x509.CertificateSigningRequest,
+        now: datetime,
+        lifetime: timedelta,
+        metadata: dict[str, str] | None = None,
+    ) -> x509.Certificate:
+        """Certificate for an operator, service or partner, issued on an operator's say-so."""
+        if kind not in DIRECT_ISSUE_KINDS:
+            raise PkiError(
+                "wrong_kind", f"{kind} certificates are not issued directly; units enroll with a token"
+            )
+        identity = make_identity(kind, ident, self.trust_domain)
+        _raise_for(check_csr(csr, identity, RefusalReason.CSR_IDENTITY_MISMATCH))
+        with self.registry.transaction():
+            record = self.registry.get_identity(kind, ident)
+            if record is None:
+                record = self.registry.add_identity(kind, ident, now, metadata, state="enrolled")
+            elif record.state == "revoked":
+                raise PkiError("identity_revoked", f"{kind} {ident} is revoked; remove it and add it again")
+            return self._issue_and_record(csr, identity, record.state, now, lifetime)
+
+    def _issue_and_record(
+        self,
+        csr: x509.CertificateSigningRequest,
+        identity: Identity,
+        state: str,
+        now: datetime,
+        lifetime: timedelta,
+    ) -> x509.Certificate:
+        # Called inside a registry transaction: if signing or recording fails, nothing is kept.
+        cert = self.authority.issue(csr, identity, now, lifetime)
+        self.registry.add_certificate(cert, identity, now)
+        if state == "registered":  # quarantine survives renewal; enrolled stays enrolled
+            self.registry.set_state(identity.kind, identity.id, "enrolled", now)
+        return cert
+
+    # -------------------------------------------------------------------------------- revocation
+
+    def revoke_certificate(self, serial: int, reason: x509.ReasonFlags, now: datetime) -> bool:
+        """Revoke one certificate; True if it was valid. The CRL files are rewritten before returning."""
+        revoked = self.registry.revoke_certificate(serial, reason, now)
+        if revoked:
+            self.write_crl(now)
+        return revoked
+
+    def revoke_identity(self, kind: str, ident: str, reason: x509.ReasonFlags, now: datetime) -> list[int]:
+        """Revoke every valid certificate and pending token of an identity and mark it ``revoked``."""
+        with self.registry.transaction():
+            self._require(kind, ident)
+            serials = self.revoke_identity_certificates(kind, ident, reason, now)
+            self.registry.revoke_tokens(kind, ident, now)
+            self.registry.set_state(kind, ident, "revoked", now)
+        self.write_crl(now)
+        return serials
+
+    def remove_identity(self, kind: str, ident: str, now: datetime, *, force: bool = False) -> list[int]:
+        """Delete an identity. With ``force`` its valid certificates are revoked first (returned)."""
+        serials: list[int] = []
+        with self.registry.transaction():
+            if force:
+                serials = self.revoke_identity_certificates(
+                    kind, ident, x509.ReasonFlags.cessation_of_operation, now
+                )
+            self.registry.remove_identity(kind, ident, force=force, now=now)
+        if serials:
+            self.write_crl(now)
+        return serials
+
+    def revoke_identity_certificates(
+        self, kind: str, ident: str, reason: x509.ReasonFlags, now: datetime
+    ) -> list[int]:
+        """Revoke the identity's valid certificates without touching its state; CRL left to the caller."""
+        with self.registry.transaction():
+            serials = [c.serial for c in self.registry.list_certificates(kind, ident) if c.status == "valid"]
+            for serial in serials:
+                self.registry.revoke_certificate(serial, reason, now)
+        return serials
+
+    # -------------------------------------------------------------------------------------- CRLs
+
+    def write_crl(self, now: datetime) -> x509.CertificateRevocationList:
+        """Build a new CRL from the registry and write ``crl.der`` and ``crl.pem`` atomically."""
+        entries = self.registry.revoked_entries(now)
+        number = self.registry.next_crl_number(now)
+        crl = self.authority.build_crl(entries, now, self.crl_validity, crl_number=number)
+        self.crl_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_public_file(self.crl_dir / "crl.der", crl.public_bytes(Encoding.DER))
+        write_public_file(self.crl_dir / "crl.pem", crl.public_bytes(Encoding.PEM))
+        self._crl = crl
+        return crl
+
+    def current_crl(self, now: datetime) -> x509.CertificateRevocationList:
+        """The CRL to serve: rebuilt past half its validity, or when another process revoked something."""
+        crl = self._crl
+        if crl is None or self._crl_outdated(crl, now):
+            crl = self.write_crl(now)
+        return crl
+
+    def _crl_outdated(self, crl: x509.CertificateRevocationList, now: datetime) -> bool:
+        next_update = crl.next_update_utc or crl.last_update_utc
+        if now >= crl.last_update_utc + (next_update - crl.last_update_utc) / 2 or now < crl.last_update_utc:
+            return True
+        # The CLI revokes from its own process; the registry is the truth, the cache may lag it.
+        listed = {entry.serial_number for entry in crl}
+        return listed != {entry.serial for entry in self.registry.revoked_entries(now)}
+
+    # --------------------------------------------------------------------------- server identity
+
+    def issue_server_certificate(
+        self,
+        name: str,
+        hostnames: Sequence[str],
+        directory: Path,
+        now: datetime,
+        lifetime: timedelta = timedelta(days=90),
+        *,
+        key_algorithm: str = "p256",
+        record: bool = False,
+    ) -> x509.Certificate:
+        """Make the gateway's key and certificate: ``server.key`` (0600), ``server.crt`` (leaf + issuing).
+
+        ``record=True`` also enters it in the registry as identity ``gateway/<name>`` (so it can be
+        listed and revoked like any other); by default it is not, so certificate listings show
+        only client identities.
+        """
+        key = generate_private_key(key_algorithm)
+        cert = self.authority.issue_server_certificate(name, hostnames, key.public_key(), now, lifetime)
+        if record:
+            self._record_server_certificate(name, cert, now)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_key(directory / "server.key", key)
+        chain = b"".join(c.public_bytes(Encoding.PEM) for c in (cert, *self.authority.chain()))
+        write_public_file(directory / "server.crt", chain)
+        return cert
+
+    def _record_server_certificate(self, name: str, cert: x509.Certificate, now: datetime) -> None:
+        identity = make_identity("gateway", name, self.trust_domain)
+        with self.registry.transaction():
+            if self.registry.get_identity("gateway", name) is None:
+                self.registry.add_identity("gateway", name, now, state="enrolled")
+            self.registry.add_certificate(cert, identity, now)
+
+
+def _raise_for(refusal: Refusal | None) -> None:
+    if refusal is None:
+        return
+    message = refusal.reason.message + (f" ({refusal.detail})" if refusal.detail else "")
+    if refusal.reason is RefusalReason.WEAK_KEY:
+        raise WeakKeyError("weak_key", message)
+    raise CSRError(refusal.reason.code, message)

@@ -1,0 +1,347 @@
+"""The CA's registry in SQLite: identities, enrollment tokens, issued certificates, CRL numbers.
+
+Tables are prefixed ``pki_`` because the gateway's own stores share the database file. Rows are
+converted to records in pki/records.py.
+
+Certificates are history, not state: removing an identity keeps its certificate rows, because a
+revoked serial must stay on the CRL until it expires whether or not its owner still exists.
+
+Every public method is atomic and committed before it returns. ``Registry.transaction()`` groups
+several calls into one atomic change (the methods join an open transaction). A lock serialises use
+of the shared connection across threads, since an sqlite3 connection has one transaction at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pki.authority import RevokedEntry
+from pki.enrollment import TokenRecord
+from pki.errors import AlreadyExistsError, NotFoundError, PkiError, StoreError
+from pki.names import Identity, validate_id
+from pki.records import (
+    CERT_COLUMNS,
+    IDENTITY_COLUMNS,
+    IDENTITY_STATES,
+    TOKEN_COLUMNS,
+    CertificateRecord,
+    IdentityRecord,
+    certificate_from_row,
+    from_text,
+    identity_from_row,
+    serial_text,
+    to_text,
+    token_from_row,
+)
+from pki.sqlite import apply_migrations, open_database, transaction
+
+__all__ = [
+    "IDENTITY_STATES",
+    "CertificateRecord",
+    "IdentityRecord",
+    "Registry",
+    "apply_migrations",
+    "open_database",
+    "transaction",
+]
+
+COMPONENT = "pki"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE pki_identities (
+        kind TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, metadata TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (kind, id));
+    CREATE TABLE pki_tokens (
+        token_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, unit_id TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT,
+        FOREIGN KEY (kind, unit_id) REFERENCES pki_identities (kind, id) ON DELETE CASCADE);
+    CREATE INDEX pki_tokens_by_identity ON pki_tokens (kind, unit_id);
+    CREATE TABLE pki_certificates (
+        serial TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL,
+        not_before TEXT NOT NULL, not_after TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('valid', 'revoked')),
+        fingerprint TEXT NOT NULL UNIQUE, pem TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        revoked_at TEXT, revocation_reason TEXT);
+    CREATE INDEX pki_certificates_by_identity ON pki_certificates (kind, id);
+    CREATE INDEX pki_certificates_by_status ON pki_certificates (status);
+    CREATE TABLE pki_crl_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_number INTEGER NOT NULL);
+    """,
+)
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> str:
+    metadata = metadata or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise PkiError("invalid_metadata", "identity metadata must map strings to strings")
+    return json.dumps(metadata, sort_keys=True)
+
+
+def _check_state(state: str) -> None:
+    if state not in IDENTITY_STATES:
+        raise PkiError("invalid_state", f"state {state!r} is not one of {', '.join(IDENTITY_STATES)}")
+
+
+class Registry:
+    """Identities, tokens, certificates and CRL numbers of one CA (component ``pki``)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._lock = threading.RLock()
+        with self._lock:
+            self.schema_version = apply_migrations(conn, COMPONENT, MIGRATIONS)
+
+    @classmethod
+    def open(cls, path: Path, *, synchronous: str = "NORMAL") -> Registry:
+        return cls(open_database(path, synchronous=synchronous))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group several registry calls into one atomic change (they join it)."""
+        with self._lock, transaction(self.conn) as conn:
+            yield conn
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self.conn.execute(sql, params).fetchall())
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount
+
+    # --------------------------------------------------------------------------------- identities
+
+    def add_identity(
+        self,
+        kind: str,
+        ident: str,
+        now: datetime,
+        metadata: dict[str, str] | None = None,
+        *,
+        state: str = "registered",
+    ) -> IdentityRecord:
+        validate_id(kind, ident)
+        _check_state(state)
+        stamp = to_text(now)
+        try:
+            self._write(
+                f"INSERT INTO pki_identities ({IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, ident, state, _check_metadata(metadata), stamp, stamp),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(
+                "already_exists", f"{kind} {ident} already exists; pick another id"
+            ) from None
+        return self._require_identity(kind, ident)
+
+    def get_identity(self, kind: str, ident: str) -> IdentityRecord | None:
+        rows = self._query(
+            f"SELECT {IDENTITY_COLUMNS} FROM pki_identities WHERE kind = ? AND id = ?", (kind, ident)
+        )
+        return identity_from_row(rows[0]) if rows else None
+
+    def _require_identity(self, kind: str, ident: str) -> IdentityRecord:
+        record = self.get_identity(kind, ident)
+        if record is None:
+            raise NotFoundError("unknown_identity", f"there is no {kind} {ident}; check the id")
+        return record
+
+    def list_identities(self, kind: str | None = None) -> list[IdentityRecord]:
+        sql = f"SELECT {IDENTITY_COLUMNS} FROM pki_identities"
+        rows = (
+            self._query(sql + " ORDER BY kind, id")
+            if kind is None
+            else self._query(sql + " WHERE kind = ? ORDER BY id", (kind,))
+        )
+        return [identity_from_row(row) for row in rows]
+
+    def set_state(self, kind: str, ident: str, state: str, now: datetime) -> IdentityRecord:
+        _check_state(state)
+        changed = self._write(
+            "UPDATE pki_identities SET state = ?, updated_at = ? WHERE kind = ? AND id = ?",
+            (state, to_text(now), kind, ident),
+        )
+        if not changed:
+            self._require_identity(kind, ident)
+        return self._require_identity(kind, ident)
+
+    def remove_identity(
+        self, kind: str, ident: str, *, force: bool = False, now: datetime | None = None
+    ) -> None:
+        """Delete the identity and its tokens; its certificate history stays (see module doc).
+
+        Refused while it holds valid certificates (expired ones do not count when ``now`` is given)
+        unless ``force``: removal alone does not revoke anything.
+        """
+        with self.transaction():
+            self._require_identity(kind, ident)
+            active = [c for c in self.list_certificates(kind, ident) if c.status == "valid"]
+            if now is not None:
+                active = [c for c in active if c.not_after >= now]
+            if active and not force:
+                raise StoreError(
+                    "has_active_certificates",
+                    f"{kind} {ident} still has {len(active)} valid certificate(s); "
+                    "revoke them first or force removal",
+                )
+            self.conn.execute("DELETE FROM pki_identities WHERE kind = ? AND id = ?", (kind, ident))
+
+    # ------------------------------------------------------------------------------------- tokens
+
+    def add_token(self, record: TokenRecord) -> None:
+        params = (
+            record.token_hash,
+            record.kind,
+            record.unit_id,
+            to_text(record.created_at),
+            to_text(record.expires_at),
+            None if record.used_at is None else to_text(record.used_at),
+        )
+        try:
+            self._write(f"INSERT INTO pki_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", params)
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFoundError(
+                    "unknown_identity", f"there is no {record.kind} {record.unit_id} to issue a token for"
+                ) from None
+            raise AlreadyExistsError(
+                "already_exists", "this token already exists; generate a new one"
+            ) from None
+
+    def get_token(self, token_hash: str) -> TokenRecord | None:
+        rows = self._query(f"SELECT {TOKEN_COLUMNS} FROM pki_tokens WHERE token_hash = ?", (token_hash,))
+        return token_from_row(rows[0]) if rows else None
+
+    def pending_tokens(self, kind: str, ident: str, now: datetime) -> list[TokenRecord]:
+        rows = self._query(
+            f"SELECT {TOKEN_COLUMNS} FROM pki_tokens WHERE kind = ? AND unit_id = ? AND used_at IS NULL "
+            "AND expires_at > ? ORDER BY created_at",
+            (kind, ident, to_text(now)),
+        )
+        return [token_from_row(row) for row in rows]
+
+    def consume_token(self, token_hash: str, now: datetime) -> bool:
+        """Mark the token used; True only for the one call that did it (one UPDATE, no read first)."""
+        changed = self._write(
+            "UPDATE pki_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+            (to_text(now), token_hash),
+        )
+        return changed == 1
+
+    def revoke_tokens(self, kind: str, ident: str, now: datetime) -> int:
+        """Expire the identity's pending tokens as of ``now`` (kept, so a late use reads "expired")."""
+        stamp = to_text(now)
+        return self._write(
+            "UPDATE pki_tokens SET expires_at = ? WHERE kind = ? AND unit_id = ? AND used_at IS NULL "
+            "AND expires_at > ?",
+            (stamp, kind, ident, stamp),
+        )
+
+    # ------------------------------------------------------------------------------- certificates
+
+    def add_certificate(self, cert: x509.Certificate, identity: Identity, now: datetime) -> CertificateRecord:
+        params = (
+            serial_text(cert.serial_number),
+            identity.kind,
+            identity.id,
+            to_text(cert.not_valid_before_utc),
+            to_text(cert.not_valid_after_utc),
+            "valid",
+            cert.fingerprint(hashes.SHA256()).hex(),
+            cert.public_bytes(Encoding.PEM).decode(),
+            to_text(now),
+        )
+        try:
+            self._write(
+                "INSERT INTO pki_certificates (serial, kind, id, not_before, not_after, status, fingerprint, "
+                "pem, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(
+                "already_exists", f"certificate {cert.serial_number:x} is already recorded"
+            ) from None
+        record = self.get_certificate(cert.serial_number)
+        assert record is not None
+        return record
+
+    def get_certificate(self, serial: int) -> CertificateRecord | None:
+        rows = self._query(
+            f"SELECT {CERT_COLUMNS} FROM pki_certificates WHERE serial = ?", (serial_text(serial),)
+        )
+        return certificate_from_row(rows[0]) if rows else None
+
+    def list_certificates(self, kind: str | None = None, ident: str | None = None) -> list[CertificateRecord]:
+        clauses, params = [], []
+        for column, value in (("kind", kind), ("id", ident)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {CERT_COLUMNS} FROM pki_certificates{where} ORDER BY not_before, rowid", tuple(params)
+        )
+        return [certificate_from_row(row) for row in rows]
+
+    def latest_certificate(self, kind: str, ident: str) -> CertificateRecord | None:
+        rows = self._query(
+            f"SELECT {CERT_COLUMNS} FROM pki_certificates WHERE kind = ? AND id = ? "
+            "ORDER BY not_before DESC, rowid DESC LIMIT 1",
+            (kind, ident),
+        )
+        return certificate_from_row(rows[0]) if rows else None
+
+    def revoke_certificate(self, serial: int, reason: x509.ReasonFlags, now: datetime) -> bool:
+        """True if this call revoked it; False if it is unknown or already revoked."""
+        changed = self._write(
+            "UPDATE pki_certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? "
+            "WHERE serial = ? AND status = 'valid'",
+            (to_text(now), reason.value, serial_text(serial)),
+        )
+        return changed == 1
+
+    def is_revoked(self, serial: int) -> bool:
+        rows = self._query("SELECT status FROM pki_certificates WHERE serial = ?", (serial_text(serial),))
+        return bool(rows) and rows[0][0] == "revoked"
+
+    def revoked_entries(self, now: datetime | None = None) -> list[RevokedEntry]:
+        """Revoked certificates, oldest revocation first; with ``now``, only those not yet expired.
+
+        Dropping expired entries is allowed by RFC 5280 (5.1.2.6) and keeps the CRL small with
+        short-lived unit certificates: an expired certificate is refused for its expiry anyway.
+        """
+        sql = "SELECT serial, revoked_at, revocation_reason FROM pki_certificates WHERE status = 'revoked'"
+        params: tuple[Any, ...] = ()
+        if now is not None:
+            sql, params = sql + " AND not_after >= ?", (to_text(now),)
+        rows = self._query(sql + " ORDER BY revoked_at, serial", params)
+        return [RevokedEntry(int(s, 16), from_text(at), x509.ReasonFlags(reason)) for s, at, reason in rows]
+
+    # -------------------------------------------------------------------------------------- CRLs
+
+    def next_crl_number(self, now: datetime) -> int:
+        """Strictly greater than every number handed out before, and never below now's Unix time.
+
+        The clock floor keeps numbers increasing even across a lost or restored database, and
+        matches CertificateAuthority.build_crl's default, so the two can be mixed.
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT last_number FROM pki_crl_state WHERE id = 1").fetchone()
+            number = max((row[0] + 1) if row else 1, int(now.timestamp()))
+            conn.execute(
+                "INSERT INTO pki_crl_state (id, last_number) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET last_number = excluded.last_number",
+                (number,),
+            )
+        return number
