@@ -1,0 +1,213 @@
+"""EST (RFC 7030 subset) and CRL endpoints. Thin: parse, call the CA service, audit, answer.
+
+    GET  /.well-known/est/cacerts          root + issuing, base64 PKCS#7 certs-only
+    POST /.well-known/est/simpleenroll     HTTP Basic unit-id:token, base64 PKCS#10 → the new cert
+    POST /.well-known/est/simplereenroll   mTLS with the current certificate, same identity only
+    GET  /crl  /crl.pem                    the current CRL (DER / PEM)
+
+Refusals are one line of text with the status the refusal carries (400/401/403), and every
+enrollment decision, accepted or refused, is an audit record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pki.service import EnrollmentResult, FleetCA
+
+from gateway.audit import AuditLog
+from pki.enrollment import Refusal
+from pki.est import CERTS_ONLY_CONTENT_TYPE, EstBodyError, decode_csr_body, encode_certs_only
+from pki.names import IdentityError, identity_from_certificate
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EstContext:
+    ca: FleetCA
+    audit: AuditLog
+    unit_lifetime: timedelta
+    max_body: int
+    clock: Clock = utc_now
+    on_issued: Callable[[x509.Certificate], None] | None = None
+
+
+def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=message.rstrip(".") + ".\n", headers=headers)
+
+
+def add_est_routes(app: web.Application, ctx: EstContext) -> None:
+    app.router.add_get("/.well-known/est/cacerts", _handler(ctx, _cacerts))
+    app.router.add_post("/.well-known/est/simpleenroll", _handler(ctx, _simpleenroll))
+    app.router.add_post("/.well-known/est/simplereenroll", _handler(ctx, _simplereenroll))
+    app.router.add_get("/crl", _handler(ctx, _crl_der))
+    app.router.add_get("/crl.pem", _handler(ctx, _crl_pem))
+
+
+Handler = Callable[[web.Request, EstContext], Awaitable[web.StreamResponse]]
+
+
+def _handler(ctx: EstContext, fn: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await fn(request, ctx)
+
+    return handle
+
+
+def _certs_response(certs: list[x509.Certificate]) -> web.Response:
+    return web.Response(
+        body=encode_certs_only(certs),
+        headers={"Content-Type": CERTS_ONLY_CONTENT_TYPE, "Content-Transfer-Encoding": "base64"},
+    )
+
+
+async def _cacerts(request: web.Request, ctx: EstContext) -> web.StreamResponse:
+    authority = ctx.ca.authority
+    return _certs_response([authority.root, authority.issuing])
+
+
+async def _crl_der(request: web.Request, ctx: EstContext) -> web.StreamResponse:
+    crl = ctx.ca.current_crl(ctx.clock())
+    return web.Response(
+        body=crl.public_bytes(serialization.Encoding.DER), content_type="application/pkix-crl"
+    )
+
+
+async def _crl_pem(request: web.Request, ctx: EstContext) -> web.StreamResponse:
+    crl = ctx.ca.current_crl(ctx.clock())
+    return web.Response(text=crl.public_bytes(serialization.Encoding.PEM).decode(), content_type="text/plain")
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` (read no further than that)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
+
+
+async def _read_csr(request: web.Request, ctx: EstContext) -> x509.CertificateSigningRequest | web.Response:
+    body = await read_limited(request, ctx.max_body)
+    if body is None:
+        return text_error(
+            413, f"request body is larger than {ctx.max_body} bytes; send one base64 PKCS#10 CSR"
+        )
+    try:
+        return decode_csr_body(body, max_size=ctx.max_body)
+    except EstBodyError as exc:
+        return text_error(400, str(exc))
+
+
+async def _simpleenroll(request: web.Request, ctx: EstContext) -> web.StreamResponse:
+    credentials = _basic_credentials(request)
+    if credentials is None:
+        return text_error(
+            401,
+            "enrollment needs HTTP Basic credentials unit-id:token from `fleetgate unit add`",
+            {"WWW-Authenticate": 'Basic realm="fleetgate EST"'},
+        )
+    unit_id, token = credentials
+    csr = await _read_csr(request, ctx)
+    if isinstance(csr, web.Response):
+        _audit_body_refusal(ctx, f"unit/{unit_id}", "est.enroll", csr)
+        return csr
+    now = ctx.clock()
+    result = ctx.ca.enroll(unit_id, token, csr, now, ctx.unit_lifetime)
+    return _answer(ctx, result, actor=f"unit/{unit_id}", action="est.enroll", address=request.remote)
+
+
+async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamResponse:
+    current = _client_certificate(request)
+    if current is None:
+        return text_error(
+            401, "re-enrollment needs your current certificate over mTLS; use `fleetgate renew`"
+        )
+    try:
+        identity = identity_from_certificate(current, ctx.ca.authority.trust_domain)
+    except IdentityError as exc:
+        return text_error(403, f"the client certificate names no fleet identity: {exc}")
+    csr = await _read_csr(request, ctx)
+    if isinstance(csr, web.Response):
+        _audit_body_refusal(ctx, str(identity), "est.reenroll", csr)
+        return csr
+    result = ctx.ca.reenroll(current, csr, ctx.clock(), ctx.unit_lifetime)
+    return _answer(ctx, result, actor=str(identity), action="est.reenroll", address=request.remote)
+
+
+def _client_certificate(request: web.Request) -> x509.Certificate | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def _answer(
+    ctx: EstContext, result: EnrollmentResult, *, actor: str, action: str, address: str | None
+) -> web.Response:
+    now = ctx.clock()
+    if result.certificate is None:
+        refusal: Refusal = result.refusal  # type: ignore[assignment]
+        ctx.audit.append(
+            actor=actor,
+            action=action,
+            subject=actor,
+            outcome="refused",
+            reason=refusal.reason.code,
+            details={"address": address or "", "detail": refusal.detail},
+            now=now,
+        )
+        message = refusal.reason.message + (f" ({refusal.detail})" if refusal.detail else "")
+        return text_error(refusal.reason.http_status, message)
+    cert = result.certificate
+    ctx.audit.append(
+        actor=actor,
+        action=action,
+        subject=actor,
+        outcome="ok",
+        reason="issued",
+        details={
+            "serial": format(cert.serial_number, "x"),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "address": address or "",
+        },
+        now=now,
+    )
+    if ctx.on_issued is not None:
+        ctx.on_issued(cert)
+    return _certs_response([cert])
+
+
+def _audit_body_refusal(ctx: EstContext, actor: str, action: str, response: web.Response) -> None:
+    reason = "body_too_large" if response.status == 413 else "bad_csr_body"
+    ctx.audit.append(
+        actor=actor, action=action, subject=actor, outcome="refused", reason=reason, now=ctx.clock()
+    )

@@ -1,0 +1,27 @@
+"""The `fleetgate` command line."""
+
+from __future__ import annotations
+
+import click
+
+from gateway.cli.ca_commands import cert, crl, init, unit
+from gateway.cli.device import enroll, renew
+from gateway.cli.roles import role_group
+from gateway.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="fleetgate")
+def cli() -> None:
+    """fleetgate: the fleet's CA, EST enrollment service and zero-trust mTLS MQTT broker."""
+
+
+for command in (init, serve, unit, cert, crl, enroll, renew):
+    cli.add_command(command)
+cli.add_command(role_group("operator"))
+cli.add_command(role_group("service"))
+cli.add_command(role_group("partner", with_tier=True))
+
+
+def main() -> None:
+    cli(prog_name="fleetgate")

@@ -1,0 +1,388 @@
+"""Local CA and registry commands: init, unit, cert, crl, and role identities.
+
+These act on the data directory directly, so they work whether or not the gateway is running; a
+running gateway notices revocations within a fraction of a second (it watches the registry).
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from gateway.audit import AuditLog
+from gateway.broker.persistence import SqliteBrokerStore
+from gateway.cli.common import (
+    CliError,
+    data_option,
+    emit_json,
+    friendly_errors,
+    json_option,
+    local_actor,
+    open_local,
+    passphrase,
+    table,
+    utc_now,
+    warn,
+)
+from gateway.config import load_config
+from gateway.datadir import DataDir
+from pki.authority import CertificateAuthority, parse_revocation_reason
+from pki.keys import write_public_file
+from pki.names import CLIENT_KINDS, make_identity, validate_trust_domain
+from pki.service import FleetCA
+from pki.store import Registry, open_database
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def default_hostnames() -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    host = socket.gethostname()
+    if host and host not in names:
+        names.append(host)
+    return names
+
+
+@click.command()
+@data_option
+@click.option("--trust-domain", default="fleet.local", show_default=True, help="SPIFFE trust domain.")
+@click.option(
+    "--hostname",
+    "hostnames",
+    multiple=True,
+    help="DNS name or IP clients use to reach the gateway (repeatable; default: localhost, "
+    "127.0.0.1, ::1 and this machine's name).",
+)
+@click.option("--crl-url", default=None, help="CRL distribution point URL written into certificates.")
+@json_option
+@friendly_errors
+def init(
+    data_dir: Path | None, trust_domain: str, hostnames: tuple[str, ...], crl_url: str | None, as_json: bool
+) -> None:
+    """Create a data directory: root and issuing CA, the gateway's server certificate, the registry."""
+    data = DataDir.resolve(data_dir)
+    validate_trust_domain(trust_domain)
+    if data.root_cert.exists() or data.database.exists():
+        raise CliError(
+            f"a CA already exists in {data.root}; refusing to overwrite it (choose another --data)"
+        )
+    names = list(hostnames) or default_hostnames()
+    now = utc_now()
+    data.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    crl_url = crl_url or f"https://{names[0]}:8443/crl"
+    authority = CertificateAuthority.create(
+        data.ca_dir, trust_domain, now, passphrase=passphrase(), crl_url=crl_url
+    )
+    bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (authority.root, authority.issuing))
+    write_public_file(data.client_ca_bundle, bundle)
+    conn = open_database(data.database)
+    try:
+        registry = Registry(conn)
+        SqliteBrokerStore(conn)  # creates the broker's tables now, so the first start finds a full schema
+        ca = FleetCA(authority, registry, data.crl_dir)
+        lifetime = timedelta(days=load_config().certificates.server_lifetime_days)
+        ca.issue_server_certificate("gateway", names, data.server_dir, now, lifetime)
+        ca.write_crl(now)
+        AuditLog(conn).append(
+            actor=local_actor(),
+            action="ca.init",
+            subject=trust_domain,
+            outcome="ok",
+            details={"hostnames": names, "root_sha256": fingerprint(authority.root)},
+            now=now,
+        )
+    finally:
+        conn.close()
+    result = {
+        "data": str(data.root),
+        "trust_domain": trust_domain,
+        "hostnames": names,
+        "root": str(data.root_cert),
+        "root_sha256": fingerprint(authority.root),
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Initialised {data.root} for trust domain {trust_domain}.")
+        click.echo(f"Root CA {data.root_cert} (SHA-256 {result['root_sha256']}).")
+        click.echo("Next: `fleetgate serve`, then `fleetgate unit add TRK-00001`.")
+
+
+# --- units --------------------------------------------------------------------------------------
+
+
+@click.group()
+def unit() -> None:
+    """Register and inspect telematics units."""
+
+
+@unit.command("add")
+@click.argument("unit_id")
+@data_option
+@click.option("--vin", default=None, help="Vehicle identification number (metadata).")
+@click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
+@json_option
+@friendly_errors
+def unit_add(
+    unit_id: str, data_dir: Path | None, vin: str | None, ttl_hours: float | None, as_json: bool
+) -> None:
+    """Register UNIT_ID and print its one-time enrollment token."""
+    with open_local(data_dir) as state:
+        make_identity("unit", unit_id, state.trust_domain)
+        now = utc_now()
+        ttl = timedelta(
+            hours=ttl_hours if ttl_hours is not None else load_config().certificates.token_ttl_hours
+        )
+        metadata = {"vin": vin} if vin else None
+        token = state.ca.register_unit(unit_id, now, token_ttl=ttl, metadata=metadata)
+        state.audit.append(
+            actor=local_actor(),
+            action="unit.add",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"expires_at": (now + ttl).isoformat()},
+            now=now,
+        )
+        root_sha = fingerprint(state.ca.authority.root)
+    if as_json:
+        emit_json(
+            {"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat(), "ca_sha256": root_sha}
+        )
+    else:
+        click.echo(f"Registered unit {unit_id}. One-time enrollment token (valid {ttl}):")
+        click.echo(token)
+        click.echo(
+            f"Enroll with: fleetgate enroll --unit {unit_id} --token <token> --server https://HOST:8443 "
+            f"--ca-sha256 {root_sha}"
+        )
+
+
+@unit.command("list")
+@data_option
+@json_option
+@friendly_errors
+def unit_list(data_dir: Path | None, as_json: bool) -> None:
+    """List registered units with their state and newest certificate."""
+    with open_local(data_dir) as state:
+        rows = [_unit_summary(state.registry, record.id) for record in state.registry.list_identities("unit")]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        "units",
+        ["unit", "state", "certificate expires", "serial"],
+        [[r["unit"], r["state"], r["not_after"] or "-", r["serial"] or "-"] for r in rows],
+    )
+
+
+def _unit_summary(registry: Registry, unit_id: str) -> dict[str, object]:
+    record = registry.get_identity("unit", unit_id)
+    if record is None:
+        raise CliError(f"no unit {unit_id!r} is registered; see `fleetgate unit list`")
+    latest = registry.latest_certificate("unit", unit_id)
+    return {
+        "unit": unit_id,
+        "state": record.state,
+        "metadata": record.metadata,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "serial": format(latest.serial, "x") if latest else None,
+        "not_after": latest.not_after if latest else None,
+    }
+
+
+@unit.command("show")
+@click.argument("unit_id")
+@data_option
+@json_option
+@friendly_errors
+def unit_show(unit_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """Show one unit and its certificates."""
+    with open_local(data_dir) as state:
+        summary = _unit_summary(state.registry, unit_id)
+        certs = [_cert_row(c) for c in state.registry.list_certificates(kind="unit", ident=unit_id)]
+    summary["certificates"] = certs
+    if as_json:
+        emit_json(summary)
+        return
+    for key in ("unit", "state", "metadata", "created_at", "updated_at"):
+        click.echo(f"{key:>12}: {summary[key]}")
+    table(
+        "certificates",
+        ["serial", "status", "not before", "not after"],
+        [[c["serial"], c["status"], c["not_before"], c["not_after"]] for c in certs],
+    )
+
+
+@unit.command("remove")
+@click.argument("unit_id")
+@data_option
+@click.option("--force", is_flag=True, help="Remove even if it holds valid certificates.")
+@json_option
+@friendly_errors
+def unit_remove(unit_id: str, data_dir: Path | None, force: bool, as_json: bool) -> None:
+    """Forget a unit (its certificates stay in the CA's records)."""
+    with open_local(data_dir) as state:
+        revoked = state.ca.remove_identity("unit", unit_id, utc_now(), force=force)
+        serials = [format(serial, "x") for serial in revoked]
+        state.audit.append(
+            actor=local_actor(),
+            action="unit.remove",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"revoked_serials": serials},
+            now=utc_now(),
+        )
+    if as_json:
+        emit_json({"unit": unit_id, "removed": True, "revoked_serials": serials})
+    else:
+        click.echo(
+            f"Removed unit {unit_id}" + (f"; revoked {len(serials)} certificate(s)." if serials else ".")
+        )
+
+
+# --- certificates -------------------------------------------------------------------------------
+
+
+def _cert_row(record: object) -> dict[str, str]:
+    r = record
+    return {
+        "serial": format(r.serial, "x"),
+        "identity": f"{r.kind}/{r.id}",
+        "status": r.status,  # type: ignore[attr-defined]
+        "not_before": str(r.not_before),
+        "not_after": str(r.not_after),  # type: ignore[attr-defined]
+        "fingerprint": r.fingerprint,  # type: ignore[attr-defined]
+        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",  # type: ignore[attr-defined]
+    }
+
+
+def parse_serial(text: str) -> int:
+    try:
+        return int(text.replace(":", ""), 16)
+    except ValueError:
+        raise CliError(f"{text!r} is not a hexadecimal serial number; see `fleetgate cert list`") from None
+
+
+@click.group()
+def cert() -> None:
+    """List, show and revoke issued certificates."""
+
+
+@cert.command("list")
+@data_option
+@click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None)
+@click.option("--id", "ident", default=None, help="Only this identity's certificates.")
+@json_option
+@friendly_errors
+def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_json: bool) -> None:
+    """List issued certificates."""
+    with open_local(data_dir) as state:
+        rows = [_cert_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        "certificates",
+        ["serial", "identity", "status", "not after"],
+        [[r["serial"], r["identity"], r["status"], r["not_after"]] for r in rows],
+    )
+
+
+@cert.command("show")
+@click.argument("serial")
+@data_option
+@click.option("--pem", is_flag=True, help="Print the certificate itself.")
+@json_option
+@friendly_errors
+def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> None:
+    """Show one certificate by serial (hex)."""
+    with open_local(data_dir) as state:
+        record = state.registry.get_certificate(parse_serial(serial))
+    if record is None:
+        raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+    row = _cert_row(record)
+    if pem:
+        click.echo(record.pem, nl=False)
+    elif as_json:
+        emit_json(row)
+    else:
+        for key, value in row.items():
+            click.echo(f"{key:>18}: {value}")
+
+
+@cert.command("revoke")
+@click.argument("serial")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, ...",
+)
+@click.option(
+    "--force", is_flag=True, help="Needed to revoke a unit's certificate (it cuts vehicle control too)."
+)
+@data_option
+@json_option
+@friendly_errors
+def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as_json: bool) -> None:
+    """Revoke a certificate; live sessions using it are cut within a second."""
+    flag = parse_revocation_reason(reason)
+    with open_local(data_dir) as state:
+        record = state.registry.get_certificate(parse_serial(serial))
+        if record is None:
+            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+        if record.kind == "unit" and not force:
+            raise CliError(
+                f"revoking unit {record.id}'s certificate cuts its whole session, vehicle control included; "
+                "use `fleetgate quarantine` to contain it, or add --force to revoke"
+            )
+        if record.kind == "unit":
+            warn(f"unit {record.id} loses its vehicle-control session too")
+        changed = state.ca.revoke_certificate(record.serial, flag, utc_now())
+        state.audit.append(
+            actor=local_actor(),
+            action="cert.revoke",
+            subject=f"{record.kind}/{record.id}",
+            outcome="ok" if changed else "unchanged",
+            reason=flag.name,
+            details={"serial": format(record.serial, "x")},
+            now=utc_now(),
+        )
+    if as_json:
+        emit_json(
+            {"serial": format(record.serial, "x"), "revoked": True, "changed": changed, "reason": flag.name}
+        )
+    else:
+        click.echo(
+            f"Revoked {format(record.serial, 'x')} ({record.kind}/{record.id}, {flag.name})."
+            if changed
+            else f"{format(record.serial, 'x')} was already revoked."
+        )
+
+
+@click.command()
+@data_option
+@click.option("--der", is_flag=True, help="Write DER instead of PEM.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@friendly_errors
+def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
+    """Print (or write) the current certificate revocation list."""
+    with open_local(data_dir) as state:
+        current = state.ca.current_crl(utc_now())
+    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+    body = current.public_bytes(encoding)
+    if out is not None:
+        write_public_file(out, body)
+        click.echo(f"Wrote {out}.")
+    elif der:
+        click.get_binary_stream("stdout").write(body)
+    else:
+        click.echo(body.decode(), nl=False)

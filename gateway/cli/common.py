@@ -1,0 +1,149 @@
+"""What every fleetgate command shares: the data dir, --json output, and one-sentence errors.
+
+No command ever shows a traceback to a user: known failures (PkiError, StoreError, ConfigError,
+IdentityError, OSError, ...) become `error: <what was wrong; what to do>` and exit status 1.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway.audit import AuditLog
+from gateway.datadir import DataDir, ca_passphrase
+from pki.authority import CertificateAuthority
+from pki.service import FleetCA
+from pki.store import Registry, open_database
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(click.ClickException):
+    """A failure explained in one sentence; exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def data_option(fn: F) -> F:
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Data directory (default: $FLEETGATE_DATA or ./var).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def local_actor() -> str:
+    """Who runs a local CLI command, for the audit log."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"local/{user}"
+
+
+@dataclass
+class LocalState:
+    """The data dir opened for a local (no running gateway needed) command."""
+
+    data: DataDir
+    conn: sqlite3.Connection
+    registry: Registry
+    ca: FleetCA
+    audit: AuditLog
+
+    @property
+    def trust_domain(self) -> str:
+        return self.ca.authority.trust_domain
+
+
+@contextmanager
+def open_local(data_dir: Path | None) -> Iterator[LocalState]:
+    data = DataDir.resolve(data_dir)
+    if not data.is_initialised():
+        raise CliError(f"{data.root} has no fleetgate CA; run `fleetgate init --data {data.root}` first")
+    authority = CertificateAuthority.load(data.ca_dir, ca_passphrase())
+    conn = open_database(data.database)
+    try:
+        registry = Registry(conn)
+        yield LocalState(data, conn, registry, FleetCA(authority, registry, data.crl_dir), AuditLog(conn))
+    finally:
+        conn.close()
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn every expected failure into a one-sentence CliError."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            raise CliError(describe_error(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or text}; run as the user that owns the data directory"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename or text}"
+    if isinstance(exc, sqlite3.DatabaseError):
+        return f"the database cannot be used ({text}); check the data directory or restore a backup"
+    return text
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*row)
+    console.print(out)
+
+
+def passphrase() -> bytes | None:
+    return ca_passphrase()
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def exit_with(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,113 @@
+"""Role identities (operator, service, partner): a key made here and a certificate from the CA."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.cli.common import (
+    data_option,
+    emit_json,
+    friendly_errors,
+    json_option,
+    local_actor,
+    open_local,
+    utc_now,
+)
+from gateway.config import load_config
+from pki.est import build_csr
+from pki.keys import generate_private_key, write_private_key, write_public_file
+from pki.names import make_identity
+from pki.service import FleetCA
+
+# --- role identities ----------------------------------------------------------------------------
+
+
+def _role_command(kind: str, with_tier: bool) -> click.Command:
+    @click.command("add", help=f"Issue a key and certificate for a {kind} identity NAME.")
+    @click.argument("name")
+    @data_option
+    @click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where to write NAME.key, NAME.crt and ca.crt (default: DATA/identities/KIND).",
+    )
+    @click.option("--key-type", type=click.Choice(["p256", "p384", "rsa2048", "rsa3072"]), default="p256")
+    @json_option
+    @friendly_errors
+    def add(
+        name: str,
+        data_dir: Path | None,
+        out: Path | None,
+        key_type: str,
+        as_json: bool,
+        tier: int | None = None,
+        role: str | None = None,
+    ) -> None:
+        with open_local(data_dir) as state:
+            identity = make_identity(kind, name, state.trust_domain)
+            target = (out or state.data.root / "identities" / kind).absolute()
+            target.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = generate_private_key(key_type)
+            now = utc_now()
+            metadata = {k: str(v) for k, v in (("tier", tier), ("role", role)) if v is not None}
+            lifetime = timedelta(days=load_config().certificates.role_lifetime_days)
+            issued = state.ca.issue_identity(
+                kind, name, build_csr(key, identity), now, lifetime, metadata=metadata or None
+            )
+            paths = _write_identity_files(target, name, key, issued, state.ca)
+            state.audit.append(
+                actor=local_actor(),
+                action=f"{kind}.add",
+                subject=str(identity),
+                outcome="ok",
+                details={"serial": format(issued.serial_number, "x"), **metadata},
+                now=now,
+            )
+        if as_json:
+            emit_json({kind: name, **{k: str(v) for k, v in paths.items()}, **metadata})
+        else:
+            click.echo(f"Issued {identity} ({identity.spiffe_uri}).")
+            for label, path in paths.items():
+                click.echo(f"{label:>5}: {path}")
+
+    if with_tier:
+        add = click.option(
+            "--tier",
+            type=click.IntRange(1, 3),
+            required=True,
+            help="Partner tier: 1 full feed, 2 reduced view, 3 trickle.",
+        )(add)
+    if kind == "operator":
+        add = click.option(
+            "--role",
+            type=click.Choice(["ops", "security", "auditor"]),
+            default="ops",
+            show_default=True,
+            help="Admin API role.",
+        )(add)
+    return add
+
+
+def _write_identity_files(
+    target: Path, name: str, key: object, issued: x509.Certificate, ca: FleetCA
+) -> dict[str, Path]:
+    key_path, cert_path, ca_path = target / f"{name}.key", target / f"{name}.crt", target / "ca.crt"
+    if key_path.exists():
+        key_path.unlink()  # a re-issued identity gets a fresh key; the old cert stays valid until revoked
+    write_private_key(key_path, key)  # type: ignore[arg-type]
+    chain = [issued, *ca.authority.chain()]
+    write_public_file(cert_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    write_public_file(ca_path, ca.authority.root.public_bytes(serialization.Encoding.PEM))
+    return {"cert": cert_path, "key": key_path, "ca": ca_path}
+
+
+def role_group(kind: str, with_tier: bool = False) -> click.Group:
+    group = click.Group(kind, help=f"Manage {kind} identities.")
+    group.add_command(_role_command(kind, with_tier))
+    return group

@@ -1,0 +1,84 @@
+"""`fleetgate serve`: run the gateway until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from gateway.cli.common import CliError, data_option, friendly_errors
+from gateway.config import ConfigError, load_config, parse_endpoint
+from gateway.datadir import DataDir
+
+
+def install_event_loop() -> str:
+    """uvloop where available: it holds a TLS connection in a fraction of asyncio's memory."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+@click.command()
+@data_option
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="gateway.yaml overriding the embedded defaults.",
+)
+@click.option("--listen-mqtt", default=None, help="HOST:PORT for MQTT over mTLS (default 0.0.0.0:8883).")
+@click.option(
+    "--listen-https", default=None, help="HOST:PORT for EST, CRL and the admin API (default 0.0.0.0:8443)."
+)
+@click.option(
+    "--insecure-plaintext-listen",
+    default=None,
+    help="LOOPBACK:PORT for an anonymous plaintext lab listener (protocol test suites only).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@friendly_errors
+def serve(
+    data_dir: Path | None,
+    config_file: Path | None,
+    listen_mqtt: str | None,
+    listen_https: str | None,
+    insecure_plaintext_listen: str | None,
+    log_level: str,
+) -> None:
+    """Run the gateway: mTLS MQTT broker, EST enrollment and CRL over HTTPS."""
+    config = load_config(config_file)
+    listen = config.listen
+    if listen_mqtt:
+        listen = replace(listen, mqtt=parse_endpoint(listen_mqtt, "--listen-mqtt"))
+    if listen_https:
+        listen = replace(listen, https=parse_endpoint(listen_https, "--listen-https"))
+    if insecure_plaintext_listen:
+        plain = parse_endpoint(insecure_plaintext_listen, "--insecure-plaintext-listen")
+        if not plain.is_loopback:
+            raise ConfigError(
+                f"--insecure-plaintext-listen must be a loopback address (127.0.0.1 or ::1), not {plain.host}"
+            )
+        listen = replace(listen, insecure_plaintext=plain)
+    config = replace(config, listen=listen)
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from gateway.runtime import Gateway  # imported late: the CLI's other commands stay light
+
+    loop_kind = install_event_loop()
+    logging.getLogger("fleetgate").info("event loop: %s", loop_kind)
+    gateway = Gateway(DataDir.resolve(data_dir), config)
+    try:
+        asyncio.run(gateway.run_until_signalled())
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen: {exc.strerror or exc}; is another gateway running on that port?"
+        ) from None

@@ -1,0 +1,226 @@
+"""Gateway configuration: frozen values loaded from YAML with precise errors.
+
+The embedded defaults (gateway/defaults/gateway.yaml, shipped with the package and mirrored in
+configs/gateway.yaml) are complete; a user's file overrides any subset. Every problem names the
+file, the key path and what is wrong, in one sentence. Security floors (mTLS, client-id binding,
+deny by default) are not settings and cannot appear here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_endpoint(text: str, where: str = "endpoint") -> Endpoint:
+    """Parse HOST:PORT or [V6]:PORT."""
+    text = str(text).strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. 0.0.0.0:8883)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: port {port_text!r} is not a number from 0 to 65535")
+    return Endpoint(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    mqtt: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8883))
+    https: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8443))
+    # Plaintext, anonymous, loopback only: for running protocol conformance suites. Never in production.
+    insecure_plaintext: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    handshake_timeout: float = 10.0
+    min_version: str = "1.2"  # "1.2" or "1.3"
+    clock_skew_tolerance: float = 300.0  # seconds a certificate may be early/late for our own checks
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    unit_lifetime_days: float = 30.0
+    role_lifetime_days: float = 365.0  # operators, services, partners
+    server_lifetime_days: float = 365.0
+    token_ttl_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_packet_size: int = 256 * 1024
+    receive_maximum: int = 100
+    max_inflight: int = 100
+    max_queued_messages: int = 1000
+    max_subscriptions: int = 100
+    max_topic_alias: int = 32
+    max_keep_alive: int = 600
+    max_session_expiry: int = 7 * 24 * 3600
+    max_retained_messages: int = 100_000
+    connect_timeout: float = 10.0
+    max_violations: int = 20
+    max_est_body: int = 64 * 1024
+    max_write_buffer: int = 4 * 1024 * 1024  # a client that stops reading is cut off past this
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    synchronous: str = "NORMAL"  # NORMAL survives a process kill; FULL also survives power loss
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    certificates: CertificateConfig = field(default_factory=CertificateConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    policy_file: Path | None = None  # None: the embedded default policy
+    source: str = "<embedded defaults>"
+
+
+_SECTIONS: dict[str, type] = {
+    "listen": ListenConfig,
+    "tls": TlsConfig,
+    "certificates": CertificateConfig,
+    "limits": LimitsConfig,
+    "storage": StorageConfig,
+}
+
+
+def load_config(path: Path | None = None) -> GatewayConfig:
+    """The embedded defaults, overridden by the YAML file at `path` when given."""
+    if path is None:
+        return GatewayConfig()
+    data = _read_yaml(path)
+    return config_from_mapping(data, source=str(path), base_dir=path.parent)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass an existing --config or leave it out") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def config_from_mapping(data: dict[str, Any], source: str, base_dir: Path | None = None) -> GatewayConfig:
+    unknown = set(data) - set(_SECTIONS) - {"policy_file"}
+    if unknown:
+        known = ", ".join([*_SECTIONS, "policy_file"])
+        raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}; known keys are {known}")
+    sections = {name: _section(source, name, cls, data.get(name)) for name, cls in _SECTIONS.items()}
+    policy_file = data.get("policy_file")
+    policy_path: Path | None = None
+    if policy_file is not None:
+        if not isinstance(policy_file, str):
+            raise ConfigError(f"{source}: policy_file must be a path string")
+        policy_path = Path(policy_file)
+        if not policy_path.is_absolute() and base_dir is not None:
+            policy_path = base_dir / policy_path
+    config = GatewayConfig(**sections, policy_file=policy_path, source=source)
+    _check(config)
+    return config
+
+
+def _section(source: str, name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {name} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {name}.{key}; known keys are {', '.join(known)}")
+        values[key] = _coerce(source, f"{name}.{key}", known[key].type, value)
+    return cls(**values)
+
+
+def _coerce(source: str, where: str, type_name: Any, value: Any) -> Any:
+    type_text = str(type_name)
+    if "Endpoint" in type_text:
+        if value is None and "None" in type_text:
+            return None
+        try:
+            return parse_endpoint(value, f"{source}: {where}")
+        except ConfigError:
+            raise
+    if type_text == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{source}: {where} must be a whole number ≥ 0, not {value!r}")
+        return value
+    if type_text == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{source}: {where} must be a number ≥ 0, not {value!r}")
+        return float(value)
+    if type_text == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{source}: {where} has an unsupported type")  # pragma: no cover - programming error
+
+
+def _check(config: GatewayConfig) -> None:
+    src = config.source
+    plain = config.listen.insecure_plaintext
+    if plain is not None and not plain.is_loopback:
+        raise ConfigError(
+            f"{src}: listen.insecure_plaintext must be a loopback address (127.0.0.1 or ::1), "
+            f"not {plain.host}; plaintext is only for local protocol testing"
+        )
+    if config.tls.min_version not in ("1.2", "1.3"):
+        raise ConfigError(f'{src}: tls.min_version must be "1.2" or "1.3", not {config.tls.min_version!r}')
+    if config.storage.synchronous.upper() not in ("NORMAL", "FULL"):
+        raise ConfigError(f"{src}: storage.synchronous must be NORMAL or FULL")
+    if config.limits.max_packet_size < 1024:
+        raise ConfigError(f"{src}: limits.max_packet_size must be at least 1024 bytes")
+    if not 1 <= config.limits.receive_maximum <= 65535:
+        raise ConfigError(f"{src}: limits.receive_maximum must be from 1 to 65535")
+
+
+def embedded_defaults_text() -> str:
+    """The documented default gateway.yaml, as shipped inside the package."""
+    return resources.files("gateway").joinpath("defaults/gateway.yaml").read_text(encoding="utf-8")

@@ -1,0 +1,100 @@
+"""Turns what the broker and the listeners report into audit records.
+
+Decisions that matter one by one (a refused CONNECT, a session takeover that may be a clone) are
+written as they come. Denials and handshake failures are aggregated per (who, what, why) so that a
+flood becomes one record plus periodic summaries, never a flood of records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from gateway.audit import AggregatingAuditor, AuditLog
+from gateway.server import HandshakeFailure
+
+# Broker event class name → (audit action, aggregate?)
+_ACTIONS: dict[str, tuple[str, bool]] = {
+    "ConnectRefused": ("mqtt.connect", False),
+    "SessionTakenOver": ("mqtt.takeover", False),
+    "PublishDenied": ("mqtt.publish", True),
+    "SubscribeDenied": ("mqtt.subscribe", True),
+    "DeliveryDenied": ("mqtt.deliver", True),
+    "ProtocolViolation": ("mqtt.protocol", True),
+    "ClientConnected": ("mqtt.connect", False),
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _actor(peer: Any) -> str:
+    identity = getattr(peer, "identity", None)
+    if identity is not None:
+        return str(identity)
+    return f"lab/{getattr(peer, 'address', '?')}"
+
+
+class EventRecorder:
+    def __init__(self, audit: AuditLog, window: float = 60.0) -> None:
+        self.audit = audit
+        self.aggregator = AggregatingAuditor(audit, window=window)
+
+    def record(self, events: Iterable[object], failures: Iterable[HandshakeFailure], wall: datetime) -> None:
+        mono = time.monotonic()
+        for event in events:
+            self._record_event(event, mono, wall)
+        for failure in failures:
+            self.aggregator.note_denial(
+                actor=f"address/{failure.address.rsplit(':', 1)[0]}",
+                action="tls.handshake",
+                subject=failure.address,
+                reason=failure.reason,
+                now_monotonic=mono,
+                wall=wall,
+            )
+        self.aggregator.flush(mono, wall)
+
+    def _record_event(self, event: object, mono: float, wall: datetime) -> None:
+        name = type(event).__name__
+        action, aggregate = _ACTIONS.get(name, ("", False))
+        if not action:
+            return  # connection churn and the like are metrics, not security decisions
+        fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {}  # type: ignore[arg-type]
+        peer = getattr(event, "peer", None) or getattr(event, "new_peer", None)
+        actor = _actor(peer)
+        reason = str(fields.get("reason", "") or _snake(name))
+        subject = str(fields.get("topic") or fields.get("topic_filter") or fields.get("client_id") or actor)
+        if aggregate:
+            self.aggregator.note_denial(
+                actor=actor, action=action, subject=subject, reason=reason, now_monotonic=mono, wall=wall
+            )
+            return
+        outcome = (
+            "ok" if name == "ClientConnected" else ("suspicious" if name == "SessionTakenOver" else "refused")
+        )
+        details = {k: _plain(v) for k, v in fields.items() if k not in ("peer", "reason")}
+        self.audit.append(
+            actor=actor,
+            action=action,
+            subject=subject,
+            outcome=outcome,
+            reason=reason,
+            details=details,
+            now=wall,
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)

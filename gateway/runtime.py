@@ -1,0 +1,230 @@
+"""One gateway process: the CA, the registry, the broker, the listeners, and the loops that keep
+live sessions honest.
+
+`fleetgate serve` builds a Gateway and runs it until SIGTERM/SIGINT. Tests do the same in-process
+or as a subprocess. Everything that touches disk or the network is set up here; the decisions are
+made in pki/, gateway/policy and gateway/broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from cryptography import x509
+from pki.service import FleetCA
+
+from gateway.admin.est import EstContext, add_est_routes
+from gateway.audit import AuditLog
+from gateway.broker import Broker, BrokerLimits
+from gateway.broker.persistence import SqliteBrokerStore
+from gateway.config import GatewayConfig
+from gateway.datadir import DataDir, ca_passphrase
+from gateway.events import EventRecorder
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
+from gateway.transport import tls_server_context
+from pki.authority import CertificateAuthority
+from pki.names import IdentityError, identity_from_certificate
+from pki.store import Registry, open_database
+
+log = logging.getLogger("fleetgate")
+
+REVOCATION_POLL_SECONDS = 0.2  # revocations made by another process reach live sessions this fast
+
+
+class GatewayStartupError(RuntimeError):
+    """The gateway cannot start; the message says why and what to do."""
+
+
+def broker_limits(config: GatewayConfig) -> BrokerLimits:
+    limits = config.limits
+    return BrokerLimits(
+        max_packet_size=limits.max_packet_size,
+        receive_maximum=limits.receive_maximum,
+        max_inflight=limits.max_inflight,
+        max_queued_messages=limits.max_queued_messages,
+        max_subscriptions=limits.max_subscriptions,
+        max_topic_alias=limits.max_topic_alias,
+        max_keep_alive=limits.max_keep_alive,
+        max_session_expiry=limits.max_session_expiry,
+        max_retained_messages=limits.max_retained_messages,
+        connect_timeout=limits.connect_timeout,
+        max_violations=limits.max_violations,
+    )
+
+
+class Gateway:
+    def __init__(self, data: DataDir, config: GatewayConfig) -> None:
+        if not data.is_initialised():
+            raise GatewayStartupError(
+                f"{data.root} is not an initialised data directory; run `fleetgate init --data {data.root}`"
+            )
+        self.data = data
+        self.config = config
+        self.authority = CertificateAuthority.load(data.ca_dir, ca_passphrase())
+        self.trust_domain = self.authority.trust_domain
+        sync = config.storage.synchronous
+        self._registry_db = open_database(data.database, synchronous=sync)
+        self._broker_db = open_database(data.database, synchronous=sync)
+        self.registry = Registry(self._registry_db)
+        self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
+        self.audit = AuditLog(self._registry_db)
+        self.broker = Broker(
+            CertificateOnlyPolicy(), broker_limits(config), SqliteBrokerStore(self._broker_db)
+        )
+        self.hub = ConnectionHub(
+            self.broker,
+            handshake_timeout=config.tls.handshake_timeout,
+            max_write_buffer=config.limits.max_write_buffer,
+        )
+        self.events = EventRecorder(self.audit)
+        self._known_revoked = {entry.serial for entry in self.registry.revoked_entries()}
+        self._servers: list[asyncio.Server] = []
+        self._http: web.AppRunner | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    # --- admission ----------------------------------------------------------------------------
+
+    def check_certificate(self, cert: x509.Certificate, address: str) -> Peer | str:
+        """What a chain-verified client certificate proves, or why it proves nothing."""
+        try:
+            identity = identity_from_certificate(cert, self.trust_domain)
+        except IdentityError as exc:
+            return exc.reason
+        if cert.serial_number in self._known_revoked or self.registry.is_revoked(cert.serial_number):
+            return "certificate_revoked"
+        record = self.registry.get_identity(identity.kind, identity.id)
+        if record is None:
+            return "unknown_identity"
+        if record.state == "revoked":
+            return "identity_revoked"
+        return Peer(
+            address=address,
+            identity=identity,
+            certificate_serial=cert.serial_number,
+            certificate_not_after=cert.not_valid_after_utc.timestamp(),
+        )
+
+    # --- live re-authorization ----------------------------------------------------------------
+
+    def on_revocations(self, serials: set[int]) -> int:
+        """Cut every live session whose certificate is among `serials`; returns how many."""
+        if not serials:
+            return 0
+        self._known_revoked |= serials
+        actions = self.broker.disconnect_where(
+            lambda peer: peer.certificate_serial in serials,
+            ReasonCode.NOT_AUTHORIZED,
+            "certificate revoked",
+            time.time(),
+        )
+        self.hub.apply(actions)
+        return sum(1 for _ in actions)
+
+    async def _watch_registry(self) -> None:
+        while True:
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
+            current = {entry.serial for entry in self.registry.revoked_entries()}
+            self.on_revocations(current - self._known_revoked)
+
+    async def _drain_events(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self.events.record(self.broker.drain_events(), self.hub.failures, datetime.now(UTC))
+            self.hub.failures.clear()
+
+    # --- listeners ----------------------------------------------------------------------------
+
+    def _mqtt_context(self) -> ssl.SSLContext:
+        return tls_server_context(
+            str(self.data.server_cert),
+            str(self.data.server_key),
+            str(self.data.client_ca_bundle),
+            self.config.tls.min_version,
+        )
+
+    def _https_context(self) -> ssl.SSLContext:
+        context = self._mqtt_context()
+        context.verify_mode = ssl.CERT_OPTIONAL  # EST enroll uses a token; reenroll/admin use mTLS
+        return context
+
+    def _http_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.limits.max_est_body + 1024)
+        certs = self.config.certificates
+        add_est_routes(
+            app,
+            EstContext(
+                ca=self.ca,
+                audit=self.audit,
+                unit_lifetime=timedelta(days=certs.unit_lifetime_days),
+                max_body=self.config.limits.max_est_body,
+            ),
+        )
+        return app
+
+    async def start(self) -> None:
+        listen = self.config.listen
+        mqtt = await start_mqtt_listener(
+            self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_context(), self.check_certificate
+        )
+        self._servers.append(mqtt)
+        self.bound["mqtt"] = mqtt.sockets[0].getsockname()[:2]
+        if listen.insecure_plaintext is not None:
+            lab = await start_lab_listener(
+                self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port
+            )
+            self._servers.append(lab)
+            self.bound["lab"] = lab.sockets[0].getsockname()[:2]
+        self._http = web.AppRunner(self._http_app(), access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(
+            self._http, listen.https.host, listen.https.port, ssl_context=self._https_context()
+        )
+        await site.start()
+        server = site._server  # aiohttp exposes no public accessor for the bound port
+        if isinstance(server, asyncio.Server) and server.sockets:
+            self.bound["https"] = server.sockets[0].getsockname()[:2]
+        self.hub.run_ticker()
+        self.hub.spawn(self._watch_registry())
+        self.hub.spawn(self._drain_events())
+        self.audit.append(
+            actor="system",
+            action="gateway.start",
+            subject="gateway",
+            outcome="ok",
+            details={k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
+            now=datetime.now(UTC),
+        )
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.hub.shutdown()
+        self.events.record(self.broker.drain_events(), self.hub.failures, datetime.now(UTC))
+        if self._http is not None:
+            await self._http.cleanup()
+        self.audit.append(
+            actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=datetime.now(UTC)
+        )
+        self._broker_db.close()
+        self._registry_db.close()
+
+    async def run_until_signalled(self, on_ready: asyncio.Event | None = None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        log.info("fleetgate is up: %s", ", ".join(f"{k} {h}:{p}" for k, (h, p) in self.bound.items()))
+        if on_ready is not None:
+            on_ready.set()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()

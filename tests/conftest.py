@@ -1,0 +1,30 @@
+"""Shared fixtures: a live gateway subprocess per test module that asks for one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A running gateway on fresh state, shared by the tests of one module."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw"), lab=True)
+    gw.init()
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway of its own, for tests that restart or break it."""
+    gw = GatewayProcess(tmp_path, lab=True)
+    gw.init()
+    gw.start()
+    yield gw
+    gw.stop()
