@@ -93,13 +93,16 @@ def connack_code_for_311(reason: int) -> ConnackReturnCode311:
     return _CONNACK_5_TO_311.get(reason, ConnackReturnCode311.NOT_AUTHORIZED)
 
 
+_CONNACK_311_TO_5: dict[int, ReasonCode] = {
+    ConnackReturnCode311.ACCEPTED: ReasonCode.SUCCESS,
+    ConnackReturnCode311.UNACCEPTABLE_PROTOCOL_VERSION: ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    ConnackReturnCode311.IDENTIFIER_REJECTED: ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+    ConnackReturnCode311.SERVER_UNAVAILABLE: ReasonCode.SERVER_UNAVAILABLE,
+    ConnackReturnCode311.BAD_USER_NAME_OR_PASSWORD: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+    ConnackReturnCode311.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
+}
+
+
 def connack_reason_from_311(code: int) -> ReasonCode:
     """The 5.0 reason a 3.1.1 CONNACK return code stands for (used by our client core)."""
-    return {
-        ConnackReturnCode311.ACCEPTED: ReasonCode.SUCCESS,
-        ConnackReturnCode311.UNACCEPTABLE_PROTOCOL_VERSION: ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
-        ConnackReturnCode311.IDENTIFIER_REJECTED: ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-        ConnackReturnCode311.SERVER_UNAVAILABLE: ReasonCode.SERVER_UNAVAILABLE,
-        ConnackReturnCode311.BAD_USER_NAME_OR_PASSWORD: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-        ConnackReturnCode311.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
-    }.get(code, ReasonCode.UNSPECIFIED_ERROR)  # type: ignore[call-overload]
+    return _CONNACK_311_TO_5.get(code, ReasonCode.UNSPECIFIED_ERROR)
