@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from cryptography import x509
-from pki.service import FleetCA
 
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.audit import AuditLog
@@ -32,6 +31,7 @@ from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listene
 from gateway.transport import tls_server_context
 from pki.authority import CertificateAuthority
 from pki.names import IdentityError, identity_from_certificate
+from pki.service import FleetCA
 from pki.store import Registry, open_database
 
 log = logging.getLogger("fleetgate")
@@ -188,9 +188,9 @@ class Gateway:
             self._http, listen.https.host, listen.https.port, ssl_context=self._https_context()
         )
         await site.start()
-        server = site._server  # aiohttp exposes no public accessor for the bound port
-        if isinstance(server, asyncio.Server) and server.sockets:
-            self.bound["https"] = server.sockets[0].getsockname()[:2]
+        sockets = getattr(site._server, "sockets", None)  # aiohttp has no public accessor for the port
+        if sockets:
+            self.bound["https"] = sockets[0].getsockname()[:2]
         self.hub.run_ticker()
         self.hub.spawn(self._watch_registry())
         self.hub.spawn(self._drain_events())

@@ -16,7 +16,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
 
@@ -55,9 +55,10 @@ class MqttConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Only the plaintext lab listener arrives here; TLS connections are started by _TlsUpgrade.
-        assert isinstance(transport, asyncio.Transport)
-        peer = Peer(address=format_address(transport.get_extra_info("peername")), identity=None)
-        self.start(transport, peer)
+        # (uvloop's transports implement asyncio.Transport without subclassing it, hence the cast.)
+        stream = cast(asyncio.Transport, transport)
+        peer = Peer(address=format_address(stream.get_extra_info("peername")), identity=None)
+        self.start(stream, peer)
 
     def data_received(self, data: bytes) -> None:
         if self._conn is None:
@@ -85,7 +86,7 @@ class _TlsUpgrade(asyncio.Protocol):
         self._peer_check = peer_check
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # nothing is read until start_tls takes the socket over
         address = format_address(transport.get_extra_info("peername"))
         if not self._hub.admit_tcp(address):

@@ -7,8 +7,10 @@ running gateway notices revocations within a fraction of a second (it watches th
 from __future__ import annotations
 
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
@@ -34,6 +36,7 @@ from gateway.datadir import DataDir
 from pki.authority import CertificateAuthority, parse_revocation_reason
 from pki.keys import write_public_file
 from pki.names import CLIENT_KINDS, make_identity, validate_trust_domain
+from pki.records import CertificateRecord
 from pki.service import FleetCA
 from pki.store import Registry, open_database
 
@@ -156,7 +159,9 @@ def unit_add(
             {"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat(), "ca_sha256": root_sha}
         )
     else:
-        click.echo(f"Registered unit {unit_id}. One-time enrollment token (valid {ttl}):")
+        click.echo(
+            f"Registered unit {unit_id}. One-time enrollment token (valid {ttl.total_seconds() / 3600:g} h):"
+        )
         click.echo(token)
         click.echo(
             f"Enroll with: fleetgate enroll --unit {unit_id} --token <token> --server https://HOST:8443 "
@@ -182,7 +187,7 @@ def unit_list(data_dir: Path | None, as_json: bool) -> None:
     )
 
 
-def _unit_summary(registry: Registry, unit_id: str) -> dict[str, object]:
+def _unit_summary(registry: Registry, unit_id: str) -> dict[str, Any]:
     record = registry.get_identity("unit", unit_id)
     if record is None:
         raise CliError(f"no unit {unit_id!r} is registered; see `fleetgate unit list`")
@@ -194,7 +199,7 @@ def _unit_summary(registry: Registry, unit_id: str) -> dict[str, object]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "serial": format(latest.serial, "x") if latest else None,
-        "not_after": latest.not_after if latest else None,
+        "not_after": latest.not_after.isoformat() if latest else None,
     }
 
 
@@ -251,16 +256,15 @@ def unit_remove(unit_id: str, data_dir: Path | None, force: bool, as_json: bool)
 # --- certificates -------------------------------------------------------------------------------
 
 
-def _cert_row(record: object) -> dict[str, str]:
-    r = record
+def _cert_row(r: CertificateRecord) -> dict[str, str]:
     return {
         "serial": format(r.serial, "x"),
         "identity": f"{r.kind}/{r.id}",
-        "status": r.status,  # type: ignore[attr-defined]
-        "not_before": str(r.not_before),
-        "not_after": str(r.not_after),  # type: ignore[attr-defined]
-        "fingerprint": r.fingerprint,  # type: ignore[attr-defined]
-        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",  # type: ignore[attr-defined]
+        "status": r.status,
+        "not_before": r.not_before.isoformat(),
+        "not_after": r.not_after.isoformat(),
+        "fingerprint": r.fingerprint,
+        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",
     }
 
 
@@ -383,6 +387,6 @@ def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
         write_public_file(out, body)
         click.echo(f"Wrote {out}.")
     elif der:
-        click.get_binary_stream("stdout").write(body)
+        sys.stdout.buffer.write(body)
     else:
         click.echo(body.decode(), nl=False)

@@ -130,7 +130,7 @@ def describe_error(exc: BaseException) -> str:
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     out = Table(title=title, title_justify="left")
     for column in columns:
-        out.add_column(column)
+        out.add_column(column, overflow="fold")
     for row in rows:
         out.add_row(*row)
     console.print(out)

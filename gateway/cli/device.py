@@ -129,13 +129,13 @@ def renew(cert_file: Path, key_file: Path, server: str | None, ca_file: Path | N
         raise CliError("no server known for this certificate; pass --server URL and --ca ROOT")
     load_private_key(key_file)  # fail early, clearly, on a missing or loose key file
     current = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    unit_id = current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    unit_id = str(current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
     est = bootstrap(url, ca_file=ca)
     key = generate_private_key()
-    cert = simplereenroll(est, cert_file, key_file, device_csr(key, str(unit_id)))
-    paths = _save(cert_file.parent.absolute(), str(unit_id), key, cert, est)
+    cert = simplereenroll(est, cert_file, key_file, device_csr(key, unit_id))
+    paths = _save(cert_file.parent.absolute(), unit_id, key, cert, est)
     if as_json:
-        emit_json({"unit": str(unit_id), **paths})
+        emit_json({"unit": unit_id, **paths})
     else:
         click.echo(f"Renewed {unit_id}: certificate {paths['cert']} valid until {paths['not_after']}.")
 
