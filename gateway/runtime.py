@@ -28,7 +28,7 @@ from gateway.events import EventRecorder
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import CertificateOnlyPolicy, Peer
 from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
-from gateway.transport import tls_server_context
+from gateway.transport import MtlsListener, tls_server_context
 from pki.authority import CertificateAuthority
 from pki.names import IdentityError, identity_from_certificate
 from pki.service import FleetCA
@@ -87,6 +87,7 @@ class Gateway:
         self.events = EventRecorder(self.audit)
         self._known_revoked = {entry.serial for entry in self.registry.revoked_entries()}
         self._servers: list[asyncio.Server] = []
+        self._listeners: list[MtlsListener] = []
         self._http: web.AppRunner | None = None
         self.bound: dict[str, tuple[str, int]] = {}
 
@@ -171,11 +172,10 @@ class Gateway:
 
     async def start(self) -> None:
         listen = self.config.listen
-        mqtt = await start_mqtt_listener(
+        mqtt, self.bound["mqtt"] = await start_mqtt_listener(
             self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_context(), self.check_certificate
         )
-        self._servers.append(mqtt)
-        self.bound["mqtt"] = mqtt.sockets[0].getsockname()[:2]
+        self._listeners.append(mqtt)
         if listen.insecure_plaintext is not None:
             lab = await start_lab_listener(
                 self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port
@@ -204,6 +204,8 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
         for server in self._servers:
             server.close()
         await self.hub.shutdown()

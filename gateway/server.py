@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.broker import Action, Broker, Close, Send
 from gateway.policy.access import Peer
-from gateway.transport import MqttConnection, PeerCheck, _TlsUpgrade, format_address
+from gateway.transport import MqttConnection, MtlsListener, PeerCheck, format_address
 
 log = logging.getLogger("fleetgate.server")
 
@@ -165,11 +165,10 @@ class ConnectionHub:
 
 async def start_mqtt_listener(
     hub: ConnectionHub, host: str, port: int, context: Any, peer_check: PeerCheck
-) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _TlsUpgrade(hub, context, peer_check), host, port, reuse_address=True, backlog=4096
-    )
+) -> tuple[MtlsListener, tuple[str, int]]:
+    listener = MtlsListener(hub, context, peer_check)
+    bound = await listener.start(host, port)
+    return listener, bound
 
 
 async def start_lab_listener(hub: ConnectionHub, host: str, port: int) -> asyncio.Server:

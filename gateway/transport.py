@@ -1,9 +1,7 @@
 """The asyncio adapter: socket bytes → broker → actions → socket bytes. Small and boring on purpose.
 
-Each accepted TCP connection starts as a _TlsUpgrade protocol that pauses reading and runs the TLS
-handshake itself with loop.start_tls, bounded by the handshake timeout. Doing the handshake here
-rather than through create_server(ssl=...) is what lets us see, count and audit every failed
-handshake with its reason (asyncio swallows those at debug level otherwise).
+MtlsListener accepts each TCP connection and runs its TLS handshake (bounded by the handshake
+timeout) so that every failed handshake is seen, counted and audited with its reason.
 
 After the handshake, MqttConnection owns the socket: it reads the verified client certificate once,
 turns it into a Peer (or refuses the connection before a single MQTT byte is read), and from then
@@ -13,6 +11,7 @@ on every data_received goes to Broker.receive and the returned actions are appli
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -37,34 +36,41 @@ def format_address(sockname: object) -> str:
 
 
 class MqttConnection(asyncio.Protocol):
-    """One client connection after TLS (or on the loopback lab listener)."""
+    """One client connection, after its TLS handshake (or on the loopback lab listener)."""
 
-    def __init__(self, hub: ConnectionHub) -> None:
+    def __init__(self, hub: ConnectionHub, peer_check: PeerCheck | None = None) -> None:
         self._hub = hub
+        self._peer_check = peer_check  # None on the lab listener: clients there are anonymous
         self._conn: int | None = None
-        self._transport: asyncio.Transport | None = None
-        self._early: list[bytes] = []  # bytes that arrived before start() (TLS 1.3 early data races)
         self._closed = False
 
-    def start(self, transport: asyncio.Transport, peer: Peer) -> None:
-        self._transport = transport
-        self._conn = self._hub.register(self, transport, peer)
-        early, self._early = self._early, []
-        for chunk in early:
-            self.data_received(chunk)
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Only the plaintext lab listener arrives here; TLS connections are started by _TlsUpgrade.
-        # (uvloop's transports implement asyncio.Transport without subclassing it, hence the cast.)
+        # uvloop's transports implement asyncio.Transport without subclassing it, hence the cast.
         stream = cast(asyncio.Transport, transport)
-        peer = Peer(address=format_address(stream.get_extra_info("peername")), identity=None)
-        self.start(stream, peer)
+        address = format_address(stream.get_extra_info("peername"))
+        peer = self._admit(stream, address)
+        if peer is None:
+            stream.abort()
+            return
+        self._conn = self._hub.register(self, stream, peer)
+
+    def _admit(self, stream: asyncio.Transport, address: str) -> Peer | None:
+        if self._peer_check is None:
+            return Peer(address=address, identity=None)
+        ssl_object = stream.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:  # CERT_REQUIRED makes this unreachable; kept as a second lock on the door
+            self._hub.certificate_refused(address, "no_client_certificate")
+            return None
+        verdict = self._peer_check(x509.load_der_x509_certificate(der), address)
+        if isinstance(verdict, str):
+            self._hub.certificate_refused(address, verdict)
+            return None
+        return verdict
 
     def data_received(self, data: bytes) -> None:
-        if self._conn is None:
-            self._early.append(data)
-            return
-        self._hub.received(self._conn, data)
+        if self._conn is not None:
+            self._hub.received(self._conn, data)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -77,62 +83,64 @@ class MqttConnection(asyncio.Protocol):
             self._hub.lost(self._conn)
 
 
-class _TlsUpgrade(asyncio.Protocol):
-    """A fresh TCP connection on the mTLS listener, until its handshake is done."""
+class MtlsListener:
+    """Accepts TCP connections and runs each TLS handshake, bounded, as a task of the hub.
+
+    Using connect_accepted_socket(ssl=...) keeps the event loop's own TLS implementation (uvloop's
+    is much faster than a Python one) while a failed handshake comes back to us as an exception we
+    can count and audit; create_server(ssl=...) would swallow it at debug level.
+    """
 
     def __init__(self, hub: ConnectionHub, context: ssl.SSLContext, peer_check: PeerCheck) -> None:
         self._hub = hub
         self._context = context
         self._peer_check = peer_check
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # nothing is read until start_tls takes the socket over
-        address = format_address(transport.get_extra_info("peername"))
-        if not self._hub.admit_tcp(address):
-            transport.abort()
-            return
-        self._hub.spawn(self._handshake(transport, address))
+    async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
+        self._sock.setblocking(False)
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(self._sock))
+        bound = self._sock.getsockname()
+        return str(bound[0]), int(bound[1])
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
-
-    async def _handshake(self, raw: asyncio.Transport, address: str) -> None:
+    async def _accept_loop(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        connection = MqttConnection(self._hub)
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listening)
+            except OSError as exc:  # e.g. EMFILE under a connection flood: back off, keep serving
+                self._hub.handshake_failed("listener", f"accept_failed_{exc.errno}")
+                await asyncio.sleep(0.1)
+                continue
+            if not self._hub.admit_tcp(format_address(address)):
+                sock.close()
+                continue
+            self._hub.spawn(self._handshake(sock, format_address(address)))
+
+    async def _handshake(self, sock: socket.socket, address: str) -> None:
+        loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            tls = await loop.start_tls(
-                raw,
-                connection,
-                self._context,
-                server_side=True,
+            await loop.connect_accepted_socket(
+                lambda: MqttConnection(self._hub, self._peer_check),
+                sock,
+                ssl=self._context,
                 ssl_handshake_timeout=self._hub.handshake_timeout,
             )
         except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
-            raw.abort()
+            sock.close()
             self._hub.handshake_failed(address, handshake_failure_reason(exc))
             return
-        if tls is None:  # pragma: no cover - peer vanished during the handshake
-            raw.abort()
-            self._hub.handshake_failed(address, "connection_lost")
-            return
         self._hub.handshake_ok(time.monotonic() - started)
-        self._admit(tls, connection, address)
 
-    def _admit(self, tls: asyncio.Transport, connection: MqttConnection, address: str) -> None:
-        ssl_object = tls.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            tls.abort()
-            self._hub.handshake_failed(address, "no_client_certificate")
-            return
-        verdict = self._peer_check(x509.load_der_x509_certificate(der), address)
-        if isinstance(verdict, str):
-            tls.abort()
-            self._hub.certificate_refused(address, verdict)
-            return
-        connection.start(tls, verdict)
+    def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._sock is not None:
+            self._sock.close()
 
 
 def handshake_failure_reason(exc: BaseException) -> str:

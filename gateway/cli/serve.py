@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,12 @@ from gateway.datadir import DataDir
 
 
 def install_event_loop() -> str:
-    """uvloop where available: it holds a TLS connection in a fraction of asyncio's memory."""
+    """uvloop where available: it holds a TLS connection in a fraction of asyncio's memory.
+
+    FLEETGATE_EVENT_LOOP=asyncio selects the standard loop (for comparisons and debugging).
+    """
+    if os.environ.get("FLEETGATE_EVENT_LOOP", "uvloop") == "asyncio":
+        return "asyncio"
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
