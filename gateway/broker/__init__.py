@@ -1,0 +1,41 @@
+"""The broker: a pure routing core driven by the transport (bytes, losses, ticks in; actions out)."""
+
+from gateway.broker.actions import Action, Close, Send
+from gateway.broker.core import Broker
+from gateway.broker.events import (
+    BrokerEvent,
+    ClientConnected,
+    ClientDisconnected,
+    ConnectRefused,
+    DeliveryDenied,
+    ProtocolViolation,
+    PublishDenied,
+    SessionDiscarded,
+    SessionTakenOver,
+    SubscribeDenied,
+)
+from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
+from gateway.broker.persistence import BrokerStore, InMemoryStore, SqliteBrokerStore
+
+__all__ = [
+    "Action",
+    "Broker",
+    "BrokerEvent",
+    "BrokerLimits",
+    "BrokerMetrics",
+    "BrokerStore",
+    "ClientConnected",
+    "ClientDisconnected",
+    "Close",
+    "ConnectRefused",
+    "DeliveryDenied",
+    "InMemoryStore",
+    "ProtocolViolation",
+    "PublishDenied",
+    "Send",
+    "SessionDiscarded",
+    "SessionInfo",
+    "SessionTakenOver",
+    "SqliteBrokerStore",
+    "SubscribeDenied",
+]

@@ -1,0 +1,75 @@
+"""What the broker asks the transport to do: small frozen values, nothing else.
+
+The broker never touches a socket. Every entry point returns a list of actions; the transport applies
+them in order. `Outbox` collects them during one entry-point call and coalesces the bytes for each
+connection into a single Send, so a fan-out of a hundred PUBLISH packets to one subscriber costs the
+transport one write, and a Close always comes after the last Send for its connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes to that connection."""
+
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Flush pending Sends for `conn`, then close its socket."""
+
+    conn: int
+    reason: str  # stable snake_case for metrics and logs, e.g. "keep_alive_timeout"
+
+
+Action = Send | Close
+
+
+class Outbox:
+    """Actions produced during one broker call, in the order the transport must apply them."""
+
+    __slots__ = ("_chunks", "_closes", "_order")
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, list[bytes]] = {}
+        self._closes: dict[int, str] = {}
+        self._order: dict[int, None] = {}  # first-touch order of connections (an ordered set)
+
+    def send(self, conn: int, data: bytes) -> None:
+        if not data or conn in self._closes:
+            return  # nothing may follow a Close: the connection is gone for the broker
+        chunks = self._chunks.get(conn)
+        if chunks is None:
+            self._chunks[conn] = [data]
+            self._order[conn] = None
+        else:
+            chunks.append(data)
+
+    def close(self, conn: int, reason: str) -> None:
+        if conn in self._closes:
+            return
+        self._order[conn] = None
+        self._closes[conn] = reason
+
+    def discard_sends(self, conn: int) -> None:
+        """Forget bytes queued for `conn` (e.g. acks whose durability could not be guaranteed)."""
+        self._chunks.pop(conn, None)
+
+    def is_closing(self, conn: int) -> bool:
+        return conn in self._closes
+
+    def actions(self) -> list[Action]:
+        out: list[Action] = []
+        for conn in self._order:
+            chunks = self._chunks.get(conn)
+            if chunks:
+                out.append(Send(conn, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            reason = self._closes.get(conn)
+            if reason is not None:
+                out.append(Close(conn, reason))
+        return out

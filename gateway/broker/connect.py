@@ -1,0 +1,274 @@
+"""CONNECT and the end of connections and sessions.
+
+A CONNECT is refused (CONNACK ≥ 0x80, then close) when: the client id is empty and the listener does
+not assign ids (always the case for units); the client asks for enhanced authentication (we
+authenticate by certificate only); the policy denies the connection (client id not the certificate's:
+0x85 / 3.1.1 0x02; anything else 0x87 / 3.1.1 0x05); or the will's topic is invalid or the policy would
+not let this client publish it. Refusing a forbidden will (instead of silently dropping it) tells the
+client at once that its "last gasp" would never be heard.
+
+Otherwise the session is chosen (§3.1.2.4): a live connection with the same client id is taken over
+(it gets DISCONNECT 0x8E and its will follows §3.1.3.2.2: published, or left pending with its delay if
+the new connection continues the session); an existing session is resumed only if clean start is 0
+AND it belongs to the same identity — a session never changes hands between identities, whatever the
+client id says; otherwise it ends (its pending will fires) and a new one begins.
+
+When a connection ends, its will is published now, or after its delay (cancelled if the session is
+resumed in time), or when the session ends, whichever comes first. A session with expiry 0 ends with
+its connection; others wait for their expiry timer.
+"""
+
+from __future__ import annotations
+
+from gateway.broker.events import (
+    ClientConnected,
+    ClientDisconnected,
+    ConnectRefused,
+    SessionDiscarded,
+    SessionTakenOver,
+)
+from gateway.broker.inbound import publish_will
+from gateway.broker.outbound import resume
+from gateway.broker.records import identity_to_text
+from gateway.broker.sessions import MqttSession, PendingWill
+from gateway.broker.state import BrokerState, Connection
+from gateway.broker.subscribe import recheck_subscriptions
+from gateway.mqtt.errors import TopicNameInvalid
+from gateway.mqtt.packets import Connack, Connect, Properties, ProtocolVersion, Will
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.mqtt.topics import validate_topic_name
+from gateway.policy.access import Peer
+
+_V5 = ProtocolVersion.MQTT_5
+
+
+def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: float) -> None:
+    client_id = connect.client_id
+    assigned: str | None = None
+    if not client_id:
+        # 3.1.1 §3.1.3.1: an empty id with clean session 0 is always refused.
+        if not st.allow_server_assigned_ids or (connect.protocol_version != _V5 and not connect.clean_start):
+            refuse(st, conn, client_id, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty_client_id")
+            return
+        st.assigned_ids += 1
+        client_id = assigned = f"auto-{int(now * 1000):x}-{st.assigned_ids}"
+    if connect.properties.authentication_method is not None:
+        refuse(st, conn, client_id, ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication_method_unsupported")
+        return
+    decision = st.counted("connect", st.policy.decide_connect(conn.peer, connect, now))
+    if not decision.allowed:
+        code = (
+            ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
+            if decision.reason.startswith("client_id")
+            else ReasonCode.NOT_AUTHORIZED
+        )
+        refuse(st, conn, client_id, code, decision.reason, decision.rule)
+        return
+    if connect.will is not None and not _will_allowed(st, conn, client_id, connect.will, now):
+        return
+    _accept(st, conn, connect, client_id, assigned, now)
+
+
+def _will_allowed(st: BrokerState, conn: Connection, client_id: str, will: Will, now: float) -> bool:
+    try:
+        validate_topic_name(will.topic)
+    except TopicNameInvalid:
+        refuse(st, conn, client_id, ReasonCode.TOPIC_NAME_INVALID, "will_topic_invalid")
+        return False
+    decision = st.counted(
+        "publish",
+        st.policy.decide_publish(conn.peer, will.topic, len(will.payload), will.qos, will.retain, now),
+    )
+    if not decision.allowed:
+        refuse(st, conn, client_id, ReasonCode.NOT_AUTHORIZED, f"will_{decision.reason}", decision.rule)
+        return False
+    return True
+
+
+def refuse(st: BrokerState, conn: Connection, client_id: str, code: int, reason: str, rule: str = "") -> None:
+    st.metrics.connects_refused[reason] += 1
+    st.events.append(ConnectRefused(conn.peer, client_id, code, reason, rule))
+    st.out.send(conn.conn_id, conn.protocol.encode(Connack(reason_code=code)))
+    drop_connection(st, conn, "connect_refused")
+
+
+def _expiry(st: BrokerState, connect: Connect) -> tuple[int, int]:
+    """(granted session expiry, what the client asked for) in seconds."""
+    cap = st.limits.max_session_expiry
+    if connect.protocol_version == _V5:
+        asked = connect.properties.session_expiry_interval or 0
+        return min(asked, cap), asked
+    return (0 if connect.clean_start else cap), 0  # 3.1.1 clean session 0: "never", within our cap
+
+
+def _accept(
+    st: BrokerState, conn: Connection, connect: Connect, client_id: str, assigned: str | None, now: float
+) -> None:
+    session = _take_session(st, conn, connect, client_id, now)
+    present = session is not None
+    if session is None:
+        session = MqttSession(client_id, conn.peer.identity, conn.peer)
+        st.sessions[client_id] = session
+    granted, asked = _expiry(st, connect)
+    session.expiry_interval = granted
+    session.peer = conn.peer
+    session.conn = conn.conn_id
+    session.since = now
+    conn.session, conn.connect, conn.will, conn.client_id = session, connect, connect.will, client_id
+    conn.protocol.attach(session.inbound_qos2)
+    st.persist_session(session)
+    props = (
+        _connack_properties(st, conn, granted, asked, assigned)
+        if connect.protocol_version == _V5
+        else Properties()
+    )
+    st.out.send(conn.conn_id, conn.protocol.encode(Connack(present, 0, props)))
+    st.metrics.connects_accepted += 1
+    st.events.append(ClientConnected(conn.peer, client_id, present, int(connect.protocol_version)))
+    deadline = conn.protocol.deadline()
+    if deadline is None:
+        st.timers.cancel(("conn", conn.conn_id))
+    else:
+        st.timers.set(("conn", conn.conn_id), deadline)
+    if present:
+        st.metrics.sessions_resumed += 1
+        recheck_subscriptions(st, session, now)  # the policy may have changed while it was away
+        resume(st, session, now)
+
+
+def _take_session(
+    st: BrokerState, conn: Connection, connect: Connect, client_id: str, now: float
+) -> MqttSession | None:
+    """Take over a live connection, then resume or end the existing session. Returns it if resumed."""
+    existing = st.sessions.get(client_id)
+    if existing is not None and existing.conn is not None:
+        old = st.connections.get(existing.conn)
+        if old is not None:
+            st.metrics.takeovers += 1
+            st.events.append(SessionTakenOver(client_id, old.peer, conn.peer))
+            end_connection(
+                st,
+                old,
+                now,
+                "session_taken_over",
+                old.protocol.disconnect(ReasonCode.SESSION_TAKEN_OVER),
+                will=True,
+            )
+        existing = st.sessions.get(client_id)  # an expiry-0 session ended with its connection
+    if existing is None:
+        return None
+    deadline = st.timers.deadline(("expiry", client_id))
+    if existing.conn is None and deadline is not None and deadline <= now:
+        st.metrics.sessions_expired += 1  # expired a moment ago; the tick has not run yet
+        end_session(st, existing, now)
+        return None
+    if existing.identity != conn.peer.identity:
+        st.metrics.sessions_discarded["identity_mismatch"] += 1
+        st.events.append(
+            SessionDiscarded(client_id, "identity_mismatch", identity_to_text(existing.identity), conn.peer)
+        )
+        end_session(st, existing, now)
+        return None
+    if connect.clean_start:
+        st.metrics.sessions_discarded["clean_start"] += 1
+        end_session(st, existing, now)
+        return None
+    # Continued in time: a delayed will is not published (§3.1.3.2.2), the session does not expire.
+    existing.pending_will = None
+    st.timers.cancel(("will", client_id))
+    st.timers.cancel(("expiry", client_id))
+    return existing
+
+
+def _connack_properties(
+    st: BrokerState, conn: Connection, granted: int, asked: int, assigned: str | None
+) -> Properties:
+    limits = st.limits
+    return Properties(
+        session_expiry_interval=granted if granted != asked else None,
+        receive_maximum=limits.receive_maximum if limits.receive_maximum < 65535 else None,
+        maximum_packet_size=limits.max_packet_size,
+        topic_alias_maximum=limits.max_topic_alias or None,
+        retain_available=1,
+        wildcard_subscription_available=1,
+        subscription_identifier_available=1,
+        shared_subscription_available=1,
+        server_keep_alive=conn.protocol.server_keep_alive,
+        assigned_client_identifier=assigned,
+    )
+
+
+# --- endings -----------------------------------------------------------------------------------------
+
+
+def drop_connection(st: BrokerState, conn: Connection, reason: str, *, socket_gone: bool = False) -> None:
+    """Forget a connection (no session business): close it unless the socket is already gone."""
+    conn.protocol.close()
+    st.connections.pop(conn.conn_id, None)
+    st.timers.cancel(("conn", conn.conn_id))
+    st.metrics.connections_closed[reason] += 1
+    if not socket_gone:
+        st.out.close(conn.conn_id, reason)
+
+
+def end_connection(
+    st: BrokerState,
+    conn: Connection,
+    now: float,
+    reason: str,
+    farewell: bytes,
+    *,
+    will: bool,
+    socket_gone: bool = False,
+) -> None:
+    """The connection is over: say goodbye, close it, and leave its session offline (or end it)."""
+    if not socket_gone:
+        st.out.send(conn.conn_id, farewell)
+    drop_connection(st, conn, reason, socket_gone=socket_gone)
+    session = conn.session
+    conn.session = None
+    if session is None or session.conn != conn.conn_id:
+        return
+    st.events.append(ClientDisconnected(conn.peer, session.client_id, reason))
+    session.conn = None
+    session.since = now
+    if will and conn.will is not None:
+        _schedule_will(st, session, conn.will, conn.peer, now)
+    if session.expiry_interval == 0:
+        end_session(st, session, now)
+        return
+    st.timers.set(("expiry", session.client_id), now + session.expiry_interval)
+    st.persist_session(session)
+
+
+def _schedule_will(st: BrokerState, session: MqttSession, will: Will, peer: Peer, now: float) -> None:
+    delay = will.properties.will_delay_interval or 0
+    if delay == 0 or session.expiry_interval == 0:
+        publish_will(st, session.client_id, peer, will, now)
+        return
+    # Whichever comes first: the delay, or the session's end (end_session publishes it then).
+    session.pending_will = PendingWill(will, peer, now + delay)
+    st.timers.set(("will", session.client_id), now + delay)
+
+
+def fire_pending_will(st: BrokerState, session: MqttSession, now: float) -> None:
+    pending = session.pending_will
+    if pending is None:
+        return
+    session.pending_will = None
+    st.timers.cancel(("will", session.client_id))
+    publish_will(st, session.client_id, pending.peer, pending.will, now)
+
+
+def end_session(st: BrokerState, session: MqttSession, now: float) -> None:
+    """Discard a session's state (§4.1): subscriptions, queue, in-flight; then publish a pending will."""
+    client_id = session.client_id
+    if st.sessions.get(client_id) is session:
+        del st.sessions[client_id]
+    for sub in session.subscriptions.values():
+        st.index.remove(client_id, sub)
+    st.timers.cancel(("expiry", client_id))
+    st.unpersist_session(session)
+    session.inflight.clear()
+    session.clear_queue()
+    fire_pending_will(st, session, now)

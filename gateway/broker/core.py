@@ -1,0 +1,347 @@
+"""The Broker: the pure routing core the transport drives with bytes, losses and clock ticks.
+
+Every entry point takes `now` (wall-clock epoch seconds: session expiry and message expiry are stored
+as absolute times and must mean the same thing after a restart) and returns the actions to apply.
+Nothing here reads a clock, opens a socket or awaits; the only I/O is the store, committed once at the
+end of each entry point (group commit), before the actions that carry acknowledgements are returned.
+
+Isolation: whatever bytes one client sends, `receive` does not raise. A protocol violation closes that
+connection with the right code; a bug while handling it closes that connection with reason
+"internal_error" (counted and logged) and leaves everyone else alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import replace
+
+from gateway.broker.actions import Action, Outbox, Send
+from gateway.broker.connect import drop_connection, end_connection, handle_connect
+from gateway.broker.events import BrokerEvent
+from gateway.broker.inbound import accept, handle_publish, handle_pubrel
+from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
+from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
+from gateway.broker.loading import load_state
+from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
+from gateway.broker.persistence import BrokerStore
+from gateway.broker.sessions import MqttSession
+from gateway.broker.state import BrokerState, Connection
+from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
+from gateway.mqtt.errors import MqttError
+from gateway.mqtt.packets import (
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+)
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.mqtt.session import ServerSession, Violation, reason_of
+from gateway.mqtt.topics import validate_topic_name
+from gateway.policy.access import AccessPolicy, Peer
+
+log = logging.getLogger("fleetgate.broker")
+
+
+class Broker:
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        limits: BrokerLimits = BrokerLimits(),  # noqa: B008 - frozen, so sharing the default is safe
+        store: BrokerStore | None = None,
+        *,
+        allow_server_assigned_ids: bool = False,
+        defer_commit: bool = False,
+    ) -> None:
+        """`defer_commit=True`: entry points only stage store writes, and the transport must call
+        `flush_store()` before it applies the returned actions (one commit per event-loop batch)."""
+        self._st = BrokerState(policy, limits, store, allow_server_assigned_ids)
+        self._defer_commit = defer_commit
+        self._unarmed: list[MqttSession] = []  # loaded sessions whose disconnect time is unknown
+        if store is not None:
+            self._unarmed = load_state(self._st, store.load())
+
+    # --- the transport's entry points -------------------------------------------------------------
+
+    def open(self, peer: Peer, now: float) -> int:
+        st = self._st
+        self._arm(now)
+        conn_id = st.next_conn_id
+        st.next_conn_id += 1
+        limits = st.limits
+        protocol = ServerSession(
+            now=now,
+            connect_timeout=limits.connect_timeout,
+            max_packet_size=limits.max_packet_size,
+            receive_maximum=limits.receive_maximum,
+            topic_alias_maximum=limits.max_topic_alias,
+            max_keep_alive=limits.max_keep_alive,
+        )
+        st.connections[conn_id] = Connection(conn_id, peer, protocol)
+        st.timers.set(("conn", conn_id), now + limits.connect_timeout)
+        st.metrics.connections_opened += 1
+        return conn_id
+
+    def receive(self, conn: int, data: bytes, now: float) -> list[Action]:
+        st = self._st
+        connection = st.connections.get(conn)
+        if connection is None:
+            return []  # closed by us; the socket may still deliver a few bytes
+        self._arm(now)
+        st.metrics.bytes_in += len(data)
+        try:
+            self._process(connection, data, now)
+        except Exception:
+            self._internal_error(connection, now)
+        return self._finish(now, connection)
+
+    def connection_lost(self, conn: int, now: float) -> list[Action]:
+        st = self._st
+        connection = st.connections.get(conn)
+        if connection is None:
+            return []
+        self._arm(now)
+        try:
+            end_connection(st, connection, now, "connection_lost", b"", will=True, socket_gone=True)
+        except Exception:
+            self._internal_error(connection, now)
+        return self._finish(now)
+
+    def tick(self, now: float) -> list[Action]:
+        self._arm(now)
+        for key in self._st.timers.pop_due(now):
+            try:
+                fire_timer(self._st, key, now)
+            except Exception:
+                log.exception("timer %r failed", key)
+                self._st.metrics.internal_errors += 1
+                kind, ident = key
+                connection = self._st.connections.get(ident) if isinstance(ident, int) else None
+                if kind == "conn" and connection is not None:
+                    self._force_close(connection, now)
+        return self._finish(now)
+
+    def next_deadline(self) -> float | None:
+        return self._st.timers.next_deadline()
+
+    def flush_store(self) -> None:
+        self._commit(None, 0.0)
+
+    # --- the gateway's entry points -------------------------------------------------------------
+
+    def disconnect_where(
+        self, predicate: Callable[[Peer], bool], reason_code: int, reason: str, now: float
+    ) -> list[Action]:
+        """Close every live connection whose peer matches (revocation, partner cut-off...). 5.0 clients
+        get DISCONNECT(reason_code) with `reason` as reason string; 3.1.1 clients are just closed."""
+        close_reason = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "administrative_action"
+        self._arm(now)
+        for connection in list(self._st.connections.values()):
+            try:
+                if predicate(connection.peer):
+                    farewell = connection.protocol.disconnect(reason_code, reason)
+                    end_connection(self._st, connection, now, close_reason, farewell, will=True)
+            except Exception:
+                self._internal_error(connection, now)
+        return self._finish(now)
+
+    def reauthorize(self, now: float) -> list[Action]:
+        """Policy or identity state changed: re-decide every live session (connect, then subscriptions)."""
+        st = self._st
+        self._arm(now)
+        for connection in list(st.connections.values()):
+            session, connect = connection.session, connection.connect
+            if session is None or connect is None or connection.conn_id not in st.connections:
+                continue
+            try:
+                decision = st.counted("connect", st.policy.decide_connect(connection.peer, connect, now))
+                if decision.allowed:
+                    recheck_subscriptions(st, session, now)
+                    continue
+                farewell = connection.protocol.disconnect(ReasonCode.NOT_AUTHORIZED, decision.reason)
+                end_connection(st, connection, now, "not_authorized", farewell, will=True)
+            except Exception:
+                self._internal_error(connection, now)
+        return self._finish(now)
+
+    def publish_internal(self, publish: Publish, now: float) -> list[Action]:
+        """The gateway's own message: routed and retained like any other, without decide_publish (the
+        gateway is the authority) but through decide_delivery for every recipient."""
+        validate_topic_name(publish.topic)  # a bad topic here is our bug: let it raise
+        if publish.qos not in (0, 1, 2):
+            raise ValueError(f"QoS {publish.qos} is not 0, 1 or 2")
+        self._arm(now)
+        props = replace(publish.properties, topic_alias=None, subscription_identifiers=())
+        try:
+            accept(self._st, publish.topic, publish.payload, publish.qos, publish.retain, props, None, now)
+        except Exception:
+            log.exception("routing an internal publish on %r failed", publish.topic)
+            self._st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    def shutdown(self, now: float) -> list[Action]:
+        """DISCONNECT 0x8B to 5.0 clients, close everyone. Wills are not published: the clients did
+        nothing wrong and persistent sessions resume after the restart."""
+        self._arm(now)
+        for connection in list(self._st.connections.values()):
+            try:
+                farewell = connection.protocol.disconnect(ReasonCode.SERVER_SHUTTING_DOWN)
+                end_connection(self._st, connection, now, "server_shutdown", farewell, will=False)
+            except Exception:
+                self._internal_error(connection, now)
+        return self._finish(now)
+
+    def drain_events(self) -> list[BrokerEvent]:
+        events, self._st.events = self._st.events, []
+        return events
+
+    @property
+    def metrics(self) -> BrokerMetrics:
+        st = self._st
+        m = st.metrics
+        m.retained_messages = len(st.retained)
+        m.sessions = len(st.sessions)
+        m.connected = sum(1 for c in st.connections.values() if c.session is not None)
+        return m
+
+    def sessions(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(
+                s.client_id,
+                s.peer,
+                s.connected,
+                tuple(s.subscriptions),
+                len(s.queue),
+                len(s.inflight),
+                s.since,
+                s.expiry_interval,
+            )
+            for s in self._st.sessions.values()
+        ]
+
+    # --- one connection's packets ---------------------------------------------------------------
+
+    def _process(self, conn: Connection, data: bytes, now: float) -> None:
+        st = self._st
+        protocol = conn.protocol
+        protocol.receive_data(data, now)
+        while conn.conn_id in st.connections:
+            event = protocol.next_event()
+            if event is None:
+                break
+            if isinstance(event, Violation):
+                close_for_violation(st, conn, event, now)
+                break
+            try:
+                self._dispatch(conn, event, now)
+            except MqttError as exc:
+                if not exc.peer_at_fault:
+                    raise
+                protocol.close()
+                violation = Violation(reason_of(exc), exc.reason_code, conn.session is None)
+                close_for_violation(st, conn, violation, now)
+                break
+        protocol.acks_flushed()  # this call's PUBACKs go out with its actions
+
+    def _dispatch(self, conn: Connection, packet: Packet, now: float) -> None:
+        st = self._st
+        session = conn.session
+        if isinstance(packet, Connect):
+            handle_connect(st, conn, packet, now)
+            return
+        assert session is not None  # the session machine lets nothing but CONNECT through first
+        if isinstance(packet, Publish):
+            if not handle_publish(st, conn, session, packet, now):
+                count_denials(st, conn, 1, now)
+        elif isinstance(packet, Puback):
+            on_puback(st, session, packet, now)
+        elif isinstance(packet, Pubrec):
+            on_pubrec(st, conn, session, packet, now)
+        elif isinstance(packet, Pubrel):
+            handle_pubrel(st, conn, session, packet)
+        elif isinstance(packet, Pubcomp):
+            on_pubcomp(st, session, packet, now)
+        elif isinstance(packet, Pingreq):
+            st.out.send(conn.conn_id, conn.protocol.encode(Pingresp()))
+        elif isinstance(packet, Subscribe):
+            count_denials(st, conn, handle_subscribe(st, conn, session, packet, now), now)
+        elif isinstance(packet, Unsubscribe):
+            handle_unsubscribe(st, conn, session, packet)
+        elif isinstance(packet, Disconnect):
+            handle_disconnect(st, conn, session, packet, now)
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    def _arm(self, now: float) -> None:
+        """Loaded sessions that were connected when the broker stopped start expiring from now."""
+        if not self._unarmed:
+            return
+        for session in self._unarmed:
+            if session.conn is None and self._st.sessions.get(session.client_id) is session:
+                session.since = now
+                self._st.timers.set(("expiry", session.client_id), now + session.expiry_interval)
+        self._unarmed = []
+
+    # --- failure containment and the end of a call ----------------------------------------------
+
+    def _internal_error(self, conn: Connection, now: float) -> None:
+        log.exception("internal error on connection %d (%s); closing it", conn.conn_id, conn.peer.address)
+        self._st.metrics.internal_errors += 1
+        self._force_close(conn, now)
+
+    def _force_close(self, conn: Connection, now: float) -> None:
+        """Close one connection with the least possible machinery (no will, no routing, no store)."""
+        st = self._st
+        if conn.conn_id in st.connections:
+            drop_connection(st, conn, "internal_error")
+        session, conn.session = conn.session, None
+        if session is None or session.conn != conn.conn_id:
+            return
+        session.conn = None
+        session.since = now
+        if session.expiry_interval > 0:
+            st.timers.set(("expiry", session.client_id), now + session.expiry_interval)
+            return
+        if st.sessions.get(session.client_id) is session:
+            del st.sessions[session.client_id]
+        for sub in session.subscriptions.values():
+            st.index.remove(session.client_id, sub)
+
+    def _commit(self, conn: Connection | None, now: float) -> None:
+        st = self._st
+        store = st.store
+        if store is None or not store.pending:
+            return
+        try:
+            store.commit()
+            st.metrics.store_commits += 1
+        except Exception:
+            log.exception("committing broker state failed")
+            st.metrics.store_errors += 1
+            try:
+                store.rollback()
+            except Exception:
+                log.exception("rolling back broker state failed")
+            if conn is not None:
+                # Its acks are not durable: they must not go out. The client resends after reconnecting.
+                st.out.discard_sends(conn.conn_id)
+                st.out.close(conn.conn_id, "store_error")
+                self._force_close(conn, now)
+
+    def _finish(self, now: float, conn: Connection | None = None) -> list[Action]:
+        st = self._st
+        if not self._defer_commit:
+            self._commit(conn, now)
+        actions = st.out.actions()
+        st.out = Outbox()
+        st.metrics.bytes_out += sum(len(a.data) for a in actions if isinstance(a, Send))
+        return actions

@@ -1,0 +1,105 @@
+"""Events the broker reports to the gateway (audit log, detectors, metrics): small frozen values.
+
+The broker appends them while it works; the server drains them with `Broker.drain_events()`. They are
+facts, not requests: nothing the gateway does with them can change what the broker already decided.
+Field names are stable (the audit recorder reads `peer`/`new_peer`, `reason`, `topic`,
+`topic_filter` and `client_id` by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.policy.access import Peer
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConnected:
+    peer: Peer
+    client_id: str
+    session_present: bool
+    protocol_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDisconnected:
+    peer: Peer
+    client_id: str
+    reason: str  # "client_disconnect", "connection_lost", "keep_alive_timeout", ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRefused:
+    peer: Peer
+    client_id: str
+    reason_code: int  # the 5.0 reason code (3.1.1 clients got its CONNACK equivalent)
+    reason: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTakenOver:
+    """A second connection used a live client id: possibly a cloned unit."""
+
+    client_id: str
+    old_peer: Peer
+    new_peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDiscarded:
+    """A stored session was thrown away instead of resumed because a different identity asked for it."""
+
+    client_id: str
+    reason: str  # "identity_mismatch"
+    old_identity: str | None
+    new_peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDenied:
+    peer: Peer
+    client_id: str
+    topic: str
+    reason: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeDenied:
+    peer: Peer
+    client_id: str
+    topic_filter: str
+    reason: str
+    rule: str = ""
+    revoked: bool = False  # True: an existing subscription was dropped by re-authorization
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDenied:
+    peer: Peer
+    client_id: str
+    topic: str
+    reason: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    peer: Peer
+    client_id: str  # "" before CONNECT
+    reason: str
+    reason_code: int
+
+
+BrokerEvent = (
+    ClientConnected
+    | ClientDisconnected
+    | ConnectRefused
+    | SessionTakenOver
+    | SessionDiscarded
+    | PublishDenied
+    | SubscribeDenied
+    | DeliveryDenied
+    | ProtocolViolation
+)

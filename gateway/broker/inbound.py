@@ -1,0 +1,174 @@
+"""Messages coming in: PUBLISH and PUBREL from clients, the gateway's own messages, wills; and routing.
+
+QoS 2 uses "method B" of §4.3.3: the message is routed when the PUBLISH arrives and only its packet id
+is kept until PUBREL, so a retransmitted PUBLISH with that id is acknowledged again but not routed
+again. Routing at once keeps latency equal for QoS 1 and 2 and means the broker never holds a second
+copy of an inbound message; the price is that the id set (not the message) must be persisted for
+persistent sessions, which it is before PUBREC goes out.
+
+Permission: every publish is decided by the policy before anything else happens. A denial is
+acknowledged so that the client does not retransmit it forever: 5.0 clients get PUBACK/PUBREC 0x87 (and
+can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials count towards
+BrokerLimits.max_violations, after which the connection is closed (5.0: DISCONNECT 0x87).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.broker.events import PublishDenied
+from gateway.broker.outbound import EncodeCache, deliver
+from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.state import BrokerState, Connection, message_record
+from gateway.mqtt.packets import Properties, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.policy.access import Peer
+
+
+def handle_publish(
+    st: BrokerState, conn: Connection, session: MqttSession, publish: Publish, now: float
+) -> bool:
+    """Handle a client PUBLISH; False if it was denied (the caller counts the violation)."""
+    st.metrics.publishes_in += 1
+    packet_id = publish.packet_id
+    if publish.qos == 2 and packet_id in session.inbound_qos2:
+        # Already routed (method B); a DUP retransmission after a lost PUBREC. Ack, don't route again.
+        st.out.send(conn.conn_id, conn.protocol.encode(Pubrec(packet_id)))
+        return True
+    decision = st.counted(
+        "publish",
+        st.policy.decide_publish(
+            conn.peer, publish.topic, len(publish.payload), publish.qos, publish.retain, now
+        ),
+    )
+    if not decision.allowed:
+        st.metrics.drops["publish_denied"] += 1
+        st.events.append(
+            PublishDenied(conn.peer, session.client_id, publish.topic, decision.reason, decision.rule)
+        )
+        _ack(st, conn, publish, ReasonCode.NOT_AUTHORIZED if conn.protocol.is_v5 else ReasonCode.SUCCESS)
+        return False
+    accept(
+        st,
+        publish.topic,
+        publish.payload,
+        publish.qos,
+        publish.retain,
+        publish.properties,
+        session.client_id,
+        now,
+    )
+    if publish.qos == 2:
+        session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
+        if session.persistent and st.store is not None:
+            st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
+    _ack(st, conn, publish, ReasonCode.SUCCESS)
+    return True
+
+
+def _ack(st: BrokerState, conn: Connection, publish: Publish, code: int) -> None:
+    if publish.packet_id is None:
+        return
+    ack = Puback(publish.packet_id, code) if publish.qos == 1 else Pubrec(publish.packet_id, code)
+    st.out.send(conn.conn_id, conn.protocol.encode(ack))
+
+
+def handle_pubrel(st: BrokerState, conn: Connection, session: MqttSession, packet: Pubrel) -> None:
+    packet_id = packet.packet_id
+    if packet_id in session.inbound_qos2:
+        session.inbound_qos2.discard(packet_id)
+        if session.persistent and st.store is not None:
+            st.store.remove_inbound_qos2(session.client_id, packet_id)
+        st.out.send(conn.conn_id, conn.protocol.encode(Pubcomp(packet_id)))
+        return
+    # Unknown id: 5.0 says so (0x92); 3.1.1 completes anyway so the client can free its id.
+    st.out.send(
+        conn.conn_id, conn.protocol.encode(Pubcomp(packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+    )
+
+
+def accept(
+    st: BrokerState,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    properties: Properties,
+    origin: str | None,
+    now: float,
+) -> Message:
+    """An authorised application message enters the broker: retain it if asked, route it."""
+    interval = properties.message_expiry_interval
+    message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
+    if retain:
+        _retain(st, message)
+    route(st, message, origin, now)
+    return message
+
+
+def _retain(st: BrokerState, message: Message) -> None:
+    topic = message.topic
+    if not message.payload:  # §3.3.1.3: an empty retained message deletes the topic's retained message
+        if st.retained.delete(topic):
+            st.timers.cancel(("retained", topic))
+            if st.store is not None:
+                st.store.delete_retained(topic)
+        return
+    if topic not in st.retained and len(st.retained) >= st.limits.max_retained_messages:
+        st.metrics.drops["retained_limit"] += 1
+        return
+    st.retained.set(message)
+    if message.expires_at is not None:
+        st.timers.set(("retained", topic), message.expires_at)
+    else:
+        st.timers.cancel(("retained", topic))
+    if st.store is not None:
+        st.store.save_retained(message_record(message))
+
+
+def route(st: BrokerState, message: Message, origin: str | None, now: float) -> None:
+    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4)."""
+    topic = message.topic
+    targets, groups = st.index.match(topic, origin)
+    if not targets and not groups:
+        return
+    cache = EncodeCache(message, now)
+    sessions = st.sessions
+    for client_id, target in targets.items():
+        session = sessions.get(client_id)
+        if session is None or not st.may_deliver(session, topic, now):
+            continue
+        delivery = Delivery(
+            message,
+            min(message.qos, target.qos),
+            message.retain and target.retain_as_published,
+            tuple(target.subscription_ids),
+        )
+        deliver(st, session, delivery, cache, now)
+    for group in groups:
+        picked = group.pick(st.is_connected, lambda cid: st.may_deliver(sessions[cid], topic, now))
+        if picked is None:
+            st.metrics.drops["no_shared_member"] += 1
+            continue
+        client_id, sub = picked
+        ids = () if sub.identifier is None else (sub.identifier,)
+        options = sub.options
+        delivery = Delivery(
+            message, min(message.qos, options.qos), message.retain and options.retain_as_published, ids
+        )
+        deliver(st, sessions[client_id], delivery, cache, now)
+
+
+def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:
+    """Publish a will. Its permission was decided at CONNECT; it is decided again now, because the
+    client may have been quarantined or revoked since (that is often why it went away)."""
+    decision = st.counted(
+        "publish", st.policy.decide_publish(peer, will.topic, len(will.payload), will.qos, will.retain, now)
+    )
+    if not decision.allowed:
+        st.metrics.drops["will_denied"] += 1
+        st.events.append(PublishDenied(peer, client_id, will.topic, decision.reason, decision.rule))
+        return
+    st.metrics.wills_published += 1
+    properties = replace(will.properties, will_delay_interval=None)
+    accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)

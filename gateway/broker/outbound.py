@@ -1,0 +1,211 @@
+"""Messages on their way out: encode once, respect the window, queue the rest, handle the client's acks.
+
+Hot path. A routed message is encoded once per distinct wire form (protocol version, QoS, RETAIN flag,
+subscription identifiers) and the bytes are shared by every recipient with that form; a QoS>0 copy
+only gets its two-byte packet identifier patched in. Most fan-outs (one topic, same options) encode
+once in total.
+
+Flow control (§4.9): at most min(client's Receive Maximum, BrokerLimits.max_inflight) QoS>0 messages
+are unacknowledged per session; the rest waits in the session queue, which is bounded (sessions.py
+says what is dropped first). QoS 0 is sent at once to a connected client. Unacknowledged messages are
+resent, with DUP set, only when a session is resumed (§4.4); PUBREL is resent for QoS 2 messages the
+client already acknowledged with PUBREC. Expiry (§3.3.2.3.3) applies to messages that have not been
+sent yet: they are dropped when they reach the head of the queue too late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.state import BrokerState, Connection
+from gateway.mqtt.codec import encode_publish
+from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel
+from gateway.mqtt.reason_codes import ReasonCode
+
+_V5 = ProtocolVersion.MQTT_5
+
+
+class EncodeCache:
+    """The wire forms of one message at one instant, keyed by what differs between recipients."""
+
+    __slots__ = ("_forms", "_message", "_now")
+
+    def __init__(self, message: Message, now: float) -> None:
+        self._message = message
+        self._now = now
+        self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] = {}
+
+    def publish(self, version: ProtocolVersion, delivery: Delivery, *, dup: bool = False) -> bytes:
+        ids = delivery.subscription_ids if version == _V5 else ()
+        key = (version, delivery.qos, delivery.retain, ids)
+        template = self._forms.get(key)
+        if template is None:
+            template = self._forms[key] = encode_publish(self._build(version, delivery, ids), version)
+        if delivery.packet_id is None:
+            return template
+        return with_packet_id(template, delivery.packet_id, dup=dup)
+
+    def _build(self, version: ProtocolVersion, delivery: Delivery, ids: tuple[int, ...]) -> Publish:
+        message = self._message
+        props = message.properties
+        if version == _V5:
+            expiry = message.remaining_expiry(self._now)
+            if ids or expiry is not None:
+                props = replace(props, subscription_identifiers=ids, message_expiry_interval=expiry)
+        else:
+            props = Properties()
+        return Publish(
+            message.topic,
+            message.payload,
+            delivery.qos,
+            delivery.retain,
+            packet_id=1 if delivery.qos else None,
+            properties=props,
+        )
+
+
+def with_packet_id(template: bytes, packet_id: int, *, dup: bool = False) -> bytes:
+    """A QoS>0 PUBLISH's bytes with another packet id (and optionally DUP): the id sits right after the
+    topic name, whose position the fixed header and the topic length give."""
+    pos = 1
+    while template[pos] & 0x80:  # remaining length varint
+        pos += 1
+    pos += 1
+    pos += 2 + (template[pos] << 8 | template[pos + 1])
+    first = template[0] | 0x08 if dup else template[0]
+    return b"".join((bytes((first,)), template[1:pos], packet_id.to_bytes(2, "big"), template[pos + 2 :]))
+
+
+def window(st: BrokerState, conn: Connection) -> int:
+    return min(conn.protocol.client_receive_maximum, st.limits.max_inflight)
+
+
+def deliver(
+    st: BrokerState, session: MqttSession, delivery: Delivery, cache: EncodeCache | None, now: float
+) -> None:
+    """Hand one (already authorised) delivery to a session: send it now, or queue it."""
+    conn = st.connection_of(session)
+    if conn is not None and (
+        delivery.qos == 0 or (not session.queue and len(session.inflight) < window(st, conn))
+    ):
+        if delivery.qos:
+            delivery.packet_id = session.allocate_packet_id()
+            session.inflight[delivery.packet_id] = delivery
+            st.persist_delivery(session, delivery)
+        transmit(st, conn, session, delivery, cache or EncodeCache(delivery.message, now))
+        return
+    dropped = session.enqueue(delivery, st.limits.max_queued_messages)
+    if dropped is not delivery:
+        st.persist_delivery(session, delivery)
+    if dropped is not None:
+        st.metrics.drops["queue_full"] += 1
+        st.forget_delivery(session, dropped)
+    if conn is not None and len(session.inflight) < window(st, conn):
+        pump(st, session, now)  # a slot freed without an ack (e.g. an oversized message was skipped)
+
+
+def transmit(
+    st: BrokerState,
+    conn: Connection,
+    session: MqttSession,
+    delivery: Delivery,
+    cache: EncodeCache,
+    *,
+    dup: bool = False,
+) -> None:
+    version = conn.protocol.version
+    assert version is not None
+    data = cache.publish(version, delivery, dup=dup)
+    if not conn.protocol.fits(len(data)):
+        # Never send more than the client said it can take (§3.1.2.11.4): drop it for this client as if
+        # it had been delivered, so it does not block the window forever.
+        st.metrics.drops["packet_too_large"] += 1
+        if delivery.packet_id is not None:
+            session.inflight.pop(delivery.packet_id, None)
+            st.forget_delivery(session, delivery)
+        return
+    st.out.send(conn.conn_id, data)
+    st.metrics.publishes_out += 1
+
+
+def pump(st: BrokerState, session: MqttSession, now: float) -> None:
+    """Move queued deliveries out while the window has room."""
+    conn = st.connection_of(session)
+    if conn is None:
+        return
+    limit = window(st, conn)
+    queue = session.queue
+    while queue:
+        delivery = queue[0]
+        if delivery.qos and len(session.inflight) >= limit:
+            return
+        session.pop_queued()
+        if delivery.message.expired(now):
+            st.metrics.drops["message_expired"] += 1
+            st.forget_delivery(session, delivery)
+            continue
+        if not st.may_deliver(session, delivery.message.topic, now):  # it waited: ask again
+            st.forget_delivery(session, delivery)
+            continue
+        if delivery.qos:
+            delivery.packet_id = session.allocate_packet_id()
+            session.inflight[delivery.packet_id] = delivery
+            st.persist_delivery(session, delivery)
+        transmit(st, conn, session, delivery, EncodeCache(delivery.message, now))
+
+
+def resume(st: BrokerState, session: MqttSession, now: float) -> None:
+    """A session was resumed: resend what the client has not acknowledged (§4.4), then the queue."""
+    conn = st.connection_of(session)
+    if conn is None:
+        return
+    for packet_id, delivery in list(session.inflight.items()):
+        if delivery.released:
+            st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet_id)))
+        elif st.may_deliver(session, delivery.message.topic, now):
+            transmit(st, conn, session, delivery, EncodeCache(delivery.message, now), dup=True)
+        else:
+            del session.inflight[packet_id]
+            st.forget_delivery(session, delivery)
+    pump(st, session, now)
+
+
+# --- the client's acknowledgements of our PUBLISHes ---------------------------------------------------
+
+
+def on_puback(st: BrokerState, session: MqttSession, packet: Puback, now: float) -> None:
+    delivery = session.inflight.get(packet.packet_id)
+    if delivery is None or delivery.qos != 1:
+        return  # late or stray ack: nothing to release
+    del session.inflight[packet.packet_id]
+    st.forget_delivery(session, delivery)
+    pump(st, session, now)
+
+
+def on_pubrec(st: BrokerState, conn: Connection, session: MqttSession, packet: Pubrec, now: float) -> None:
+    delivery = session.inflight.get(packet.packet_id)
+    if delivery is None or delivery.qos != 2:
+        st.out.send(
+            conn.conn_id,
+            conn.protocol.encode(Pubrel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)),
+        )
+        return
+    if packet.reason_code >= 0x80:  # the client refused it: the flow ends here (§4.3.3)
+        del session.inflight[packet.packet_id]
+        st.forget_delivery(session, delivery)
+        pump(st, session, now)
+        return
+    if not delivery.released:
+        delivery.released = True
+        st.persist_delivery(session, delivery)
+    st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet.packet_id)))
+
+
+def on_pubcomp(st: BrokerState, session: MqttSession, packet: Pubcomp, now: float) -> None:
+    delivery = session.inflight.get(packet.packet_id)
+    if delivery is None or not delivery.released:
+        return
+    del session.inflight[packet.packet_id]
+    st.forget_delivery(session, delivery)
+    pump(st, session, now)

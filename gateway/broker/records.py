@@ -1,0 +1,129 @@
+"""What the broker persists, as plain frozen records, and how properties and identities become text.
+
+The records are the store's vocabulary: they know nothing about live sessions or connections, so a
+store implementation (in memory, SQLite, later PostgreSQL) only moves them in and out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gateway.mqtt.packets import Properties, RetainHandling, Subscription
+from pki.names import Identity
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    options: Subscription
+    identifier: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    client_id: str
+    identity: str | None  # spiffe URI of the owner; None for lab clients
+    expiry_interval: int
+    disconnected_at: float | None  # None: it was connected when last written
+    subscriptions: tuple[SubscriptionRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    message_id: int
+    qos: int
+    retain: bool
+    subscription_ids: tuple[int, ...] = ()
+    packet_id: int | None = None
+    released: bool = False
+
+
+@dataclass
+class StoredState:
+    """Everything a store holds, as loaded at broker start."""
+
+    retained: list[MessageRecord] = field(default_factory=list)
+    sessions: list[SessionRecord] = field(default_factory=list)
+    messages: dict[int, MessageRecord] = field(default_factory=dict)
+    deliveries: dict[str, list[tuple[int, DeliveryRecord]]] = field(default_factory=dict)  # by seq
+    inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ text forms
+
+_BYTES_FIELDS = {"correlation_data", "authentication_data"}
+
+
+def properties_to_json(props: Properties) -> str | None:
+    data: dict[str, Any] = {}
+    for f in fields(Properties):
+        value = getattr(props, f.name)
+        if value is None or value == ():
+            continue
+        data[f.name] = value.hex() if f.name in _BYTES_FIELDS else value
+    return json.dumps(data, separators=(",", ":")) if data else None
+
+
+def properties_from_json(text: str | None) -> Properties:
+    if not text:
+        return Properties()
+    data: dict[str, Any] = json.loads(text)
+    for name in _BYTES_FIELDS & data.keys():
+        data[name] = bytes.fromhex(data[name])
+    if "subscription_identifiers" in data:
+        data["subscription_identifiers"] = tuple(data["subscription_identifiers"])
+    if "user_properties" in data:
+        data["user_properties"] = tuple((str(k), str(v)) for k, v in data["user_properties"])
+    return Properties(**data)
+
+
+def subscriptions_to_json(subs: tuple[SubscriptionRecord, ...]) -> str:
+    return json.dumps(
+        [
+            [
+                s.options.topic_filter,
+                s.options.qos,
+                int(s.options.no_local),
+                int(s.options.retain_as_published),
+                int(s.options.retain_handling),
+                s.identifier,
+            ]
+            for s in subs
+        ],
+        separators=(",", ":"),
+    )
+
+
+def subscriptions_from_json(text: str) -> tuple[SubscriptionRecord, ...]:
+    out = []
+    for topic_filter, qos, no_local, rap, handling, identifier in json.loads(text):
+        options = Subscription(topic_filter, int(qos), bool(no_local), bool(rap), RetainHandling(handling))
+        out.append(SubscriptionRecord(options, None if identifier is None else int(identifier)))
+    return tuple(out)
+
+
+def identity_to_text(identity: Identity | None) -> str | None:
+    return None if identity is None else identity.spiffe_uri
+
+
+def identity_from_text(text: str | None) -> Identity | None:
+    """The inverse of identity_to_text. A row that does not parse gets an identity no peer can have,
+    so its session is never handed to anyone (None would hand it to lab clients)."""
+    if text is None:
+        return None
+    parts = text[len("spiffe://") :].split("/") if text.startswith("spiffe://") else []
+    if len(parts) != 3:
+        return Identity("unparseable", text, "")
+    trust_domain, kind, ident = parts
+    return Identity(kind, ident, trust_domain)

@@ -1,0 +1,154 @@
+"""MQTT session state (§4.1): what outlives a network connection.
+
+A session holds, per client id: its subscriptions, the QoS 1/2 messages sent but not yet acknowledged
+(`inflight`, keyed and ordered by packet id), the messages waiting for a free slot or for the client to
+come back (`queue`), the inbound QoS 2 packet ids awaiting PUBREL, the will that may still fire, and
+its expiry. Connection-level state (topic aliases, keep-alive, receive-maximum accounting) is not here:
+it dies with the connection, in gateway.mqtt.session.
+
+A routed application message is one `Message` object shared by every recipient; each recipient gets a
+small `Delivery` pointing at it with its own QoS, RETAIN flag and subscription identifiers, so a fan-out
+copies no payload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.mqtt.packets import Properties, Subscription, Will
+from gateway.policy.access import Peer
+from pki.names import Identity
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """An application message as the broker holds it (topic alias and subscription ids stripped)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+    expires_at: float | None = None  # absolute (epoch seconds), from the message expiry interval
+    message_id: int = 0  # key in the store once persisted for some session; 0 = never persisted
+    refs: int = 0  # persisted deliveries pointing at it: the store row goes when this drops to 0
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def remaining_expiry(self, now: float) -> int | None:
+        """The expiry interval to forward (§3.3.2.3.3: reduced by the time the message waited)."""
+        if self.expires_at is None:
+            return None
+        return max(1, math.ceil(self.expires_at - now))
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One message on its way to one session."""
+
+    message: Message
+    qos: int  # min(published QoS, subscription QoS)
+    retain: bool  # the RETAIN flag this recipient sees
+    subscription_ids: tuple[int, ...] = ()
+    packet_id: int | None = None  # assigned when it enters the in-flight window
+    released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+    seq: int = 0  # key in the store within the session; 0 = not persisted
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    """A granted subscription: the client's options plus what the broker derived from them."""
+
+    options: Subscription  # topic_filter is the full filter as subscribed ($share/... included)
+    identifier: int | None  # 5.0 subscription identifier
+    group: str | None  # share group, None for an ordinary subscription
+    plain_filter: str  # the filter without its $share/{group}/ prefix
+
+    @property
+    def topic_filter(self) -> str:
+        return self.options.topic_filter
+
+
+@dataclass(slots=True)
+class PendingWill:
+    """A will waiting for its delay (§3.1.3.2.2) or for the session to end, whichever comes first."""
+
+    will: Will
+    peer: Peer
+    deadline: float
+
+
+@dataclass(slots=True, eq=False)
+class MqttSession:
+    client_id: str
+    identity: Identity | None  # the identity that owns it: a session never changes hands
+    peer: Peer  # the live peer, or the last one seen (policy decisions for offline delivery)
+    expiry_interval: int = 0  # seconds after disconnect; 0 = ends with the connection
+    conn: int | None = None  # live connection id
+    since: float = 0.0  # connected since / disconnected since
+    subscriptions: dict[str, StoredSubscription] = field(default_factory=dict)
+    inflight: dict[int, Delivery] = field(default_factory=dict)  # insertion order = send order
+    queue: deque[Delivery] = field(default_factory=deque)
+    inbound_qos2: set[int] = field(default_factory=set)
+    pending_will: PendingWill | None = None
+    last_packet_id: int = 0
+    last_seq: int = 0
+    stored: bool = False  # the store holds a row for it
+    queued_qos0: int = 0  # QoS 0 deliveries in `queue`: a full queue of QoS>0 is refused without a scan
+
+    @property
+    def persistent(self) -> bool:
+        """Only sessions that outlive their connection are written to the store."""
+        return self.expiry_interval > 0
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def allocate_packet_id(self) -> int:
+        """A free packet id (§2.2.1). Ids advance round-robin so a just-freed id is reused last,
+        which keeps a late duplicate from the client from hitting an unrelated message."""
+        pid = self.last_packet_id
+        for _ in range(65535):
+            pid = pid % 65535 + 1
+            if pid not in self.inflight:
+                self.last_packet_id = pid
+                return pid
+        raise RuntimeError("all 65535 packet identifiers are in flight")  # window caps make this impossible
+
+    def allocate_seq(self) -> int:
+        self.last_seq += 1
+        return self.last_seq
+
+    def enqueue(self, delivery: Delivery, limit: int) -> Delivery | None:
+        """Queue a delivery; return the one dropped to respect `limit` (maybe `delivery` itself).
+
+        A full queue evicts its oldest QoS 0 message first (at-most-once is allowed to be lost); if it
+        holds none, a new QoS>0 message is refused rather than evicting one already promised.
+        """
+        queue = self.queue
+        if len(queue) >= limit:
+            if not self.queued_qos0:
+                return delivery
+            evicted = next(d for d in queue if d.qos == 0)
+            queue.remove(evicted)
+            self.queued_qos0 -= 1
+        else:
+            evicted = None
+        queue.append(delivery)
+        if delivery.qos == 0:
+            self.queued_qos0 += 1
+        return evicted
+
+    def pop_queued(self) -> Delivery:
+        delivery = self.queue.popleft()
+        if delivery.qos == 0:
+            self.queued_qos0 -= 1
+        return delivery
+
+    def clear_queue(self) -> None:
+        self.queue.clear()
+        self.queued_qos0 = 0

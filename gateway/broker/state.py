@@ -1,0 +1,179 @@
+"""The broker's world: connections, sessions, the index, the retained store, timers and the outbox.
+
+Every handler module (connect, inbound, outbound, subscribe) works on one `BrokerState`; the Broker in
+core.py owns it and is the only public face. The helpers here are the small things every handler
+needs: asking the policy and counting the answer, and writing session state to the store (which is a
+no-op without a store, for clean sessions, and for QoS 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from gateway.broker.actions import Outbox
+from gateway.broker.events import BrokerEvent, DeliveryDenied
+from gateway.broker.limits import BrokerLimits, BrokerMetrics
+from gateway.broker.persistence import BrokerStore
+from gateway.broker.records import (
+    DeliveryRecord,
+    MessageRecord,
+    SessionRecord,
+    SubscriptionRecord,
+    identity_to_text,
+)
+from gateway.broker.routing import RetainedStore, SubscriptionIndex
+from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.timers import TimerQueue
+from gateway.mqtt.packets import Connect, Will
+from gateway.mqtt.session import ServerSession
+from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.decision import Decision
+
+TimerKey = tuple[
+    str, Hashable
+]  # ("conn", conn_id) | ("will", client_id) | ("expiry", client_id) | ("retained", topic)
+
+
+class Connection:
+    """One network connection as the broker sees it."""
+
+    __slots__ = ("client_id", "conn_id", "connect", "peer", "protocol", "session", "violations", "will")
+
+    def __init__(self, conn_id: int, peer: Peer, protocol: ServerSession) -> None:
+        self.conn_id = conn_id
+        self.peer = peer
+        self.protocol = protocol
+        self.session: MqttSession | None = None  # set once CONNECT is accepted
+        self.connect: Connect | None = None  # the accepted CONNECT (re-authorization asks about it again)
+        self.will: Will | None = None  # discarded on DISCONNECT 0x00, moved to the session otherwise
+        self.client_id = ""
+        self.violations = 0  # denied publishes and subscribes on this connection
+
+
+class BrokerState:
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        limits: BrokerLimits,
+        store: BrokerStore | None,
+        allow_server_assigned_ids: bool,
+    ) -> None:
+        self.policy = policy
+        self.limits = limits
+        self.store = store
+        self.allow_server_assigned_ids = allow_server_assigned_ids
+        self.connections: dict[int, Connection] = {}
+        self.sessions: dict[str, MqttSession] = {}
+        self.index = SubscriptionIndex()
+        self.retained = RetainedStore()
+        self.timers: TimerQueue[TimerKey] = TimerQueue()
+        self.metrics = BrokerMetrics()
+        self.events: list[BrokerEvent] = []
+        self.out = Outbox()
+        self.next_conn_id = 1
+        self.next_message_id = 1
+        self.assigned_ids = 0
+
+    # --- policy ---------------------------------------------------------------------------------
+
+    def counted(self, kind: str, decision: Decision) -> Decision:
+        self.metrics.decisions[(kind, decision.verdict.value, decision.reason)] += 1
+        return decision
+
+    def may_deliver(self, session: MqttSession, topic: str, now: float) -> bool:
+        """decide_delivery for one recipient; every delivery path goes through here."""
+        decision = self.counted("delivery", self.policy.decide_delivery(session.peer, topic, now))
+        if decision.allowed:
+            return True
+        self.metrics.drops["delivery_denied"] += 1
+        self.events.append(
+            DeliveryDenied(session.peer, session.client_id, topic, decision.reason, decision.rule)
+        )
+        return False
+
+    def connection_of(self, session: MqttSession) -> Connection | None:
+        return None if session.conn is None else self.connections.get(session.conn)
+
+    def is_connected(self, client_id: str) -> bool:
+        session = self.sessions.get(client_id)
+        return session is not None and session.conn is not None
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def persist_session(self, session: MqttSession) -> None:
+        store = self.store
+        if store is None:
+            return
+        if session.persistent:
+            store.save_session(session_record(session))
+            session.stored = True
+        elif session.stored:
+            self.unpersist_session(session)
+
+    def unpersist_session(self, session: MqttSession) -> None:
+        """Drop the session from the store (its rows go with it; unreferenced messages too)."""
+        for delivery in (*session.inflight.values(), *session.queue):
+            self._unref(delivery)
+        if self.store is not None and session.stored:
+            self.store.delete_session(session.client_id)
+        session.stored = False
+
+    def persist_delivery(self, session: MqttSession, delivery: Delivery) -> None:
+        store = self.store
+        if store is None or delivery.qos == 0 or not session.persistent:
+            return
+        message = delivery.message
+        if message.message_id == 0:
+            message.message_id = self.next_message_id
+            self.next_message_id += 1
+            store.save_message(message.message_id, message_record(message))
+        if delivery.seq == 0:
+            delivery.seq = session.allocate_seq()
+            message.refs += 1
+        store.save_delivery(
+            session.client_id,
+            delivery.seq,
+            DeliveryRecord(
+                message.message_id,
+                delivery.qos,
+                delivery.retain,
+                delivery.subscription_ids,
+                delivery.packet_id,
+                delivery.released,
+            ),
+        )
+
+    def forget_delivery(self, session: MqttSession, delivery: Delivery) -> None:
+        """A delivery is done (acked, dropped or expired): remove it from the store."""
+        if delivery.seq and self.store is not None:
+            self.store.delete_delivery(session.client_id, delivery.seq)
+        self._unref(delivery)
+
+    def _unref(self, delivery: Delivery) -> None:
+        if not delivery.seq:
+            return
+        delivery.seq = 0
+        message = delivery.message
+        message.refs -= 1
+        if message.refs <= 0 and message.message_id and self.store is not None:
+            self.store.delete_message(message.message_id)
+            message.message_id = 0
+            message.refs = 0
+
+
+def message_record(message: Message) -> MessageRecord:
+    return MessageRecord(
+        message.topic, message.payload, message.qos, message.retain, message.properties, message.expires_at
+    )
+
+
+def session_record(session: MqttSession) -> SessionRecord:
+    return SessionRecord(
+        client_id=session.client_id,
+        identity=identity_to_text(session.identity),
+        expiry_interval=session.expiry_interval,
+        disconnected_at=None if session.connected else session.since,
+        subscriptions=tuple(
+            SubscriptionRecord(s.options, s.identifier) for s in session.subscriptions.values()
+        ),
+    )

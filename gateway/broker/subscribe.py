@@ -1,0 +1,143 @@
+"""SUBSCRIBE, UNSUBSCRIBE, retained messages on subscribe, and re-deciding subscriptions.
+
+Each filter of a SUBSCRIBE is judged on its own (§3.8.4: as if it came in its own packet): an invalid
+filter gets 0x8F (3.1.1: 0x80), a filter the policy denies 0x87 (0x80), one over the per-session limit
+0x97 (0x80). The SUBACK goes out before any retained message (§3.8.4), and retained messages are sent
+per Retain Handling (§3.8.3.1) for ordinary subscriptions only: a shared subscription gets none,
+since only one member of a group may receive a message. Retained messages go through decide_delivery
+like every other delivery.
+
+Protocol errors in a SUBSCRIBE (No Local on a shared subscription, a subscription identifier of 0) are
+found before anything changes and end the connection, as the spec requires.
+"""
+
+from __future__ import annotations
+
+from gateway.broker.events import SubscribeDenied
+from gateway.broker.outbound import deliver
+from gateway.broker.sessions import Delivery, MqttSession, StoredSubscription
+from gateway.broker.state import BrokerState, Connection
+from gateway.mqtt.errors import ProtocolError, TopicFilterInvalid
+from gateway.mqtt.packets import RetainHandling, Suback, Subscribe, Subscription, Unsuback, Unsubscribe
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.mqtt.topics import SharedFilter, parse_shared, validate_topic_filter
+
+
+def handle_subscribe(
+    st: BrokerState, conn: Connection, session: MqttSession, packet: Subscribe, now: float
+) -> int:
+    """Handle a SUBSCRIBE; returns the number of denied filters (violations)."""
+    ids = packet.properties.subscription_identifiers
+    identifier = ids[0] if ids and conn.protocol.is_v5 else None
+    parsed = [_parse(s) for s in packet.subscriptions]  # may raise ProtocolError: nothing changed yet
+    codes: list[int] = []
+    to_send: list[StoredSubscription] = []
+    denied = 0
+    for sub, shared in zip(packet.subscriptions, parsed, strict=True):
+        code, stored, is_new = _subscribe_one(st, conn, session, sub, shared, identifier, now)
+        codes.append(code)
+        denied += code == ReasonCode.NOT_AUTHORIZED
+        if stored is not None and _wants_retained(stored, is_new):
+            to_send.append(stored)
+    st.out.send(conn.conn_id, conn.protocol.encode(Suback(packet.packet_id, tuple(codes))))
+    if any(code <= ReasonCode.GRANTED_QOS_2 for code in codes):
+        st.persist_session(session)
+    for stored in to_send:
+        send_retained(st, session, stored, now)
+    return denied
+
+
+def _parse(sub: Subscription) -> SharedFilter | None:
+    try:
+        shared = parse_shared(sub.topic_filter)
+    except TopicFilterInvalid:
+        return None  # answered per filter in the SUBACK
+    if shared.is_shared and sub.no_local:
+        raise ProtocolError("No Local is set on a shared subscription.")  # [MQTT-3.8.3-4]
+    return shared
+
+
+def _subscribe_one(
+    st: BrokerState,
+    conn: Connection,
+    session: MqttSession,
+    sub: Subscription,
+    shared: SharedFilter | None,
+    identifier: int | None,
+    now: float,
+) -> tuple[int, StoredSubscription | None, bool]:
+    if shared is None:
+        return ReasonCode.TOPIC_FILTER_INVALID, None, False
+    decision = st.counted("subscribe", st.policy.decide_subscribe(conn.peer, sub.topic_filter, now))
+    if not decision.allowed:
+        st.events.append(
+            SubscribeDenied(conn.peer, session.client_id, sub.topic_filter, decision.reason, decision.rule)
+        )
+        return ReasonCode.NOT_AUTHORIZED, None, False
+    old = session.subscriptions.get(sub.topic_filter)
+    if old is None and len(session.subscriptions) >= st.limits.max_subscriptions:
+        return ReasonCode.QUOTA_EXCEEDED, None, False
+    stored = StoredSubscription(sub, identifier, shared.group, shared.topic_filter)
+    session.subscriptions[sub.topic_filter] = stored  # same filter: replaced (§3.8.4)
+    st.index.add(session.client_id, stored)
+    return sub.qos, stored, old is None
+
+
+def _wants_retained(stored: StoredSubscription, is_new: bool) -> bool:
+    if stored.group is not None:
+        return False
+    handling = stored.options.retain_handling
+    return handling == RetainHandling.SEND_ON_SUBSCRIBE or (
+        handling == RetainHandling.SEND_IF_NEW_SUBSCRIPTION and is_new
+    )
+
+
+def send_retained(st: BrokerState, session: MqttSession, stored: StoredSubscription, now: float) -> None:
+    ids = () if stored.identifier is None else (stored.identifier,)
+    for message in st.retained.match(stored.plain_filter):
+        if message.expired(now) or not st.may_deliver(session, message.topic, now):
+            continue
+        # Sent because of a new subscription: RETAIN stays 1 whatever Retain As Published says.
+        deliver(st, session, Delivery(message, min(message.qos, stored.options.qos), True, ids), None, now)
+
+
+def handle_unsubscribe(st: BrokerState, conn: Connection, session: MqttSession, packet: Unsubscribe) -> None:
+    codes: list[int] = []
+    for topic_filter in packet.topic_filters:
+        try:
+            validate_topic_filter(topic_filter)
+        except TopicFilterInvalid:
+            codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+            continue
+        stored = session.subscriptions.pop(topic_filter, None)
+        if stored is None:
+            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            continue
+        st.index.remove(session.client_id, stored)
+        codes.append(ReasonCode.SUCCESS)
+    # In-flight messages of a removed subscription are still completed (§3.10.4).
+    reply = Unsuback(packet.packet_id, tuple(codes) if conn.protocol.is_v5 else ())
+    st.out.send(conn.conn_id, conn.protocol.encode(reply))
+    if ReasonCode.SUCCESS in codes:
+        st.persist_session(session)
+
+
+def recheck_subscriptions(st: BrokerState, session: MqttSession, now: float) -> int:
+    """Ask the policy again about every subscription; drop the ones it now denies. Returns how many."""
+    dropped = 0
+    for topic_filter, stored in list(session.subscriptions.items()):
+        decision = st.counted("subscribe", st.policy.decide_subscribe(session.peer, topic_filter, now))
+        if decision.allowed:
+            continue
+        del session.subscriptions[topic_filter]
+        st.index.remove(session.client_id, stored)
+        st.metrics.subscriptions_revoked += 1
+        st.events.append(
+            SubscribeDenied(
+                session.peer, session.client_id, topic_filter, decision.reason, decision.rule, revoked=True
+            )
+        )
+        dropped += 1
+    if dropped:
+        st.persist_session(session)
+    return dropped
