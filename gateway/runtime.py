@@ -127,7 +127,7 @@ class Gateway:
             time.time(),
         )
         self.hub.apply(actions)
-        return sum(1 for _ in actions)
+        return len({action.conn for action in actions})
 
     async def _watch_registry(self) -> None:
         while True:

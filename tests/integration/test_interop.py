@@ -284,6 +284,10 @@ def test_persistent_session_survives_a_gateway_restart(fresh_gateway: GatewayPro
     gw.restart()
     back = Paho(gw.mqtt_port, unit, version=V5, clean=False, session_expiry=3600)
     assert back.connect() == (0, True)
-    assert [m.payload for m in back.expect(10)] == sent
+    got = back.expect(10)
+    # paho hands a QoS 2 message to the application at PUBREL, so QoS 1 ones may overtake it;
+    # within each QoS the order is the publish order, and nothing is lost or duplicated.
+    for qos in (1, 2):
+        assert [m.payload for m in got if m.qos == qos] == [b for n, b in enumerate(sent) if 1 + n % 2 == qos]
     assert back.quiet(0.5) == []
     back.disconnect()
