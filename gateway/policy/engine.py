@@ -1,0 +1,284 @@
+"""The policy engine: every connect, subscribe, publish and delivery judged from identity + state + policy.
+
+Theory of operation. The broker asks; the engine answers with a `Decision` carrying a stable reason and
+the rule that fired. Each answer is built from small named checks in a fixed order, so that the reason
+is the most useful one: first the built-in floor (client id = certificate id; lab clients), then the
+identity's standing (known, not revoked, certificate not revoked or expired), then authorization
+(`$`-topics, grants, quarantine), and only then the limits (payload size, rate). A publish the policy
+refuses therefore never spends rate tokens, and a flood of foreign topics is reported as what it is.
+
+State. The engine keeps no decision history (counting denials is the broker's job). It caches, per
+identity, the directory's answer and the compiled grants, and per identity the token buckets. The
+runtime calls `invalidate(identity)` when a registry fact changes (quarantine, release, tier,
+revocation) and `reload(policy)` for a new policy; the next decision then sees the change, which is how
+live sessions are re-evaluated within the same event-loop turn.
+
+Quarantine narrows what a unit may *publish* outside the control namespace and nothing else: it still
+connects, still receives its cmd and control topics, and its control publishes are judged by its normal
+grants, exactly as if it were not quarantined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from gateway.mqtt.errors import TopicFilterInvalid
+from gateway.mqtt.packets import Connect
+from gateway.mqtt.topics import parse_shared
+from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.decision import Decision, allow, deny
+from gateway.policy.directory import IdentityDirectory, IdentityState
+from gateway.policy.grants import CompiledGrants, GrantCache
+from gateway.policy.rate import TokenBucket
+from gateway.policy.rules import Policy, Profile
+from pki.names import Identity, IdentityError
+
+__all__ = ["PolicyEngine"]
+
+_DOLLAR_RULE = "builtin/dollar_topics"
+
+
+@lru_cache(maxsize=4096)
+def _allowed(reason: str, rule: str) -> Decision:
+    # Decisions are immutable values, so the hot path hands out shared ones instead of allocating.
+    return allow(reason, rule)
+
+
+@dataclass(slots=True)
+class _Buckets:
+    """One identity's rate state; rebuilt when its profile (role, tier) changes."""
+
+    profile: str
+    messages: TokenBucket | None
+    octets: TokenBucket | None
+
+    @staticmethod
+    def of(profile: Profile, now: float) -> _Buckets:
+        lim = profile.limits
+        messages = octets = None
+        if lim.messages_per_second is not None:
+            burst = lim.burst if lim.burst is not None else max(1.0, lim.messages_per_second)
+            messages = TokenBucket(lim.messages_per_second, burst, now)
+        if lim.bytes_per_second is not None:
+            # One second's worth, but never less than one maximum-size message (it would never pass).
+            burst = lim.bytes_burst or max(lim.bytes_per_second, lim.max_payload or 0)
+            octets = TokenBucket(lim.bytes_per_second, burst, now)
+        return _Buckets(profile.name, messages, octets)
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the engine knows about one identity until it is told something changed."""
+
+    epoch: int  # the engine's epoch when `state` was read; any other value means "ask again"
+    state: IdentityState
+    grants: CompiledGrants
+    buckets: _Buckets | None = None  # kept across invalidations: a state change must not refill them
+
+
+class PolicyEngine:
+    """`AccessPolicy` over a loaded `Policy` and an `IdentityDirectory`."""
+
+    def __init__(self, policy: Policy, directory: IdentityDirectory) -> None:
+        self._floor = CertificateOnlyPolicy()
+        self._directory = directory
+        self._grants = GrantCache(policy)
+        # One entry per identity, so a decision costs one lookup; unknown identities are not cached.
+        self._seen: dict[Identity, _Seen] = {}
+        self._epoch = 0
+        self._revoked_serials: dict[int, bool] = {}
+
+    @property
+    def policy(self) -> Policy:
+        return self._grants.policy
+
+    @property
+    def generation(self) -> int:
+        return self._grants.generation
+
+    def reload(self, policy: Policy) -> None:
+        """Judge everything from now on by `policy`; compiled grants and rate buckets start afresh."""
+        self._grants.reload(policy)
+        self._seen.clear()
+
+    def invalidate(self, identity: Identity | None = None) -> None:
+        """A registry fact changed (state, tier, revocation): ask the directory again next time."""
+        self._revoked_serials.clear()  # which identity a serial belongs to is not known here
+        self._grants.invalidate(identity)
+        if identity is None:
+            self._epoch += 1  # every entry is stale at once, without a walk over the fleet
+        elif (seen := self._seen.get(identity)) is not None:
+            seen.epoch = -1
+
+    def max_subscriptions_for(self, peer: Peer) -> int | None:
+        """The policy's subscription cap for this peer; None: only the broker's own limit applies."""
+        if peer.identity is None:
+            return None
+        try:
+            seen = self._lookup(peer.identity)
+        except IdentityError:
+            return None
+        return None if seen is None else seen.grants.profile.limits.max_subscriptions
+
+    def violation_limit(self) -> int:
+        """Denied publishes and subscribes one connection may collect before it is disconnected."""
+        return self.policy.max_denied_before_disconnect
+
+    # --- the four questions ---------------------------------------------------------------------
+
+    def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
+        floor = self._floor.decide_connect(peer, connect, now)
+        if not floor.allowed or peer.identity is None:
+            return floor
+        seen = self._standing(peer, now, check_expiry=True)
+        if isinstance(seen, Decision):
+            return seen
+        grants = seen.grants
+        if peer.identity.kind == "partner" and grants.tier is None:
+            return deny("partner_without_tier", "roles/partner")
+        rule = f"quarantine/{peer.identity.kind}" if grants.quarantined else grants.profile.name
+        return allow("connect_allowed", rule)
+
+    def decide_publish(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        if peer.identity is None:
+            return self._floor.decide_publish(peer, topic, payload_size, qos, retain, now)
+        seen = self._standing(peer, now, check_expiry=True)
+        if isinstance(seen, Decision):
+            return seen
+        if topic[:1] == "$":
+            return deny("reserved_topic", _DOLLAR_RULE)
+        grants = seen.grants
+        rule = grants.may_publish(topic)
+        if rule is None:
+            return _publish_refusal(grants, topic)
+        max_payload = grants.profile.limits.max_payload
+        if max_payload is not None and payload_size > max_payload:
+            return deny("payload_too_large", f"{grants.profile.name}/limits/max_payload")
+        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+
+    def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
+        if peer.identity is None:
+            return self._floor.decide_subscribe(peer, topic_filter, now)
+        seen = self._standing(peer, now, check_expiry=True)
+        if isinstance(seen, Decision):
+            return seen
+        try:
+            plain = parse_shared(topic_filter).topic_filter
+        except TopicFilterInvalid:
+            return deny("invalid_filter", "builtin/topic_filter")
+        if plain[:1] == "$" and peer.identity.kind != "operator":
+            return deny("reserved_topic", _DOLLAR_RULE)
+        rule = seen.grants.subscribe.covering(plain)
+        return _subscribe_refusal(seen.grants, plain) if rule is None else _allowed("subscribe_granted", rule)
+
+    def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
+        if peer.identity is None:
+            return self._floor.decide_delivery(peer, topic, now)
+        # No expiry check: queued messages of an offline session are judged against its last peer,
+        # whose certificate may have lapsed before the unit renews; expiry is enforced at connect.
+        seen = self._standing(peer, now, check_expiry=False)
+        if isinstance(seen, Decision):
+            return seen
+        if topic[:1] == "$" and peer.identity.kind != "operator":
+            return deny("reserved_topic", _DOLLAR_RULE)
+        rule = seen.grants.may_receive(topic)
+        if rule is None:
+            return deny("topic_not_granted", f"{seen.grants.profile.name}/subscribe")
+        return _allowed("delivery_granted", rule)
+
+    # --- checks -----------------------------------------------------------------------------------
+
+    def _standing(self, peer: Peer, now: float, check_expiry: bool) -> _Seen | Decision:
+        """What the engine knows of the identity if it is in good standing now, else the denial.
+
+        Facts the peer does not carry (a session restored from disk has no certificate serial) are
+        not checked here; the TLS layer verified them when that certificate was presented.
+        """
+        identity = peer.identity
+        assert identity is not None  # callers handle lab clients first
+        try:
+            seen = self._lookup(identity)
+        except IdentityError:
+            return deny("invalid_identity", "builtin/identity")
+        if seen is None:
+            return deny("unknown_identity", "registry/identity")
+        if seen.state.is_revoked:
+            return deny("identity_revoked", "registry/identity")
+        serial = peer.certificate_serial
+        if serial is not None and self._serial_revoked(serial):
+            return deny("certificate_revoked", "registry/certificate")
+        not_after = peer.certificate_not_after
+        if check_expiry and not_after is not None and not_after < now:
+            return deny("certificate_expired", "builtin/certificate_validity")
+        return seen
+
+    def _lookup(self, identity: Identity) -> _Seen | None:
+        """The cached entry, refreshed from the directory when stale; None for an unknown identity."""
+        seen = self._seen.get(identity)
+        if seen is not None and seen.epoch == self._epoch:
+            return seen
+        state = self._directory.state_of(identity)
+        if state is None:
+            return None
+        grants = self._grants.get(identity, state.tier, state.is_quarantined)  # IdentityError for a bad id
+        if seen is None:
+            seen = self._seen[identity] = _Seen(self._epoch, state, grants)
+        else:
+            seen.epoch, seen.state, seen.grants = self._epoch, state, grants
+        return seen
+
+    def _serial_revoked(self, serial: int) -> bool:
+        revoked = self._revoked_serials.get(serial)
+        if revoked is None:
+            revoked = self._revoked_serials[serial] = self._directory.is_certificate_revoked(serial)
+        return revoked
+
+
+def _spend(seen: _Seen, payload_size: int, now: float) -> Decision | None:
+    """Take one message and `payload_size` bytes from the identity's buckets, or say which is empty.
+
+    The byte bucket is asked before the message bucket is charged, so a refusal costs nothing.
+    """
+    profile = seen.grants.profile
+    buckets = seen.buckets
+    if buckets is None or buckets.profile != profile.name:
+        buckets = seen.buckets = _Buckets.of(profile, now)
+    messages, octets = buckets.messages, buckets.octets
+    if octets is not None and octets.available(now) < payload_size:
+        return deny("rate_limited", f"{profile.name}/limits/bytes_per_second")
+    if messages is not None and not messages.take(now):
+        return deny("rate_limited", f"{profile.name}/limits/messages_per_second")
+    if octets is not None:
+        octets.take(now, payload_size)
+    return None
+
+
+def _publish_refusal(grants: CompiledGrants, topic: str) -> Decision:
+    kind = grants.identity.kind
+    if grants.quarantined and grants.publish.match(topic) is not None:
+        return deny("quarantined", f"quarantine/{kind}")
+    if _outside_own_namespace(grants.identity, topic):
+        return deny("topic_outside_namespace", f"{grants.profile.name}/publish")
+    return deny("topic_not_granted", f"{grants.profile.name}/publish")
+
+
+def _subscribe_refusal(grants: CompiledGrants, plain: str) -> Decision:
+    rule = f"{grants.profile.name}/subscribe"
+    if _outside_own_namespace(grants.identity, plain):
+        return deny("topic_outside_namespace", rule)
+    # Broader than what was granted, yet reaching into it: what a subscription-overreach detector wants
+    # to hear about (e.g. "#", or fleet/+/cmd/# from a unit granted fleet/<id>/cmd/#).
+    if grants.subscribe.intersecting(plain):
+        return deny("wildcard_overreach", rule)
+    return deny("filter_not_granted", rule)
+
+
+def _outside_own_namespace(identity: Identity, topic: str) -> bool:
+    """A unit naming another unit's fleet/<unit>/... space by its literal id (a topic escape)."""
+    if identity.kind != "unit" or not topic.startswith("fleet/"):
+        return False
+    # The unit namespace is fleet/{id}/# (rules.UNIT_NAMESPACE); wildcards there are not a literal escape.
+    return topic.split("/", 2)[1] not in ("+", "#", identity.id)

@@ -1,0 +1,564 @@
+"""policy.yaml: the model, loading with one-sentence errors, and the proofs run before any client connects.
+
+A policy is data: for each role a list of grant *templates* (topic filters with placeholders such as
+`{id}`), rate and size limits, the safety-critical control namespace, and a quarantine profile. Loading
+is strict: an unknown key, a wrong type, an invalid filter or an unknown placeholder fails with a
+`PolicyError` naming the file, the key path (`roles.unit.publish[2]`) and what is wrong, because a typo
+in an access policy silently granting or denying something is worse than a gateway that will not start.
+
+After the shape come the checks (the last section of this module), run on every load:
+
+- quarantine ∩ control namespace = ∅, for every pair of filters, with a witness topic when it fails;
+- lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, quarantine only
+  restricts. Lint *errors* fail loading; *warnings* are shown by `fleetgate policy check`.
+
+Extending (issue 10 adds data classes and partner views): add a parser to `_SECTIONS` and a field to
+`Policy`; the strictness about unknown keys comes for free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from gateway.mqtt.errors import TopicFilterInvalid
+from gateway.mqtt.topics import (
+    SHARE_PREFIX,
+    filter_covers,
+    filters_intersect,
+    topic_matches,
+    validate_topic_filter,
+)
+from pki.names import IdentityError, validate_id
+
+__all__ = [
+    "Grant",
+    "Limits",
+    "LintFinding",
+    "Overlap",
+    "Policy",
+    "PolicyError",
+    "Profile",
+    "example_topic",
+    "lint_policy",
+    "load_policy",
+    "policy_from_mapping",
+    "prove_quarantine_disjoint",
+    "quarantine_pairs",
+    "substitute",
+]
+
+EMBEDDED_SOURCE = "gateway/defaults/policy.yaml (embedded)"
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_TIER_KEY = re.compile(r"^tier([1-9][0-9]?)$")
+# Placeholders each part of the file may use. `{unit}` names "any unit" and exists only in the control
+# namespace; grants speak about the identity holding them, as `{id}` (`{partner}` is its alias).
+_ROLE_PLACEHOLDERS = frozenset({"{id}"})
+_PARTNER_PLACEHOLDERS = frozenset({"{id}", "{partner}", "{tier}"})
+_CONTROL_PLACEHOLDERS = frozenset({"{unit}"})
+
+
+class PolicyError(ValueError):
+    """The policy cannot be used; the message is one sentence naming file, key path and problem."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+        self.source = source
+        self.path = path
+        self.problem = problem
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    rule: str  # stable id shown in decisions, e.g. "unit/publish/0"
+    template: str  # the filter as written, e.g. "fleet/{id}/telemetry/#"
+    path: str  # where it is written, e.g. "roles.unit.publish[0]"
+
+    @property
+    def wildcarded(self) -> str:
+        """Every placeholder replaced by `+`: the template as the set of all its substitutions."""
+        return _PLACEHOLDER.sub("+", self.template)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    messages_per_second: float | None = None  # None: not limited by the policy
+    burst: float | None = None  # default: one second's worth (at least 1)
+    bytes_per_second: float | None = None
+    bytes_burst: float | None = None  # default: max(bytes_per_second, max_payload)
+    max_payload: int | None = None
+    max_subscriptions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str  # the rule prefix: "unit", "service/dispatch", "partner/tier2", "quarantine/unit"
+    path: str  # the key path it was read from, e.g. "roles.partner.tier2"
+    publish: tuple[Grant, ...] = ()
+    subscribe: tuple[Grant, ...] = ()
+    limits: Limits = Limits()
+    defined: bool = True  # False: a stand-in for a service or tier the policy does not list
+
+    def grants(self) -> Iterator[Grant]:
+        yield from self.publish
+        yield from self.subscribe
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    source: str
+    version: int
+    control_namespace: tuple[Grant, ...]
+    unit: Profile
+    operator: Profile
+    services: Mapping[str, Profile]  # by service name (the service identity's id)
+    partner_tiers: Mapping[int, Profile]  # by tier number
+    quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
+    max_denied_before_disconnect: int = 20
+    digest: str = ""  # sha256 over the parsed content, to tell policies apart in logs and summaries
+    _by_rule: dict[str, Grant] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_rule.update({g.rule: g for p in self.profiles() for g in p.grants()})
+        self._by_rule.update({g.rule: g for g in self.control_namespace})
+
+    def profiles(self) -> Iterator[Profile]:
+        """Every role and quarantine profile, in file order."""
+        yield self.unit
+        yield self.operator
+        yield from self.services.values()
+        yield from self.partner_tiers.values()
+        yield from self.quarantine.values()
+
+    def profile_for(self, kind: str, ident: str, tier: int | None) -> Profile:
+        """The normal profile of an identity; an empty stand-in (deny everything) when none is listed."""
+        if kind == "unit":
+            return self.unit
+        if kind == "operator":
+            return self.operator
+        if kind == "service":
+            return self.services.get(ident) or Profile(
+                f"service/{ident}", f"roles.service.{ident}", defined=False
+            )
+        if kind == "partner" and tier is not None:
+            name = f"partner/tier{tier}"
+            return self.partner_tiers.get(tier) or Profile(name, f"roles.partner.tier{tier}", defined=False)
+        return Profile(kind, f"roles.{kind}", defined=False)
+
+    def quarantine_profile(self, kind: str) -> Profile:
+        return self.quarantine.get(kind) or Profile(f"quarantine/{kind}", f"quarantine.{kind}", defined=False)
+
+    def grant(self, rule: str) -> Grant | None:
+        return self._by_rule.get(rule)
+
+
+def substitute(template: str, values: Mapping[str, str]) -> str:
+    """Fill placeholders (`{"{id}": "TRK-1"}`); ids cannot contain `/`, `+`, `#`, so levels stay levels."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), template)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Read, validate and prove a policy file; None means the embedded default."""
+    if path is None:
+        source = EMBEDDED_SOURCE
+        text = resources.files("gateway").joinpath("defaults/policy.yaml").read_text(encoding="utf-8")
+    else:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(source, "", f"cannot be read ({exc.strerror or exc}); check the path") from None
+        except UnicodeDecodeError:
+            raise PolicyError(source, "", "is not UTF-8 text; save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PolicyError(source, "", f"is not valid YAML{where}; fix the syntax") from None
+    return policy_from_mapping(data, source)
+
+
+def policy_from_mapping(data: Any, source: str) -> Policy:
+    """Build a Policy from parsed YAML; raises PolicyError for shape errors, overlaps and lint errors."""
+    at = _At(source, "")
+    top = at.mapping(data, allowed=_SECTIONS, required=("version", "control_namespace", "roles"))
+    if top["version"] != 1 or isinstance(top["version"], bool):
+        at.key("version").fail(f"must be 1 (the only policy format there is), not {top['version']!r}")
+    parts: dict[str, Any] = {}
+    for key, parse in _SECTIONS.items():
+        parts.update(parse(at.key(key), top.get(key)))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    policy = Policy(source=source, version=1, digest=digest, **parts)
+    enforce(policy)
+    return policy
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """A position in the file, so that every error can say where it is."""
+
+    source: str
+    path: str
+
+    def key(self, name: str) -> _At:
+        return _At(self.source, f"{self.path}.{name}" if self.path else name)
+
+    def index(self, i: int) -> _At:
+        return _At(self.source, f"{self.path}[{i}]")
+
+    def fail(self, problem: str) -> NoReturn:
+        raise PolicyError(self.source, self.path, problem)
+
+    def mapping(
+        self, value: Any, allowed: Mapping[str, Any] | frozenset[str], required: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"must be a mapping, not {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str) or key not in allowed:
+                self.fail(f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}")
+        for key in required:
+            if key not in value:
+                self.fail(f"missing required key {key!r}")
+        return value
+
+    def names(self, value: Any) -> dict[str, Any]:
+        """A mapping whose keys are names chosen by the author (service names, tiers); empty if absent."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(f"must be a mapping, not {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(f"key {key!r} must be text (quote it)")
+        return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+
+
+# --------------------------------------------------------------------------------- section parsers
+
+
+def _parse_control(at: _At, value: Any) -> dict[str, Any]:
+    if not isinstance(value, list) or not value:
+        at.fail(f"must be a non-empty list of topic filters, not {_kind(value)}")
+    grants = []
+    for i, item in enumerate(value):
+        grants.append(
+            Grant(f"control/{i}", _filter(at.index(i), item, _CONTROL_PLACEHOLDERS), at.index(i).path)
+        )
+        levels = item.split("/")
+        if "{unit}" in levels[:1] + levels[2:]:
+            at.index(i).fail("{unit} may only be the second level, the unit id, as in fleet/{unit}/control/#")
+    return {"control_namespace": tuple(grants)}
+
+
+def _parse_roles(at: _At, value: Any) -> dict[str, Any]:
+    roles = at.mapping(value, allowed=frozenset({"unit", "operator", "service", "partner"}))
+    services = at.key("service").names(roles.get("service", {}))
+    tiers = at.key("partner").names(roles.get("partner", {}))
+    return {
+        "unit": _profile(at.key("unit"), roles.get("unit", {}), "unit", _ROLE_PLACEHOLDERS),
+        "operator": _profile(at.key("operator"), roles.get("operator", {}), "operator", _ROLE_PLACEHOLDERS),
+        "services": {
+            name: _service(at.key("service").key(str(name)), name, body) for name, body in services.items()
+        },
+        "partner_tiers": dict(
+            _tier(at.key("partner").key(str(name)), name, body) for name, body in tiers.items()
+        ),
+    }
+
+
+def _service(at: _At, name: Any, body: Any) -> Profile:
+    try:
+        validate_id("service", str(name))
+    except IdentityError as exc:
+        at.fail(f"is not a service name: {exc}")
+    return _profile(at, body, f"service/{name}", _ROLE_PLACEHOLDERS)
+
+
+def _tier(at: _At, name: Any, body: Any) -> tuple[int, Profile]:
+    match = _TIER_KEY.match(str(name))
+    if match is None:
+        at.fail("partner tiers are named tier1, tier2, ... (tier<N>, N from 1 to 99)")
+    return int(match.group(1)), _profile(at, body, f"partner/{name}", _PARTNER_PLACEHOLDERS)
+
+
+def _parse_quarantine(at: _At, value: Any) -> dict[str, Any]:
+    body = at.mapping(value if value is not None else {}, allowed=frozenset({"unit"}))
+    profiles = {}
+    if "unit" in body:
+        fields = at.key("unit").mapping(body["unit"], allowed=frozenset({"publish"}), required=("publish",))
+        profiles["unit"] = _profile(at.key("unit"), fields, "quarantine/unit", _ROLE_PLACEHOLDERS)
+    return {"quarantine": profiles}
+
+
+def _parse_violations(at: _At, value: Any) -> dict[str, Any]:
+    body = at.mapping(value if value is not None else {}, allowed=frozenset({"max_denied_before_disconnect"}))
+    limit = body.get("max_denied_before_disconnect", 20)
+    return {
+        "max_denied_before_disconnect": _positive(at.key("max_denied_before_disconnect"), limit, whole=True)
+    }
+
+
+_PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
+_LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
+
+
+def _profile(at: _At, value: Any, name: str, placeholders: frozenset[str]) -> Profile:
+    body = at.mapping(value if value is not None else {}, allowed=_PROFILE_KEYS)
+    grants: dict[str, tuple[Grant, ...]] = {}
+    for action in ("publish", "subscribe"):
+        items = body.get(action, [])
+        if not isinstance(items, list):
+            at.key(action).fail(f"must be a list of topic filters, not {_kind(items)}")
+        grants[action] = tuple(
+            Grant(
+                f"{name}/{action}/{i}",
+                _filter(at.key(action).index(i), item, placeholders),
+                at.key(action).index(i).path,
+            )
+            for i, item in enumerate(items)
+        )
+    return Profile(
+        name, at.path, grants["publish"], grants["subscribe"], _limits(at.key("limits"), body.get("limits"))
+    )
+
+
+def _limits(at: _At, value: Any) -> Limits:
+    body = at.mapping(value if value is not None else {}, allowed=frozenset(_LIMIT_KEYS))
+    values = {key: _positive(at.key(key), raw, whole=_LIMIT_KEYS[key]) for key, raw in body.items()}
+    for extra, base in (("burst", "messages_per_second"), ("bytes_burst", "bytes_per_second")):
+        if extra in values and base not in values:
+            at.key(extra).fail(f"needs {base} beside it: a burst is the capacity of that rate's bucket")
+    return Limits(**values)
+
+
+def _positive(at: _At, value: Any, whole: bool) -> Any:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok or (whole and not isinstance(value, int)):
+        at.fail(f"must be a positive {'whole number' if whole else 'number'}, not {_kind(value)}")
+    return value
+
+
+def _filter(at: _At, value: Any, placeholders: frozenset[str]) -> str:
+    if not isinstance(value, str):
+        at.fail(f"must be a topic filter string, not {_kind(value)}")
+    if value.startswith(SHARE_PREFIX):
+        at.fail(f"{value!r} is a shared subscription; grant the plain filter (shares are judged on it)")
+    for level in value.split("/"):
+        for found in _PLACEHOLDER.findall(level):
+            if found not in placeholders:
+                at.fail(f"{found} is not a placeholder here; use {' or '.join(sorted(placeholders))}")
+            if found != level:
+                at.fail(f"placeholder {found} must be a whole topic level, as in fleet/{found}/state")
+        if "{" in _PLACEHOLDER.sub("", level) or "}" in _PLACEHOLDER.sub("", level):
+            at.fail(f"{value!r} has an unmatched brace; placeholders are written like {{id}}")
+    try:
+        validate_topic_filter(_PLACEHOLDER.sub("+", value))
+    except TopicFilterInvalid as exc:
+        at.fail(f"{value!r} is not a valid topic filter: {exc}")
+    return value
+
+
+# Top-level sections in file order; each parser returns Policy fields. Unknown top-level keys fail.
+_SECTIONS: dict[str, Callable[[_At, Any], dict[str, Any]]] = {
+    "version": lambda at, value: {},
+    "control_namespace": _parse_control,
+    "roles": _parse_roles,
+    "quarantine": _parse_quarantine,
+    "violations": _parse_violations,
+}
+
+
+# ------------------------------------------------------------------------------------------ checks
+#
+# Placeholders are replaced by "+" before asking whether two filters meet: that stands for every
+# possible substitution at once, so "disjoint" holds for every identity (a proof), while an overlap may
+# be one only some identity would hit (still refused: the promise is "could match"). Same-identity
+# questions (does a unit grant stay inside fleet/{id}/#?) keep "{id}" as literal text on both sides,
+# which is exact because both sides are filled with the same id.
+
+UNIT_NAMESPACE = "fleet/{id}/#"
+_PARTNER_SENSITIVE = ("fleet/+/diag/#", "fleet/+/cmd/#", "fleet/+/control/#")
+_EVERYTHING = "+/#"  # every topic outside the gateway's $-space
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    quarantine: Grant
+    control: Grant
+    witness: str  # a topic both filters match
+
+    def sentence(self) -> str:
+        return (
+            f"quarantine filter {self.quarantine.template!r} overlaps control filter "
+            f"{self.control.template!r} ({self.control.path}); both match {self.witness!r}, and quarantine "
+            "must never touch a vehicle-control topic: narrow it, e.g. to fleet/{id}/diag/#"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LintFinding:
+    severity: str  # "error" fails loading; "warning" is reported by `fleetgate policy check`
+    path: str
+    message: str
+
+
+def quarantine_pairs(policy: Policy) -> list[tuple[Grant, Grant]]:
+    """Every (quarantine filter, control filter) pair the disjointness proof examines."""
+    quarantined = [g for p in policy.quarantine.values() for g in p.grants()]
+    return [(q, c) for q in quarantined for c in policy.control_namespace]
+
+
+def prove_quarantine_disjoint(policy: Policy) -> list[Overlap]:
+    """The pairs whose filters share at least one topic; empty means quarantine ∩ control = ∅."""
+    overlaps = []
+    for q, c in quarantine_pairs(policy):
+        a, b = q.wildcarded, c.wildcarded
+        if filters_intersect(a, b):
+            overlaps.append(Overlap(q, c, example_topic(a, b) or "(none found)"))
+    return overlaps
+
+
+def example_topic(a: str, b: str, filler: str = "x") -> str | None:
+    """A topic name both plain filters match (a witness), or None when they are disjoint.
+
+    Per level a literal from either filter wins, otherwise `filler`; lengths from the longer filter's
+    fixed levels up, because a trailing `#` also matches its parent. Each candidate is checked with
+    `topic_matches`, so a wrong guess can only make this return None, never a false witness.
+    """
+    if not filters_intersect(a, b):
+        return None
+    fixed = [f.split("/")[:-1] if f.endswith("#") else f.split("/") for f in (a, b)]
+    open_ended = [f == "#" or f.endswith("/#") for f in (a, b)]
+    shortest = max(1, *(len(levels) for levels in fixed))
+    for n in range(shortest, shortest + 2):
+        if not all(multi or len(levels) == n for levels, multi in zip(fixed, open_ended, strict=True)):
+            continue
+        topic = "/".join(_witness_level(fixed, i, filler) for i in range(n))
+        if topic and topic_matches(a, topic) and topic_matches(b, topic):
+            return topic
+    return None
+
+
+def _witness_level(fixed: list[list[str]], i: int, filler: str) -> str:
+    literals = [levels[i] for levels in fixed if i < len(levels) and levels[i] != "+"]
+    return literals[0] if literals else filler
+
+
+def lint_policy(policy: Policy) -> list[LintFinding]:
+    """Errors (loading fails) and warnings (shown by `policy check`), in a stable order."""
+    return [finding for lint in _LINTS for finding in lint(policy)]
+
+
+def _unit_escapes(policy: Policy) -> Iterator[LintFinding]:
+    for grant in (*policy.unit.grants(), *policy.quarantine_profile("unit").grants()):
+        if not filter_covers(UNIT_NAMESPACE, grant.template):
+            yield LintFinding(
+                "error",
+                grant.path,
+                f"{grant.template!r} reaches outside the unit's own namespace {UNIT_NAMESPACE}; "
+                "a unit may only be granted fleet/{id}/... topics",
+            )
+
+
+def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
+    for grant in policy.control_namespace:
+        if grant.template.startswith("$"):
+            yield LintFinding(
+                "error", grant.path, "the control namespace cannot be a $-topic (the gateway's own)"
+            )
+    for profile in policy.profiles():
+        for grant in profile.grants():
+            if not grant.template.startswith("$"):
+                continue
+            if profile.name != "operator":
+                message = (
+                    f"{grant.template!r} is a $-topic, the gateway's own; only operators may be granted one"
+                )
+                yield LintFinding("error", grant.path, message)
+            elif grant in profile.publish:
+                message = f"{grant.template!r} never takes effect: nobody publishes $-topics but the gateway"
+                yield LintFinding("warning", grant.path, message)
+
+
+def _quarantine_restricts(policy: Policy) -> Iterator[LintFinding]:
+    for grant in policy.quarantine_profile("unit").publish:
+        if not any(filter_covers(normal.template, grant.template) for normal in policy.unit.publish):
+            yield LintFinding(
+                "error",
+                grant.path,
+                f"{grant.template!r} is not within any roles.unit.publish grant; quarantine may only narrow "
+                "what a unit may publish, never add to it",
+            )
+
+
+def _broad_grants(policy: Policy) -> Iterator[LintFinding]:
+    for profile in policy.profiles():
+        for grant in profile.grants():
+            if filter_covers(grant.template, _EVERYTHING):
+                message = f"{grant.template!r} matches every topic; grant {profile.name} only what it needs"
+                yield LintFinding("warning", grant.path, message)
+
+
+def _partner_sensitive(policy: Policy) -> Iterator[LintFinding]:
+    for profile in policy.partner_tiers.values():
+        for grant in profile.subscribe:
+            reached = [s.split("/")[2] for s in _PARTNER_SENSITIVE if filters_intersect(grant.wildcarded, s)]
+            if reached:
+                seen = "/".join(reached)
+                message = f"{grant.template!r} lets partners see {seen} topics, beyond telemetry"
+                yield LintFinding("warning", grant.path, message)
+
+
+def _limit_sanity(policy: Policy) -> Iterator[LintFinding]:
+    for profile in policy.profiles():
+        limits, at = profile.limits, f"{profile.path}.limits"
+        if limits.burst is not None and limits.burst < 1:
+            yield LintFinding("error", f"{at}.burst", "must be at least 1, or no message could ever be sent")
+        if (
+            limits.bytes_burst is not None
+            and limits.max_payload is not None
+            and limits.bytes_burst < limits.max_payload
+        ):
+            message = "is below max_payload, so a maximum-size message could never be published"
+            yield LintFinding("warning", f"{at}.bytes_burst", message)
+
+
+_LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
+    _unit_escapes,
+    _dollar_grants,
+    _quarantine_restricts,
+    _broad_grants,
+    _partner_sensitive,
+    _limit_sanity,
+)
+
+
+def enforce(policy: Policy) -> None:
+    """Refuse a policy whose quarantine could touch control, or that has a lint error."""
+    overlaps = prove_quarantine_disjoint(policy)
+    if overlaps:
+        raise PolicyError(policy.source, overlaps[0].quarantine.path, overlaps[0].sentence())
+    for finding in lint_policy(policy):
+        if finding.severity == "error":
+            raise PolicyError(policy.source, finding.path, finding.message)

@@ -1,0 +1,302 @@
+"""PolicyEngine decisions as tables: who, what, → verdict, reason, rule. Time is an argument."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.mqtt.packets import Connect
+from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.decision import Decision
+from gateway.policy.directory import IdentityState, InMemoryDirectory
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.rules import EMBEDDED_SOURCE, load_policy, policy_from_mapping
+from pki.names import Identity
+
+T0 = 1_700_000_000.0
+TD = "fleet.local"
+POLICY = load_policy(None)
+EMBEDDED = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "policy.yaml"
+
+TRK1 = Identity("unit", "TRK-1", TD)
+TRK2 = Identity("unit", "TRK-2", TD)
+ALICE = Identity("operator", "alice", TD)
+DISPATCH = Identity("service", "dispatch", TD)
+BILLING = Identity("service", "billing", TD)  # a service the policy does not list
+ACME = Identity("partner", "ACME", TD)  # tier 3
+BIGCO = Identity("partner", "BIGCO", TD)  # tier 1
+NOTIER = Identity("partner", "NOTIER", TD)
+GHOST = Identity("unit", "TRK-404", TD)  # not in the registry
+REVOKED = Identity("unit", "TRK-666", TD)
+QUARANTINED = Identity("unit", "TRK-Q", TD)
+REVOKED_SERIAL = 0xBAD
+
+
+@dataclass
+class World:
+    directory: InMemoryDirectory = field(default_factory=InMemoryDirectory)
+
+    def __post_init__(self) -> None:
+        d = self.directory
+        for who in (TRK1, TRK2, ALICE, DISPATCH, BILLING, NOTIER):
+            d.enroll(who)
+        d.enroll(ACME, tier=3)
+        d.enroll(BIGCO, tier=1)
+        d.enroll(REVOKED)
+        d.revoke_identity(REVOKED)
+        d.put(QUARANTINED, IdentityState("quarantined", quarantined=True, quarantine_reason="flood"))
+        d.revoke_certificate(REVOKED_SERIAL)
+        self.engine = PolicyEngine(POLICY, d)
+
+
+def peer(who: Identity | None, serial: int = 0x1001, not_after: float = T0 + 86_400) -> Peer:
+    return Peer("10.0.0.7:40000", who, certificate_serial=serial, certificate_not_after=not_after)
+
+
+def publish(
+    engine: AccessPolicy, who: Identity | None, topic: str, size: int = 10, now: float = T0
+) -> Decision:
+    return engine.decide_publish(peer(who), topic, size, 1, False, now)
+
+
+def brief(decision: Decision) -> tuple[str, str, str]:
+    return (decision.verdict.value, decision.reason, decision.rule)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+CONNECTS = [
+    (TRK1, "TRK-1", {}, ("allow", "connect_allowed", "unit")),
+    (TRK1, "TRK-2", {}, ("deny", "client_id_mismatch", "builtin/client_id_binding")),
+    (GHOST, "TRK-404", {}, ("deny", "unknown_identity", "registry/identity")),
+    (REVOKED, "TRK-666", {}, ("deny", "identity_revoked", "registry/identity")),
+    (TRK1, "TRK-1", {"serial": REVOKED_SERIAL}, ("deny", "certificate_revoked", "registry/certificate")),
+    (TRK1, "TRK-1", {"not_after": T0 - 1}, ("deny", "certificate_expired", "builtin/certificate_validity")),
+    (TRK1, "TRK-1", {"not_after": T0}, ("allow", "connect_allowed", "unit")),  # valid through not_after
+    (NOTIER, "NOTIER", {}, ("deny", "partner_without_tier", "roles/partner")),
+    (ACME, "ACME", {}, ("allow", "connect_allowed", "partner/tier3")),
+    (QUARANTINED, "TRK-Q", {}, ("allow", "connect_allowed", "quarantine/unit")),
+    (BILLING, "billing", {}, ("allow", "connect_allowed", "service/billing")),
+    (None, "anything", {}, ("allow", "lab_client", "builtin/lab_listener")),
+]
+
+
+@pytest.mark.parametrize(("who", "client_id", "cert", "expected"), CONNECTS)
+def test_connect(
+    world: World, who: Identity | None, client_id: str, cert: dict[str, float], expected: tuple[str, str, str]
+) -> None:
+    p = peer(who, **cert)  # type: ignore[arg-type]
+    assert brief(world.engine.decide_connect(p, Connect(client_id=client_id), T0)) == expected
+
+
+PUBLISHES = [
+    (TRK1, "fleet/TRK-1/telemetry/gps", ("allow", "publish_granted", "unit/publish/0")),
+    (TRK1, "fleet/TRK-1/state", ("allow", "publish_granted", "unit/publish/2")),
+    (TRK1, "fleet/TRK-2/telemetry/gps", ("deny", "topic_outside_namespace", "unit/publish")),
+    (TRK1, "fleet/TRK-2/control/brake/ack", ("deny", "topic_outside_namespace", "unit/publish")),
+    (TRK1, "fleet/TRK-1/cmd/reboot", ("deny", "topic_not_granted", "unit/publish")),
+    (TRK1, "elsewhere/x", ("deny", "topic_not_granted", "unit/publish")),
+    (TRK1, "$SYS/x", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    (QUARANTINED, "fleet/TRK-Q/telemetry/gps", ("deny", "quarantined", "quarantine/unit")),
+    (QUARANTINED, "fleet/TRK-Q/state", ("deny", "quarantined", "quarantine/unit")),
+    (QUARANTINED, "fleet/TRK-Q/diag/can", ("allow", "publish_granted", "quarantine/unit/publish/0")),
+    (QUARANTINED, "fleet/TRK-Q/cmd/mode/ack", ("allow", "publish_granted", "quarantine/unit/publish/1")),
+    (QUARANTINED, "fleet/TRK-Q/control/brake/ack", ("allow", "publish_granted", "unit/publish/4")),
+    (QUARANTINED, "fleet/TRK-Q/control/brake", ("deny", "topic_not_granted", "unit/publish")),
+    (QUARANTINED, "fleet/TRK-1/telemetry/gps", ("deny", "topic_outside_namespace", "unit/publish")),
+    (DISPATCH, "fleet/TRK-1/control/brake", ("allow", "publish_granted", "service/dispatch/publish/0")),
+    (DISPATCH, "fleet/TRK-1/telemetry/gps", ("deny", "topic_not_granted", "service/dispatch/publish")),
+    (BILLING, "fleet/TRK-1/cmd/x", ("deny", "topic_not_granted", "service/billing/publish")),
+    (ALICE, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/publish/0")),
+    (ACME, "fleet/TRK-1/telemetry/eta", ("deny", "topic_not_granted", "partner/tier3/publish")),
+    (GHOST, "fleet/TRK-404/state", ("deny", "unknown_identity", "registry/identity")),
+    (REVOKED, "fleet/TRK-666/state", ("deny", "identity_revoked", "registry/identity")),
+    (None, "anything/at/all", ("allow", "builtin_floor", "builtin/floor")),
+    (None, "$SYS/x", ("deny", "reserved_topic", "builtin/dollar_topics")),
+]
+
+
+@pytest.mark.parametrize(("who", "topic", "expected"), PUBLISHES)
+def test_publish(world: World, who: Identity | None, topic: str, expected: tuple[str, str, str]) -> None:
+    assert brief(publish(world.engine, who, topic)) == expected
+
+
+SUBSCRIBES = [
+    (TRK1, "fleet/TRK-1/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
+    (TRK1, "fleet/TRK-1/control/+", ("allow", "subscribe_granted", "unit/subscribe/1")),
+    (TRK1, "$share/trucks/fleet/TRK-1/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
+    (TRK1, "#", ("deny", "wildcard_overreach", "unit/subscribe")),
+    (TRK1, "fleet/+/cmd/#", ("deny", "wildcard_overreach", "unit/subscribe")),
+    (TRK1, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "unit/subscribe")),
+    (TRK1, "$SYS/#", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    (TRK1, "$share/g/$SYS/#", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    (TRK1, "fleet/TRK-2/cmd/#", ("deny", "topic_outside_namespace", "unit/subscribe")),
+    (TRK1, "fleet/TRK-1/telemetry/#", ("deny", "filter_not_granted", "unit/subscribe")),
+    (TRK1, "fleet/#/x", ("deny", "invalid_filter", "builtin/topic_filter")),
+    (QUARANTINED, "fleet/TRK-Q/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
+    (ACME, "fleet/+/telemetry/eta", ("allow", "subscribe_granted", "partner/tier3/subscribe/0")),
+    (ACME, "fleet/+/telemetry/#", ("deny", "wildcard_overreach", "partner/tier3/subscribe")),
+    (ACME, "fleet/+/telemetry/gps", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
+    (BIGCO, "fleet/+/telemetry/#", ("allow", "subscribe_granted", "partner/tier1/subscribe/0")),
+    (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/subscribe")),  # operators: by grant
+    (DISPATCH, "$share/d/fleet/+/control/#", ("allow", "subscribe_granted", "service/dispatch/subscribe/1")),
+    (None, "#", ("allow", "builtin_floor", "builtin/floor")),
+]
+
+
+@pytest.mark.parametrize(("who", "topic_filter", "expected"), SUBSCRIBES)
+def test_subscribe(
+    world: World, who: Identity | None, topic_filter: str, expected: tuple[str, str, str]
+) -> None:
+    assert brief(world.engine.decide_subscribe(peer(who), topic_filter, T0)) == expected
+
+
+DELIVERIES = [
+    (TRK1, "fleet/TRK-1/cmd/reboot", ("allow", "delivery_granted", "unit/subscribe/0")),
+    (TRK1, "fleet/TRK-2/cmd/reboot", ("deny", "topic_not_granted", "unit/subscribe")),
+    (TRK1, "$SYS/uptime", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    (QUARANTINED, "fleet/TRK-Q/cmd/mode", ("allow", "delivery_granted", "unit/subscribe/0")),
+    (QUARANTINED, "fleet/TRK-Q/control/brake", ("allow", "delivery_granted", "unit/subscribe/1")),
+    (ACME, "fleet/TRK-1/telemetry/eta", ("allow", "delivery_granted", "partner/tier3/subscribe/0")),
+    (ACME, "fleet/TRK-1/telemetry/engine", ("deny", "topic_not_granted", "partner/tier3/subscribe")),
+    (REVOKED, "fleet/TRK-666/cmd/x", ("deny", "identity_revoked", "registry/identity")),
+    (None, "x/y", ("allow", "builtin_floor", "builtin/floor")),
+]
+
+
+@pytest.mark.parametrize(("who", "topic", "expected"), DELIVERIES)
+def test_delivery(world: World, who: Identity | None, topic: str, expected: tuple[str, str, str]) -> None:
+    assert brief(world.engine.decide_delivery(peer(who), topic, T0)) == expected
+
+
+def test_delivery_to_a_restored_session_needs_no_certificate_facts(world: World) -> None:
+    restored = Peer("", TRK1)  # what the broker rebuilds from disk after a restart
+    assert world.engine.decide_delivery(restored, "fleet/TRK-1/cmd/x", T0).allowed
+    expired = peer(TRK1, not_after=T0 - 10)  # lapsed while offline: expiry is enforced at connect
+    assert world.engine.decide_delivery(expired, "fleet/TRK-1/cmd/x", T0).allowed
+    assert brief(publish(world.engine, TRK1, "fleet/TRK-1/state", now=T0))[0] == "allow"
+    assert world.engine.decide_publish(expired, "fleet/TRK-1/state", 1, 0, False, T0).reason == (
+        "certificate_expired"
+    )
+
+
+class TestLimits:
+    def test_message_rate_burst_then_refill(self, world: World) -> None:
+        topic = "fleet/TRK-1/telemetry/gps"
+        assert all(publish(world.engine, TRK1, topic).allowed for _ in range(100))  # burst 100
+        assert brief(publish(world.engine, TRK1, topic)) == (
+            "deny",
+            "rate_limited",
+            "unit/limits/messages_per_second",
+        )
+        assert publish(world.engine, TRK1, topic, now=T0 + 0.0625).allowed  # 20/s: a token per 50 ms
+        assert not publish(world.engine, TRK1, topic, now=T0 + 0.0625).allowed
+        assert sum(publish(world.engine, TRK1, topic, now=T0 + 1.0625).allowed for _ in range(30)) == 20
+
+    def test_byte_rate_counts_payload_sizes(self, world: World) -> None:
+        topic = "fleet/TRK-1/diag/dump"
+        for _ in range(4):  # 4 x 64 KiB = one second of 256 KiB/s
+            assert publish(world.engine, TRK1, topic, size=65536).allowed
+        assert publish(world.engine, TRK1, topic, size=1).rule == "unit/limits/bytes_per_second"
+        assert publish(world.engine, TRK1, topic, size=65536, now=T0 + 0.25).allowed
+
+    def test_payload_too_large(self, world: World) -> None:
+        topic = "fleet/TRK-1/diag/dump"
+        assert publish(world.engine, TRK1, topic, size=65536).allowed
+        assert brief(publish(world.engine, TRK1, topic, size=65537)) == (
+            "deny",
+            "payload_too_large",
+            "unit/limits/max_payload",
+        )
+
+    def test_refused_publishes_spend_no_tokens(self, world: World) -> None:
+        for _ in range(500):
+            assert (
+                publish(world.engine, TRK1, "fleet/TRK-2/telemetry/gps").reason == "topic_outside_namespace"
+            )
+        assert all(publish(world.engine, TRK1, "fleet/TRK-1/state").allowed for _ in range(100))
+
+    def test_buckets_are_per_identity(self, world: World) -> None:
+        for _ in range(100):
+            publish(world.engine, TRK1, "fleet/TRK-1/state")
+        assert not publish(world.engine, TRK1, "fleet/TRK-1/state").allowed
+        assert publish(world.engine, TRK2, "fleet/TRK-2/state").allowed
+
+    def test_unlimited_profiles_are_not_rate_limited(self, world: World) -> None:
+        assert all(publish(world.engine, ALICE, "fleet/TRK-1/cmd/x").allowed for _ in range(1000))
+
+    def test_accessors_for_the_runtime(self, world: World) -> None:
+        engine = world.engine
+        assert engine.max_subscriptions_for(peer(TRK1)) == 20
+        assert engine.max_subscriptions_for(peer(ACME)) == 2
+        assert engine.max_subscriptions_for(peer(ALICE)) is None
+        assert engine.max_subscriptions_for(peer(None)) is None
+        assert engine.violation_limit() == 20
+
+
+class TestLiveChanges:
+    def test_reload_changes_a_decision_and_resets_buckets(self, world: World) -> None:
+        engine = world.engine
+        assert publish(engine, TRK1, "fleet/TRK-1/state").allowed
+        data = yaml.safe_load(EMBEDDED.read_text(encoding="utf-8"))
+        data["roles"]["unit"]["publish"].remove("fleet/{id}/state")
+        data["violations"]["max_denied_before_disconnect"] = 5
+        engine.reload(policy_from_mapping(data, "new.yaml"))
+        assert engine.generation == 1
+        assert engine.policy.source == "new.yaml"
+        assert brief(publish(engine, TRK1, "fleet/TRK-1/state")) == (
+            "deny",
+            "topic_not_granted",
+            "unit/publish",
+        )
+        assert engine.violation_limit() == 5
+        engine.reload(load_policy(None))
+        assert engine.policy.source == EMBEDDED_SOURCE
+        assert publish(engine, TRK1, "fleet/TRK-1/state").allowed
+
+    def test_state_is_cached_until_invalidated(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        topic = "fleet/TRK-1/telemetry/gps"
+        assert publish(engine, TRK1, topic).allowed
+        asked = directory.lookups
+        directory.quarantine(TRK1, "impossible travel")
+        assert publish(engine, TRK1, topic).allowed  # the engine has not been told yet
+        assert directory.lookups == asked  # ... and did not ask: the hot path is cache-only
+        engine.invalidate(TRK1)
+        assert brief(publish(engine, TRK1, topic)) == ("deny", "quarantined", "quarantine/unit")
+        directory.release(TRK1)
+        engine.invalidate(TRK1)
+        assert publish(engine, TRK1, topic).allowed
+
+    def test_revocation_after_invalidate_cuts_delivery_and_connect(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        assert engine.decide_delivery(peer(TRK2), "fleet/TRK-2/cmd/x", T0).allowed
+        directory.revoke_identity(TRK2)
+        engine.invalidate()
+        assert engine.decide_delivery(peer(TRK2), "fleet/TRK-2/cmd/x", T0).reason == "identity_revoked"
+        assert engine.decide_connect(peer(TRK2), Connect("TRK-2"), T0).reason == "identity_revoked"
+
+    def test_certificate_revocation_after_invalidate(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        live = peer(TRK1, serial=0x77)
+        assert engine.decide_subscribe(live, "fleet/TRK-1/cmd/#", T0).allowed
+        directory.revoke_certificate(0x77)
+        engine.invalidate(TRK1)
+        assert engine.decide_subscribe(live, "fleet/TRK-1/cmd/#", T0).reason == "certificate_revoked"
+
+    def test_tier_change_switches_profile_and_limits(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        assert not engine.decide_subscribe(peer(ACME), "fleet/+/telemetry/gps", T0).allowed
+        directory.set_tier(ACME, 2)
+        engine.invalidate(ACME)
+        assert (
+            engine.decide_subscribe(peer(ACME), "fleet/+/telemetry/gps", T0).rule
+            == "partner/tier2/subscribe/0"
+        )
+        assert engine.max_subscriptions_for(peer(ACME)) == 10
