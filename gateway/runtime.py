@@ -13,6 +13,7 @@ import logging
 import signal
 import ssl
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -24,9 +25,13 @@ from gateway.broker import Broker, BrokerLimits
 from gateway.broker.persistence import SqliteBrokerStore
 from gateway.config import GatewayConfig
 from gateway.datadir import DataDir, ca_passphrase
+from gateway.directory import RegistryDirectory
 from gateway.events import EventRecorder
+from gateway.metrics import GatewayCollector, metrics_registry, render
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import Peer
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.rules import Policy, PolicyError, load_policy
 from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
 from gateway.transport import MtlsListener, tls_server_context
 from pki.authority import CertificateAuthority
@@ -41,6 +46,13 @@ REVOCATION_POLL_SECONDS = 0.2  # revocations made by another process reach live 
 
 class GatewayStartupError(RuntimeError):
     """The gateway cannot start; the message says why and what to do."""
+
+
+def load_startup_policy(config: GatewayConfig) -> Policy:
+    try:
+        return load_policy(config.policy_file)
+    except PolicyError as exc:
+        raise GatewayStartupError(f"the policy cannot be used: {exc}") from None
 
 
 def broker_limits(config: GatewayConfig) -> BrokerLimits:
@@ -76,16 +88,16 @@ class Gateway:
         self.registry = Registry(self._registry_db)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
-        self.broker = Broker(
-            CertificateOnlyPolicy(), broker_limits(config), SqliteBrokerStore(self._broker_db)
-        )
+        self.directory = RegistryDirectory(self.registry, self.trust_domain, datetime.now(UTC))
+        self.engine = PolicyEngine(load_startup_policy(config), self.directory)
+        limits = replace(broker_limits(config), max_violations=self.engine.violation_limit())
+        self.broker = Broker(self.engine, limits, SqliteBrokerStore(self._broker_db))
         self.hub = ConnectionHub(
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
         )
         self.events = EventRecorder(self.audit)
-        self._known_revoked = {entry.serial for entry in self.registry.revoked_entries()}
         self._servers: list[asyncio.Server] = []
         self._listeners: list[MtlsListener] = []
         self._http: web.AppRunner | None = None
@@ -94,17 +106,21 @@ class Gateway:
     # --- admission ----------------------------------------------------------------------------
 
     def check_certificate(self, cert: x509.Certificate, address: str) -> Peer | str:
-        """What a chain-verified client certificate proves, or why it proves nothing."""
+        """What a chain-verified client certificate proves, or why it proves nothing.
+
+        Checked before a single MQTT byte is read; the policy engine checks the same facts again
+        at CONNECT and whenever they change.
+        """
         try:
             identity = identity_from_certificate(cert, self.trust_domain)
         except IdentityError as exc:
             return exc.reason
-        if cert.serial_number in self._known_revoked or self.registry.is_revoked(cert.serial_number):
+        if self.directory.is_certificate_revoked(cert.serial_number):
             return "certificate_revoked"
-        record = self.registry.get_identity(identity.kind, identity.id)
-        if record is None:
+        state = self.directory.state_of(identity)
+        if state is None:
             return "unknown_identity"
-        if record.state == "revoked":
+        if state.is_revoked:
             return "identity_revoked"
         return Peer(
             address=address,
@@ -119,7 +135,7 @@ class Gateway:
         """Cut every live session whose certificate is among `serials`; returns how many."""
         if not serials:
             return 0
-        self._known_revoked |= serials
+        self.engine.invalidate()
         actions = self.broker.disconnect_where(
             lambda peer: peer.certificate_serial in serials,
             ReasonCode.NOT_AUTHORIZED,
@@ -129,11 +145,44 @@ class Gateway:
         self.hub.apply(actions)
         return len({action.conn for action in actions})
 
+    def apply_registry_changes(self) -> None:
+        """Follow the registry (this process or the CLI): revocations cut, state changes re-decide."""
+        changes = self.directory.refresh(datetime.now(UTC))
+        if changes.revoked_serials:
+            self.on_revocations(changes.revoked_serials)
+        for identity in changes.identities:
+            self.engine.invalidate(identity)
+        if changes.identities:
+            self.hub.apply(self.broker.reauthorize(time.time()))
+
     async def _watch_registry(self) -> None:
         while True:
             await asyncio.sleep(REVOCATION_POLL_SECONDS)
-            current = {entry.serial for entry in self.registry.revoked_entries()}
-            self.on_revocations(current - self._known_revoked)
+            self.apply_registry_changes()
+
+    def reload_policy(self, actor: str = "system/sighup") -> Policy | None:
+        """Load the policy file again; on success re-decide every live session, else keep the old one."""
+        now = datetime.now(UTC)
+        subject = str(self.config.policy_file or "<embedded policy>")
+        try:
+            policy = load_policy(self.config.policy_file)
+        except (PolicyError, OSError) as exc:
+            log.error("policy reload refused, keeping the current policy: %s", exc)
+            self.audit.append(
+                actor=actor,
+                action="policy.reload",
+                subject=subject,
+                outcome="refused",
+                reason="invalid_policy",
+                details={"error": str(exc)},
+                now=now,
+            )
+            return None
+        self.engine.reload(policy)
+        self.hub.apply(self.broker.reauthorize(time.time()))
+        self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
+        log.info("policy reloaded from %s", subject)
+        return policy
 
     async def _drain_events(self) -> None:
         while True:
@@ -168,6 +217,15 @@ class Gateway:
                 max_body=self.config.limits.max_est_body,
             ),
         )
+        collector = GatewayCollector(
+            lambda: self.broker.metrics, lambda: self.hub.counters, lambda: self.hub.connection_count
+        )
+        registry = metrics_registry(collector)
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics)
         return app
 
     async def start(self) -> None:
@@ -223,6 +281,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         await self.start()
         log.info("fleetgate is up: %s", ", ".join(f"{k} {h}:{p}" for k, (h, p) in self.bound.items()))
         if on_ready is not None:

@@ -78,6 +78,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX pki_certificates_by_status ON pki_certificates (status);
     CREATE TABLE pki_crl_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_number INTEGER NOT NULL);
     """,
+    # 2: change feeds, so a running gateway can follow what the CLI (another process) changes.
+    """
+    CREATE INDEX pki_identities_by_update ON pki_identities (updated_at);
+    CREATE INDEX pki_certificates_by_revocation ON pki_certificates (revoked_at);
+    """,
 )
 
 
@@ -327,6 +332,23 @@ class Registry:
             sql, params = sql + " AND not_after >= ?", (to_text(now),)
         rows = self._query(sql + " ORDER BY revoked_at, serial", params)
         return [RevokedEntry(int(s, 16), from_text(at), x509.ReasonFlags(reason)) for s, at, reason in rows]
+
+    # ------------------------------------------------------------------------------ change feeds
+
+    def identities_changed_since(self, moment: datetime) -> list[IdentityRecord]:
+        """Identities whose record was written at or after `moment` (callers overlap and dedupe)."""
+        rows = self._query(
+            f"SELECT {IDENTITY_COLUMNS} FROM pki_identities WHERE updated_at >= ?", (to_text(moment),)
+        )
+        return [identity_from_row(row) for row in rows]
+
+    def revoked_since(self, moment: datetime) -> list[int]:
+        """Serials revoked at or after `moment`."""
+        rows = self._query(
+            "SELECT serial FROM pki_certificates WHERE status = 'revoked' AND revoked_at >= ?",
+            (to_text(moment),),
+        )
+        return [int(serial, 16) for (serial,) in rows]
 
     # -------------------------------------------------------------------------------------- CRLs
 

@@ -6,6 +6,7 @@ import click
 
 from gateway.cli.ca_commands import cert, crl, init, unit
 from gateway.cli.device import enroll, renew
+from gateway.cli.policy_commands import policy
 from gateway.cli.roles import role_group
 from gateway.cli.serve import serve
 
@@ -16,7 +17,7 @@ def cli() -> None:
     """fleetgate: the fleet's CA, EST enrollment service and zero-trust mTLS MQTT broker."""
 
 
-for command in (init, serve, unit, cert, crl, enroll, renew):
+for command in (init, serve, unit, cert, crl, enroll, renew, policy):
     cli.add_command(command)
 cli.add_command(role_group("operator"))
 cli.add_command(role_group("service"))

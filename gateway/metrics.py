@@ -1,0 +1,98 @@
+"""Prometheus metrics, collected at scrape time from the counters the broker and hub already keep.
+
+Nothing on the hot path touches prometheus_client: the broker counts in plain ints and Counters,
+and this collector turns them into metric families only when /metrics is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.broker import BrokerMetrics
+from gateway.server import HubCounters
+
+PREFIX = "fleetgate"
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self,
+        broker_metrics: Callable[[], BrokerMetrics],
+        hub: Callable[[], HubCounters],
+        connections: Callable[[], int],
+    ) -> None:
+        self._broker = broker_metrics
+        self._hub = hub
+        self._connections = connections
+
+    def collect(self) -> Iterator[Any]:
+        m, h = self._broker(), self._hub()
+        yield _gauge("connections", "Open client connections (after TLS).", self._connections())
+        yield _gauge("sessions_connected", "Live MQTT sessions.", m.connected)
+        yield _gauge("sessions", "MQTT sessions held, connected or not.", m.sessions)
+        yield _gauge("retained_messages", "Retained messages held.", m.retained_messages)
+        yield _counter("handshakes_ok", "TLS handshakes completed.", h.handshakes_ok)
+        yield _labelled(
+            "handshakes_failed", "TLS handshakes failed, by reason.", "reason", dict(h.handshakes_failed)
+        )
+        yield _labelled(
+            "certificates_refused",
+            "Verified certificates refused at admission, by reason.",
+            "reason",
+            dict(h.certificates_refused),
+        )
+        yield _counter("connects_accepted", "CONNECTs accepted.", m.connects_accepted)
+        yield _labelled(
+            "connects_refused", "CONNECTs refused, by reason.", "reason", dict(m.connects_refused)
+        )
+        yield _counter("publishes_in", "PUBLISH packets received.", m.publishes_in)
+        yield _counter("publishes_out", "PUBLISH packets sent.", m.publishes_out)
+        yield _counter("bytes_in", "MQTT bytes received.", m.bytes_in)
+        yield _counter("bytes_out", "MQTT bytes sent.", m.bytes_out)
+        yield _labelled("drops", "Messages dropped, by reason.", "reason", dict(m.drops))
+        yield _labelled(
+            "protocol_errors",
+            "Connections closed for protocol errors, by reason.",
+            "reason",
+            dict(m.protocol_errors),
+        )
+        decisions = CounterMetricFamily(
+            f"{PREFIX}_decisions", "Policy decisions.", labels=["kind", "verdict", "reason"]
+        )
+        for (kind, verdict, reason), value in sorted(m.decisions.items()):
+            decisions.add_metric([kind, verdict, reason], value)
+        yield decisions
+        yield _counter("takeovers", "Sessions taken over by a second connection.", m.takeovers)
+        yield _counter("slow_consumers_cut", "Clients cut off for not reading.", h.slow_consumers_cut)
+        yield _counter("internal_errors", "Connections closed by an internal error.", m.internal_errors)
+        yield _counter("store_errors", "Failed state commits.", m.store_errors)
+
+
+def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
