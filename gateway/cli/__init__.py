@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gateway.cli.audit_commands import audit
 from gateway.cli.ca_commands import cert, crl, init, unit
 from gateway.cli.device import enroll, renew
 from gateway.cli.policy_commands import policy
@@ -17,7 +18,7 @@ def cli() -> None:
     """fleetgate: the fleet's CA, EST enrollment service and zero-trust mTLS MQTT broker."""
 
 
-for command in (init, serve, unit, cert, crl, enroll, renew, policy):
+for command in (init, serve, unit, cert, crl, enroll, renew, policy, audit):
     cli.add_command(command)
 cli.add_command(role_group("operator"))
 cli.add_command(role_group("service"))

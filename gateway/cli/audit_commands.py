@@ -1,0 +1,107 @@
+"""`fleetgate audit`: verify the hash chain, export it, and read recent records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from gateway.cli.common import (
+    CliError,
+    data_option,
+    emit_json,
+    friendly_errors,
+    json_option,
+    open_local,
+    table,
+)
+
+
+@click.group()
+def audit() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit.command("verify")
+@data_option
+@click.option(
+    "--expect-head", default=None, help="SEQ:HASH recorded earlier; fails if the log no longer has it."
+)
+@json_option
+@friendly_errors
+def audit_verify(data_dir: Path | None, expect_head: str | None, as_json: bool) -> None:
+    """Check every record's hash and the chain; exit 1 naming the first record that was tampered with."""
+    with open_local(data_dir) as state:
+        result = state.audit.verify()
+        records = state.audit.records(since_seq=0) if expect_head else []
+    problem = result.problem
+    if result.ok and expect_head:
+        problem = _check_anchor(expect_head, {r.seq: r.hash for r in records})
+    ok = result.ok and not problem
+    if as_json:
+        emit_json(
+            {
+                "ok": ok,
+                "checked": result.checked,
+                "first_bad_seq": result.first_bad_seq,
+                "problem": problem,
+                "head_seq": result.head_seq,
+                "head_hash": result.head_hash,
+            }
+        )
+    elif ok:
+        click.echo(f"audit log intact: {result.checked} records, head {result.head_seq}:{result.head_hash}")
+    if not ok:
+        raise CliError(
+            f"the audit log was tampered with: {problem}; restore the data directory from a backup"
+        )
+
+
+def _check_anchor(expect_head: str, hashes: dict[int, str]) -> str:
+    seq_text, _, digest = expect_head.partition(":")
+    if not seq_text.isdigit() or not digest:
+        raise CliError(
+            f"--expect-head must be SEQ:HASH as printed by `fleetgate audit verify`, not {expect_head!r}"
+        )
+    if hashes.get(int(seq_text)) != digest:
+        return f"record {seq_text} no longer has the hash recorded earlier (the chain was rewritten)"
+    return ""
+
+
+@audit.command("export")
+@data_option
+@click.option("--jsonl", "jsonl", is_flag=True, default=True, help="One JSON object per line (the default).")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout)."
+)
+@friendly_errors
+def audit_export(data_dir: Path | None, jsonl: bool, out: Path | None) -> None:
+    """Export every audit record as JSON lines, oldest first."""
+    with open_local(data_dir) as state:
+        if out is None:
+            state.audit.export_jsonl(sys.stdout)
+            return
+        with out.open("w", encoding="utf-8") as handle:
+            count = state.audit.export_jsonl(handle)
+    click.echo(f"Wrote {count} records to {out}.", err=True)
+
+
+@audit.command("tail")
+@data_option
+@click.option("-n", "count", type=int, default=20, show_default=True, help="How many of the newest records.")
+@json_option
+@friendly_errors
+def audit_tail(data_dir: Path | None, count: int, as_json: bool) -> None:
+    """Show the newest audit records."""
+    with open_local(data_dir) as state:
+        head, _ = state.audit.head()
+        records = state.audit.records(since_seq=max(0, head - count))
+    if as_json:
+        emit_json([r.as_dict() for r in records])
+        return
+    table(
+        "audit",
+        ["seq", "at", "actor", "action", "subject", "outcome", "reason"],
+        [[str(r.seq), r.at, r.actor, r.action, r.subject, r.outcome, r.reason] for r in records],
+    )
