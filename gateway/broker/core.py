@@ -27,7 +27,7 @@ from gateway.broker.loading import load_state
 from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.sessions import MqttSession
-from gateway.broker.state import BrokerState, Connection
+from gateway.broker.state import BrokerState, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import (
@@ -172,6 +172,10 @@ class Broker:
             except Exception:
                 self._internal_error(connection, now)
         return self._finish(now)
+
+    def observe_publishes(self, observer: PublishObserver | None) -> None:
+        """Call `observer(peer, topic, payload, now)` for every client PUBLISH the policy accepted."""
+        self._st.publish_observer = observer
 
     def publish_internal(self, publish: Publish, now: float) -> list[Action]:
         """The gateway's own message: routed and retained like any other, without decide_publish (the

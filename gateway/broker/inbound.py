@@ -58,6 +58,8 @@ def handle_publish(
         session.client_id,
         now,
     )
+    if st.publish_observer is not None:
+        st.publish_observer(conn.peer, publish.topic, publish.payload, now)
     if publish.qos == 2:
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
         if session.persistent and st.store is not None:

@@ -8,7 +8,7 @@ no-op without a store, for clean sessions, and for QoS 0).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from gateway.broker.actions import Outbox
 from gateway.broker.events import BrokerEvent, DeliveryDenied
@@ -50,6 +50,9 @@ class Connection:
         self.violations = 0  # denied publishes and subscribes on this connection
 
 
+PublishObserver = Callable[[Peer, str, bytes, float], None]
+
+
 class BrokerState:
     def __init__(
         self,
@@ -69,6 +72,8 @@ class BrokerState:
         self.timers: TimerQueue[TimerKey] = TimerQueue()
         self.metrics = BrokerMetrics()
         self.events: list[BrokerEvent] = []
+        # Sees every accepted client PUBLISH (continuous evaluation: rates, GPS fixes); must be cheap.
+        self.publish_observer: PublishObserver | None = None
         self.out = Outbox()
         self.next_conn_id = 1
         self.next_message_id = 1
