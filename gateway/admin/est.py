@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pki.service import EnrollmentResult, FleetCA
 
 from gateway.audit import AuditLog
 from pki.enrollment import Refusal
 from pki.est import CERTS_ONLY_CONTENT_TYPE, EstBodyError, decode_csr_body, encode_certs_only
 from pki.names import IdentityError, identity_from_certificate
+from pki.service import EnrollmentResult, FleetCA
 
 Clock = Callable[[], datetime]
 
