@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ import click
 from gateway.cli.common import CliError, data_option, friendly_errors
 from gateway.config import ConfigError, load_config, parse_endpoint
 from gateway.datadir import DataDir
+from gateway.preflight import run_preflight
 
 
 def install_event_loop() -> str:
@@ -79,9 +81,12 @@ def serve(
     )
     from gateway.runtime import Gateway  # imported late: the CLI's other commands stay light
 
+    data = DataDir.resolve(data_dir)
+    for warning in run_preflight(data, datetime.now(UTC)).warnings:
+        logging.getLogger("fleetgate").warning(warning)
     loop_kind = install_event_loop()
     logging.getLogger("fleetgate").info("event loop: %s", loop_kind)
-    gateway = Gateway(DataDir.resolve(data_dir), config)
+    gateway = Gateway(data, config)
     try:
         asyncio.run(gateway.run_until_signalled())
     except OSError as exc:
