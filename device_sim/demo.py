@@ -1,199 +1,161 @@
-"""`scripts/demo`: a fresh CA, a gateway, and a small fleet that enrolls and reports over mTLS.
+"""`scripts/demo`: a fresh CA, a gateway in its own process, a fleet that drives, an attack, containment.
 
-Orchestration only: the gateway runs as its own process (`fleetgate serve`), units enroll over EST
-with keys they make themselves, and publish with paho-mqtt over mTLS, exactly as trucks would.
+Orchestration only (the story is device_sim.demo_story): make the data directory, pick the ports,
+start `fleetgate serve`, run the story, stop the gateway (or leave it up with --keep-running).
+
+    python -m device_sim.demo [--units 50] [--seconds 30] [--keep-running] [--data var/demo]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
-from rich.table import Table
 
-from device_sim.enroll import UnitFiles, enroll_fleet
+from device_sim.demo_story import DemoOptions, Story, quarantine_available
+from device_sim.enroll import fleetgate
 
 console = Console()
 FLEETGATE = [sys.executable, "-m", "gateway"]
 
 
-def _cli(data: Path, *args: str) -> dict[str, object]:
-    out = subprocess.run([*FLEETGATE, *args, "--data", str(data), "--json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"demo: fleetgate {args[0]} failed: {out.stderr.strip()}")
-    result = json.loads(out.stdout)
-    assert isinstance(result, dict)
-    return result
+def port_or_free(wanted: int) -> tuple[int, bool]:
+    """`wanted` if it can be bound on loopback (0: any), else a free one; (port, was it the wanted one)."""
+    if wanted:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", wanted))
+                return wanted, True
+            except OSError:
+                pass
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1]), wanted == 0
 
 
-def _start_gateway(data: Path, mqtt_port: int, https_port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            *FLEETGATE,
-            "serve",
-            "--data",
-            str(data),
-            "--listen-mqtt",
-            f"127.0.0.1:{mqtt_port}",
-            "--listen-https",
-            f"127.0.0.1:{https_port}",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    import socket
-
-    deadline = time.monotonic() + 30
+def start_gateway(data: Path, mqtt_port: int, https_port: int, log: Path) -> subprocess.Popen[bytes]:
+    args = [
+        *FLEETGATE,
+        "serve",
+        "--data",
+        str(data),
+        "--listen-mqtt",
+        f"127.0.0.1:{mqtt_port}",
+        "--listen-https",
+        f"127.0.0.1:{https_port}",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the gateway exited; see {log}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", mqtt_port)) == 0:
-                return proc
+            raise SystemExit(f"demo: the gateway exited with {proc.returncode}; see {log}")
+        if all(_listening(p) for p in (mqtt_port, https_port)):
+            return proc
         time.sleep(0.1)
-    raise SystemExit(f"demo: the gateway did not start; see {log}")
+    stop_gateway(proc)
+    raise SystemExit(f"demo: the gateway did not start within 30 s; see {log}")
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def add(self) -> None:
-        with self.lock:
-            self.count += 1
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _client(files: UnitFiles, client_id: str, port: int, version: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
-    client.tls_set(ca_certs=str(files.ca), certfile=str(files.cert), keyfile=str(files.key))
-    return client
+def stop_gateway(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def _connect_result(files: UnitFiles, client_id: str, port: int) -> str:
-    """Connect once and report what the gateway said (used for the spoofing attempt)."""
-    outcome: list[str] = []
-    done = threading.Event()
-    client = _client(files, client_id, port, mqtt.MQTTv5)
-
-    def on_connect(c: mqtt.Client, u: object, flags: object, reason: object, props: object) -> None:
-        outcome.append(str(reason))
-        done.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect("localhost", port, keepalive=30)
-        client.loop_start()
-        done.wait(5)
-    except OSError as exc:
-        outcome.append(f"connection refused ({exc})")
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return outcome[0] if outcome else "no answer"
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/demo",
+        description="fleetgate demo: a CA, a gateway, a fleet, an attack and its containment",
+    )
+    parser.add_argument("--units", type=int, default=50, help="fleet size (default 50)")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="how long the fleet drives first (default 30)"
+    )
+    parser.add_argument("--data", type=Path, default=Path("var/demo"), help="data directory, wiped first")
+    parser.add_argument("--mqtt-port", type=int, default=8883, help="0: any free port")
+    parser.add_argument("--https-port", type=int, default=8443, help="0: any free port")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep-running", action="store_true", help="leave the gateway up at the end")
+    parser.add_argument("--summary", type=Path, default=None, help="also write the summary as JSON here")
+    args = parser.parse_args(argv)
+    if args.units < 3:
+        parser.error("--units must be at least 3 (a compromised unit, its victim, and the rest)")
+    return args
 
 
-def run(units: int, seconds: float, keep_running: bool, mqtt_port: int, https_port: int) -> None:
-    data = Path("var/demo").absolute()
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    data: Path = args.data.absolute()
     if data.exists():
+        # Wipe only what a demo made (or nothing at all): --data pointing at a real directory is a typo.
+        if any(data.iterdir()) and not (data / "fleetgate.db").exists():
+            raise SystemExit(f"demo: {data} is not empty and not a fleetgate data directory; not wiping it")
         shutil.rmtree(data)
     console.rule("[bold]fleetgate demo")
-    init = _cli(data, "init", "--hostname", "localhost", "--hostname", "127.0.0.1")
-    console.print(f"CA created for trust domain [bold]{init['trust_domain']}[/] in {data}")
-    log = data / "gateway.log"
-    gateway = _start_gateway(data, mqtt_port, https_port, log)
-    console.print(f"gateway up: MQTT mTLS 127.0.0.1:{mqtt_port}, EST https://localhost:{https_port}")
+    init = fleetgate(data, "init", "--hostname", "localhost", "--hostname", "127.0.0.1")
+    console.print(f"1. CA created for trust domain [bold]{init['trust_domain']}[/] in {data}")
+    mqtt_port, mqtt_wanted = port_or_free(args.mqtt_port)
+    https_port, https_wanted = port_or_free(args.https_port)
+    for name, wanted, got, ok in (
+        ("MQTT", args.mqtt_port, mqtt_port, mqtt_wanted),
+        ("HTTPS", args.https_port, https_port, https_wanted),
+    ):
+        if not ok:
+            console.print(f"   port {wanted} is taken; {name} uses {got} instead")
+    gateway = start_gateway(data, mqtt_port, https_port, data / "gateway.log")
+    console.print(
+        f"2. gateway up (pid {gateway.pid}): MQTT over mTLS on 127.0.0.1:{mqtt_port}, "
+        f"EST on https://localhost:{https_port}; log in {data / 'gateway.log'}"
+    )
+    options = DemoOptions(
+        data=data,
+        mqtt_port=mqtt_port,
+        https_port=https_port,
+        units=args.units,
+        seconds=args.seconds,
+        seed=args.seed,
+        quarantine=quarantine_available(),
+    )
     try:
-        ids = [f"TRK-{n:05d}" for n in range(1, units + 1)]
-        tokens = {unit: str(_cli(data, "unit", "add", unit)["token"]) for unit in ids}
-        started = time.monotonic()
-        fleet = enroll_fleet(
-            f"https://localhost:{https_port}", data / "ca" / "root.crt", tokens, data / "units"
-        )
-        console.print(f"{len(fleet)} units enrolled over EST in {time.monotonic() - started:.1f} s")
-        service = _cli(data, "service", "add", "dispatch", "--out", str(data / "services"))
-        received = Counter()
-        dispatch = _client(
-            UnitFiles(Path(str(service["cert"])), Path(str(service["key"])), Path(str(service["ca"]))),
-            "dispatch",
-            mqtt_port,
-            mqtt.MQTTv5,
-        )
-        dispatch.on_message = lambda c, u, m: received.add()
-        dispatch.connect("localhost", mqtt_port)
-        dispatch.subscribe("fleet/+/telemetry/#", qos=1)
-        dispatch.loop_start()
-        sent = _drive(fleet, mqtt_port, seconds)
-        time.sleep(1.0)
-        spoof = _connect_result(fleet[ids[0]], ids[1], mqtt_port)
-        dispatch.loop_stop()
-        dispatch.disconnect()
-        _summary(len(fleet), sent, received.count, spoof, ids)
-        if keep_running:
-            console.print(f"gateway keeps running (pid {gateway.pid}); data in {data}; Ctrl-C to stop")
+        summary = asyncio.run(Story(options, console).run())
+        if args.summary is not None:
+            args.summary.write_text(json.dumps(summary, indent=2, default=str))
+        if args.keep_running:
+            console.print(
+                f"\nThe gateway keeps running (pid {gateway.pid}); data in {data}. Try:\n"
+                f"  .venv/bin/fleetgate cert list --data {data}\n"
+                f"  .venv/bin/fleet-sim attack all --data {data} --server localhost:{mqtt_port} "
+                f"--est https://localhost:{https_port}\n"
+                "Ctrl-C stops it."
+            )
             gateway.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        if gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
-            gateway.wait(timeout=20)
-
-
-def _drive(fleet: dict[str, UnitFiles], port: int, seconds: float) -> int:
-    clients = []
-    for n, (unit, files) in enumerate(fleet.items()):
-        client = _client(files, unit, port, mqtt.MQTTv5 if n % 2 else mqtt.MQTTv311)
-        client.connect("localhost", port)
-        client.loop_start()
-        clients.append((unit, client))
-    sent = 0
-    deadline = time.monotonic() + seconds
-    tick = 0
-    while time.monotonic() < deadline:
-        for unit, client in clients:
-            payload = json.dumps({"lat": 52.0 + tick * 0.001, "lon": 4.3, "ts": time.time()})
-            client.publish(f"fleet/{unit}/telemetry/gps", payload, qos=1)
-            sent += 1
-        tick += 1
-        time.sleep(1.0)
-    for _, client in clients:
-        client.loop_stop()
-        client.disconnect()
-    return sent
-
-
-def _summary(units: int, sent: int, received: int, spoof: str, ids: list[str]) -> None:
-    out = Table(title="what happened", title_justify="left")
-    out.add_column("")
-    out.add_column("result")
-    out.add_row("units enrolled (EST, keys made on the unit)", str(units))
-    out.add_row("telemetry messages published (QoS 1, mTLS)", str(sent))
-    out.add_row("delivered to the dispatch service", str(received))
-    out.add_row(f"{ids[0]}'s certificate claiming to be {ids[1]}", f"refused: {spoof}")
-    console.print(out)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="fleetgate demo: a gateway and a small fleet")
-    parser.add_argument("--units", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--keep-running", action="store_true")
-    parser.add_argument("--mqtt-port", type=int, default=8883)
-    parser.add_argument("--https-port", type=int, default=8443)
-    args = parser.parse_args()
-    run(args.units, args.seconds, args.keep_running, args.mqtt_port, args.https_port)
+        stop_gateway(gateway)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
