@@ -1,0 +1,401 @@
+"""Data classes and partner views: the `data_classes` and `views` sections of policy.yaml (issue 10).
+
+A *data class* names what a piece of telemetry is about (`pii`, `commercial`, `location`, ...) by the
+payload fields that carry it and, optionally, by whole topics. A *view* is what a partner tier may see
+of a unit message: the gateway republishes each source message (`fleet/{unit}/telemetry/{stream}`) to
+`views/{tier}/fleet/{unit}/{stream}` keeping only the fields of the tier's classes (see gateway/views.py).
+
+Decisions taken here, each the safe one:
+
+- Views are an allow-list. A field that no class lists is *unclassified* and dropped from every view,
+  unless a tier lists the pseudo-class `unclassified` (meant for trusted tiers only).
+- Fields are dotted paths from the top of the JSON object (`driver.name`). A path covers its whole value,
+  objects and arrays included; classification never descends into arrays. No path may be a prefix of
+  another (`driver` and `driver.name` in different classes would be a contradiction).
+- A topic listed under a class makes every message on it carry that class as a whole: a tier without
+  the class gets no view of that topic at all.
+- The view namespace must be outside `fleet/` and disjoint from every source, so a partner grant on
+  views can never reach a raw unit topic and a republished view can never be projected again.
+
+- A tier pseudonymises unit ids unless it says `pseudonymise_units: false`.
+
+Each parser takes the raw YAML value of its section and returns frozen values or raises `PolicyError`;
+`parse_context_sections` parses all four issue-10 sections (with posture and second_factor, whose
+parsers live beside their cores) into one `ContextPolicy` for `Policy.context`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from gateway.mqtt.errors import TopicFilterInvalid
+from gateway.mqtt.topics import filters_intersect, topic_matches, validate_topic_filter
+from gateway.policy.rules import PolicyError
+
+if TYPE_CHECKING:
+    from gateway.policy.posture import PostureRequirement
+    from gateway.totp import SecondFactorPolicy
+
+__all__ = [
+    "CONTEXT_SECTIONS",
+    "NO_DATA_CLASSES",
+    "UNCLASSIFIED",
+    "ContextPolicy",
+    "DataClass",
+    "DataClasses",
+    "FieldNode",
+    "ViewPolicy",
+    "ViewTier",
+    "parse_context_sections",
+    "parse_data_classes",
+    "parse_views",
+    "partner_grant_problems",
+]
+
+UNCLASSIFIED = "unclassified"
+CONTEXT_SECTIONS = ("data_classes", "views", "posture", "second_factor")  # top-level keys parsed here
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_PLACEHOLDER = re.compile(r"^\{([a-z_]+)\}$")
+_TIER = re.compile(r"^(?:tier)?([1-9][0-9]?)$")
+
+
+@dataclass(frozen=True, slots=True)
+class DataClass:
+    name: str
+    fields: tuple[str, ...]  # dotted paths
+    topics: tuple[str, ...]  # topic templates; placeholders such as {unit} stand for one level
+    coarsen_to: Decimal | None = None  # grid for numeric values when a tier coarsens this class
+
+
+@dataclass(frozen=True, slots=True)
+class FieldNode:
+    """One level of the field tree: a classified leaf (`cls`) or an object with classified fields below."""
+
+    cls: str | None
+    children: Mapping[str, FieldNode]
+
+
+@dataclass(frozen=True, slots=True)
+class DataClasses:
+    classes: Mapping[str, DataClass]
+    tree: FieldNode  # the root: top-level payload keys
+
+    def topic_classes(self, topic: str) -> frozenset[str]:
+        """The classes a whole message carries because of its topic."""
+        return frozenset(
+            c.name for c in self.classes.values() if any(_template_matches(t, topic) for t in c.topics)
+        )
+
+    def classes_of(self, topic: str, obj: Mapping[str, Any] | None) -> frozenset[str]:
+        """Every class present in a message (topic classes + fields present); `unclassified` if any."""
+        found = set(self.topic_classes(topic))
+        if obj is not None:
+            _collect_classes(obj, self.tree, found)
+        return frozenset(found)
+
+    def classify(self, topic: str, payload: bytes) -> frozenset[str]:
+        """`classes_of` for raw bytes (once per PUBLISH, for the flow map); non-JSON: topic classes only."""
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            obj = None
+        return self.classes_of(topic, obj if isinstance(obj, dict) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewTier:
+    tier: int
+    classes: frozenset[str]  # may include UNCLASSIFIED
+    coarsen: frozenset[str]  # classes whose numeric values are floored to their class grid
+    pseudonymise_units: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPolicy:
+    topic: str  # e.g. "views/{tier}/fleet/{unit}/{stream}"
+    sources: tuple[str, ...]  # e.g. ("fleet/{unit}/telemetry/{stream}",)
+    tiers: Mapping[int, ViewTier]
+    data_classes: DataClasses
+
+    @property
+    def namespace_filter(self) -> str:
+        """The view topics as one filter, e.g. `views/+/fleet/+/+`, for grants and proofs."""
+        return _wildcarded(self.topic)
+
+
+NO_DATA_CLASSES = DataClasses(MappingProxyType({}), FieldNode(None, MappingProxyType({})))
+
+
+def partner_grant_problems(views: ViewPolicy, tier: int, templates: Iterable[str]) -> list[str]:
+    """Why a tier's subscribe grants break "partners see views only" (empty: they keep to their views).
+
+    Placeholders other than {tier} stand for any value, so a problem found holds for some partner.
+    """
+    own = _wildcarded(views.topic.replace("{tier}", str(tier)))
+    problems = []
+    for template in templates:
+        grant = _wildcarded(template.replace("{tier}", str(tier)))
+        raw = [src for src in views.sources if filters_intersect(grant, _wildcarded(src))]
+        if raw:
+            problems.append(f"{template!r} reaches raw unit topics ({raw[0]}); grant {own} instead")
+        others = [t for t in views.tiers if t != tier and _other_tier(views, grant, t)]
+        if others:
+            problems.append(f"{template!r} reaches the views of tier {others[0]}")
+        if not raw and not others and not filters_intersect(grant, own):
+            problems.append(f"{template!r} is outside this tier's views ({own})")
+    return problems
+
+
+def _other_tier(views: ViewPolicy, grant: str, tier: int) -> bool:
+    return filters_intersect(grant, _wildcarded(views.topic.replace("{tier}", str(tier))))
+
+
+def _collect_classes(obj: Mapping[str, Any], node: FieldNode, found: set[str]) -> None:
+    for key, value in obj.items():
+        child = node.children.get(key)
+        if child is None:
+            found.add(UNCLASSIFIED)
+        elif child.cls is not None:
+            found.add(child.cls)
+        elif isinstance(value, Mapping):
+            _collect_classes(value, child, found)
+        else:
+            found.add(UNCLASSIFIED)  # not the object the policy expects here: views drop it, so flag it
+
+
+def _wildcarded(template: str) -> str:
+    return "/".join("+" if _PLACEHOLDER.match(level) else level for level in template.split("/"))
+
+
+def _template_matches(template: str, topic: str) -> bool:
+    return topic_matches(_wildcarded(template), topic)
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    source: str
+    path: str
+
+    def key(self, name: object) -> _At:
+        return _At(self.source, f"{self.path}.{name}")
+
+    def index(self, i: int) -> _At:
+        return _At(self.source, f"{self.path}[{i}]")
+
+    def fail(self, problem: str) -> NoReturn:
+        raise PolicyError(self.source, self.path, problem)
+
+    def mapping(self, value: Any, allowed: frozenset[str] | None = None) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"must be a mapping, not {_kind(value)}")
+        for key in value:
+            if allowed is not None and key not in allowed:
+                self.fail(f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}")
+        return value
+
+    def strings(self, value: Any, what: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(f"must be a list of {what}, not {_kind(value)}")
+        return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+
+
+def parse_data_classes(value: Any, source: str, path: str = "data_classes") -> DataClasses:
+    """The `data_classes` section; absent (None) means no classes, so views keep nothing classified."""
+    at = _At(source, path)
+    body = at.mapping(value) if value is not None else {}
+    classes: dict[str, DataClass] = {}
+    for name, spec in body.items():
+        if not isinstance(name, str) or not _NAME.match(name) or name == UNCLASSIFIED:
+            at.fail(f"{name!r} is not a class name; use lower_snake_case (and not {UNCLASSIFIED!r})")
+        classes[name] = _data_class(at.key(name), name, spec)
+    return DataClasses(MappingProxyType(classes), _field_tree(at, classes))
+
+
+def _data_class(at: _At, name: str, spec: Any) -> DataClass:
+    body = at.mapping(spec, frozenset({"fields", "topics", "coarsen_to"}))
+    fields = at.key("fields").strings(body.get("fields", []), "dotted field paths")
+    for i, path in enumerate(fields):
+        if not _FIELD.match(path):
+            at.key("fields").index(i).fail(f"{path!r} is not a field path; write keys joined by dots")
+    topics = at.key("topics").strings(body.get("topics", []), "topic templates")
+    for i, topic in enumerate(topics):
+        _check_template(at.key("topics").index(i), topic, allow_wildcards=True)
+    if not fields and not topics:
+        at.fail("names no fields and no topics; a class must say what it covers")
+    grid = body.get("coarsen_to")
+    if grid is not None:
+        ok = isinstance(grid, int | float) and not isinstance(grid, bool) and math.isfinite(grid) and grid > 0
+        if not ok:
+            at.key("coarsen_to").fail(f"must be a positive number (a grid such as 0.1), not {_kind(grid)}")
+        grid = Decimal(repr(grid))
+    return DataClass(name, tuple(fields), tuple(topics), grid)
+
+
+def _field_tree(at: _At, classes: Mapping[str, DataClass]) -> FieldNode:
+    """Build the tree of classified paths; refuse a path claimed twice or nested in another."""
+    owner: dict[tuple[str, ...], str] = {}
+    for cls in classes.values():
+        for path in cls.fields:
+            parts = tuple(path.split("."))
+            for other, other_cls in owner.items():
+                shorter, longer = sorted((parts, other), key=len)
+                if longer[: len(shorter)] == shorter:
+                    at.key(cls.name).fail(
+                        f"field {path!r} overlaps {'.'.join(other)!r} of class {other_cls!r}; "
+                        "a value can belong to one class only"
+                    )
+            owner[parts] = cls.name
+    return _node(owner, ())
+
+
+def _node(owner: Mapping[tuple[str, ...], str], prefix: tuple[str, ...]) -> FieldNode:
+    if prefix in owner:
+        return FieldNode(owner[prefix], MappingProxyType({}))
+    depth = len(prefix)
+    keys = {p[depth] for p in owner if len(p) > depth and p[:depth] == prefix}
+    return FieldNode(None, MappingProxyType({k: _node(owner, (*prefix, k)) for k in sorted(keys)}))
+
+
+def _check_template(at: _At, template: str, allow_wildcards: bool) -> list[str]:
+    """Validate a topic template; return its placeholder names, in order."""
+    if template.startswith("$"):
+        at.fail(f"{template!r} is a $-topic; those are the gateway's own")
+    names = []
+    for level in template.split("/"):
+        match = _PLACEHOLDER.match(level)
+        if match:
+            names.append(match.group(1))
+        elif "{" in level or "}" in level:
+            at.fail(f"{template!r}: a placeholder is a whole level, as in fleet/{{unit}}/state")
+        elif not allow_wildcards and level in ("+", "#"):
+            at.fail(f"{template!r}: use a named placeholder such as {{stream}} instead of a wildcard")
+    if len(names) != len(set(names)):
+        at.fail(f"{template!r} repeats a placeholder")
+    try:
+        validate_topic_filter(_wildcarded(template))
+    except TopicFilterInvalid as exc:
+        at.fail(f"{template!r} is not a valid topic template: {exc}")
+    return names
+
+
+def parse_views(value: Any, classes: DataClasses, source: str, path: str = "views") -> ViewPolicy | None:
+    """The `views` section, checked against the parsed data classes; None when the section is absent."""
+    if value is None:
+        return None
+    at = _At(source, path)
+    body = at.mapping(value, frozenset({"topic", "sources", "tiers"}))
+    for key in ("topic", "sources", "tiers"):
+        if key not in body:
+            at.fail(f"missing required key {key!r}")
+    sources = at.key("sources").strings(body["sources"], "topic templates")
+    if not sources:
+        at.key("sources").fail("must name at least one source topic template")
+    captured: list[set[str]] = []
+    for i, src in enumerate(sources):
+        names = _check_template(at.key("sources").index(i), src, allow_wildcards=False)
+        if "unit" not in names or "tier" in names:
+            at.key("sources").index(i).fail(f"{src!r} must have a {{unit}} level and no {{tier}}")
+        captured.append(set(names))
+    topic = _view_topic(at.key("topic"), body["topic"], sources, captured)
+    tiers_at = at.key("tiers")
+    tiers: dict[int, ViewTier] = {}
+    for name, spec in tiers_at.mapping(body["tiers"]).items():
+        match = _TIER.match(str(name)) if not isinstance(name, bool) else None
+        if match is None:
+            tiers_at.fail(f"{name!r} is not a tier; write 1, 2, ... or tier1, tier2, ...")
+        number = int(match.group(1))
+        if number in tiers:
+            tiers_at.fail(f"tier {number} is listed twice")
+        tiers[number] = _tier(tiers_at.key(name), number, spec, classes)
+    if not tiers:
+        tiers_at.fail("lists no tiers; name at least one, as in 2: {classes: [tracking]}")
+    return ViewPolicy(topic, tuple(sources), MappingProxyType(tiers), classes)
+
+
+def _view_topic(at: _At, topic: Any, sources: list[str], captured: list[set[str]]) -> str:
+    if not isinstance(topic, str):
+        at.fail(f"must be a topic template string, not {_kind(topic)}")
+    names = _check_template(at, topic, allow_wildcards=False)
+    if "tier" not in names or "unit" not in names:
+        at.fail(
+            f"{topic!r} must have a {{tier}} and a {{unit}} level, so tiers and units never share a topic"
+        )
+    first = topic.split("/")[0]
+    if _PLACEHOLDER.match(first) or first == "fleet":
+        at.fail(f"{topic!r} must start with its own literal level outside fleet/, such as views/")
+    for src, have in zip(sources, captured, strict=True):
+        missing = set(names) - have - {"tier"}
+        if missing:
+            at.fail(f"{topic!r} uses {{{sorted(missing)[0]}}}, which source {src!r} does not provide")
+        if filters_intersect(_wildcarded(topic), _wildcarded(src)):
+            at.fail(f"{topic!r} overlaps source {src!r}; a view would be projected again")
+    return topic
+
+
+def _tier(at: _At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
+    body = at.mapping(spec, frozenset({"classes", "coarsen", "pseudonymise_units"}))
+    allowed = at.key("classes").strings(body.get("classes", []), "data class names")
+    for i, name in enumerate(allowed):
+        if name not in classes.classes and name != UNCLASSIFIED:
+            known = ", ".join([*sorted(classes.classes), UNCLASSIFIED])
+            at.key("classes").index(i).fail(f"{name!r} is not a data class; known: {known}")
+    coarsen = at.key("coarsen").strings(body.get("coarsen", []), "data class names")
+    for i, name in enumerate(coarsen):
+        cls = classes.classes.get(name)
+        if cls is None or cls.coarsen_to is None or name not in allowed:
+            at.key("coarsen").index(i).fail(
+                f"{name!r} must be one of this tier's classes with a coarsen_to grid"
+            )
+    pseudo = body.get("pseudonymise_units", True)
+    if not isinstance(pseudo, bool):
+        at.key("pseudonymise_units").fail(f"must be true or false, not {_kind(pseudo)}")
+    return ViewTier(number, frozenset(allowed), frozenset(coarsen), pseudo)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPolicy:
+    """Issue 10's policy sections in one value: `Policy.context` (data classes, views, posture, 2FA)."""
+
+    data_classes: DataClasses = NO_DATA_CLASSES
+    views: ViewPolicy | None = None  # None: no views are republished
+    posture: Mapping[str, PostureRequirement] = field(default_factory=lambda: MappingProxyType({}))  # by role
+    second_factor: SecondFactorPolicy = field(default_factory=lambda: _second_factor_default())
+
+
+def _second_factor_default() -> SecondFactorPolicy:
+    from gateway.totp import SecondFactorPolicy
+
+    return SecondFactorPolicy()
+
+
+def parse_context_sections(top: Mapping[str, Any], source: str) -> ContextPolicy:
+    """Parse `data_classes`, `views`, `posture` and `second_factor` from the whole policy mapping.
+
+    One call for all four because views refer to data classes. rules.py must import this inside its
+    function: this module imports PolicyError from rules.py.
+    """
+    from gateway.policy.posture import parse_posture_policy
+    from gateway.totp import parse_second_factor
+
+    classes = parse_data_classes(top.get("data_classes"), source)
+    return ContextPolicy(
+        classes,
+        parse_views(top.get("views"), classes, source),
+        parse_posture_policy(top.get("posture"), source),
+        parse_second_factor(top.get("second_factor"), source),
+    )

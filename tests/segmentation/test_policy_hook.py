@@ -1,0 +1,146 @@
+"""The proposed policy.yaml sections, the one-call hook for rules.py, and "partners get views only"."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.policy.data_classes import (
+    CONTEXT_SECTIONS,
+    NO_DATA_CLASSES,
+    ContextPolicy,
+    parse_context_sections,
+    partner_grant_problems,
+)
+from gateway.policy.posture import parse_version
+from gateway.policy.rules import PolicyError, policy_from_mapping
+from gateway.totp import DEFAULT_SENSITIVE, SecondFactorPolicy, parse_second_factor
+
+HERE = Path(__file__).parent
+SECTIONS = CONTEXT_SECTIONS
+
+
+def proposed() -> dict[str, Any]:
+    data = yaml.safe_load((HERE / "proposed_sections.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and set(data) == set(SECTIONS)
+    return data
+
+
+def test_proposed_sections_parse() -> None:
+    context = parse_context_sections(proposed(), "policy.yaml")
+    assert context.views is not None and context.views.tiers[2].coarsen == {"location"}
+    assert context.views.data_classes is context.data_classes
+    assert context.posture["unit"].min_firmware == parse_version("1.4")
+    assert context.second_factor == SecondFactorPolicy()
+
+
+def test_absent_sections_mean_no_views_no_posture_and_default_second_factor() -> None:
+    assert parse_context_sections({}, "policy.yaml") == ContextPolicy()
+    default = ContextPolicy()
+    assert (default.data_classes, default.views, default.posture) == (NO_DATA_CLASSES, None, {})
+    assert default.second_factor.requires_totp("policy.reload")
+
+
+def test_the_shipped_policy_plus_the_sections_as_rules_would_load_them() -> None:
+    shipped = yaml.safe_load((HERE.parents[1] / "gateway" / "defaults" / "policy.yaml").read_text("utf-8"))
+    combined = {**shipped, **proposed()}
+    rest = {k: v for k, v in combined.items() if k not in SECTIONS}  # what rules.py parses today
+    policy = policy_from_mapping(rest, "combined.yaml")
+    views = parse_context_sections(combined, "combined.yaml").views
+    assert views is not None
+    for tier, profile in policy.partner_tiers.items():  # today's grants are raw unit topics: flagged
+        problems = partner_grant_problems(views, tier, [g.template for g in profile.subscribe])
+        assert problems and all("reaches raw unit topics" in p for p in problems)
+    for tier in views.tiers:  # the grant to propose instead
+        assert partner_grant_problems(views, tier, ["views/{tier}/#"]) == []
+
+
+@pytest.mark.parametrize(
+    ("grant", "problem"),
+    [
+        ("views/{tier}/fleet/+/gps", None),
+        ("views/2/#", None),
+        ("#", "reaches raw unit topics"),
+        ("fleet/+/telemetry/gps", "reaches raw unit topics"),
+        ("views/+/#", "reaches the views of tier 1"),
+        ("views/3/#", "reaches the views of tier 3"),
+        ("other/#", "is outside this tier's views"),
+    ],
+)
+def test_partner_grant_problems(grant: str, problem: str | None) -> None:
+    views = parse_context_sections(proposed(), "p.yaml").views
+    assert views is not None
+    problems = partner_grant_problems(views, 2, [grant])
+    assert problems == [] if problem is None else problem in problems[0]
+
+
+class TestSecondFactorSection:
+    def test_parses(self) -> None:
+        got = parse_second_factor(
+            {
+                "sensitive": ["policy.reload"],
+                "max_failures": 3,
+                "failure_window_seconds": 60,
+                "skew_steps": 0,
+            },
+            "p.yaml",
+        )
+        assert got == SecondFactorPolicy(frozenset({"policy.reload"}), 3, 60.0, 0)
+        assert got.requires_totp("policy.reload") and not got.requires_totp("units.read")
+        verifier = got.verifier(lambda op: None)
+        assert (verifier.max_failures, verifier.window, verifier.skew) == (3, 60.0, 0)
+
+    def test_unknown_rights_are_reported_for_the_admin_layer(self) -> None:
+        policy = SecondFactorPolicy(frozenset({"units.release", "units.relase"}))
+        assert policy.unknown_rights(["units.release", "units.read"]) == ["units.relase"]
+        assert {
+            "units.release",
+            "identities.revoke",
+            "partners.disconnect",
+            "policy.reload",
+        } == DEFAULT_SENSITIVE
+
+    @pytest.mark.parametrize(
+        ("body", "path", "problem"),
+        [
+            ([], "second_factor", "must be a mapping"),
+            ({"sensitve": []}, "second_factor", "unknown key 'sensitve'"),
+            ({"sensitive": "policy.reload"}, "second_factor.sensitive", "list of admin rights"),
+            ({"sensitive": ["Reload!"]}, "second_factor.sensitive", "list of admin rights"),
+            ({"max_failures": 0}, "second_factor.max_failures", "from 1 to 100"),
+            ({"skew_steps": True}, "second_factor.skew_steps", "from 0 to 10"),
+            ({"failure_window_seconds": 1.5}, "second_factor.failure_window_seconds", "whole number"),
+        ],
+    )
+    def test_mistakes(self, body: Any, path: str, problem: str) -> None:
+        with pytest.raises(PolicyError) as info:
+            parse_second_factor(body, "p.yaml")
+        assert info.value.path == path and problem in info.value.problem
+
+
+def test_a_mistake_in_any_section_is_a_policy_error() -> None:
+    for section, bad in [
+        ("data_classes", []),
+        ("views", {"topic": 1}),
+        ("posture", []),
+        ("second_factor", 1),
+    ]:
+        data = copy.deepcopy(proposed())
+        data[section] = bad
+        with pytest.raises(PolicyError) as info:
+            parse_context_sections(data, "p.yaml")
+        assert info.value.path.startswith(section)
+
+
+@pytest.mark.parametrize("first", ["gateway.policy.rules", "gateway.policy.data_classes", "gateway.totp"])
+def test_import_order_does_not_matter(first: str) -> None:
+    code = (
+        f"import {first}; from gateway.policy.data_classes import parse_context_sections as p; p({{}}, 'x')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
