@@ -13,6 +13,12 @@ runtime calls `invalidate(identity)` when a registry fact changes (quarantine, r
 revocation) and `reload(policy)` for a new policy; the next decision then sees the change, which is how
 live sessions are re-evaluated within the same event-loop turn.
 
+Throttles. A detector's `throttle` response calls `throttle(identity, factor, until)`: until then the
+identity may publish at `factor` times its profile's message rate, and anything above that is denied as
+`throttled` with the detector's rule. The throttle is checked after authorization and before the
+policy's own buckets, so a throttled refusal costs no policy tokens; it outlives cache invalidations
+and policy reloads (a detector's verdict is not undone by an unrelated change) and ends by itself.
+
 Quarantine narrows what a unit may *publish* outside the control namespace and nothing else: it still
 connects, still receives its cmd and control topics, and its control publishes are judged by its normal
 grants, exactly as if it were not quarantined.
@@ -68,6 +74,17 @@ class _Buckets:
 
 
 @dataclass(slots=True)
+class _Throttle:
+    """A detector's temporary cut of one identity's message rate."""
+
+    factor: float
+    until: float
+    rule: str
+    bucket: TokenBucket | None = None  # built at the first publish, from the profile's rate then
+    rate: float = 0.0  # the rate `bucket` was built for; a reload with other limits rebuilds it
+
+
+@dataclass(slots=True)
 class _Seen:
     """What the engine knows about one identity until it is told something changed."""
 
@@ -88,6 +105,7 @@ class PolicyEngine:
         self._seen: dict[Identity, _Seen] = {}
         self._epoch = 0
         self._revoked_serials: dict[int, bool] = {}
+        self._throttles: dict[Identity, _Throttle] = {}
 
     @property
     def policy(self) -> Policy:
@@ -125,6 +143,33 @@ class PolicyEngine:
         """Denied publishes and subscribes one connection may collect before it is disconnected."""
         return self.policy.max_denied_before_disconnect
 
+    def throttle(
+        self, identity: Identity, factor: float, until: float, rule: str = "detector/throttle"
+    ) -> bool:
+        """Cut `identity`'s message rate to `factor` times its profile's, until `until` (the `now` clock).
+
+        Returns False, and changes nothing, when the identity is unknown or its profile has no message
+        rate to cut (operators, most services): there is no rate to take a share of.
+        """
+        if not 0 < factor < 1:
+            raise ValueError(f"a throttle keeps a share of the rate: 0 < factor < 1, not {factor!r}")
+        try:
+            seen = self._lookup(identity)
+        except IdentityError:
+            return False
+        if seen is None or seen.grants.profile.limits.messages_per_second is None:
+            return False
+        self._throttles[identity] = _Throttle(factor, until, rule)
+        return True
+
+    def unthrottle(self, identity: Identity) -> bool:
+        """End a throttle early (an operator's call); False if there was none."""
+        return self._throttles.pop(identity, None) is not None
+
+    def throttled_until(self, identity: Identity, now: float) -> float | None:
+        throttle = self._throttles.get(identity)
+        return throttle.until if throttle is not None and now < throttle.until else None
+
     # --- the four questions ---------------------------------------------------------------------
 
     def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
@@ -157,6 +202,8 @@ class PolicyEngine:
         max_payload = grants.profile.limits.max_payload
         if max_payload is not None and payload_size > max_payload:
             return deny("payload_too_large", f"{grants.profile.name}/limits/max_payload")
+        if self._throttles and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None:
+            return refusal
         return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
 
     def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
@@ -229,6 +276,20 @@ class PolicyEngine:
         else:
             seen.epoch, seen.state, seen.grants = self._epoch, state, grants
         return seen
+
+    def _throttled(self, identity: Identity, profile: Profile, now: float) -> Decision | None:
+        throttle = self._throttles.get(identity)
+        if throttle is None:
+            return None
+        if now >= throttle.until:
+            del self._throttles[identity]
+            return None
+        rate = (profile.limits.messages_per_second or 0.0) * throttle.factor
+        if rate <= 0:
+            return None  # the profile lost its rate limit in a reload: nothing left to take a share of
+        if throttle.bucket is None or throttle.rate != rate:
+            throttle.bucket, throttle.rate = TokenBucket(rate, max(1.0, rate), now), rate
+        return None if throttle.bucket.take(now) else deny("throttled", throttle.rule)
 
     def _serial_revoked(self, serial: int) -> bool:
         revoked = self._revoked_serials.get(serial)

@@ -13,7 +13,8 @@ After the shape come the checks (the last section of this module), run on every 
   restricts. Lint *errors* fail loading; *warnings* are shown by `fleetgate policy check`.
 
 Extending (issue 10 adds data classes and partner views): add a parser to `_SECTIONS` and a field to
-`Policy`; the strictness about unknown keys comes for free.
+`Policy`; the strictness about unknown keys comes for free. `detectors:` (continuous evaluation) is
+parsed in detector_rules.py, which this module imports lazily because it builds on `_At`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -39,6 +40,9 @@ from gateway.mqtt.topics import (
     validate_topic_filter,
 )
 from pki.names import IdentityError, validate_id
+
+if TYPE_CHECKING:
+    from gateway.policy.detector_rules import DetectorSettings
 
 __all__ = [
     "Grant",
@@ -127,6 +131,7 @@ class Policy:
     partner_tiers: Mapping[int, Profile]  # by tier number
     quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
     max_denied_before_disconnect: int = 20
+    detectors: DetectorSettings = field(default_factory=lambda: _default_detectors())
     digest: str = ""  # sha256 over the parsed content, to tell policies apart in logs and summaries
     _by_rule: dict[str, Grant] = field(default_factory=dict, init=False, repr=False)
 
@@ -162,6 +167,12 @@ class Policy:
 
     def grant(self, rule: str) -> Grant | None:
         return self._by_rule.get(rule)
+
+
+def _default_detectors() -> DetectorSettings:
+    from gateway.policy.detector_rules import DetectorSettings  # it imports this module
+
+    return DetectorSettings()
 
 
 def substitute(template: str, values: Mapping[str, str]) -> str:
@@ -319,6 +330,12 @@ def _parse_violations(at: _At, value: Any) -> dict[str, Any]:
     }
 
 
+def _parse_detectors(at: _At, value: Any) -> dict[str, Any]:
+    from gateway.policy.detector_rules import parse_detectors  # it imports this module
+
+    return {"detectors": parse_detectors(at, value)}
+
+
 _PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
 _LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
 
@@ -386,6 +403,7 @@ _SECTIONS: dict[str, Callable[[_At, Any], dict[str, Any]]] = {
     "roles": _parse_roles,
     "quarantine": _parse_quarantine,
     "violations": _parse_violations,
+    "detectors": _parse_detectors,
 }
 
 
