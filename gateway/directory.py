@@ -24,8 +24,11 @@ OVERLAP = timedelta(seconds=5)
 
 @dataclass
 class Changes:
-    identities: set[Identity] = field(default_factory=set)
+    identities: set[Identity] = field(default_factory=set)  # cached ones whose state differs
     revoked_serials: set[int] = field(default_factory=set)
+    # Every record written in the window, cached or not, repeated while the window overlaps it:
+    # for followers (the mode command) that must act on identities nobody has looked up yet.
+    records: list[IdentityRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.identities or self.revoked_serials)
@@ -68,6 +71,7 @@ class RegistryDirectory:
                 self._revoked.add(serial)
                 changes.revoked_serials.add(serial)
         for record in self._registry.identities_changed_since(since):
+            changes.records.append(record)
             identity = Identity(record.kind, record.id, self._trust_domain)
             state = state_from_record(record)
             if identity in self._states and self._states[identity] != state:

@@ -19,7 +19,9 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from cryptography import x509
 
+from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.est import EstContext, add_est_routes
+from gateway.admin.events import AuditFeed
 from gateway.audit import AuditLog
 from gateway.broker import Broker, BrokerLimits
 from gateway.broker.persistence import SqliteBrokerStore
@@ -29,13 +31,16 @@ from gateway.directory import RegistryDirectory
 from gateway.events import EventRecorder
 from gateway.metrics import GatewayCollector, metrics_registry, render
 from gateway.mqtt.reason_codes import ReasonCode
+from gateway.ops import Operations
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError, load_policy
 from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
+from gateway.serving_lock import hold as hold_serving_lock
+from gateway.serving_lock import release as release_serving_lock
 from gateway.transport import MtlsListener, tls_server_context
 from pki.authority import CertificateAuthority
-from pki.names import IdentityError, identity_from_certificate
+from pki.names import Identity, IdentityError, identity_from_certificate
 from pki.service import FleetCA
 from pki.store import Registry, open_database
 
@@ -98,9 +103,12 @@ class Gateway:
             max_write_buffer=config.limits.max_write_buffer,
         )
         self.events = EventRecorder(self.audit)
+        self.ops = Operations(self)
+        self.feed = AuditFeed(self.audit)
         self._servers: list[asyncio.Server] = []
         self._listeners: list[MtlsListener] = []
         self._http: web.AppRunner | None = None
+        self._serving_lock: int | None = None
         self.bound: dict[str, tuple[str, int]] = {}
 
     # --- admission ----------------------------------------------------------------------------
@@ -146,14 +154,19 @@ class Gateway:
         return len({action.conn for action in actions})
 
     def apply_registry_changes(self) -> None:
-        """Follow the registry (this process or the CLI): revocations cut, state changes re-decide."""
-        changes = self.directory.refresh(datetime.now(UTC))
+        """Follow the registry (this process or the CLI): revocations cut, state changes re-decide,
+        and operations follow the new states (mode commands, cutting off revoked identities)."""
+        now = datetime.now(UTC)
+        changes = self.directory.refresh(now)
         if changes.revoked_serials:
             self.on_revocations(changes.revoked_serials)
         for identity in changes.identities:
             self.engine.invalidate(identity)
         if changes.identities:
             self.hub.apply(self.broker.reauthorize(time.time()))
+        for record in changes.records:
+            identity = Identity(record.kind, record.id, self.trust_domain)
+            self.ops.on_identity_changed(identity, now, record)
 
     async def _watch_registry(self) -> None:
         while True:
@@ -187,7 +200,9 @@ class Gateway:
     async def _drain_events(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            self.events.record(self.broker.drain_events(), self.hub.failures, datetime.now(UTC))
+            events = self.broker.drain_events()
+            self.ops.observe(events)
+            self.events.record(events, self.hub.failures, datetime.now(UTC))
             self.hub.failures.clear()
 
     # --- listeners ----------------------------------------------------------------------------
@@ -226,9 +241,27 @@ class Gateway:
             return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
 
         app.router.add_get("/metrics", metrics)
+        add_admin_routes(
+            app,
+            AdminContext(
+                ops=self.ops,
+                audit=self.audit,
+                registry=self.registry,
+                trust_domain=self.trust_domain,
+                sessions=self.broker.sessions,
+                reload_policy=self.reload_policy,
+                feed=self.feed,
+            ),
+        )
         return app
 
     async def start(self) -> None:
+        # Before anyone can connect: retained mode commands match the registry (quarantines made
+        # with the CLI while the gateway was down take effect now).
+        self._serving_lock = hold_serving_lock(self.data.root)  # `fleetgate restore` asks it
+        reconciled = self.ops.reconcile(datetime.now(UTC))
+        if reconciled:
+            log.info("published %d mode command(s) to match the registry", reconciled)
         listen = self.config.listen
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
             self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_context(), self.check_certificate
@@ -252,6 +285,7 @@ class Gateway:
         self.hub.run_ticker()
         self.hub.spawn(self._watch_registry())
         self.hub.spawn(self._drain_events())
+        self.hub.spawn(self.feed.run())
         self.audit.append(
             actor="system",
             action="gateway.start",
@@ -262,6 +296,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        self.feed.close()  # event streams end, so the HTTP server need not wait for them
         for listener in self._listeners:
             listener.close()
         for server in self._servers:
@@ -275,6 +310,7 @@ class Gateway:
         )
         self._broker_db.close()
         self._registry_db.close()
+        release_serving_lock(self._serving_lock)
 
     async def run_until_signalled(self, on_ready: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()

@@ -181,6 +181,20 @@ class Registry:
             self._require_identity(kind, ident)
         return self._require_identity(kind, ident)
 
+    def update_metadata(
+        self, kind: str, ident: str, metadata: dict[str, str], now: datetime
+    ) -> IdentityRecord:
+        """Replace the identity's metadata (callers merge first). Joins an open transaction, so a
+        state change and the facts that explain it (e.g. why it was quarantined) commit together."""
+        text = _check_metadata(metadata)
+        changed = self._write(
+            "UPDATE pki_identities SET metadata = ?, updated_at = ? WHERE kind = ? AND id = ?",
+            (text, to_text(now), kind, ident),
+        )
+        if not changed:
+            self._require_identity(kind, ident)
+        return self._require_identity(kind, ident)
+
     def remove_identity(
         self, kind: str, ident: str, *, force: bool = False, now: datetime | None = None
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
         as_json: bool,
         tier: int | None = None,
         role: str | None = None,
+        org: str | None = None,
+        server: str | None = None,
     ) -> None:
         with open_local(data_dir) as state:
             identity = make_identity(kind, name, state.trust_domain)
@@ -55,12 +58,15 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             target.mkdir(parents=True, exist_ok=True, mode=0o700)
             key = generate_private_key(key_type)
             now = utc_now()
-            metadata = {k: str(v) for k, v in (("tier", tier), ("role", role)) if v is not None}
+            facts = (("tier", tier), ("role", role), ("org", org))
+            metadata = {k: str(v) for k, v in facts if v is not None}
             lifetime = timedelta(days=load_config().certificates.role_lifetime_days)
             issued = state.ca.issue_identity(
                 kind, name, build_csr(key, identity), now, lifetime, metadata=metadata or None
             )
             paths = _write_identity_files(target, name, key, issued, state.ca)
+            if kind == "operator":
+                paths["profile"] = write_profile(target / f"{name}.profile.json", server, paths)
             state.audit.append(
                 actor=local_actor(),
                 action=f"{kind}.add",
@@ -74,7 +80,9 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
         else:
             click.echo(f"Issued {identity} ({identity.spiffe_uri}).")
             for label, path in paths.items():
-                click.echo(f"{label:>5}: {path}")
+                click.echo(f"{label:>7}: {path}")
+            if "profile" in paths:
+                click.echo(f"Admin API from anywhere: fleetgate status --profile {paths['profile']}")
 
     if with_tier:
         add = click.option(
@@ -91,7 +99,31 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             show_default=True,
             help="Admin API role.",
         )(add)
+        add = click.option(
+            "--server",
+            default="https://localhost:8443",
+            show_default=True,
+            help="Admin API URL written into NAME.profile.json.",
+        )(add)
+    if kind == "partner":
+        add = click.option(
+            "--org",
+            default=None,
+            help="Partner organisation this identity belongs to (`partner disconnect ORG` cuts them all).",
+        )(add)
     return add
+
+
+def write_profile(path: Path, server: str | None, paths: dict[str, Path]) -> Path:
+    """A profile for the ops commands (--profile / $FLEETGATE_PROFILE); paths relative to it."""
+    profile = {
+        "server": server or "https://localhost:8443",
+        "cert": paths["cert"].name,
+        "key": paths["key"].name,
+        "ca": paths["ca"].name,
+    }
+    write_public_file(path, json.dumps(profile, indent=2).encode() + b"\n")
+    return path
 
 
 def _write_identity_files(
@@ -107,7 +139,9 @@ def _write_identity_files(
     return {"cert": cert_path, "key": key_path, "ca": ca_path}
 
 
-def role_group(kind: str, with_tier: bool = False) -> click.Group:
+def role_group(kind: str, with_tier: bool = False, extra: tuple[click.Command, ...] = ()) -> click.Group:
     group = click.Group(kind, help=f"Manage {kind} identities.")
     group.add_command(_role_command(kind, with_tier))
+    for command in extra:  # e.g. `partner disconnect`
+        group.add_command(command)
     return group

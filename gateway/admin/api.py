@@ -1,0 +1,255 @@
+"""The HTTPS admin API (JSON, mTLS, operator roles). Thin: authenticate, parse, call Operations, answer.
+
+Routes, and the right each needs (roles in gateway/admin/auth.py, described in gateway/admin/openapi.py):
+
+    GET  /api/units                           units.read
+    GET  /api/units/{id}                      units.read
+    GET  /api/sessions                        sessions.read
+    POST /api/units/{id}/quarantine           units.quarantine      {"reason": "..."}
+    POST /api/units/{id}/release              units.release
+    POST /api/identities/{kind}/{id}/revoke   identities.revoke     {"reason": "...", "confirm": true}
+    POST /api/partners/{id}/disconnect        partners.disconnect   {"dry_run": false}
+    POST /api/policy/reload                   policy.reload
+    GET  /api/audit?since=SEQ&limit=N         audit.read
+    GET  /api/events?since=SEQ&heartbeat=S    events.read           (Server-Sent Events)
+    GET  /api/openapi.json                    docs.read
+
+Errors are `{"error": "<one sentence>", "code": "<stable reason>"}` with 400 (bad input), 401/403
+(who you are / what your role allows), 404 (no such unit/partner), 409 (state forbids it), 422 (a
+policy that cannot be loaded). Refusals by role are audited here; the operations audit themselves
+with the operator as actor; reads are audited as `admin.<right>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin.auth import Operator, Refusal, authenticate
+from gateway.admin.events import DEFAULT_HEARTBEAT, AuditFeed, stream_events
+from gateway.admin.openapi import openapi_document
+from gateway.audit import AuditLog
+from gateway.broker import SessionInfo
+from gateway.ops import Operations, OpsError
+from gateway.ops_status import session_view
+from gateway.policy.rules import Policy
+from pki.errors import NotFoundError, PkiError
+from pki.store import Registry
+
+MAX_AUDIT_PAGE = 1000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AdminContext:
+    ops: Operations
+    audit: AuditLog
+    registry: Registry
+    trust_domain: str
+    sessions: Callable[[], list[SessionInfo]]
+    reload_policy: Callable[[str], Policy | None]
+    feed: AuditFeed
+    clock: Callable[[], datetime] = utc_now
+
+
+class BadRequest(Exception):
+    """The request is malformed; the message says what to send instead."""
+
+
+Handler = Callable[[web.Request, AdminContext, Operator], Awaitable[web.StreamResponse]]
+AUDITED_READS = frozenset({"units.read", "sessions.read", "audit.read", "events.read"})
+
+
+def error(status: int, message: str, code: str) -> web.Response:
+    return web.json_response({"error": message.rstrip(".") + ".", "code": code}, status=status)
+
+
+def _endpoint(
+    ctx: AdminContext, right: str, fn: Handler
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        who = authenticate(request, ctx.registry, ctx.trust_domain, right)
+        if isinstance(who, Refusal):
+            ctx.audit.append(
+                actor=who.actor,
+                action="admin.request",
+                subject=f"{request.method} {request.path}",
+                outcome="refused",
+                reason=who.reason,
+                details={"right": right, "role": who.role},
+                now=ctx.clock(),
+            )
+            return error(who.status, who.message, who.reason)
+        if right in AUDITED_READS:
+            ctx.audit.append(
+                actor=who.actor,
+                action=f"admin.{right}",
+                subject=request.path_qs,
+                outcome="ok",
+                details={"role": who.role},
+                now=ctx.clock(),
+            )
+        try:
+            return await fn(request, ctx, who)
+        except BadRequest as exc:
+            return error(400, str(exc), "bad_request")
+        except OpsError as exc:
+            return error(exc.status, str(exc), exc.code)
+        except PkiError as exc:
+            return error(404 if isinstance(exc, NotFoundError) else 409, str(exc), exc.reason)
+
+    return handle
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest('the body must be a JSON object such as {"reason": "suspected tampering"}') from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object, not a list or a bare value")
+    return data
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f'"{name}" is required and must be a non-empty string')
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f'"{name}" must be true or false')
+    return value
+
+
+def _number(request: web.Request, name: str, low: float, high: float) -> float | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a number between {low:g} and {high:g}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name} must be between {low:g} and {high:g}")
+    return value
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+async def list_units(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    return web.json_response({"units": [s.as_dict() for s in ctx.ops.status(ctx.clock())]})
+
+
+async def show_unit(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    unit_id = request.match_info["id"]
+    rows = ctx.ops.status(ctx.clock(), unit_id)
+    if not rows:
+        raise OpsError("unknown_unit", f"there is no unit {unit_id}; see GET /api/units", 404)
+    return web.json_response(rows[0].as_dict())
+
+
+async def list_sessions(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    return web.json_response({"sessions": [session_view(s) for s in ctx.sessions()]})
+
+
+async def quarantine(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    reason = _text(await _body(request), "reason")
+    result = ctx.ops.quarantine(request.match_info["id"], reason, who.actor, ctx.clock())
+    return web.json_response(result.as_dict())
+
+
+async def release(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    result = ctx.ops.release(request.match_info["id"], who.actor, ctx.clock())
+    return web.json_response(result.as_dict())
+
+
+async def revoke(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    body = await _body(request)
+    reason = _text(body, "reason")
+    if body.get("confirm") is not True:
+        raise BadRequest(
+            'revoking cuts the whole session, vehicle control included; send "confirm": true to go ahead'
+        )
+    kind, ident = request.match_info["kind"], request.match_info["id"]
+    result = ctx.ops.revoke_identity(kind, ident, reason, who.actor, ctx.clock())
+    return web.json_response(result.as_dict())
+
+
+async def partner_disconnect(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    dry_run = _flag(await _body(request), "dry_run")
+    report = ctx.ops.partner_disconnect(request.match_info["id"], who.actor, ctx.clock(), dry_run)
+    return web.json_response(report.as_dict())
+
+
+async def reload_policy(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    policy = ctx.reload_policy(who.actor)
+    if policy is None:
+        return error(
+            422,
+            "the policy file cannot be loaded; the current policy stays (see the audit log)",
+            "invalid_policy",
+        )
+    return web.json_response({"reloaded": True, "source": policy.source, "digest": policy.digest})
+
+
+async def audit_page(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    since = int(_number(request, "since", 0, 2**62) or 0)
+    limit = int(_number(request, "limit", 1, MAX_AUDIT_PAGE) or MAX_AUDIT_PAGE)
+    records = ctx.audit.records(since_seq=since, limit=limit)
+    return web.json_response({"records": [r.as_dict() for r in records], "head": ctx.audit.head()[0]})
+
+
+async def events(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    since_value = _number(request, "since", 0, 2**62)
+    last_id = request.headers.get("Last-Event-ID", "")
+    since = int(since_value) if since_value is not None else (int(last_id) if last_id.isdigit() else None)
+    heartbeat = _number(request, "heartbeat", 0.05, 300) or DEFAULT_HEARTBEAT
+    return await stream_events(request, ctx.audit, ctx.feed, since, heartbeat)
+
+
+async def openapi(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    document = openapi_document()
+    document["servers"] = [{"url": f"https://{request.host}"}]  # where this gateway was reached
+    return web.json_response(document)
+
+
+ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
+    ("GET", "/api/units", "units.read", list_units),
+    ("GET", "/api/units/{id}", "units.read", show_unit),
+    ("GET", "/api/sessions", "sessions.read", list_sessions),
+    ("POST", "/api/units/{id}/quarantine", "units.quarantine", quarantine),
+    ("POST", "/api/units/{id}/release", "units.release", release),
+    ("POST", "/api/identities/{kind}/{id}/revoke", "identities.revoke", revoke),
+    ("POST", "/api/partners/{id}/disconnect", "partners.disconnect", partner_disconnect),
+    ("POST", "/api/policy/reload", "policy.reload", reload_policy),
+    ("GET", "/api/audit", "audit.read", audit_page),
+    ("GET", "/api/events", "events.read", events),
+    ("GET", "/api/openapi.json", "docs.read", openapi),
+)
+
+
+def add_admin_routes(app: web.Application, ctx: AdminContext) -> None:
+    for method, path, right, handler in ROUTES:
+        app.router.add_route(method, path, _endpoint(ctx, right, handler))
+
+    async def close_streams(app: web.Application) -> None:
+        ctx.feed.close()
+
+    app.on_shutdown.append(close_streams)

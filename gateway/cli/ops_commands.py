@@ -1,0 +1,246 @@
+"""Fleet operations from the command line: quarantine, release, status, events, revoke, partner disconnect.
+
+Each command talks to a running gateway's admin API when a server is given (`--server/--cert/--key
+[--ca]`, or `--profile FILE` / $FLEETGATE_PROFILE), else acts on the data dir (`--data`) directly.
+
+Exit codes: 0 done; 1 failed (the error says why in one sentence); 2 bad usage; 3 the admin API
+refused the certificate or its role; 4 no such unit, identity or partner.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gateway.cli.admin_client import error_for, resolve_remote
+from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
+from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
+from gateway.quarantine import OpsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_CODES = (
+    "Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused by the admin API (certificate, role), 4 not found."
+)
+
+
+def where_options(fn: F) -> F:
+    path = click.Path(dir_okay=False, path_type=Path)
+    options = [
+        click.option(
+            "--server", default=None, help="Admin API URL, e.g. https://gateway:8443 (default: act locally)."
+        ),
+        click.option("--cert", type=path, default=None, help="Operator certificate (PEM) for the admin API."),
+        click.option("--key", type=path, default=None, help="Its private key."),
+        click.option("--ca", type=path, default=None, help="Fleet root certificate to verify the gateway."),
+        click.option(
+            "--profile",
+            type=path,
+            default=None,
+            help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
+        ),
+        data_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def backend(where: dict[str, Any]) -> Backend:
+    remote = resolve_remote(where["server"], where["cert"], where["key"], where["ca"], where["profile"])
+    return RemoteBackend(remote) if remote is not None else LocalBackend(where["data_dir"])
+
+
+def _split(where: dict[str, Any]) -> tuple[Backend, bool]:
+    return backend(where), bool(where["as_json"])
+
+
+def _ops_errors(fn: F) -> F:
+    """OpsError (local backend) → the same exit codes the API's answers get."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OpsError as exc:
+            raise error_for(exc.status, str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _done(result: dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(text)
+
+
+def _local_note(b: Backend) -> str:
+    return " A running gateway applies it within ~0.2 s." if isinstance(b, LocalBackend) else ""
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("unit_id")
+@click.option("--reason", required=True, help="Why (shown to the unit in its mode command and audited).")
+@where_options
+@friendly_errors
+@_ops_errors
+def quarantine(unit_id: str, reason: str, **where: Any) -> None:
+    """Put UNIT_ID in diagnostic-only mode: its data stops, diagnostics and vehicle control keep flowing."""
+    b, as_json = _split(where)
+    result = b.quarantine(unit_id, reason)
+    already = "" if result["changed"] else " (it already was; the first reason stands)"
+    _done(result, as_json, f"Unit {unit_id} is quarantined{already}.{_local_note(b)}")
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("unit_id")
+@where_options
+@friendly_errors
+@_ops_errors
+def release(unit_id: str, **where: Any) -> None:
+    """End UNIT_ID's quarantine; the unit is told mode normal and its data flows again."""
+    b, as_json = _split(where)
+    result = b.release(unit_id)
+    text = f"Unit {unit_id} is released." if result["changed"] else f"Unit {unit_id} was not quarantined."
+    _done(result, as_json, text + (_local_note(b) if result["changed"] else ""))
+
+
+def _when(text: str | None) -> str:
+    if not text:
+        return "-"
+    try:
+        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return text
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("unit_id", required=False)
+@where_options
+@friendly_errors
+@_ops_errors
+def status(unit_id: str | None, **where: Any) -> None:
+    """Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
+    b, as_json = _split(where)
+    rows = b.status(unit_id)
+    if as_json:
+        emit_json(rows)
+        return
+    online = {True: "yes", False: "no", None: "?"}
+    table(
+        f"units ({b.where})",
+        ["unit", "state", "online", "last seen", "cert expires", "quarantined since", "why", "by"],
+        [
+            [
+                r["unit"],
+                r["state"],
+                online[r["online"]],
+                _when(r["last_seen"]),
+                _when(r["cert_not_after"]),
+                _when(r["quarantined_since"]),
+                r["quarantine_reason"] or "-",
+                r["quarantined_by"] or "-",
+            ]
+            for r in rows
+        ],
+    )
+    if isinstance(b, LocalBackend):
+        click.echo("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they are appended.")
+@click.option(
+    "--since", type=click.IntRange(min=0), default=None, help="Start after this audit sequence number."
+)
+@where_options
+@friendly_errors
+@_ops_errors
+def events(follow: bool, since: int | None, **where: Any) -> None:
+    """Audit records as they happen (the admin API's live stream, or the local log)."""
+    b, as_json = _split(where)
+    try:
+        for record in b.events(since, follow):
+            if as_json:
+                click.echo(json.dumps(record, sort_keys=True))
+            else:
+                fields = [
+                    record["at"],
+                    record["actor"],
+                    record["action"],
+                    record["subject"],
+                    record["outcome"],
+                ]
+                click.echo(
+                    f"{record['seq']:>6} "
+                    + "  ".join(fields)
+                    + (f"  ({record['reason']})" if record["reason"] else "")
+                )
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("target", metavar="KIND/ID")
+@click.option(
+    "--reason", required=True, help="Why; an RFC 5280 name (keyCompromise, ...) also goes into the CRL."
+)
+@click.option("--force", is_flag=True, help="Needed for a unit: revoking it cuts its vehicle control too.")
+@where_options
+@friendly_errors
+@_ops_errors
+def revoke(target: str, reason: str, force: bool, **where: Any) -> None:
+    """Revoke every certificate and token of an identity (unit/TRK-1, partner/acme, ...) and cut it off."""
+    kind, sep, ident = target.partition("/")
+    if not sep or not kind or not ident:
+        raise click.BadParameter(f"{target!r} is not KIND/ID, e.g. unit/TRK-00042", param_hint="KIND/ID")
+    if kind == "unit" and not force:
+        raise CliError(
+            f"revoking unit {ident} cuts its whole session, vehicle control included; "
+            "use `fleetgate quarantine` to contain it, or add --force to revoke"
+        )
+    if kind == "unit":
+        warn(f"unit {ident} loses its vehicle-control session too")
+    b, as_json = _split(where)
+    result = b.revoke(kind, ident, reason)
+    closed = result.get("sessions_closed")
+    text = f"Revoked {kind}/{ident}: {len(result.get('revoked_serials') or [])} certificate(s)"
+    text += f", {closed} live session(s) closed." if closed is not None else "." + _local_note(b)
+    _done(result, as_json, text)
+
+
+@click.command("disconnect", epilog=EXIT_CODES)
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Only report what would be cut off; change nothing.")
+@where_options
+@friendly_errors
+@_ops_errors
+def partner_disconnect(name: str, dry_run: bool, **where: Any) -> None:
+    """Cut partner NAME off at once: revoke every certificate and token, close its sessions."""
+    b, as_json = _split(where)
+    report = b.partner_disconnect(name, dry_run)
+    if as_json:
+        emit_json(report)
+        return
+    verb = "Would revoke" if dry_run else "Revoked"
+    sessions = report["sessions"]
+    live = f"{sessions} live session(s)" if sessions is not None else "live sessions (by the running gateway)"
+    click.echo(
+        f"{verb} {report['certificates']} certificate(s) and {report['tokens']} pending token(s) of "
+        f"{', '.join(report['identities'])}; {'would close' if dry_run else 'closed'} {live}"
+        + (
+            f" and purge {report['subscriptions']} subscription(s)"
+            if report["subscriptions"] is not None
+            else ""
+        )
+        + f" in {report['elapsed_ms']:.1f} ms."
+    )

@@ -1,0 +1,42 @@
+"""Publishing the retained mode command (`fleet/{unit}/cmd/mode`) that a unit's record calls for.
+
+The payload comes from the record alone (gateway.quarantine.mode_command), so the publisher only has
+to remember what it last published per unit and publish when that differs: following the registry
+(which reports a changed record many times while its poll window overlaps) then costs nothing, and
+a restart that publishes everything again sends the same bytes. Only ever `cmd/mode`: the gateway
+never publishes on a control topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from gateway.broker import Broker
+from gateway.mqtt.packets import Publish
+from gateway.policy.rules import Policy
+from gateway.quarantine import mode_command, mode_topic
+from gateway.server import ConnectionHub
+from pki.records import IdentityRecord
+
+log = logging.getLogger("fleetgate.ops")
+
+
+class ModePublisher:
+    def __init__(self, broker: Broker, hub: ConnectionHub, policy: Callable[[], Policy]) -> None:
+        self._broker = broker
+        self._hub = hub
+        self._policy = policy
+        self._published: dict[str, bytes] = {}  # unit id -> the payload last published
+
+    def publish(self, record: IdentityRecord, now: datetime) -> bytes | None:
+        """Publish the unit's mode command if it differs from the last one; returns what was published."""
+        payload = mode_command(record, self._policy())
+        if payload is None or self._published.get(record.id) == payload:
+            return None
+        self._published[record.id] = payload
+        publish = Publish(mode_topic(record.id), payload, qos=1, retain=True)
+        self._hub.apply(self._broker.publish_internal(publish, now.timestamp()))
+        log.info("mode command for unit %s: %s", record.id, payload.decode())
+        return payload

@@ -1,0 +1,319 @@
+"""Operations: the one path every quarantine, release, revocation and partner cut-off takes.
+
+Callers are the admin API (an operator), the detectors (`detector/<name>`) and, through the registry
+watcher, the CLI acting on the data dir from another process. Each operation is, in this order:
+1. durable: one registry transaction, committed (gateway.quarantine, gateway.partners, pki.service);
+2. live: the directory and the policy engine forget what they cached, and the runtime's registry
+   poll runs at once (`Gateway.apply_registry_changes`), which re-decides live sessions and calls
+   `on_identity_changed` — the same code that follows a change another process made;
+3. audited, with the actor.
+
+Mode commands come from observed state, never from the command that changed it: `on_identity_changed`
+publishes the retained `fleet/{unit}/cmd/mode` whenever a unit's record calls for a different one
+than was last published, so a quarantine from the CLI, the API, a detector or a restart all end in
+the same message. The gateway never publishes anywhere else, least of all on control topics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from gateway.broker import ClientConnected, ClientDisconnected, Close
+from gateway.mode_publisher import ModePublisher
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.ops_status import OpResult, PartnerReport, UnitStatus, unit_statuses
+from gateway.partners import blast_radius, revoke_partner
+from gateway.quarantine import (
+    BY_KEY,
+    REASON_KEY,
+    SINCE_KEY,
+    OpsError,
+    mode_topic,
+    quarantine_unit,
+    release_unit,
+)
+from gateway.session_purge import discard_offline_sessions
+from pki.authority import parse_revocation_reason
+from pki.errors import PkiError
+from pki.names import CLIENT_KINDS, Identity, make_identity
+from pki.records import IdentityRecord
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+
+__all__ = ["OpResult", "Operations", "OpsError", "PartnerReport", "UnitStatus", "revocation_flag"]
+
+
+def revocation_flag(reason: str) -> x509.ReasonFlags:
+    """An RFC 5280 reason if the operator's text names one ("keyCompromise"), else unspecified."""
+    try:
+        return parse_revocation_reason(reason)
+    except PkiError:
+        return x509.ReasonFlags.unspecified
+
+
+class Operations:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self._modes = ModePublisher(gateway.broker, gateway.hub, lambda: gateway.engine.policy)
+        self._seen: dict[Identity, tuple[str, datetime]] = {}  # (state, updated_at) last acted on
+        self.last_seen: dict[str, float] = {}  # client id -> epoch of its last disconnect
+
+    # --- quarantine -------------------------------------------------------------------------------
+
+    def quarantine(self, unit_id: str, reason: str, actor: str, now: datetime) -> OpResult:
+        started = time.perf_counter()
+        with self._refusal_audited(actor, "unit.quarantine", f"unit/{unit_id}", now):
+            change = quarantine_unit(self._gw.registry, unit_id, reason, actor, now)
+        if change.changed:
+            self._apply_now(self._identity("unit", unit_id))
+        meta = change.record.metadata
+        facts = {
+            "reason": meta.get(REASON_KEY, ""),
+            "since": meta.get(SINCE_KEY, ""),
+            "by": meta.get(BY_KEY, ""),
+        }
+        self._gw.audit.append(
+            actor=actor,
+            action="unit.quarantine",
+            subject=f"unit/{unit_id}",
+            outcome="ok" if change.changed else "unchanged",
+            reason=facts["reason"],
+            details={"since": facts["since"], "by": facts["by"]},
+            now=now,
+        )
+        return self._result("quarantine", change.record, change.changed, started, details=facts)
+
+    def release(self, unit_id: str, actor: str, now: datetime) -> OpResult:
+        started = time.perf_counter()
+        with self._refusal_audited(actor, "unit.release", f"unit/{unit_id}", now):
+            change = release_unit(self._gw.registry, unit_id, actor, now)
+        if change.changed:
+            self._apply_now(self._identity("unit", unit_id))
+        self._gw.audit.append(
+            actor=actor,
+            action="unit.release",
+            subject=f"unit/{unit_id}",
+            outcome="ok" if change.changed else "unchanged",
+            now=now,
+        )
+        return self._result("release", change.record, change.changed, started)
+
+    # --- cutting off ------------------------------------------------------------------------------
+
+    def revoke_identity(self, kind: str, ident: str, reason: str, actor: str, now: datetime) -> OpResult:
+        """Revoke every certificate and token of the identity and cut its whole session — for a unit,
+        vehicle control included. Callers must have had the operator confirm (--force / confirm)."""
+        started = time.perf_counter()
+        subject = f"{kind}/{ident}"
+
+        with self._refusal_audited(actor, "identity.revoke", subject, now):
+            if kind not in CLIENT_KINDS:
+                raise OpsError("invalid_kind", f"kind {kind!r} is not one of {', '.join(CLIENT_KINDS)}")
+            before = self._gw.registry.get_identity(kind, ident)
+            if before is None:
+                raise OpsError("unknown_identity", f"there is no {subject}; check the id", 404)
+            serials = self._gw.ca.revoke_identity(kind, ident, revocation_flag(reason), now)
+        identity = self._identity(kind, ident)
+        closed = self._cut_off({identity}, set(serials), "identity revoked", now)
+        changed = before.state != "revoked" or bool(serials)
+        hex_serials = tuple(format(s, "x") for s in serials)
+        self._gw.audit.append(
+            actor=actor,
+            action="identity.revoke",
+            subject=subject,
+            outcome="ok" if changed else "unchanged",
+            reason=reason,
+            details={"serials": list(hex_serials), "sessions_closed": closed},
+            now=now,
+        )
+        record = self._gw.registry.get_identity(kind, ident) or before
+        return self._result("revoke", record, changed, started, closed, hex_serials)
+
+    def disconnect(self, identity: Identity, reason: str, actor: str, now: datetime) -> int:
+        """Close the identity's live sessions (it may reconnect); returns how many were closed."""
+        actions = self._gw.broker.disconnect_where(
+            lambda peer: peer.identity == identity, ReasonCode.ADMINISTRATIVE_ACTION, reason, now.timestamp()
+        )
+        self._gw.hub.apply(actions)
+        closed = len({a.conn for a in actions if isinstance(a, Close)})
+        self._gw.audit.append(
+            actor=actor,
+            action="session.disconnect",
+            subject=str(identity),
+            outcome="ok",
+            reason=reason,
+            details={"sessions_closed": closed},
+            now=now,
+        )
+        return closed
+
+    def partner_disconnect(self, partner: str, actor: str, now: datetime, dry_run: bool) -> PartnerReport:
+        started = time.perf_counter()
+        with self._refusal_audited(actor, "partner.disconnect", f"partner/{partner}", now):
+            radius = blast_radius(self._gw.registry, partner, now)
+        identities = {self._identity("partner", m.id) for m in radius.members}
+        sessions = [
+            s for s in self._gw.broker.sessions() if s.peer is not None and s.peer.identity in identities
+        ]
+        live = sum(1 for s in sessions if s.connected)
+        subscriptions = sum(len(s.subscriptions) for s in sessions)
+        serials, tokens = radius.serials, radius.tokens
+        if not dry_run:
+            serials, tokens = revoke_partner(self._gw.ca, radius.members, now)
+            live = self._cut_off(identities, set(serials), "partner disconnected", now)
+        report = PartnerReport(
+            partner=partner,
+            dry_run=dry_run,
+            identities=tuple(sorted(str(i) for i in identities)),
+            certificates=len(serials),
+            tokens=tokens,
+            sessions=live,
+            subscriptions=subscriptions,
+            offline_sessions=len(sessions) - sum(1 for s in sessions if s.connected),
+            serials=tuple(format(s, "x") for s in serials),
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        details: dict[str, object] = {k: v for k, v in report.as_dict().items() if k != "serials"}
+        details["identities"] = list(report.identities)
+        self._gw.audit.append(
+            actor=actor,
+            action="partner.disconnect",
+            subject=f"partner/{partner}",
+            outcome="dry_run" if dry_run else "ok",
+            details=details,
+            now=now,
+        )
+        return report
+
+    # --- views ------------------------------------------------------------------------------------
+
+    def status(self, now: datetime, unit_id: str | None = None) -> list[UnitStatus]:
+        sessions = {
+            s.client_id: s
+            for s in self._gw.broker.sessions()
+            if s.peer is not None and s.peer.identity is not None and s.peer.identity.kind == "unit"
+        }
+        return unit_statuses(self._gw.registry, sessions, self.last_seen, now, only=unit_id)
+
+    def observe(self, events: Iterable[object]) -> None:
+        """Broker events the runtime drains: remember when each client was last connected."""
+        stamp = time.time()
+        for event in events:
+            if isinstance(event, ClientDisconnected | ClientConnected):
+                self.last_seen[event.client_id] = stamp
+
+    # --- following the registry -------------------------------------------------------------------
+
+    def on_identity_changed(
+        self, identity: Identity, now: datetime, record: IdentityRecord | None = None
+    ) -> None:
+        """The registry says this identity changed (here or in another process): act on its new state.
+
+        Called with every changed record the registry poll sees (repeatedly, as its window overlaps),
+        so it acts only on a (state, updated_at) it has not acted on yet.
+        """
+        if record is None:
+            record = self._gw.registry.get_identity(identity.kind, identity.id)
+            if record is None:
+                return
+        key = (record.state, record.updated_at)
+        if self._seen.get(identity) == key:
+            return
+        self._seen[identity] = key
+        payload = self._modes.publish(record, now) if identity.kind == "unit" else None
+        if payload is not None:
+            self._gw.audit.append(
+                actor="system",
+                action="unit.mode_command",
+                subject=str(identity),
+                outcome="ok",
+                reason=json.loads(payload)["mode"],
+                details={"topic": mode_topic(identity.id)},
+                now=now,
+            )
+        if record.state == "revoked":
+            self._cut_off({identity}, set(), "identity revoked", now)
+
+    def reconcile(self, now: datetime) -> int:
+        """At start: every unit's retained mode command matches its record (a CLI quarantine made while
+        the gateway was down takes effect now). Returns how many were published."""
+        records = self._gw.registry.list_identities("unit")
+        return sum(self._modes.publish(record, now) is not None for record in records)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _apply_now(self, identity: Identity) -> None:
+        """Make a committed change live at once instead of at the next registry poll."""
+        self._gw.directory.forget(identity)
+        self._gw.engine.invalidate(identity)
+        self._gw.apply_registry_changes()
+        self._gw.hub.apply(self._gw.broker.reauthorize(time.time()))
+
+    def _cut_off(self, identities: set[Identity], serials: set[int], reason: str, now: datetime) -> int:
+        """Close live sessions of these identities (or certificates) and discard their offline ones."""
+        for identity in identities:
+            self._gw.directory.forget(identity)
+            self._gw.engine.invalidate(identity)
+        self._gw.engine.invalidate()  # serial answers are cached without their owner
+        broker, stamp = self._gw.broker, now.timestamp()
+        actions = broker.disconnect_where(
+            lambda peer: peer.identity in identities or (peer.certificate_serial or 0) in serials,
+            ReasonCode.NOT_AUTHORIZED,
+            reason,
+            stamp,
+        )
+        self._gw.hub.apply(actions)
+        purged = discard_offline_sessions(broker, lambda peer: peer.identity in identities, stamp)
+        self._gw.hub.apply(purged.actions)
+        self._gw.apply_registry_changes()  # revoked serials into the directory: refused at the handshake
+        return len({a.conn for a in actions if isinstance(a, Close)})
+
+    def _identity(self, kind: str, ident: str) -> Identity:
+        return make_identity(kind, ident, self._gw.trust_domain)
+
+    @contextmanager
+    def _refusal_audited(self, actor: str, action: str, subject: str, now: datetime) -> Iterator[None]:
+        """An OpsError inside is audited as this action refused, then raised on."""
+        try:
+            yield
+        except OpsError as exc:
+            self._gw.audit.append(
+                actor=actor,
+                action=action,
+                subject=subject,
+                outcome="refused",
+                reason=exc.code,
+                details={"error": str(exc)},
+                now=now,
+            )
+            raise
+
+    def _result(
+        self,
+        action: str,
+        record: IdentityRecord,
+        changed: bool,
+        started: float,
+        closed: int = 0,
+        serials: tuple[str, ...] = (),
+        details: dict[str, str] | None = None,
+    ) -> OpResult:
+        return OpResult(
+            action=action,
+            subject=f"{record.kind}/{record.id}",
+            changed=changed,
+            state=record.state,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+            sessions_closed=closed,
+            revoked_serials=serials,
+            details=details or {},
+        )

@@ -1,0 +1,140 @@
+"""What operations answer: an operation's result, `fleetgate status` rows (`GET /api/units`), the
+partner blast radius, and a session as the admin API shows it.
+
+Built from the registry (state, certificates, quarantine facts) and, when a gateway is asking, its
+live sessions. The CLI acting on a data dir without a gateway passes no sessions: `online` is then
+unknown (None), not "offline", because nobody asked the process that knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.broker import SessionInfo
+from gateway.quarantine import BY_KEY, REASON_KEY, SINCE_KEY
+from pki.records import CertificateRecord
+from pki.store import Registry
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class OpResult:
+    action: str  # "quarantine", "release", "revoke"
+    subject: str  # "unit/TRK-1"
+    changed: bool  # False: it already was in that state; nothing was written
+    state: str  # the identity's registry state afterwards
+    elapsed_ms: float
+    sessions_closed: int = 0
+    revoked_serials: tuple[str, ...] = ()
+    details: dict[str, str] = field(default_factory=dict)  # quarantine: reason, since, by
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    unit: str
+    state: str
+    online: bool | None  # None: not known (no gateway was asked)
+    last_seen: str | None  # ISO time; "now" is the time of the answer when online
+    address: str | None
+    cert_serial: str | None
+    cert_not_after: str | None
+    quarantined_since: str | None
+    quarantine_reason: str | None
+    quarantined_by: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PartnerReport:
+    """What a partner disconnect did (or, with dry_run, would do), and how long it took."""
+
+    partner: str
+    dry_run: bool
+    identities: tuple[str, ...]
+    certificates: int  # valid certificates revoked
+    tokens: int  # pending enrollment tokens expired
+    sessions: int  # live sessions closed
+    subscriptions: int  # subscriptions purged (live and offline sessions)
+    offline_sessions: int  # persistent sessions discarded
+    serials: tuple[str, ...]
+    elapsed_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _newest_valid(certs: list[CertificateRecord]) -> dict[str, CertificateRecord]:
+    newest: dict[str, CertificateRecord] = {}
+    for cert in certs:  # ordered by not_before: the last valid one wins
+        if cert.status == "valid":
+            newest[cert.id] = cert
+    return newest
+
+
+def unit_statuses(
+    registry: Registry,
+    sessions: dict[str, SessionInfo] | None,
+    last_seen: dict[str, float],
+    now: datetime,
+    only: str | None = None,
+) -> list[UnitStatus]:
+    """Every unit (or just `only`), in id order."""
+    if only is None:
+        records = registry.list_identities("unit")
+        certs = _newest_valid(registry.list_certificates(kind="unit"))
+    else:
+        record = registry.get_identity("unit", only)
+        records = [record] if record is not None else []
+        certs = _newest_valid(registry.list_certificates(kind="unit", ident=only))
+    rows = []
+    for record in records:
+        session = sessions.get(record.id) if sessions is not None else None
+        online = None if sessions is None else bool(session and session.connected)
+        seen = now.timestamp() if online else last_seen.get(record.id, session.since if session else None)
+        cert = certs.get(record.id)
+        meta = record.metadata
+        quarantined = record.state == "quarantined"
+        rows.append(
+            UnitStatus(
+                unit=record.id,
+                state=record.state,
+                online=online,
+                last_seen=_iso(seen),
+                address=session.peer.address if session and session.peer and online else None,
+                cert_serial=format(cert.serial, "x") if cert else None,
+                cert_not_after=cert.not_after.isoformat() if cert else None,
+                quarantined_since=meta.get(SINCE_KEY) if quarantined else None,
+                quarantine_reason=meta.get(REASON_KEY) if quarantined else None,
+                quarantined_by=meta.get(BY_KEY) if quarantined else None,
+            )
+        )
+    return rows
+
+
+def session_view(info: SessionInfo) -> dict[str, Any]:
+    """One MQTT session for `GET /api/sessions`."""
+    peer = info.peer
+    return {
+        "client_id": info.client_id,
+        "identity": str(peer.identity) if peer and peer.identity else None,
+        "address": peer.address if peer else None,
+        "connected": info.connected,
+        "since": _iso(info.since),
+        "subscriptions": list(info.subscriptions),
+        "queued": info.queued,
+        "inflight": info.inflight,
+        "expiry_interval": info.expiry_interval,
+        "certificate_serial": format(peer.certificate_serial, "x")
+        if peer and peer.certificate_serial
+        else None,
+    }

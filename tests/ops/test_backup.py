@@ -1,0 +1,148 @@
+"""Backup and restore in-process: round trips, and every way a restore must refuse before writing."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog
+from gateway.backup import BackupError, create_backup, restore_backup
+from gateway.datadir import DataDir
+from gateway.serving_lock import hold, release
+from pki.store import Registry, open_database
+from tests.harness import run_cli
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> DataDir:
+    root = tmp_path_factory.mktemp("bk") / "data"
+    run_cli("init", "--hostname", "localhost", data=root, check=True)
+    run_cli("unit", "add", "TRK-B1", data=root, check=True)
+    run_cli("quarantine", "TRK-B1", "--reason", "parked at the pound", data=root, check=True)
+    return DataDir(root)
+
+
+@pytest.fixture(scope="module")
+def snapshot(data: DataDir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("snaps") / "snap"
+    summary = create_backup(data, dest, NOW)
+    assert summary.files >= 8 and summary.identities == 1 and summary.audit_head >= 3
+    return dest
+
+
+def facts(root: Path) -> tuple[list[tuple[str, str, dict[str, str]]], bool]:
+    conn = open_database(root / "fleetgate.db")
+    try:
+        identities = [(r.id, r.state, r.metadata) for r in Registry(conn).list_identities()]
+        return identities, AuditLog(conn).verify().ok
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["directory", "tar.gz"])
+def test_round_trip(data: DataDir, tmp_path: Path, archive: bool) -> None:
+    dest = tmp_path / ("snap.tar.gz" if archive else "snap")
+    create_backup(data, dest, NOW)
+    if archive:
+        assert dest.stat().st_mode & 0o077 == 0  # it holds the CA's keys
+    result = restore_backup(dest, DataDir(tmp_path / "restored"), False, NOW)
+    assert result["moved_aside"] is None
+    assert facts(tmp_path / "restored") == facts(data.root)
+    identities, _ = facts(tmp_path / "restored")
+    assert (
+        identities[0][1] == "quarantined" and identities[0][2]["quarantine_reason"] == "parked at the pound"
+    )
+    assert (tmp_path / "restored" / "ca" / "root.crt").read_bytes() == data.root_cert.read_bytes()
+
+
+def test_a_backup_never_lands_on_something_that_exists(data: DataDir, tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("mine")
+    with pytest.raises(BackupError, match="choose a new destination"):
+        create_backup(data, tmp_path / "busy", NOW)
+
+
+def test_restore_moves_a_non_empty_dir_aside_only_with_force(snapshot: Path, tmp_path: Path) -> None:
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(BackupError, match="not empty"):
+        restore_backup(snapshot, DataDir(target), False, NOW)
+    result = restore_backup(snapshot, DataDir(target), True, NOW)
+    assert (Path(result["moved_aside"]) / "notes.txt").read_text() == "keep me"
+    assert (target / "fleetgate.db").exists()
+
+
+def test_restore_refuses_a_data_dir_a_gateway_is_serving(snapshot: Path, tmp_path: Path) -> None:
+    target = tmp_path / "served"
+    target.mkdir()
+    lock = hold(target)
+    try:
+        with pytest.raises(BackupError, match="a gateway is serving"):
+            restore_backup(snapshot, DataDir(target), True, NOW)
+    finally:
+        release(lock)
+    restore_backup(snapshot, DataDir(target), True, NOW)  # once it stopped
+
+
+def damage_edit(root: Path) -> None:
+    path = root / "ca" / "root.crt"
+    path.write_bytes(path.read_bytes().replace(b"A", b"B", 1))
+
+
+def damage_missing(root: Path) -> None:
+    (root / "crl" / "crl.der").unlink()
+
+
+def damage_manifest(root: Path) -> None:
+    (root / "manifest.json").write_text("{")
+
+
+def damage_unlisted_db(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["files"]["fleetgate.db"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (damage_edit, "ca/root.crt does not match its SHA-256"),
+        (damage_missing, "crl/crl.der is listed in the manifest but missing"),
+        (damage_manifest, "not a fleetgate backup"),
+        (damage_unlisted_db, "not a fleetgate backup manifest"),
+    ],
+)
+def test_a_damaged_backup_is_refused_before_anything_is_written(
+    snapshot: Path, tmp_path: Path, damage: object, message: str
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(snapshot, copy)
+    damage(copy)  # type: ignore[operator]
+    with pytest.raises(BackupError, match=message):
+        restore_backup(copy, DataDir(tmp_path / "out"), False, NOW)
+    assert not (tmp_path / "out").exists()
+
+
+def test_archives_that_are_cut_short_or_escape_are_refused(data: DataDir, tmp_path: Path) -> None:
+    archive = tmp_path / "snap.tar.gz"
+    create_backup(data, archive, NOW)
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(BackupError, match="damaged"):
+        restore_backup(archive, DataDir(tmp_path / "out"), False, NOW)
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as out:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 4
+        out.addfile(info, io.BytesIO(b"boom"))
+    with pytest.raises(BackupError, match="damaged"):
+        restore_backup(evil, DataDir(tmp_path / "out"), False, NOW)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
