@@ -240,6 +240,7 @@ class SimUnit:
             will=_will(self.behaviour.will()),
             keepalive=fleet.config.keepalive,
             executor=fleet.executor,
+            user_properties=self.behaviour.posture_properties(),
         )
         client.on_message = self._on_message
         client.on_puback = self._on_puback

@@ -78,8 +78,10 @@ class AsyncPaho:
         will: tuple[str, bytes, int, bool] | None = None,
         keepalive: int = 60,
         executor: Executor | None = None,
+        user_properties: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.client_id = client_id
+        self.user_properties = user_properties  # 5.0 CONNECT user properties (the unit's posture)
         self.version = version
         self.keepalive = keepalive
         self._executor = executor
@@ -249,6 +251,8 @@ class AsyncPaho:
         self._connack = connack
         self.client.connect_timeout = timeout
         properties = Properties(PacketTypes.CONNECT) if self.version == V5 else None  # type: ignore[no-untyped-call]
+        if properties is not None and self.user_properties:
+            properties.UserProperty = list(self.user_properties)
         try:
             await self._loop.run_in_executor(
                 self._executor,

@@ -32,6 +32,9 @@ MODE_NORMAL = "normal"
 MODE_DIAGNOSTIC = "diagnostic-only"
 MODES = (MODE_NORMAL, MODE_DIAGNOSTIC)
 FIRMWARE = "fleet-sim 1.4.2"
+PATCH_LEVEL = "2026-09"
+DRIVERS = ("D-1042", "D-2210", "D-3307", "D-4415", "D-5120", "D-6031")  # pii in telemetry, for the views
+CARGOES = ("containers", "reefer: bananas", "steel coils", "parcels", "empty")  # commercial
 ROTTERDAM = Point(51.95, 4.14)  # the default region's centre: the port, where many tours start
 TANK_LITRES = 600.0
 LITRES_PER_KM = 0.32
@@ -122,6 +125,7 @@ class UnitBehaviour:
     route: Route | None = None
     mode: str = MODE_NORMAL
     mode_reason: str = ""
+    firmware: str = FIRMWARE
     _streams: dict[str, _Schedule] = field(init=False, repr=False)
     _offset: float = field(init=False, repr=False)
     _diag_count: int = field(init=False, default=0, repr=False)
@@ -155,8 +159,20 @@ class UnitBehaviour:
     # --- what to say -------------------------------------------------------------------------
 
     def on_connect(self, now: float) -> list[Outgoing]:
-        body = {"online": True, "ts": round(now, 3), "mode": self.mode, "firmware": FIRMWARE}
+        # Posture rides on the retained state (MQTT 3.1.1 has no CONNECT user properties).
+        body = {
+            "online": True,
+            "ts": round(now, 3),
+            "mode": self.mode,
+            "firmware": self.firmware,
+            "patch_level": PATCH_LEVEL,
+            "secure_boot": True,
+        }
         return [Outgoing(self.topic("state"), _json(body), qos=1, retain=True)]
+
+    def posture_properties(self) -> tuple[tuple[str, str], ...]:
+        """Posture as MQTT 5 CONNECT user properties (3.1.1 units report it on their state instead)."""
+        return (("firmware", self.firmware), ("patch_level", PATCH_LEVEL), ("secure_boot", "true"))
 
     def next_due(self) -> float:
         return min(s.next_at for s in self._streams.values())
@@ -183,10 +199,11 @@ class UnitBehaviour:
         return _gps(state, now)
 
     def _telemetry(self, stream: str, state: RouteState, now: float) -> Outgoing:
-        if stream == "gps":
-            body = _gps(state, now)
+        pick = int(hashlib.sha256(f"{self.seed}:{self.unit_id}".encode()).hexdigest()[:8], 16)
+        if stream == "gps":  # who drives it (pii) and what it carries (commercial): partners must not see
+            body = {**_gps(state, now), "driver_id": DRIVERS[pick % len(DRIVERS)]}
         elif stream == "engine":
-            body = _engine(state, now, now - self.started_at)
+            body = {**_engine(state, now, now - self.started_at), "cargo": CARGOES[pick % len(CARGOES)]}
         else:
             body = _fuel(state, now)
         return Outgoing(self.topic(f"telemetry/{stream}"), _json(body), qos=self.profile.qos)

@@ -14,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.broker import BrokerMetrics
+from gateway.continuous import EvaluatorStats
+from gateway.partner_views import ViewCounters
 from gateway.server import HubCounters
 
 PREFIX = "fleetgate"
@@ -40,10 +42,14 @@ class GatewayCollector(Collector):
         broker_metrics: Callable[[], BrokerMetrics],
         hub: Callable[[], HubCounters],
         connections: Callable[[], int],
+        detectors: Callable[[], EvaluatorStats] | None = None,
+        views: Callable[[], ViewCounters] | None = None,
     ) -> None:
         self._broker = broker_metrics
         self._hub = hub
         self._connections = connections
+        self._detectors = detectors
+        self._views = views
 
     def collect(self) -> Iterator[Any]:
         m, h = self._broker(), self._hub()
@@ -86,6 +92,40 @@ class GatewayCollector(Collector):
         yield _counter("slow_consumers_cut", "Clients cut off for not reading.", h.slow_consumers_cut)
         yield _counter("internal_errors", "Connections closed by an internal error.", m.internal_errors)
         yield _counter("store_errors", "Failed state commits.", m.store_errors)
+        if self._detectors is not None:
+            d = self._detectors()
+            yield _labelled(
+                "detector_firings", "Detector firings, by detector.", "detector", dict(d.by_detector)
+            )
+            yield _counter("detector_responses", "Responses carried out for detector firings.", d.responses)
+            yield _counter(
+                "detector_suppressed", "Firings within a cool-down (no new response).", d.suppressed
+            )
+            yield _gauge(
+                "detector_subjects",
+                "Identities and addresses the detectors are watching.",
+                d.subjects + d.addresses,
+            )
+        if self._views is not None:
+            v = self._views()
+            yield _labelled(
+                "view_messages", "View messages published to partners, by tier.", "tier", v.published
+            )
+            yield _labelled(
+                "view_rate_limited",
+                "View messages dropped at a tier's rate limit, by tier.",
+                "tier",
+                v.rate_limited,
+            )
+            yield _labelled(
+                "view_withheld", "Projections withheld from a tier, by reason.", "reason", v.withheld
+            )
+            yield _labelled(
+                "view_malformed",
+                "Unit messages not forwarded to views: malformed, by reason.",
+                "reason",
+                v.malformed,
+            )
 
 
 def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:

@@ -20,21 +20,28 @@ from aiohttp import web
 from cryptography import x509
 
 from gateway.admin.api import AdminContext, add_admin_routes
+from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.events import AuditFeed
 from gateway.audit import AuditLog
 from gateway.broker import Broker, BrokerLimits
 from gateway.broker.persistence import SqliteBrokerStore
 from gateway.config import GatewayConfig
+from gateway.continuous import wire as wire_continuous
 from gateway.datadir import DataDir, ca_passphrase
 from gateway.directory import RegistryDirectory
 from gateway.events import EventRecorder
+from gateway.flow_feed import FlowFeed
 from gateway.metrics import GatewayCollector, metrics_registry, render
 from gateway.mqtt.reason_codes import ReasonCode
+from gateway.observers import PublishFanout
+from gateway.operator_totp import TotpStore
 from gateway.ops import Operations
+from gateway.partner_views import PartnerViews, load_or_create_key
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError, load_policy
+from gateway.posture_watch import PostureWatch
 from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
 from gateway.serving_lock import hold as hold_serving_lock
 from gateway.serving_lock import release as release_serving_lock
@@ -72,6 +79,7 @@ def broker_limits(config: GatewayConfig) -> BrokerLimits:
         max_keep_alive=limits.max_keep_alive,
         max_session_expiry=limits.max_session_expiry,
         max_retained_messages=limits.max_retained_messages,
+        max_retained_per_client=limits.max_retained_per_client,
         connect_timeout=limits.connect_timeout,
         max_violations=limits.max_violations,
     )
@@ -104,6 +112,29 @@ class Gateway:
         )
         self.events = EventRecorder(self.audit)
         self.ops = Operations(self)
+        self.continuous = wire_continuous(self, self.ops)
+        # The broker has one publish-observer slot; wire() above took it for the detectors. Everything
+        # that watches accepted publishes shares it through one fan-out, the detectors first.
+        self.flows = FlowFeed(self.engine.policy.context.data_classes)
+        self.views = PartnerViews(
+            self.broker,
+            self.hub,
+            self.engine.policy,
+            load_or_create_key(data.root),
+            on_published=self.flows.view_published,
+        )
+        self.totp = TotpStore(data.root, self.engine.policy.context.second_factor)
+        unknown = self.engine.policy.context.second_factor.unknown_rights(RIGHT_TEXT)
+        if unknown:
+            log.warning("second_factor.sensitive names unknown admin rights: %s", ", ".join(unknown))
+        self.posture = PostureWatch(self.engine, self.broker, self.hub, self.audit)
+        self.observers = PublishFanout(
+            self.continuous.evaluator.observe_publish,
+            self.views.observe,
+            self.posture.observe,
+            self.flows.observe,
+        )
+        self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit)
         self._servers: list[asyncio.Server] = []
         self._listeners: list[MtlsListener] = []
@@ -192,6 +223,9 @@ class Gateway:
             )
             return None
         self.engine.reload(policy)
+        self.views.reload(policy)
+        self.totp.reload(policy.context.second_factor)
+        self.flows.reload(policy.context.data_classes)
         self.hub.apply(self.broker.reauthorize(time.time()))
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
@@ -203,7 +237,11 @@ class Gateway:
             events = self.broker.drain_events()
             self.ops.observe(events)
             self.events.record(events, self.hub.failures, datetime.now(UTC))
+            self.continuous.tick(events, self.hub.failures, time.time())
             self.hub.failures.clear()
+            sessions = self.broker.sessions()
+            self.views.refresh_subscribers(sessions)
+            self.flows.tick(events, sessions, time.time())
 
     # --- listeners ----------------------------------------------------------------------------
 
@@ -233,7 +271,11 @@ class Gateway:
             ),
         )
         collector = GatewayCollector(
-            lambda: self.broker.metrics, lambda: self.hub.counters, lambda: self.hub.connection_count
+            lambda: self.broker.metrics,
+            lambda: self.hub.counters,
+            lambda: self.hub.connection_count,
+            lambda: self.continuous.evaluator.snapshot(),
+            self.views.counters,
         )
         registry = metrics_registry(collector)
 
@@ -251,6 +293,8 @@ class Gateway:
                 sessions=self.broker.sessions,
                 reload_policy=self.reload_policy,
                 feed=self.feed,
+                totp=self.totp,
+                flows=self.flows.snapshot,
             ),
         )
         return app

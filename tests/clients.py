@@ -44,12 +44,14 @@ class Paho:
         session_expiry: int | None = None,
         will: tuple[str, bytes, int, bool] | None = None,
         keepalive: int = 30,
+        user_properties: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.port = port
         self.version = version
         self.clean = clean
         self.session_expiry = session_expiry
         self.keepalive = keepalive
+        self.user_properties = user_properties  # 5.0 CONNECT user properties (e.g. device posture)
         ident = client_id if client_id is not None else (creds.ident if creds else "lab-client")
         kwargs: dict[str, Any] = {"client_id": ident, "protocol": version}
         if version != V5:
@@ -104,6 +106,8 @@ class Paho:
             properties = Properties(PacketTypes.CONNECT)
             if self.session_expiry is not None:
                 properties.SessionExpiryInterval = self.session_expiry
+            if self.user_properties:
+                properties.UserProperty = list(self.user_properties)
         kwargs: dict[str, Any] = {"keepalive": self.keepalive, "properties": properties}
         if self.version == V5:
             kwargs["clean_start"] = self.clean

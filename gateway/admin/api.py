@@ -12,6 +12,7 @@ Routes, and the right each needs (roles in gateway/admin/auth.py, described in g
     POST /api/policy/reload                   policy.reload
     GET  /api/audit?since=SEQ&limit=N         audit.read
     GET  /api/events?since=SEQ&heartbeat=S    events.read           (Server-Sent Events)
+    GET  /api/flows                           flows.read            the live data-flow map (JSON)
     GET  /api/openapi.json                    docs.read
 
 Errors are `{"error": "<one sentence>", "code": "<stable reason>"}` with 400 (bad input), 401/403
@@ -22,6 +23,7 @@ with the operator as actor; reads are audited as `admin.<right>`.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,11 +31,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.auth import Operator, Refusal, authenticate
+from gateway.admin.auth import RIGHT_TEXT, Operator, Refusal, authenticate
+from gateway.admin.est import storage_failure
 from gateway.admin.events import DEFAULT_HEARTBEAT, AuditFeed, stream_events
 from gateway.admin.openapi import openapi_document
 from gateway.audit import AuditLog
 from gateway.broker import SessionInfo
+from gateway.flows import FlowMap
+from gateway.flows_render import flowmap_to_dict
+from gateway.operator_totp import HEADER as TOTP_HEADER
+from gateway.operator_totp import TotpStore
 from gateway.ops import Operations, OpsError
 from gateway.ops_status import session_view
 from gateway.policy.rules import Policy
@@ -57,6 +64,8 @@ class AdminContext:
     reload_policy: Callable[[str], Policy | None]
     feed: AuditFeed
     clock: Callable[[], datetime] = utc_now
+    totp: TotpStore | None = None  # the second factor for sensitive rights (issue 10)
+    flows: Callable[[], FlowMap] | None = None  # the live data-flow map (issue 10)
 
 
 class BadRequest(Exception):
@@ -64,7 +73,7 @@ class BadRequest(Exception):
 
 
 Handler = Callable[[web.Request, AdminContext, Operator], Awaitable[web.StreamResponse]]
-AUDITED_READS = frozenset({"units.read", "sessions.read", "audit.read", "events.read"})
+AUDITED_READS = frozenset({"units.read", "sessions.read", "audit.read", "events.read", "flows.read"})
 
 
 def error(status: int, message: str, code: str) -> web.Response:
@@ -87,6 +96,10 @@ def _endpoint(
                 now=ctx.clock(),
             )
             return error(who.status, who.message, who.reason)
+        if ctx.totp is not None and ctx.totp.policy.requires_totp(right):
+            refused = _second_factor(request, ctx, who, right)
+            if refused is not None:
+                return refused
         if right in AUDITED_READS:
             ctx.audit.append(
                 actor=who.actor,
@@ -104,8 +117,46 @@ def _endpoint(
             return error(exc.status, str(exc), exc.code)
         except PkiError as exc:
             return error(404 if isinstance(exc, NotFoundError) else 409, str(exc), exc.reason)
+        except sqlite3.DatabaseError as exc:  # e.g. disk full: a clear 503, nothing half written
+            return error(503, storage_failure(exc), "storage_unavailable")
 
     return handle
+
+
+def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right: str) -> web.Response | None:
+    """None when the operator may go on; else the refusal. Every check is audited, never the code."""
+    assert ctx.totp is not None
+    operator_id = who.identity.id
+    subject = f"{request.method} {request.path}"
+    if not ctx.totp.enrolled(operator_id):
+        outcome, reason = "skipped", "not_enrolled"  # certificate only: the record says so
+    else:
+        code = request.headers.get(TOTP_HEADER, "").strip()
+        if not code:
+            outcome, reason = "refused", "totp_required"
+        else:
+            result = ctx.totp.verify(operator_id, code, ctx.clock().timestamp())
+            outcome, reason = ("ok", "ok") if result.ok else ("refused", f"totp_{result.reason}")
+    ctx.audit.append(
+        actor=who.actor,
+        action="admin.second_factor",
+        subject=subject,
+        outcome=outcome,
+        reason=reason,
+        details={"right": right, "role": who.role},
+        now=ctx.clock(),
+    )
+    if outcome != "refused":
+        return None
+    messages = {
+        "totp_required": f"{RIGHT_TEXT.get(right, right)} needs a TOTP code: send it in the {TOTP_HEADER} "
+        "header (CLI: --totp CODE)",
+        "totp_bad_code": "the TOTP code is not valid now; use the current code from your authenticator",
+        "totp_replayed": "that TOTP code was already used; wait for the next one",
+        "totp_locked_out": "too many failed TOTP codes; try again later",
+    }
+    status = 429 if reason == "totp_locked_out" else 401
+    return error(status, messages.get(reason, "the TOTP code was refused"), reason)
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -224,6 +275,12 @@ async def events(request: web.Request, ctx: AdminContext, who: Operator) -> web.
     return await stream_events(request, ctx.audit, ctx.feed, since, heartbeat)
 
 
+async def flows(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    if ctx.flows is None:
+        raise OpsError("no_flows", "this gateway keeps no flow map", 404)
+    return web.json_response(flowmap_to_dict(ctx.flows()))
+
+
 async def openapi(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
     document = openapi_document()
     document["servers"] = [{"url": f"https://{request.host}"}]  # where this gateway was reached
@@ -241,6 +298,7 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/api/policy/reload", "policy.reload", reload_policy),
     ("GET", "/api/audit", "audit.read", audit_page),
     ("GET", "/api/events", "events.read", events),
+    ("GET", "/api/flows", "flows.read", flows),
     ("GET", "/api/openapi.json", "docs.read", openapi),
 )
 

@@ -26,8 +26,12 @@ from cryptography import x509
 from pki.names import Identity, IdentityError, identity_from_certificate
 from pki.store import Registry
 
-OPS_RIGHTS = frozenset({"units.read", "sessions.read", "units.quarantine", "units.release", "docs.read"})
-READ_RIGHTS = frozenset({"units.read", "sessions.read", "audit.read", "events.read", "docs.read"})
+OPS_RIGHTS = frozenset(
+    {"units.read", "sessions.read", "units.quarantine", "units.release", "docs.read", "flows.read"}
+)
+READ_RIGHTS = frozenset(
+    {"units.read", "sessions.read", "audit.read", "events.read", "docs.read", "flows.read"}
+)
 SECURITY_RIGHTS = OPS_RIGHTS | READ_RIGHTS | {"identities.revoke", "partners.disconnect", "policy.reload"}
 
 # The roles table (docs/operations.md repeats it): ops contain units, security may also cut off and
@@ -48,6 +52,7 @@ RIGHT_TEXT = {
     "audit.read": "read the audit log",
     "events.read": "follow the event stream",
     "docs.read": "read the API document",
+    "flows.read": "read the data-flow map",
 }
 
 

@@ -294,6 +294,15 @@ PATHS: dict[str, Any] = {
             ),
         )
     },
+    "/api/flows": {
+        "get": _op(
+            "flows",
+            "The live data-flow map: per role/partner, topic templates published, subscribed and received,"
+            " rates, data classes, denied attempts, and the protect surface (receivers of pii/commercial).",
+            "flows.read",
+            {"description": "The flow map", "content": {JSON: {"schema": {"type": "object"}}}},
+        )
+    },
     "/api/openapi.json": {
         "get": _op(
             "openapi",

@@ -52,6 +52,7 @@ class Remote:
     cert: Path
     key: Path
     ca: Path | None
+    totp: str | None = None  # a TOTP code for sensitive actions (sent as X-Fleetgate-TOTP)
 
     def _context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
@@ -69,7 +70,11 @@ class Remote:
             self.server.rstrip("/") + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                **({"X-Fleetgate-TOTP": self.totp} if self.totp else {}),
+            },
         )
         try:
             return urllib.request.urlopen(request, context=self._context(), timeout=timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
@@ -45,6 +46,12 @@ def where_options(fn: F) -> F:
             default=None,
             help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
         ),
+        click.option(
+            "--totp",
+            default=None,
+            metavar="CODE",
+            help="TOTP code from your authenticator, for sensitive actions (release, revoke, disconnect).",
+        ),
         data_option,
         json_option,
     ]
@@ -55,6 +62,8 @@ def where_options(fn: F) -> F:
 
 def backend(where: dict[str, Any]) -> Backend:
     remote = resolve_remote(where["server"], where["cert"], where["key"], where["ca"], where["profile"])
+    if remote is not None and where.get("totp"):
+        remote = replace(remote, totp=where["totp"])
     return RemoteBackend(remote) if remote is not None else LocalBackend(where["data_dir"])
 
 

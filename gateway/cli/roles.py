@@ -20,6 +20,7 @@ from gateway.cli.common import (
     utc_now,
 )
 from gateway.config import load_config
+from gateway.operator_totp import enroll as enroll_totp
 from pki.est import build_csr
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import make_identity
@@ -51,6 +52,7 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
         role: str | None = None,
         org: str | None = None,
         server: str | None = None,
+        totp: bool = False,
     ) -> None:
         with open_local(data_dir) as state:
             identity = make_identity(kind, name, state.trust_domain)
@@ -67,6 +69,10 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             paths = _write_identity_files(target, name, key, issued, state.ca)
             if kind == "operator":
                 paths["profile"] = write_profile(target / f"{name}.profile.json", server, paths)
+            enrollment = None
+            if totp:  # the secret goes to DATA/totp (0600); only its URI and QR leave, once, below
+                enrollment = enroll_totp(state.data.root, name, f"fleetgate {state.trust_domain}", target)
+                metadata["totp"] = "enrolled"
             state.audit.append(
                 actor=local_actor(),
                 action=f"{kind}.add",
@@ -75,14 +81,19 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
                 details={"serial": format(issued.serial_number, "x"), **metadata},
                 now=now,
             )
+        once = {} if enrollment is None else {"totp_uri": enrollment.uri, "totp_qr": str(enrollment.qr_png)}
         if as_json:
-            emit_json({kind: name, **{k: str(v) for k, v in paths.items()}, **metadata})
+            emit_json({kind: name, **{k: str(v) for k, v in paths.items()}, **metadata, **once})
         else:
             click.echo(f"Issued {identity} ({identity.spiffe_uri}).")
             for label, path in paths.items():
                 click.echo(f"{label:>7}: {path}")
             if "profile" in paths:
                 click.echo(f"Admin API from anywhere: fleetgate status --profile {paths['profile']}")
+            if enrollment is not None:
+                click.echo("TOTP enrolled; add it to your authenticator app now (shown only once):")
+                click.echo(f"    {enrollment.uri}")
+                click.echo(f"    QR code: {enrollment.qr_png}")
 
     if with_tier:
         add = click.option(
@@ -98,6 +109,11 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             default="ops",
             show_default=True,
             help="Admin API role.",
+        )(add)
+        add = click.option(
+            "--totp",
+            is_flag=True,
+            help="Enroll a TOTP second factor (sensitive admin actions then need --totp CODE).",
         )(add)
         add = click.option(
             "--server",

@@ -27,6 +27,7 @@ grants, exactly as if it were not quarantined.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from gateway.mqtt.errors import TopicFilterInvalid
@@ -36,6 +37,12 @@ from gateway.policy.access import CertificateOnlyPolicy, Peer
 from gateway.policy.decision import Decision, allow, deny
 from gateway.policy.directory import IdentityDirectory, IdentityState
 from gateway.policy.grants import CompiledGrants, GrantCache
+from gateway.policy.posture import (
+    Posture,
+    PostureVerdict,
+    evaluate,
+    parse_posture_from_user_properties,
+)
 from gateway.policy.rate import TokenBucket
 from gateway.policy.rules import Policy, Profile
 from pki.names import Identity, IdentityError
@@ -106,6 +113,12 @@ class PolicyEngine:
         self._epoch = 0
         self._revoked_serials: dict[int, bool] = {}
         self._throttles: dict[Identity, _Throttle] = {}
+        # Device posture (issue 10): the last report per identity (CONNECT user properties or retained
+        # state), the CONNECT it was last read from (re-authorization asks about the same CONNECT again
+        # and must not undo a later state report), and who is restricted because of it.
+        self._reported: dict[Identity, Posture] = {}
+        self._posture_connect: dict[Identity, Connect] = {}
+        self._verdicts: dict[Identity, PostureVerdict] = {}
 
     @property
     def policy(self) -> Policy:
@@ -182,8 +195,57 @@ class PolicyEngine:
         grants = seen.grants
         if peer.identity.kind == "partner" and grants.tier is None:
             return deny("partner_without_tier", "roles/partner")
+        verdict = self._connect_posture(peer.identity, connect, now)
+        if verdict is not None and verdict.outcome == "refused":
+            code = verdict.shortfalls[0].code if verdict.shortfalls else "posture_refused"
+            return deny(code, verdict.rule)
+        grants = self._standing_grants(peer.identity, grants)
+        if grants.restricted and not grants.quarantined and verdict is not None:
+            return allow("connect_restricted", verdict.rule)
         rule = f"quarantine/{peer.identity.kind}" if grants.quarantined else grants.profile.name
         return allow("connect_allowed", rule)
+
+    # --- device posture ---------------------------------------------------------------------------
+
+    def report_posture(self, identity: Identity, posture: Posture, now: float) -> PostureVerdict | None:
+        """A unit reported posture after connecting (its retained state); returns the new verdict when
+        the outcome changed (the caller re-authorizes live sessions), else None."""
+        requirement = self.policy.context.posture.get(identity.kind)
+        if requirement is None:
+            return None
+        self._reported[identity] = posture
+        return self._judge_posture(identity, now)
+
+    def posture_of(self, identity: Identity) -> PostureVerdict | None:
+        return self._verdicts.get(identity)
+
+    def _connect_posture(self, identity: Identity, connect: Connect, now: float) -> PostureVerdict | None:
+        requirement = self.policy.context.posture.get(identity.kind)
+        if requirement is None:
+            return None
+        if self._posture_connect.get(identity) is not connect:  # a new CONNECT: its report counts
+            self._posture_connect[identity] = connect
+            reported = parse_posture_from_user_properties(connect.properties.user_properties)
+            if reported is not None:
+                self._reported[identity] = reported
+        self._judge_posture(identity, now)
+        return self._verdicts.get(identity)
+
+    def _judge_posture(self, identity: Identity, now: float) -> PostureVerdict | None:
+        """Evaluate the identity's last report; returns the verdict if its outcome changed."""
+        requirement = self.policy.context.posture.get(identity.kind)
+        verdict = evaluate(self._reported.get(identity), requirement, datetime.fromtimestamp(now, UTC))
+        before = self._verdicts.get(identity)
+        self._verdicts[identity] = verdict
+        if before is not None and before.outcome == verdict.outcome:
+            return None
+        if (seen := self._seen.get(identity)) is not None:
+            seen.epoch = -1  # recompile its grants: restricted or not
+        return verdict
+
+    def _standing_grants(self, identity: Identity, grants: CompiledGrants) -> CompiledGrants:
+        seen = self._lookup(identity)
+        return grants if seen is None else seen.grants
 
     def decide_publish(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
@@ -270,7 +332,10 @@ class PolicyEngine:
         state = self._directory.state_of(identity)
         if state is None:
             return None
-        grants = self._grants.get(identity, state.tier, state.is_quarantined)  # IdentityError for a bad id
+        verdict = self._verdicts.get(identity)
+        restricted = verdict is not None and verdict.outcome == "restricted"
+        # IdentityError for a bad id
+        grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted)
         if seen is None:
             seen = self._seen[identity] = _Seen(self._epoch, state, grants)
         else:
@@ -320,7 +385,9 @@ def _spend(seen: _Seen, payload_size: int, now: float) -> Decision | None:
 def _publish_refusal(grants: CompiledGrants, topic: str) -> Decision:
     kind = grants.identity.kind
     if grants.quarantined and grants.publish.match(topic) is not None:
-        return deny("quarantined", f"quarantine/{kind}")
+        return deny("quarantined", f"quarantine/{kind}", violation=False)
+    if grants.restricted and grants.publish.match(topic) is not None:
+        return deny("posture_restricted", f"posture/{kind}", violation=False)
     if _outside_own_namespace(grants.identity, topic):
         return deny("topic_outside_namespace", f"{grants.profile.name}/publish")
     return deny("topic_not_granted", f"{grants.profile.name}/publish")

@@ -32,6 +32,7 @@ from pki.names import Identity, validate_id
 __all__ = ["CompiledGrants", "GrantCache", "TopicMatcher"]
 
 _MEMO_LIMIT = 256  # remembered publish answers per compiled identity
+STATE_TOPIC = "fleet/{id}/state"  # where a restricted unit reports its posture (within roles.unit.publish)
 
 
 class TopicMatcher:
@@ -87,13 +88,16 @@ class CompiledGrants:
     profile: Profile  # the normal profile (its name prefixes deny rules, its limits drive the buckets)
     publish: TopicMatcher
     subscribe: TopicMatcher
-    quarantine: TopicMatcher | None  # None unless quarantined
+    quarantine: TopicMatcher | None  # None unless quarantined or restricted
     control: TopicMatcher  # the control namespace, "{unit}" as "+": any unit's control topics
+    # Restricted by device posture (issue 10): diagnostic-only like quarantine, plus its own state topic
+    # so that it can report a better posture and be let out.
+    restricted: bool = False
     _published: dict[str, str] = field(default_factory=dict, repr=False)  # topic -> rule, "" for none
 
     @classmethod
     def for_identity(
-        cls, policy: Policy, identity: Identity, tier: int | None, quarantined: bool
+        cls, policy: Policy, identity: Identity, tier: int | None, quarantined: bool, restricted: bool = False
     ) -> CompiledGrants:
         # Certificates are checked at issuance; checked again because an id is pasted into filters
         # and an id holding "/" or "+" would widen every grant it fills. Raises IdentityError.
@@ -104,7 +108,12 @@ class CompiledGrants:
             values["{partner}"] = identity.id
             if tier is not None:
                 values["{tier}"] = str(tier)
-        quarantine = _fill(policy.quarantine_profile(identity.kind).publish, values) if quarantined else None
+        narrowed: tuple[Grant, ...] = ()
+        if quarantined or restricted:
+            narrowed = policy.quarantine_profile(identity.kind).publish
+        if restricted:
+            narrowed = (*narrowed, Grant("posture/state", STATE_TOPIC, "posture"))
+        quarantine = _fill(narrowed, values) if quarantined or restricted else None
         return cls(
             identity,
             tier,
@@ -114,6 +123,7 @@ class CompiledGrants:
             subscribe=_fill(profile.subscribe, values),
             quarantine=quarantine,
             control=_fill(policy.control_namespace, values),
+            restricted=restricted,
         )
 
     def may_publish(self, topic: str) -> str | None:
@@ -163,14 +173,18 @@ class GrantCache:
 
     policy: Policy
     generation: int = 0
-    _compiled: dict[tuple[Identity, int | None, bool, int], CompiledGrants] = field(default_factory=dict)
+    _compiled: dict[tuple[Identity, int | None, bool, bool, int], CompiledGrants] = field(
+        default_factory=dict
+    )
 
-    def get(self, identity: Identity, tier: int | None, quarantined: bool) -> CompiledGrants:
-        key = (identity, tier, quarantined, self.generation)
+    def get(
+        self, identity: Identity, tier: int | None, quarantined: bool, restricted: bool = False
+    ) -> CompiledGrants:
+        key = (identity, tier, quarantined, restricted, self.generation)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = CompiledGrants.for_identity(
-                self.policy, identity, tier, quarantined
+                self.policy, identity, tier, quarantined, restricted
             )
         return compiled
 

@@ -42,6 +42,7 @@ from gateway.mqtt.topics import (
 from pki.names import IdentityError, validate_id
 
 if TYPE_CHECKING:
+    from gateway.policy.data_classes import ContextPolicy
     from gateway.policy.detector_rules import DetectorSettings
 
 __all__ = [
@@ -132,6 +133,8 @@ class Policy:
     quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
     max_denied_before_disconnect: int = 20
     detectors: DetectorSettings = field(default_factory=lambda: _default_detectors())
+    # Issue 10: data classes, partner views, device posture, operator second factor.
+    context: ContextPolicy = field(default_factory=lambda: _default_context())
     digest: str = ""  # sha256 over the parsed content, to tell policies apart in logs and summaries
     _by_rule: dict[str, Grant] = field(default_factory=dict, init=False, repr=False)
 
@@ -175,6 +178,12 @@ def _default_detectors() -> DetectorSettings:
     return DetectorSettings()
 
 
+def _default_context() -> ContextPolicy:
+    from gateway.policy.data_classes import ContextPolicy  # it imports this module
+
+    return ContextPolicy()
+
+
 def substitute(template: str, values: Mapping[str, str]) -> str:
     """Fill placeholders (`{"{id}": "TRK-1"}`); ids cannot contain `/`, `+`, `#`, so levels stay levels."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), template)
@@ -214,6 +223,7 @@ def policy_from_mapping(data: Any, source: str) -> Policy:
     parts: dict[str, Any] = {}
     for key, parse in _SECTIONS.items():
         parts.update(parse(at.key(key), top.get(key)))
+    parts["context"] = _parse_context(top, source)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     policy = Policy(source=source, version=1, digest=digest, **parts)
     enforce(policy)
@@ -336,6 +346,13 @@ def _parse_detectors(at: _At, value: Any) -> dict[str, Any]:
     return {"detectors": parse_detectors(at, value)}
 
 
+def _parse_context(top: Mapping[str, Any], source: str) -> ContextPolicy:
+    # The four issue-10 sections are parsed together (views refer to data classes), in their own module.
+    from gateway.policy.data_classes import parse_context_sections  # it imports this module
+
+    return parse_context_sections(top, source)
+
+
 _PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
 _LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
 
@@ -404,6 +421,12 @@ _SECTIONS: dict[str, Callable[[_At, Any], dict[str, Any]]] = {
     "quarantine": _parse_quarantine,
     "violations": _parse_violations,
     "detectors": _parse_detectors,
+    # data_classes, views, posture, second_factor: parsed as one by _parse_context (names kept in sync
+    # with data_classes.CONTEXT_SECTIONS by a test)
+    "data_classes": lambda at, value: {},
+    "views": lambda at, value: {},
+    "posture": lambda at, value: {},
+    "second_factor": lambda at, value: {},
 }
 
 
@@ -548,6 +571,20 @@ def _partner_sensitive(policy: Policy) -> Iterator[LintFinding]:
                 yield LintFinding("warning", grant.path, message)
 
 
+def _partner_views_only(policy: Policy) -> Iterator[LintFinding]:
+    """With views configured, partners see unit data only through them: a raw grant is an error."""
+    from gateway.policy.data_classes import partner_grant_problems  # it imports this module
+
+    views = policy.context.views
+    if views is None:
+        return
+    for tier, profile in policy.partner_tiers.items():
+        for grant in profile.subscribe:
+            for problem in partner_grant_problems(views, tier, [grant.template]):
+                severity = "error" if "reaches" in problem else "warning"
+                yield LintFinding(severity, grant.path, problem)
+
+
 def _limit_sanity(policy: Policy) -> Iterator[LintFinding]:
     for profile in policy.profiles():
         limits, at = profile.limits, f"{profile.path}.limits"
@@ -568,6 +605,7 @@ _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _quarantine_restricts,
     _broad_grants,
     _partner_sensitive,
+    _partner_views_only,
     _limit_sanity,
 )
 

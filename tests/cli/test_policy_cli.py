@@ -108,7 +108,7 @@ class TestExplain:
 
     def test_partner_subscription_as_json(self) -> None:
         args = ("explain", "--id", "ACME", "--kind", "partner", "--tier", "3", "--json")
-        result = invoke(*args, "--subscribe", "fleet/+/telemetry/#")
+        result = invoke(*args, "--subscribe", "views/+/#")
         assert result.exit_code == 3
         out = json.loads(result.stdout)
         assert (out["verdict"], out["reason"], out["rule"]) == (
@@ -116,8 +116,8 @@ class TestExplain:
             "wildcard_overreach",
             "partner/tier3/subscribe",
         )
-        ok = invoke(*args, "--subscribe", "$share/acme/fleet/+/telemetry/eta")
-        assert ok.exit_code == 0 and json.loads(ok.stdout)["grant"] == "fleet/+/telemetry/eta"
+        ok = invoke(*args, "--subscribe", "$share/acme/views/3/fleet/+/eta")
+        assert ok.exit_code == 0 and json.loads(ok.stdout)["grant"] == "views/{tier}/#"
 
     def test_partner_without_tier_is_refused_at_connect(self) -> None:
         result = invoke(

@@ -76,7 +76,7 @@ async def test_a_mixed_fleet_drives_reports_and_answers_control(
             seen = dispatch.unit(unit)
             assert seen.telemetry["gps"] >= 3 and seen.telemetry["engine"] >= 1
             fix = json.loads(seen.fixes[-1][1])
-            assert set(fix) == {"lat", "lon", "ts", "speed_kmh", "heading"}
+            assert set(fix) == {"lat", "lon", "ts", "speed_kmh", "heading", "driver_id"}  # pii, for views
             assert json.loads(seen.state)["online"] is True
     finally:
         await dispatch.stop()

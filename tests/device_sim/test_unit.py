@@ -113,7 +113,7 @@ def test_next_due_is_when_step_has_something() -> None:
 def test_gps_payload_has_the_documented_fields() -> None:
     gps = [m for _, m in run(unit(), 5) if m.topic.endswith("/telemetry/gps")]
     fix = body(gps[0])
-    assert set(fix) == {"lat", "lon", "ts", "speed_kmh", "heading"}
+    assert set(fix) == {"lat", "lon", "ts", "speed_kmh", "heading", "driver_id"}  # driver_id: pii, for views
     assert T0 <= fix["ts"] <= T0 + 5
     assert 0 <= fix["heading"] < 360
     assert gps[0].qos == 1 and not gps[0].retain

@@ -22,7 +22,7 @@ from gateway.mqtt.packets import Connect, ProtocolVersion
 from tests.clients import V5, V311
 from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import api, audit_via_api
-from tests.ops.watch import Watch, payload_is
+from tests.ops.watch import Watch
 
 UNIT = "TRK-P1"
 
@@ -36,10 +36,11 @@ class Scene:
     creds: dict[str, Credentials]
 
     def telemetry_reaches(self, names: tuple[str, ...], tag: str) -> None:
-        payload = f"gps-{tag}".encode()
+        # Partners see units through their tier's view: the tag rides in a field every tier keeps.
+        payload = json.dumps({"status": f"gps-{tag}", "lat": 51.95, "lon": 4.14}).encode()
         assert self.unit.client.publish(f"fleet/{UNIT}/telemetry/gps", payload, qos=1) == 0
         for name in names:
-            self.partners[name].wait_for(payload_is(payload))
+            self.partners[name].wait_for(lambda m: json.loads(m.payload).get("status") == f"gps-{tag}")
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,12 @@ def scene(gateway: GatewayProcess) -> Iterator[Scene]:
     security = gateway.issue("operator", "sec", "--role", "security", "--server", gateway.https_url)
     unit = Watch(gateway, gateway.enroll_unit(UNIT))
     partners = {
-        "acme-eu": Watch(gateway, creds["acme-eu"], "fleet/+/telemetry/gps", version=V5),
-        "globex": Watch(gateway, creds["globex"], "fleet/+/telemetry/#", version=V5),
+        "acme-eu": Watch(gateway, creds["acme-eu"], "views/1/fleet/+/gps", version=V5),
+        "globex": Watch(gateway, creds["globex"], "views/1/#", version=V5),
         # clean session 0: its session and subscription outlive the connection unless purged
-        "acme-us": Watch(gateway, creds["acme-us"], "fleet/+/telemetry/gps", version=V311, clean=False),
+        "acme-us": Watch(gateway, creds["acme-us"], "views/2/fleet/+/gps", version=V311, clean=False),
     }
+    time.sleep(0.6)  # views are projected for tiers with subscribers, noticed on the 0.25 s event tick
     scene = Scene(gateway, security, unit, partners, creds)
     yield scene
     for name, watch in (("unit", unit), *partners.items()):

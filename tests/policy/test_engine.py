@@ -140,10 +140,13 @@ SUBSCRIBES = [
     (TRK1, "fleet/TRK-1/telemetry/#", ("deny", "filter_not_granted", "unit/subscribe")),
     (TRK1, "fleet/#/x", ("deny", "invalid_filter", "builtin/topic_filter")),
     (QUARANTINED, "fleet/TRK-Q/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
-    (ACME, "fleet/+/telemetry/eta", ("allow", "subscribe_granted", "partner/tier3/subscribe/0")),
-    (ACME, "fleet/+/telemetry/#", ("deny", "wildcard_overreach", "partner/tier3/subscribe")),
-    (ACME, "fleet/+/telemetry/gps", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
-    (BIGCO, "fleet/+/telemetry/#", ("allow", "subscribe_granted", "partner/tier1/subscribe/0")),
+    # partners see unit data only through their tier's views (issue 10), never raw unit topics
+    (ACME, "views/3/fleet/+/eta", ("allow", "subscribe_granted", "partner/tier3/subscribe/0")),
+    (ACME, "views/+/#", ("deny", "wildcard_overreach", "partner/tier3/subscribe")),
+    (ACME, "views/1/#", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
+    (ACME, "fleet/+/telemetry/eta", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
+    (BIGCO, "views/1/#", ("allow", "subscribe_granted", "partner/tier1/subscribe/0")),
+    (BIGCO, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "partner/tier1/subscribe")),
     (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/subscribe")),  # operators: by grant
     (DISPATCH, "$share/d/fleet/+/control/#", ("allow", "subscribe_granted", "service/dispatch/subscribe/1")),
     (None, "#", ("allow", "builtin_floor", "builtin/floor")),
@@ -163,8 +166,9 @@ DELIVERIES = [
     (TRK1, "$SYS/uptime", ("deny", "reserved_topic", "builtin/dollar_topics")),
     (QUARANTINED, "fleet/TRK-Q/cmd/mode", ("allow", "delivery_granted", "unit/subscribe/0")),
     (QUARANTINED, "fleet/TRK-Q/control/brake", ("allow", "delivery_granted", "unit/subscribe/1")),
-    (ACME, "fleet/TRK-1/telemetry/eta", ("allow", "delivery_granted", "partner/tier3/subscribe/0")),
-    (ACME, "fleet/TRK-1/telemetry/engine", ("deny", "topic_not_granted", "partner/tier3/subscribe")),
+    (ACME, "views/3/fleet/u-1/eta", ("allow", "delivery_granted", "partner/tier3/subscribe/0")),
+    (ACME, "views/1/fleet/TRK-1/eta", ("deny", "topic_not_granted", "partner/tier3/subscribe")),
+    (ACME, "fleet/TRK-1/telemetry/eta", ("deny", "topic_not_granted", "partner/tier3/subscribe")),
     (REVOKED, "fleet/TRK-666/cmd/x", ("deny", "identity_revoked", "registry/identity")),
     (None, "x/y", ("allow", "builtin_floor", "builtin/floor")),
 ]
@@ -292,11 +296,11 @@ class TestLiveChanges:
 
     def test_tier_change_switches_profile_and_limits(self, world: World) -> None:
         engine, directory = world.engine, world.directory
-        assert not engine.decide_subscribe(peer(ACME), "fleet/+/telemetry/gps", T0).allowed
+        assert not engine.decide_subscribe(peer(ACME), "views/2/#", T0).allowed
         directory.set_tier(ACME, 2)
         engine.invalidate(ACME)
         assert (
-            engine.decide_subscribe(peer(ACME), "fleet/+/telemetry/gps", T0).rule
+            engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule
             == "partner/tier2/subscribe/0"
         )
         assert engine.max_subscriptions_for(peer(ACME)) == 10

@@ -111,8 +111,9 @@ class TestUnitGrants:
         acme = Identity("partner", "ACME", TD)
         tier2 = CompiledGrants.for_identity(POLICY, acme, 2, False)
         assert tier2.profile.name == "partner/tier2"
-        assert tier2.may_receive("fleet/TRK-9/telemetry/eta") == "partner/tier2/subscribe/1"
-        assert tier2.may_receive("fleet/TRK-9/telemetry/engine") is None
+        assert tier2.may_receive("views/2/fleet/u-9/eta") == "partner/tier2/subscribe/0"  # {tier} filled
+        assert tier2.may_receive("views/1/fleet/TRK-9/eta") is None
+        assert tier2.may_receive("fleet/TRK-9/telemetry/eta") is None  # never raw unit topics
         assert tier2.may_subscribe("fleet/+/telemetry/#") is None
 
     def test_an_id_that_would_widen_a_filter_is_refused(self) -> None:

@@ -65,7 +65,7 @@ class TestShippedPolicy:
         assert grant is not None
         assert (grant.template, grant.path) == ("fleet/{id}/control/+/ack", "roles.unit.publish[4]")
         assert policy.grant("service/dispatch/publish/0") is not None
-        assert policy.grant("partner/tier2/subscribe/1") is not None
+        assert policy.grant("partner/tier2/subscribe/0") is not None
         assert policy.grant("quarantine/unit/publish/0") is not None
 
     def test_unlisted_service_and_tier_get_an_empty_profile(self) -> None:

@@ -47,18 +47,27 @@ def test_absent_sections_mean_no_views_no_posture_and_default_second_factor() ->
     assert default.second_factor.requires_totp("policy.reload")
 
 
-def test_the_shipped_policy_plus_the_sections_as_rules_would_load_them() -> None:
+def test_the_shipped_policy_carries_the_sections_and_grants_partners_views_only() -> None:
     shipped = yaml.safe_load((HERE.parents[1] / "gateway" / "defaults" / "policy.yaml").read_text("utf-8"))
-    combined = {**shipped, **proposed()}
-    rest = {k: v for k, v in combined.items() if k not in SECTIONS}  # what rules.py parses today
-    policy = policy_from_mapping(rest, "combined.yaml")
-    views = parse_context_sections(combined, "combined.yaml").views
-    assert views is not None
-    for tier, profile in policy.partner_tiers.items():  # today's grants are raw unit topics: flagged
-        problems = partner_grant_problems(views, tier, [g.template for g in profile.subscribe])
-        assert problems and all("reaches raw unit topics" in p for p in problems)
-    for tier in views.tiers:  # the grant to propose instead
-        assert partner_grant_problems(views, tier, ["views/{tier}/#"]) == []
+    policy = policy_from_mapping(shipped, "shipped.yaml")
+    views = policy.context.views
+    assert views is not None and views == parse_context_sections(proposed(), "p.yaml").views
+    for tier, profile in policy.partner_tiers.items():
+        assert partner_grant_problems(views, tier, [g.template for g in profile.subscribe]) == []
+    raw = copy.deepcopy(shipped)  # a raw unit-topic grant beside views fails loading
+    raw["roles"]["partner"]["tier2"]["subscribe"].append("fleet/+/telemetry/gps")
+    with pytest.raises(PolicyError) as info:
+        policy_from_mapping(raw, "raw.yaml")
+    assert "reaches raw unit topics" in info.value.problem
+    assert info.value.path == "roles.partner.tier2.subscribe[1]"
+    rest = {k: v for k, v in raw.items() if k not in SECTIONS}  # without views, no such rule
+    assert policy_from_mapping(rest, "rest.yaml").context.views is None
+
+
+def test_rules_knows_every_context_section() -> None:
+    from gateway.policy.rules import _SECTIONS
+
+    assert set(SECTIONS) <= set(_SECTIONS)
 
 
 @pytest.mark.parametrize(

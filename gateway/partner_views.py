@@ -1,0 +1,227 @@
+"""Partner views in the running gateway: accepted unit PUBLISHes republished per tier (issue 10).
+
+The projection itself is pure (gateway/views.py); this module is the wiring around it:
+
+- *Only tiers with a subscriber are projected.* Projection costs ~40-50 microseconds per message and
+  tier, so the set of tiers that currently have a session subscribed to their views is recomputed
+  from the broker's sessions on the gateway's event tick (every 0.25 s); with none, the observer
+  returns at once. A new partner subscription starts receiving views within one tick.
+- *Nothing is projected or routed mid-routing.* The observer runs inside the broker's receive (the hot
+  path) while it routes the source message, so it only notes the message (about a microsecond); a
+  `loop.call_soon` then projects and publishes through `publish_internal`, which still asks
+  decide_delivery for every recipient: a partner only ever gets its own tier's views.
+- *A tier is held to its rate.* Each tier's view stream passes a token bucket built from that tier's
+  `limits` in the policy (messages_per_second/burst, bytes_per_second, max_payload); what does not fit
+  is dropped and counted, so a tier-3 partner gets a trickle however busy the fleet is.
+- The pseudonymisation key is the gateway's own secret (DATA/views.key, 0600), so aliases are stable
+  across restarts and unknowable to partners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.broker import Broker
+from gateway.broker.limits import SessionInfo
+from gateway.mqtt.packets import Publish
+from gateway.mqtt.topics import filters_intersect
+from gateway.policy.access import Peer
+from gateway.policy.rate import TokenBucket
+from gateway.policy.rules import Limits, Policy
+from gateway.server import ConnectionHub
+from gateway.views import ViewRepublisher, ViewStats
+
+log = logging.getLogger("fleetgate.views")
+
+KEY_FILE = "views.key"
+VIEW_QOS = 1
+_PLACEHOLDER = re.compile(
+    r"\{[^{}]*\}"
+)  # a partner asking for QoS 1 gets it; the subscription's QoS caps it as usual
+
+
+def load_or_create_key(root: Path) -> bytes:
+    """The gateway's pseudonymisation key, made once (32 random bytes, owner-only)."""
+    path = root / KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        return key
+
+
+@dataclass(slots=True)
+class _TierGate:
+    """One tier's door: its policy limits applied to the view stream as a whole."""
+
+    messages: TokenBucket | None
+    octets: TokenBucket | None
+    max_payload: int | None
+
+    @staticmethod
+    def of(limits: Limits, now: float) -> _TierGate:
+        messages = octets = None
+        if limits.messages_per_second is not None:
+            burst = limits.burst if limits.burst is not None else max(1.0, limits.messages_per_second)
+            messages = TokenBucket(limits.messages_per_second, burst, now)
+        if limits.bytes_per_second is not None:
+            octets = TokenBucket(limits.bytes_per_second, limits.bytes_burst or limits.bytes_per_second, now)
+        return _TierGate(messages, octets, limits.max_payload)
+
+    def admits(self, size: int, now: float) -> bool:
+        if self.max_payload is not None and size > self.max_payload:
+            return False
+        if self.octets is not None and self.octets.available(now) < size:
+            return False
+        if self.messages is not None and not self.messages.take(now):
+            return False
+        if self.octets is not None:
+            self.octets.take(now, size)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ViewCounters:
+    """For /metrics: by tier (as text) or by reason."""
+
+    published: dict[str, int]
+    rate_limited: dict[str, int]
+    withheld: dict[str, int]
+    malformed: dict[str, int]
+
+
+class PartnerViews:
+    def __init__(
+        self,
+        broker: Broker,
+        hub: ConnectionHub,
+        policy: Policy,
+        key: bytes,
+        clock: Callable[[], float] = time.time,
+        on_published: Callable[[str, bytes, float], None] | None = None,
+    ) -> None:
+        self._on_published = on_published  # the flow map records the views as the gateway's publishes
+        self._broker = broker
+        self._hub = hub
+        self._key = key
+        self._clock = clock
+        self._pending: list[tuple[str, str, bytes, float]] = []  # (unit id, topic, payload, seen at)
+        self._scheduled = False
+        self._active: frozenset[int] = frozenset()
+        self._covers: dict[str, frozenset[int]] = {}  # subscription filter -> tiers whose views it meets
+        self.rate_limited: Counter[int] = Counter()
+        self.published: Counter[int] = Counter()
+        self._republisher: ViewRepublisher | None = None
+        self._gates: dict[int, _TierGate] = {}
+        self._tier_level = 0
+        self.reload(policy)
+
+    def reload(self, policy: Policy) -> None:
+        views = policy.context.views
+        self._republisher = ViewRepublisher(views, self._key) if views is not None else None
+        self._covers.clear()
+        self._gates = {}
+        if views is None:
+            self._active = frozenset()
+            return
+        self._tier_level = views.topic.split("/").index("{tier}")
+        now = self._clock()
+        for tier in views.tiers:
+            profile = policy.partner_tiers.get(tier)
+            self._gates[tier] = _TierGate.of(profile.limits if profile else Limits(), now)
+
+    # --- which tiers to project ---------------------------------------------------------------
+
+    def refresh_subscribers(self, sessions: Iterable[SessionInfo]) -> frozenset[int]:
+        """Recompute the tiers that have at least one subscribed session (called on the event tick)."""
+        rep = self._republisher
+        if rep is None:
+            return frozenset()
+        active: set[int] = set()
+        for session in sessions:
+            for topic_filter in session.subscriptions:
+                tiers = self._covers.get(topic_filter)
+                if tiers is None:
+                    if len(self._covers) > 10_000:
+                        self._covers.clear()
+                    tiers = self._covers[topic_filter] = self._tiers_met(topic_filter)
+                active.update(tiers)
+        self._active = frozenset(active)
+        return self._active
+
+    def _tiers_met(self, topic_filter: str) -> frozenset[int]:
+        assert self._republisher is not None
+        views = self._republisher.views
+        plain = topic_filter.split("/", 2)[2] if topic_filter.startswith("$share/") else topic_filter
+        return frozenset(
+            tier
+            for tier in views.tiers
+            if filters_intersect(plain, _PLACEHOLDER.sub("+", views.topic.replace("{tier}", str(tier))))
+        )
+
+    # --- the observer (hot path) --------------------------------------------------------------
+
+    def observe(self, peer: Peer, topic: str, payload: bytes, now: float) -> None:
+        """Note a unit message for projection; the projection itself runs after routing (`flush`)."""
+        if not self._active:
+            return
+        identity = peer.identity
+        if identity is None or identity.kind != "unit":
+            return
+        self._pending.append((identity.id, topic, payload, now))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a unit test): the caller flushes
+                self._scheduled = False
+
+    def flush(self) -> None:
+        """Project the noted unit messages and publish the views (after the sources were routed)."""
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        rep = self._republisher
+        if rep is None:
+            return
+        active = self._active
+        for unit_id, topic, payload, seen_at in pending:
+            for view_topic, view_payload in rep.on_publish(topic, payload, unit_id, seen_at, active):
+                tier = int(view_topic.split("/")[self._tier_level])
+                gate = self._gates.get(tier)
+                if gate is not None and not gate.admits(len(view_payload), seen_at):
+                    self.rate_limited[tier] += 1
+                    continue
+                self.published[tier] += 1
+                publish = Publish(view_topic, view_payload, qos=VIEW_QOS)
+                now = self._clock()
+                self._hub.apply(self._broker.publish_internal(publish, now))
+                if self._on_published is not None:
+                    self._on_published(view_topic, view_payload, now)
+
+    def stats(self) -> ViewStats | None:
+        return None if self._republisher is None else self._republisher.stats()
+
+    def counters(self) -> ViewCounters:
+        stats = self.stats()
+        return ViewCounters(
+            {str(t): n for t, n in self.published.items()},
+            {str(t): n for t, n in self.rate_limited.items()},
+            dict(stats.withheld) if stats else {},
+            dict(stats.malformed) if stats else {},
+        )
+
+    @property
+    def active_tiers(self) -> frozenset[int]:
+        return self._active
