@@ -20,6 +20,10 @@ class Decision:
     verdict: Verdict
     reason: str  # a stable snake_case code, e.g. "topic_outside_namespace"
     rule: str = ""  # where it came from, e.g. "unit/publish/2" or "builtin/client_id_binding"
+    # Does this denial count towards the connection's violation limit? Not when the client is doing
+    # nothing wrong by its own lights (a quarantined unit's telemetry is dropped, but cutting its
+    # session would cut its vehicle-control path too).
+    violation: bool = True
 
     @property
     def allowed(self) -> bool:
@@ -30,5 +34,5 @@ def allow(reason: str = "granted", rule: str = "") -> Decision:
     return Decision(Verdict.ALLOW, reason, rule)
 
 
-def deny(reason: str, rule: str = "") -> Decision:
-    return Decision(Verdict.DENY, reason, rule)
+def deny(reason: str, rule: str = "", *, violation: bool = True) -> Decision:
+    return Decision(Verdict.DENY, reason, rule, violation)

@@ -10,56 +10,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests import harness
 from tests.clients import V5, Paho
 from tests.harness import GatewayProcess
 
 pytestmark = pytest.mark.slow
 
-LAUNCHER = """
-import sys, time
-import gateway.runtime as runtime
-from gateway.continuous import wire
-
-class Wired(runtime.Gateway):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.continuous = wire(self, self.ops)
-        drain = self.broker.drain_events
-
-        def drain_and_evaluate():
-            events = drain()
-            self.continuous.tick(events, list(self.hub.failures), time.time())
-            return events
-
-        self.broker.drain_events = drain_and_evaluate
-
-runtime.Gateway = Wired
-from gateway.cli import main
-sys.argv[0] = "fleetgate"
-sys.exit(main())
-"""
 
 
 @pytest.fixture(scope="module")
 def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    saved = harness.FLEETGATE
-    harness.FLEETGATE = [sys.executable, "-c", LAUNCHER]  # CLI calls go through it too (harmless)
-    try:
-        gw = GatewayProcess(tmp_path_factory.mktemp("wired"))
-        gw.init()
-        gw.start()
-        yield gw
-        gw.stop()
-    finally:
-        harness.FLEETGATE = saved
+    gw = GatewayProcess(tmp_path_factory.mktemp("wired"))
+    gw.init()
+    gw.start()
+    yield gw
+    gw.stop()
 
 
 def audit(gw: GatewayProcess) -> list[dict[str, Any]]:
