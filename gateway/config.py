@@ -86,10 +86,15 @@ class LimitsConfig:
     max_keep_alive: int = 600
     max_session_expiry: int = 7 * 24 * 3600
     max_retained_messages: int = 100_000
+    max_retained_per_client: int = 1000
     connect_timeout: float = 10.0
     max_violations: int = 20
     max_est_body: int = 64 * 1024
     max_write_buffer: int = 4 * 1024 * 1024  # a client that stops reading is cut off past this
+    # New TCP connections per source address, checked before TLS (0 = off); loopback is exempt by default
+    connections_per_source_per_second: float = 20.0
+    connection_burst_per_source: int = 100
+    connection_rate_exempt: str = "127.0.0.1 ::1"  # space-separated source addresses
 
 
 @dataclass(frozen=True)

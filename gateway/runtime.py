@@ -23,6 +23,7 @@ from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.events import AuditFeed
+from gateway.admission import admission_from_limits
 from gateway.audit import AuditLog
 from gateway.broker import Broker, BrokerLimits
 from gateway.broker.persistence import SqliteBrokerStore
@@ -109,6 +110,7 @@ class Gateway:
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
+            admission=admission_from_limits(config.limits),
         )
         self.events = EventRecorder(self.audit)
         self.ops = Operations(self)

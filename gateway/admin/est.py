@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,24 @@ class EstContext:
     on_issued: Callable[[x509.Certificate], None] | None = None
 
 
+log = logging.getLogger("fleetgate.est")
+
+STORAGE_UNAVAILABLE = (
+    "the gateway cannot record state changes right now ({}); nothing was changed, try again later"
+)
+
+
+def storage_failure(exc: sqlite3.DatabaseError) -> str:
+    """One sentence for a state change the database refused (disk full, I/O error, locked).
+
+    The transaction was rolled back (pki.sqlite.transaction), so the caller may retry as is: a token is
+    not burnt, a quarantine is not half applied. Logged without a traceback: it is an operating
+    condition for the operator to fix (free disk space), not a bug."""
+    message = STORAGE_UNAVAILABLE.format(str(exc).strip() or type(exc).__name__)
+    log.error("state change refused: %s", message)
+    return message
+
+
 def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, text=message.rstrip(".") + ".\n", headers=headers)
 
@@ -61,7 +81,10 @@ Handler = Callable[[web.Request, EstContext], Awaitable[web.StreamResponse]]
 
 def _handler(ctx: EstContext, fn: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await fn(request, ctx)
+        try:
+            return await fn(request, ctx)
+        except sqlite3.DatabaseError as exc:  # e.g. disk full: 503, never a 500 with a traceback
+            return text_error(503, storage_failure(exc), {"Retry-After": "60"})
 
     return handle
 

@@ -30,7 +30,10 @@ from tests.harness import Credentials, GatewayProcess
 
 
 class Bystander:
-    """A well-behaved unit publishing a numbered message every 50 ms, and a service counting them."""
+    """A well-behaved unit publishing a numbered message every 200 ms, and a service counting them.
+
+    (Faster than a truck's usual 1/s, slow enough that the publish-rate detector rightly leaves it be.)
+    """
 
     def __init__(self, gw: GatewayProcess) -> None:
         self.unit = gw.enroll_unit("TRK-BYSTANDER")
@@ -48,7 +51,7 @@ class Bystander:
         while not self._stop.is_set():
             self.pub.publish("fleet/TRK-BYSTANDER/telemetry/gps", str(self.sent).encode(), qos=1)
             self.sent += 1
-            time.sleep(0.05)
+            time.sleep(0.2)
 
     def finish(self) -> list[int]:
         self._stop.set()
@@ -65,7 +68,7 @@ def bystander(gateway: GatewayProcess) -> Iterator[Bystander]:
     yield watcher
     got = watcher.finish()
     assert got == list(range(watcher.sent)), "the legitimate unit lost or reordered messages"
-    assert watcher.sent > 50
+    assert watcher.sent > 20
 
 
 def metrics(gw: GatewayProcess) -> str:
