@@ -54,7 +54,12 @@ from pki.store import Registry, open_database
 
 log = logging.getLogger("fleetgate")
 
-REVOCATION_POLL_SECONDS = 0.2  # revocations made by another process reach live sessions this fast
+# Revocations and state changes made by another process (the CLI) reach live sessions this fast:
+# every DATA_VERSION_POLL_SECONDS the gateway asks SQLite whether any other connection committed
+# (PRAGMA data_version reads no table), and only then reads the registry's change feeds. A full
+# refresh also runs every REGISTRY_REFRESH_SECONDS as a safety net.
+DATA_VERSION_POLL_SECONDS = 0.025
+REGISTRY_REFRESH_SECONDS = 1.0
 
 
 class GatewayStartupError(RuntimeError):
@@ -202,9 +207,19 @@ class Gateway:
             self.ops.on_identity_changed(identity, now, record)
 
     async def _watch_registry(self) -> None:
+        seen = self._data_version()
+        last_refresh = time.monotonic()
         while True:
-            await asyncio.sleep(REVOCATION_POLL_SECONDS)
-            self.apply_registry_changes()
+            await asyncio.sleep(DATA_VERSION_POLL_SECONDS)
+            version = self._data_version()
+            if version != seen or time.monotonic() - last_refresh >= REGISTRY_REFRESH_SECONDS:
+                seen, last_refresh = version, time.monotonic()
+                self.apply_registry_changes()
+
+    def _data_version(self) -> int:
+        """Changes whenever another connection (another process, or the broker's own) commits."""
+        row = self._registry_db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
 
     def reload_policy(self, actor: str = "system/sighup") -> Policy | None:
         """Load the policy file again; on success re-decide every live session, else keep the old one."""

@@ -33,16 +33,18 @@ Action = Send | Close
 class Outbox:
     """Actions produced during one broker call, in the order the transport must apply them."""
 
-    __slots__ = ("_chunks", "_closes", "_order")
+    __slots__ = ("_chunks", "_closes", "_order", "nbytes")
 
     def __init__(self) -> None:
         self._chunks: dict[int, list[bytes]] = {}
         self._closes: dict[int, str] = {}
         self._order: dict[int, None] = {}  # first-touch order of connections (an ordered set)
+        self.nbytes = 0  # bytes in the Sends (the broker's bytes_out counter)
 
     def send(self, conn: int, data: bytes) -> None:
         if not data or conn in self._closes:
             return  # nothing may follow a Close: the connection is gone for the broker
+        self.nbytes += len(data)
         chunks = self._chunks.get(conn)
         if chunks is None:
             self._chunks[conn] = [data]
@@ -58,12 +60,17 @@ class Outbox:
 
     def discard_sends(self, conn: int) -> None:
         """Forget bytes queued for `conn` (e.g. acks whose durability could not be guaranteed)."""
-        self._chunks.pop(conn, None)
+        chunks = self._chunks.pop(conn, None)
+        if chunks:
+            self.nbytes -= sum(map(len, chunks))
 
     def is_closing(self, conn: int) -> bool:
         return conn in self._closes
 
     def actions(self) -> list[Action]:
+        if not self._closes:
+            # Sends only (nearly every call): without a Close, first-touch order is _chunks' own order.
+            return [Send(conn, c[0] if len(c) == 1 else b"".join(c)) for conn, c in self._chunks.items() if c]
         out: list[Action] = []
         for conn in self._order:
             chunks = self._chunks.get(conn)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.broker.actions import Action, Outbox, Send
+from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.inbound import accept, handle_publish, handle_pubrel
@@ -211,11 +211,19 @@ class Broker:
     @property
     def metrics(self) -> BrokerMetrics:
         st = self._st
+        st.fold_decisions()
         m = st.metrics
         m.retained_messages = len(st.retained)
         m.sessions = len(st.sessions)
         m.connected = sum(1 for c in st.connections.values() if c.session is not None)
         return m
+
+    @property
+    def subscriptions_version(self) -> int:
+        """Changes whenever any subscription is added or removed, anywhere: a caller that rebuilds
+        something from sessions() (subscriber views, flows) can skip the O(sessions) snapshot when
+        it has not changed since its last look."""
+        return self._st.index.version
 
     def sessions(self) -> list[SessionInfo]:
         return [
@@ -345,7 +353,7 @@ class Broker:
         st = self._st
         if not self._defer_commit:
             self._commit(conn, now)
-        actions = st.out.actions()
+        out = st.out
         st.out = Outbox()
-        st.metrics.bytes_out += sum(len(a.data) for a in actions if isinstance(a, Send))
-        return actions
+        st.metrics.bytes_out += out.nbytes
+        return out.actions()

@@ -17,18 +17,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.broker.events import PublishDenied
-from gateway.broker.outbound import EncodeCache, deliver
+from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection, message_record
-from gateway.mqtt.packets import Properties, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
+from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
+from gateway.policy.decision import Verdict
+
+_ALLOW = Verdict.ALLOW
 
 
 def handle_publish(
     st: BrokerState, conn: Connection, session: MqttSession, publish: Publish, now: float
 ) -> bool:
-    """Handle a client PUBLISH; False if it was denied (the caller counts the violation)."""
+    """Handle a client PUBLISH; False if it was denied as a violation (the caller counts it)."""
     st.metrics.publishes_in += 1
     packet_id = publish.packet_id
     if publish.qos == 2 and packet_id in session.inbound_qos2:
@@ -41,22 +44,31 @@ def handle_publish(
             conn.peer, publish.topic, len(publish.payload), publish.qos, publish.retain, now
         ),
     )
-    if not decision.allowed:
+    if decision.verdict is not _ALLOW:  # Decision.allowed, without a property call per message
         st.metrics.drops["publish_denied"] += 1
         st.events.append(
             PublishDenied(conn.peer, session.client_id, publish.topic, decision.reason, decision.rule)
         )
         _ack(st, conn, publish, ReasonCode.NOT_AUTHORIZED if conn.protocol.is_v5 else ReasonCode.SUCCESS)
-        return False
+        return not decision.violation  # a denial the policy does not hold against the client
+    retain = publish.retain
+    if retain and publish.payload and not _may_retain(st, publish.topic, session.client_id):
+        st.metrics.drops["retained_quota"] += 1
+        if conn.protocol.is_v5:  # 5.0 can say no; 3.1.1 cannot, so its message is routed, not retained
+            _ack(st, conn, publish, ReasonCode.QUOTA_EXCEEDED)
+            return True
+        retain = False
+    wire = conn.protocol.forwardable(publish) if retain == publish.retain else None
     accept(
         st,
         publish.topic,
         publish.payload,
         publish.qos,
-        publish.retain,
+        retain,
         publish.properties,
         session.client_id,
         now,
+        None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
     )
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
@@ -66,6 +78,15 @@ def handle_publish(
             st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
     _ack(st, conn, publish, ReasonCode.SUCCESS)
     return True
+
+
+def _may_retain(st: BrokerState, topic: str, client_id: str) -> bool:
+    """Room for a new retained topic, globally and in this identity's share (replacing is free)."""
+    if topic in st.retained:
+        return st.retained_owners.allows(topic, client_id, st.limits.max_retained_per_client)
+    return len(st.retained) < st.limits.max_retained_messages and st.retained_owners.allows(
+        topic, client_id, st.limits.max_retained_per_client
+    )
 
 
 def _ack(st: BrokerState, conn: Connection, publish: Publish, code: int) -> None:
@@ -98,19 +119,23 @@ def accept(
     properties: Properties,
     origin: str | None,
     now: float,
+    wire: tuple[ProtocolVersion, bytes] | None = None,
 ) -> Message:
-    """An authorised application message enters the broker: retain it if asked, route it."""
+    """An authorised application message enters the broker: retain it if asked, route it.
+
+    `wire`: the bytes it arrived as, when they can be forwarded as they are (see EncodeCache)."""
     interval = properties.message_expiry_interval
     message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
     if retain:
-        _retain(st, message)
-    route(st, message, origin, now)
+        _retain(st, message, origin)
+    route(st, message, origin, now, wire)
     return message
 
 
-def _retain(st: BrokerState, message: Message) -> None:
+def _retain(st: BrokerState, message: Message, origin: str | None) -> None:
     topic = message.topic
     if not message.payload:  # §3.3.1.3: an empty retained message deletes the topic's retained message
+        st.retained_owners.release(topic)
         if st.retained.delete(topic):
             st.timers.cancel(("retained", topic))
             if st.store is not None:
@@ -120,6 +145,7 @@ def _retain(st: BrokerState, message: Message) -> None:
         st.metrics.drops["retained_limit"] += 1
         return
     st.retained.set(message)
+    st.retained_owners.set(topic, origin)
     if message.expires_at is not None:
         st.timers.set(("retained", topic), message.expires_at)
     else:
@@ -128,25 +154,35 @@ def _retain(st: BrokerState, message: Message) -> None:
         st.store.save_retained(message_record(message))
 
 
-def route(st: BrokerState, message: Message, origin: str | None, now: float) -> None:
+def route(
+    st: BrokerState,
+    message: Message,
+    origin: str | None,
+    now: float,
+    wire: tuple[ProtocolVersion, bytes] | None = None,
+) -> None:
     """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4)."""
     topic = message.topic
     targets, groups = st.index.match(topic, origin)
     if not targets and not groups:
         return
-    cache = EncodeCache(message, now)
+    cache = EncodeCache(message, now, wire)
     sessions = st.sessions
+    connections = st.connections
     for client_id, target in targets.items():
         session = sessions.get(client_id)
         if session is None or not st.may_deliver(session, topic, now):
             continue
-        delivery = Delivery(
-            message,
-            min(message.qos, target.qos),
-            message.retain and target.retain_as_published,
-            tuple(target.subscription_ids),
-        )
-        deliver(st, session, delivery, cache, now)
+        qos = message.qos if message.qos < target.qos else target.qos
+        retain = message.retain and target.retain_as_published
+        ids = tuple(target.subscription_ids)
+        conn = None if qos or session.conn is None else connections.get(session.conn)
+        if conn is not None:
+            # QoS 0 to a connected client (the hot path): sent at once, as deliver() would, without
+            # a Delivery to track.
+            send_qos0(st, conn, cache.form(conn.protocol.version, 0, retain, ids))  # type: ignore[arg-type]
+            continue
+        deliver(st, session, Delivery(message, qos, retain, ids), cache, now)
     for group in groups:
         picked = group.pick(st.is_connected, lambda cid: st.may_deliver(sessions[cid], topic, now))
         if picked is None:

@@ -81,5 +81,6 @@ def fire_timer(st: BrokerState, key: TimerKey, now: float) -> None:
         message = st.retained.get(ident)
         if message is not None and message.expired(now):
             st.retained.delete(ident)
+            st.retained_owners.release(ident)
             if st.store is not None:
                 st.store.delete_retained(ident)

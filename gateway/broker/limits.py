@@ -23,6 +23,7 @@ class BrokerLimits:
     max_keep_alive: int = 600  # cap; 5.0 clients are told (server keep alive), 3.1.1 ones just held to it
     max_session_expiry: int = 7 * 24 * 3600
     max_retained_messages: int = 100_000
+    max_retained_per_client: int = 1000  # one identity's share of the retained store (5.0: 0x97)
     connect_timeout: float = 10.0  # CONNECT must arrive this long after the connection opens
     # Kept for configuration compatibility only: both specs allow (3.1.1) or require (5.0 §4.4) that
     # unacknowledged messages are resent only when the session is resumed, which is what the broker

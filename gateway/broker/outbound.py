@@ -27,26 +27,41 @@ _V5 = ProtocolVersion.MQTT_5
 
 
 class EncodeCache:
-    """The wire forms of one message at one instant, keyed by what differs between recipients."""
+    """The wire forms of one message at one instant, keyed by what differs between recipients.
+
+    `wire` seeds it with the bytes the message arrived as, (publisher's version, bytes), when they
+    are exactly what a recipient on that version would get at the message's QoS without RETAIN
+    (ServerSession.forwardable decides that): then a 1→1 or same-version fan-out encodes nothing.
+    """
 
     __slots__ = ("_forms", "_message", "_now")
 
-    def __init__(self, message: Message, now: float) -> None:
+    def __init__(
+        self, message: Message, now: float, wire: tuple[ProtocolVersion, bytes] | None = None
+    ) -> None:
         self._message = message
         self._now = now
         self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] = {}
+        if wire is not None:
+            self._forms[(wire[0], message.qos, False, ())] = wire[1]
 
     def publish(self, version: ProtocolVersion, delivery: Delivery, *, dup: bool = False) -> bytes:
-        ids = delivery.subscription_ids if version == _V5 else ()
-        key = (version, delivery.qos, delivery.retain, ids)
-        template = self._forms.get(key)
-        if template is None:
-            template = self._forms[key] = encode_publish(self._build(version, delivery, ids), version)
+        template = self.form(version, delivery.qos, delivery.retain, delivery.subscription_ids)
         if delivery.packet_id is None:
             return template
         return with_packet_id(template, delivery.packet_id, dup=dup)
 
-    def _build(self, version: ProtocolVersion, delivery: Delivery, ids: tuple[int, ...]) -> Publish:
+    def form(self, version: ProtocolVersion, qos: int, retain: bool, ids: tuple[int, ...]) -> bytes:
+        """The PUBLISH for a recipient on `version` (a QoS>0 form carries a placeholder packet id)."""
+        if version != _V5:
+            ids = ()
+        key = (version, qos, retain, ids)
+        template = self._forms.get(key)
+        if template is None:
+            template = self._forms[key] = encode_publish(self._build(version, qos, retain, ids), version)
+        return template
+
+    def _build(self, version: ProtocolVersion, qos: int, retain: bool, ids: tuple[int, ...]) -> Publish:
         message = self._message
         props = message.properties
         if version == _V5:
@@ -56,12 +71,7 @@ class EncodeCache:
         else:
             props = Properties()
         return Publish(
-            message.topic,
-            message.payload,
-            delivery.qos,
-            delivery.retain,
-            packet_id=1 if delivery.qos else None,
-            properties=props,
+            message.topic, message.payload, qos, retain, packet_id=1 if qos else None, properties=props
         )
 
 
@@ -103,6 +113,15 @@ def deliver(
         st.forget_delivery(session, dropped)
     if conn is not None and len(session.inflight) < window(st, conn):
         pump(st, session, now)  # a slot freed without an ack (e.g. an oversized message was skipped)
+
+
+def send_qos0(st: BrokerState, conn: Connection, data: bytes) -> None:
+    """A QoS 0 copy to a connected client: nothing to track, only its Maximum Packet Size to respect."""
+    if not conn.protocol.fits(len(data)):
+        st.metrics.drops["packet_too_large"] += 1
+        return
+    st.out.send(conn.conn_id, data)
+    st.metrics.publishes_out += 1
 
 
 def transmit(

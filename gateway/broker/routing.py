@@ -68,18 +68,34 @@ class SharedGroup:
         return client_id, self.members[client_id]
 
 
+Match = tuple[dict[str, Target], list[SharedGroup]]
+
+MATCH_CACHE_SIZE = 8192  # distinct (topic, publisher) answers kept; a fleet's units repeat their topics
+
+
 class SubscriptionIndex:
-    __slots__ = ("_direct", "_groups", "_shared")
+    """Subscriptions by filter, with the answers for recently published topics remembered.
+
+    Telemetry repeats: a unit publishes the same few topics all day. `match` keeps its answer per
+    (topic, publisher) until the next subscribe or unsubscribe anywhere, which empties the cache (so
+    a cached answer is always what a fresh trie walk would say). Callers must not modify an answer.
+    """
+
+    __slots__ = ("_cache", "_direct", "_groups", "_shared", "version")
 
     def __init__(self) -> None:
         self._direct: SubscriptionTrie[str, StoredSubscription] = SubscriptionTrie()
         self._shared: SubscriptionTrie[str, SharedGroup] = SubscriptionTrie()
         self._groups: dict[tuple[str, str], SharedGroup] = {}
+        self._cache: dict[tuple[str, str | None], Match] = {}
+        self.version = 0  # bumped by every add and remove: lets observers skip unchanged snapshots
 
     def __len__(self) -> int:
         return len(self._direct) + sum(len(g.members) for g in self._groups.values())
 
     def add(self, client_id: str, sub: StoredSubscription) -> None:
+        self._cache.clear()
+        self.version += 1
         if sub.group is None:
             self._direct.add(sub.plain_filter, client_id, sub)
             return
@@ -93,6 +109,8 @@ class SubscriptionIndex:
         group.members[client_id] = sub
 
     def remove(self, client_id: str, sub: StoredSubscription) -> None:
+        self._cache.clear()
+        self.version += 1
         if sub.group is None:
             self._direct.remove(sub.plain_filter, client_id)
             return
@@ -111,8 +129,19 @@ class SubscriptionIndex:
         elif group.cursor >= len(group.order):
             group.cursor = 0
 
-    def match(self, topic: str, publisher: str | None) -> tuple[dict[str, Target], list[SharedGroup]]:
+    def match(self, topic: str, publisher: str | None) -> Match:
         """Direct targets by client id (no-local applied for `publisher`), and matching share groups."""
+        key = (topic, publisher)
+        cache = self._cache
+        found = cache.get(key)
+        if found is None:
+            found = self._match(topic, publisher)
+            if len(cache) >= MATCH_CACHE_SIZE:
+                del cache[next(iter(cache))]  # the oldest answer goes first
+            cache[key] = found
+        return found
+
+    def _match(self, topic: str, publisher: str | None) -> Match:
         targets: dict[str, Target] = {}
         for client_id, sub in self._direct.match(topic):
             options = sub.options

@@ -9,11 +9,13 @@ no-op without a store, for clean sessions, and for QoS 0).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from gateway.broker.actions import Outbox
 from gateway.broker.events import BrokerEvent, DeliveryDenied
 from gateway.broker.limits import BrokerLimits, BrokerMetrics
 from gateway.broker.persistence import BrokerStore
+from gateway.broker.quota import RetainedOwners
 from gateway.broker.records import (
     DeliveryRecord,
     MessageRecord,
@@ -27,7 +29,10 @@ from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Will
 from gateway.mqtt.session import ServerSession
 from gateway.policy.access import AccessPolicy, Peer
-from gateway.policy.decision import Decision
+from gateway.policy.decision import Decision, Verdict
+
+_ALLOW = Verdict.ALLOW
+_TALLY_LIMIT = 64  # distinct decision objects counted per kind before they are folded into the metrics
 
 TimerKey = tuple[
     str, Hashable
@@ -69,12 +74,14 @@ class BrokerState:
         self.sessions: dict[str, MqttSession] = {}
         self.index = SubscriptionIndex()
         self.retained = RetainedStore()
+        self.retained_owners = RetainedOwners()  # per-identity retained quota (quota.py)
         self.timers: TimerQueue[TimerKey] = TimerQueue()
         self.metrics = BrokerMetrics()
         self.events: list[BrokerEvent] = []
         # Sees every accepted client PUBLISH (continuous evaluation: rates, GPS fixes); must be cheap.
         self.publish_observer: PublishObserver | None = None
         self.out = Outbox()
+        self._tallies: dict[str, dict[int, list[Any]]] = {}  # kind → id(decision) → [decision, count]
         self.next_conn_id = 1
         self.next_message_id = 1
         self.assigned_ids = 0
@@ -82,13 +89,32 @@ class BrokerState:
     # --- policy ---------------------------------------------------------------------------------
 
     def counted(self, kind: str, decision: Decision) -> Decision:
-        self.metrics.decisions[(kind, decision.verdict.value, decision.reason)] += 1
+        """Count a decision by (kind, verdict, reason). Twice per routed message, so the count is kept
+        per decision object (the engine hands out shared ones) and folded into metrics.decisions when
+        the metrics are read; a tally of many distinct objects is folded early to stay small."""
+        tally = self._tallies.get(kind)
+        if tally is None:
+            tally = self._tallies[kind] = {}
+        cell = tally.get(id(decision))
+        if cell is not None:
+            cell[1] += 1
+            return decision
+        if len(tally) >= _TALLY_LIMIT:
+            self.fold_decisions()
+        tally[id(decision)] = [decision, 1]  # holding the object keeps its id from being reused
         return decision
+
+    def fold_decisions(self) -> None:
+        decisions = self.metrics.decisions
+        for kind, tally in self._tallies.items():
+            for decision, count in tally.values():
+                decisions[(kind, decision.verdict.value, decision.reason)] += count
+            tally.clear()
 
     def may_deliver(self, session: MqttSession, topic: str, now: float) -> bool:
         """decide_delivery for one recipient; every delivery path goes through here."""
         decision = self.counted("delivery", self.policy.decide_delivery(session.peer, topic, now))
-        if decision.allowed:
+        if decision.verdict is _ALLOW:  # Decision.allowed, without a property call per delivery
             return True
         self.metrics.drops["delivery_denied"] += 1
         self.events.append(

@@ -21,6 +21,7 @@ from gateway.mqtt.errors import ProtocolError, TopicFilterInvalid
 from gateway.mqtt.packets import RetainHandling, Suback, Subscribe, Subscription, Unsuback, Unsubscribe
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.topics import SharedFilter, parse_shared, validate_topic_filter
+from gateway.policy.access import Peer
 
 
 def handle_subscribe(
@@ -75,12 +76,21 @@ def _subscribe_one(
         )
         return ReasonCode.NOT_AUTHORIZED, None, False
     old = session.subscriptions.get(sub.topic_filter)
-    if old is None and len(session.subscriptions) >= st.limits.max_subscriptions:
+    if old is None and len(session.subscriptions) >= _subscription_cap(st, conn.peer):
         return ReasonCode.QUOTA_EXCEEDED, None, False
     stored = StoredSubscription(sub, identifier, shared.group, shared.topic_filter)
     session.subscriptions[sub.topic_filter] = stored  # same filter: replaced (§3.8.4)
     st.index.add(session.client_id, stored)
     return sub.qos, stored, old is None
+
+
+def _subscription_cap(st: BrokerState, peer: Peer) -> int:
+    """The broker's limit, lowered by the policy's per-role `max_subscriptions` (units: 20) when set.
+
+    Asked by name: the policy engine has it, minimal AccessPolicy fakes in tests need not."""
+    ask = getattr(st.policy, "max_subscriptions_for", None)
+    own = ask(peer) if ask is not None else None
+    return st.limits.max_subscriptions if own is None else min(int(own), st.limits.max_subscriptions)
 
 
 def _wants_retained(stored: StoredSubscription, is_new: bool) -> bool:

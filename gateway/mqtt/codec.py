@@ -630,11 +630,12 @@ class PacketReader:
     `max_packet_size` bounds the whole packet (fixed header included, as 5.0 §3.1.2.11.4 counts it).
     """
 
-    __slots__ = ("_buf", "_error", "_first_ok", "_max", "_pos", "_v5", "_version")
+    __slots__ = ("_buf", "_error", "_first_ok", "_max", "_pos", "_publish_at", "_v5", "_version")
 
     def __init__(self, *, max_packet_size: int = 268_435_455, version: ProtocolVersion | None = None) -> None:
         self._buf: Buffer = b""
         self._pos = 0
+        self._publish_at = -1  # where the PUBLISH last returned by next_packet() starts in _buf
         self._max = max_packet_size
         self._error: MqttError | None = None
         self.set_version(version)
@@ -656,6 +657,7 @@ class PacketReader:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             return  # a poisoned stream is never read again; don't hold on to more of it
+        self._publish_at = -1
         buf = self._buf
         pos = self._pos
         if pos >= len(buf):
@@ -703,7 +705,10 @@ class PacketReader:
                 return None
             self._pos = end
             if first >> 4 == _T.PUBLISH:  # the hot path: decoded in place, without copying the body out
-                return _dec_publish(first & 0x0F, buf, pos + head, end, self._v5)
+                publish = _dec_publish(first & 0x0F, buf, pos + head, end, self._v5)
+                self._publish_at = pos
+                return publish
+            self._publish_at = -1
             body = buf[pos + head : end]
             if type(body) is not bytes:
                 body = bytes(body)
@@ -715,6 +720,18 @@ class PacketReader:
         except MqttError as exc:
             self._error = exc
             raise
+
+    def last_publish_wire(self) -> bytes | None:
+        """The exact bytes of the PUBLISH the last next_packet() returned, until the next feed().
+
+        A broker that forwards a message unchanged can write these instead of encoding it again.
+        None if the last packet was not a PUBLISH or more bytes have been fed since.
+        """
+        start = self._publish_at
+        if start < 0:
+            return None
+        wire = self._buf[start : self._pos]
+        return wire if type(wire) is bytes else bytes(wire)
 
     @staticmethod
     def _long_remaining_length(buf: Buffer, pos: int, have: int) -> tuple[int, int]:

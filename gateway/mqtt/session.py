@@ -41,6 +41,7 @@ from gateway.mqtt.errors import (
     UnsupportedProtocolVersion,
 )
 from gateway.mqtt.packets import (
+    NO_PROPERTIES,
     PACKET_TYPE_OF,
     Connack,
     Connect,
@@ -150,16 +151,15 @@ class ServerSession:
         self._aliases: dict[int, str] = {}
         self._inbound_qos2: Set[int] = frozenset()
         self._qos1_unacked = 0
+        # Per-message shortcuts, set once the CONNECT fixed the protocol version: the version itself
+        # (read on every PUBLISH), the last topic that passed validation (telemetry repeats its topic),
+        # and the last PUBLISH handed out unchanged (the broker may forward its bytes as they came).
+        self.version: ProtocolVersion | None = None
+        self.is_v5 = False
+        self._valid_topic = ""
+        self._last_publish: Publish | None = None
 
     # --- facts --------------------------------------------------------------------------------
-
-    @property
-    def version(self) -> ProtocolVersion | None:
-        return self._reader.version
-
-    @property
-    def is_v5(self) -> bool:
-        return self._reader.version == _V5
 
     def attach(self, inbound_qos2: Set[int]) -> None:
         """The MQTT session's inbound QoS 2 ids (awaiting PUBREL) count against our Receive Maximum."""
@@ -194,12 +194,19 @@ class ServerSession:
             packet = self._reader.next_packet()
             if packet is None:
                 return None
+            if type(packet) is Publish and self.state is ConnectionState.CONNECTED:
+                # The hot path: what the table says for it (stay CONNECTED), without the lookups.
+                publish = self._last_publish = self._inbound_publish(packet)
+                self.last_packet_at = self._now
+                return publish
             rule = _TRANSITIONS[self.state][PACKET_TYPE_OF[type(packet)]]
             if isinstance(rule, _Reject):
                 return self._fail(Violation(rule.reason, rule.code, during_connect))
             if type(packet) is Publish:
                 packet = self._inbound_publish(packet)
             elif type(packet) is Connect:
+                self.version = self._reader.version
+                self.is_v5 = self.version == _V5
                 self._negotiate(packet)
         except UnsupportedProtocolVersion as exc:
             code = ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
@@ -231,12 +238,29 @@ class ServerSession:
             if props.maximum_packet_size is not None:
                 self.client_max_packet_size = props.maximum_packet_size
 
+    def forwardable(self, publish: Publish) -> bytes | None:
+        """The bytes `publish` arrived as, if a subscriber on this protocol version would be sent
+        exactly these (its packet id aside, which the broker patches in): the PUBLISH the last
+        next_event() returned, unchanged (no topic alias resolved), without RETAIN, DUP or properties.
+        Valid until the next receive_data(); None otherwise."""
+        if (
+            publish is not self._last_publish
+            or publish.retain
+            or publish.dup
+            or publish.properties is not NO_PROPERTIES
+        ):
+            return None
+        return self._reader.last_publish_wire()
+
     def _inbound_publish(self, publish: Publish) -> Publish:
         if self.is_v5:
             publish = self._resolve_alias(publish)
             if publish.properties.subscription_identifiers:
                 raise ProtocolError("A client PUBLISH carries a subscription identifier.")  # §3.3.4
-        validate_topic_name(publish.topic)
+        topic = publish.topic
+        if topic != self._valid_topic:  # a string compare is far cheaper than validating it again
+            validate_topic_name(topic)
+            self._valid_topic = topic
         if publish.qos:
             if publish.qos == 1:
                 self._qos1_unacked += 1

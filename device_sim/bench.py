@@ -1,0 +1,374 @@
+"""`scripts/bench`: fleetgate against Mosquitto 2.x on this machine, same load generator, same certificates.
+
+    scripts/bench [--quick] [--cases qos0,fanin] [--runs 3] [--json results.json] [--workdir DIR]
+
+For every case and run, each broker is started fresh (Mosquitto first on even runs, fleetgate first
+on odd ones, so a slow minute of a shared machine does not always hit the same broker), driven, and
+stopped. The table reports medians over runs and the ratio fleetgate / Mosquitto of the medians;
+the JSON keeps every run. Numbers from a shared, noisy machine: compare ratios, not absolutes.
+Every process started here is stopped in a `finally`, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from device_sim.bench_cases import CASES, Metrics
+from device_sim.bench_lab import Lab, Scale, prepare_lab
+from device_sim.brokers import Broker, FleetgateBroker, MosquittoBroker
+from device_sim.mosquitto import MOSQUITTO, acl_from_policy, load_policy
+from device_sim.procstat import machine_busy
+from device_sim.report import percentiles
+
+BEFORE = "fleetgate-before"  # --compare-tree: the gateway of another checkout, same run
+
+# (case, metric, comparison, threshold): the issue's targets, checked on the medians.
+TARGETS: list[tuple[str, str, str, float]] = [
+    ("qos0", "delivered_per_s", "ratio>=", 0.5),
+    ("qos1", "delivered_per_s", "ratio>=", 0.5),
+    ("fanin", "20k_delivered_pct", "fleetgate>=", 99.99),
+    ("fanin", "20k_latency_p99_ms", "ratio<=", 1.0),
+    ("storm", "handshakes_per_s", "ratio>=", 1.0),
+    ("memory", "1k_kb_per_session", "ratio<=", 1.5),
+    ("memory", "10k_kb_per_session", "ratio<=", 1.5),
+    ("contain", "contain_p99_ms", "fleetgate<", 100.0),
+]
+
+
+def raise_fd_limit() -> int:
+    """Soft fd limit up to the hard one: 10k client sockets live in this process (brokers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def make_brokers(lab: Lab, compare: Path | None = None, tree: Path | None = None) -> dict[str, Broker]:
+    policy = load_policy(Path(str(resources.files("gateway") / "defaults" / "policy.yaml")))
+    acl = acl_from_policy(policy, operators=[o.ident for o in lab.operators])
+    brokers: dict[str, Broker] = {"fleetgate": FleetgateBroker(lab.data, lab.root, source=tree)}
+    if compare is not None:
+        brokers[BEFORE] = FleetgateBroker(lab.data, lab.root, name=BEFORE, source=compare)
+    brokers["mosquitto"] = MosquittoBroker(lab.data, lab.root, acl)
+    return brokers
+
+
+async def run_cases(
+    lab: Lab,
+    brokers: dict[str, Broker],
+    cases: list[str],
+    runs: int,
+    scale: Scale,
+    console: Console,
+    *,
+    fresh: bool = True,
+    quiet: tuple[float, float] = (0.0, 100.0),
+) -> dict[str, dict[str, list[Metrics]]]:
+    """Every case, run and broker. `fresh`: a new broker process for each case and run (the real
+    benchmark); otherwise one process per broker and run for all cases (the smoke test: fast)."""
+    results: dict[str, dict[str, list[Metrics]]] = {c: {b: [] for b in brokers} for c in cases}
+    groups = [[c] for c in cases] if fresh else [cases]
+    for group in groups:
+        for run in range(runs):
+            order = list(brokers) if run % 2 == 0 else list(reversed(brokers))
+            for name in order:
+                broker = brokers[name]
+                background = wait_for_quiet(*quiet, console)
+                broker.start()
+                try:
+                    for case in group:
+                        started = time.monotonic()
+                        try:
+                            metrics = await CASES[case](lab, broker, scale)
+                        except Exception as exc:  # one failed case must not lose the others' numbers
+                            metrics = {"error": f"{type(exc).__name__}: {exc}"}
+                        metrics["background_busy_pct"] = background
+                        results[case][name].append(metrics)
+                        console.print(
+                            f"[dim]{case} run {run + 1}/{runs} {name} ({time.monotonic() - started:.1f} s): "
+                            f"{_brief(metrics)}[/dim]"
+                        )
+                finally:
+                    broker.stop()
+    return results
+
+
+def wait_for_quiet(max_wait: float, threshold: float, console: Console) -> float:
+    """Wait (at most max_wait s) until the others' load drops below `threshold` % of the machine;
+    returns the load seen last, recorded with the run so a noisy one can be recognised."""
+    deadline = time.monotonic() + max_wait
+    busy = machine_busy(0.5)
+    while busy > threshold and time.monotonic() < deadline:
+        console.print(f"[dim]machine {busy:.0f}% busy with other work; waiting for it to calm down[/dim]")
+        busy = machine_busy(2.0)
+    return round(busy, 1)
+
+
+def _brief(metrics: Metrics) -> str:
+    return ", ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, list))[:200]
+
+
+def summarise(results: dict[str, dict[str, list[Metrics]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """case → metric → {broker: median, ..., "ratio": fleetgate/mosquitto}."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for case, by_broker in results.items():
+        rows: dict[str, dict[str, Any]] = {}
+        keys = [k for runs in by_broker.values() for m in runs for k in m]
+        for key in dict.fromkeys(keys):
+            row: dict[str, Any] = {}
+            for broker, runs in by_broker.items():
+                values = [m[key] for m in runs if key in m]
+                row[broker] = _combine(key, values)
+            if key.endswith("_samples_ms"):  # pooled over runs: the tail needs every sample
+                key = key.replace("_samples_ms", "_p99_ms")
+                row = {
+                    b: (percentiles(v).get("p99") if isinstance(v, list) and v else None)
+                    for b, v in row.items()
+                }
+            _add_ratios(row)
+            rows[key] = row
+        summary[case] = rows
+    return summary
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _add_ratios(row: dict[str, Any]) -> None:
+    """ratio = fleetgate / mosquitto; with --compare-tree also before/mosquitto and after/before."""
+    fg, mq, before = row.get("fleetgate"), row.get("mosquitto"), row.get(BEFORE)
+    if _number(fg) and _number(mq) and mq:
+        row["ratio"] = round(fg / mq, 3)
+    if _number(before) and _number(mq) and mq:
+        row["before_ratio"] = round(before / mq, 3)
+    if _number(fg) and _number(before) and before:
+        row["after_before"] = round(fg / before, 3)
+
+
+def _combine(key: str, values: list[Any]) -> Any:
+    if not values:
+        return None
+    if key.endswith("_samples_ms"):
+        return [v for run in values for v in run]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) == len(values):
+        return round(statistics.median(numbers), 3)
+    if all(isinstance(v, bool) for v in values):
+        return all(values) if all(values) == any(values) else f"{sum(values)}/{len(values)} runs"
+    return values[-1]
+
+
+def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    out = []
+    for case, metric, how, threshold in TARGETS:
+        row = summary.get(case, {}).get(metric)
+        if row is None:
+            continue
+        value = row.get("ratio") if how.startswith("ratio") else row.get("fleetgate")
+        met = None
+        if isinstance(value, int | float):
+            op = how.removeprefix("ratio").removeprefix("fleetgate")
+            met = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
+        out.append(
+            {"case": case, "metric": metric, "target": f"{how} {threshold:g}", "value": value, "met": met}
+        )
+    return out
+
+
+def print_summary(
+    summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[str, Any]], console: Console
+) -> None:
+    compare = any(BEFORE in row for rows in summary.values() for row in rows.values())
+    columns = ["fleetgate", "mosquitto", "ratio"]
+    if compare:
+        columns = ["fleetgate", BEFORE, "mosquitto", "ratio", "before_ratio", "after_before"]
+    table = Table(title="fleetgate vs Mosquitto (medians over runs; ratio = fleetgate / mosquitto)")
+    for column in ("case", "metric", *columns):
+        table.add_column(column, justify="left" if column in ("case", "metric") else "right")
+    for case, rows in summary.items():
+        for metric, row in rows.items():
+            table.add_row(case, metric, *(_cell(row.get(c)) for c in columns))
+    console.print(table)
+    if targets:
+        checks = Table(title="issue 8 targets")
+        for column in ("case", "metric", "target", "value", "met"):
+            checks.add_column(column)
+        for t in targets:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+            checks.add_row(t["case"], t["metric"], t["target"], _cell(t["value"]), met)
+        console.print(checks)
+
+
+def markdown(summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[str, Any]]) -> str:
+    """The summary as Markdown tables (what docs/benchmarks.md shows)."""
+    compare = any(BEFORE in row for rows in summary.values() for row in rows.values())
+    columns = ["fleetgate", BEFORE, "mosquitto", "ratio", "after_before"] if compare else [
+        "fleetgate", "mosquitto", "ratio"]  # fmt: skip
+    lines = ["| case | metric | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for case, rows in summary.items():
+        for metric, row in rows.items():
+            if metric == "background_busy_pct":
+                continue
+            lines.append(f"| {case} | {metric} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    if targets:
+        lines += ["", "| target | value | met |", "|---|---:|---|"]
+        for t in targets:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['case']} {t['metric']} {t['target']} | {_cell(t['value'])} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return f"{len(value)} samples"
+    return str(value)
+
+
+def environment() -> dict[str, Any]:
+    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout.splitlines()
+    import uvloop
+
+    return {
+        "machine": platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "uvloop": getattr(uvloop, "__version__", "unknown"),
+        "openssl": __import__("ssl").OPENSSL_VERSION,
+        "mosquitto": mosquitto[0] if mosquitto else "unknown",
+        "load_average": open("/proc/loadavg").read().split()[:3],
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny version of every case (~10-20 s)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {','.join(CASES)}")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per case and broker (default 3; quick 1)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write every run and the summary here")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the CA and certificates here and reuse them next time (default: a temp dir)",
+    )
+    parser.add_argument("--protocol", choices=("3.1.1", "5.0"), default="5.0")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        default=None,
+        help="also run the gateway of this checkout (before/after a change, same run)",
+    )
+    parser.add_argument("--markdown", type=Path, default=None, help="write the summary as Markdown tables")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        nargs=2,
+        metavar=("MAX_WAIT", "BUSY_PCT"),
+        default=(0.0, 100.0),
+        help="before each run wait up to MAX_WAIT s for the machine to be less than BUSY_PCT %% busy",
+    )
+    parser.add_argument(
+        "--tree", type=Path, default=None, help="run fleetgate from this checkout, not the installed one"
+    )
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(unknown)}")
+    return args
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM/SIGHUP (and SIGINT, which a shell's background job inherits as ignored) unwind through
+    the `finally` blocks that stop the brokers, instead of killing us and orphaning them."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _stop_on_signals()
+    console = Console()
+    if not Path(MOSQUITTO).exists():
+        console.print(f"bench: {MOSQUITTO} is missing; install the Debian package `mosquitto`")
+        return 2
+    raise_fd_limit()
+    scale = Scale.quick() if args.quick else Scale.full()
+    runs = args.runs or (1 if args.quick else 3)
+    cases = args.cases.split(",")
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    lab = prepare_lab(root, scale, args.protocol, echo=not args.quick)
+    brokers = make_brokers(lab, args.compare_tree, args.tree)
+    try:
+        import uvloop
+
+        results = uvloop.run(
+            run_cases(
+                lab, brokers, cases, runs, scale, console, fresh=not args.quick, quiet=tuple(args.quiet)
+            )
+        )
+    finally:
+        for broker in brokers.values():
+            broker.stop()
+        lab.close()
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    summary = summarise(results)
+    targets = check_targets(summary)
+    print_summary(summary, targets, console)
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(summary, targets))
+    if args.json is not None:
+        document = {
+            "command": " ".join(["scripts/bench", *(argv if argv is not None else sys.argv[1:])]),
+            "environment": environment(),
+            "protocol": args.protocol,
+            "runs": runs,
+            "scale": scale.__dict__,
+            "results": results,
+            "summary": summary,
+            "targets": targets,
+        }
+        args.json.write_text(json.dumps(document, indent=2, default=str))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted; the brokers it started are stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,434 @@
+"""The benchmark cases of issue 8, each one `async (lab, broker, scale) -> metrics` against a live broker.
+
+Every case uses the same topics under both brokers and stays inside fleetgate's default grants:
+- throughput 1→1: `dispatch` publishes vehicle-control messages `fleet/TRK-00001/control/bench`
+  to unit TRK-00001, subscribed to `fleet/TRK-00001/control/#` (a service: no per-unit rate limit);
+- fan-in: units publish `fleet/<unit>/telemetry/gps`, service `analytics` subscribes
+  `fleet/+/telemetry/#` (a load run, device_sim.load);
+- fan-out, true 1→N: `dispatch` publishes one message on `fleet/TRK-00001/cmd/notice`; N operator
+  consoles subscribed to `fleet/+/cmd/#` each get a copy;
+- dispatch broadcast: N units each subscribed to their own `fleet/<unit>/control/#`; `dispatch` sends
+  one message per unit in one burst (N messages, N topics: what per-unit grants allow);
+- connect storm, idle-session memory, time to contain: units connecting, idle, or being revoked.
+Metric names end in their unit; `*_per_s` are better higher, `*_ms` and `*_kb` better lower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from device_sim import procstat
+from device_sim.bench_lab import Lab, Scale
+from device_sim.brokers import Broker, MosquittoBroker
+from device_sim.lean import ClientIdentity, LatencySink, LeanClient, PublishTemplate, open_client
+from device_sim.load import LoadOptions, run_load
+from device_sim.report import percentiles
+from device_sim.swarm import close_all, connect_crowd
+
+Metrics = dict[str, Any]
+Case = Callable[[Lab, Broker, Scale], Awaitable[Metrics]]
+
+
+def _ms(ns: float) -> float:
+    return round(ns / 1e6, 3)
+
+
+async def _client(
+    lab: Lab, broker: Broker, identity: ClientIdentity, sink: LatencySink | None = None
+) -> LeanClient:
+    client, _ = await open_client(
+        "127.0.0.1", broker.port, lab.context(identity), identity.ident, version=lab.version, sink=sink
+    )
+    return client
+
+
+async def _subscribed(
+    lab: Lab, broker: Broker, identity: ClientIdentity, topic_filter: str, qos: int, sink: LatencySink
+) -> LeanClient:
+    client = await _client(lab, broker, identity, sink)
+    suback = await client.subscribe(topic_filter, qos)
+    if suback.reason_codes[0] >= 0x80:
+        raise PermissionError(f"{identity.ident} may not subscribe to {topic_filter}")
+    return client
+
+
+# --- 1. throughput 1→1 -----------------------------------------------------------------------------
+
+
+async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched: bool = False) -> Metrics:
+    """Closed loop: the publisher keeps `window` messages between itself and the subscriber.
+
+    Each message is written on its own (one TLS record each, as client libraries do) unless `batched`:
+    then a refill goes out as one write, many messages per record (QoS 0 only; see qos0_batched)."""
+    unit = lab.units[0]
+    sink = LatencySink()
+    sub = await _subscribed(lab, broker, unit, f"fleet/{unit.ident}/control/#", qos, sink)
+    pub, connack = await open_client(
+        "127.0.0.1", broker.port, lab.context(lab.dispatch), "dispatch", version=lab.version
+    )
+    template = PublishTemplate(f"fleet/{unit.ident}/control/bench", 100, qos, lab.version)
+    window = scale.qos0_window if qos == 0 else 100
+    receive_max = connack.properties.receive_maximum or 65535  # 5.0: the broker's in-flight cap for us
+    batch_min = max(1, window // 8)  # refill in batches: one TLS record carries many messages
+
+    def room() -> int:
+        free = window - (pub.sent - sink.count)
+        return min(free, receive_max - pub.inflight) if qos else free
+
+    wake = asyncio.Event()
+
+    def on_data() -> None:  # wake the publisher only when a batch fits: no wakeup per read
+        if room() >= batch_min:
+            wake.set()
+
+    sub.on_data = pub.on_data = on_data
+    marks: dict[str, tuple[float, int, procstat.ProcSample | None, float]] = {}
+    loop = asyncio.get_running_loop()
+    timed_out = False
+
+    def on_timer() -> None:
+        nonlocal timed_out
+        timed_out = True
+        wake.set()
+
+    watchdog = loop.call_later(0, lambda: None)
+    try:
+        started = time.perf_counter()
+        warm_until = started + scale.warmup_seconds
+        end = warm_until + scale.throughput_seconds
+        while True:
+            now = time.perf_counter()
+            if "start" not in marks and now >= warm_until:
+                marks["start"] = (now, sink.count, procstat.sample(broker.pid), _own_cpu())
+            if now >= end:
+                marks["end"] = (now, sink.count, procstat.sample(broker.pid), _own_cpu())
+                break
+            if pub.transport is None or sub.transport is None:
+                raise ConnectionError("a benchmark client was disconnected")
+            free = room()
+            # A partial batch goes out only when nothing arrived for a tick: a broker that holds back
+            # what it has buffered until more input comes (seen with Mosquitto at QoS 1) would
+            # otherwise wait for us while we wait for it.
+            if free >= batch_min or (timed_out and free > 0):
+                timed_out = False
+                stamp = time.perf_counter_ns()
+                # One write, hence one TLS record, per message, as an MQTT client library sends them:
+                # a broker's cost per record is part of what is measured (see docs/benchmarks.md).
+                if batched:
+                    pub.write(template.burst(free, stamp), free, 0)
+                    continue
+                for _ in range(free):
+                    pub.write(template.frame(pub.next_packet_id() if qos else 0, stamp), 1, qos)
+                continue
+            wake.clear()
+            timed_out = False
+            watchdog.cancel()
+            watchdog = loop.call_later(min(_TICK, max(0.0, end - now)), on_timer)
+            await wake.wait()
+    finally:
+        watchdog.cancel()
+        await close_all([pub, sub])
+    (t0, n0, b0, g0), (t1, n1, b1, g1) = marks["start"], marks["end"]
+    lat = percentiles(sink.latencies[n0:n1])
+    return {
+        "delivered_per_s": round((n1 - n0) / (t1 - t0)),
+        "latency_p50_ms": _ms(lat.get("p50", 0)),
+        "latency_p99_ms": _ms(lat.get("p99", 0)),
+        "broker_cpu_pct": round(procstat.cpu_percent(b0, b1) or 0.0),
+        "generator_cpu_pct": round(100 * (g1 - g0) / (t1 - t0)),
+    }
+
+
+_TICK = 0.005  # seconds without progress after which the throughput publisher sends a partial batch
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def qos0(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    return await _throughput(lab, broker, scale, 0)
+
+
+async def qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    return await _throughput(lab, broker, scale, 1)
+
+
+async def qos0_batched(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """QoS 0 with each refill in one write (~100 messages per TLS record): the routing core's ceiling.
+    Not offered at QoS 1: Mosquitto 2.0.11 then leaves part of a record unprocessed until more bytes
+    arrive, and the closed loop stalls on it (a Mosquitto behaviour, not a measurement of it)."""
+    return await _throughput(lab, broker, scale, 0, batched=True)
+
+
+# --- 2. fan-in ---------------------------------------------------------------------------------------
+
+
+async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    out: Metrics = {}
+    for rate in scale.fanin_rates:
+        offered = scale.fanin_units * rate
+        report = await run_load(
+            LoadOptions(
+                port=broker.port, ca=lab.ca,
+                identities={i.ident: i for i in (*lab.units[: scale.fanin_units], lab.analytics)},
+                unit_ids=[u.ident for u in lab.units[: scale.fanin_units]], units=scale.fanin_units,
+                rate_per_unit=rate, duration=scale.fanin_seconds, protocol=lab.protocol,
+                broker_pid=broker.pid, broker_label=broker.name, progress=False, drain_timeout=3.0,
+            )
+        )  # fmt: skip
+        tag = f"{offered / 1000:g}k"
+        lat = report.latency_ms
+        out[f"{tag}_delivered_per_s"] = round(report.delivered_rate)
+        out[f"{tag}_delivered_pct"] = round(100 * report.delivered / max(1, report.offered), 2)
+        out[f"{tag}_latency_p50_ms"] = lat.get("p50", 0.0)
+        out[f"{tag}_latency_p99_ms"] = lat.get("p99", 0.0)
+        out[f"{tag}_broker_cpu_pct"] = report.broker_cpu_percent
+        out[f"{tag}_generator_lag_ms"] = report.generator_max_lag_ms
+    return out
+
+
+# --- 3. fan-out --------------------------------------------------------------------------------------
+
+
+async def fanout(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """True 1→N: one dispatch message, N operator consoles on fleet/+/cmd/#; then a 50-message burst."""
+    sink = LatencySink()
+    operators = lab.operators[: scale.fanout_subscribers]
+    n = len(operators)
+    crowd = await connect_crowd(
+        "127.0.0.1", broker.port, operators, lab.contexts(operators), concurrency=100, version=lab.version,
+        sink=sink, subscribe=lambda _: "fleet/+/cmd/#",
+    )  # fmt: skip
+    pub = await _client(lab, broker, lab.dispatch)
+    template = PublishTemplate(f"fleet/{lab.units[0].ident}/cmd/notice", 100, 0, lab.version)
+    completions: list[float] = []
+    try:
+        if crowd.failures:
+            raise ConnectionError(f"fan-out subscribers failed: {dict(crowd.failures)}")
+        for _ in range(scale.fanout_messages):
+            before = sink.count
+            sent = time.perf_counter_ns()
+            pub.send(template, sent)
+            await _until_count(sink, before + n, 5.0)
+            completions.append(time.perf_counter_ns() - sent)
+            await asyncio.sleep(0.05)
+        single = sink.count
+        burst = 50
+        before = sink.count
+        started = time.perf_counter()
+        pub.write(template.burst(burst, time.perf_counter_ns()), burst, 0)
+        await _until_count(sink, before + burst * n, 20.0)
+        burst_seconds = time.perf_counter() - started
+    finally:
+        await close_all([pub, *crowd.clients])
+    lat = percentiles(sink.latencies[:single])
+    return {
+        "copy_latency_p50_ms": _ms(lat.get("p50", 0)),
+        "copy_latency_p99_ms": _ms(lat.get("p99", 0)),
+        "all_copies_ms": _ms(sorted(completions)[len(completions) // 2]) if completions else 0.0,
+        "burst_copies_per_s": round((sink.count - before) / burst_seconds),
+        "delivered_pct": round(100 * sink.count / max(1, n * (scale.fanout_messages + burst)), 2),
+    }
+
+
+async def broadcast(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """Dispatch broadcast: one control message to each of N units, N topics, one burst."""
+    sink = LatencySink()
+    units = lab.units[: scale.broadcast_units]
+    crowd = await connect_crowd(
+        "127.0.0.1", broker.port, units, lab.contexts(units), concurrency=100, version=lab.version, sink=sink,
+        subscribe=lambda ident: f"fleet/{ident}/control/#",
+    )  # fmt: skip
+    pub = await _client(lab, broker, lab.dispatch)
+    templates = [PublishTemplate(f"fleet/{u.ident}/control/broadcast", 100, 0, lab.version) for u in units]
+    completions: list[float] = []
+    try:
+        if crowd.failures:
+            raise ConnectionError(f"broadcast subscribers failed: {dict(crowd.failures)}")
+        for _ in range(scale.broadcast_bursts):
+            before = sink.count
+            sent = time.perf_counter_ns()
+            pub.write(b"".join(t.frame(0, sent) for t in templates), len(templates), 0)
+            await _until_count(sink, before + len(units), 10.0)
+            completions.append(time.perf_counter_ns() - sent)
+            await asyncio.sleep(0.2)
+    finally:
+        await close_all([pub, *crowd.clients])
+    lat = percentiles(sink.latencies)
+    return {
+        "latency_p50_ms": _ms(lat.get("p50", 0)),
+        "latency_p99_ms": _ms(lat.get("p99", 0)),
+        "all_delivered_ms": _ms(sorted(completions)[len(completions) // 2]) if completions else 0.0,
+        "delivered_pct": round(100 * sink.count / max(1, len(units) * scale.broadcast_bursts), 2),
+    }
+
+
+async def _until_count(sink: LatencySink, count: int, timeout: float) -> bool:
+    """Wait (bounded) until the sink has seen `count` messages; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while sink.count < count:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.001)
+    return True
+
+
+# --- 4. connect storm --------------------------------------------------------------------------------
+
+
+async def storm(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """N units connect at once (every handshake in flight together)."""
+    units = lab.units[: scale.storm_units]
+    contexts = lab.contexts(units)
+    before = procstat.sample(broker.pid)
+    crowd = await connect_crowd(
+        "127.0.0.1", broker.port, units, contexts, concurrency=len(units), version=lab.version, timeout=60.0
+    )
+    after = procstat.sample(broker.pid)
+    await close_all(crowd.clients)
+    stats = percentiles(crowd.connack_ns)
+    return {
+        "handshakes_per_s": round(crowd.rate, 1),
+        "connack_p50_ms": _ms(stats.get("p50", 0)),
+        "connack_p99_ms": _ms(stats.get("p99", 0)),
+        "failed": sum(crowd.failures.values()),
+        "broker_cpu_pct": round(procstat.cpu_percent(before, after) or 0.0),
+    }
+
+
+# --- 5. memory per idle session ----------------------------------------------------------------------
+
+
+async def memory(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    out: Metrics = {}
+    for sessions in scale.memory_sessions:
+        await asyncio.sleep(scale.settle_seconds / 2)
+        before = procstat.sample(broker.pid)
+        units = lab.units[:sessions]
+        crowd = await connect_crowd(
+            "127.0.0.1", broker.port, units, lab.contexts(units), concurrency=200, version=lab.version,
+            subscribe=lambda ident: f"fleet/{ident}/control/#", timeout=60.0,
+        )  # fmt: skip
+        await asyncio.sleep(scale.settle_seconds)  # let buffers settle
+        after = procstat.sample(broker.pid)
+        await close_all(crowd.clients, wait=10.0)
+        connected = len(crowd.clients)
+        tag = f"{sessions / 1000:g}k"
+        if before is None or after is None or not connected:
+            raise RuntimeError("the broker went away while measuring memory")
+        out[f"{tag}_kb_per_session"] = round((after.rss_bytes - before.rss_bytes) / connected / 1024, 1)
+        out[f"{tag}_connected"] = connected
+        out[f"{tag}_rss_mb"] = round(after.rss_bytes / 2**20, 1)
+    return out
+
+
+# --- 6. time to contain ------------------------------------------------------------------------------
+
+
+async def contain(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """Revoke connected units one at a time; time from the registry commit to the socket closing.
+
+    Under Mosquitto the same revocation (registry + CRL file) is followed by what an operator can do:
+    wait, SIGHUP (re-reads certificates and the CRL), then a restart; we record what each achieves.
+    """
+    fresh = lab.fresh_units(scale.contain_units + 1)
+    identities = [ClientIdentity(u.ident, u.cert, u.key) for u in fresh]
+    clients = [await _client(lab, broker, identity) for identity in identities]
+    try:
+        if isinstance(broker, MosquittoBroker):
+            return await _contain_mosquitto(
+                lab, broker, clients, fresh[0].serial, identities[0], scale.observe_seconds
+            )
+        samples = []
+        jitter = random.Random()
+        for client, unit in zip(clients[:-1], fresh[:-1], strict=True):
+            # At a random moment: a gateway that polls would otherwise phase-lock with this loop and
+            # always be measured at the same point of its polling period.
+            await asyncio.sleep(jitter.uniform(0.0, 0.4))
+            # Timed from the registry commit, which is what the gateway follows; the CRL files are
+            # written afterwards, so that signing them does not block this loop while it watches.
+            lab.issuer.revoke_in_registry(unit.serial)
+            committed = time.perf_counter()
+            await asyncio.wait([client.lost], timeout=5.0)
+            samples.append(1000 * ((client.closed_at or float("inf")) - committed))
+        lab.issuer.write_crl()
+        cli_ms = await _contain_with_cli(lab, clients[-1], fresh[-1].serial)
+    finally:
+        await close_all(clients)
+    stats = percentiles(samples)
+    return {
+        "contain_p50_ms": round(stats["p50"], 1),
+        "contain_max_ms": round(stats["max"], 1),
+        "contain_samples_ms": [round(t, 1) for t in samples],  # pooled over runs for the p99
+        "cli_contain_ms": round(cli_ms, 1),
+        "contained_pct": round(100 * sum(1 for t in samples if t < 5000) / len(samples), 1),
+    }
+
+
+async def _contain_with_cli(lab: Lab, client: LeanClient, serial: int) -> float:
+    """`fleetgate cert revoke SERIAL --force` as an operator runs it: command start → socket closed."""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "cert", "revoke", format(serial, "x"), "--force",
+        "--data", str(lab.data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    await proc.wait()
+    await asyncio.wait([client.lost], timeout=5.0)
+    return 1000 * ((client.closed_at or float("inf")) - started)
+
+
+async def _contain_mosquitto(
+    lab: Lab,
+    broker: MosquittoBroker,
+    clients: list[LeanClient],
+    serial: int,
+    revoked: ClientIdentity,
+    observe: float,
+) -> Metrics:
+    target = clients[0]
+    lab.issuer.revoke(serial)  # registry + CRL file (the crlfile Mosquitto was started with)
+    await asyncio.wait([target.lost], timeout=observe)
+    survives_crl = target.transport is not None
+    broker.reload()
+    await asyncio.wait([target.lost], timeout=observe)
+    survives_sighup = target.transport is not None
+    try:
+        probe = await _client(lab, broker, revoked)
+        probe.disconnect()
+        reconnect_refused = False
+    except (OSError, ConnectionError, TimeoutError):
+        reconnect_refused = True
+    started = time.perf_counter()
+    broker.stop()
+    broker.start()  # a restart: the only way to cut a live session; it cuts every session
+    restart_ms = 1000 * (time.perf_counter() - started)
+    await asyncio.sleep(0.2)  # let the event loop see the closed sockets
+    return {
+        "live_session_survives_crl_update": survives_crl,
+        "live_session_survives_sighup": survives_sighup,
+        "new_connection_refused_after_sighup": reconnect_refused,
+        "restart_ms": round(restart_ms, 1),
+        "sessions_cut_by_restart": sum(1 for c in clients if c.transport is None or c.lost.done()),
+    }
+
+
+CASES: dict[str, Case] = {
+    "qos0": qos0,
+    "qos1": qos1,
+    "qos0_batched": qos0_batched,
+    "fanin": fanin,
+    "fanout": fanout,
+    "broadcast": broadcast,
+    "storm": storm,
+    "memory": memory,
+    "contain": contain,
+}

@@ -1,0 +1,348 @@
+"""Load runs: N units publishing at a fixed rate, one subscriber service measuring what arrives.
+
+    report = await run_load(LoadOptions(port=8883, certs_dir=Path("fleet"), units=1000, rate_per_unit=10))
+    report.print_table(); Path("run.json").write_text(report.to_json()); report.write_png(Path("run.png"))
+
+Theory of operation. One process, one event loop (uvloop when `run_load_sync` is used), one lean
+asyncio Protocol per unit (device_sim.lean). Phases:
+  1. the subscriber (a service identity, default `analytics` on `fleet/+/telemetry/#`) connects;
+  2. the units connect, at most `connect_concurrency` handshakes at a time (time to CONNACK per unit);
+  3. publishing: message k of the run is due at t0 + k/(N·R) and belongs to unit k mod N, so every unit
+     publishes every 1/R s and the units' phases are spread evenly over that period — a steady stream,
+     not N-sized bursts. A single scheduler task wakes every `tick` s and sends what is due; how late it
+     woke is reported as generator lag, so an overloaded generator cannot pass for a slow broker;
+  4. drain: wait until everything sent has arrived (or stopped arriving), then close everyone.
+Each payload starts with the send time (perf_counter_ns, same process as the subscriber), so the
+subscriber measures end-to-end latency. Drops are counted by where they happened: not sent because the
+unit was disconnected or its QoS 1 window was full, refused by the broker (5.0 PUBACK >= 0x80), or
+sent and never delivered.
+
+Works against any MQTT broker with mTLS (fleetgate, Mosquitto): give it the port, the CA and the
+certificates. With `broker_pid` it also samples the broker's CPU and RSS from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from device_sim import procstat
+from device_sim.lean import (
+    ClientIdentity,
+    LatencySink,
+    LeanClient,
+    PublishTemplate,
+    client_context,
+    open_client,
+)
+from device_sim.report import LoadReport, interval_series, ns_to_ms, percentiles
+from device_sim.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
+from device_sim.swarm import protocol_version as parse_protocol
+from gateway.mqtt.packets import ProtocolVersion
+
+__all__ = ["LoadOptions", "LoadReport", "run_load", "run_load_sync"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    host: str = "127.0.0.1"
+    port: int = 8883
+    ca: Path | None = None  # the fleet root (PEM); default: certs_dir/ca.crt
+    certs_dir: Path | None = None  # <id>.crt + <id>.key per unit (the layout device_sim.enroll writes)
+    identities: Mapping[str, ClientIdentity] | None = None  # or explicit credentials (units + subscriber)
+    units: int = 100  # how many units (the first N ids, sorted, unless unit_ids says which)
+    unit_ids: Sequence[str] | None = None
+    rate_per_unit: float = 1.0  # messages per second per unit
+    duration: float = 10.0  # seconds of publishing
+    qos: int = 0  # 0 or 1
+    payload_size: int = 100  # bytes, timestamp included (minimum 8)
+    protocol: str = "5.0"  # "3.1.1" or "5.0"
+    subscriber: str | None = "analytics"  # the measuring service; None: publish only
+    subscriber_dir: Path | None = None  # where <subscriber>.crt/.key are, if not in certs_dir
+    topic: str = "fleet/{unit}/telemetry/gps"
+    subscribe_filter: str = "fleet/+/telemetry/#"
+    connect_concurrency: int = 100
+    window: int = 100  # QoS 1: unacknowledged publishes per unit before the generator skips one
+    keep_alive: int = 60
+    broker_pid: int | None = None  # sample this process's CPU and RSS (the broker under test)
+    broker_label: str = "broker"
+    progress: bool = True
+    drain_timeout: float = 5.0
+    tick: float = 0.005  # scheduler period, seconds
+    server_hostname: str | None = None  # TLS name to verify (default: host)
+
+
+@dataclass
+class _Credentials:
+    ca: Path
+    units: list[ClientIdentity]
+    subscriber: ClientIdentity | None
+
+
+def _credentials(opts: LoadOptions) -> _Credentials:
+    known: dict[str, ClientIdentity] = dict(opts.identities or {})
+    dirs = [d for d in (opts.certs_dir, opts.subscriber_dir) if d is not None]
+    known.update(identities_in(*dirs))
+    ca = opts.ca or (opts.certs_dir / "ca.crt" if opts.certs_dir else None)
+    if ca is None or not ca.exists():
+        raise FileNotFoundError(f"no CA certificate at {ca}; pass ca= (the fleet root, PEM)")
+    subscriber = None
+    if opts.subscriber is not None:
+        subscriber = pick(known, [opts.subscriber])[0]
+    ids = (
+        list(opts.unit_ids) if opts.unit_ids is not None else sorted(i for i in known if i != opts.subscriber)
+    )
+    if len(ids) < opts.units:
+        raise LookupError(f"{opts.units} units asked for, but credentials for only {len(ids)} were found")
+    return _Credentials(ca, pick(known, ids[: opts.units]), subscriber)
+
+
+class _Progress:
+    """A rich progress display, or nothing (bench runs and tests)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            if enabled
+            else None
+        )
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def task(self, description: str, total: float) -> TaskID | None:
+        return None if self.bar is None else self.bar.add_task(description, total=total, info="")
+
+    def update(self, task: TaskID | None, completed: float, info: str = "") -> None:
+        if self.bar is not None and task is not None:
+            self.bar.update(task, completed=completed, info=info)
+
+
+def ensure_fd_limit(needed: int) -> None:
+    """Raise this process's soft open-files limit to fit `needed` sockets, or say why it cannot."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise OSError(
+            f"{needed} connections need {needed} open files but the hard limit is {hard}; "
+            "raise it (ulimit -Hn, /etc/security/limits.conf) or run fewer units"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def run_load(options: LoadOptions) -> LoadReport:
+    """One load run against the broker at options.host:port; see the module docstring."""
+    if options.qos not in (0, 1):
+        raise ValueError("load runs use QoS 0 or 1")
+    ensure_fd_limit(options.units + 256)  # one socket per unit, plus files, the subscriber and slack
+    creds = _credentials(options)
+    version = parse_protocol(options.protocol)
+    sink = LatencySink()
+    ssl_contexts = contexts(creds.units, creds.ca)
+    subscriber: LeanClient | None = None
+    clients: list[LeanClient] = []
+    with _Progress(options.progress) as progress:
+        try:
+            if creds.subscriber is not None:
+                subscriber, _ = await open_client(
+                    options.host,
+                    options.port,
+                    client_context(creds.subscriber, creds.ca),
+                    creds.subscriber.ident,
+                    version=version,
+                    keep_alive=options.keep_alive,
+                    sink=sink,
+                    server_hostname=options.server_hostname,
+                )
+                suback = await subscriber.subscribe(options.subscribe_filter, options.qos)
+                if suback.reason_codes[0] >= 0x80:
+                    raise PermissionError(
+                        f"{creds.subscriber.ident} may not subscribe to {options.subscribe_filter}"
+                        f" (SUBACK 0x{suback.reason_codes[0]:02x})"
+                    )
+            connecting = progress.task("connecting", len(creds.units))
+            crowd = await connect_crowd(
+                options.host,
+                options.port,
+                creds.units,
+                ssl_contexts,
+                concurrency=options.connect_concurrency,
+                version=version,
+                keep_alive=options.keep_alive,
+                on_progress=lambda done, total: progress.update(connecting, done, f"{done}/{total}"),
+            )
+            clients = crowd.clients
+            by_ident = {c.ident: c for c in clients}
+            units = [by_ident.get(i.ident) for i in creds.units]
+            result = await _publish(options, version, units, subscriber, sink, progress)
+        finally:
+            await close_all([*clients, *([subscriber] if subscriber else [])])
+    lat = sink.latencies
+    result_drops = result.drops
+    delivered = min(sink.count, result.sent)
+    refused = sum(c.refused for c in clients)
+    result_drops["refused_by_broker"] = refused
+    lost = max(0, result.sent - refused - delivered)
+    if result.subscriber_lost and lost:
+        result_drops["subscriber_disconnected"] = lost  # not the broker's loss: nobody was listening
+    else:
+        result_drops["lost_in_broker"] = lost
+    return LoadReport(
+        broker=options.broker_label,
+        units_requested=options.units,
+        units_connected=len(clients),
+        connect_seconds=round(crowd.seconds, 3),
+        connack_ms=ns_to_ms(percentiles(crowd.connack_ns)),
+        connect_failures=dict(crowd.failures),
+        duration_s=options.duration,
+        qos=options.qos,
+        payload_size=options.payload_size,
+        protocol=options.protocol,
+        offered=result.offered,
+        sent=result.sent,
+        delivered=delivered,
+        latency_ms=ns_to_ms(percentiles(lat)),
+        drops=result_drops,
+        broker_cpu_percent=_round(procstat.cpu_percent(result.broker_before, result.broker_after)),
+        broker_rss_mb={
+            k: round(s.rss_bytes / 2**20, 1)
+            for k, s in (("start", result.broker_before), ("end", result.broker_after))
+            if s is not None
+        },
+        generator_cpu_percent=_round(result.generator_cpu),
+        generator_max_lag_ms=round(result.max_lag_s * 1000, 1),
+        series=interval_series(lat, sink.marks, result.start_ns),
+    )
+
+
+@dataclass
+class _PublishResult:
+    offered: int
+    sent: int
+    drops: dict[str, int]
+    start_ns: int
+    max_lag_s: float
+    broker_before: procstat.ProcSample | None
+    broker_after: procstat.ProcSample | None
+    generator_cpu: float | None
+    subscriber_lost: bool  # the measuring subscriber's connection went away during the run
+
+
+async def _publish(
+    opts: LoadOptions,
+    version: ProtocolVersion,
+    units: Sequence[LeanClient | None],
+    subscriber: LeanClient | None,
+    sink: LatencySink,
+    progress: _Progress,
+) -> _PublishResult:
+    n = len(units)
+    templates = [
+        PublishTemplate(opts.topic.format(unit=c.ident), opts.payload_size, opts.qos, version)
+        if c is not None
+        else None
+        for c in units
+    ]
+    total_rate = n * opts.rate_per_unit
+    drops = {"not_sent_disconnected": 0, "not_sent_window_full": 0}
+    pid = opts.broker_pid
+    listeners = [c for c in (*units, subscriber) if c is not None]
+    pinger = asyncio.get_running_loop().create_task(keep_alive_loop(listeners, opts.keep_alive))
+    publishing = progress.task("publishing", opts.duration)
+    broker_before = procstat.sample(pid) if pid else None
+    cpu_before = os.times()
+    start = time.perf_counter()
+    start_ns = time.perf_counter_ns()
+    k = 0
+    offered_total = int(total_rate * opts.duration)
+    max_lag = 0.0
+    next_report = start
+    window = opts.window
+    try:
+        while k < offered_total and n:
+            now = time.perf_counter()
+            due = min(offered_total, int((now - start) * total_rate) + 1)
+            if due > k:
+                max_lag = max(max_lag, now - (start + k / total_rate))
+                stamp = time.perf_counter_ns()
+                while k < due:
+                    i = k % n
+                    client, template = units[i], templates[i]
+                    k += 1
+                    if client is None or template is None or client.transport is None:
+                        drops["not_sent_disconnected"] += 1
+                    elif opts.qos and client.inflight >= window:
+                        drops["not_sent_window_full"] += 1
+                    else:
+                        client.send(template, stamp)
+            if now >= next_report:
+                next_report = now + 0.5
+                rate = sink.count / max(1e-9, now - start)
+                progress.update(
+                    publishing, now - start, f"{k:,} sent, {sink.count:,} delivered ({rate:,.0f}/s)"
+                )
+            await asyncio.sleep(opts.tick)
+        sent = sum(u.sent for u in units if u is not None)
+        await _drain(sink, units, sent, opts.drain_timeout)
+    finally:
+        pinger.cancel()
+    cpu_after = os.times()
+    elapsed = time.perf_counter() - start
+    progress.update(publishing, opts.duration, f"{sent:,} sent, {sink.count:,} delivered")
+    used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    return _PublishResult(
+        offered=offered_total,
+        sent=sent,
+        drops=drops,
+        start_ns=start_ns,
+        max_lag_s=max_lag,
+        broker_before=broker_before,
+        broker_after=procstat.sample(pid) if pid else None,
+        generator_cpu=100.0 * used / elapsed if elapsed > 0 else None,
+        subscriber_lost=subscriber is not None and subscriber.closed_at is not None,
+    )
+
+
+async def _drain(sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float) -> None:
+    """Wait until everything sent arrived (or was refused), or nothing arrived for `timeout` seconds."""
+    last, idle_since = sink.count, time.monotonic()
+    while time.monotonic() - idle_since < timeout:
+        if sink.count + sum(u.refused for u in units if u is not None) >= sent:
+            return
+        await asyncio.sleep(0.02)
+        if sink.count != last:
+            last, idle_since = sink.count, time.monotonic()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def run_load_sync(options: LoadOptions) -> LoadReport:
+    """run_load on a fresh uvloop event loop (asyncio's own if uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency on Linux
+        return asyncio.run(run_load(options))
+    return uvloop.run(run_load(options))

@@ -1,0 +1,80 @@
+"""run_load against live brokers over mTLS: a fleetgate subprocess, and Mosquitto on the same CA."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device_sim.brokers import MosquittoBroker
+from device_sim.certs import BulkIssuer, unit_ids
+from device_sim.load import LoadOptions, run_load
+from device_sim.mosquitto import MOSQUITTO, acl_from_policy, load_policy
+from tests.harness import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
+    gw = GatewayProcess(tmp_path_factory.mktemp("load"))
+    gw.init()
+    with BulkIssuer(gw.data) as issuer:
+        issuer.units(unit_ids(6), gw.root / "units")
+        issuer.roles("service", ["analytics", "dispatch"], gw.root / "services")
+    gw.start()
+    yield gw, gw.root
+    gw.stop()
+
+
+def _options(root: Path, port: int, **extra: object) -> LoadOptions:
+    values: dict[str, object] = dict(
+        port=port, certs_dir=root / "units", subscriber_dir=root / "services", units=5, rate_per_unit=20.0,
+        duration=1.0, progress=False, drain_timeout=2.0,
+    )  # fmt: skip
+    values.update(extra)
+    return LoadOptions(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_every_offered_message_reaches_the_subscriber(
+    fleet: tuple[GatewayProcess, Path], qos: int, tmp_path: Path
+) -> None:
+    gw, root = fleet
+    assert gw.proc is not None
+    report = await run_load(
+        _options(root, gw.mqtt_port, qos=qos, broker_pid=gw.proc.pid, broker_label="fleetgate")
+    )
+    assert report.units_connected == 5 and not report.connect_failures
+    assert report.offered == 100 and report.sent == 100 and report.delivered == 100
+    assert report.drops["lost_in_broker"] == 0
+    assert report.latency_ms["p50"] > 0 and report.connack_ms["p99"] > 0
+    assert report.broker_rss_mb["end"] > 0 and report.broker_cpu_percent is not None
+    report.write_png(tmp_path / "run.png")
+    assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_a_subscriber_without_the_grant_is_refused(fleet: tuple[GatewayProcess, Path]) -> None:
+    gw, root = fleet
+    with pytest.raises(PermissionError, match="may not subscribe"):
+        await run_load(_options(root, gw.mqtt_port, subscriber="dispatch", subscribe_filter="#"))
+
+
+async def test_too_few_credentials_is_a_clear_error(fleet: tuple[GatewayProcess, Path]) -> None:
+    gw, root = fleet
+    with pytest.raises(LookupError, match="50 units asked for"):
+        await run_load(_options(root, gw.mqtt_port, units=50))
+
+
+@pytest.mark.skipif(shutil.which(MOSQUITTO) is None and not Path(MOSQUITTO).exists(), reason="no mosquitto")
+async def test_the_same_run_against_mosquitto(fleet: tuple[GatewayProcess, Path]) -> None:
+    gw, root = fleet
+    policy = load_policy(Path(__file__).parents[2] / "gateway" / "defaults" / "policy.yaml")
+    broker = MosquittoBroker(gw.data, root, acl_from_policy(policy))
+    broker.start()
+    try:
+        report = await run_load(_options(root, broker.port, broker_pid=broker.pid, broker_label="mosquitto"))
+    finally:
+        broker.stop()
+    assert report.delivered == report.offered == 100
+    assert report.broker == "mosquitto"
