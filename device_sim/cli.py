@@ -319,7 +319,7 @@ def load(
     With --data, the subscriber's service identity is issued into --certs if it is not there yet.
     """
     try:
-        from device_sim.load import LoadOptions, run_load
+        from device_sim.load import LoadOptions, run_load_sync
     except ImportError:
         raise click.ClickException("load runs are not available yet (device_sim.load is not there)") from None
     host, port = _server(server)
@@ -342,7 +342,8 @@ def load(
     }
     # Pass only what this version of LoadOptions knows: the load module evolves on its own.
     known = {f.name for f in dataclasses.fields(LoadOptions)}
-    report = asyncio.run(run_load(LoadOptions(**{k: v for k, v in wanted.items() if k in known})))
+    # uvloop: thousands of TLS connections from one process need its leaner transports
+    report = run_load_sync(LoadOptions(**{k: v for k, v in wanted.items() if k in known}))
     if as_json:
         click.echo(report.to_json())
     else:
