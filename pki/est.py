@@ -75,8 +75,9 @@ def decode_csr_body(body: bytes, max_size: int = MAX_CSR_BODY) -> x509.Certifica
     try:
         der = _base64_decode(stripped)
     except (binascii.Error, ValueError):
-        if stripped[0] == _DER_SEQUENCE:  # binary DER (curl --data-binary @csr.der) is not base64
-            return _parse_der(stripped)
+        if body[0] == _DER_SEQUENCE:  # binary DER (curl --data-binary @csr.der) is not base64
+            # the untouched body: strip() would eat a signature that happens to end in a space byte
+            return _parse_der(body)
         raise EstBodyError("not_base64", "the body is not base64; send base64 of a DER PKCS#10 CSR") from None
     return _parse_der(der)
 

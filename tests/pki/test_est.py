@@ -153,3 +153,29 @@ def test_decoded_bundle_lists_the_leaf_first_and_the_root_last(
     leaf = ca.issue(build_csr(key, UNIT), UNIT, NOW, timedelta(days=30))
     for order in ([ca.root, ca.issuing, leaf], [leaf, ca.root, ca.issuing], [ca.issuing, leaf, ca.root]):
         assert decode_certs_only(encode_certs_only(order)) == [leaf, ca.issuing, ca.root]
+
+
+def test_binary_der_ending_in_a_whitespace_byte_is_not_trimmed() -> None:
+    """A raw DER CSR whose signature ends in 0x0a (or any whitespace byte) must parse as sent."""
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives import hashes as _hashes
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+    from cryptography.hazmat.primitives.serialization import Encoding as _Encoding
+    from cryptography.x509.oid import NameOID as _NameOID
+
+    from pki.est import decode_csr_body as _decode
+
+    name = _x509.Name([_x509.NameAttribute(_NameOID.COMMON_NAME, "TRK-1")])
+    for _ in range(2000):  # ECDSA signatures are random: find one whose DER ends in whitespace
+        key = _ec.generate_private_key(_ec.SECP256R1())
+        der = (
+            _x509.CertificateSigningRequestBuilder()
+            .subject_name(name)
+            .sign(key, _hashes.SHA256())
+            .public_bytes(_Encoding.DER)
+        )
+        if der[-1:] in (b"\t", b"\n", b"\x0b", b"\x0c", b"\r", b" "):
+            break
+    else:  # pragma: no cover - 1 in ~40 per try; 2000 tries never all miss
+        raise AssertionError("no whitespace-terminated DER found")
+    assert _decode(der).public_bytes(_Encoding.DER) == der
