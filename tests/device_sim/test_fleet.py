@@ -93,9 +93,9 @@ async def test_a_lost_connection_comes_back_with_backoff_and_the_will_fires(
             unit = fleet.units[sorted(files)[0]]
             unit.drop()
             assert await watch(
-                lambda: json.loads(dispatch.unit(unit.unit_id).state or b"{}").get("online") is False, 5
+                lambda: json.loads(dispatch.unit(unit.unit_id).state or b"{}").get("online") is False, 15
             )
-            assert await watch(lambda: unit.ready and unit.stats.connects == 2, 10)
+            assert await watch(lambda: unit.ready and unit.stats.connects == 2, 30)
             assert unit.stats.sessions_lost == 1
     finally:
         await dispatch.stop()
