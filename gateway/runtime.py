@@ -48,9 +48,11 @@ from gateway.serving_lock import hold as hold_serving_lock
 from gateway.serving_lock import release as release_serving_lock
 from gateway.transport import MtlsListener, tls_server_context
 from pki.authority import CertificateAuthority
+from pki.errors import VerificationError
 from pki.names import Identity, IdentityError, identity_from_certificate
 from pki.service import FleetCA
 from pki.store import Registry, open_database
+from pki.verify import check_validity
 
 log = logging.getLogger("fleetgate")
 
@@ -108,7 +110,12 @@ class Gateway:
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
         self.directory = RegistryDirectory(self.registry, self.trust_domain, datetime.now(UTC))
-        self.engine = PolicyEngine(load_startup_policy(config), self.directory)
+        # Certificate validity is ours to check (OpenSSL's time check is off, see transport.py): at the
+        # handshake, at CONNECT and while a session lives, each widened by the same tolerance.
+        self.clock_skew = timedelta(seconds=config.tls.clock_skew_tolerance)
+        self.engine = PolicyEngine(
+            load_startup_policy(config), self.directory, clock_skew_tolerance=config.tls.clock_skew_tolerance
+        )
         limits = replace(broker_limits(config), max_violations=self.engine.violation_limit())
         self.broker = Broker(self.engine, limits, SqliteBrokerStore(self._broker_db))
         self.hub = ConnectionHub(
@@ -157,6 +164,10 @@ class Gateway:
         Checked before a single MQTT byte is read; the policy engine checks the same facts again
         at CONNECT and whenever they change.
         """
+        try:
+            check_validity(cert, datetime.now(UTC), tolerance=self.clock_skew)
+        except VerificationError as exc:
+            return f"certificate_{exc.reason}"
         try:
             identity = identity_from_certificate(cert, self.trust_domain)
         except IdentityError as exc:
@@ -285,6 +296,7 @@ class Gateway:
                 audit=self.audit,
                 unit_lifetime=timedelta(days=certs.unit_lifetime_days),
                 max_body=self.config.limits.max_est_body,
+                clock_skew=self.clock_skew,
             ),
         )
         collector = GatewayCollector(
@@ -312,6 +324,7 @@ class Gateway:
                 feed=self.feed,
                 totp=self.totp,
                 flows=self.flows.snapshot,
+                clock_skew=self.clock_skew,
             ),
         )
         return app

@@ -169,9 +169,20 @@ _SSL_REASONS = (
 )
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): the chain and signatures are
+# still verified; the validity window is checked by the gateway itself, widened by
+# `tls.clock_skew_tolerance` (Gateway.check_certificate, the admin API, EST re-enrollment).
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+
+
 def tls_server_context(cert_chain: str, key: str, client_ca: str, min_version: str = "1.2") -> ssl.SSLContext:
-    """Server context for the MQTT listener: TLS ≥ 1.2 and a client certificate from our CA, always."""
+    """Server context for the MQTT listener: TLS ≥ 1.2 and a client certificate from our CA, always.
+
+    Validity dates are not checked here but by the caller's peer check, with the configured clock-skew
+    tolerance; everything else about the chain is OpenSSL's to refuse.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_chain, key)
     context.load_verify_locations(client_ca)

@@ -8,7 +8,7 @@ valid" are the failures users meet most and deserve a precise reason and date.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -54,15 +54,18 @@ def _describe(cert: x509.Certificate) -> str:
     return f"{cert.subject.rfc4514_string() or 'no subject'}, serial {cert.serial_number:x}"
 
 
-def check_validity(cert: x509.Certificate, now: datetime, what: str = "certificate") -> None:
-    """Raise VerificationError(expired | not_yet_valid) unless ``now`` is inside the validity window."""
-    if now < cert.not_valid_before_utc:
+def check_validity(
+    cert: x509.Certificate, now: datetime, what: str = "certificate", tolerance: timedelta = timedelta(0)
+) -> None:
+    """Raise VerificationError(expired | not_yet_valid) unless ``now`` is inside the validity window,
+    widened by ``tolerance`` on both sides (clock skew between the gateway and whoever issued)."""
+    if now + tolerance < cert.not_valid_before_utc:
         raise VerificationError(
             "not_yet_valid",
             f"the {what} ({_describe(cert)}) is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
             "UTC; check the device's clock",
         )
-    if now > cert.not_valid_after_utc:
+    if now - tolerance > cert.not_valid_after_utc:
         raise VerificationError(
             "expired",
             f"the {what} ({_describe(cert)}) expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "

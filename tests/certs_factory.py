@@ -30,7 +30,7 @@ def _save(out: Path, name: str, key: object, chain: list[x509.Certificate], ca: 
 
 
 def issued_by_gateway_ca(
-    gw: GatewayProcess, out: Path, unit_id: str, now: datetime, lifetime: timedelta
+    gw: GatewayProcess, out: Path, unit_id: str, now: datetime, lifetime: timedelta, kind: str = "unit"
 ) -> Credentials:
     """A unit certificate signed by the gateway's own issuing key, valid from `now` for `lifetime`.
 
@@ -39,7 +39,7 @@ def issued_by_gateway_ca(
     """
     authority = CertificateAuthority.load(gw.data / "ca")
     key = generate_private_key()
-    identity = make_identity("unit", unit_id, authority.trust_domain)
+    identity = make_identity(kind, unit_id, authority.trust_domain)
     cert = build_certificate(
         leaf_subject(unit_id),
         key.public_key(),

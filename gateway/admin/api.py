@@ -26,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +66,7 @@ class AdminContext:
     clock: Callable[[], datetime] = utc_now
     totp: TotpStore | None = None  # the second factor for sensitive rights (issue 10)
     flows: Callable[[], FlowMap] | None = None  # the live data-flow map (issue 10)
+    clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance, for operator certificates
 
 
 class BadRequest(Exception):
@@ -84,7 +85,7 @@ def _endpoint(
     ctx: AdminContext, right: str, fn: Handler
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        who = authenticate(request, ctx.registry, ctx.trust_domain, right)
+        who = authenticate(request, ctx.registry, ctx.trust_domain, right, ctx.clock(), ctx.clock_skew)
         if isinstance(who, Refusal):
             ctx.audit.append(
                 actor=who.actor,

@@ -19,12 +19,15 @@ with who (the certificate's identity, else the address) and what (method, path, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from aiohttp import web
 from cryptography import x509
 
+from pki.errors import VerificationError
 from pki.names import Identity, IdentityError, identity_from_certificate
 from pki.store import Registry
+from pki.verify import check_validity
 
 OPS_RIGHTS = frozenset(
     {"units.read", "sessions.read", "units.quarantine", "units.release", "docs.read", "flows.read"}
@@ -83,7 +86,12 @@ def client_certificate(request: web.Request) -> x509.Certificate | None:
 
 
 def authenticate(
-    request: web.Request, registry: Registry, trust_domain: str, right: str
+    request: web.Request,
+    registry: Registry,
+    trust_domain: str,
+    right: str,
+    now: datetime,
+    clock_skew: timedelta = timedelta(0),
 ) -> Operator | Refusal:
     cert = client_certificate(request)
     address = f"address/{request.remote or '?'}"
@@ -94,6 +102,10 @@ def authenticate(
             "the admin API needs an operator certificate over mTLS; pass --cert and --key or a --profile",
             address,
         )
+    try:  # the TLS layer checks the chain, not the dates (see gateway/transport.py)
+        check_validity(cert, now, "operator certificate", clock_skew)
+    except VerificationError as exc:
+        return Refusal(403, f"certificate_{exc.reason}", exc.message, address)
     try:
         identity = identity_from_certificate(cert, trust_domain)
     except IdentityError as exc:

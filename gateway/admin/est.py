@@ -44,6 +44,7 @@ class EstContext:
     max_body: int
     clock: Clock = utc_now
     on_issued: Callable[[x509.Certificate], None] | None = None
+    clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance: how early a certificate may be used
 
 
 log = logging.getLogger("fleetgate.est")
@@ -178,6 +179,14 @@ async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamRe
         identity = identity_from_certificate(current, ctx.ca.authority.trust_domain)
     except IdentityError as exc:
         return text_error(403, f"the client certificate names no fleet identity: {exc}")
+    if ctx.clock() + ctx.clock_skew < current.not_valid_before_utc:
+        # The TLS layer checks no dates (gateway/transport.py); an expired certificate gets the CA's
+        # own refusal below, which says to enroll again.
+        return text_error(
+            403,
+            f"your certificate is not valid before {current.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; "
+            "check this machine's clock",
+        )
     csr = await _read_csr(request, ctx)
     if isinstance(csr, web.Response):
         _audit_body_refusal(ctx, str(identity), "est.reenroll", csr)

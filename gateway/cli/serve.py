@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -82,7 +82,8 @@ def serve(
     from gateway.runtime import Gateway  # imported late: the CLI's other commands stay light
 
     data = DataDir.resolve(data_dir)
-    for warning in run_preflight(data, datetime.now(UTC)).warnings:
+    skew = timedelta(seconds=config.tls.clock_skew_tolerance)
+    for warning in run_preflight(data, datetime.now(UTC), skew).warnings:
         logging.getLogger("fleetgate").warning(warning)
     loop_kind = install_event_loop()
     logging.getLogger("fleetgate").info("event loop: %s", loop_kind)

@@ -104,7 +104,10 @@ class _Seen:
 class PolicyEngine:
     """`AccessPolicy` over a loaded `Policy` and an `IdentityDirectory`."""
 
-    def __init__(self, policy: Policy, directory: IdentityDirectory) -> None:
+    def __init__(
+        self, policy: Policy, directory: IdentityDirectory, *, clock_skew_tolerance: float = 0.0
+    ) -> None:
+        self._clock_skew = clock_skew_tolerance  # seconds a certificate may outlive its not_after
         self._floor = CertificateOnlyPolicy()
         self._directory = directory
         self._grants = GrantCache(policy)
@@ -320,7 +323,7 @@ class PolicyEngine:
         if serial is not None and self._serial_revoked(serial):
             return deny("certificate_revoked", "registry/certificate")
         not_after = peer.certificate_not_after
-        if check_expiry and not_after is not None and not_after < now:
+        if check_expiry and not_after is not None and not_after + self._clock_skew < now:
             return deny("certificate_expired", "builtin/certificate_validity")
         return seen
 
