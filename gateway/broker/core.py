@@ -336,13 +336,18 @@ class Broker:
         try:
             store.commit()
             st.metrics.store_commits += 1
-        except Exception:
-            log.exception("committing broker state failed")
+        except Exception as exc:
+            # A full disk or an I/O error is the operator's to fix, not a bug: one line, no traceback.
+            log.error(
+                "cannot save broker state (%s); the acknowledgements waiting on it are withheld and "
+                "their clients disconnected to resend; free disk space or check the data directory",
+                exc,
+            )
             st.metrics.store_errors += 1
             try:
                 store.rollback()
-            except Exception:
-                log.exception("rolling back broker state failed")
+            except Exception as rollback_exc:
+                log.error("rolling back broker state failed too (%s)", rollback_exc)
             if conn is not None:
                 # Its acks are not durable: they must not go out. The client resends after reconnecting.
                 st.out.discard_sends(conn.conn_id)

@@ -151,7 +151,7 @@ def _retain(st: BrokerState, message: Message, origin: str | None) -> None:
     else:
         st.timers.cancel(("retained", topic))
     if st.store is not None:
-        st.store.save_retained(message_record(message))
+        st.store.save_retained(message_record(message, owner=origin))
 
 
 def route(

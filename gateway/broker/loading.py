@@ -27,6 +27,7 @@ def load_state(st: BrokerState, state: StoredState) -> list[MqttSession]:
             record.topic, record.payload, record.qos, True, record.properties, record.expires_at
         )
         st.retained.set(message)
+        st.retained_owners.set(record.topic, record.owner)
         if record.expires_at is not None:
             st.timers.set(("retained", record.topic), record.expires_at)
     messages = {

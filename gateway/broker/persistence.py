@@ -192,7 +192,10 @@ CREATE TABLE broker_inbound_qos2 (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+# v2: who owns each retained message, so the per-client retained quota survives a restart.
+_SCHEMA_V2 = "ALTER TABLE broker_retained ADD COLUMN owner TEXT;"
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 class SqliteBrokerStore:
@@ -217,11 +220,13 @@ class SqliteBrokerStore:
                 "DELETE FROM broker_messages WHERE id NOT IN (SELECT message_id FROM broker_deliveries)"
             )
             state = StoredState()
-            for topic, payload, qos, props, expires_at in conn.execute(
-                "SELECT topic, payload, qos, properties, expires_at FROM broker_retained"
+            for topic, payload, qos, props, expires_at, owner in conn.execute(
+                "SELECT topic, payload, qos, properties, expires_at, owner FROM broker_retained"
             ):
                 state.retained.append(
-                    MessageRecord(topic, bytes(payload), qos, True, properties_from_json(props), expires_at)
+                    MessageRecord(
+                        topic, bytes(payload), qos, True, properties_from_json(props), expires_at, owner
+                    )
                 )
             for client_id, identity, expiry, disconnected_at, subs in conn.execute(
                 "SELECT client_id, identity, expiry_interval, disconnected_at, subscriptions "
@@ -262,14 +267,15 @@ class SqliteBrokerStore:
 
     def save_retained(self, message: MessageRecord) -> None:
         self._execute(
-            "INSERT OR REPLACE INTO broker_retained (topic, payload, qos, properties, expires_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO broker_retained (topic, payload, qos, properties, expires_at, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 message.topic,
                 message.payload,
                 message.qos,
                 properties_to_json(message.properties),
                 message.expires_at,
+                message.owner,
             ),
         )
 

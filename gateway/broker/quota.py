@@ -4,8 +4,8 @@ The retained store is global and keyed by topic; a unit may publish retained mes
 distinct topics as its grants allow (``fleet/{id}/telemetry/#`` is a whole tree), so without a
 per-identity count one client could pin up to ``max_retained_messages`` payloads in memory and on
 disk. The owner is the client whose message is currently retained on a topic; replacing or deleting
-it moves or frees the slot. Messages loaded from the store at start have no recorded owner and are not
-counted (the quota is about what a live client can add), and the gateway's own messages have none.
+it moves or frees the slot. The owner is stored with the message, so a restart does not give every
+client a fresh quota; the gateway's own messages have none.
 Memory: one dict entry per retained topic, already bounded by ``max_retained_messages``.
 """
 

@@ -22,6 +22,7 @@ class MessageRecord:
     retain: bool
     properties: Properties
     expires_at: float | None = None
+    owner: str | None = None  # retained only: the client whose message it is (its quota slot)
 
 
 @dataclass(frozen=True, slots=True)

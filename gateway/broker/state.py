@@ -192,9 +192,15 @@ class BrokerState:
             message.refs = 0
 
 
-def message_record(message: Message) -> MessageRecord:
+def message_record(message: Message, owner: str | None = None) -> MessageRecord:
     return MessageRecord(
-        message.topic, message.payload, message.qos, message.retain, message.properties, message.expires_at
+        message.topic,
+        message.payload,
+        message.qos,
+        message.retain,
+        message.properties,
+        message.expires_at,
+        owner,
     )
 
 

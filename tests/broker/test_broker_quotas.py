@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.broker import BrokerLimits
+from gateway.broker import BrokerLimits, SqliteBrokerStore
 from gateway.mqtt.packets import ProtocolVersion
+from pki.sqlite import open_database
 from tests.broker.lab import Lab
 
 V5, V311 = ProtocolVersion.MQTT_5, ProtocolVersion.MQTT_3_1_1
@@ -26,6 +29,26 @@ def test_retained_per_client_quota_answers_0x97_in_5_0_and_frees_on_delete() -> 
     other = lab.connect("TRK-2")  # another identity has its own share
     other.publish("fleet/TRK-2/telemetry/r0", b"x", qos=1, retain=True)
     assert other.done[-1].reason_code == 0
+
+
+def test_the_retained_quota_survives_a_restart(tmp_path: Path) -> None:
+    def restarted() -> Lab:
+        store = SqliteBrokerStore(open_database(tmp_path / "gateway.db"))
+        return Lab(limits=BrokerLimits(max_retained_per_client=2), store=store)
+
+    lab = restarted()
+    greedy = lab.connect("TRK-1")
+    greedy.publish("fleet/TRK-1/telemetry/r0", b"x", qos=1, retain=True)
+    greedy.publish("fleet/TRK-1/telemetry/r1", b"x", qos=1, retain=True)
+    lab.broker.shutdown(lab.now)
+    lab = restarted()
+    greedy = lab.connect("TRK-1")
+    greedy.publish("fleet/TRK-1/telemetry/r2", b"x", qos=1, retain=True)  # still two held: refused
+    greedy.publish("fleet/TRK-1/telemetry/r0", b"newer", qos=1, retain=True)  # its own: replaced
+    assert [d.reason_code for d in greedy.done][-2:] == [0x97, 0]
+    greedy.publish("fleet/TRK-1/telemetry/r1", b"", qos=1, retain=True)  # a delete frees a loaded slot
+    greedy.publish("fleet/TRK-1/telemetry/r2", b"x", qos=1, retain=True)
+    assert [d.reason_code for d in greedy.done][-2:] == [0, 0]
 
 
 def test_retained_quota_in_3_1_1_routes_without_retaining() -> None:

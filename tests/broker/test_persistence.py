@@ -108,7 +108,7 @@ def test_deletes(reopen: Factory) -> None:
 def test_sqlite_sweeps_orphan_messages_and_records_its_schema(tmp_path: Path) -> None:
     conn = open_database(tmp_path / "g.db")
     store = SqliteBrokerStore(conn)
-    assert schema_version(conn, "broker") == 1
+    assert schema_version(conn, "broker") == 2
     store.save_message(1, MessageRecord("t", b"x", 1, False, Properties()))
     store.commit()
     assert store.load().messages == {}
