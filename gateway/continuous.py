@@ -315,6 +315,8 @@ class ContinuousEvaluator:
         """The counters plus current sizes (for /metrics and the zero-false-positive report)."""
         self.stats.subjects, self.stats.addresses = len(self._subjects), len(self._addresses)
         self.stats.malformed_fixes = sum(s.travel.malformed for s in self._subjects.values() if s.travel)
+        for name in self._settings.enabled():  # a detector that never fired still shows, at 0
+            self.stats.by_detector.setdefault(name, 0)
         return self.stats
 
 

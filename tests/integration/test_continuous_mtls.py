@@ -1,10 +1,5 @@
-"""Detectors in a real gateway over real mTLS, with the runtime wiring proposed for gateway/runtime.py.
-
-Until the runtime calls `gateway.continuous.wire` itself, the gateway subprocess is started through a
-launcher that attaches it, by wrapping `Broker.drain_events` so every batch the runtime drains (every
-0.25 s) also goes to the detectors. Nothing else differs from `fleetgate serve`: real Operations, real
-audit log, the shipped policy and its default thresholds.
-"""
+"""Detectors in a real gateway (`fleetgate serve`) over real mTLS: real Operations, the real audit
+log, the shipped policy and its default thresholds."""
 
 from __future__ import annotations
 
@@ -18,6 +13,7 @@ import pytest
 
 from tests.clients import V5, Paho
 from tests.harness import GatewayProcess
+from tests.ops.helpers import metric, metrics_text
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +117,9 @@ def test_a_flooding_unit_is_throttled_then_quarantined(wired: GatewayProcess) ->
     throttle = next(r for r in records if r["action"] == "detector.fired" and r["outcome"] == "throttled")
     assert throttle["details"]["result"]["factor"] == 0.1
     assert any(r["action"] == "unit.quarantine" and r["outcome"] == "ok" for r in records)
+    assert metric(wired, "detector_firings", detector="publish_rate") >= 3
+    # every configured detector is exported, at 0 until it fires, so a rate() alert has a series
+    assert 'fleetgate_detector_firings_total{detector="cloning"} 0.0' in metrics_text(wired)
 
 
 def test_nothing_fires_for_a_quiet_unit(wired: GatewayProcess) -> None:
