@@ -5,14 +5,16 @@ What is recorded, and where from:
 - allowed publishes: the publish observer notes (identity, topic, size, payload) in a list (an append
   inside the broker's receive); the event tick (every 0.25 s) classifies them with the policy's data
   classes and records them. Classifying is a JSON parse (~15-30 µs) on the event loop, so only the
-  first `max_buffer` payloads per tick are kept and classified (<= ~4,000/s, <= ~30 ms per tick); the
-  rest are recorded without classes and their rows take the classes seen on the same template, which
-  the sampled messages of a busy template provide;
+  first `max_buffer` payloads per tick are kept and classified (<= 1,000/s, <= ~8 ms per tick); the
+  rest are folded per (identity, topic) and recorded once per tick without classes, and their rows
+  take the classes seen on the same template, which the sampled messages of a busy template provide;
 - the gateway's own view publishes (gateway/partner_views.py) as the group `gateway/views`;
 - denied publishes and subscribes: the broker's PublishDenied / SubscribeDenied events;
-- allowed subscriptions: new (session, filter) pairs in the broker's session list;
+- allowed subscriptions: new (session, filter) pairs in the broker's session list, which the gateway
+  hands over only when `Broker.subscriptions_version` moved (an O(sessions) walk, not every tick);
 - receives: per tick, each distinct published topic is matched against the live sessions'
-  subscriptions (a unit's only against its own topics), counted once per message and recipient. The
+  subscriptions (a unit's only against its own topics), counted once per message and recipient; the
+  receivers of a topic are remembered until the subscriptions change. The
   broker does not report individual deliveries (that would cost the hot path), so a delivery the
   policy refused at the last moment is still counted here; grants make that rare, and the denials
   show up as DeliveryDenied events in the audit log.
@@ -61,13 +63,27 @@ class _Noted:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Subscriber:
+    kind: str
+    ident: str
+    group: str
+    filters: tuple[str, ...]
+
+
+_RECEIVERS_MEMO = 20_000  # distinct topics whose receivers are remembered (emptied when full)
+
+
 class FlowFeed:
-    def __init__(self, classes: DataClasses, window: float = 300.0, max_buffer: int = 1_000) -> None:
+    def __init__(self, classes: DataClasses, window: float = 300.0, max_buffer: int = 250) -> None:
         self.classes = classes
         self.recorder = FlowRecorder(window=window)
         self.max_buffer = max_buffer
         self._noted: list[_Noted] = []
         self._subscribed: set[tuple[str, str]] = set()
+        self._units: dict[str, list[_Subscriber]] = {}  # unit id -> its subscribing sessions
+        self._others: list[_Subscriber] = []  # every other subscribing session
+        self._receivers: dict[str, list[tuple[str, str, str]]] = {}  # topic -> receivers (memo)
 
     def reload(self, classes: DataClasses) -> None:
         self.classes = classes
@@ -85,16 +101,32 @@ class FlowFeed:
 
     # --- the event tick ---------------------------------------------------------------------------
 
-    def tick(self, events: Iterable[object], sessions: list[SessionInfo], now: float) -> None:
+    def tick(self, events: Iterable[object], now: float, sessions: list[SessionInfo] | None = None) -> None:
+        """Record what happened since the last tick. `sessions`: the broker's sessions when their
+        subscriptions changed since the last tick (None: unchanged, the feed keeps its own copy)."""
         record = self.recorder.record
+        if sessions is not None:
+            self._follow_subscriptions(sessions, now)
         noted, self._noted = self._noted, []
         topics: Counter[str] = Counter()
         sizes: Counter[str] = Counter()
+        unsampled: dict[tuple[str, str, str, str], list[int]] = {}
         for n in noted:
-            classes = None if n.payload is None else self.classes.classify(n.topic, n.payload)
-            record(n.kind, n.ident, n.group, "publish", n.topic, classes, True, n.size, n.at)
             topics[n.topic] += 1
             sizes[n.topic] += n.size
+            if n.payload is not None:
+                classes = self.classes.classify(n.topic, n.payload)
+                record(n.kind, n.ident, n.group, "publish", n.topic, classes, True, n.size, n.at)
+                continue
+            key = (n.kind, n.ident, n.group, n.topic)
+            tally = unsampled.get(key)
+            if tally is None:
+                unsampled[key] = [1, n.size]
+            else:
+                tally[0] += 1
+                tally[1] += n.size
+        for (kind, ident, group, topic), (count, size) in unsampled.items():
+            record(kind, ident, group, "publish", topic, None, True, size, now, count)
         for event in events:
             if isinstance(event, PublishDenied):
                 kind, ident, group = group_of(event.peer.identity)
@@ -102,27 +134,49 @@ class FlowFeed:
             elif isinstance(event, SubscribeDenied) and not event.revoked:
                 kind, ident, group = group_of(event.peer.identity)
                 record(kind, ident, group, "subscribe", event.topic_filter, (), False, 0, now)
+        for topic, count in topics.items():
+            for kind, ident, group in self._receivers_of(topic):
+                record(kind, ident, group, "receive", topic, None, True, sizes[topic], now, count)
+
+    def _follow_subscriptions(self, sessions: list[SessionInfo], now: float) -> None:
+        """Record new (session, filter) pairs and rebuild who may receive what."""
         live: set[tuple[str, str]] = set()
-        by_unit: dict[str, list[str]] = {}
-        for topic in topics:
-            levels = topic.split("/", 2)
-            if len(levels) > 2 and levels[0] == "fleet":
-                by_unit.setdefault(levels[1], []).append(topic)
+        self._units.clear()
+        self._others.clear()
+        self._receivers.clear()
         for session in sessions:
             identity = session.peer.identity if session.peer is not None else None
             kind, ident, group = group_of(identity)
             for topic_filter in session.subscriptions:
                 live.add((session.client_id, topic_filter))
                 if (session.client_id, topic_filter) not in self._subscribed:
-                    record(kind, ident, group, "subscribe", topic_filter, (), True, 0, now)
-            filters = [_plain(f) for f in session.subscriptions]
-            candidates = by_unit.get(ident, []) if kind == "unit" else topics
-            for topic in candidates:
-                if any(topic_matches(f, topic) for f in filters):
-                    count = topics[topic]
-                    for _ in range(count):
-                        record(kind, ident, group, "receive", topic, None, True, sizes[topic] // count, now)
+                    self.recorder.record(kind, ident, group, "subscribe", topic_filter, (), True, 0, now)
+            if not session.subscriptions:
+                continue
+            entry = _Subscriber(kind, ident, group, tuple(_plain(f) for f in session.subscriptions))
+            # Grants confine a unit to its own subtree: it is only ever matched against its own topics.
+            (self._units.setdefault(ident, []) if kind == "unit" else self._others).append(entry)
         self._subscribed = live
+
+    def _receivers_of(self, topic: str) -> list[tuple[str, str, str]]:
+        """(kind, id, group) of each subscriber with a filter matching `topic`, memoised until the
+        subscriptions change."""
+        found = self._receivers.get(topic)
+        if found is not None:
+            return found
+        levels = topic.split("/", 2)
+        candidates = self._others
+        if len(levels) > 2 and levels[0] == "fleet" and levels[1] in self._units:
+            candidates = [*self._others, *self._units[levels[1]]]
+        found = [
+            (c.kind, c.ident, c.group)
+            for c in candidates
+            if any(topic_matches(f, topic) for f in c.filters)
+        ]
+        if len(self._receivers) >= _RECEIVERS_MEMO:
+            self._receivers.clear()
+        self._receivers[topic] = found
+        return found
 
     def snapshot(self, now: float | None = None) -> FlowMap:
         return self.recorder.snapshot(time.time() if now is None else now)

@@ -142,7 +142,9 @@ class FlowRecorder:
         allowed: bool,
         size: int,
         now: float,
+        count: int = 1,
     ) -> None:
+        """`count` messages of `size` bytes in all (the feed folds a tick's repeats into one call)."""
         if self._started is None:
             self._started = self._pruned = now
         if now - self._pruned >= self._width * 3:  # amortised: old buckets go without a timer
@@ -164,14 +166,14 @@ class FlowRecorder:
         if bucket is None:
             bucket = row.buckets[index] = _Bucket()
         if allowed:
-            bucket.messages += 1
+            bucket.messages += count
             bucket.bytes += size
             if data_classes is None:
                 row.inherit = True
             elif not bucket.classes.issuperset(data_classes):
                 bucket.classes.update(data_classes)
         else:
-            bucket.denied += 1
+            bucket.denied += count
         seen = row.seen
         if identity_id in seen or len(seen) < self.max_identities:
             seen[identity_id] = now

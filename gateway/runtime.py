@@ -130,6 +130,7 @@ class Gateway:
         # The broker has one publish-observer slot; wire() above took it for the detectors. Everything
         # that watches accepted publishes shares it through one fan-out, the detectors first.
         self.flows = FlowFeed(self.engine.policy.context.data_classes)
+        self._subscriptions_seen = -1  # Broker.subscriptions_version at the event tick's last look
         self.views = PartnerViews(
             self.broker,
             self.hub,
@@ -254,6 +255,7 @@ class Gateway:
         self.views.reload(policy)
         self.totp.reload(policy.context.second_factor)
         self.flows.reload(policy.context.data_classes)
+        self._subscriptions_seen = -1  # the views' tiers follow the policy: look at the sessions again
         self.hub.apply(self.broker.reauthorize(time.time()))
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
@@ -267,9 +269,13 @@ class Gateway:
             self.events.record(events, self.hub.failures, datetime.now(UTC))
             self.continuous.tick(events, self.hub.failures, time.time())
             self.hub.failures.clear()
-            sessions = self.broker.sessions()
-            self.views.refresh_subscribers(sessions)
-            self.flows.tick(events, sessions, time.time())
+            # The session list is O(sessions) to build: only when a subscription came or went.
+            sessions = None
+            if self.broker.subscriptions_version != self._subscriptions_seen:
+                self._subscriptions_seen = self.broker.subscriptions_version
+                sessions = self.broker.sessions()
+                self.views.refresh_subscribers(sessions)
+            self.flows.tick(events, time.time(), sessions)
 
     # --- listeners ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 
@@ -109,16 +109,30 @@ class MtlsListener:
     async def _accept_loop(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            failure: OSError | None = None
+            accepted: list[tuple[socket.socket, Any]] = []
             try:
-                sock, address = await loop.sock_accept(listening)
+                accepted.append(await loop.sock_accept(listening))
+                # A connect storm queues many at once: take the backlog (bounded) in this wakeup
+                # instead of one connection per trip through the event loop.
+                while len(accepted) < ACCEPT_BATCH:
+                    accepted.append(listening.accept())
+            except BlockingIOError:
+                pass
             except OSError as exc:  # e.g. EMFILE under a connection flood: back off, keep serving
-                self._hub.handshake_failed("listener", f"accept_failed_{exc.errno}")
+                failure = exc
+            for sock, address in accepted:
+                self._start_handshake(sock, format_address(address))
+            if failure is not None:
+                self._hub.handshake_failed("listener", f"accept_failed_{failure.errno}")
                 await asyncio.sleep(0.1)
-                continue
-            if not self._hub.admit_tcp(format_address(address)):
-                sock.close()
-                continue
-            self._hub.spawn(self._handshake(sock, format_address(address)))
+
+    def _start_handshake(self, sock: socket.socket, address: str) -> None:
+        if not self._hub.admit_tcp(address):
+            sock.close()
+            return
+        sock.setblocking(False)
+        self._hub.spawn(self._handshake(sock, address))
 
     async def _handshake(self, sock: socket.socket, address: str) -> None:
         loop = asyncio.get_running_loop()
@@ -141,6 +155,9 @@ class MtlsListener:
             self._accepting.cancel()
         if self._sock is not None:
             self._sock.close()
+
+
+ACCEPT_BATCH = 64  # connections taken from the listen backlog per wakeup of the accept loop
 
 
 def handshake_failure_reason(exc: BaseException) -> str:

@@ -32,6 +32,9 @@ from pki.names import Identity, validate_id
 __all__ = ["CompiledGrants", "GrantCache", "TopicMatcher"]
 
 _MEMO_LIMIT = 256  # remembered publish answers per compiled identity
+# Remembered delivery answers per compiled identity: a fleet-wide subscriber hears every unit's topics
+# (~8 per unit), so this must hold a whole fleet's worth or the memo is emptied before it is reused.
+_RECEIVE_MEMO_LIMIT = 16_384
 STATE_TOPIC = "fleet/{id}/state"  # where a restricted unit reports its posture (within roles.unit.publish)
 
 
@@ -94,6 +97,7 @@ class CompiledGrants:
     # so that it can report a better posture and be let out.
     restricted: bool = False
     _published: dict[str, str] = field(default_factory=dict, repr=False)  # topic -> rule, "" for none
+    _received: dict[str, str] = field(default_factory=dict, repr=False)  # the same, for deliveries
 
     @classmethod
     def for_identity(
@@ -160,7 +164,14 @@ class CompiledGrants:
 
     def may_receive(self, topic: str) -> str | None:
         """The rule of a subscribe grant matching `topic` (quarantine does not limit what a unit hears)."""
-        return self.subscribe.match(topic)
+        # A wildcard subscriber (analytics on fleet/+/telemetry/#) hears the same fleet's topics over
+        # and over: remembered like may_publish, bounded the same way.
+        rule = self._received.get(topic)
+        if rule is None:
+            if len(self._received) >= _RECEIVE_MEMO_LIMIT:
+                self._received.clear()
+            rule = self._received[topic] = self.subscribe.match(topic) or ""
+        return rule or None
 
 
 @dataclass
