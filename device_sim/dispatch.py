@@ -46,6 +46,7 @@ class Seen:
     first_at: float | None = None
     last_at: float | None = None
     state: bytes = b""
+    offline_reports: int = 0  # states saying "online": false (a will), however soon the unit came back
     fixes: list[tuple[float, bytes]] = field(default_factory=list)
 
     @property
@@ -118,6 +119,8 @@ class Dispatch:
             seen.diag += 1
         elif levels[2] == "state":
             seen.state = payload
+            if _says_offline(payload):
+                seen.offline_reports += 1
         elif levels[2] == "control" and levels[-1] == "ack":
             self._on_ack(payload, now)
         for listener in self.listeners:
@@ -178,3 +181,11 @@ async def _within(future: asyncio.Future[T], timeout: float) -> T | None:
         return await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:
         return None
+
+
+def _says_offline(payload: bytes) -> bool:
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(state, dict) and state.get("online") is False

@@ -92,9 +92,8 @@ async def test_a_lost_connection_comes_back_with_backoff_and_the_will_fires(
             assert await fleet.wait_online(timeout=20) == 2
             unit = fleet.units[sorted(files)[0]]
             unit.drop()
-            assert await watch(
-                lambda: json.loads(dispatch.unit(unit.unit_id).state or b"{}").get("online") is False, 15
-            )
+            # the will ({"online": false}); the unit may already be back, so its last state may not say so
+            assert await watch(lambda: dispatch.unit(unit.unit_id).offline_reports >= 1, 15)
             assert await watch(lambda: unit.ready and unit.stats.connects == 2, 30)
             assert unit.stats.sessions_lost == 1
     finally:
