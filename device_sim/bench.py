@@ -1,17 +1,24 @@
 """`scripts/bench`: fleetgate against Mosquitto 2.x on this machine, same load generator, same certificates.
 
-    scripts/bench [--quick] [--cases qos0,fanin] [--runs 3] [--json results.json] [--workdir DIR]
+    scripts/bench [--quick] [--cases qos0,fanin] [--runs 3] [--json FILE] [--workdir DIR] [--with-amqtt]
 
 For every case and run, each broker is started fresh (Mosquitto first on even runs, fleetgate first
 on odd ones, so a slow minute of a shared machine does not always hit the same broker), driven, and
 stopped. The table reports medians over runs and the ratio fleetgate / Mosquitto of the medians;
 the JSON keeps every run. Numbers from a shared, noisy machine: compare ratios, not absolutes.
 Every process started here is stopped in a `finally`, also on Ctrl-C.
+
+`--with-amqtt` adds amqtt's broker as a third column (device_sim/amqtt_runner.py) and the ratio
+fleetgate / amqtt (`ratio_amqtt`). amqtt speaks MQTT 3.1.1 only, so such a run drives every broker
+with 3.1.1. Each case has a time budget (`--case-timeout`): a broker that falls over is reported with
+what it delivered, or as failed, and the run goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import json
 import platform
 import resource
@@ -22,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +38,13 @@ from rich.table import Table
 
 from device_sim.bench_cases import CASES, Metrics
 from device_sim.bench_lab import Lab, Scale, prepare_lab
-from device_sim.brokers import Broker, FleetgateBroker, MosquittoBroker
+from device_sim.brokers import AmqttBroker, Broker, FleetgateBroker, MosquittoBroker
 from device_sim.mosquitto import MOSQUITTO, acl_from_policy, load_policy
 from device_sim.procstat import machine_busy
 from device_sim.report import percentiles
 
 BEFORE = "fleetgate-before"  # --compare-tree: the gateway of another checkout, same run
+AMQTT = "amqtt"  # --with-amqtt
 
 # (case, metric, comparison, threshold): the issue's targets, checked on the medians.
 TARGETS: list[tuple[str, str, str, float]] = [
@@ -48,6 +56,10 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("memory", "1k_kb_per_session", "ratio<=", 1.5),
     ("memory", "10k_kb_per_session", "ratio<=", 1.5),
     ("contain", "contain_p99_ms", "fleetgate<", 100.0),
+    # with --with-amqtt: fleetgate's throughput at least 10 times amqtt's on the same cases
+    ("qos0", "delivered_per_s", "ratio_amqtt>=", 10.0),
+    ("qos1", "delivered_per_s", "ratio_amqtt>=", 10.0),
+    ("fanin", "20k_delivered_per_s", "ratio_amqtt>=", 10.0),
 ]
 
 
@@ -59,13 +71,22 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def make_brokers(lab: Lab, compare: Path | None = None, tree: Path | None = None) -> dict[str, Broker]:
+def make_brokers(
+    lab: Lab, compare: Path | None = None, tree: Path | None = None, with_amqtt: bool = False
+) -> dict[str, Broker]:
     policy = load_policy(Path(str(resources.files("gateway") / "defaults" / "policy.yaml")))
-    acl = acl_from_policy(policy, operators=[o.ident for o in lab.operators])
+    operators = [o.ident for o in lab.operators]
+    acl = acl_from_policy(policy, operators=operators)
     brokers: dict[str, Broker] = {"fleetgate": FleetgateBroker(lab.data, lab.root, source=tree)}
     if compare is not None:
         brokers[BEFORE] = FleetgateBroker(lab.data, lab.root, name=BEFORE, source=compare)
     brokers["mosquitto"] = MosquittoBroker(lab.data, lab.root, acl)
+    if with_amqtt:
+        from device_sim.amqtt_runner import topic_acls
+
+        units, services = [u.ident for u in lab.units], [lab.dispatch.ident, lab.analytics.ident]
+        grants = topic_acls(policy, units=units, operators=operators, services=services)
+        brokers[AMQTT] = AmqttBroker(lab.data, lab.root, grants)
     return brokers
 
 
@@ -79,9 +100,11 @@ async def run_cases(
     *,
     fresh: bool = True,
     quiet: tuple[float, float] = (0.0, 100.0),
+    case_timeout: float = 300.0,
 ) -> dict[str, dict[str, list[Metrics]]]:
     """Every case, run and broker. `fresh`: a new broker process for each case and run (the real
-    benchmark); otherwise one process per broker and run for all cases (the smoke test: fast)."""
+    benchmark); otherwise one process per broker and run for all cases (the smoke test: fast).
+    A case that fails, or has no result within `case_timeout` seconds, is recorded as {"error": why}."""
     results: dict[str, dict[str, list[Metrics]]] = {c: {b: [] for b in brokers} for c in cases}
     groups = [[c] for c in cases] if fresh else [cases]
     for group in groups:
@@ -90,14 +113,18 @@ async def run_cases(
             for name in order:
                 broker = brokers[name]
                 background = wait_for_quiet(*quiet, console)
-                broker.start()
+                down: Metrics | None = None
+                try:
+                    broker.start()
+                except RuntimeError as exc:  # exited or never listened (its log says why): no case runs
+                    down = {"error": f"broker did not start: {str(exc).splitlines()[0]}"}
                 try:
                     for case in group:
                         started = time.monotonic()
-                        try:
-                            metrics = await CASES[case](lab, broker, scale)
-                        except Exception as exc:  # one failed case must not lose the others' numbers
-                            metrics = {"error": f"{type(exc).__name__}: {exc}"}
+                        if down is not None:
+                            metrics = dict(down)
+                        else:
+                            metrics = await run_case(case, lab, broker, scale, case_timeout)
                         metrics["background_busy_pct"] = background
                         results[case][name].append(metrics)
                         console.print(
@@ -107,6 +134,17 @@ async def run_cases(
                 finally:
                     broker.stop()
     return results
+
+
+async def run_case(case: str, lab: Lab, broker: Broker, scale: Scale, timeout: float) -> Metrics:
+    """One case against a running broker; {"error": why} if it fails or has no result in `timeout` s."""
+    budget = asyncio.timeout(timeout)
+    try:
+        async with budget:
+            return await CASES[case](lab, broker, scale)
+    except Exception as exc:  # one failed case must not lose the others' numbers
+        why = f"no result within {timeout:g} s" if budget.expired() else f"{type(exc).__name__}: {exc}"
+        return {"error": why}
 
 
 def wait_for_quiet(max_wait: float, threshold: float, console: Console) -> float:
@@ -125,7 +163,7 @@ def _brief(metrics: Metrics) -> str:
 
 
 def summarise(results: dict[str, dict[str, list[Metrics]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """case → metric → {broker: median, ..., "ratio": fleetgate/mosquitto}."""
+    """case → metric → {broker: median, ..., "ratio": fleetgate/mosquitto, "ratio_amqtt": fleetgate/amqtt}."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for case, by_broker in results.items():
         rows: dict[str, dict[str, Any]] = {}
@@ -152,10 +190,13 @@ def _number(value: Any) -> bool:
 
 
 def _add_ratios(row: dict[str, Any]) -> None:
-    """ratio = fleetgate / mosquitto; with --compare-tree also before/mosquitto and after/before."""
-    fg, mq, before = row.get("fleetgate"), row.get("mosquitto"), row.get(BEFORE)
+    """ratio = fleetgate / mosquitto; with --compare-tree also before/mosquitto and after/before; with
+    --with-amqtt also ratio_amqtt = fleetgate / amqtt."""
+    fg, mq, before, am = row.get("fleetgate"), row.get("mosquitto"), row.get(BEFORE), row.get(AMQTT)
     if _number(fg) and _number(mq) and mq:
         row["ratio"] = round(fg / mq, 3)
+    if _number(fg) and _number(am) and am:
+        row["ratio_amqtt"] = round(fg / am, 3)
     if _number(before) and _number(mq) and mq:
         row["before_ratio"] = round(before / mq, 3)
     if _number(fg) and _number(before) and before:
@@ -179,12 +220,13 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
     out = []
     for case, metric, how, threshold in TARGETS:
         row = summary.get(case, {}).get(metric)
-        if row is None:
+        key = how.rstrip("<>=")  # the row's column the target is about: ratio, ratio_amqtt, fleetgate
+        if row is None or (key == "ratio_amqtt" and AMQTT not in row):
             continue
-        value = row.get("ratio") if how.startswith("ratio") else row.get("fleetgate")
+        value = row.get(key)
         met = None
         if isinstance(value, int | float):
-            op = how.removeprefix("ratio").removeprefix("fleetgate")
+            op = how.removeprefix(key)
             met = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
         out.append(
             {"case": case, "metric": metric, "target": f"{how} {threshold:g}", "value": value, "met": met}
@@ -195,13 +237,12 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
 def print_summary(
     summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[str, Any]], console: Console
 ) -> None:
-    compare = any(BEFORE in row for rows in summary.values() for row in rows.values())
-    columns = ["fleetgate", "mosquitto", "ratio"]
-    if compare:
-        columns = ["fleetgate", BEFORE, "mosquitto", "ratio", "before_ratio", "after_before"]
-    table = Table(title="fleetgate vs Mosquitto (medians over runs; ratio = fleetgate / mosquitto)")
+    columns = _columns(summary, before_ratio=True)
+    title = "fleetgate vs Mosquitto (medians over runs; ratio = fleetgate / mosquitto"
+    table = Table(title=title + ("; ratio_amqtt = fleetgate / amqtt)" if AMQTT in columns else ")"))
     for column in ("case", "metric", *columns):
-        table.add_column(column, justify="left" if column in ("case", "metric") else "right")
+        left = column in ("case", "metric")  # a narrow terminal wraps metric names rather than cutting them
+        table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     for case, rows in summary.items():
         for metric, row in rows.items():
             table.add_row(case, metric, *(_cell(row.get(c)) for c in columns))
@@ -218,9 +259,7 @@ def print_summary(
 
 def markdown(summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[str, Any]]) -> str:
     """The summary as Markdown tables (what docs/benchmarks.md shows)."""
-    compare = any(BEFORE in row for rows in summary.values() for row in rows.values())
-    columns = ["fleetgate", BEFORE, "mosquitto", "ratio", "after_before"] if compare else [
-        "fleetgate", "mosquitto", "ratio"]  # fmt: skip
+    columns = _columns(summary, before_ratio=False)
     lines = ["| case | metric | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for case, rows in summary.items():
         for metric, row in rows.items():
@@ -233,6 +272,18 @@ def markdown(summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[s
             met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
             lines.append(f"| {t['case']} {t['metric']} {t['target']} | {_cell(t['value'])} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _columns(summary: dict[str, dict[str, dict[str, Any]]], *, before_ratio: bool) -> list[str]:
+    """The brokers' medians and the ratios, for the brokers that ran (--compare-tree, --with-amqtt)."""
+    ran = {key for rows in summary.values() for row in rows.values() for key in row}
+    compare, amqtt = BEFORE in ran, AMQTT in ran
+    columns = ["fleetgate", *([BEFORE] if compare else []), "mosquitto", *([AMQTT] if amqtt else []), "ratio"]
+    if amqtt:
+        columns.append("ratio_amqtt")
+    if compare:
+        columns += ["before_ratio", "after_before"] if before_ratio else ["after_before"]
+    return columns
 
 
 def _cell(value: Any) -> str:
@@ -261,8 +312,16 @@ def environment() -> dict[str, Any]:
         "uvloop": getattr(uvloop, "__version__", "unknown"),
         "openssl": __import__("ssl").OPENSSL_VERSION,
         "mosquitto": mosquitto[0] if mosquitto else "unknown",
+        "amqtt": _installed("amqtt"),
         "load_average": open("/proc/loadavg").read().split()[:3],
     }
+
+
+def _installed(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -279,7 +338,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="keep the CA and certificates here and reuse them next time (default: a temp dir)",
     )
-    parser.add_argument("--protocol", choices=("3.1.1", "5.0"), default="5.0")
+    parser.add_argument(
+        "--protocol", choices=("3.1.1", "5.0"), default=None, help="default 5.0; 3.1.1 with --with-amqtt"
+    )
     parser.add_argument(
         "--compare-tree",
         type=Path,
@@ -298,10 +359,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tree", type=Path, default=None, help="run fleetgate from this checkout, not the installed one"
     )
+    parser.add_argument(
+        "--with-amqtt", action="store_true", help="also run amqtt's broker (all brokers then on MQTT 3.1.1)"
+    )
+    parser.add_argument(
+        "--case-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a case with no result after this long is recorded as failed (default 300)",
+    )
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
+    if args.with_amqtt and args.protocol == "5.0":
+        parser.error("amqtt speaks MQTT 3.1.1 only: --with-amqtt runs every broker on 3.1.1")
+    args.protocol = args.protocol or ("3.1.1" if args.with_amqtt else "5.0")
     return args
 
 
@@ -323,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(MOSQUITTO).exists():
         console.print(f"bench: {MOSQUITTO} is missing; install the Debian package `mosquitto`")
         return 2
+    if args.with_amqtt and importlib.util.find_spec("amqtt") is None:
+        console.print("bench: --with-amqtt needs the Python package amqtt (a dev dependency: '.[dev]')")
+        return 2
     raise_fd_limit()
     scale = Scale.quick() if args.quick else Scale.full()
     runs = args.runs or (1 if args.quick else 3)
@@ -330,13 +407,21 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     lab = prepare_lab(root, scale, args.protocol, echo=not args.quick)
-    brokers = make_brokers(lab, args.compare_tree, args.tree)
+    brokers = make_brokers(lab, args.compare_tree, args.tree, args.with_amqtt)
     try:
         import uvloop
 
         results = uvloop.run(
             run_cases(
-                lab, brokers, cases, runs, scale, console, fresh=not args.quick, quiet=tuple(args.quiet)
+                lab,
+                brokers,
+                cases,
+                runs,
+                scale,
+                console,
+                fresh=not args.quick,
+                quiet=tuple(args.quiet),
+                case_timeout=args.case_timeout,
             )
         )
     finally:

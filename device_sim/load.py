@@ -11,7 +11,9 @@ asyncio Protocol per unit (device_sim.lean). Phases:
      publishes every 1/R s and the units' phases are spread evenly over that period — a steady stream,
      not N-sized bursts. A single scheduler task wakes every `tick` s and sends what is due; how late it
      woke is reported as generator lag, so an overloaded generator cannot pass for a slow broker;
-  4. drain: wait until everything sent has arrived (or stopped arriving), then close everyone.
+  4. drain: wait until everything sent has arrived (or stopped arriving, or `drain_limit` is up: a
+     broker far behind would otherwise keep the run going for as long as its backlog lasts), then
+     close everyone; what has not arrived by then counts as lost.
 Each payload starts with the send time (perf_counter_ns, same process as the subscriber), so the
 subscriber measures end-to-end latency. Drops are counted by where they happened: not sent because the
 unit was disconnected or its QoS 1 window was full, refused by the broker (5.0 PUBACK >= 0x80), or
@@ -73,7 +75,8 @@ class LoadOptions:
     broker_pid: int | None = None  # sample this process's CPU and RSS (the broker under test)
     broker_label: str = "broker"
     progress: bool = True
-    drain_timeout: float = 5.0
+    drain_timeout: float = 5.0  # seconds without a delivery that end the drain
+    drain_limit: float | None = None  # seconds the drain may last at most (None: as long as it delivers)
     tick: float = 0.005  # scheduler period, seconds
     server_hostname: str | None = None  # TLS name to verify (default: host)
 
@@ -304,7 +307,7 @@ async def _publish(
                 )
             await asyncio.sleep(opts.tick)
         sent = sum(u.sent for u in units if u is not None)
-        await _drain(sink, units, sent, opts.drain_timeout)
+        await _drain(sink, units, sent, opts.drain_timeout, opts.drain_limit)
     finally:
         pinger.cancel()
     cpu_after = os.times()
@@ -324,10 +327,14 @@ async def _publish(
     )
 
 
-async def _drain(sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float) -> None:
-    """Wait until everything sent arrived (or was refused), or nothing arrived for `timeout` seconds."""
+async def _drain(
+    sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
+) -> None:
+    """Wait until everything sent arrived (or was refused), nothing arrived for `timeout` seconds, or
+    `limit` seconds have passed."""
     last, idle_since = sink.count, time.monotonic()
-    while time.monotonic() - idle_since < timeout:
+    end = idle_since + (limit if limit is not None else float("inf"))
+    while time.monotonic() - idle_since < timeout and time.monotonic() < end:
         if sink.count + sum(u.refused for u in units if u is not None) >= sent:
             return
         await asyncio.sleep(0.02)
