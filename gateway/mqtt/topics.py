@@ -203,9 +203,12 @@ class SubscriptionTrie(Generic[K, V]):
         """Number of (filter, key) subscriptions held."""
         return self._count
 
-    def add(self, topic_filter: str, key: K, value: V) -> bool:
-        """Subscribe `key` to a plain filter; True if new, False if it replaced the value."""
-        _check_plain_filter(topic_filter)
+    def add(self, topic_filter: str, key: K, value: V, *, placeholder: str | None = None) -> bool:
+        """Subscribe `key` to a plain filter; True if new, False if it replaced the value.
+
+        `placeholder`: a level the caller uses as a stand-in (gateway/policy/grants.py writes an
+        identity's own id as U+0000, which no wire filter may hold); checked as an ordinary level."""
+        _check_plain_filter(topic_filter if placeholder is None else topic_filter.replace(placeholder, "_"))
         if topic_filter.startswith(SHARE_PREFIX):
             # Storing "$share/g/x" literally would silently match nothing the client meant.
             raise TopicFilterInvalid(

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.mqtt.topics import topic_matches
-from gateway.policy.grants import CompiledGrants, GrantCache, TopicMatcher
+from gateway.policy.grants import ID, CompiledGrants, GrantCache, IdentityMatcher, TopicMatcher
 from gateway.policy.rules import load_policy
 from pki.names import Identity, IdentityError
 
@@ -48,6 +48,47 @@ class TestTopicMatcher:
         topic = "/".join(levels)
         expected = next((f"r{i}" for i, f in enumerate(filters) if topic_matches(f, topic)), None)
         assert m.match(topic) == expected
+
+
+class TestIdentityMatcher:
+    """One matcher compiled with ID for the id, read per identity, must answer exactly as a matcher
+    compiled with that identity's id filled in: same rule, same first-in-file-order choice."""
+
+    TEMPLATE_LEVEL = st.sampled_from(["a", "b", "TRK-1", "{id}", "+"])
+    TOPIC_LEVEL = st.sampled_from(["a", "b", "TRK-1", "TRK-2"])
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.lists(TEMPLATE_LEVEL, min_size=1, max_size=4), st.booleans()), min_size=1, max_size=6
+        ),
+        st.lists(TOPIC_LEVEL, min_size=1, max_size=5),
+        st.sampled_from(["TRK-1", "TRK-2"]),
+    )
+    def test_agrees_with_a_matcher_filled_for_the_identity(
+        self, shapes: list[tuple[list[str], bool]], levels: list[str], ident: str
+    ) -> None:
+        templates = ["/".join([*ls, "#"] if multi else ls) for ls, multi in shapes]
+        filled = TopicMatcher((t.replace("{id}", ident), f"r{i}") for i, t in enumerate(templates))
+        shared = TopicMatcher((t.replace("{id}", ID), f"r{i}") for i, t in enumerate(templates))
+        topic = "/".join(levels)
+        assert IdentityMatcher(shared, ident).match(topic) == filled.match(topic)
+        assert IdentityMatcher(shared, ident).filters == filled.filters
+
+    def test_a_topic_holding_the_placeholder_never_matches(self) -> None:
+        shared = TopicMatcher([(f"fleet/{ID}/cmd/#", "own"), ("#", "all")])
+        assert IdentityMatcher(shared, "TRK-1").match("fleet/TRK-1/cmd/x") == "own"
+        assert IdentityMatcher(shared, "TRK-1").match(f"fleet/{ID}/cmd/x") is None
+        assert IdentityMatcher(shared, "TRK-1").match(f"TRK-1/{ID}") is None
+
+    def test_units_share_one_compiled_matcher(self) -> None:
+        cache = GrantCache(POLICY)
+        one = cache.get(TRK1, None, False)
+        two = cache.get(Identity("unit", "TRK-2", TD), None, False)
+        assert one.publish._shared is two.publish._shared  # one trie for the fleet, not one per unit
+        gps = "fleet/{}/telemetry/gps".format
+        assert one.may_publish(gps("TRK-1")) and not one.may_publish(gps("TRK-2"))
+        assert two.may_publish(gps("TRK-2")) and not two.may_publish(gps("TRK-1"))
 
 
 class TestUnitGrants:
