@@ -103,8 +103,11 @@ class FleetgateBroker:
         env = dict(os.environ)
         if self.source is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run in the
+        # other checkout, or its `gateway` would be shadowed by ours (every path given is absolute).
+        cwd = str(self.source) if self.source is not None else None
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=cwd)
         wait_listening(self.proc, self.port, 30.0, self.log)
 
     def stop(self) -> None:

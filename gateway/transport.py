@@ -1,7 +1,8 @@
 """The asyncio adapter: socket bytes → broker → actions → socket bytes. Small and boring on purpose.
 
-MtlsListener accepts each TCP connection and runs its TLS handshake (bounded by the handshake
-timeout) so that every failed handshake is seen, counted and audited with its reason.
+MtlsListener accepts each TCP connection and hands it to a TlsServerProtocol (gateway/tls.py), which
+runs the TLS handshake (bounded by the handshake timeout) so that every failed handshake is seen,
+counted and audited with its reason.
 
 After the handshake, MqttConnection owns the socket: it reads the verified client certificate once,
 turns it into a Peer (or refuses the connection before a single MQTT byte is read), and from then
@@ -13,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 
 from gateway.policy.access import Peer
+from gateway.tls import TlsServerProtocol
 
 if TYPE_CHECKING:
     from gateway.server import ConnectionHub
@@ -84,11 +85,11 @@ class MqttConnection(asyncio.Protocol):
 
 
 class MtlsListener:
-    """Accepts TCP connections and runs each TLS handshake, bounded, as a task of the hub.
+    """Accepts TCP connections (per-source admission first) and gives each a TlsServerProtocol
+    (gateway/tls.py), which runs the TLS handshake, bounded, and reports its outcome to the hub.
 
-    Using connect_accepted_socket(ssl=...) keeps the event loop's own TLS implementation (uvloop's
-    is much faster than a Python one) while a failed handshake comes back to us as an exception we
-    can count and audit; create_server(ssl=...) would swallow it at debug level.
+    Accepting here rather than in `create_server` keeps admission before any TLS work, and accept
+    failures (EMFILE under a flood) counted and survived rather than logged by the loop.
     """
 
     def __init__(self, hub: ConnectionHub, context: ssl.SSLContext, peer_check: PeerCheck) -> None:
@@ -136,19 +137,15 @@ class MtlsListener:
 
     async def _handshake(self, sock: socket.socket, address: str) -> None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        hub, context, peer_check = self._hub, self._context, self._peer_check
         try:
             await loop.connect_accepted_socket(
-                lambda: MqttConnection(self._hub, self._peer_check),
+                lambda: TlsServerProtocol(context, hub, address, lambda: MqttConnection(hub, peer_check)),
                 sock,
-                ssl=self._context,
-                ssl_handshake_timeout=self._hub.handshake_timeout,
             )
-        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
+        except OSError as exc:  # the client was gone before the transport existed
             sock.close()
-            self._hub.handshake_failed(address, handshake_failure_reason(exc))
-            return
-        self._hub.handshake_ok(time.monotonic() - started)
+            hub.handshake_failed(address, "connection_lost" if exc.errno else "tls_error")
 
     def close(self) -> None:
         if self._accepting is not None:
@@ -158,32 +155,6 @@ class MtlsListener:
 
 
 ACCEPT_BATCH = 64  # connections taken from the listen backlog per wakeup of the accept loop
-
-
-def handshake_failure_reason(exc: BaseException) -> str:
-    """A stable, metric-friendly reason for a failed TLS handshake."""
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return "handshake_timeout"
-    if isinstance(exc, ssl.SSLError):
-        text = (exc.reason or str(exc)).upper()
-        for needle, reason in _SSL_REASONS:
-            if needle in text:
-                return reason
-        return "tls_error"
-    return "connection_lost"
-
-
-_SSL_REASONS = (
-    ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_client_certificate"),
-    ("CERTIFICATE_REQUIRED", "no_client_certificate"),
-    ("CERTIFICATE_VERIFY_FAILED", "certificate_verify_failed"),
-    ("UNKNOWN_CA", "unknown_ca"),
-    ("CERTIFICATE_EXPIRED", "certificate_expired"),
-    ("WRONG_VERSION_NUMBER", "not_tls"),
-    ("HTTP_REQUEST", "not_tls"),
-    ("UNSUPPORTED_PROTOCOL", "unsupported_tls_version"),
-    ("NO_SHARED_CIPHER", "no_shared_cipher"),
-)
 
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): the chain and signatures are

@@ -1,0 +1,246 @@
+"""TLS for the MQTT listener, on memory BIOs over a plain event-loop TCP transport.
+
+Why not the event loop's own TLS (`connect_accepted_socket(ssl=...)`): it holds ~8 KB more per idle
+connection (uvloop keeps a 256 KiB read buffer per TLS connection, of which the touched pages stay
+resident, plus its own transport objects), and a failed handshake reaches us only as an exception of
+a task we must keep per connection. Here one protocol object per connection drives OpenSSL through
+`ssl.SSLObject` (the same library calls uvloop makes), reports the handshake's outcome to the hub
+itself, and hands the application protocol a transport that encrypts on `write`.
+
+States: HANDSHAKE (bounded by the hub's handshake timeout) → OPEN → CLOSED. Application bytes that
+arrive in the same TCP read as the client's last handshake message are delivered, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.server import ConnectionHub
+
+_READ_SIZE = 256 * 1024  # decrypted bytes taken per read call (a full TCP read of records)
+# After our close_notify and FIN, how long a peer may take to close its side before the socket is
+# reset. Closing at once while the peer's bytes sit unread would reset the connection, and a client
+# could lose the DISCONNECT (with its reason code) we wrote just before.
+CLOSE_LINGER_SECONDS = 2.0
+
+__all__ = ["TlsServerProtocol", "TlsTransport", "handshake_failure_reason"]
+
+
+class TlsTransport:
+    """What the application protocol writes to: plaintext in, TLS records out to the TCP transport.
+
+    The subset of asyncio.Transport the gateway uses (write, close, abort, is_closing,
+    get_write_buffer_size, get_extra_info)."""
+
+    __slots__ = ("_closing", "_outgoing", "_sslobj", "_tcp")
+
+    def __init__(self, tcp: asyncio.Transport, sslobj: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+        self._tcp = tcp
+        self._sslobj = sslobj
+        self._outgoing = outgoing
+        self._closing = False
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        try:
+            self._sslobj.write(data)
+        except ssl.SSLError:  # the session is broken (e.g. a fatal alert was received): drop it
+            self.abort()
+            return
+        self._tcp.write(self._outgoing.read())
+
+    def close(self) -> None:
+        """Send close_notify after what was written and half-close; what the peer still sends is
+        read and dropped until it closes too (at most CLOSE_LINGER_SECONDS, then a reset)."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._sslobj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass  # the peer's close_notify is not awaited
+        tcp = self._tcp
+        pending = self._outgoing.read()
+        if pending:
+            tcp.write(pending)
+        if not tcp.can_write_eof():
+            tcp.close()
+            return
+        tcp.write_eof()
+        asyncio.get_running_loop().call_later(CLOSE_LINGER_SECONDS, _reset_if_open, tcp)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._tcp.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._tcp.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._tcp.get_write_buffer_size() + self._outgoing.pending
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._sslobj
+        if name == "cipher":
+            return self._sslobj.cipher()
+        if name == "peercert":
+            return self._sslobj.getpeercert()
+        return self._tcp.get_extra_info(name, default)
+
+
+def _reset_if_open(tcp: asyncio.Transport) -> None:
+    if not tcp.is_closing():
+        tcp.abort()
+
+
+class TlsServerProtocol(asyncio.Protocol):
+    """The TCP-level protocol of one connection: runs the handshake, then relays to `app`."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        hub: ConnectionHub,
+        address: str,
+        app_factory: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self._context = context
+        self._hub = hub
+        self._address = address
+        self._app_factory = app_factory
+        self._app: asyncio.Protocol | None = None
+        self._app_transport: TlsTransport | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._timeout: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._done = False  # the handshake's outcome has been reported
+
+    # --- handshake ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport  # type: ignore[assignment]  # uvloop's transports do not subclass it
+        self._started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timeout = loop.call_later(self._hub.handshake_timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._fail("handshake_timeout")
+
+    def _handshake(self) -> bool:
+        """Advance the handshake with what arrived; True once it is complete."""
+        try:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except ssl.SSLError as exc:
+            self._flush()  # the alert that tells the client why
+            self._fail(handshake_failure_reason(exc))
+            return False
+        self._flush()  # the server's last flight (and session tickets)
+        self._done = True
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        self._hub.handshake_ok(time.monotonic() - self._started)
+        assert self._tcp is not None
+        self._app = self._app_factory()
+        self._app_transport = TlsTransport(self._tcp, self._sslobj, self._outgoing)
+        self._app.connection_made(self._app_transport)  # type: ignore[arg-type]
+        return True
+
+    def _fail(self, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        self._hub.handshake_failed(self._address, reason)
+        if self._tcp is not None:
+            self._tcp.close()
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self._tcp is not None and not self._tcp.is_closing():
+            self._tcp.write(data)
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._app_transport is not None and self._app_transport.is_closing():
+            return  # we closed: the peer's last bytes are dropped while it catches up
+        self._incoming.write(data)
+        if self._app is None and (self._done or not self._handshake()):
+            return  # still shaking hands, or it failed
+        chunks: list[bytes] = []
+        closed_by_peer = False
+        read = self._sslobj.read
+        try:
+            while True:
+                chunk = read(_READ_SIZE)
+                if not chunk:
+                    closed_by_peer = True
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            closed_by_peer = True
+        except ssl.SSLError:
+            closed_by_peer = True  # a bad record or a fatal alert: the session is over
+            if self._tcp is not None:
+                self._tcp.abort()
+        if self._outgoing.pending:
+            self._flush()  # post-handshake messages (key updates)
+        app = self._app
+        assert app is not None
+        if chunks:
+            app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if closed_by_peer and self._tcp is not None and not self._tcp.is_closing():
+            self._tcp.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done:
+            self._fail("connection_lost")
+        if self._app is not None:
+            app, self._app = self._app, None
+            app.connection_lost(exc)
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A stable, metric-friendly reason for a failed TLS handshake."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "handshake_timeout"
+    if isinstance(exc, ssl.SSLError):
+        text = (exc.reason or str(exc)).upper()
+        for needle, reason in _SSL_REASONS:
+            if needle in text:
+                return reason
+        return "tls_error"
+    return "connection_lost"
+
+
+_SSL_REASONS = (
+    ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_client_certificate"),
+    ("CERTIFICATE_REQUIRED", "no_client_certificate"),
+    ("CERTIFICATE_VERIFY_FAILED", "certificate_verify_failed"),
+    ("UNKNOWN_CA", "unknown_ca"),
+    ("CERTIFICATE_EXPIRED", "certificate_expired"),
+    ("WRONG_VERSION_NUMBER", "not_tls"),
+    ("HTTP_REQUEST", "not_tls"),
+    ("UNSUPPORTED_PROTOCOL", "unsupported_tls_version"),
+    ("NO_SHARED_CIPHER", "no_shared_cipher"),
+)
