@@ -39,7 +39,6 @@ from gateway.quarantine import (
     quarantine_unit,
     release_unit,
 )
-from gateway.session_purge import discard_offline_sessions
 from pki.authority import parse_revocation_reason
 from pki.errors import PkiError
 from pki.names import CLIENT_KINDS, Identity, make_identity
@@ -272,7 +271,7 @@ class Operations:
             stamp,
         )
         self._gw.hub.apply(actions)
-        purged = discard_offline_sessions(broker, lambda peer: peer.identity in identities, stamp)
+        purged = broker.discard_offline_sessions(lambda peer: peer.identity in identities, stamp)
         self._gw.hub.apply(purged.actions)
         self._gw.apply_registry_changes()  # revoked serials into the directory: refused at the handshake
         return len({a.conn for a in actions if isinstance(a, Close)})

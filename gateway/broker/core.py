@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from gateway.broker.actions import Action, Outbox
-from gateway.broker.connect import drop_connection, end_connection, handle_connect
+from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.inbound import accept, handle_publish, handle_pubrel
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
@@ -50,6 +50,13 @@ from gateway.mqtt.topics import validate_topic_name
 from gateway.policy.access import AccessPolicy, Peer
 
 log = logging.getLogger("fleetgate.broker")
+
+
+@dataclass(frozen=True)
+class DiscardedSessions:
+    sessions: int
+    subscriptions: int
+    actions: list[Action]
 
 
 class Broker:
@@ -153,6 +160,19 @@ class Broker:
             except Exception:
                 self._internal_error(connection, now)
         return self._finish(now)
+
+    def discard_offline_sessions(self, predicate: Callable[[Peer], bool], now: float) -> DiscardedSessions:
+        """End every offline session whose last peer matches, with its subscriptions, queue and pending
+        will (a persistent session of an identity that was cut off can never resume). Live sessions
+        are `disconnect_where`'s: disconnect them first."""
+        st = self._st
+        self._arm(now)
+        offline = [s for s in st.sessions.values() if s.conn is None and s.peer is not None]
+        victims = [s for s in offline if predicate(s.peer)]  # type: ignore[arg-type]  # peer checked above
+        subscriptions = sum(len(session.subscriptions) for session in victims)
+        for session in victims:
+            end_session(st, session, now)
+        return DiscardedSessions(len(victims), subscriptions, self._finish(now))
 
     def reauthorize(self, now: float) -> list[Action]:
         """Policy or identity state changed: re-decide every live session (connect, then subscriptions)."""

@@ -19,7 +19,6 @@ from gateway.mqtt.packets import Properties
 from gateway.partners import partner_members
 from gateway.policy.rules import load_policy
 from gateway.quarantine import OpsError, mode_command, quarantine_unit, release_unit
-from gateway.session_purge import discard_offline_sessions
 from pki.store import Registry, open_database
 from tests.broker.lab import Lab, service_peer
 
@@ -119,7 +118,7 @@ def test_offline_persistent_sessions_of_cut_off_identities_are_discarded() -> No
         link.subscribe("fleet/+/telemetry/#")
         link.lose()
     acme = {service_peer("acme-eu").identity}
-    purged = discard_offline_sessions(lab.broker, lambda peer: peer.identity in acme, lab.now)
+    purged = lab.broker.discard_offline_sessions(lambda peer: peer.identity in acme, lab.now)
     assert (purged.sessions, purged.subscriptions) == (1, 1)
     assert [s.client_id for s in lab.broker.sessions()] == ["globex"]
 
