@@ -10,27 +10,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from device_sim.mosquitto import MosquittoProcess, wait_listening, write_config
+from device_sim.mosquitto import MosquittoProcess, stop_process, wait_listening, write_config
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds; reaped either way."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Broker(Protocol):
@@ -67,7 +55,23 @@ def bench_gateway_config(workdir: Path) -> Path:
     return config
 
 
-class FleetgateBroker:
+class _ChildProcess:
+    """A broker run as a child process of the bench: its pid, and a stop that always reaps it."""
+
+    proc: subprocess.Popen[bytes] | None
+    stop_timeout: float
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        stop_process(proc, self.stop_timeout)
+
+
+class FleetgateBroker(_ChildProcess):
     """`fleetgate serve` on the bench's data directory (CA, registry, identities), with the embedded
     configuration but for the publish_rate detector's thresholds (`bench_gateway_config`).
 
@@ -84,12 +88,8 @@ class FleetgateBroker:
         self.log = workdir / f"{name}.log"
         self.port = 0
         self.source = source
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        self.proc = None
+        self.stop_timeout = 20.0
 
     def start(self) -> None:
         import os
@@ -109,10 +109,6 @@ class FleetgateBroker:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=cwd)
         wait_listening(self.proc, self.port, 30.0, self.log)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc, 20.0)
 
 
 class MosquittoBroker:
@@ -147,7 +143,7 @@ class MosquittoBroker:
             process.stop()
 
 
-class AmqttBroker:
+class AmqttBroker(_ChildProcess):
     """amqtt's broker (pure-Python asyncio, MQTT 3.1.1 only), run by device_sim/amqtt_runner.py on uvloop.
 
     Same CA bundle, server certificate, CRL and client-certificate requirement as Mosquitto, the
@@ -162,12 +158,8 @@ class AmqttBroker:
         self.log = self.workdir / "amqtt.log"
         self.acl = acl
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        self.proc = None
+        self.stop_timeout = 10.0  # its shutdown is capped at 5 s (amqtt_runner)
 
     def start(self) -> None:
         from device_sim.amqtt_runner import write_config  # imports amqtt: only when it is benchmarked
@@ -179,6 +171,3 @@ class AmqttBroker:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         wait_listening(self.proc, self.port, 30.0, self.log)
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc, 10.0)
