@@ -1,9 +1,9 @@
 """TLS for the MQTT listener, on memory BIOs over a plain event-loop TCP transport.
 
-Why not the event loop's own TLS (`connect_accepted_socket(ssl=...)`): it holds ~8 KB more per idle
+Why not the event loop's own TLS (`connect_accepted_socket(ssl=...)`): it holds ~9 KB more per idle
 connection (uvloop keeps a 256 KiB read buffer per TLS connection, of which the touched pages stay
-resident, plus its own transport objects), and a failed handshake reaches us only as an exception of
-a task we must keep per connection. Here one protocol object per connection drives OpenSSL through
+resident, plus its own transport objects), and a failed handshake reaches us only as an exception
+raised into the task that awaited it. Here one protocol object per connection drives OpenSSL through
 `ssl.SSLObject` (the same library calls uvloop makes), reports the handshake's outcome to the hub
 itself, and hands the application protocol a transport that encrypts on `write`.
 
@@ -146,7 +146,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._flush()  # the alert that tells the client why
             self._fail(handshake_failure_reason(exc))
             return False
-        self._flush()  # the server's last flight (and session tickets)
+        self._flush()  # the server's last flight
         self._done = True
         if self._timeout is not None:
             self._timeout.cancel()

@@ -143,9 +143,9 @@ class MtlsListener:
                 lambda: TlsServerProtocol(context, hub, address, lambda: MqttConnection(hub, peer_check)),
                 sock,
             )
-        except OSError as exc:  # the client was gone before the transport existed
+        except OSError:  # the client was gone before the transport existed
             sock.close()
-            hub.handshake_failed(address, "connection_lost" if exc.errno else "tls_error")
+            hub.handshake_failed(address, "connection_lost")
 
     def close(self) -> None:
         if self._accepting is not None:
