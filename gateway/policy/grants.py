@@ -55,16 +55,14 @@ class TopicMatcher:
         self.filters: tuple[tuple[str, str], ...] = tuple(filters)  # (concrete filter, rule), file order
         self._exact: dict[str, tuple[int, str]] = {}
         self._trie: SubscriptionTrie[str, int] | None = None
-        wildcards: list[tuple[str, str]] = []
         for index, (topic_filter, rule) in enumerate(self.filters):
             if "+" in topic_filter or "#" in topic_filter:
-                wildcards.append((topic_filter, rule))
                 if self._trie is None:
                     self._trie = SubscriptionTrie()
                 self._trie.add(topic_filter, rule, index, placeholder=ID)
             else:
-                # An earlier wildcard grant that also matches this literal topic wins, as it would have
-                # on a linear scan; settled here so the lookup stays one dict access.
+                # An earlier grant that also matches this literal topic wins, as it would have on a
+                # linear scan; settled here so the lookup stays one dict access.
                 before = enumerate(self.filters[:index])
                 first = ((i, r) for i, (f, r) in before if topic_matches(f, topic_filter))
                 earlier = next(first, (index, rule))
