@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.datadir import DataDir, ca_passphrase
+from gateway.stores.datadir import DataDir, ca_passphrase
 from pki.authority import CertificateAuthority
 from pki.est import build_csr
 from pki.keys import PrivateKey, generate_private_key

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 from device_sim.certs import BulkIssuer, unit_ids
+from gateway.app.runtime import Gateway
 from gateway.broker import Broker
 from gateway.config import load_config
-from gateway.datadir import DataDir
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import ProtocolVersion
 from gateway.policy.access import Peer
-from gateway.runtime import Gateway
+from gateway.stores.datadir import DataDir
 from pki.names import Identity
 
 UNITS = 1000

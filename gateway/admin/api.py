@@ -33,17 +33,17 @@ from aiohttp import web
 
 from gateway.admin.auth import RIGHT_TEXT, Operator, Refusal, authenticate
 from gateway.admin.est import storage_failure
-from gateway.admin.events import DEFAULT_HEARTBEAT, AuditFeed, stream_events
 from gateway.admin.openapi import openapi_document
-from gateway.audit import AuditLog
+from gateway.admin.sse import DEFAULT_HEARTBEAT, AuditFeed, stream_events
+from gateway.admin.totp_store import HEADER as TOTP_HEADER
+from gateway.admin.totp_store import TotpStore
 from gateway.broker import SessionInfo
-from gateway.flows import FlowMap
-from gateway.flows_render import flowmap_to_dict
-from gateway.operator_totp import HEADER as TOTP_HEADER
-from gateway.operator_totp import TotpStore
-from gateway.ops import Operations, OpsError
-from gateway.ops_status import session_view
+from gateway.context.flows import FlowMap
+from gateway.ops.operations import Operations, OpsError
+from gateway.ops.status import session_view
 from gateway.policy.rules import Policy
+from gateway.render.flows_render import flowmap_to_dict
+from gateway.stores.audit_log import AuditLog
 from pki.errors import NotFoundError, PkiError
 from pki.store import Registry
 

@@ -102,7 +102,7 @@ def authenticate(
             "the admin API needs an operator certificate over mTLS; pass --cert and --key or a --profile",
             address,
         )
-    try:  # the TLS layer checks the chain, not the dates (see gateway/transport.py)
+    try:  # the TLS layer checks the chain, not the dates (see gateway/edge/transport.py)
         check_validity(cert, now, "operator certificate", clock_skew)
     except VerificationError as exc:
         return Refusal(403, f"certificate_{exc.reason}", exc.message, address)

@@ -23,7 +23,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.audit import AuditLog
+from gateway.stores.audit_log import AuditLog
 from pki.enrollment import Refusal
 from pki.est import CERTS_ONLY_CONTENT_TYPE, EstBodyError, decode_csr_body, encode_certs_only
 from pki.names import IdentityError, identity_from_certificate
@@ -180,7 +180,7 @@ async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamRe
     except IdentityError as exc:
         return text_error(403, f"the client certificate names no fleet identity: {exc}")
     if ctx.clock() + ctx.clock_skew < current.not_valid_before_utc:
-        # The TLS layer checks no dates (gateway/transport.py); an expired certificate gets the CA's
+        # The TLS layer checks no dates (gateway/edge/transport.py); an expired certificate gets the CA's
         # own refusal below, which says to enroll again.
         return text_error(
             403,

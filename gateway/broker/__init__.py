@@ -15,7 +15,7 @@ from gateway.broker.events import (
     SubscribeDenied,
 )
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
-from gateway.broker.persistence import BrokerStore, InMemoryStore, SqliteBrokerStore
+from gateway.broker.persistence import BrokerStore, InMemoryStore
 
 __all__ = [
     "Action",
@@ -36,6 +36,5 @@ __all__ = [
     "SessionDiscarded",
     "SessionInfo",
     "SessionTakenOver",
-    "SqliteBrokerStore",
     "SubscribeDenied",
 ]

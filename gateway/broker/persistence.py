@@ -1,4 +1,5 @@
-"""Broker persistence: the BrokerStore protocol, an in-memory store and the SQLite store.
+"""Broker persistence: the BrokerStore protocol and an in-memory store (the SQLite one is
+gateway.stores.broker_store).
 
 What is stored: retained messages; sessions that outlive their connection (expiry > 0) with their
 subscriptions; their undelivered and unacknowledged QoS 1/2 messages (queue and in-flight, with
@@ -20,7 +21,6 @@ Give the broker its own connection (the same file is fine under WAL).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,12 +29,7 @@ from gateway.broker.records import (
     MessageRecord,
     SessionRecord,
     StoredState,
-    properties_from_json,
-    properties_to_json,
-    subscriptions_from_json,
-    subscriptions_to_json,
 )
-from pki.sqlite import apply_migrations, transaction
 
 
 class BrokerStore(Protocol):
@@ -148,220 +143,3 @@ class InMemoryStore:
 
 def _discard(mapping: dict[Any, Any], key: object) -> None:
     mapping.pop(key, None)
-
-
-_SCHEMA_V1 = """
-CREATE TABLE broker_retained (
-    topic TEXT PRIMARY KEY,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    properties TEXT,
-    expires_at REAL
-);
-CREATE TABLE broker_sessions (
-    client_id TEXT PRIMARY KEY,
-    identity TEXT,
-    expiry_interval INTEGER NOT NULL,
-    disconnected_at REAL,
-    subscriptions TEXT NOT NULL
-);
-CREATE TABLE broker_messages (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    properties TEXT,
-    expires_at REAL
-);
-CREATE TABLE broker_deliveries (
-    client_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    message_id INTEGER NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    subscription_ids TEXT NOT NULL,
-    packet_id INTEGER,
-    released INTEGER NOT NULL,
-    PRIMARY KEY (client_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE broker_inbound_qos2 (
-    client_id TEXT NOT NULL,
-    packet_id INTEGER NOT NULL,
-    PRIMARY KEY (client_id, packet_id)
-) WITHOUT ROWID;
-"""
-
-# v2: who owns each retained message, so the per-client retained quota survives a restart.
-_SCHEMA_V2 = "ALTER TABLE broker_retained ADD COLUMN owner TEXT;"
-
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
-
-
-class SqliteBrokerStore:
-    """The broker's tables in the gateway database (component "broker").
-
-    Each write runs at once inside a transaction this store opens on the first write after a commit;
-    `commit()` ends it. Nothing is buffered in Python, so `pending` is just "a transaction is open".
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._open = False
-        apply_migrations(conn, "broker", MIGRATIONS)
-
-    # --- reading --------------------------------------------------------------------------------
-
-    def load(self) -> StoredState:
-        with transaction(self._conn) as conn:
-            # Messages no delivery points at any more (the broker deletes them as it goes; this sweeps
-            # what a crash between two commits could have left).
-            conn.execute(
-                "DELETE FROM broker_messages WHERE id NOT IN (SELECT message_id FROM broker_deliveries)"
-            )
-            state = StoredState()
-            for topic, payload, qos, props, expires_at, owner in conn.execute(
-                "SELECT topic, payload, qos, properties, expires_at, owner FROM broker_retained"
-            ):
-                state.retained.append(
-                    MessageRecord(
-                        topic, bytes(payload), qos, True, properties_from_json(props), expires_at, owner
-                    )
-                )
-            for client_id, identity, expiry, disconnected_at, subs in conn.execute(
-                "SELECT client_id, identity, expiry_interval, disconnected_at, subscriptions "
-                "FROM broker_sessions"
-            ):
-                state.sessions.append(
-                    SessionRecord(client_id, identity, expiry, disconnected_at, subscriptions_from_json(subs))
-                )
-            for mid, topic, payload, qos, retain, props, expires_at in conn.execute(
-                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM broker_messages"
-            ):
-                state.messages[mid] = MessageRecord(
-                    topic, bytes(payload), qos, bool(retain), properties_from_json(props), expires_at
-                )
-            self._load_deliveries(conn, state)
-        return state
-
-    @staticmethod
-    def _load_deliveries(conn: sqlite3.Connection, state: StoredState) -> None:
-        for client_id, seq, mid, qos, retain, sub_ids, packet_id, released in conn.execute(
-            "SELECT client_id, seq, message_id, qos, retain, subscription_ids, packet_id, released "
-            "FROM broker_deliveries ORDER BY client_id, seq"
-        ):
-            ids = tuple(int(x) for x in sub_ids.split(",")) if sub_ids else ()
-            record = DeliveryRecord(mid, qos, bool(retain), ids, packet_id, bool(released))
-            state.deliveries.setdefault(client_id, []).append((seq, record))
-        for client_id, packet_id in conn.execute("SELECT client_id, packet_id FROM broker_inbound_qos2"):
-            state.inbound_qos2.setdefault(client_id, set()).add(packet_id)
-
-    # --- writing --------------------------------------------------------------------------------
-
-    def _execute(self, sql: str, args: tuple[object, ...]) -> None:
-        if not self._open:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._open = True
-        self._conn.execute(sql, args)
-
-    def save_retained(self, message: MessageRecord) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO broker_retained (topic, payload, qos, properties, expires_at, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                message.topic,
-                message.payload,
-                message.qos,
-                properties_to_json(message.properties),
-                message.expires_at,
-                message.owner,
-            ),
-        )
-
-    def delete_retained(self, topic: str) -> None:
-        self._execute("DELETE FROM broker_retained WHERE topic = ?", (topic,))
-
-    def save_session(self, record: SessionRecord) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO broker_sessions "
-            "(client_id, identity, expiry_interval, disconnected_at, subscriptions) VALUES (?, ?, ?, ?, ?)",
-            (
-                record.client_id,
-                record.identity,
-                record.expiry_interval,
-                record.disconnected_at,
-                subscriptions_to_json(record.subscriptions),
-            ),
-        )
-
-    def delete_session(self, client_id: str) -> None:
-        self._execute("DELETE FROM broker_sessions WHERE client_id = ?", (client_id,))
-        self._execute("DELETE FROM broker_deliveries WHERE client_id = ?", (client_id,))
-        self._execute("DELETE FROM broker_inbound_qos2 WHERE client_id = ?", (client_id,))
-
-    def save_message(self, message_id: int, message: MessageRecord) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO broker_messages "
-            "(id, topic, payload, qos, retain, properties, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                message_id,
-                message.topic,
-                message.payload,
-                message.qos,
-                int(message.retain),
-                properties_to_json(message.properties),
-                message.expires_at,
-            ),
-        )
-
-    def delete_message(self, message_id: int) -> None:
-        self._execute("DELETE FROM broker_messages WHERE id = ?", (message_id,))
-
-    def save_delivery(self, client_id: str, seq: int, record: DeliveryRecord) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO broker_deliveries "
-            "(client_id, seq, message_id, qos, retain, subscription_ids, packet_id, released) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                client_id,
-                seq,
-                record.message_id,
-                record.qos,
-                int(record.retain),
-                ",".join(map(str, record.subscription_ids)),
-                record.packet_id,
-                int(record.released),
-            ),
-        )
-
-    def delete_delivery(self, client_id: str, seq: int) -> None:
-        self._execute("DELETE FROM broker_deliveries WHERE client_id = ? AND seq = ?", (client_id, seq))
-
-    def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
-        self._execute(
-            "INSERT OR IGNORE INTO broker_inbound_qos2 (client_id, packet_id) VALUES (?, ?)",
-            (client_id, packet_id),
-        )
-
-    def remove_inbound_qos2(self, client_id: str, packet_id: int) -> None:
-        self._execute(
-            "DELETE FROM broker_inbound_qos2 WHERE client_id = ? AND packet_id = ?", (client_id, packet_id)
-        )
-
-    @property
-    def pending(self) -> bool:
-        return self._open
-
-    def commit(self) -> None:
-        if not self._open:
-            return
-        if self._conn.in_transaction:
-            self._conn.execute("COMMIT")  # if this raises, the transaction stays open for rollback()
-        self._open = False
-
-    def rollback(self) -> None:
-        if self._open:
-            self._open = False
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")

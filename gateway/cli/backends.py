@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from gateway.audit import AuditRecord
 from gateway.cli.admin_client import Remote
 from gateway.cli.common import LocalState, local_actor, open_local, utc_now
-from gateway.ops import revocation_flag
-from gateway.ops_status import unit_statuses
-from gateway.partners import blast_radius, revoke_partner
-from gateway.quarantine import OpsError, quarantine_unit, release_unit
+from gateway.ops.operations import revocation_flag
+from gateway.ops.partners import blast_radius, revoke_partner
+from gateway.ops.quarantine import OpsError, quarantine_unit, release_unit
+from gateway.ops.status import unit_statuses
+from gateway.stores.audit_log import AuditRecord
 from pki.names import CLIENT_KINDS
 
 POLL_SECONDS = 0.25

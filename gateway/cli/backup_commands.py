@@ -1,4 +1,4 @@
-"""`fleetgate backup DEST` and `fleetgate restore SRC` (see gateway/backup.py for what they hold)."""
+"""`fleetgate backup DEST` and `fleetgate restore SRC` (see gateway/stores/backup.py for what they hold)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from gateway.backup import BackupError, create_backup, restore_backup
 from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, utc_now
-from gateway.datadir import DataDir
+from gateway.stores.backup import BackupError, create_backup, restore_backup
+from gateway.stores.datadir import DataDir
 
 
 @click.command()

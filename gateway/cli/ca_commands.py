@@ -16,8 +16,6 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gateway.audit import AuditLog
-from gateway.broker.persistence import SqliteBrokerStore
 from gateway.cli.common import (
     CliError,
     data_option,
@@ -32,7 +30,9 @@ from gateway.cli.common import (
     warn,
 )
 from gateway.config import load_config
-from gateway.datadir import DataDir
+from gateway.stores.audit_log import AuditLog
+from gateway.stores.broker_store import SqliteBrokerStore
+from gateway.stores.datadir import DataDir
 from pki.authority import CertificateAuthority, parse_revocation_reason
 from pki.keys import write_public_file
 from pki.names import CLIENT_KINDS, make_identity, validate_trust_domain

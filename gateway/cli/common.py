@@ -22,8 +22,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from gateway.audit import AuditLog
-from gateway.datadir import DataDir, ca_passphrase
+from gateway.stores.audit_log import AuditLog
+from gateway.stores.datadir import DataDir, ca_passphrase
 from pki.authority import CertificateAuthority
 from pki.service import FleetCA
 from pki.store import Registry, open_database

@@ -9,8 +9,8 @@ import click
 
 from gateway.cli.admin_client import resolve_remote
 from gateway.cli.common import CliError, console, data_option, emit_json, friendly_errors
-from gateway.flows import FlowMap, FlowRow, ProtectEntry
-from gateway.flows_render import to_mermaid, to_png, to_table
+from gateway.context.flows import FlowMap, FlowRow, ProtectEntry
+from gateway.render.flows_render import to_mermaid, to_png, to_table
 
 
 def flowmap_from_dict(data: dict[str, Any]) -> FlowMap:

@@ -23,7 +23,7 @@ import click
 from gateway.cli.admin_client import error_for, resolve_remote
 from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
 from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
-from gateway.quarantine import OpsError
+from gateway.ops.quarantine import OpsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = (

@@ -10,6 +10,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.admin.totp_store import enroll as enroll_totp
 from gateway.cli.common import (
     data_option,
     emit_json,
@@ -20,7 +21,6 @@ from gateway.cli.common import (
     utc_now,
 )
 from gateway.config import load_config
-from gateway.operator_totp import enroll as enroll_totp
 from pki.est import build_csr
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import make_identity

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
+from gateway.app.preflight import run_preflight
 from gateway.cli.common import CliError, data_option, friendly_errors
 from gateway.config import ConfigError, load_config, parse_endpoint
-from gateway.datadir import DataDir
-from gateway.preflight import run_preflight
+from gateway.stores.datadir import DataDir
 
 
 def install_event_loop() -> str:
@@ -79,7 +79,7 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from gateway.runtime import Gateway  # imported late: the CLI's other commands stay light
+    from gateway.app.runtime import Gateway  # imported late: the CLI's other commands stay light
 
     data = DataDir.resolve(data_dir)
     skew = timedelta(seconds=config.tls.clock_skew_tolerance)

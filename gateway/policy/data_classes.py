@@ -3,7 +3,8 @@
 A *data class* names what a piece of telemetry is about (`pii`, `commercial`, `location`, ...) by the
 payload fields that carry it and, optionally, by whole topics. A *view* is what a partner tier may see
 of a unit message: the gateway republishes each source message (`fleet/{unit}/telemetry/{stream}`) to
-`views/{tier}/fleet/{unit}/{stream}` keeping only the fields of the tier's classes (see gateway/views.py).
+`views/{tier}/fleet/{unit}/{stream}` keeping only the fields of the tier's classes
+(see gateway/context/views.py).
 
 Decisions taken here, each the safe one:
 
@@ -40,8 +41,8 @@ from gateway.mqtt.topics import filters_intersect, topic_matches, validate_topic
 from gateway.policy.rules import PolicyError
 
 if TYPE_CHECKING:
+    from gateway.admin.totp import SecondFactorPolicy
     from gateway.policy.posture import PostureRequirement
-    from gateway.totp import SecondFactorPolicy
 
 __all__ = [
     "CONTEXT_SECTIONS",
@@ -378,7 +379,7 @@ class ContextPolicy:
 
 
 def _second_factor_default() -> SecondFactorPolicy:
-    from gateway.totp import SecondFactorPolicy
+    from gateway.admin.totp import SecondFactorPolicy
 
     return SecondFactorPolicy()
 
@@ -389,8 +390,8 @@ def parse_context_sections(top: Mapping[str, Any], source: str) -> ContextPolicy
     One call for all four because views refer to data classes. rules.py must import this inside its
     function: this module imports PolicyError from rules.py.
     """
+    from gateway.admin.totp import parse_second_factor
     from gateway.policy.posture import parse_posture_policy
-    from gateway.totp import parse_second_factor
 
     classes = parse_data_classes(top.get("data_classes"), source)
     return ContextPolicy(

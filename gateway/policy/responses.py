@@ -10,7 +10,7 @@ Theory of operation. Each (subject, detector) pair has a ladder, e.g. `[alert, t
 
 So a flood that keeps firing every window climbs alert → throttle → quarantine within three windows and
 is then quarantined at most once per cooldown, never once per packet. Responses are plain values; the
-thin adapter in gateway/continuous.py hands them to Operations, the audit log and the engine.
+thin adapter in gateway/detection/continuous.py hands them to Operations, the audit log and the engine.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import BrokerLimits, SqliteBrokerStore
+from gateway.broker import BrokerLimits
 from gateway.mqtt.packets import ProtocolVersion
+from gateway.stores.broker_store import SqliteBrokerStore
 from pki.sqlite import open_database
 from tests.broker.lab import Lab
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore, SessionDiscarded, SqliteBrokerStore
+from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore, SessionDiscarded
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Subscription, Will
 from gateway.mqtt.reason_codes import ReasonCode
+from gateway.stores.broker_store import SqliteBrokerStore
 from pki.sqlite import open_database
 from tests.broker.lab import V5, V311, VERSIONS, Lab, lab_peer, service_peer, unit_peer
 

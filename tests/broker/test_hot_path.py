@@ -13,11 +13,11 @@ from gateway.broker.actions import Outbox
 from gateway.broker.outbound import EncodeCache
 from gateway.broker.routing import SubscriptionIndex
 from gateway.broker.sessions import Message, StoredSubscription
+from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.codec import PacketReader, encode_publish
 from gateway.mqtt.packets import Properties, Publish, Subscription
 from gateway.mqtt.session import ServerSession
 from gateway.policy.access import CertificateOnlyPolicy
-from gateway.server import ConnectionHub
 from tests.broker.lab import V5, V311, VERSIONS, Lab, service_peer, unit_peer
 
 # --- forwarding the bytes a PUBLISH arrived as ---------------------------------------------------

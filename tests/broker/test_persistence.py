@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import BrokerStore, InMemoryStore, SqliteBrokerStore
+from gateway.broker import BrokerStore, InMemoryStore
 from gateway.broker.records import (
     DeliveryRecord,
     MessageRecord,
@@ -19,6 +19,7 @@ from gateway.broker.records import (
     properties_to_json,
 )
 from gateway.mqtt.packets import Properties, RetainHandling, Subscription
+from gateway.stores.broker_store import SqliteBrokerStore
 from pki.names import Identity
 from pki.sqlite import open_database, schema_version
 

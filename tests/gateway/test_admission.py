@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.admission import SourceAdmission, admission_from_limits, source_host
 from gateway.broker.quota import RetainedOwners
 from gateway.config import LimitsConfig
+from gateway.edge.admission import SourceAdmission, admission_from_limits, source_host
 
 
 def test_source_host() -> None:

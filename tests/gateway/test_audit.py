@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import (
+from gateway.stores.audit_log import (
     GENESIS_HASH,
     AggregatingAuditor,
     AuditLog,
@@ -235,7 +235,7 @@ def test_rehashed_edit_of_the_last_record_is_caught_by_the_head(
 def _forge(conn: sqlite3.Connection, seq: int, **changes: str) -> None:
     from dataclasses import replace
 
-    from gateway.audit import _hash_of
+    from gateway.stores.audit_log import _hash_of
 
     original = next(r for r in AuditLog(conn).records() if r.seq == seq)
     forged = replace(original, **changes)  # type: ignore[arg-type]
@@ -293,7 +293,7 @@ def test_swapping_two_records(filled: AuditLog, conn: sqlite3.Connection, a: int
 
 
 def test_record_inserted_behind_the_logs_back(filled: AuditLog, conn: sqlite3.Connection) -> None:
-    from gateway.audit import _hash_of
+    from gateway.stores.audit_log import _hash_of
 
     last = filled.records()[-1]
     forged = AuditRecord(N + 1, last.at, "system", "a", "s", "ok", "", {}, last.hash, "")
@@ -348,7 +348,7 @@ def test_committed_records_survive_kill_9(db_path: Path) -> None:
 import os, signal
 from datetime import UTC, datetime
 from pathlib import Path
-from gateway.audit import AuditLog
+from gateway.stores.audit_log import AuditLog
 from pki.sqlite import open_database
 log = AuditLog(open_database(Path({str(db_path)!r})))
 for i in range(25):

@@ -1,6 +1,6 @@
 """Clock skew: certificate validity is checked by the gateway with `tls.clock_skew_tolerance`.
 
-OpenSSL's own date check is off on the gateway's listeners (gateway/transport.py) so that the window
+OpenSSL's own date check is off on the gateway's listeners (gateway/edge/transport.py) so that the window
 can be widened by the configured tolerance, the same at the handshake, at CONNECT and on the admin
 API. Inside the tolerance a certificate works; past it, it is refused with a precise reason.
 """

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app.runtime import Gateway
 from gateway.config import load_config
-from gateway.datadir import DataDir
-from gateway.runtime import Gateway
+from gateway.stores.datadir import DataDir
 from tests.clients import V5
 from tests.harness import FLEETGATE, Credentials, GatewayProcess, run_cli
 from tests.ops.helpers import api, audit_via_api, context, eventually

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
-from gateway.backup import BackupError, create_backup, restore_backup
-from gateway.datadir import DataDir
-from gateway.serving_lock import hold, release
+from gateway.app.serving_lock import hold, release
+from gateway.stores.audit_log import AuditLog
+from gateway.stores.backup import BackupError, create_backup, restore_backup
+from gateway.stores.datadir import DataDir
 from pki.store import Registry, open_database
 from tests.harness import run_cli
 

@@ -13,12 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.admin.auth import ROLE_RIGHTS
-from gateway.admin.events import AuditFeed, stream_events
-from gateway.audit import AuditLog
+from gateway.admin.sse import AuditFeed, stream_events
 from gateway.mqtt.packets import Properties
-from gateway.partners import partner_members
+from gateway.ops.partners import partner_members
+from gateway.ops.quarantine import OpsError, mode_command, quarantine_unit, release_unit
 from gateway.policy.rules import load_policy
-from gateway.quarantine import OpsError, mode_command, quarantine_unit, release_unit
+from gateway.stores.audit_log import AuditLog
 from pki.store import Registry, open_database
 from tests.broker.lab import Lab, service_peer
 

@@ -18,7 +18,7 @@ from gateway.broker.events import (
     SessionTakenOver,
     SubscribeDenied,
 )
-from gateway.continuous import ContinuousEvaluator, Wiring, apply, wire
+from gateway.detection.continuous import ContinuousEvaluator, Wiring, apply, wire
 from gateway.policy.access import Peer
 from gateway.policy.detector_rules import DetectorSettings, Plan
 from gateway.policy.responses import Response
@@ -250,7 +250,7 @@ def test_subscription_overreach_on_wildcards_only() -> None:
 
 def test_handshake_failures_per_address_and_per_identity() -> None:
     @dataclass(frozen=True)
-    class Failure:  # gateway.server.HandshakeFailure's shape
+    class Failure:  # gateway.edge.hub.HandshakeFailure's shape
         address: str
         reason: str
         at: float

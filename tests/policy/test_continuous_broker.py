@@ -2,8 +2,8 @@
 
 The runtime's part is played here: the evaluator is the broker's publish observer, and every 0.25 s
 the broker's events are drained into it and its responses applied. Operations is a small stand-in doing
-what gateway/ops.py does to the broker: a quarantine updates the directory, invalidates the engine and
-re-decides live sessions; a disconnect closes the identity's connections.
+what gateway/ops/operations.py does to the broker: a quarantine updates the directory, invalidates
+the engine and re-decides live sessions; a disconnect closes the identity's connections.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.broker import BrokerLimits, Close
-from gateway.continuous import ContinuousEvaluator, apply
+from gateway.detection.continuous import ContinuousEvaluator, apply
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
@@ -27,7 +27,7 @@ UNITS = ("TRK-1", "TRK-2", "TRK-3")
 
 @dataclass
 class LabOps:
-    """What gateway.ops.Operations does to the broker, without a registry."""
+    """What gateway.ops.operations.Operations does to the broker, without a registry."""
 
     world: World
     calls: list[tuple[str, str, str]] = field(default_factory=list)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.broker.events import ClientConnected, ClientDisconnected, SessionTakenOver
-from gateway.continuous import ContinuousEvaluator
+from gateway.detection.continuous import ContinuousEvaluator
 from gateway.policy.access import Peer
 from gateway.policy.rules import load_policy
 from pki.names import Identity
@@ -37,7 +37,7 @@ M_PER_DEG = 111_320.0
 
 
 @dataclass(frozen=True)
-class Failure:  # gateway.server.HandshakeFailure's shape
+class Failure:  # gateway.edge.hub.HandshakeFailure's shape
     address: str
     reason: str
     at: float

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from gateway.totp import code_at, secret_from_base32
+from gateway.admin.totp import code_at, secret_from_base32
 from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import audit_records, context
 

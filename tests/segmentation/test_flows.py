@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.flows import OTHER, FlowRecorder, FlowRow, topic_template
+from gateway.context.flows import OTHER, FlowRecorder, FlowRow, topic_template
 
 
 @pytest.mark.parametrize(

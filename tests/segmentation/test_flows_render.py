@@ -9,8 +9,8 @@ import re
 import pytest
 from rich.console import Console
 
-from gateway.flows import FlowMap, FlowRecorder
-from gateway.flows_render import (
+from gateway.context.flows import FlowMap, FlowRecorder
+from gateway.render.flows_render import (
     DENIED,
     PROTECT,
     PROTECT_FILL,

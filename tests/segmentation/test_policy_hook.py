@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.admin.totp import DEFAULT_SENSITIVE, SecondFactorPolicy, parse_second_factor
 from gateway.policy.data_classes import (
     CONTEXT_SECTIONS,
     NO_DATA_CLASSES,
@@ -20,7 +21,6 @@ from gateway.policy.data_classes import (
 )
 from gateway.policy.posture import parse_version
 from gateway.policy.rules import PolicyError, policy_from_mapping
-from gateway.totp import DEFAULT_SENSITIVE, SecondFactorPolicy, parse_second_factor
 
 HERE = Path(__file__).parent
 SECTIONS = CONTEXT_SECTIONS
@@ -147,7 +147,9 @@ def test_a_mistake_in_any_section_is_a_policy_error() -> None:
         assert info.value.path.startswith(section)
 
 
-@pytest.mark.parametrize("first", ["gateway.policy.rules", "gateway.policy.data_classes", "gateway.totp"])
+@pytest.mark.parametrize(
+    "first", ["gateway.policy.rules", "gateway.policy.data_classes", "gateway.admin.totp"]
+)
 def test_import_order_does_not_matter(first: str) -> None:
     code = (
         f"import {first}; from gateway.policy.data_classes import parse_context_sections as p; p({{}}, 'x')"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.qr import provisioning_qr_png, qr_matrix
-from gateway.totp import provisioning_uri
+from gateway.admin.qr import provisioning_qr_png, qr_matrix
+from gateway.admin.totp import provisioning_uri
 from tests.segmentation.png_check import colours, read_png, rgb_at
 from tests.segmentation.qr_vectors import EMOJI, FOX, LONG
 

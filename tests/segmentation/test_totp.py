@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from gateway.totp import (
+from gateway.admin.totp import (
     TotpResult,
     TotpVerifier,
     code_at,

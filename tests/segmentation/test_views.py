@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.views import (
+from gateway.context.views import (
     Malformed,
     Projection,
     ViewRepublisher,

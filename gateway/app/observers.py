@@ -3,7 +3,7 @@
 The broker calls its single observer for every client PUBLISH the policy accepted, in the middle of
 routing that message. Observers here must therefore be cheap and must not route anything themselves
 (`broker.publish_internal` would re-enter the broker mid-routing): whoever produces messages buffers
-them and publishes from a `loop.call_soon` (see gateway/partner_views.py).
+them and publishes from a `loop.call_soon` (see gateway/context/partner_views.py).
 
 An observer that raises is logged and counted, never allowed to break routing of the message.
 """

@@ -24,10 +24,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.admission import SourceAdmission
 from gateway.broker import Action, Broker, Close, Send
+from gateway.edge.admission import SourceAdmission
+from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck, format_address
 from gateway.policy.access import Peer
-from gateway.transport import MqttConnection, MtlsListener, PeerCheck, format_address
 
 log = logging.getLogger("fleetgate.server")
 

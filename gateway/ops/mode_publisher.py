@@ -1,6 +1,6 @@
 """Publishing the retained mode command (`fleet/{unit}/cmd/mode`) that a unit's record calls for.
 
-The payload comes from the record alone (gateway.quarantine.mode_command), so the publisher only has
+The payload comes from the record alone (gateway.ops.quarantine.mode_command), so the publisher only has
 to remember what it last published per unit and publish when that differs: following the registry
 (which reports a changed record many times while its poll window overlaps) then costs nothing, and
 a restart that publishes everything again sends the same bytes. Only ever `cmd/mode`: the gateway
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.broker import Broker
+from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.packets import Publish
+from gateway.ops.quarantine import mode_command, mode_topic
 from gateway.policy.rules import Policy
-from gateway.quarantine import mode_command, mode_topic
-from gateway.server import ConnectionHub
 from pki.records import IdentityRecord
 
 log = logging.getLogger("fleetgate.ops")

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from gateway.quarantine import OpsError
+from gateway.ops.quarantine import OpsError
 from pki.names import validate_id
 from pki.records import IdentityRecord
 from pki.service import FleetCA

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.audit import AuditLog
 from gateway.broker import Broker
+from gateway.edge.hub import ConnectionHub
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.posture import parse_posture_from_state
-from gateway.server import ConnectionHub
+from gateway.stores.audit_log import AuditLog
 
 log = logging.getLogger("fleetgate.posture")
 

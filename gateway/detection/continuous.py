@@ -351,7 +351,7 @@ def _make(name: str, identity: Identity, config: Any) -> _Detector:
 
 
 class OperationsLike(Protocol):
-    """The part of gateway.ops.Operations the detectors use (the same calls an operator's take)."""
+    """The part of gateway.ops.operations.Operations the detectors use (the same calls an operator's take)."""
 
     def quarantine(self, unit_id: str, reason: str, actor: str, now: datetime) -> object: ...
 
@@ -481,4 +481,4 @@ def wire(gateway: GatewayLike, ops: OperationsLike, **limits: Any) -> Wiring:
     """Attach a ContinuousEvaluator to a gateway: the broker's publish observer, and a Wiring to tick."""
     evaluator = ContinuousEvaluator(gateway.engine.policy.detectors, **limits)
     gateway.broker.observe_publishes(evaluator.observe_publish)
-    return Wiring(evaluator, ops, gateway.audit, gateway.engine)
+    return Wiring(evaluator, ops, gateway.stores.audit_log, gateway.engine)

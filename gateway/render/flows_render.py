@@ -1,4 +1,4 @@
-"""Render a FlowMap (gateway/flows.py): a rich table, JSON, Mermaid text and a PNG diagram. Pure.
+"""Render a FlowMap (gateway/context/flows.py): a rich table, JSON, Mermaid text and a PNG diagram. Pure.
 
 The diagram reads left to right: senders -> topic templates -> receivers (a group that does both is
 drawn in both columns). Solid edges are data that flowed; dashed red edges are attempts the policy
@@ -19,8 +19,8 @@ from typing import Any
 
 from rich.table import Table
 
-from gateway.flows import FlowMap, FlowRow
-from gateway.png import encode_png
+from gateway.context.flows import FlowMap, FlowRow
+from gateway.render.png import encode_png
 
 __all__ = ["encode_png", "flowmap_to_dict", "to_json", "to_mermaid", "to_png", "to_table"]
 

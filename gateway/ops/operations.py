@@ -2,7 +2,7 @@
 
 Callers are the admin API (an operator), the detectors (`detector/<name>`) and, through the registry
 watcher, the CLI acting on the data dir from another process. Each operation is, in this order:
-1. durable: one registry transaction, committed (gateway.quarantine, gateway.partners, pki.service);
+1. durable: one registry transaction, committed (gateway.ops.quarantine, gateway.ops.partners, pki.service);
 2. live: the directory and the policy engine forget what they cached, and the runtime's registry
    poll runs at once (`Gateway.apply_registry_changes`), which re-decides live sessions and calls
    `on_identity_changed` — the same code that follows a change another process made;
@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from gateway.broker import ClientConnected, ClientDisconnected, Close
-from gateway.mode_publisher import ModePublisher
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.ops_status import OpResult, PartnerReport, UnitStatus, unit_statuses
-from gateway.partners import blast_radius, revoke_partner
-from gateway.quarantine import (
+from gateway.ops.mode_publisher import ModePublisher
+from gateway.ops.partners import blast_radius, revoke_partner
+from gateway.ops.quarantine import (
     BY_KEY,
     REASON_KEY,
     SINCE_KEY,
@@ -39,13 +38,14 @@ from gateway.quarantine import (
     quarantine_unit,
     release_unit,
 )
+from gateway.ops.status import OpResult, PartnerReport, UnitStatus, unit_statuses
 from pki.authority import parse_revocation_reason
 from pki.errors import PkiError
 from pki.names import CLIENT_KINDS, Identity, make_identity
 from pki.records import IdentityRecord
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.app.runtime import Gateway
 
 
 __all__ = ["OpResult", "Operations", "OpsError", "PartnerReport", "UnitStatus", "revocation_flag"]

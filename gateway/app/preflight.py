@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from gateway.datadir import DataDir
+from gateway.stores.datadir import DataDir
 
 SERVER_CERT_WARNING = timedelta(days=14)
 

@@ -1,6 +1,6 @@
 """Partner views in the running gateway: accepted unit PUBLISHes republished per tier (issue 10).
 
-The projection itself is pure (gateway/views.py); this module is the wiring around it:
+The projection itself is pure (gateway/context/views.py); this module is the wiring around it:
 
 - *Only tiers with a subscriber are projected.* Projection costs ~40-50 microseconds per message and
   tier, so the set of tiers that currently have a session subscribed to their views is recomputed
@@ -32,13 +32,13 @@ from pathlib import Path
 
 from gateway.broker import Broker
 from gateway.broker.limits import SessionInfo
+from gateway.context.views import ViewRepublisher, ViewStats
+from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import filters_intersect
 from gateway.policy.access import Peer
 from gateway.policy.rate import TokenBucket
 from gateway.policy.rules import Limits, Policy
-from gateway.server import ConnectionHub
-from gateway.views import ViewRepublisher, ViewStats
 
 log = logging.getLogger("fleetgate.views")
 

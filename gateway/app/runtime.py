@@ -22,31 +22,31 @@ from cryptography import x509
 from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.est import EstContext, add_est_routes
-from gateway.admin.events import AuditFeed
-from gateway.admission import admission_from_limits
-from gateway.audit import AuditLog
+from gateway.admin.sse import AuditFeed
+from gateway.admin.totp_store import TotpStore
+from gateway.app.audit_events import EventRecorder
+from gateway.app.metrics import GatewayCollector, metrics_registry, render
+from gateway.app.observers import PublishFanout
+from gateway.app.serving_lock import hold as hold_serving_lock
+from gateway.app.serving_lock import release as release_serving_lock
 from gateway.broker import Broker, BrokerLimits
-from gateway.broker.persistence import SqliteBrokerStore
 from gateway.config import GatewayConfig
-from gateway.continuous import wire as wire_continuous
-from gateway.datadir import DataDir, ca_passphrase
-from gateway.directory import RegistryDirectory
-from gateway.events import EventRecorder
-from gateway.flow_feed import FlowFeed
-from gateway.metrics import GatewayCollector, metrics_registry, render
+from gateway.context.flow_feed import FlowFeed
+from gateway.context.partner_views import PartnerViews, load_or_create_key
+from gateway.context.posture_watch import PostureWatch
+from gateway.detection.continuous import wire as wire_continuous
+from gateway.edge.admission import admission_from_limits
+from gateway.edge.hub import ConnectionHub, start_lab_listener, start_mqtt_listener
+from gateway.edge.transport import MtlsListener, tls_server_context
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.observers import PublishFanout
-from gateway.operator_totp import TotpStore
-from gateway.ops import Operations
-from gateway.partner_views import PartnerViews, load_or_create_key
+from gateway.ops.operations import Operations
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError, load_policy
-from gateway.posture_watch import PostureWatch
-from gateway.server import ConnectionHub, start_lab_listener, start_mqtt_listener
-from gateway.serving_lock import hold as hold_serving_lock
-from gateway.serving_lock import release as release_serving_lock
-from gateway.transport import MtlsListener, tls_server_context
+from gateway.stores.audit_log import AuditLog
+from gateway.stores.broker_store import SqliteBrokerStore
+from gateway.stores.datadir import DataDir, ca_passphrase
+from gateway.stores.registry_directory import RegistryDirectory
 from pki.authority import CertificateAuthority
 from pki.errors import VerificationError
 from pki.names import Identity, IdentityError, identity_from_certificate

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.server import ConnectionHub
+    from gateway.edge.hub import ConnectionHub
 
 _READ_SIZE = 256 * 1024  # decrypted bytes taken per read call (a full TCP read of records)
 # After our close_notify and FIN, how long a peer may take to close its side before the socket is

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.broker import SessionInfo
-from gateway.quarantine import BY_KEY, REASON_KEY, SINCE_KEY
+from gateway.ops.quarantine import BY_KEY, REASON_KEY, SINCE_KEY
 from pki.records import CertificateRecord
 from pki.store import Registry
 

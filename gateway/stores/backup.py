@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.datadir import DataDir
-from gateway.serving_lock import is_served
+from gateway.app.serving_lock import is_served
+from gateway.stores.datadir import DataDir
 
 FORMAT = 1
 MANIFEST = "manifest.json"

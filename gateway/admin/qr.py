@@ -1,7 +1,7 @@
 """QR codes for TOTP provisioning URIs (ISO/IEC 18004, byte mode, versions 1-11), no dependency.
 
 An operator enrolling a second factor scans this with an authenticator app; the URI itself
-(gateway.totp.provisioning_uri) is the same information for manual entry.
+(gateway.admin.totp.provisioning_uri) is the same information for manual entry.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def qr_matrix(
 
 def provisioning_qr_png(uri: str, scale: int = 6, border: int = 4) -> bytes:
     """The URI as a black-on-white QR code PNG, `scale` pixels per module, `border` modules of quiet zone."""
-    from gateway.png import encode_png
+    from gateway.render.png import encode_png
 
     modules = qr_matrix(uri.encode("utf-8"))
     n, quiet = len(modules) + 2 * border, [False] * border

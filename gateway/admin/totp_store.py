@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.qr import provisioning_qr_png
-from gateway.totp import (
+from gateway.admin.qr import provisioning_qr_png
+from gateway.admin.totp import (
     SecondFactorPolicy,
     TotpResult,
     new_secret,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.audit import AuditLog, AuditRecord
+from gateway.stores.audit_log import AuditLog, AuditRecord
 
 DEFAULT_HEARTBEAT = 15.0
 REPLAY_BATCH = 500

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from gateway.audit import AggregatingAuditor, AuditLog
-from gateway.server import HandshakeFailure
+from gateway.edge.hub import HandshakeFailure
+from gateway.stores.audit_log import AggregatingAuditor, AuditLog
 
 # Broker event class name → (audit action, aggregate?)
 _ACTIONS: dict[str, tuple[str, bool]] = {

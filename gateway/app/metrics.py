@@ -14,9 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.broker import BrokerMetrics
-from gateway.continuous import EvaluatorStats
-from gateway.partner_views import ViewCounters
-from gateway.server import HubCounters
+from gateway.context.partner_views import ViewCounters
+from gateway.detection.continuous import EvaluatorStats
+from gateway.edge.hub import HubCounters
 
 PREFIX = "fleetgate"
 

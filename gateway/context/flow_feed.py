@@ -1,4 +1,4 @@
-"""Feeding the flow map (gateway/flows.py) from the running gateway, off the hot path (issue 10).
+"""Feeding the flow map (gateway/context/flows.py) from the running gateway, off the hot path (issue 10).
 
 What is recorded, and where from:
 
@@ -8,7 +8,7 @@ What is recorded, and where from:
   first `max_buffer` payloads per tick are kept and classified (<= 1,000/s, <= ~8 ms per tick); the
   rest are folded per (identity, topic) and recorded once per tick without classes, and their rows
   take the classes seen on the same template, which the sampled messages of a busy template provide;
-- the gateway's own view publishes (gateway/partner_views.py) as the group `gateway/views`;
+- the gateway's own view publishes (gateway/context/partner_views.py) as the group `gateway/views`;
 - denied publishes and subscribes: the broker's PublishDenied / SubscribeDenied events;
 - allowed subscriptions: new (session, filter) pairs in the broker's session list, which the gateway
   hands over only when `Broker.subscriptions_version` moved (an O(sessions) walk, not every tick);
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from gateway.broker.events import PublishDenied, SubscribeDenied
 from gateway.broker.limits import SessionInfo
-from gateway.flows import FlowMap, FlowRecorder
+from gateway.context.flows import FlowMap, FlowRecorder
 from gateway.mqtt.topics import topic_matches
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import DataClasses

@@ -1,6 +1,6 @@
 """The asyncio adapter: socket bytes → broker → actions → socket bytes. Small and boring on purpose.
 
-MtlsListener accepts each TCP connection and hands it to a TlsServerProtocol (gateway/tls.py), which
+MtlsListener accepts each TCP connection and hands it to a TlsServerProtocol (gateway/edge/tls.py), which
 runs the TLS handshake (bounded by the handshake timeout) so that every failed handshake is seen,
 counted and audited with its reason.
 
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 
+from gateway.edge.tls import TlsServerProtocol
 from gateway.policy.access import Peer
-from gateway.tls import TlsServerProtocol
 
 if TYPE_CHECKING:
-    from gateway.server import ConnectionHub
+    from gateway.edge.hub import ConnectionHub
 
 # Decides what a verified client certificate proves: a Peer, or a refusal reason (e.g. "revoked").
 PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]
@@ -86,7 +86,7 @@ class MqttConnection(asyncio.Protocol):
 
 class MtlsListener:
     """Accepts TCP connections (per-source admission first) and gives each a TlsServerProtocol
-    (gateway/tls.py), which runs the TLS handshake, bounded, and reports its outcome to the hub.
+    (gateway/edge/tls.py), which runs the TLS handshake, bounded, and reports its outcome to the hub.
 
     Accepting here rather than in `create_server` keeps admission before any TLS work, and accept
     failures (EMFILE under a flood) counted and survived rather than logged by the loop.
