@@ -26,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -50,10 +50,6 @@ from pki.store import Registry
 MAX_AUDIT_PAGE = 1000
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class AdminContext:
     ops: Operations
@@ -63,9 +59,9 @@ class AdminContext:
     sessions: Callable[[], list[SessionInfo]]
     reload_policy: Callable[[str], Policy | None]
     feed: AuditFeed
-    clock: Callable[[], datetime] = utc_now
-    totp: TotpStore | None = None  # the second factor for sensitive rights (issue 10)
-    flows: Callable[[], FlowMap] | None = None  # the live data-flow map (issue 10)
+    clock: Callable[[], datetime]  # the process's wall clock (gateway/edge/driver.py: Clock.wall)
+    totp: TotpStore | None = None  # the second factor for sensitive rights
+    flows: Callable[[], FlowMap] | None = None  # the live data-flow map
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance, for operator certificates
 
 

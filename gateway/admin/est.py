@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from aiohttp import web
 from cryptography import x509
@@ -32,17 +32,13 @@ from pki.service import EnrollmentResult, FleetCA
 Clock = Callable[[], datetime]
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class EstContext:
     ca: FleetCA
     audit: AuditLog
     unit_lifetime: timedelta
     max_body: int
-    clock: Clock = utc_now
+    clock: Clock  # the process's wall clock (gateway/edge/driver.py: Clock.wall)
     on_issued: Callable[[x509.Certificate], None] | None = None
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance: how early a certificate may be used
 

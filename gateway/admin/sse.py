@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 
 from aiohttp import web
 
@@ -37,8 +38,11 @@ class FeedSubscription:
 
 
 class AuditFeed:
-    def __init__(self, audit: AuditLog, poll: float = 0.25, buffer: int = 1000) -> None:
+    def __init__(
+        self, audit: AuditLog, clock: Callable[[], datetime], poll: float = 0.25, buffer: int = 1000
+    ) -> None:
         self._audit = audit
+        self.clock = clock  # the process's wall clock, for the heartbeat's stamp
         self._poll = poll
         self.buffer = buffer
         self._subs: set[FeedSubscription] = set()
@@ -108,7 +112,7 @@ async def stream_events(
                 last = record.seq
             if len(batch) < REPLAY_BATCH:
                 break
-        await _follow(response, sub, last, heartbeat)
+        await _follow(response, sub, last, heartbeat, feed.clock)
     except ConnectionResetError:
         pass  # the client went away
     finally:
@@ -116,12 +120,18 @@ async def stream_events(
     return response
 
 
-async def _follow(response: web.StreamResponse, sub: FeedSubscription, last: int, heartbeat: float) -> None:
+async def _follow(
+    response: web.StreamResponse,
+    sub: FeedSubscription,
+    last: int,
+    heartbeat: float,
+    clock: Callable[[], datetime],
+) -> None:
     while True:
         try:
             record = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
         except TimeoutError:
-            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            stamp = clock().isoformat(timespec="seconds")
             await response.write(f": heartbeat {stamp}\n\n".encode())
             continue
         if sub.overflowed:

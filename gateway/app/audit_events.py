@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from gateway.edge.hub import HandshakeFailure
+from gateway.edge.reports import HandshakeFailure
 from gateway.stores.audit_log import AggregatingAuditor, AuditLog
 
 # Broker event class name → (audit action, aggregate?)

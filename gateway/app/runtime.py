@@ -1,9 +1,10 @@
-"""One gateway process: the CA, the registry, the broker, the listeners, and the loops that keep
-live sessions honest.
+"""One gateway process: the composition root. It builds the CA, the registry, the broker, the
+listeners and the loops that keep live sessions honest, wires them together, and owns the clock.
 
 `fleetgate serve` builds a Gateway and runs it until SIGTERM/SIGINT. Tests do the same in-process
-or as a subprocess. Everything that touches disk or the network is set up here; the decisions are
-made in pki/, gateway/policy and gateway/broker.
+or as a subprocess. The decisions are made in pki/, gateway/policy and gateway/broker; fleet
+operations in gateway/ops; following the registry in registry_follower.py; the background loops
+run supervised (supervisor.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import asyncio
 import logging
 import signal
 import ssl
-import time
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from aiohttp import web
 from cryptography import x509
@@ -27,19 +28,21 @@ from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
-from gateway.app.serving_lock import hold as hold_serving_lock
-from gateway.app.serving_lock import release as release_serving_lock
+from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
+from gateway.app.supervisor import LoopHealth, supervise
 from gateway.broker import Broker, BrokerLimits
 from gateway.config import GatewayConfig
 from gateway.context.flow_feed import FlowFeed
-from gateway.context.partner_views import PartnerViews, load_or_create_key
+from gateway.context.partner_views import PartnerViews
 from gateway.context.posture_watch import PostureWatch
 from gateway.detection.continuous import wire as wire_continuous
 from gateway.edge.admission import admission_from_limits
+from gateway.edge.driver import BrokerDriver, Clock
 from gateway.edge.hub import ConnectionHub, start_lab_listener, start_mqtt_listener
-from gateway.edge.transport import MtlsListener, tls_server_context
-from gateway.mqtt.reason_codes import ReasonCode
-from gateway.ops.operations import Operations
+from gateway.edge.reports import HandshakeFailure
+from gateway.edge.tls import tls_server_context
+from gateway.edge.transport import MtlsListener
+from gateway.ops.operations import Operations, OpsContext
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError, load_policy
@@ -47,21 +50,20 @@ from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir, ca_passphrase
 from gateway.stores.registry_directory import RegistryDirectory
+from gateway.stores.serving_lock import hold as hold_serving_lock
+from gateway.stores.serving_lock import release as release_serving_lock
+from gateway.stores.views_key import load_or_create_key
 from pki.authority import CertificateAuthority
 from pki.errors import VerificationError
-from pki.names import Identity, IdentityError, identity_from_certificate
+from pki.names import IdentityError, identity_from_certificate
 from pki.service import FleetCA
 from pki.store import Registry, open_database
 from pki.verify import check_validity
 
 log = logging.getLogger("fleetgate")
 
-# Revocations and state changes made by another process (the CLI) reach live sessions this fast:
-# every DATA_VERSION_POLL_SECONDS the gateway asks SQLite whether any other connection committed
-# (PRAGMA data_version reads no table), and only then reads the registry's change feeds. A full
-# refresh also runs every REGISTRY_REFRESH_SECONDS as a safety net.
-DATA_VERSION_POLL_SECONDS = 0.025
-REGISTRY_REFRESH_SECONDS = 1.0
+EVENT_TICK_SECONDS = 0.25  # broker events drained into audit, detectors, views and the flow map
+UNRECORDED_LIMIT = 100_000  # events (and failed handshakes) kept for the audit log while it fails
 
 
 class GatewayStartupError(RuntimeError):
@@ -94,13 +96,14 @@ def broker_limits(config: GatewayConfig) -> BrokerLimits:
 
 
 class Gateway:
-    def __init__(self, data: DataDir, config: GatewayConfig) -> None:
+    def __init__(self, data: DataDir, config: GatewayConfig, clock: Clock | None = None) -> None:
         if not data.is_initialised():
             raise GatewayStartupError(
                 f"{data.root} is not an initialised data directory; run `fleetgate init --data {data.root}`"
             )
         self.data = data
         self.config = config
+        self.clock = clock if clock is not None else Clock()
         self.authority = CertificateAuthority.load(data.ca_dir, ca_passphrase())
         self.trust_domain = self.authority.trust_domain
         sync = config.storage.synchronous
@@ -109,7 +112,7 @@ class Gateway:
         self.registry = Registry(self._registry_db)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
-        self.directory = RegistryDirectory(self.registry, self.trust_domain, datetime.now(UTC))
+        self.directory = RegistryDirectory(self.registry, self.trust_domain, self.clock.wall())
         # Certificate validity is ours to check (OpenSSL's time check is off, see transport.py): at the
         # handshake, at CONNECT and while a session lives, each widened by the same tolerance.
         self.clock_skew = timedelta(seconds=config.tls.clock_skew_tolerance)
@@ -122,18 +125,36 @@ class Gateway:
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
+            clock=self.clock.now,
             admission=admission_from_limits(config.limits),
         )
+        self.driver = BrokerDriver(self.broker, self.hub, self.clock)
         self.events = EventRecorder(self.audit)
-        self.ops = Operations(self)
+        self.follower = RegistryFollower(
+            self.directory, self.engine, self.driver, self.trust_domain, self._data_version
+        )
+        self.ops = Operations(
+            OpsContext(
+                registry=self.registry,
+                ca=self.ca,
+                audit=self.audit,
+                directory=self.directory,
+                engine=self.engine,
+                driver=self.driver,
+                trust_domain=self.trust_domain,
+                follow_registry=self.follower.apply_changes,
+            )
+        )
+        self.follower.on_identity_changed(self.ops.on_identity_changed)
         self.continuous = wire_continuous(self, self.ops)
         # The broker has one publish-observer slot; wire() above took it for the detectors. Everything
         # that watches accepted publishes shares it through one fan-out, the detectors first.
         self.flows = FlowFeed(self.engine.policy.context.data_classes)
         self._subscriptions_seen = -1  # Broker.subscriptions_version at the event tick's last look
+        self._unrecorded: list[object] = []  # drained, not yet audited (the audit log failed)
+        self._unrecorded_failures: list[HandshakeFailure] = []
         self.views = PartnerViews(
-            self.broker,
-            self.hub,
+            self.driver,
             self.engine.policy,
             load_or_create_key(data.root),
             on_published=self.flows.view_published,
@@ -142,7 +163,7 @@ class Gateway:
         unknown = self.engine.policy.context.second_factor.unknown_rights(RIGHT_TEXT)
         if unknown:
             log.warning("second_factor.sensitive names unknown admin rights: %s", ", ".join(unknown))
-        self.posture = PostureWatch(self.engine, self.broker, self.hub, self.audit)
+        self.posture = PostureWatch(self.engine, self.driver, self.audit)
         self.observers = PublishFanout(
             self.continuous.evaluator.observe_publish,
             self.views.observe,
@@ -150,7 +171,8 @@ class Gateway:
             self.flows.observe,
         )
         self.broker.observe_publishes(self.observers)
-        self.feed = AuditFeed(self.audit)
+        self.feed = AuditFeed(self.audit, self.clock.wall)
+        self.loops = {name: LoopHealth(name) for name in ("following the registry", "draining broker events")}
         self._servers: list[asyncio.Server] = []
         self._listeners: list[MtlsListener] = []
         self._http: web.AppRunner | None = None
@@ -166,7 +188,7 @@ class Gateway:
         at CONNECT and whenever they change.
         """
         try:
-            check_validity(cert, datetime.now(UTC), tolerance=self.clock_skew)
+            check_validity(cert, self.clock.wall(), tolerance=self.clock_skew)
         except VerificationError as exc:
             return f"certificate_{exc.reason}"
         try:
@@ -191,42 +213,11 @@ class Gateway:
 
     def on_revocations(self, serials: set[int]) -> int:
         """Cut every live session whose certificate is among `serials`; returns how many."""
-        if not serials:
-            return 0
-        self.engine.invalidate()
-        actions = self.broker.disconnect_where(
-            lambda peer: peer.certificate_serial in serials,
-            ReasonCode.NOT_AUTHORIZED,
-            "certificate revoked",
-            time.time(),
-        )
-        self.hub.apply(actions)
-        return len({action.conn for action in actions})
+        return self.follower.on_revocations(serials)
 
     def apply_registry_changes(self) -> None:
-        """Follow the registry (this process or the CLI): revocations cut, state changes re-decide,
-        and operations follow the new states (mode commands, cutting off revoked identities)."""
-        now = datetime.now(UTC)
-        changes = self.directory.refresh(now)
-        if changes.revoked_serials:
-            self.on_revocations(changes.revoked_serials)
-        for identity in changes.identities:
-            self.engine.invalidate(identity)
-        if changes.identities:
-            self.hub.apply(self.broker.reauthorize(time.time()))
-        for record in changes.records:
-            identity = Identity(record.kind, record.id, self.trust_domain)
-            self.ops.on_identity_changed(identity, now, record)
-
-    async def _watch_registry(self) -> None:
-        seen = self._data_version()
-        last_refresh = time.monotonic()
-        while True:
-            await asyncio.sleep(DATA_VERSION_POLL_SECONDS)
-            version = self._data_version()
-            if version != seen or time.monotonic() - last_refresh >= REGISTRY_REFRESH_SECONDS:
-                seen, last_refresh = version, time.monotonic()
-                self.apply_registry_changes()
+        """Follow the registry now (gateway/app/registry_follower.py)."""
+        self.follower.apply_changes()
 
     def _data_version(self) -> int:
         """Changes whenever another connection (another process, or the broker's own) commits."""
@@ -235,7 +226,7 @@ class Gateway:
 
     def reload_policy(self, actor: str = "system/sighup") -> Policy | None:
         """Load the policy file again; on success re-decide every live session, else keep the old one."""
-        now = datetime.now(UTC)
+        now = self.clock.wall()
         subject = str(self.config.policy_file or "<embedded policy>")
         try:
             policy = load_policy(self.config.policy_file)
@@ -256,26 +247,43 @@ class Gateway:
         self.totp.reload(policy.context.second_factor)
         self.flows.reload(policy.context.data_classes)
         self._subscriptions_seen = -1  # the views' tiers follow the policy: look at the sessions again
-        self.hub.apply(self.broker.reauthorize(time.time()))
+        self.driver.reauthorize()
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
         return policy
 
-    async def _drain_events(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            events = self.broker.drain_events()
-            self.ops.observe(events)
-            self.events.record(events, self.hub.failures, datetime.now(UTC))
-            self.continuous.tick(events, self.hub.failures, time.time())
-            self.hub.failures.clear()
-            # The session list is O(sessions) to build: only when a subscription came or went.
-            sessions = None
-            if self.broker.subscriptions_version != self._subscriptions_seen:
-                self._subscriptions_seen = self.broker.subscriptions_version
-                sessions = self.broker.sessions()
-                self.views.refresh_subscribers(sessions)
-            self.flows.tick(events, time.time(), sessions)
+    def drain_events(self) -> None:
+        """One event tick: broker events and failed handshakes into the audit log, the detectors,
+        fleet operations, the partner views and the flow map."""
+        events = self.broker.drain_events()
+        failures, self.hub.failures = self.hub.failures, []
+        self.ops.observe(events)
+        audit_failure: Exception | None = None
+        try:
+            self._record(events, failures)
+        except Exception as exc:  # the rest of the tick still runs; the supervisor hears of it after
+            audit_failure = exc
+        self.continuous.tick(events, failures, self.clock.now())
+        # The session list is O(sessions) to build: only when a subscription came or went.
+        sessions = None
+        if self.broker.subscriptions_version != self._subscriptions_seen:
+            self._subscriptions_seen = self.broker.subscriptions_version
+            sessions = self.broker.sessions()
+            self.views.refresh_subscribers(sessions)
+        self.flows.tick(events, self.clock.now(), sessions)
+        if audit_failure is not None:
+            raise audit_failure
+
+    def _record(self, events: Sequence[object], failures: Sequence[HandshakeFailure]) -> None:
+        """Audit what happened. If the audit log cannot be written (a full disk), what was not
+        recorded is kept, up to UNRECORDED_LIMIT items, and recorded by the next tick that can."""
+        self._unrecorded.extend(events)
+        self._unrecorded_failures.extend(failures)
+        for backlog in (self._unrecorded, self._unrecorded_failures):
+            if len(backlog) > UNRECORDED_LIMIT:
+                del backlog[: len(backlog) - UNRECORDED_LIMIT]
+        self.events.record(self._unrecorded, self._unrecorded_failures, self.clock.wall())
+        self._unrecorded, self._unrecorded_failures = [], []
 
     # --- listeners ----------------------------------------------------------------------------
 
@@ -303,6 +311,7 @@ class Gateway:
                 unit_lifetime=timedelta(days=certs.unit_lifetime_days),
                 max_body=self.config.limits.max_est_body,
                 clock_skew=self.clock_skew,
+                clock=self.clock.wall,
             ),
         )
         collector = GatewayCollector(
@@ -329,8 +338,9 @@ class Gateway:
                 reload_policy=self.reload_policy,
                 feed=self.feed,
                 totp=self.totp,
-                flows=self.flows.snapshot,
+                flows=lambda: self.flows.snapshot(self.clock.now()),
                 clock_skew=self.clock_skew,
+                clock=self.clock.wall,
             ),
         )
         return app
@@ -339,7 +349,7 @@ class Gateway:
         # Before anyone can connect: retained mode commands match the registry (quarantines made
         # with the CLI while the gateway was down take effect now).
         self._serving_lock = hold_serving_lock(self.data.root)  # `fleetgate restore` asks it
-        reconciled = self.ops.reconcile(datetime.now(UTC))
+        reconciled = self.ops.reconcile(self.clock.wall())
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
         listen = self.config.listen
@@ -363,8 +373,9 @@ class Gateway:
         if sockets:
             self.bound["https"] = sockets[0].getsockname()[:2]
         self.hub.run_ticker()
-        self.hub.spawn(self._watch_registry())
-        self.hub.spawn(self._drain_events())
+        registry, events = self.loops.values()
+        self.hub.spawn(supervise(self.follower.step, DATA_VERSION_POLL_SECONDS, registry))
+        self.hub.spawn(supervise(self.drain_events, EVENT_TICK_SECONDS, events))
         self.hub.spawn(self.feed.run())
         self.audit.append(
             actor="system",
@@ -372,7 +383,7 @@ class Gateway:
             subject="gateway",
             outcome="ok",
             details={k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
-            now=datetime.now(UTC),
+            now=self.clock.wall(),
         )
 
     async def stop(self) -> None:
@@ -382,11 +393,11 @@ class Gateway:
         for server in self._servers:
             server.close()
         await self.hub.shutdown()
-        self.events.record(self.broker.drain_events(), self.hub.failures, datetime.now(UTC))
+        self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()
         self.audit.append(
-            actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=datetime.now(UTC)
+            actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
         )
         self._broker_db.close()
         self._registry_db.close()

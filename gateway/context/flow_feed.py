@@ -1,4 +1,4 @@
-"""Feeding the flow map (gateway/context/flows.py) from the running gateway, off the hot path (issue 10).
+"""Feeding the flow map (gateway/context/flows.py) from the running gateway, off the hot path.
 
 What is recorded, and where from:
 
@@ -22,7 +22,6 @@ What is recorded, and where from:
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -178,5 +177,5 @@ class FlowFeed:
         self._receivers[topic] = found
         return found
 
-    def snapshot(self, now: float | None = None) -> FlowMap:
-        return self.recorder.snapshot(time.time() if now is None else now)
+    def snapshot(self, now: float) -> FlowMap:
+        return self.recorder.snapshot(now)

@@ -1,4 +1,4 @@
-"""Discovery: the live map of who sends which data class to whom (issue 10). Pure; `now` is an argument.
+"""Discovery: the live map of who sends which data class to whom. Pure; `now` is an argument.
 
 The gateway feeds a `FlowRecorder` one event per judged action: a publish (allowed or denied), a
 subscribe (allowed or denied) and each delivery to a subscriber ("receive"), with the data classes the

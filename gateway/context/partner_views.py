@@ -1,4 +1,4 @@
-"""Partner views in the running gateway: accepted unit PUBLISHes republished per tier (issue 10).
+"""Partner views in the running gateway: accepted unit PUBLISHes republished per tier.
 
 The projection itself is pure (gateway/context/views.py); this module is the wiring around it:
 
@@ -8,32 +8,27 @@ The projection itself is pure (gateway/context/views.py); this module is the wir
   returns at once. A new partner subscription starts receiving views within one tick.
 - *Nothing is projected or routed mid-routing.* The observer runs inside the broker's receive (the hot
   path) while it routes the source message, so it only notes the message (about a microsecond); a
-  `loop.call_soon` then projects and publishes through `publish_internal`, which still asks
-  decide_delivery for every recipient: a partner only ever gets its own tier's views.
+  call on the next loop iteration (`BrokerDriver.later`) then projects and publishes through
+  `publish_internal`, which still asks decide_delivery for every recipient: a partner only ever
+  gets its own tier's views.
 - *A tier is held to its rate.* Each tier's view stream passes a token bucket built from that tier's
   `limits` in the policy (messages_per_second/burst, bytes_per_second, max_payload); what does not fit
   is dropped and counted, so a tier-3 partner gets a trickle however busy the fleet is.
-- The pseudonymisation key is the gateway's own secret (DATA/views.key, 0600), so aliases are stable
-  across restarts and unknowable to partners.
+- The pseudonymisation key is the gateway's own secret (DATA/views.key, 0600, kept by
+  gateway/stores/views_key.py), so aliases are stable across restarts and unknowable to partners.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
-import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-from gateway.broker import Broker
 from gateway.broker.limits import SessionInfo
 from gateway.context.views import ViewRepublisher, ViewStats
-from gateway.edge.hub import ConnectionHub
+from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import filters_intersect
 from gateway.policy.access import Peer
@@ -42,24 +37,8 @@ from gateway.policy.rules import Limits, Policy
 
 log = logging.getLogger("fleetgate.views")
 
-KEY_FILE = "views.key"
-VIEW_QOS = 1
-_PLACEHOLDER = re.compile(
-    r"\{[^{}]*\}"
-)  # a partner asking for QoS 1 gets it; the subscription's QoS caps it as usual
-
-
-def load_or_create_key(root: Path) -> bytes:
-    """The gateway's pseudonymisation key, made once (32 random bytes, owner-only)."""
-    path = root / KEY_FILE
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key)
-        return key
+VIEW_QOS = 1  # a partner asking for QoS 1 gets it; the subscription's QoS caps it as usual
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 @dataclass(slots=True)
@@ -105,18 +84,14 @@ class ViewCounters:
 class PartnerViews:
     def __init__(
         self,
-        broker: Broker,
-        hub: ConnectionHub,
+        driver: BrokerDriver,
         policy: Policy,
         key: bytes,
-        clock: Callable[[], float] = time.time,
         on_published: Callable[[str, bytes, float], None] | None = None,
     ) -> None:
         self._on_published = on_published  # the flow map records the views as the gateway's publishes
-        self._broker = broker
-        self._hub = hub
+        self._driver = driver
         self._key = key
-        self._clock = clock
         self._pending: list[tuple[str, str, bytes, float]] = []  # (unit id, topic, payload, seen at)
         self._scheduled = False
         self._active: frozenset[int] = frozenset()
@@ -137,7 +112,7 @@ class PartnerViews:
             self._active = frozenset()
             return
         self._tier_level = views.topic.split("/").index("{tier}")
-        now = self._clock()
+        now = self._driver.clock.now()
         for tier in views.tiers:
             profile = policy.partner_tiers.get(tier)
             self._gates[tier] = _TierGate.of(profile.limits if profile else Limits(), now)
@@ -182,11 +157,7 @@ class PartnerViews:
             return
         self._pending.append((identity.id, topic, payload, now))
         if not self._scheduled:
-            self._scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop (a unit test): the caller flushes
-                self._scheduled = False
+            self._scheduled = self._driver.later(self.flush)  # no loop (a unit test): the caller flushes
 
     def flush(self) -> None:
         """Project the noted unit messages and publish the views (after the sources were routed)."""
@@ -205,8 +176,8 @@ class PartnerViews:
                     continue
                 self.published[tier] += 1
                 publish = Publish(view_topic, view_payload, qos=VIEW_QOS)
-                now = self._clock()
-                self._hub.apply(self._broker.publish_internal(publish, now))
+                now = self._driver.clock.now()
+                self._driver.publish_internal(publish, now)
                 if self._on_published is not None:
                     self._on_published(view_topic, view_payload, now)
 

@@ -3,23 +3,19 @@
 MQTT 3.1.1 units cannot put posture on CONNECT, and any unit may update its firmware while connected,
 so the publish observer reads posture from each accepted state message of the unit itself and hands
 it to the policy engine. When the outcome changes (restricted -> ok after an update, or ok -> refused),
-every live session is re-authorized — from a `loop.call_soon`, never inside the routing that called
-the observer — and the change is audited. Restricted mode is not an ops alert: no quarantine record,
-no mode command; the unit is simply held to diagnostic-only until it reports a posture that meets
-the minimum.
+every live session is re-authorized — on the next loop iteration (`BrokerDriver.later`), never
+inside the routing that called the observer — and the change is audited. Restricted mode is not an
+ops alert: no quarantine record, no mode command; the unit is simply held to diagnostic-only until
+it reports a posture that meets the minimum.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.broker import Broker
-from gateway.edge.hub import ConnectionHub
+from gateway.edge.driver import BrokerDriver
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.posture import parse_posture_from_state
@@ -32,16 +28,12 @@ class PostureWatch:
     def __init__(
         self,
         engine: PolicyEngine,
-        broker: Broker,
-        hub: ConnectionHub,
+        driver: BrokerDriver,
         audit: AuditLog,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
-        self._broker = broker
-        self._hub = hub
+        self._driver = driver
         self._audit = audit
-        self._clock = clock
         self._scheduled = False
         self._audits: list[dict[str, Any]] = []
         self.changes = 0
@@ -78,11 +70,7 @@ class PostureWatch:
             }
         )
         if not self._scheduled:
-            self._scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.reauthorize)
-            except RuntimeError:
-                self._scheduled = False
+            self._scheduled = self._driver.later(self.reauthorize)
 
     def reauthorize(self) -> None:
         """Audit the changes and re-decide every live session (after the state message was routed)."""
@@ -90,4 +78,4 @@ class PostureWatch:
         audits, self._audits = self._audits, []
         for record in audits:
             self._audit.append(**record)
-        self._hub.apply(self._broker.reauthorize(self._clock()))
+        self._driver.reauthorize()

@@ -1,4 +1,4 @@
-"""Partner views: project a unit message onto what one tier may see (issue 10). Pure; no I/O.
+"""Partner views: project a unit message onto what one tier may see. Pure; no I/O.
 
 The gateway's publish observer hands every accepted unit PUBLISH to `ViewRepublisher.on_publish`, which
 returns the view messages to publish internally, one per configured tier that has something to see.

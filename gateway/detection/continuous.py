@@ -481,4 +481,4 @@ def wire(gateway: GatewayLike, ops: OperationsLike, **limits: Any) -> Wiring:
     """Attach a ContinuousEvaluator to a gateway: the broker's publish observer, and a Wiring to tick."""
     evaluator = ContinuousEvaluator(gateway.engine.policy.detectors, **limits)
     gateway.broker.observe_publishes(evaluator.observe_publish)
-    return Wiring(evaluator, ops, gateway.stores.audit_log, gateway.engine)
+    return Wiring(evaluator, ops, gateway.audit, gateway.engine)

@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.broker import Action, Broker, Close, Send
 from gateway.edge.admission import SourceAdmission
+from gateway.edge.reports import HandshakeFailure
 from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck, format_address
 from gateway.policy.access import Peer
 
@@ -44,15 +45,6 @@ class HubCounters:
     certificates_refused: Counter[str] = field(default_factory=Counter)
     slow_consumers_cut: int = 0
     handshake_seconds_total: float = 0.0
-
-
-@dataclass(frozen=True)
-class HandshakeFailure:
-    """Reported to the gateway (audit, detectors) for every failed or refused TLS admission."""
-
-    address: str
-    reason: str
-    at: float
 
 
 class ConnectionHub:

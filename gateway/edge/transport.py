@@ -14,19 +14,32 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from cryptography import x509
 
-from gateway.edge.tls import TlsServerProtocol
+from gateway.edge.tls import HandshakeObserver, TlsServerProtocol
 from gateway.policy.access import Peer
-
-if TYPE_CHECKING:
-    from gateway.edge.hub import ConnectionHub
 
 # Decides what a verified client certificate proves: a Peer, or a refusal reason (e.g. "revoked").
 PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]
+
+
+class ConnectionSink(HandshakeObserver, Protocol):
+    """What a connection reports to, and asks of (the connection hub satisfies it)."""
+
+    def admit_tcp(self, address: str) -> bool: ...
+
+    def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int: ...
+
+    def received(self, conn: int, data: bytes) -> None: ...
+
+    def lost(self, conn: int) -> None: ...
+
+    def certificate_refused(self, address: str, reason: str) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
 
 def format_address(sockname: object) -> str:
@@ -39,7 +52,7 @@ def format_address(sockname: object) -> str:
 class MqttConnection(asyncio.Protocol):
     """One client connection, after its TLS handshake (or on the loopback lab listener)."""
 
-    def __init__(self, hub: ConnectionHub, peer_check: PeerCheck | None = None) -> None:
+    def __init__(self, hub: ConnectionSink, peer_check: PeerCheck | None = None) -> None:
         self._hub = hub
         self._peer_check = peer_check  # None on the lab listener: clients there are anonymous
         self._conn: int | None = None
@@ -92,7 +105,7 @@ class MtlsListener:
     failures (EMFILE under a flood) counted and survived rather than logged by the loop.
     """
 
-    def __init__(self, hub: ConnectionHub, context: ssl.SSLContext, peer_check: PeerCheck) -> None:
+    def __init__(self, hub: ConnectionSink, context: ssl.SSLContext, peer_check: PeerCheck) -> None:
         self._hub = hub
         self._context = context
         self._peer_check = peer_check
@@ -155,34 +168,3 @@ class MtlsListener:
 
 
 ACCEPT_BATCH = 64  # connections taken from the listen backlog per wakeup of the accept loop
-
-
-# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): the chain and signatures are
-# still verified; the validity window is checked by the gateway itself, widened by
-# `tls.clock_skew_tolerance` (Gateway.check_certificate, the admin API, EST re-enrollment).
-X509_V_FLAG_NO_CHECK_TIME = 0x200000
-
-
-def tls_server_context(cert_chain: str, key: str, client_ca: str, min_version: str = "1.2") -> ssl.SSLContext:
-    """Server context for the MQTT listener: TLS ≥ 1.2 and a client certificate from our CA, always.
-
-    Validity dates are not checked here but by the caller's peer check, with the configured clock-skew
-    tolerance; everything else about the chain is OpenSSL's to refuse.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
-    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_chain, key)
-    context.load_verify_locations(client_ca)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # No session resumption: every connection presents its certificate and has it verified in full.
-    # Issuing the two TLS 1.3 tickets OpenSSL sends by default (each a serialised session with the
-    # client's certificate) was ~30 % of the gateway's CPU per handshake, for clients that never
-    # resume (paho, most device stacks).
-    context.num_tickets = 0
-    context.options |= ssl.OP_NO_TICKET
-    # The issuing CA in client_ca is a trust anchor: the chain ends there, and the issuing CA's own
-    # signature by the root (the same for every unit) is not verified again on every handshake.
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return context

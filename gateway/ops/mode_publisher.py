@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.broker import Broker
-from gateway.edge.hub import ConnectionHub
+from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.packets import Publish
 from gateway.ops.quarantine import mode_command, mode_topic
 from gateway.policy.rules import Policy
@@ -24,9 +23,8 @@ log = logging.getLogger("fleetgate.ops")
 
 
 class ModePublisher:
-    def __init__(self, broker: Broker, hub: ConnectionHub, policy: Callable[[], Policy]) -> None:
-        self._broker = broker
-        self._hub = hub
+    def __init__(self, driver: BrokerDriver, policy: Callable[[], Policy]) -> None:
+        self._driver = driver
         self._policy = policy
         self._published: dict[str, bytes] = {}  # unit id -> the payload last published
 
@@ -37,6 +35,6 @@ class ModePublisher:
             return None
         self._published[record.id] = payload
         publish = Publish(mode_topic(record.id), payload, qos=1, retain=True)
-        self._hub.apply(self._broker.publish_internal(publish, now.timestamp()))
+        self._driver.publish_internal(publish, now.timestamp())
         log.info("mode command for unit %s: %s", record.id, payload.decode())
         return payload

@@ -3,9 +3,10 @@
 Callers are the admin API (an operator), the detectors (`detector/<name>`) and, through the registry
 watcher, the CLI acting on the data dir from another process. Each operation is, in this order:
 1. durable: one registry transaction, committed (gateway.ops.quarantine, gateway.ops.partners, pki.service);
-2. live: the directory and the policy engine forget what they cached, and the runtime's registry
-   poll runs at once (`Gateway.apply_registry_changes`), which re-decides live sessions and calls
-   `on_identity_changed` — the same code that follows a change another process made;
+2. live: the directory and the policy engine forget what they cached, and the registry follower
+   runs at once (`OpsContext.follow_registry`, gateway/app/registry_follower.py), which re-decides
+   live sessions and calls `on_identity_changed` — the same code that follows a change another
+   process made;
 3. audited, with the actor.
 
 Mode commands come from observed state, never from the command that changed it: `on_identity_changed`
@@ -17,15 +18,15 @@ the same message. The gateway never publishes anywhere else, least of all on con
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from gateway.broker import ClientConnected, ClientDisconnected, Close
+from gateway.broker import ClientConnected, ClientDisconnected
+from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.ops.mode_publisher import ModePublisher
 from gateway.ops.partners import blast_radius, revoke_partner
@@ -39,16 +40,40 @@ from gateway.ops.quarantine import (
     release_unit,
 )
 from gateway.ops.status import OpResult, PartnerReport, UnitStatus, unit_statuses
+from gateway.policy.engine import PolicyEngine
+from gateway.stores.audit_log import AuditLog
+from gateway.stores.registry_directory import RegistryDirectory
 from pki.authority import parse_revocation_reason
 from pki.errors import PkiError
 from pki.names import CLIENT_KINDS, Identity, make_identity
 from pki.records import IdentityRecord
+from pki.service import FleetCA
+from pki.store import Registry
 
-if TYPE_CHECKING:
-    from gateway.app.runtime import Gateway
+__all__ = [
+    "OpResult",
+    "Operations",
+    "OpsContext",
+    "OpsError",
+    "PartnerReport",
+    "UnitStatus",
+    "revocation_flag",
+]
 
 
-__all__ = ["OpResult", "Operations", "OpsError", "PartnerReport", "UnitStatus", "revocation_flag"]
+@dataclass(frozen=True)
+class OpsContext:
+    """What fleet operations act on; built once by the process root (gateway/app/runtime.py)."""
+
+    registry: Registry
+    ca: FleetCA
+    audit: AuditLog
+    directory: RegistryDirectory
+    engine: PolicyEngine
+    driver: BrokerDriver
+    trust_domain: str
+    # Apply what the registry committed to live sessions now, instead of at the follower's next poll.
+    follow_registry: Callable[[], None]
 
 
 def revocation_flag(reason: str) -> x509.ReasonFlags:
@@ -60,18 +85,18 @@ def revocation_flag(reason: str) -> x509.ReasonFlags:
 
 
 class Operations:
-    def __init__(self, gateway: Gateway) -> None:
-        self._gw = gateway
-        self._modes = ModePublisher(gateway.broker, gateway.hub, lambda: gateway.engine.policy)
+    def __init__(self, ctx: OpsContext) -> None:
+        self._ctx = ctx
+        self._modes = ModePublisher(ctx.driver, lambda: ctx.engine.policy)
         self._seen: dict[Identity, tuple[str, datetime]] = {}  # (state, updated_at) last acted on
         self.last_seen: dict[str, float] = {}  # client id -> epoch of its last disconnect
 
     # --- quarantine -------------------------------------------------------------------------------
 
     def quarantine(self, unit_id: str, reason: str, actor: str, now: datetime) -> OpResult:
-        started = time.perf_counter()
+        started = self._ctx.driver.clock.monotonic()
         with self._refusal_audited(actor, "unit.quarantine", f"unit/{unit_id}", now):
-            change = quarantine_unit(self._gw.registry, unit_id, reason, actor, now)
+            change = quarantine_unit(self._ctx.registry, unit_id, reason, actor, now)
         if change.changed:
             self._apply_now(self._identity("unit", unit_id))
         meta = change.record.metadata
@@ -80,7 +105,7 @@ class Operations:
             "since": meta.get(SINCE_KEY, ""),
             "by": meta.get(BY_KEY, ""),
         }
-        self._gw.audit.append(
+        self._ctx.audit.append(
             actor=actor,
             action="unit.quarantine",
             subject=f"unit/{unit_id}",
@@ -92,12 +117,12 @@ class Operations:
         return self._result("quarantine", change.record, change.changed, started, details=facts)
 
     def release(self, unit_id: str, actor: str, now: datetime) -> OpResult:
-        started = time.perf_counter()
+        started = self._ctx.driver.clock.monotonic()
         with self._refusal_audited(actor, "unit.release", f"unit/{unit_id}", now):
-            change = release_unit(self._gw.registry, unit_id, actor, now)
+            change = release_unit(self._ctx.registry, unit_id, actor, now)
         if change.changed:
             self._apply_now(self._identity("unit", unit_id))
-        self._gw.audit.append(
+        self._ctx.audit.append(
             actor=actor,
             action="unit.release",
             subject=f"unit/{unit_id}",
@@ -111,21 +136,21 @@ class Operations:
     def revoke_identity(self, kind: str, ident: str, reason: str, actor: str, now: datetime) -> OpResult:
         """Revoke every certificate and token of the identity and cut its whole session — for a unit,
         vehicle control included. Callers must have had the operator confirm (--force / confirm)."""
-        started = time.perf_counter()
+        started = self._ctx.driver.clock.monotonic()
         subject = f"{kind}/{ident}"
 
         with self._refusal_audited(actor, "identity.revoke", subject, now):
             if kind not in CLIENT_KINDS:
                 raise OpsError("invalid_kind", f"kind {kind!r} is not one of {', '.join(CLIENT_KINDS)}")
-            before = self._gw.registry.get_identity(kind, ident)
+            before = self._ctx.registry.get_identity(kind, ident)
             if before is None:
                 raise OpsError("unknown_identity", f"there is no {subject}; check the id", 404)
-            serials = self._gw.ca.revoke_identity(kind, ident, revocation_flag(reason), now)
+            serials = self._ctx.ca.revoke_identity(kind, ident, revocation_flag(reason), now)
         identity = self._identity(kind, ident)
         closed = self._cut_off({identity}, set(serials), "identity revoked", now)
         changed = before.state != "revoked" or bool(serials)
         hex_serials = tuple(format(s, "x") for s in serials)
-        self._gw.audit.append(
+        self._ctx.audit.append(
             actor=actor,
             action="identity.revoke",
             subject=subject,
@@ -134,17 +159,15 @@ class Operations:
             details={"serials": list(hex_serials), "sessions_closed": closed},
             now=now,
         )
-        record = self._gw.registry.get_identity(kind, ident) or before
+        record = self._ctx.registry.get_identity(kind, ident) or before
         return self._result("revoke", record, changed, started, closed, hex_serials)
 
     def disconnect(self, identity: Identity, reason: str, actor: str, now: datetime) -> int:
         """Close the identity's live sessions (it may reconnect); returns how many were closed."""
-        actions = self._gw.broker.disconnect_where(
+        closed = self._ctx.driver.disconnect_where(
             lambda peer: peer.identity == identity, ReasonCode.ADMINISTRATIVE_ACTION, reason, now.timestamp()
         )
-        self._gw.hub.apply(actions)
-        closed = len({a.conn for a in actions if isinstance(a, Close)})
-        self._gw.audit.append(
+        self._ctx.audit.append(
             actor=actor,
             action="session.disconnect",
             subject=str(identity),
@@ -156,18 +179,18 @@ class Operations:
         return closed
 
     def partner_disconnect(self, partner: str, actor: str, now: datetime, dry_run: bool) -> PartnerReport:
-        started = time.perf_counter()
+        started = self._ctx.driver.clock.monotonic()
         with self._refusal_audited(actor, "partner.disconnect", f"partner/{partner}", now):
-            radius = blast_radius(self._gw.registry, partner, now)
+            radius = blast_radius(self._ctx.registry, partner, now)
         identities = {self._identity("partner", m.id) for m in radius.members}
         sessions = [
-            s for s in self._gw.broker.sessions() if s.peer is not None and s.peer.identity in identities
+            s for s in self._ctx.driver.sessions() if s.peer is not None and s.peer.identity in identities
         ]
         live = sum(1 for s in sessions if s.connected)
         subscriptions = sum(len(s.subscriptions) for s in sessions)
         serials, tokens = radius.serials, radius.tokens
         if not dry_run:
-            serials, tokens = revoke_partner(self._gw.ca, radius.members, now)
+            serials, tokens = revoke_partner(self._ctx.ca, radius.members, now)
             live = self._cut_off(identities, set(serials), "partner disconnected", now)
         report = PartnerReport(
             partner=partner,
@@ -179,11 +202,11 @@ class Operations:
             subscriptions=subscriptions,
             offline_sessions=len(sessions) - sum(1 for s in sessions if s.connected),
             serials=tuple(format(s, "x") for s in serials),
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+            elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
         )
         details: dict[str, object] = {k: v for k, v in report.as_dict().items() if k != "serials"}
         details["identities"] = list(report.identities)
-        self._gw.audit.append(
+        self._ctx.audit.append(
             actor=actor,
             action="partner.disconnect",
             subject=f"partner/{partner}",
@@ -198,14 +221,14 @@ class Operations:
     def status(self, now: datetime, unit_id: str | None = None) -> list[UnitStatus]:
         sessions = {
             s.client_id: s
-            for s in self._gw.broker.sessions()
+            for s in self._ctx.driver.sessions()
             if s.peer is not None and s.peer.identity is not None and s.peer.identity.kind == "unit"
         }
-        return unit_statuses(self._gw.registry, sessions, self.last_seen, now, only=unit_id)
+        return unit_statuses(self._ctx.registry, sessions, self.last_seen, now, only=unit_id)
 
     def observe(self, events: Iterable[object]) -> None:
         """Broker events the runtime drains: remember when each client was last connected."""
-        stamp = time.time()
+        stamp = self._ctx.driver.clock.now()
         for event in events:
             if isinstance(event, ClientDisconnected | ClientConnected):
                 self.last_seen[event.client_id] = stamp
@@ -221,7 +244,7 @@ class Operations:
         so it acts only on a (state, updated_at) it has not acted on yet.
         """
         if record is None:
-            record = self._gw.registry.get_identity(identity.kind, identity.id)
+            record = self._ctx.registry.get_identity(identity.kind, identity.id)
             if record is None:
                 return
         key = (record.state, record.updated_at)
@@ -230,7 +253,7 @@ class Operations:
         self._seen[identity] = key
         payload = self._modes.publish(record, now) if identity.kind == "unit" else None
         if payload is not None:
-            self._gw.audit.append(
+            self._ctx.audit.append(
                 actor="system",
                 action="unit.mode_command",
                 subject=str(identity),
@@ -245,39 +268,36 @@ class Operations:
     def reconcile(self, now: datetime) -> int:
         """At start: every unit's retained mode command matches its record (a CLI quarantine made while
         the gateway was down takes effect now). Returns how many were published."""
-        records = self._gw.registry.list_identities("unit")
+        records = self._ctx.registry.list_identities("unit")
         return sum(self._modes.publish(record, now) is not None for record in records)
 
     # --- internals ----------------------------------------------------------------------------------
 
     def _apply_now(self, identity: Identity) -> None:
         """Make a committed change live at once instead of at the next registry poll."""
-        self._gw.directory.forget(identity)
-        self._gw.engine.invalidate(identity)
-        self._gw.apply_registry_changes()
-        self._gw.hub.apply(self._gw.broker.reauthorize(time.time()))
+        self._ctx.directory.forget(identity)
+        self._ctx.engine.invalidate(identity)
+        self._ctx.follow_registry()
+        self._ctx.driver.reauthorize()
 
     def _cut_off(self, identities: set[Identity], serials: set[int], reason: str, now: datetime) -> int:
         """Close live sessions of these identities (or certificates) and discard their offline ones."""
         for identity in identities:
-            self._gw.directory.forget(identity)
-            self._gw.engine.invalidate(identity)
-        self._gw.engine.invalidate()  # serial answers are cached without their owner
-        broker, stamp = self._gw.broker, now.timestamp()
-        actions = broker.disconnect_where(
+            self._ctx.directory.forget(identity)
+            self._ctx.engine.invalidate(identity)
+        self._ctx.engine.invalidate()  # serial answers are cached without their owner
+        closed = self._ctx.driver.disconnect_where(
             lambda peer: peer.identity in identities or (peer.certificate_serial or 0) in serials,
             ReasonCode.NOT_AUTHORIZED,
             reason,
-            stamp,
+            now.timestamp(),
         )
-        self._gw.hub.apply(actions)
-        purged = broker.discard_offline_sessions(lambda peer: peer.identity in identities, stamp)
-        self._gw.hub.apply(purged.actions)
-        self._gw.apply_registry_changes()  # revoked serials into the directory: refused at the handshake
-        return len({a.conn for a in actions if isinstance(a, Close)})
+        self._ctx.driver.discard_offline(lambda peer: peer.identity in identities, now.timestamp())
+        self._ctx.follow_registry()  # revoked serials into the directory: refused at the handshake
+        return closed
 
     def _identity(self, kind: str, ident: str) -> Identity:
-        return make_identity(kind, ident, self._gw.trust_domain)
+        return make_identity(kind, ident, self._ctx.trust_domain)
 
     @contextmanager
     def _refusal_audited(self, actor: str, action: str, subject: str, now: datetime) -> Iterator[None]:
@@ -285,7 +305,7 @@ class Operations:
         try:
             yield
         except OpsError as exc:
-            self._gw.audit.append(
+            self._ctx.audit.append(
                 actor=actor,
                 action=action,
                 subject=subject,
@@ -311,7 +331,7 @@ class Operations:
             subject=f"{record.kind}/{record.id}",
             changed=changed,
             state=record.state,
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+            elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
             sessions_closed=closed,
             revoked_serials=serials,
             details=details or {},

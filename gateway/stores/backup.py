@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.app.serving_lock import is_served
 from gateway.stores.datadir import DataDir
+from gateway.stores.serving_lock import is_served
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -228,7 +228,7 @@ def test_a_partner_is_held_to_its_tier(gateway: GatewayProcess, bystander: Bysta
     assert client.subscribe("fleet/+/telemetry/gps", 1) == [0x87]  # tier 1's grant, not tier 3's
     assert client.subscribe("fleet/+/diag/#", 1) == [0x87]
     assert client.subscribe("views/1/#", 1) == [0x87]  # another tier's views
-    assert client.subscribe("views/3/#", 1) == [1]  # its own tier's views (issue 10)
+    assert client.subscribe("views/3/#", 1) == [1]  # its own tier's views
     client.disconnect()
     assert audited(gateway, action="mqtt.subscribe", actor="partner/SPOTBROKER")
 

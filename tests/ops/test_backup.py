@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app.serving_lock import hold, release
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.backup import BackupError, create_backup, restore_backup
 from gateway.stores.datadir import DataDir
+from gateway.stores.serving_lock import hold, release
 from pki.store import Registry, open_database
 from tests.harness import run_cli
 

@@ -139,7 +139,7 @@ def test_roles_table() -> None:
 
 async def test_the_event_feed_fans_out_and_cuts_a_slow_reader(tmp_path: Path) -> None:
     audit = AuditLog(open_database(tmp_path / "audit.db"))
-    feed = AuditFeed(audit, buffer=3)
+    feed = AuditFeed(audit, lambda: datetime.now(UTC), buffer=3)
     fast, slow = feed.subscribe(), feed.subscribe()
     for n in range(3):
         audit.append(actor="system", action="test", subject=str(n), outcome="ok", now=NOW)
@@ -156,7 +156,7 @@ async def test_the_event_feed_fans_out_and_cuts_a_slow_reader(tmp_path: Path) ->
 
 async def test_a_stream_that_falls_behind_is_told_where_to_resume(tmp_path: Path) -> None:
     audit = AuditLog(open_database(tmp_path / "audit.db"))
-    feed = AuditFeed(audit, buffer=2)
+    feed = AuditFeed(audit, lambda: datetime.now(UTC), buffer=2)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await stream_events(request, audit, feed, None, heartbeat=5)

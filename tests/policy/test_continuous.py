@@ -250,7 +250,7 @@ def test_subscription_overreach_on_wildcards_only() -> None:
 
 def test_handshake_failures_per_address_and_per_identity() -> None:
     @dataclass(frozen=True)
-    class Failure:  # gateway.edge.hub.HandshakeFailure's shape
+    class Failure:  # gateway.edge.reports.HandshakeFailure's shape
         address: str
         reason: str
         at: float

@@ -37,7 +37,7 @@ M_PER_DEG = 111_320.0
 
 
 @dataclass(frozen=True)
-class Failure:  # gateway.edge.hub.HandshakeFailure's shape
+class Failure:  # gateway.edge.reports.HandshakeFailure's shape
     address: str
     reason: str
     at: float

@@ -140,7 +140,7 @@ SUBSCRIBES = [
     (TRK1, "fleet/TRK-1/telemetry/#", ("deny", "filter_not_granted", "unit/subscribe")),
     (TRK1, "fleet/#/x", ("deny", "invalid_filter", "builtin/topic_filter")),
     (QUARANTINED, "fleet/TRK-Q/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
-    # partners see unit data only through their tier's views (issue 10), never raw unit topics
+    # partners see unit data only through their tier's views, never raw unit topics
     (ACME, "views/3/fleet/+/eta", ("allow", "subscribe_granted", "partner/tier3/subscribe/0")),
     (ACME, "views/+/#", ("deny", "wildcard_overreach", "partner/tier3/subscribe")),
     (ACME, "views/1/#", ("deny", "filter_not_granted", "partner/tier3/subscribe")),

@@ -1,0 +1,85 @@
+"""The one object that drives the broker from outside a connection: broker + hub + the one clock.
+
+Connections drive the broker through the hub (bytes in, actions out). Everything else that must
+change live sessions — fleet operations, the registry follower, partner views, posture, policy
+reloads — goes through a BrokerDriver: it reads the clock once, calls the broker entry point with
+that `now`, and hands the returned actions to the hub. So "who applies the broker's actions" and
+"who reads the clock" each have one answer, here.
+
+`later(fn)` runs `fn` on the next event-loop iteration: observers called from inside
+`Broker.receive` must not re-enter the broker, so they defer their own broker calls through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
+from gateway.broker.core import DiscardedSessions
+from gateway.edge.hub import ConnectionHub
+from gateway.mqtt.packets import Publish
+from gateway.mqtt.reason_codes import ReasonCode
+from gateway.policy.access import Peer
+
+
+class Clock:
+    """The process's clocks: epoch seconds for the broker and policy, aware datetimes for the
+    registry and audit, a monotonic counter for durations. Tests pass a clock of their own."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def wall(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class BrokerDriver:
+    def __init__(self, broker: Broker, hub: ConnectionHub, clock: Clock) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.clock = clock
+
+    def publish_internal(self, publish: Publish, now: float | None = None) -> None:
+        """A message from the gateway itself (mode commands, partner views)."""
+        self.hub.apply(self.broker.publish_internal(publish, self.clock.now() if now is None else now))
+
+    def reauthorize(self) -> None:
+        """Re-decide every live session against the current policy and registry state."""
+        self.hub.apply(self.broker.reauthorize(self.clock.now()))
+
+    def disconnect_where(
+        self, match: Callable[[Peer], bool], code: ReasonCode, why: str, now: float | None = None
+    ) -> int:
+        """Close the live sessions whose peer matches; returns how many connections were closed.
+        `now` is the time of the operation that asks, when it has one."""
+        actions = self.broker.disconnect_where(match, code, why, self.clock.now() if now is None else now)
+        self.hub.apply(actions)
+        return len({a.conn for a in actions if isinstance(a, Close)})
+
+    def discard_offline(self, match: Callable[[Peer], bool], now: float | None = None) -> DiscardedSessions:
+        """Forget the stored sessions (no live connection) whose peer matches."""
+        purged = self.broker.discard_offline_sessions(match, self.clock.now() if now is None else now)
+        self.hub.apply(purged.actions)
+        return purged
+
+    def sessions(self) -> list[SessionInfo]:
+        return self.broker.sessions()
+
+    @property
+    def metrics(self) -> BrokerMetrics:
+        return self.broker.metrics
+
+    def later(self, fn: Callable[[], None]) -> bool:
+        """Run fn on the next loop iteration (outside the broker call that is running now). False when
+        no loop runs (a test driving the core by hand): the caller then runs fn when it chooses."""
+        try:
+            asyncio.get_running_loop().call_soon(fn)
+        except RuntimeError:
+            return False
+        return True
