@@ -3,7 +3,7 @@
     fleet-sim enroll --data DIR --units 100             register + enroll over EST (progress bar)
     fleet-sim run --data DIR --units 100 --seconds 60   drive them: GPS, engine, fuel, diagnostics
     fleet-sim attack flood --data DIR                   one drill (or `all`), table or --json
-    fleet-sim load --certs DIR --units 5000 --rate 1    load run (device_sim.load)
+    fleet-sim load --certs DIR --units 5000 --rate 1    load run (device_sim.load.run)
     fleet-sim demo                                      the scripts/demo story
 
 Every network address is the gateway's: --server HOST:PORT for MQTT (default localhost:8883) and
@@ -26,7 +26,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from device_sim.enroll import EnrollmentError, enroll_fleet, fleetgate, load_fleet, register_units, unit_ids
+from device_sim.fleet.enroll import (
+    EnrollmentError,
+    enroll_fleet,
+    fleetgate,
+    load_fleet,
+    register_units,
+    unit_ids,
+)
 from device_sim.settings import SettingsError, SimSettings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -157,7 +164,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Drive enrolled units for SECONDS: routes, telemetry, diagnostics, presence; then a summary."""
-    from device_sim.fleet import Fleet
+    from device_sim.fleet.runner import Fleet
 
     directory = certs or (data / "sim" / "units" if data else None)
     if directory is None:
@@ -241,8 +248,8 @@ def attack(
     as_json: bool,
 ) -> None:
     """Run attack drills against a live gateway: NAME... or `all`; exit 1 if the gateway did not hold."""
-    from device_sim.lab import Target
-    from device_sim.scenarios import SCENARIOS, results_table, run_scenarios_sync
+    from device_sim.attacks.arena import Target
+    from device_sim.attacks.catalogue import SCENARIOS, results_table, run_scenarios_sync
 
     if list_only or not names:
         for name, (_, what) in SCENARIOS.items():
@@ -319,9 +326,9 @@ def load(
     With --data, the subscriber's service identity is issued into --certs if it is not there yet.
     """
     try:
-        from device_sim.load import LoadOptions, run_load_sync
+        from device_sim.load.run import LoadOptions, run_load_sync
     except ImportError:
-        raise click.ClickException("load runs are not available yet (device_sim.load is not there)") from None
+        raise click.ClickException("load runs are not available (device_sim.load.run is missing)") from None
     host, port = _server(server)
     if data is not None and subscriber and not (certs / f"{subscriber}.crt").exists():
         fleetgate(data, "service", "add", subscriber, "--out", str(certs))
@@ -359,7 +366,7 @@ def load(
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def demo(args: tuple[str, ...]) -> None:
     """Run the demo: fresh CA, gateway, a fleet, an attack and its containment (`demo --help`)."""
-    from device_sim import demo as demo_module
+    from device_sim.demo import main as demo_module
 
     sys.exit(demo_module.main(list(args)))
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from device_sim.fleet import FleetConfig
-from device_sim.lab import ScenarioOptions
-from device_sim.route import Point
-from device_sim.unit import UnitProfile
+from device_sim.attacks.arena import ScenarioOptions
+from device_sim.fleet.route import Point
+from device_sim.fleet.runner import FleetConfig
+from device_sim.fleet.unit import UnitProfile
 
 DEFAULT_FILE = Path("configs/sim.yaml")
 FLEET_FROM_CLI = {"host", "port", "seed", "est_url", "profile"}  # given on the command line, not in the file

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from device_sim.certs import BulkIssuer, unit_ids
+from device_sim.load.identities import BulkIssuer, unit_ids
 from gateway.app.runtime import Gateway
 from gateway.broker import Broker
 from gateway.config import load_config

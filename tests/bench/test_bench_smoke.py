@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from device_sim.mosquitto import MOSQUITTO
+from benchmarks.mosquitto import MOSQUITTO
 
 ROOT = Path(__file__).parents[2]
 BROKERS = ("fleetgate", "mosquitto")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from device_sim.dispatch import Dispatch
-from device_sim.enroll import UnitFiles, enroll_fleet, fleetgate, load_fleet, register_units
-from device_sim.fleet import Fleet, FleetConfig, protocol_for
-from device_sim.lab import watch
-from device_sim.unit import MODE_DIAGNOSTIC, MODE_NORMAL, UnitProfile
+from device_sim.attacks.arena import watch
+from device_sim.fleet.dispatch import Dispatch
+from device_sim.fleet.enroll import UnitFiles, enroll_fleet, fleetgate, load_fleet, register_units
+from device_sim.fleet.runner import Fleet, FleetConfig, protocol_for
+from device_sim.fleet.unit import MODE_DIAGNOSTIC, MODE_NORMAL, UnitProfile
 from tests.harness import GatewayProcess
 
 FAST = UnitProfile(gps_interval=0.5, engine_interval=1.0, fuel_interval=2.0, diag_interval=1.0)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.lab import ScenarioOptions
-from device_sim.route import Point
+from device_sim.attacks.arena import ScenarioOptions
+from device_sim.fleet.route import Point
+from device_sim.fleet.unit import UnitProfile
 from device_sim.settings import SettingsError, SimSettings, load_settings
-from device_sim.unit import UnitProfile
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.brokers import MosquittoBroker
-from device_sim.certs import BulkIssuer, unit_ids
-from device_sim.load import LoadOptions, run_load
-from device_sim.mosquitto import MOSQUITTO, acl_from_policy, load_policy
+from benchmarks.brokers import MosquittoBroker
+from benchmarks.mosquitto import MOSQUITTO, acl_from_policy, load_policy
+from device_sim.load.identities import BulkIssuer, unit_ids
+from device_sim.load.run import LoadOptions, run_load
 from tests.harness import GatewayProcess
 
 

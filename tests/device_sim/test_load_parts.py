@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from device_sim.chart import Canvas, Series, write_chart
-from device_sim.lean import LatencySink, LeanClient, PublishTemplate
-from device_sim.mosquitto import acl_from_policy, load_policy
-from device_sim.procstat import cpu_percent, sample
-from device_sim.report import LoadReport, interval_series, percentiles
+from benchmarks.mosquitto import acl_from_policy, load_policy
+from device_sim.load.chart import Canvas, Series, write_chart
+from device_sim.load.client import LatencySink, LeanClient, PublishTemplate
+from device_sim.load.procstat import cpu_percent, sample
+from device_sim.load.report import LoadReport, interval_series, percentiles
 from gateway.mqtt.codec import PacketReader, encode
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Publish
 
@@ -176,7 +176,7 @@ def test_the_chart_is_a_valid_png_with_ink_on_it(tmp_path: Path) -> None:
 
 
 def test_report_png(tmp_path: Path) -> None:
-    from device_sim.report import IntervalStats
+    from device_sim.load.report import IntervalStats
 
     report = _report(series=[IntervalStats(1.0, 100.0, 1.0, 2.0), IntervalStats(2.0, 98.0, 1.5, 3.0)])
     report.write_png(tmp_path / "r.png")
@@ -225,7 +225,7 @@ def test_acl_refuses_a_placeholder_it_cannot_express() -> None:
 
 
 async def test_silent_clients_are_pinged_so_the_server_keeps_them() -> None:
-    from device_sim.swarm import keep_alive_loop
+    from device_sim.load.swarm import keep_alive_loop
 
     client, transport = _client(V311, LatencySink())
     client.data_received(b"\x20\x02\x00\x00")  # CONNACK: connected

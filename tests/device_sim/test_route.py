@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from device_sim.route import (
+from device_sim.fleet.route import (
     MAX_NORMAL_SPEED_KMH,
     Point,
     RoadType,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from device_sim.route import MAX_NORMAL_SPEED_KMH, Point, distance_km
-from device_sim.unit import (
+from device_sim.fleet.route import MAX_NORMAL_SPEED_KMH, Point, distance_km
+from device_sim.fleet.unit import (
     MODE_DIAGNOSTIC,
     MODE_NORMAL,
     Outgoing,

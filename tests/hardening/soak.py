@@ -1,7 +1,7 @@
 """Longer fuzz + crash soak outside CI: `scripts/soak --minutes 30` (or `python -m tests.hardening.soak`).
 
 One real gateway (a subprocess on loopback, a fresh data directory) is attacked in rounds until the
-time is up. Each round: live mTLS fuzzing (device_sim.fuzz) from enrolled units while a bystander
+time is up. Each round: live mTLS fuzzing (device_sim.attacks.fuzz) from enrolled units while a bystander
 publishes at a steady rate; every `--kill-every` rounds a kill -9 cycle: units publish QoS 1/2 to an
 offline persistent-session subscriber, the gateway is SIGKILLed mid-run and restarted, and the
 subscriber must receive every acknowledged message; `fleetgate audit verify` must pass.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sim.fuzz import FuzzStats, run_fuzz
+from device_sim.attacks.fuzz import FuzzStats, run_fuzz
 from tests.hardening.common import AckLog, Bystander, Collector, internal_errors, rss_kib, v5_client
 from tests.harness import Credentials, GatewayProcess
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_sim.fuzz import hostile_catalogue, run_fuzz
+from device_sim.attacks.fuzz import hostile_catalogue, run_fuzz
 from gateway.mqtt.packets import ProtocolVersion
 from tests.hardening.common import Bystander, internal_errors, record_figure, rss_kib
 from tests.harness import GatewayProcess

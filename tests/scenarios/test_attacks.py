@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_sim.lab import Lab, ScenarioOptions, ScenarioResult, Target
-from device_sim.scenarios import SCENARIOS, run_scenarios_sync
+from device_sim.attacks.arena import Lab, ScenarioOptions, ScenarioResult, Target
+from device_sim.attacks.catalogue import SCENARIOS, run_scenarios_sync
 from tests.harness import GatewayProcess
 
 OPTIONS = ScenarioOptions(

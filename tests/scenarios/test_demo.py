@@ -16,7 +16,7 @@ def test_the_demo_runs_to_completion_and_tells_the_story(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "device_sim.demo",
+            "device_sim.demo.main",
             "--units",
             "5",
             "--seconds",

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from device_sim.enroll import enroll_fleet, register_units
-from device_sim.fleet import Fleet, FleetConfig
-from device_sim.unit import UnitProfile
+from device_sim.fleet.enroll import enroll_fleet, register_units
+from device_sim.fleet.runner import Fleet, FleetConfig
+from device_sim.fleet.unit import UnitProfile
 from tests.clients import V5, Paho
 from tests.harness import GatewayProcess
 from tests.ops.helpers import api

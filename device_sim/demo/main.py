@@ -1,9 +1,9 @@
 """`scripts/demo`: a fresh CA, a gateway in its own process, a fleet that drives, an attack, containment.
 
-Orchestration only (the story is device_sim.demo_story): make the data directory, pick the ports,
+Orchestration only (the story is device_sim.demo.story): make the data directory, pick the ports,
 start `fleetgate serve`, run the story, stop the gateway (or leave it up with --keep-running).
 
-    python -m device_sim.demo [--units 50] [--seconds 30] [--keep-running] [--data var/demo]
+    python -m device_sim.demo.main [--units 50] [--seconds 30] [--keep-running] [--data var/demo]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from device_sim.demo_story import DemoOptions, Story, quarantine_available
-from device_sim.enroll import fleetgate
+from device_sim.demo.story import DemoOptions, Story, quarantine_available
+from device_sim.fleet.enroll import fleetgate
 
 console = Console()
 FLEETGATE = [sys.executable, "-m", "gateway"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sim.lean import ClientIdentity, LatencySink, LeanClient, client_context, open_client
+from device_sim.load.client import ClientIdentity, LatencySink, LeanClient, client_context, open_client
 from gateway.mqtt.packets import ProtocolVersion
 
 PROTOCOLS = {"3.1.1": ProtocolVersion.MQTT_3_1_1, "5.0": ProtocolVersion.MQTT_5, "5": ProtocolVersion.MQTT_5}

@@ -28,9 +28,9 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
-from device_sim.enroll import UnitFiles, certificate_window, issuing_chain_pem, renew_one
-from device_sim.paho_loop import V5, V311, AsyncPaho, ConnectOutcome, tls_context, version_name
-from device_sim.unit import Outgoing, UnitBehaviour, UnitProfile, backoff_delay, renewal_due
+from device_sim.fleet.enroll import UnitFiles, certificate_window, issuing_chain_pem, renew_one
+from device_sim.fleet.paho_loop import V5, V311, AsyncPaho, ConnectOutcome, tls_context, version_name
+from device_sim.fleet.unit import Outgoing, UnitBehaviour, UnitProfile, backoff_delay, renewal_due
 from pki.est_client import EstClientError, EstServer, bootstrap
 
 log = logging.getLogger("fleet_sim")

@@ -13,22 +13,22 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from rich.table import Table
 
-from device_sim import attacks_fleet, attacks_identity, attacks_traffic
-from device_sim.lab import Lab, ScenarioOptions, ScenarioResult, Target
+from device_sim.attacks import identity, storm, traffic
+from device_sim.attacks.arena import Lab, ScenarioOptions, ScenarioResult, Target
 
 Scenario = Callable[[Lab], Awaitable[ScenarioResult]]
 
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
-    "flood": (attacks_traffic.flood, "a unit publishes as fast as it can"),
-    "topic-escape": (attacks_traffic.topic_escape, "another unit's topics, #, $SYS/#"),
-    "client-id-spoof": (attacks_identity.client_id_spoof, "a valid certificate with another client id"),
-    "revoked-cert": (attacks_identity.revoked_cert, "revoked while connected, then reconnects"),
-    "expired-cert": (attacks_identity.expired_cert, "signed by the fleet CA, expired a day ago"),
-    "foreign-cert": (attacks_identity.foreign_cert, "a unit certificate from a different CA"),
-    "self-signed": (attacks_identity.self_signed, "a unit's name and SAN, self-signed"),
-    "impossible-travel": (attacks_traffic.impossible_travel, "a 900 km jump in one minute"),
-    "reconnect-storm": (attacks_fleet.reconnect_storm, "the whole fleet drops and returns at once"),
-    "cloned-unit": (attacks_identity.cloned_unit, "one certificate from two connections"),
+    "flood": (traffic.flood, "a unit publishes as fast as it can"),
+    "topic-escape": (traffic.topic_escape, "another unit's topics, #, $SYS/#"),
+    "client-id-spoof": (identity.client_id_spoof, "a valid certificate with another client id"),
+    "revoked-cert": (identity.revoked_cert, "revoked while connected, then reconnects"),
+    "expired-cert": (identity.expired_cert, "signed by the fleet CA, expired a day ago"),
+    "foreign-cert": (identity.foreign_cert, "a unit certificate from a different CA"),
+    "self-signed": (identity.self_signed, "a unit's name and SAN, self-signed"),
+    "impossible-travel": (traffic.impossible_travel, "a 900 km jump in one minute"),
+    "reconnect-storm": (storm.reconnect_storm, "the whole fleet drops and returns at once"),
+    "cloned-unit": (identity.cloned_unit, "one certificate from two connections"),
 }
 
 TIME_LIMIT = 120.0  # seconds any one scenario may take before it is reported as unfinished

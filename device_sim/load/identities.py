@@ -5,7 +5,7 @@ each unit still gets its own key and a certificate from the fleet's CA through t
 the EST handler makes (register → one-time token → CSR → enroll), so the registry ends up exactly as
 after a real enrollment; only the HTTP is skipped. Rows are committed in chunks, one transaction each.
 
-Files follow the layout `device_sim.enroll` and `fleetgate <role> add --out` write, which
+Files follow the layout `device_sim.fleet.enroll` and `fleetgate <role> add --out` write, which
 `load.identities_in` reads back: DIR/<id>.crt (leaf + issuing chain), DIR/<id>.key, DIR/ca.crt.
 """
 

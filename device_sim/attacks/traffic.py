@@ -14,10 +14,10 @@ import json
 import time
 from typing import Any
 
-from device_sim.attacker import Attacker
-from device_sim.lab import Heard, Lab, ScenarioResult, describe_code, watch
-from device_sim.route import Point, bearing_deg, destination, distance_km
-from device_sim.unit import ROTTERDAM
+from device_sim.attacks.arena import Heard, Lab, ScenarioResult, describe_code, watch
+from device_sim.attacks.attacker import Attacker
+from device_sim.fleet.route import Point, bearing_deg, destination, distance_km
+from device_sim.fleet.unit import ROTTERDAM
 
 WINDOW = 100  # unacknowledged QoS 1 publishes the flooder keeps in flight (the gateway's receive maximum)
 

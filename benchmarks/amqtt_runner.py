@@ -1,6 +1,6 @@
-"""amqtt's broker as a benchmark child process: `python -m device_sim.amqtt_runner --config FILE`.
+"""amqtt's broker as a benchmark child process: `python -m benchmarks.amqtt_runner --config FILE`.
 
-FILE is what `write_config` writes (device_sim.brokers.AmqttBroker calls it): amqtt's own broker
+FILE is what `write_config` writes (benchmarks.brokers.AmqttBroker calls it): amqtt's own broker
 configuration plus the CRL. The broker is set up like Mosquitto in mosquitto.py, as far as amqtt goes:
 
 - TLS: one listener, the gateway's server certificate and key, the fleet CA bundle (root + issuing) to
@@ -39,7 +39,7 @@ from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-AUTH_PLUGIN = "device_sim.amqtt_runner.CertIdentityAuth"
+AUTH_PLUGIN = "benchmarks.amqtt_runner.CertIdentityAuth"
 ACL_PLUGIN = "amqtt.plugins.topic_checking.TopicAccessControlListPlugin"
 Acl = dict[str, dict[str, list[str]]]  # "publish" / "subscribe" → identity → topic filters
 
@@ -133,7 +133,7 @@ async def serve(config: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="device_sim.amqtt_runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks.amqtt_runner", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="written by write_config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

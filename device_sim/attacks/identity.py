@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device_sim import forge
-from device_sim.enroll import UnitFiles, certificate_serial, fleetgate
-from device_sim.lab import Heard, Lab, ScenarioResult, describe_code, refusal_stage, watch
-from device_sim.paho_loop import V5, V311, AsyncPaho
-from device_sim.unit import MODE_DIAGNOSTIC
+from device_sim.attacks import forge
+from device_sim.attacks.arena import Heard, Lab, ScenarioResult, describe_code, refusal_stage, watch
+from device_sim.fleet.enroll import UnitFiles, certificate_serial, fleetgate
+from device_sim.fleet.paho_loop import V5, V311, AsyncPaho
+from device_sim.fleet.unit import MODE_DIAGNOSTIC
 
 
 def _gone(client: AsyncPaho) -> Callable[[], bool]:

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from device_sim.chart import BLUE, ORANGE, RED, Series, write_chart
+from device_sim.load.chart import BLUE, ORANGE, RED, Series, write_chart
 
 PERCENTILES = (50, 95, 99)
 

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_sim.route import Point, Route, RouteState, generate_route, scatter
+from device_sim.fleet.route import Point, Route, RouteState, generate_route, scatter
 
 MODE_NORMAL = "normal"
 MODE_DIAGNOSTIC = "diagnostic-only"

@@ -16,7 +16,7 @@ insertions, deletions, truncation, splices, length-field tampering). Everything 
 run can be replayed with the same `seed`.
 
 The fuzzer only measures; the caller checks the gateway (process alive, /metrics internal errors, a
-bystander's delivery) — see tests/hardening/test_live_fuzz.py and device_sim/soak.py.
+bystander's delivery) — see tests/hardening/test_live_fuzz.py and tests/hardening/soak.py.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def seed_packets(unit: str, version: ProtocolVersion) -> list[bytes]:
 
 
 def hostile_catalogue(unit: str, version: ProtocolVersion) -> list[tuple[str, bytes]]:
-    """Named hostile inputs from the hardening issue; each must close or be refused cleanly."""
+    """Named hostile inputs (malformed lengths and flags, reserved packet types, bad packet ids and
+    properties, packets only a server sends); each must close or be refused cleanly."""
     topic = f"fleet/{unit}/telemetry/gps".encode()
     v5 = version == V5
     props0 = b"\x00" if v5 else b""

@@ -8,7 +8,7 @@ stopped. The table reports medians over runs and the ratio fleetgate / Mosquitto
 the JSON keeps every run. Numbers from a shared, noisy machine: compare ratios, not absolutes.
 Every process started here is stopped in a `finally`, also on Ctrl-C.
 
-`--with-amqtt` adds amqtt's broker as a third column (device_sim/amqtt_runner.py) and the ratio
+`--with-amqtt` adds amqtt's broker as a third column (benchmarks/amqtt_runner.py) and the ratio
 fleetgate / amqtt (`ratio_amqtt`). amqtt speaks MQTT 3.1.1 only, so such a run drives every broker
 with 3.1.1. Each case has a time budget (`--case-timeout`): a broker that falls over is reported with
 what it delivered, or as failed, and the run goes on.
@@ -36,17 +36,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from device_sim.bench_cases import CASES, Metrics
-from device_sim.bench_lab import Lab, Scale, prepare_lab
-from device_sim.brokers import AmqttBroker, Broker, FleetgateBroker, MosquittoBroker
-from device_sim.mosquitto import MOSQUITTO, acl_from_policy, load_policy
-from device_sim.procstat import machine_busy
-from device_sim.report import percentiles
+from benchmarks.brokers import AmqttBroker, Broker, FleetgateBroker, MosquittoBroker
+from benchmarks.cases import CASES, Metrics
+from benchmarks.mosquitto import MOSQUITTO, acl_from_policy, load_policy
+from benchmarks.world import Lab, Scale, prepare_lab
+from device_sim.load.procstat import machine_busy
+from device_sim.load.report import percentiles
 
 BEFORE = "fleetgate-before"  # --compare-tree: the gateway of another checkout, same run
 AMQTT = "amqtt"  # --with-amqtt
 
-# (case, metric, comparison, threshold): the targets, checked on the medians.
+# (case, metric, comparison, threshold): what fleetgate must reach against the other brokers, checked
+# on the medians.
 TARGETS: list[tuple[str, str, str, float]] = [
     ("qos0", "delivered_per_s", "ratio>=", 0.5),
     ("qos1", "delivered_per_s", "ratio>=", 0.5),
@@ -82,7 +83,7 @@ def make_brokers(
         brokers[BEFORE] = FleetgateBroker(lab.data, lab.root, name=BEFORE, source=compare)
     brokers["mosquitto"] = MosquittoBroker(lab.data, lab.root, acl)
     if with_amqtt:
-        from device_sim.amqtt_runner import topic_acls
+        from benchmarks.amqtt_runner import topic_acls
 
         units, services = [u.ident for u in lab.units], [lab.dispatch.ident, lab.analytics.ident]
         grants = topic_acls(policy, units=units, operators=operators, services=services)

@@ -6,7 +6,7 @@ registrations cost milliseconds each instead of a Python start-up each, with the
 Each unit then makes its key, builds a CSR and enrolls over HTTPS (`enroll_fleet`), the way
 `fleetgate enroll` does on a truck. A rich progress bar shows the enrollment when asked for.
 
-Files (the layout `fleetgate enroll`, `fleetgate <role> add --out` and device_sim.load share):
+Files (the layout `fleetgate enroll`, `fleetgate <role> add --out` and device_sim.load.run share):
 DIR/<id>.crt (leaf + issuing chain), DIR/<id>.key (0600), DIR/ca.crt (fleet root).
 """
 

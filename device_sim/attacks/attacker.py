@@ -11,10 +11,10 @@ import asyncio
 import time
 from collections import Counter
 
-from device_sim.enroll import UnitFiles
-from device_sim.lab import Heard, Lab, describe_code, watch
-from device_sim.paho_loop import AsyncPaho, ConnectOutcome
-from device_sim.unit import MODE_DIAGNOSTIC
+from device_sim.attacks.arena import Heard, Lab, describe_code, watch
+from device_sim.fleet.enroll import UnitFiles
+from device_sim.fleet.paho_loop import AsyncPaho, ConnectOutcome
+from device_sim.fleet.unit import MODE_DIAGNOSTIC
 
 RECONNECTS = 3  # how often a cut attacker comes back during one scenario
 

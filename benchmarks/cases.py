@@ -1,10 +1,10 @@
-"""The benchmark cases of issue 8, each one `async (lab, broker, scale) -> metrics` against a live broker.
+"""The benchmark cases, each one `async (lab, broker, scale) -> metrics` against a live broker.
 
 Every case uses the same topics under both brokers and stays inside fleetgate's default grants:
 - throughput 1→1: `dispatch` publishes vehicle-control messages `fleet/TRK-00001/control/bench`
   to unit TRK-00001, subscribed to `fleet/TRK-00001/control/#` (a service: no per-unit rate limit);
 - fan-in: units publish `fleet/<unit>/telemetry/gps`, service `analytics` subscribes
-  `fleet/+/telemetry/#` (a load run, device_sim.load);
+  `fleet/+/telemetry/#` (a load run, device_sim.load.run);
 - fan-out, true 1→N: `dispatch` publishes one message on `fleet/TRK-00001/cmd/notice`; N operator
   consoles subscribed to `fleet/+/cmd/#` each get a copy;
 - dispatch broadcast: N units each subscribed to their own `fleet/<unit>/control/#`; `dispatch` sends
@@ -24,13 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from device_sim import procstat
-from device_sim.bench_lab import Lab, Scale
-from device_sim.brokers import Broker, MosquittoBroker
-from device_sim.lean import ClientIdentity, LatencySink, LeanClient, PublishTemplate, open_client
-from device_sim.load import LoadOptions, run_load
-from device_sim.report import percentiles
-from device_sim.swarm import close_all, connect_crowd
+from benchmarks.brokers import Broker, MosquittoBroker
+from benchmarks.world import Lab, Scale
+from device_sim.load import procstat
+from device_sim.load.client import ClientIdentity, LatencySink, LeanClient, PublishTemplate, open_client
+from device_sim.load.report import percentiles
+from device_sim.load.run import LoadOptions, run_load
+from device_sim.load.swarm import close_all, connect_crowd
 
 Metrics = dict[str, Any]
 Case = Callable[[Lab, Broker, Scale], Awaitable[Metrics]]

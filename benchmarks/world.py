@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sim.certs import BulkIssuer, IssuedIdentity, unit_ids
-from device_sim.lean import ClientIdentity, client_context
-from device_sim.swarm import identities_in, protocol_version
+from device_sim.load.client import ClientIdentity, client_context
+from device_sim.load.identities import BulkIssuer, IssuedIdentity, unit_ids
+from device_sim.load.swarm import identities_in, protocol_version
 from gateway.mqtt.packets import ProtocolVersion
 
 

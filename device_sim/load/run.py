@@ -4,7 +4,7 @@
     report.print_table(); Path("run.json").write_text(report.to_json()); report.write_png(Path("run.png"))
 
 Theory of operation. One process, one event loop (uvloop when `run_load_sync` is used), one lean
-asyncio Protocol per unit (device_sim.lean). Phases:
+asyncio Protocol per unit (device_sim.load.client). Phases:
   1. the subscriber (a service identity, default `analytics` on `fleet/+/telemetry/#`) connects;
   2. the units connect, at most `connect_concurrency` handshakes at a time (time to CONNACK per unit);
   3. publishing: message k of the run is due at t0 + k/(N·R) and belongs to unit k mod N, so every unit
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from device_sim import procstat
-from device_sim.lean import (
+from device_sim.load import procstat
+from device_sim.load.client import (
     ClientIdentity,
     LatencySink,
     LeanClient,
@@ -43,9 +43,9 @@ from device_sim.lean import (
     client_context,
     open_client,
 )
-from device_sim.report import LoadReport, interval_series, ns_to_ms, percentiles
-from device_sim.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
-from device_sim.swarm import protocol_version as parse_protocol
+from device_sim.load.report import LoadReport, interval_series, ns_to_ms, percentiles
+from device_sim.load.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
+from device_sim.load.swarm import protocol_version as parse_protocol
 from gateway.mqtt.packets import ProtocolVersion
 
 __all__ = ["LoadOptions", "LoadReport", "run_load", "run_load_sync"]
@@ -56,7 +56,7 @@ class LoadOptions:
     host: str = "127.0.0.1"
     port: int = 8883
     ca: Path | None = None  # the fleet root (PEM); default: certs_dir/ca.crt
-    certs_dir: Path | None = None  # <id>.crt + <id>.key per unit (the layout device_sim.enroll writes)
+    certs_dir: Path | None = None  # <id>.crt + <id>.key per unit (the layout device_sim.fleet.enroll writes)
     identities: Mapping[str, ClientIdentity] | None = None  # or explicit credentials (units + subscriber)
     units: int = 100  # how many units (the first N ids, sorted, unless unit_ids says which)
     unit_ids: Sequence[str] | None = None

@@ -16,8 +16,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from device_sim.enroll import UnitFiles
-from device_sim.paho_loop import V5, AsyncPaho, ConnectOutcome, tls_context
+from device_sim.fleet.enroll import UnitFiles
+from device_sim.fleet.paho_loop import V5, AsyncPaho, ConnectOutcome, tls_context
 
 T = TypeVar("T")
 WATCH = ("fleet/+/telemetry/#", "fleet/+/control/+/ack", "fleet/+/state")

@@ -27,13 +27,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from device_sim.demo_summary import summary_table
-from device_sim.dispatch import ControlResult, Dispatch
-from device_sim.enroll import UnitFiles, enroll_fleet, fleetgate, register_units, unit_ids
-from device_sim.fleet import Fleet, FleetConfig, SimUnit
-from device_sim.lab import describe_code, watch
-from device_sim.paho_loop import V5, AsyncPaho, tls_context
-from device_sim.unit import MODE_DIAGNOSTIC, Outgoing, UnitProfile
+from device_sim.attacks.arena import describe_code, watch
+from device_sim.demo.summary import summary_table
+from device_sim.fleet.dispatch import ControlResult, Dispatch
+from device_sim.fleet.enroll import UnitFiles, enroll_fleet, fleetgate, register_units, unit_ids
+from device_sim.fleet.paho_loop import V5, AsyncPaho, tls_context
+from device_sim.fleet.runner import Fleet, FleetConfig, SimUnit
+from device_sim.fleet.unit import MODE_DIAGNOSTIC, Outgoing, UnitProfile
 
 FLOOD_WINDOW = 100
 DETECTOR_GRACE = 2.0  # seconds a detector gets to quarantine the unit before ops does it by hand

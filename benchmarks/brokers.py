@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from device_sim.mosquitto import MosquittoProcess, stop_process, wait_listening, write_config
+from benchmarks.mosquitto import MosquittoProcess, stop_process, wait_listening, write_config
 
 
 def free_port() -> int:
@@ -144,7 +144,7 @@ class MosquittoBroker:
 
 
 class AmqttBroker(_ChildProcess):
-    """amqtt's broker (pure-Python asyncio, MQTT 3.1.1 only), run by device_sim/amqtt_runner.py on uvloop.
+    """amqtt's broker (pure-Python asyncio, MQTT 3.1.1 only), run by benchmarks/amqtt_runner.py on uvloop.
 
     Same CA bundle, server certificate, CRL and client-certificate requirement as Mosquitto, the
     certificate's CN as identity, and the policy's grants as per-identity ACLs (`acl`, from
@@ -162,12 +162,11 @@ class AmqttBroker(_ChildProcess):
         self.stop_timeout = 10.0  # its shutdown is capped at 5 s (amqtt_runner)
 
     def start(self) -> None:
-        from device_sim.amqtt_runner import write_config  # imports amqtt: only when it is benchmarked
+        from benchmarks.amqtt_runner import write_config  # imports amqtt: only when it is benchmarked
 
         self.port = free_port()
         conf = write_config(self.workdir, port=self.port, data_dir=self.data_dir, acl=self.acl)
         with self.log.open("ab") as log:
-            args = [sys.executable, "-m", "device_sim.amqtt_runner", "--config", str(conf)]
+            args = [sys.executable, "-m", "benchmarks.amqtt_runner", "--config", str(conf)]
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         wait_listening(self.proc, self.port, 30.0, self.log)
-

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from device_sim.enroll import UnitFiles
+from device_sim.fleet.enroll import UnitFiles
 from pki.authority import CertificateAuthority
 from pki.est import build_csr
 from pki.keys import PrivateKey, generate_private_key, write_private_key, write_public_file

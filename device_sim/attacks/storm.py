@@ -13,9 +13,9 @@ import json
 import statistics
 import time
 
-from device_sim.dispatch import ControlResult, Dispatch
-from device_sim.fleet import Fleet, FleetConfig
-from device_sim.lab import Lab, ScenarioResult
+from device_sim.attacks.arena import Lab, ScenarioResult
+from device_sim.fleet.dispatch import ControlResult, Dispatch
+from device_sim.fleet.runner import Fleet, FleetConfig
 
 
 def _percentile(samples: list[float], q: float) -> float:

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sim.dispatch import Dispatch
-from device_sim.enroll import UnitFiles, enroll_fleet, fleetgate, register_units, run_fleetgate
-from device_sim.paho_loop import V5, AsyncPaho, ConnectOutcome, tls_context
-from device_sim.unit import MODE_DIAGNOSTIC, MODE_NORMAL
+from device_sim.fleet.dispatch import Dispatch
+from device_sim.fleet.enroll import UnitFiles, enroll_fleet, fleetgate, register_units, run_fleetgate
+from device_sim.fleet.paho_loop import V5, AsyncPaho, ConnectOutcome, tls_context
+from device_sim.fleet.unit import MODE_DIAGNOSTIC, MODE_NORMAL
 
 _METRIC = re.compile(r"^(fleetgate_[A-Za-z0-9_]+(?:\{[^}]*\})?) ([0-9.eE+-]+)$", re.M)
 
