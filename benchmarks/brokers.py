@@ -6,6 +6,7 @@ or queues never flatter or burden the next) and stopped in a `finally`, Ctrl-C i
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,15 @@ from pathlib import Path
 from typing import Protocol
 
 from benchmarks.mosquitto import MosquittoProcess, stop_process, wait_listening, write_config
+
+
+def _checkout_env() -> dict[str, str]:
+    """This process's environment with the checkout on PYTHONPATH: benchmarks/ is not installed, and a
+    child started with `-m benchmarks.…` (and amqtt loading its auth plugin by dotted name) must find it
+    whatever the working directory."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def free_port() -> int:
@@ -168,5 +178,5 @@ class AmqttBroker(_ChildProcess):
         conf = write_config(self.workdir, port=self.port, data_dir=self.data_dir, acl=self.acl)
         with self.log.open("ab") as log:
             args = [sys.executable, "-m", "benchmarks.amqtt_runner", "--config", str(conf)]
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=_checkout_env())
         wait_listening(self.proc, self.port, 30.0, self.log)

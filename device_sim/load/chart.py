@@ -1,16 +1,17 @@
-"""A PNG line chart with no dependencies: zlib + struct, a raster, lines and a 3x5 pixel font.
+"""A PNG line chart without third-party libraries: a raster, lines and a 3x5 pixel font.
 
 matplotlib is not installed here and a load report needs only two small panels (throughput and
-latency over time), so this draws them itself. Text is limited to the characters in `_FONT`.
+latency over time), so this draws them itself; gateway.render.png encodes the raster. Text is limited
+to the characters in `_FONT`.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.render.png import encode_png
 
 Color = tuple[int, int, int]
 WHITE: Color = (255, 255, 255)
@@ -102,21 +103,7 @@ class Canvas:
             x += 4 * scale
 
     def png(self) -> bytes:
-        raw = b"".join(
-            b"\x00" + bytes(self.pixels[3 * y * self.width : 3 * (y + 1) * self.width])
-            for y in range(self.height)
-        )
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw, 6))
-            + chunk(b"IEND", b"")
-        )
+        return encode_png(self.width, self.height, bytes(self.pixels))
 
 
 @dataclass(frozen=True)
