@@ -1,8 +1,8 @@
-"""Operator second factor: TOTP (RFC 6238 over RFC 4226 HOTP), single-use and rate-limited (issue 10).
+"""Operator second factor: TOTP (RFC 6238 over RFC 4226 HOTP), single-use and rate-limited.
 
 Enrollment gives the operator a random secret as an `otpauth://totp/...` URI, which authenticator apps
-scan from a QR code (`provisioning_qr_png`, drawn by the encoder at the end of this module, no imaging
-dependency) or accept by manual entry of the base32 secret. Verification, per operator:
+scan from a QR code (`provisioning_qr_png` in gateway/admin/qr.py, no imaging dependency) or accept by
+manual entry of the base32 secret. Verification, per operator:
 
 - a code is exactly `digits` ASCII digits; it is compared in constant time against the steps
   `now - 1 .. now + 1` (one step of clock skew either way, RFC 6238 §5.2);
@@ -14,7 +14,9 @@ dependency) or accept by manual entry of the base32 secret. Verification, per op
   Attempts while locked out are not counted, so a locked-out operator is free again at a known time.
 
 The verifier keeps only the last used step and recent failure times, in memory, and reads secrets
-through a lookup so they can live in the registry. `now` is always an argument.
+through a lookup so they can live in the registry. `now` is always an argument. Which admin rights need
+a code, and the skew and lockout limits, come from the policy's `second_factor` section
+(gateway/policy/second_factor.py); `TotpVerifier.for_policy` builds a verifier with them.
 """
 
 from __future__ import annotations
@@ -22,25 +24,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import secrets
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote, urlencode
 
-from gateway.policy.rules import PolicyError
+from gateway.policy.second_factor import SecondFactorPolicy
 
 __all__ = [
-    "SecondFactorPolicy",
     "TotpResult",
     "TotpVerifier",
     "code_at",
     "hotp",
     "new_secret",
-    "parse_second_factor",
     "provisioning_uri",
     "secret_from_base32",
     "secret_to_base32",
@@ -122,6 +121,15 @@ class TotpVerifier:
     window: float = 300.0
     _state: dict[str, _OperatorState] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def for_policy(
+        cls, policy: SecondFactorPolicy, secret_for: Callable[[str], bytes | None]
+    ) -> TotpVerifier:
+        """A verifier with the policy's skew, lockout threshold and failure window."""
+        return cls(
+            secret_for, skew=policy.skew_steps, max_failures=policy.max_failures, window=policy.failure_window
+        )
+
     def verify(self, operator_id: str, code: str, now: float) -> TotpResult:
         state = self._state.setdefault(operator_id, _OperatorState())
         if state.locked_until is not None:
@@ -179,69 +187,3 @@ class TotpVerifier:
     def forget(self, operator_id: str) -> None:
         """Drop an operator's state (re-enrollment with a new secret starts clean)."""
         self._state.pop(operator_id, None)
-
-
-# ------------------------------------------------------------------------------------- the policy
-#
-# second_factor:
-#   sensitive: [units.release, identities.revoke, partners.disconnect, policy.reload]
-#   max_failures: 5            # failed codes per operator within failure_window_seconds, then locked out
-#   failure_window_seconds: 300
-#   skew_steps: 1              # accepted 30 s steps either side of the gateway's clock
-#
-# `sensitive` names admin API rights (gateway/admin/auth.py); the admin layer checks the names it
-# knows at startup via `unknown_rights`, because the policy layer does not import the admin layer.
-
-_RIGHT = re.compile(r"^[a-z]+(?:\.[a-z_]+)+$")
-DEFAULT_SENSITIVE = frozenset({"units.release", "identities.revoke", "partners.disconnect", "policy.reload"})
-
-
-@dataclass(frozen=True, slots=True)
-class SecondFactorPolicy:
-    sensitive: frozenset[str] = DEFAULT_SENSITIVE
-    max_failures: int = 5
-    failure_window: float = 300.0
-    skew_steps: int = 1
-
-    def requires_totp(self, right: str) -> bool:
-        return right in self.sensitive
-
-    def unknown_rights(self, known: Iterable[str]) -> list[str]:
-        return sorted(self.sensitive - set(known))
-
-    def verifier(self, secret_for: Callable[[str], bytes | None]) -> TotpVerifier:
-        return TotpVerifier(
-            secret_for, skew=self.skew_steps, max_failures=self.max_failures, window=self.failure_window
-        )
-
-
-def parse_second_factor(value: Any, source: str, path: str = "second_factor") -> SecondFactorPolicy:
-    """The `second_factor` section; absent means the defaults above (TOTP for the four sensitive rights)."""
-    if value is None:
-        return SecondFactorPolicy()
-    if not isinstance(value, dict):
-        raise PolicyError(source, path, f"must be a mapping, not {type(value).__name__}")
-    allowed = ("sensitive", "max_failures", "failure_window_seconds", "skew_steps")
-    for key in value:
-        if key not in allowed:
-            raise PolicyError(
-                source, path, f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}"
-            )
-    sensitive = value.get("sensitive", sorted(DEFAULT_SENSITIVE))
-    if not isinstance(sensitive, list) or not all(isinstance(r, str) and _RIGHT.match(r) for r in sensitive):
-        raise PolicyError(source, f"{path}.sensitive", "must be a list of admin rights such as policy.reload")
-    limits = {"max_failures": (1, 100), "failure_window_seconds": (1, 86400), "skew_steps": (0, 10)}
-    numbers: dict[str, int] = {}
-    for key, (low, high) in limits.items():
-        raw = value.get(key, {"max_failures": 5, "failure_window_seconds": 300, "skew_steps": 1}[key])
-        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
-            raise PolicyError(
-                source, f"{path}.{key}", f"must be a whole number from {low} to {high}, not {raw!r}"
-            )
-        numbers[key] = raw
-    return SecondFactorPolicy(
-        frozenset(sensitive),
-        numbers["max_failures"],
-        float(numbers["failure_window_seconds"]),
-        numbers["skew_steps"],
-    )

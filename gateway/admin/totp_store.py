@@ -1,4 +1,4 @@
-"""Operator TOTP secrets on disk and the admin API's second-factor check (issue 10).
+"""Operator TOTP secrets on disk and the admin API's second-factor check.
 
 Secrets live in DATA/totp/ (directory 0700, one file per operator, 0600, base32): the CLI enrolls
 (`fleetgate operator add NAME --totp`) in its own process and the gateway reads the file when a code
@@ -19,13 +19,14 @@ from pathlib import Path
 
 from gateway.admin.qr import provisioning_qr_png
 from gateway.admin.totp import (
-    SecondFactorPolicy,
     TotpResult,
+    TotpVerifier,
     new_secret,
     provisioning_uri,
     secret_from_base32,
     secret_to_base32,
 )
+from gateway.policy.second_factor import SecondFactorPolicy
 
 TOTP_DIR = "totp"
 HEADER = "X-Fleetgate-TOTP"
@@ -71,13 +72,13 @@ class TotpStore:
     def __init__(self, root: Path, policy: SecondFactorPolicy) -> None:
         self._root = root
         self.policy = policy
-        self.verifier = policy.verifier(self.secret_for)
+        self.verifier = TotpVerifier.for_policy(policy, self.secret_for)
         self._restored: set[str] = set()
 
     def reload(self, policy: SecondFactorPolicy) -> None:
         if policy != self.policy:
             state = {op: self.verifier.used_step(op) for op in self._restored}
-            self.policy, self.verifier = policy, policy.verifier(self.secret_for)
+            self.policy, self.verifier = policy, TotpVerifier.for_policy(policy, self.secret_for)
             for op, step in state.items():
                 if step is not None:
                     self.verifier.restore_used_step(op, step)

@@ -17,7 +17,9 @@ import click
 from gateway.cli.common import CliError, emit_json, json_option
 from gateway.mqtt.errors import TopicNameInvalid
 from gateway.policy.explain import explain, render_explanation, render_summary, summarize
-from gateway.policy.rules import Policy, PolicyError, load_policy
+from gateway.policy.rules import Policy
+from gateway.policy.schema import PolicyError
+from gateway.stores.policy_file import load_policy
 from pki.names import CLIENT_KINDS, IdentityError, make_identity
 
 __all__ = ["EXIT_DENIED", "policy"]

@@ -1,4 +1,4 @@
-"""Data classes and partner views: the `data_classes` and `views` sections of policy.yaml (issue 10).
+"""Data classes and partner views: the `data_classes` and `views` sections of policy.yaml.
 
 A *data class* names what a piece of telemetry is about (`pii`, `commercial`, `location`, ...) by the
 payload fields that carry it and, optionally, by whole topics. A *view* is what a partner tier may see
@@ -21,8 +21,9 @@ Decisions taken here, each the safe one:
 - A tier pseudonymises unit ids unless it says `pseudonymise_units: false`.
 
 Each parser takes the raw YAML value of its section and returns frozen values or raises `PolicyError`;
-`parse_context_sections` parses all four issue-10 sections (with posture and second_factor, whose
-parsers live beside their cores) into one `ContextPolicy` for `Policy.context`.
+`parse_context_sections` parses the four context sections into one `ContextPolicy` for `Policy.context`:
+`data_classes` and `views` with the parsers here, `posture` and `second_factor` with those in posture.py
+and second_factor.py.
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.topics import filters_intersect, topic_matches, validate_topic_filter
-from gateway.policy.rules import PolicyError
-
-if TYPE_CHECKING:
-    from gateway.admin.totp import SecondFactorPolicy
-    from gateway.policy.posture import PostureRequirement
+from gateway.policy.posture import PostureRequirement, parse_posture_policy
+from gateway.policy.schema import At, boolean, kind
+from gateway.policy.second_factor import SecondFactorPolicy, parse_second_factor
 
 __all__ = [
     "CONTEXT_SECTIONS",
@@ -183,41 +182,9 @@ def _template_matches(template: str, topic: str) -> bool:
 # ------------------------------------------------------------------------------------------ parsing
 
 
-@dataclass(frozen=True, slots=True)
-class _At:
-    source: str
-    path: str
-
-    def key(self, name: object) -> _At:
-        return _At(self.source, f"{self.path}.{name}")
-
-    def index(self, i: int) -> _At:
-        return _At(self.source, f"{self.path}[{i}]")
-
-    def fail(self, problem: str) -> NoReturn:
-        raise PolicyError(self.source, self.path, problem)
-
-    def mapping(self, value: Any, allowed: frozenset[str] | None = None) -> dict[Any, Any]:
-        if not isinstance(value, dict):
-            self.fail(f"must be a mapping, not {_kind(value)}")
-        for key in value:
-            if allowed is not None and key not in allowed:
-                self.fail(f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}")
-        return value
-
-    def strings(self, value: Any, what: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.fail(f"must be a list of {what}, not {_kind(value)}")
-        return value
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.40})"
-
-
 def parse_data_classes(value: Any, source: str, path: str = "data_classes") -> DataClasses:
     """The `data_classes` section; absent (None) means no classes, so views keep nothing classified."""
-    at = _At(source, path)
+    at = At(source, path)
     body = at.mapping(value) if value is not None else {}
     classes: dict[str, DataClass] = {}
     for name, spec in body.items():
@@ -227,7 +194,7 @@ def parse_data_classes(value: Any, source: str, path: str = "data_classes") -> D
     return DataClasses(MappingProxyType(classes), _field_tree(at, classes))
 
 
-def _data_class(at: _At, name: str, spec: Any) -> DataClass:
+def _data_class(at: At, name: str, spec: Any) -> DataClass:
     body = at.mapping(spec, frozenset({"fields", "topics", "coarsen_to"}))
     fields = at.key("fields").strings(body.get("fields", []), "dotted field paths")
     for i, path in enumerate(fields):
@@ -242,12 +209,12 @@ def _data_class(at: _At, name: str, spec: Any) -> DataClass:
     if grid is not None:
         ok = isinstance(grid, int | float) and not isinstance(grid, bool) and math.isfinite(grid) and grid > 0
         if not ok:
-            at.key("coarsen_to").fail(f"must be a positive number (a grid such as 0.1), not {_kind(grid)}")
+            at.key("coarsen_to").fail(f"must be a positive number (a grid such as 0.1), not {kind(grid)}")
         grid = Decimal(repr(grid))
     return DataClass(name, tuple(fields), tuple(topics), grid)
 
 
-def _field_tree(at: _At, classes: Mapping[str, DataClass]) -> FieldNode:
+def _field_tree(at: At, classes: Mapping[str, DataClass]) -> FieldNode:
     """Build the tree of classified paths; refuse a path claimed twice or nested in another."""
     owner: dict[tuple[str, ...], str] = {}
     for cls in classes.values():
@@ -272,7 +239,7 @@ def _node(owner: Mapping[tuple[str, ...], str], prefix: tuple[str, ...]) -> Fiel
     return FieldNode(None, MappingProxyType({k: _node(owner, (*prefix, k)) for k in sorted(keys)}))
 
 
-def _check_template(at: _At, template: str, allow_wildcards: bool) -> list[str]:
+def _check_template(at: At, template: str, allow_wildcards: bool) -> list[str]:
     """Validate a topic template; return its placeholder names, in order."""
     if template.startswith("$"):
         at.fail(f"{template!r} is a $-topic; those are the gateway's own")
@@ -298,11 +265,8 @@ def parse_views(value: Any, classes: DataClasses, source: str, path: str = "view
     """The `views` section, checked against the parsed data classes; None when the section is absent."""
     if value is None:
         return None
-    at = _At(source, path)
-    body = at.mapping(value, frozenset({"topic", "sources", "tiers"}))
-    for key in ("topic", "sources", "tiers"):
-        if key not in body:
-            at.fail(f"missing required key {key!r}")
+    at = At(source, path)
+    body = at.mapping(value, frozenset({"topic", "sources", "tiers"}), required=("topic", "sources", "tiers"))
     sources = at.key("sources").strings(body["sources"], "topic templates")
     if not sources:
         at.key("sources").fail("must name at least one source topic template")
@@ -328,9 +292,9 @@ def parse_views(value: Any, classes: DataClasses, source: str, path: str = "view
     return ViewPolicy(topic, tuple(sources), MappingProxyType(tiers), classes)
 
 
-def _view_topic(at: _At, topic: Any, sources: list[str], captured: list[set[str]]) -> str:
+def _view_topic(at: At, topic: Any, sources: list[str], captured: list[set[str]]) -> str:
     if not isinstance(topic, str):
-        at.fail(f"must be a topic template string, not {_kind(topic)}")
+        at.fail(f"must be a topic template string, not {kind(topic)}")
     names = _check_template(at, topic, allow_wildcards=False)
     if "tier" not in names or "unit" not in names:
         at.fail(
@@ -348,7 +312,7 @@ def _view_topic(at: _At, topic: Any, sources: list[str], captured: list[set[str]
     return topic
 
 
-def _tier(at: _At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
+def _tier(at: At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
     body = at.mapping(spec, frozenset({"classes", "coarsen", "pseudonymise_units"}))
     allowed = at.key("classes").strings(body.get("classes", []), "data class names")
     for i, name in enumerate(allowed):
@@ -362,37 +326,25 @@ def _tier(at: _At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
             at.key("coarsen").index(i).fail(
                 f"{name!r} must be one of this tier's classes with a coarsen_to grid"
             )
-    pseudo = body.get("pseudonymise_units", True)
-    if not isinstance(pseudo, bool):
-        at.key("pseudonymise_units").fail(f"must be true or false, not {_kind(pseudo)}")
+    pseudo = boolean(at.key("pseudonymise_units"), body.get("pseudonymise_units", True))
     return ViewTier(number, frozenset(allowed), frozenset(coarsen), pseudo)
 
 
 @dataclass(frozen=True, slots=True)
 class ContextPolicy:
-    """Issue 10's policy sections in one value: `Policy.context` (data classes, views, posture, 2FA)."""
+    """The context sections in one value: `Policy.context` (data classes, views, posture, 2FA)."""
 
     data_classes: DataClasses = NO_DATA_CLASSES
     views: ViewPolicy | None = None  # None: no views are republished
     posture: Mapping[str, PostureRequirement] = field(default_factory=lambda: MappingProxyType({}))  # by role
-    second_factor: SecondFactorPolicy = field(default_factory=lambda: _second_factor_default())
-
-
-def _second_factor_default() -> SecondFactorPolicy:
-    from gateway.admin.totp import SecondFactorPolicy
-
-    return SecondFactorPolicy()
+    second_factor: SecondFactorPolicy = field(default_factory=SecondFactorPolicy)
 
 
 def parse_context_sections(top: Mapping[str, Any], source: str) -> ContextPolicy:
     """Parse `data_classes`, `views`, `posture` and `second_factor` from the whole policy mapping.
 
-    One call for all four because views refer to data classes. rules.py must import this inside its
-    function: this module imports PolicyError from rules.py.
+    One call for all four because views refer to data classes.
     """
-    from gateway.admin.totp import parse_second_factor
-    from gateway.policy.posture import parse_posture_policy
-
     classes = parse_data_classes(top.get("data_classes"), source)
     return ContextPolicy(
         classes,

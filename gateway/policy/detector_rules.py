@@ -14,8 +14,8 @@ normal fleet (GPS every second, engine every 5 s, diagnostics every 30 to 60 s, 
 reconnects with backoff). Parsing is as strict as the rest of the file: an unknown key, a wrong type or
 an impossible combination is a `PolicyError` naming the key path.
 
-This module imports rules.py (for `_At` and `PolicyError`); rules.py imports it only inside the section
-parser, so neither import is circular.
+The parsers build on the shared cursor and validators in schema.py; rules.py calls `parse_detectors` for
+the section and keeps the result in `Policy.detectors`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from gateway.mqtt.errors import TopicNameInvalid
 from gateway.mqtt.topics import validate_topic_name
-from gateway.policy.rules import _At, _kind, _positive
+from gateway.policy.schema import At, boolean, kind, positive
 
 __all__ = [
     "ACTIONS",
@@ -80,69 +80,63 @@ class Plan:
 # ---------------------------------------------------------------------------------------- parsers
 
 
-def _number(at: _At, value: Any) -> float:
-    return float(_positive(at, value, whole=False))
+def _number(at: At, value: Any) -> float:
+    return float(positive(at, value, whole=False))
 
 
-def _count(at: _At, value: Any) -> int:
-    return int(_positive(at, value, whole=True))
+def _count(at: At, value: Any) -> int:
+    return int(positive(at, value, whole=True))
 
 
-def _factor(at: _At, value: Any) -> float:
-    number = float(_positive(at, value, whole=False))
+def _factor(at: At, value: Any) -> float:
+    number = float(positive(at, value, whole=False))
     if number <= 1:
         at.fail(f"must be above 1 (a multiple of the baseline), not {value!r}")
     return number
 
 
-def _non_negative(at: _At, value: Any) -> float:
+def _non_negative(at: At, value: Any) -> float:
     if value == 0 and not isinstance(value, bool):
         return 0.0
-    return float(_positive(at, value, whole=False))
+    return float(positive(at, value, whole=False))
 
 
-def _bool(at: _At, value: Any) -> bool:
-    if not isinstance(value, bool):
-        at.fail(f"must be true or false, not {_kind(value)}")
-    return value
-
-
-def _kinds(at: _At, value: Any) -> frozenset[str]:
+def _kinds(at: At, value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value:
         names = ", ".join(sorted(KINDS))
-        at.fail(f"must be a non-empty list of identity kinds ({names}), not {_kind(value)}")
+        at.fail(f"must be a non-empty list of identity kinds ({names}), not {kind(value)}")
     for i, item in enumerate(value):
         if item not in KINDS:
             at.index(i).fail(f"{item!r} is not an identity kind; use one of {', '.join(sorted(KINDS))}")
     return frozenset(value)
 
 
-def _reasons(at: _At, value: Any) -> frozenset[str]:
+def _reasons(at: At, value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        at.fail(f"must be a non-empty list of denial reasons such as topic_not_granted, not {_kind(value)}")
+        at.fail(f"must be a non-empty list of denial reasons such as topic_not_granted, not {kind(value)}")
     return frozenset(value)
 
 
-def _ladder(at: _At, value: Any) -> tuple[str, ...]:
+def _ladder(at: At, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        at.fail(f"must be a non-empty list of responses ({', '.join(ACTIONS)}), not {_kind(value)}")
+        at.fail(f"must be a non-empty list of responses ({', '.join(ACTIONS)}), not {kind(value)}")
     for i, item in enumerate(value):
         if item not in ACTIONS:
             at.index(i).fail(f"{item!r} is not a response; use one of {', '.join(ACTIONS)}")
     return tuple(value)
 
 
-def _throttle(at: _At, value: Any) -> tuple[float, float]:
+def _throttle(at: At, value: Any) -> tuple[float, float]:
     body = at.mapping(value, allowed=frozenset({"factor", "seconds"}))
-    factor = float(_positive(at.key("factor"), body.get("factor", 0.1), whole=False))
+    factor = float(positive(at.key("factor"), body.get("factor", 0.1), whole=False))
     if factor >= 1:
         at.key("factor").fail(f"must be below 1 (the share of the rate a sender keeps), not {factor:g}")
     return factor, _number(at.key("seconds"), body.get("seconds", 300))
 
 
-def _gps_topic(at: _At, value: Any) -> str:
+def _gps_topic(at: At, value: Any) -> str:
     if not isinstance(value, str):
-        at.fail(f"must be a topic name with {{id}} as one level, not {_kind(value)}")
+        at.fail(f"must be a topic name with {{id}} as one level, not {kind(value)}")
     levels = value.split("/")
     if levels.count("{id}") != 1 or value.count("{") != 1 or value.count("}") != 1:
         at.fail(f"{value!r} must contain {{id}} exactly once, as a whole level (fleet/{{id}}/telemetry/gps)")
@@ -162,42 +156,42 @@ class GpsFields:
     timestamp: str | None = "ts"  # None: use the time the gateway received the fix
 
 
-def _gps_fields(at: _At, value: Any) -> GpsFields:
+def _gps_fields(at: At, value: Any) -> GpsFields:
     body = at.mapping(value, allowed=frozenset({"lat", "lon", "timestamp"}), required=("lat", "lon"))
     for name in ("lat", "lon"):
         if not isinstance(body[name], str) or not body[name]:
-            at.key(name).fail(f"must be the JSON field name holding the {name}, not {_kind(body[name])}")
+            at.key(name).fail(f"must be the JSON field name holding the {name}, not {kind(body[name])}")
     stamp = body.get("timestamp", "ts")
     if stamp is not None and (not isinstance(stamp, str) or not stamp):
-        problem = f"must be a JSON field name, or null for the receive time, not {_kind(stamp)}"
+        problem = f"must be a JSON field name, or null for the receive time, not {kind(stamp)}"
         at.key("timestamp").fail(problem)
     return GpsFields(body["lat"], body["lon"], stamp)
 
 
-def _timestamp_unit(at: _At, value: Any) -> str:
+def _timestamp_unit(at: At, value: Any) -> str:
     if value not in ("s", "ms"):
-        at.fail(f"must be s (seconds since the epoch) or ms (milliseconds), not {_kind(value)}")
+        at.fail(f"must be s (seconds since the epoch) or ms (milliseconds), not {kind(value)}")
     return str(value)
 
 
-def _networks(at: _At, value: Any) -> Mapping[str, tuple[Network, ...]]:
+def _networks(at: At, value: Any) -> Mapping[str, tuple[Network, ...]]:
     body = at.mapping(value if value is not None else {}, allowed=KINDS)
     allowed: dict[str, tuple[Network, ...]] = {}
-    for kind, items in body.items():
-        where = at.key(kind)
+    for identity_kind, items in body.items():
+        where = at.key(identity_kind)
         if not isinstance(items, list) or not items:
-            where.fail(f"must be a non-empty list of networks such as 10.0.0.0/8, not {_kind(items)}")
+            where.fail(f"must be a non-empty list of networks such as 10.0.0.0/8, not {kind(items)}")
         nets = []
         for i, item in enumerate(items):
             try:
                 nets.append(ipaddress.ip_network(str(item), strict=True))
             except ValueError as exc:
                 where.index(i).fail(f"{item!r} is not a network in CIDR notation ({exc})")
-        allowed[kind] = tuple(nets)
+        allowed[identity_kind] = tuple(nets)
     return allowed
 
 
-def _prefix(at: _At, value: Any) -> Mapping[str, int]:
+def _prefix(at: At, value: Any) -> Mapping[str, int]:
     body = at.mapping(value, allowed=frozenset({"ipv4", "ipv6"}))
     out = {"ipv4": 16, "ipv6": 48}
     for family, bits in (("ipv4", 32), ("ipv6", 128)):
@@ -354,8 +348,8 @@ _DETECTORS: dict[str, type[Any]] = {
     "cloning": Cloning,
 }
 _PLAN_KEYS = frozenset({"respond", "cooldown", "throttle"})
-_Parser = Callable[[_At, Any], Any]
-_COMMON: dict[str, _Parser] = {"enabled": _bool, "kinds": _kinds}
+_Parser = Callable[[At, Any], Any]
+_COMMON: dict[str, _Parser] = {"enabled": boolean, "kinds": _kinds}
 # Each detector's own keys and how to read them; a key missing here is an unknown key in the file.
 _KEYS: dict[str, dict[str, _Parser]] = {
     "publish_rate": {
@@ -402,13 +396,13 @@ class DetectorSettings:
 # --------------------------------------------------------------------------------------- loading
 
 
-def parse_detectors(at: _At, value: Any) -> DetectorSettings:
+def parse_detectors(at: At, value: Any) -> DetectorSettings:
     """The `detectors:` section; absent means every detector with its defaults."""
     body = at.mapping(value if value is not None else {}, allowed=frozenset(_DETECTORS))
     return DetectorSettings(**{name: _detector(at.key(name), name, raw) for name, raw in body.items()})
 
 
-def _detector(at: _At, name: str, value: Any) -> Any:
+def _detector(at: At, name: str, value: Any) -> Any:
     keys = _COMMON | _KEYS[name]
     body = at.mapping(value if value is not None else {}, allowed=frozenset(keys) | _PLAN_KEYS)
     config = _DETECTORS[name](**{k: keys[k](at.key(k), raw) for k, raw in body.items() if k in keys})
@@ -417,7 +411,7 @@ def _detector(at: _At, name: str, value: Any) -> Any:
     return replace(config, plan=plan)
 
 
-def _parse_plan(at: _At, body: Mapping[str, Any], default: Plan) -> Plan:
+def _parse_plan(at: At, body: Mapping[str, Any], default: Plan) -> Plan:
     plan = default
     if "respond" in body:
         plan = replace(plan, respond=_ladder(at.key("respond"), body["respond"]))
@@ -429,7 +423,7 @@ def _parse_plan(at: _At, body: Mapping[str, Any], default: Plan) -> Plan:
     return plan
 
 
-def _check(at: _At, config: Any, plan: Plan, body: Mapping[str, Any]) -> None:
+def _check(at: At, config: Any, plan: Plan, body: Mapping[str, Any]) -> None:
     """Combinations that no single key can get wrong on its own."""
     if "quarantine" in plan.respond and not config.kinds <= QUARANTINE_KINDS:
         where = at.key("kinds") if "kinds" in body else at.key("respond")

@@ -116,7 +116,7 @@ class PolicyEngine:
         self._epoch = 0
         self._revoked_serials: dict[int, bool] = {}
         self._throttles: dict[Identity, _Throttle] = {}
-        # Device posture (issue 10): the last report per identity (CONNECT user properties or retained
+        # Device posture: the last report per identity (CONNECT user properties or retained
         # state), the CONNECT it was last read from (re-authorization asks about the same CONNECT again
         # and must not undo a later state report), and who is restricted because of it.
         self._reported: dict[Identity, Posture] = {}

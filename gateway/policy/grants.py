@@ -164,7 +164,7 @@ class CompiledGrants:
     subscribe: IdentityMatcher
     quarantine: IdentityMatcher | None  # None unless quarantined or restricted
     control: IdentityMatcher  # the control namespace, "{unit}" as "+": any unit's control topics
-    # Restricted by device posture (issue 10): diagnostic-only like quarantine, plus its own state topic
+    # Restricted by device posture: diagnostic-only like quarantine, plus its own state topic
     # so that it can report a better posture and be let out.
     restricted: bool = False
     _published: dict[str, str] = field(default_factory=dict, repr=False)  # topic -> rule, "" for none

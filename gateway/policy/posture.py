@@ -1,4 +1,4 @@
-"""Device posture: what a unit reports about itself, the policy's minimums, and the verdict (issue 10).
+"""Device posture: what a unit reports about itself, the policy's minimums, and the verdict.
 
 A unit reports firmware version, security patch level and secure-boot state either as MQTT 5 user
 properties on CONNECT (`firmware`, `patch_level`, `secure_boot`) or, for MQTT 3.1.1, in its retained
@@ -24,7 +24,7 @@ from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
-from gateway.policy.rules import PolicyError
+from gateway.policy.schema import At, PolicyError
 
 __all__ = [
     "PatchLevel",
@@ -290,11 +290,7 @@ def parse_posture_policy(value: Any, source: str, path: str = "posture") -> Mapp
             )
         if not isinstance(body, dict):
             raise PolicyError(source, where, f"must be a mapping, not {type(body).__name__}")
-        for key in body:
-            if key not in _FIELDS:
-                raise PolicyError(
-                    source, where, f"unknown key {key!r}; expected one of {', '.join(sorted(_FIELDS))}"
-                )
+        At(source, where).mapping(body, allowed=_FIELDS)
         out[role] = _requirement(source, where, role, body)
     return MappingProxyType(out)
 

@@ -1,35 +1,36 @@
-"""policy.yaml: the model, loading with one-sentence errors, and the proofs run before any client connects.
+"""policy.yaml: the model, building it from the parsed file with one-sentence errors, and the proofs.
 
 A policy is data: for each role a list of grant *templates* (topic filters with placeholders such as
-`{id}`), rate and size limits, the safety-critical control namespace, and a quarantine profile. Loading
-is strict: an unknown key, a wrong type, an invalid filter or an unknown placeholder fails with a
+`{id}`), rate and size limits, the safety-critical control namespace, and a quarantine profile. Building
+one is strict: an unknown key, a wrong type, an invalid filter or an unknown placeholder fails with a
 `PolicyError` naming the file, the key path (`roles.unit.publish[2]`) and what is wrong, because a typo
 in an access policy silently granting or denying something is worse than a gateway that will not start.
+`policy_from_mapping` takes the already parsed YAML; reading the file (or the embedded default) is
+gateway/stores/policy_file.py's `load_policy`.
 
 After the shape come the checks (the last section of this module), run on every load:
 
 - quarantine ∩ control namespace = ∅, for every pair of filters, with a witness topic when it fails;
 - lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, quarantine only
-  restricts. Lint *errors* fail loading; *warnings* are shown by `fleetgate policy check`.
+  restricts, and with views configured partners are granted views only. Lint *errors* fail loading;
+  *warnings* are shown by `fleetgate policy check`.
 
-Extending (issue 10 adds data classes and partner views): add a parser to `_SECTIONS` and a field to
-`Policy`; the strictness about unknown keys comes for free. `detectors:` (continuous evaluation) is
-parsed in detector_rules.py, which this module imports lazily because it builds on `_At`.
+Sections: `_SECTIONS` maps each top-level key parsed here to its parser, which returns `Policy` fields.
+`detectors:` is parsed in detector_rules.py; the four context sections (data_classes, views, posture,
+second_factor) are parsed together by data_classes.py into `Policy.context`. Extending: add a parser to
+`_SECTIONS` and a field to `Policy`; the strictness about unknown keys comes for free. Every parser
+builds on schema.py (`At`, `PolicyError`), which imports nothing from the gateway, so this module imports
+the section parsers and none of them imports it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
-
-import yaml
+from typing import Any
 
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.topics import (
@@ -39,11 +40,15 @@ from gateway.mqtt.topics import (
     topic_matches,
     validate_topic_filter,
 )
+from gateway.policy.data_classes import (
+    CONTEXT_SECTIONS,
+    ContextPolicy,
+    parse_context_sections,
+    partner_grant_problems,
+)
+from gateway.policy.detector_rules import DetectorSettings, parse_detectors
+from gateway.policy.schema import At, PolicyError, kind, positive
 from pki.names import IdentityError, validate_id
-
-if TYPE_CHECKING:
-    from gateway.policy.data_classes import ContextPolicy
-    from gateway.policy.detector_rules import DetectorSettings
 
 __all__ = [
     "Grant",
@@ -51,18 +56,16 @@ __all__ = [
     "LintFinding",
     "Overlap",
     "Policy",
-    "PolicyError",
+    "PolicyError",  # defined in schema.py; policy_from_mapping raises it
     "Profile",
     "example_topic",
     "lint_policy",
-    "load_policy",
     "policy_from_mapping",
     "prove_quarantine_disjoint",
     "quarantine_pairs",
     "substitute",
 ]
 
-EMBEDDED_SOURCE = "gateway/defaults/policy.yaml (embedded)"
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _TIER_KEY = re.compile(r"^tier([1-9][0-9]?)$")
 # Placeholders each part of the file may use. `{unit}` names "any unit" and exists only in the control
@@ -70,16 +73,6 @@ _TIER_KEY = re.compile(r"^tier([1-9][0-9]?)$")
 _ROLE_PLACEHOLDERS = frozenset({"{id}"})
 _PARTNER_PLACEHOLDERS = frozenset({"{id}", "{partner}", "{tier}"})
 _CONTROL_PLACEHOLDERS = frozenset({"{unit}"})
-
-
-class PolicyError(ValueError):
-    """The policy cannot be used; the message is one sentence naming file, key path and problem."""
-
-    def __init__(self, source: str, path: str, problem: str) -> None:
-        super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
-        self.source = source
-        self.path = path
-        self.problem = problem
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -132,9 +125,9 @@ class Policy:
     partner_tiers: Mapping[int, Profile]  # by tier number
     quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
     max_denied_before_disconnect: int = 20
-    detectors: DetectorSettings = field(default_factory=lambda: _default_detectors())
-    # Issue 10: data classes, partner views, device posture, operator second factor.
-    context: ContextPolicy = field(default_factory=lambda: _default_context())
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    # The context sections: data classes, partner views, device posture, operator second factor.
+    context: ContextPolicy = field(default_factory=ContextPolicy)
     digest: str = ""  # sha256 over the parsed content, to tell policies apart in logs and summaries
     _by_rule: dict[str, Grant] = field(default_factory=dict, init=False, repr=False)
 
@@ -172,115 +165,40 @@ class Policy:
         return self._by_rule.get(rule)
 
 
-def _default_detectors() -> DetectorSettings:
-    from gateway.policy.detector_rules import DetectorSettings  # it imports this module
-
-    return DetectorSettings()
-
-
-def _default_context() -> ContextPolicy:
-    from gateway.policy.data_classes import ContextPolicy  # it imports this module
-
-    return ContextPolicy()
-
-
 def substitute(template: str, values: Mapping[str, str]) -> str:
     """Fill placeholders (`{"{id}": "TRK-1"}`); ids cannot contain `/`, `+`, `#`, so levels stay levels."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), template)
 
 
-# ----------------------------------------------------------------------------------------- loading
-
-
-def load_policy(path: Path | None = None) -> Policy:
-    """Read, validate and prove a policy file; None means the embedded default."""
-    if path is None:
-        source = EMBEDDED_SOURCE
-        text = resources.files("gateway").joinpath("defaults/policy.yaml").read_text(encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(source, "", f"cannot be read ({exc.strerror or exc}); check the path") from None
-        except UnicodeDecodeError:
-            raise PolicyError(source, "", "is not UTF-8 text; save it as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PolicyError(source, "", f"is not valid YAML{where}; fix the syntax") from None
-    return policy_from_mapping(data, source)
+# ---------------------------------------------------------------------------------------- building
 
 
 def policy_from_mapping(data: Any, source: str) -> Policy:
     """Build a Policy from parsed YAML; raises PolicyError for shape errors, overlaps and lint errors."""
-    at = _At(source, "")
-    top = at.mapping(data, allowed=_SECTIONS, required=("version", "control_namespace", "roles"))
-    if top["version"] != 1 or isinstance(top["version"], bool):
-        at.key("version").fail(f"must be 1 (the only policy format there is), not {top['version']!r}")
+    at = At(source, "")
+    top = at.mapping(data, allowed=_TOP_LEVEL_KEYS, required=("version", "control_namespace", "roles"))
     parts: dict[str, Any] = {}
     for key, parse in _SECTIONS.items():
         parts.update(parse(at.key(key), top.get(key)))
-    parts["context"] = _parse_context(top, source)
+    parts["context"] = parse_context_sections(top, source)  # after _SECTIONS, as one (see _TOP_LEVEL_KEYS)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-    policy = Policy(source=source, version=1, digest=digest, **parts)
+    policy = Policy(source=source, digest=digest, **parts)
     enforce(policy)
     return policy
-
-
-@dataclass(frozen=True, slots=True)
-class _At:
-    """A position in the file, so that every error can say where it is."""
-
-    source: str
-    path: str
-
-    def key(self, name: str) -> _At:
-        return _At(self.source, f"{self.path}.{name}" if self.path else name)
-
-    def index(self, i: int) -> _At:
-        return _At(self.source, f"{self.path}[{i}]")
-
-    def fail(self, problem: str) -> NoReturn:
-        raise PolicyError(self.source, self.path, problem)
-
-    def mapping(
-        self, value: Any, allowed: Mapping[str, Any] | frozenset[str], required: tuple[str, ...] = ()
-    ) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(f"must be a mapping, not {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str) or key not in allowed:
-                self.fail(f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}")
-        for key in required:
-            if key not in value:
-                self.fail(f"missing required key {key!r}")
-        return value
-
-    def names(self, value: Any) -> dict[str, Any]:
-        """A mapping whose keys are names chosen by the author (service names, tiers); empty if absent."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(f"must be a mapping, not {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                self.fail(f"key {key!r} must be text (quote it)")
-        return value
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.40})"
 
 
 # --------------------------------------------------------------------------------- section parsers
 
 
-def _parse_control(at: _At, value: Any) -> dict[str, Any]:
+def _parse_version(at: At, value: Any) -> dict[str, Any]:
+    if value != 1 or isinstance(value, bool):
+        at.fail(f"must be 1 (the only policy format there is), not {value!r}")
+    return {"version": 1}
+
+
+def _parse_control(at: At, value: Any) -> dict[str, Any]:
     if not isinstance(value, list) or not value:
-        at.fail(f"must be a non-empty list of topic filters, not {_kind(value)}")
+        at.fail(f"must be a non-empty list of topic filters, not {kind(value)}")
     grants = []
     for i, item in enumerate(value):
         grants.append(
@@ -292,7 +210,7 @@ def _parse_control(at: _At, value: Any) -> dict[str, Any]:
     return {"control_namespace": tuple(grants)}
 
 
-def _parse_roles(at: _At, value: Any) -> dict[str, Any]:
+def _parse_roles(at: At, value: Any) -> dict[str, Any]:
     roles = at.mapping(value, allowed=frozenset({"unit", "operator", "service", "partner"}))
     services = at.key("service").names(roles.get("service", {}))
     tiers = at.key("partner").names(roles.get("partner", {}))
@@ -308,7 +226,7 @@ def _parse_roles(at: _At, value: Any) -> dict[str, Any]:
     }
 
 
-def _service(at: _At, name: Any, body: Any) -> Profile:
+def _service(at: At, name: Any, body: Any) -> Profile:
     try:
         validate_id("service", str(name))
     except IdentityError as exc:
@@ -316,14 +234,14 @@ def _service(at: _At, name: Any, body: Any) -> Profile:
     return _profile(at, body, f"service/{name}", _ROLE_PLACEHOLDERS)
 
 
-def _tier(at: _At, name: Any, body: Any) -> tuple[int, Profile]:
+def _tier(at: At, name: Any, body: Any) -> tuple[int, Profile]:
     match = _TIER_KEY.match(str(name))
     if match is None:
         at.fail("partner tiers are named tier1, tier2, ... (tier<N>, N from 1 to 99)")
     return int(match.group(1)), _profile(at, body, f"partner/{name}", _PARTNER_PLACEHOLDERS)
 
 
-def _parse_quarantine(at: _At, value: Any) -> dict[str, Any]:
+def _parse_quarantine(at: At, value: Any) -> dict[str, Any]:
     body = at.mapping(value if value is not None else {}, allowed=frozenset({"unit"}))
     profiles = {}
     if "unit" in body:
@@ -332,38 +250,29 @@ def _parse_quarantine(at: _At, value: Any) -> dict[str, Any]:
     return {"quarantine": profiles}
 
 
-def _parse_violations(at: _At, value: Any) -> dict[str, Any]:
+def _parse_violations(at: At, value: Any) -> dict[str, Any]:
     body = at.mapping(value if value is not None else {}, allowed=frozenset({"max_denied_before_disconnect"}))
     limit = body.get("max_denied_before_disconnect", 20)
     return {
-        "max_denied_before_disconnect": _positive(at.key("max_denied_before_disconnect"), limit, whole=True)
+        "max_denied_before_disconnect": positive(at.key("max_denied_before_disconnect"), limit, whole=True)
     }
 
 
-def _parse_detectors(at: _At, value: Any) -> dict[str, Any]:
-    from gateway.policy.detector_rules import parse_detectors  # it imports this module
-
+def _parse_detectors(at: At, value: Any) -> dict[str, Any]:
     return {"detectors": parse_detectors(at, value)}
-
-
-def _parse_context(top: Mapping[str, Any], source: str) -> ContextPolicy:
-    # The four issue-10 sections are parsed together (views refer to data classes), in their own module.
-    from gateway.policy.data_classes import parse_context_sections  # it imports this module
-
-    return parse_context_sections(top, source)
 
 
 _PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
 _LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
 
 
-def _profile(at: _At, value: Any, name: str, placeholders: frozenset[str]) -> Profile:
+def _profile(at: At, value: Any, name: str, placeholders: frozenset[str]) -> Profile:
     body = at.mapping(value if value is not None else {}, allowed=_PROFILE_KEYS)
     grants: dict[str, tuple[Grant, ...]] = {}
     for action in ("publish", "subscribe"):
         items = body.get(action, [])
         if not isinstance(items, list):
-            at.key(action).fail(f"must be a list of topic filters, not {_kind(items)}")
+            at.key(action).fail(f"must be a list of topic filters, not {kind(items)}")
         grants[action] = tuple(
             Grant(
                 f"{name}/{action}/{i}",
@@ -377,25 +286,18 @@ def _profile(at: _At, value: Any, name: str, placeholders: frozenset[str]) -> Pr
     )
 
 
-def _limits(at: _At, value: Any) -> Limits:
+def _limits(at: At, value: Any) -> Limits:
     body = at.mapping(value if value is not None else {}, allowed=frozenset(_LIMIT_KEYS))
-    values = {key: _positive(at.key(key), raw, whole=_LIMIT_KEYS[key]) for key, raw in body.items()}
+    values = {key: positive(at.key(key), raw, whole=_LIMIT_KEYS[key]) for key, raw in body.items()}
     for extra, base in (("burst", "messages_per_second"), ("bytes_burst", "bytes_per_second")):
         if extra in values and base not in values:
             at.key(extra).fail(f"needs {base} beside it: a burst is the capacity of that rate's bucket")
     return Limits(**values)
 
 
-def _positive(at: _At, value: Any, whole: bool) -> Any:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok or (whole and not isinstance(value, int)):
-        at.fail(f"must be a positive {'whole number' if whole else 'number'}, not {_kind(value)}")
-    return value
-
-
-def _filter(at: _At, value: Any, placeholders: frozenset[str]) -> str:
+def _filter(at: At, value: Any, placeholders: frozenset[str]) -> str:
     if not isinstance(value, str):
-        at.fail(f"must be a topic filter string, not {_kind(value)}")
+        at.fail(f"must be a topic filter string, not {kind(value)}")
     if value.startswith(SHARE_PREFIX):
         at.fail(f"{value!r} is a shared subscription; grant the plain filter (shares are judged on it)")
     for level in value.split("/"):
@@ -413,21 +315,19 @@ def _filter(at: _At, value: Any, placeholders: frozenset[str]) -> str:
     return value
 
 
-# Top-level sections in file order; each parser returns Policy fields. Unknown top-level keys fail.
-_SECTIONS: dict[str, Callable[[_At, Any], dict[str, Any]]] = {
-    "version": lambda at, value: {},
+# Top-level sections in file order, each parsed on its own; each parser returns Policy fields.
+_SECTIONS: dict[str, Callable[[At, Any], dict[str, Any]]] = {
+    "version": _parse_version,
     "control_namespace": _parse_control,
     "roles": _parse_roles,
     "quarantine": _parse_quarantine,
     "violations": _parse_violations,
     "detectors": _parse_detectors,
-    # data_classes, views, posture, second_factor: parsed as one by _parse_context (names kept in sync
-    # with data_classes.CONTEXT_SECTIONS by a test)
-    "data_classes": lambda at, value: {},
-    "views": lambda at, value: {},
-    "posture": lambda at, value: {},
-    "second_factor": lambda at, value: {},
 }
+# Every top-level key a policy may have; any other fails. The context sections (data_classes, views,
+# posture, second_factor) are not in _SECTIONS because they are parsed as one, views referring to data
+# classes: policy_from_mapping hands the whole mapping to data_classes.parse_context_sections.
+_TOP_LEVEL_KEYS = frozenset({*_SECTIONS, *CONTEXT_SECTIONS})
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -573,8 +473,6 @@ def _partner_sensitive(policy: Policy) -> Iterator[LintFinding]:
 
 def _partner_views_only(policy: Policy) -> Iterator[LintFinding]:
     """With views configured, partners see unit data only through them: a raw grant is an error."""
-    from gateway.policy.data_classes import partner_grant_problems  # it imports this module
-
     views = policy.context.views
     if views is None:
         return

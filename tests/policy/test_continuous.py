@@ -22,7 +22,7 @@ from gateway.detection.continuous import ContinuousEvaluator, Wiring, apply, wir
 from gateway.policy.access import Peer
 from gateway.policy.detector_rules import DetectorSettings, Plan
 from gateway.policy.responses import Response
-from gateway.policy.rules import load_policy
+from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 
 T0 = 1_700_000_000.0

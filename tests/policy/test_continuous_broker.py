@@ -18,7 +18,7 @@ from gateway.detection.continuous import ContinuousEvaluator, apply
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.rules import load_policy
+from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import T0, TRUST_DOMAIN, Lab, Link, unit_peer
 

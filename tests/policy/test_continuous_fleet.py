@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from gateway.broker.events import ClientConnected, ClientDisconnected, SessionTakenOver
 from gateway.detection.continuous import ContinuousEvaluator
 from gateway.policy.access import Peer
-from gateway.policy.rules import load_policy
+from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 
 T0 = 1_700_000_000.0

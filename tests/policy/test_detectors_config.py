@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from gateway.policy.detector_rules import DetectorSettings, GpsFields, Plan
-from gateway.policy.rules import PolicyError, load_policy, policy_from_mapping
+from gateway.policy.rules import policy_from_mapping
+from gateway.policy.schema import PolicyError
+from gateway.stores.policy_file import load_policy
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "policy.yaml"
 

@@ -7,7 +7,7 @@ import pytest
 from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.rules import load_policy
+from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 
 T0 = 1_700_000_000.0

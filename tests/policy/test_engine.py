@@ -13,7 +13,8 @@ from gateway.policy.access import AccessPolicy, Peer
 from gateway.policy.decision import Decision
 from gateway.policy.directory import IdentityState, InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.rules import EMBEDDED_SOURCE, load_policy, policy_from_mapping
+from gateway.policy.rules import policy_from_mapping
+from gateway.stores.policy_file import EMBEDDED_SOURCE, load_policy
 from pki.names import Identity
 
 T0 = 1_700_000_000.0

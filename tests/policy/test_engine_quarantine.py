@@ -26,11 +26,11 @@ from gateway.policy.grants import CompiledGrants
 from gateway.policy.rules import (
     Grant,
     Policy,
-    PolicyError,
     Profile,
     policy_from_mapping,
     prove_quarantine_disjoint,
 )
+from gateway.policy.schema import PolicyError
 from pki.names import Identity
 
 UNIT = Identity("unit", "TRK-1", "fleet.local")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.mqtt.topics import topic_matches
 from gateway.policy.grants import ID, CompiledGrants, GrantCache, IdentityMatcher, TopicMatcher
-from gateway.policy.rules import load_policy
+from gateway.stores.policy_file import load_policy
 from pki.names import Identity, IdentityError
 
 POLICY = load_policy(None)

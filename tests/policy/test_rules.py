@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.policy.rules import EMBEDDED_SOURCE, PolicyError, load_policy, policy_from_mapping
+from gateway.policy.rules import policy_from_mapping
+from gateway.policy.schema import PolicyError
+from gateway.stores.policy_file import EMBEDDED_SOURCE, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = ROOT / "gateway" / "defaults" / "policy.yaml"

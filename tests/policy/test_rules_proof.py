@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from gateway.mqtt.topics import filters_intersect, topic_matches
 from gateway.policy.rules import (
     Grant,
-    PolicyError,
     example_topic,
     lint_policy,
-    load_policy,
     policy_from_mapping,
     prove_quarantine_disjoint,
     quarantine_pairs,
 )
+from gateway.policy.schema import PolicyError
+from gateway.stores.policy_file import load_policy
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "policy.yaml"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.policy.data_classes import UNCLASSIFIED, parse_data_classes, parse_views
-from gateway.policy.rules import PolicyError
+from gateway.policy.schema import PolicyError
 from tests.segmentation.policy_fixtures import data_classes, raw_sections, view_policy
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.admin.totp import DEFAULT_SENSITIVE, SecondFactorPolicy, parse_second_factor
+from gateway.admin.totp import TotpVerifier
 from gateway.policy.data_classes import (
     CONTEXT_SECTIONS,
     NO_DATA_CLASSES,
@@ -20,7 +20,9 @@ from gateway.policy.data_classes import (
     partner_grant_problems,
 )
 from gateway.policy.posture import parse_version
-from gateway.policy.rules import PolicyError, policy_from_mapping
+from gateway.policy.rules import policy_from_mapping
+from gateway.policy.schema import PolicyError
+from gateway.policy.second_factor import DEFAULT_SENSITIVE, SecondFactorPolicy, parse_second_factor
 
 HERE = Path(__file__).parent
 SECTIONS = CONTEXT_SECTIONS
@@ -64,10 +66,14 @@ def test_the_shipped_policy_carries_the_sections_and_grants_partners_views_only(
     assert policy_from_mapping(rest, "rest.yaml").context.views is None
 
 
-def test_rules_knows_every_context_section() -> None:
-    from gateway.policy.rules import _SECTIONS
-
-    assert set(SECTIONS) <= set(_SECTIONS)
+def test_rules_accepts_every_context_section_and_nothing_else() -> None:
+    shipped = yaml.safe_load((HERE.parents[1] / "gateway" / "defaults" / "policy.yaml").read_text("utf-8"))
+    assert set(SECTIONS) <= set(shipped)  # the shipped file has all four, and loads (test above)
+    with pytest.raises(PolicyError) as info:
+        policy_from_mapping({**shipped, "view": {}}, "typo.yaml")
+    assert info.value.path == "" and info.value.problem.startswith("unknown key 'view'; expected one of ")
+    for section in SECTIONS:
+        assert section in info.value.problem
 
 
 @pytest.mark.parametrize(
@@ -102,7 +108,7 @@ class TestSecondFactorSection:
         )
         assert got == SecondFactorPolicy(frozenset({"policy.reload"}), 3, 60.0, 0)
         assert got.requires_totp("policy.reload") and not got.requires_totp("units.read")
-        verifier = got.verifier(lambda op: None)
+        verifier = TotpVerifier.for_policy(got, lambda op: None)
         assert (verifier.max_failures, verifier.window, verifier.skew) == (3, 60.0, 0)
 
     def test_unknown_rights_are_reported_for_the_admin_layer(self) -> None:
@@ -148,10 +154,35 @@ def test_a_mistake_in_any_section_is_a_policy_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "first", ["gateway.policy.rules", "gateway.policy.data_classes", "gateway.admin.totp"]
+    "first",
+    [
+        "gateway.policy.rules",
+        "gateway.policy.data_classes",
+        "gateway.policy.second_factor",
+        "gateway.admin.totp",
+    ],
 )
 def test_import_order_does_not_matter(first: str) -> None:
+    """Each module imported first in a fresh interpreter; then the policy loads and a verifier is built."""
     code = (
-        f"import {first}; from gateway.policy.data_classes import parse_context_sections as p; p({{}}, 'x')"
+        f"import {first}\n"
+        "from gateway.admin.totp import TotpVerifier\n"
+        "from gateway.stores.policy_file import load_policy\n"
+        "policy = load_policy(None)\n"
+        "TotpVerifier.for_policy(policy.context.second_factor, lambda op: None)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_policy_layer_parses_without_the_admin_layer_or_the_stores() -> None:
+    code = (
+        "import sys\n"
+        "import gateway.policy.engine, gateway.policy.explain\n"
+        "from gateway.policy.rules import policy_from_mapping\n"
+        "top = {'version': 1, 'control_namespace': ['fleet/{unit}/control/#'], 'roles': {}}\n"
+        "assert policy_from_mapping(top, 'p.yaml').context.second_factor.max_failures == 5\n"
+        "above = ('gateway.admin', 'gateway.stores', 'yaml')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(above))\n"
+        "assert loaded == [], loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -16,7 +16,7 @@ from gateway.policy.posture import (
     parse_posture_policy,
     parse_version,
 )
-from gateway.policy.rules import PolicyError
+from gateway.policy.schema import PolicyError
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
 
