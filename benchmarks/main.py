@@ -249,7 +249,7 @@ def print_summary(
             table.add_row(case, metric, *(_cell(row.get(c)) for c in columns))
     console.print(table)
     if targets:
-        checks = Table(title="issue 8 targets")
+        checks = Table(title="targets")
         for column in ("case", "metric", "target", "value", "met"):
             checks.add_column(column)
         for t in targets:

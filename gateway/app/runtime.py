@@ -45,10 +45,11 @@ from gateway.edge.transport import MtlsListener
 from gateway.ops.operations import Operations, OpsContext
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.rules import Policy, PolicyError, load_policy
+from gateway.policy.rules import Policy, PolicyError
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir, ca_passphrase
+from gateway.stores.policy_file import load_policy
 from gateway.stores.registry_directory import RegistryDirectory
 from gateway.stores.serving_lock import hold as hold_serving_lock
 from gateway.stores.serving_lock import release as release_serving_lock

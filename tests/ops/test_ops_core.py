@@ -17,8 +17,8 @@ from gateway.admin.sse import AuditFeed, stream_events
 from gateway.mqtt.packets import Properties
 from gateway.ops.partners import partner_members
 from gateway.ops.quarantine import OpsError, mode_command, quarantine_unit, release_unit
-from gateway.policy.rules import load_policy
 from gateway.stores.audit_log import AuditLog
+from gateway.stores.policy_file import load_policy
 from pki.store import Registry, open_database
 from tests.broker.lab import Lab, service_peer
 

@@ -104,7 +104,7 @@ def test_impossible_travel_is_measured_and_contained_once_detectors_run(target: 
     assert result.what_gateway_did.startswith("not contained")  # an honest report, with numbers
     if metrics_mention(target, "detector"):
         pytest.fail(f"detectors run but the jump was not contained: {result.what_gateway_did}")
-    pytest.xfail("this gateway has no live impossible-travel detector yet (issue 6)")
+    pytest.xfail("this gateway has no live impossible-travel detector running")
 
 
 def test_the_fleet_survives_a_reconnect_storm(target: Target) -> None:
