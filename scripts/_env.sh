@@ -22,6 +22,22 @@ ensure_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+ensure_test_packages() {  # what only the test suite needs: promtool and systemd-analyze check deploy/
+  local missing=()
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null; then
+    echo "fleetgate: please install ${missing[*]} (the deploy/ checks use them; they are skipped otherwise)" >&2
+    return 0
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "fleetgate: installing Debian packages for the tests: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 ensure_venv() {  # $1: pip extras spec, e.g. ".[dev]" or "."
   local spec="$1"
   if [ ! -x .venv/bin/python ]; then
