@@ -80,6 +80,7 @@ def _settings(config_file: Path | None) -> SimSettings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="fleetgate", prog_name="fleet-sim")
 def cli() -> None:
     """Simulated telematics units: enrollment, a driving fleet, attack drills, load runs and the demo."""
 

@@ -6,7 +6,10 @@ and this collector turns them into metric families only when /metrics is read.
 
 from __future__ import annotations
 
+import platform
+import ssl
 from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,6 +22,13 @@ from gateway.detection.continuous import EvaluatorStats
 from gateway.edge.hub import HubCounters
 
 PREFIX = "fleetgate"
+
+
+def _package_version() -> str:
+    try:
+        return version("fleetgate")
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -53,6 +63,7 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         m, h = self._broker(), self._hub()
+        yield _build_info()
         yield _gauge("connections", "Open client connections (after TLS).", self._connections())
         yield _gauge("sessions_connected", "Live MQTT sessions.", m.connected)
         yield _gauge("sessions", "MQTT sessions held, connected or not.", m.sessions)
@@ -126,6 +137,18 @@ class GatewayCollector(Collector):
                 "reason",
                 v.malformed,
             )
+
+
+def _build_info() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        f"{PREFIX}_build_info", "The running gateway: version, Python and OpenSSL.", labels=BUILD_LABELS
+    )
+    family.add_metric(list(BUILD_INFO), 1)
+    return family
+
+
+BUILD_LABELS = ["version", "python", "openssl"]
+BUILD_INFO = (_package_version(), platform.python_version(), ssl.OPENSSL_VERSION.split()[1])
 
 
 def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:

@@ -26,6 +26,7 @@ from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder
+from gateway.app.health import ReadinessProbe, add_health_routes
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
@@ -328,6 +329,16 @@ class Gateway:
             return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
 
         app.router.add_get("/metrics", metrics)
+        add_health_routes(
+            app,
+            ReadinessProbe(
+                listeners=lambda: set(self.bound),
+                required_listeners=frozenset({"mqtt", "https"}),
+                database=self._registry_db,
+                follower=self.loops["following the registry"],
+                loop_time=lambda: asyncio.get_running_loop().time(),
+            ),
+        )
         add_admin_routes(
             app,
             AdminContext(

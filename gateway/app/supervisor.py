@@ -26,6 +26,7 @@ class LoopHealth:
     name: str
     failures: int = 0  # steps that raised, in all
     failing: bool = False  # the last step raised
+    last_ok: float | None = None  # event-loop time of the last step that worked
 
 
 async def supervise(step: Callable[[], None], interval: float, health: LoopHealth) -> None:
@@ -47,6 +48,7 @@ async def supervise(step: Callable[[], None], interval: float, health: LoopHealt
             health.failing = True
             pause = min(MAX_BACKOFF_SECONDS, max(pause * 2, interval))
             continue
+        health.last_ok = asyncio.get_running_loop().time()
         if health.failing:
             log.warning("%s works again after %d failed attempt(s)", health.name, health.failures)
             health.failing = False

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
+from gateway.app.log_format import FORMATS, configure_logging
 from gateway.app.preflight import run_preflight
 from gateway.cli.common import CliError, data_option, friendly_errors
 from gateway.config import ConfigError, load_config, parse_endpoint
@@ -52,6 +52,14 @@ def install_event_loop() -> str:
     help="LOOPBACK:PORT for an anonymous plaintext lab listener (protocol test suites only).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    envvar="FLEETGATE_LOG_FORMAT",
+    show_envvar=True,
+    help="text lines, or one JSON object per line (security events carry the audit record).",
+)
 @friendly_errors
 def serve(
     data_dir: Path | None,
@@ -60,6 +68,7 @@ def serve(
     listen_https: str | None,
     insecure_plaintext_listen: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the gateway: mTLS MQTT broker, EST enrollment and CRL over HTTPS."""
     config = load_config(config_file)
@@ -76,9 +85,7 @@ def serve(
             )
         listen = replace(listen, insecure_plaintext=plain)
     config = replace(config, listen=listen)
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     from gateway.app.runtime import Gateway  # imported late: the CLI's other commands stay light
 
     data = DataDir.resolve(data_dir)

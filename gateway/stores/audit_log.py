@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -37,6 +38,16 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from pki.sqlite import apply_migrations, transaction
+
+mirror = logging.getLogger("fleetgate.audit")  # every appended record, also on the log stream
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _loggable(text: str, limit: int = 200) -> str:
+    """One line, whatever a client put in it: control characters escaped, long values cut."""
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
 
 __all__ = [
     "GENESIS_HASH",
@@ -271,6 +282,16 @@ class AuditLog:
                     "run `fleetgate audit verify`"
                 ) from None
             conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (record.seq, record.hash))
+        # Mirrored to the log stream, for whoever ingests logs rather than this database (a SIEM):
+        # the message is a short summary, the record itself rides along for the JSON format.
+        mirror.info(
+            "%s %s %s by %s",
+            record.action,
+            _loggable(record.subject),
+            record.outcome,
+            _loggable(record.actor),
+            extra={"audit": record.as_dict()},
+        )
         return record
 
     def records(self, since_seq: int = 0, limit: int | None = None) -> list[AuditRecord]:

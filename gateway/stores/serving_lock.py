@@ -8,31 +8,44 @@ dir: restoring under a running gateway would leave it writing into files that ar
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 from pathlib import Path
 
 LOCK_NAME = "gateway.lock"
-
-log = logging.getLogger("fleetgate")
 
 
 def lock_path(root: Path) -> Path:
     return root / LOCK_NAME
 
 
-def hold(root: Path) -> int | None:
-    """Take the lock for as long as this process lives; None (and a warning) if another holds it."""
+class AlreadyServed(RuntimeError):
+    """Another gateway process serves this data directory; the message says what to do."""
+
+
+def hold(root: Path) -> int:
+    """Take the lock for as long as this process lives; AlreadyServed if another process holds it
+    (two gateways on one data directory would interleave one audit chain and one broker state)."""
     fd = os.open(lock_path(root), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        log.warning("another gateway seems to be serving %s already (its %s is locked)", root, LOCK_NAME)
-        return None
+        holder = _holder(root)
+        raise AlreadyServed(
+            f"another gateway{holder} is already serving {root}; stop it first, or give this one "
+            "its own data directory with --data"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _holder(root: Path) -> str:
+    try:
+        pid = lock_path(root).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 def release(fd: int | None) -> None:

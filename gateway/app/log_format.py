@@ -1,0 +1,41 @@
+"""How the gateway's log looks: the classic text line, or one JSON object per line (`--log-format
+json`) with stable keys for a log shipper or a SIEM: `ts` (UTC, ISO 8601), `level`, `logger`, `msg`,
+and, for security events mirrored from the audit log (logger `fleetgate.audit`), `audit` holding the
+record as `fleetgate events --json` shows it. Strings are JSON-escaped, so no logged value (a client
+id, a user name) can start a line of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        audit = getattr(record, "audit", None)
+        if audit is not None:
+            entry["audit"] = audit
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send the gateway's log to stderr at `level`, as text or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
