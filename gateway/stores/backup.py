@@ -131,9 +131,11 @@ def create_backup(data: DataDir, dest: Path, now: datetime) -> BackupSummary:
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if is_archive(dest):
             partial = dest.with_name(dest.name + ".partial")
-            with tarfile.open(partial, "w:gz") as archive:
+            # It holds the CA's keys: private from its first byte (created 0600, whatever the umask).
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing .partial from an interrupted run keeps its mode otherwise
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as archive:
                 archive.add(stage, arcname=".")
-            os.chmod(partial, 0o600)  # it holds the CA's keys
             partial.replace(dest)
         else:
             if dest.exists():

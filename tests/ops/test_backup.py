@@ -146,3 +146,22 @@ def test_archives_that_are_cut_short_or_escape_are_refused(data: DataDir, tmp_pa
     with pytest.raises(BackupError, match="damaged"):
         restore_backup(evil, DataDir(tmp_path / "out"), False, NOW)
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_archive_is_private_from_its_first_byte(
+    data: DataDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "snap.tar.gz"
+    partial = dest.with_name(dest.name + ".partial")
+    partial.write_bytes(b"left by an interrupted run")
+    partial.chmod(0o644)
+    seen: list[int] = []
+    real_add = tarfile.TarFile.add
+
+    def add(self: tarfile.TarFile, *args: object, **kwargs: object) -> None:
+        seen.append(partial.stat().st_mode & 0o777)  # while the CA keys are being written into it
+        real_add(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tarfile.TarFile, "add", add)
+    create_backup(data, dest, NOW)
+    assert seen and set(seen) == {0o600}
