@@ -83,6 +83,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX pki_identities_by_update ON pki_identities (updated_at);
     CREATE INDEX pki_certificates_by_revocation ON pki_certificates (revoked_at);
     """,
+    # 3: a feed of issued certificates, so the gateway admits only certificates the registry knows.
+    """
+    CREATE INDEX pki_certificates_by_record ON pki_certificates (recorded_at);
+    """,
 )
 
 
@@ -355,6 +359,19 @@ class Registry:
             f"SELECT {IDENTITY_COLUMNS} FROM pki_identities WHERE updated_at >= ?", (to_text(moment),)
         )
         return [identity_from_row(row) for row in rows]
+
+    def valid_fingerprints(
+        self, *, recorded_since: datetime | None = None, expiring_after: datetime | None = None
+    ) -> dict[int, str]:
+        """Serial -> SHA-256 fingerprint (hex) of every valid certificate, optionally only those
+        recorded at or after `recorded_since` and those still valid at `expiring_after`."""
+        sql = "SELECT serial, fingerprint FROM pki_certificates WHERE status = 'valid'"
+        params: list[str] = []
+        for clause, moment in (("recorded_at >= ?", recorded_since), ("not_after >= ?", expiring_after)):
+            if moment is not None:
+                sql += f" AND {clause}"
+                params.append(to_text(moment))
+        return {int(serial, 16): fingerprint for serial, fingerprint in self._query(sql, tuple(params))}
 
     def revoked_since(self, moment: datetime) -> list[int]:
         """Serials revoked at or after `moment`."""

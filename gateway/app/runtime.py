@@ -196,8 +196,9 @@ class Gateway:
             identity = identity_from_certificate(cert, self.trust_domain)
         except IdentityError as exc:
             return exc.reason
-        if self.directory.is_certificate_revoked(cert.serial_number):
-            return "certificate_revoked"
+        refusal = self.directory.certificate_refusal(cert)  # revoked, or not recorded by this CA
+        if refusal is not None:
+            return refusal
         state = self.directory.state_of(identity)
         if state is None:
             return "unknown_identity"
@@ -313,6 +314,8 @@ class Gateway:
                 max_body=self.config.limits.max_est_body,
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
+                # Before the answer leaves: the new certificate is admitted on MQTT at once.
+                on_issued=self.directory.note_issued,
             ),
         )
         collector = GatewayCollector(

@@ -169,6 +169,39 @@ def unit_add(
         )
 
 
+@unit.command("token")
+@click.argument("unit_id")
+@data_option
+@click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
+@json_option
+@friendly_errors
+def unit_token(unit_id: str, data_dir: Path | None, ttl_hours: float | None, as_json: bool) -> None:
+    """Give an existing unit a new one-time enrollment token (new device, lost key, restored backup).
+
+    Its older tokens expire; its certificates stay as they are (revoke them if the key was lost).
+    """
+    with open_local(data_dir) as state:
+        now = utc_now()
+        ttl = timedelta(
+            hours=ttl_hours if ttl_hours is not None else load_config().certificates.token_ttl_hours
+        )
+        token = state.ca.new_token(unit_id, now, ttl)
+        state.audit.append(
+            actor=local_actor(),
+            action="unit.token",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"expires_at": (now + ttl).isoformat()},
+            now=now,
+        )
+    if as_json:
+        emit_json({"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat()})
+    else:
+        hours = ttl.total_seconds() / 3600
+        click.echo(f"New one-time enrollment token for unit {unit_id} (valid {hours:g} h):")
+        click.echo(token)
+
+
 @unit.command("list")
 @data_option
 @json_option
