@@ -6,46 +6,13 @@ issued a moment ago — over EST in the gateway's process or by the CLI in anoth
 
 from __future__ import annotations
 
-import socket
-import ssl
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-
-from gateway.mqtt.codec import encode
-from gateway.mqtt.packets import Connect, ProtocolVersion
 from tests import certs_factory
 from tests.harness import Credentials, GatewayProcess, run_cli
+from tests.integration.mtls import V5, V311, connack, openssl, serial_of
 from tests.ops.helpers import audit_records, eventually, metric
-
-V5, V311 = ProtocolVersion.MQTT_5, ProtocolVersion.MQTT_3_1_1
-
-
-def connack(gw: GatewayProcess, creds: Credentials, version: ProtocolVersion = V5) -> int | None:
-    """The CONNACK reason of one CONNECT over mTLS, or None when the gateway closed the connection
-    without one. One attempt, raw: a client library that reconnects would hide a refusal."""
-    connect = Connect(client_id=creds.ident, protocol_version=version)
-    with socket.create_connection(("127.0.0.1", gw.mqtt_port), timeout=5) as sock:
-        try:
-            with gw.client_context(creds).wrap_socket(sock, server_hostname="localhost") as tls:
-                tls.sendall(encode(connect, version))
-                answer = tls.recv(1024)
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError):
-            return None
-    if not answer:
-        return None
-    assert answer[0] == 0x20, answer  # CONNACK
-    return answer[3]
-
-
-def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, timeout=30)
-
-
-def serial_of(creds: Credentials) -> str:
-    return format(x509.load_pem_x509_certificate(creds.cert.read_bytes()).serial_number, "x")
 
 
 def test_a_certificate_signed_by_the_ca_key_but_not_recorded_is_refused(
