@@ -8,7 +8,7 @@ CRL files before returning. No HTTP, no audit: callers audit the values returned
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,9 +30,18 @@ from pki.enrollment import (
 from pki.errors import AlreadyExistsError, CSRError, NotFoundError, PkiError, WeakKeyError
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import Identity, IdentityError, identity_from_certificate, make_identity
-from pki.store import IdentityRecord, Registry
+from pki.store import CertificateRecord, IdentityRecord, Registry
 
 DIRECT_ISSUE_KINDS = ("operator", "service", "partner")  # units get certificates only by enrolling
+
+# May the holder of an operator, service or partner certificate renew it over EST?
+#   refuse   no: an operator issues a new one (`fleetgate KIND add NAME`), audited with its actor;
+#   bounded  yes, with a key of its own, but no renewal outlives the first certificate of its lineage —
+#            the one an operator issued, whose expiry the registry holds — so letting it lapse still
+#            cuts the identity off.
+# Units always renew (at 2/3 of their life): nobody re-issues a fleet by hand.
+SELF_RENEWAL_MODES = ("refuse", "bounded")
+STRICT_SELF_RENEWAL: Mapping[str, str] = {kind: "refuse" for kind in DIRECT_ISSUE_KINDS}
 DEFAULT_TOKEN_TTL = timedelta(hours=24)
 DEFAULT_CRL_VALIDITY = timedelta(days=1)
 
@@ -190,11 +199,15 @@ class FleetCA:
         csr: x509.CertificateSigningRequest,
         now: datetime,
         lifetime: timedelta,
+        *,
+        self_renewal: Mapping[str, str] = STRICT_SELF_RENEWAL,
     ) -> EnrollmentResult:
         """A new certificate for the holder of a current one; the old one stays valid until it expires.
 
         The new certificate is recorded as renewed from the current one, so revoking the current one
-        (or any it was renewed from) reaches it too (`revoke_certificate`).
+        (or any it was renewed from) reaches it too (`revoke_certificate`). Operators, services and
+        partners renew only as `self_renewal` allows their kind (SELF_RENEWAL_MODES; refused when
+        not named).
         """
         try:
             identity = identity_from_certificate(current_cert, self.trust_domain)
@@ -220,10 +233,39 @@ class FleetCA:
             if refusal is not None:
                 return EnrollmentResult(None, refusal)
             assert state is not None
+            if identity.kind != "unit":
+                bounded = self._self_renewal_lifetime(identity, known, self_renewal, now, lifetime)
+                if isinstance(bounded, Refusal):
+                    return EnrollmentResult(None, bounded)
+                lifetime = bounded
             cert = self._issue_and_record(
                 csr, identity, state, now, lifetime, renewed_from=current_cert.serial_number
             )
             return EnrollmentResult(cert, None)
+
+    def _self_renewal_lifetime(
+        self,
+        identity: Identity,
+        current: CertificateRecord,
+        self_renewal: Mapping[str, str],
+        now: datetime,
+        lifetime: timedelta,
+    ) -> timedelta | Refusal:
+        """How long an operator's, service's or partner's renewal may live, or why it may not."""
+        mode = self_renewal.get(identity.kind, "refuse")
+        if mode != "bounded":
+            return Refusal(
+                RefusalReason.SELF_RENEWAL_REFUSED,
+                f"{identity.kind} certificates come from `fleetgate {identity.kind} add {identity.id}`; "
+                f"certificates.self_renewal.{identity.kind} is {mode}",
+            )
+        first = (self.registry.ancestors(current.serial) or [current])[0]  # what an operator issued
+        remaining = first.not_after - now
+        if remaining <= timedelta(0):
+            return Refusal(
+                RefusalReason.CERTIFICATE_EXPIRED, f"its lineage ended {first.not_after:%Y-%m-%d %H:%M} UTC"
+            )
+        return min(lifetime, remaining)
 
     def issue_identity(
         self,

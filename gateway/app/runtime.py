@@ -316,6 +316,7 @@ class Gateway:
                 clock=self.clock.wall,
                 # Before the answer leaves: the new certificate is admitted on MQTT at once.
                 on_issued=self.directory.note_issued,
+                self_renewal=certs.self_renewal.as_mapping(),
             ),
         )
         collector = GatewayCollector(

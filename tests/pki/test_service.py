@@ -394,3 +394,59 @@ def test_revoking_a_renewal_leaves_what_it_was_renewed_from(
     revocation = fleet.revoke_certificate(child.serial_number, x509.ReasonFlags.key_compromise, NOW)
     assert revocation.serials == (child.serial_number, grandchild.serial_number)
     assert _revoked(fleet, unit_cert, child, grandchild) == [False, True, True]
+
+
+# ---------------------------------------------------------------------- self-renewal of role kinds
+
+
+@pytest.mark.parametrize("kind", ["operator", "service", "partner"])
+def test_role_identities_do_not_renew_themselves_by_default(
+    fleet: FleetCA, key: PrivateKey, kind: str
+) -> None:
+    issued = fleet.issue_identity(kind, "bob", make_csr(key, "bob"), NOW, timedelta(days=365))
+    result = fleet.reenroll(
+        issued, make_csr(generate_private_key(), "bob"), NOW + timedelta(days=1), LIFETIME
+    )
+    assert refused(result) is RefusalReason.SELF_RENEWAL_REFUSED
+    assert result.refusal is not None and f"fleetgate {kind} add bob" in result.refusal.detail
+    assert len(fleet.registry.list_certificates(kind, "bob")) == 1  # nothing issued
+    # "bounded" for another kind changes nothing for this one
+    others = {k: "bounded" for k in ("operator", "service", "partner") if k != kind}
+    again = fleet.reenroll(issued, make_csr(generate_private_key()), NOW, LIFETIME, self_renewal=others)
+    assert refused(again) is RefusalReason.SELF_RENEWAL_REFUSED
+
+
+def test_bounded_self_renewal_never_outlives_what_an_operator_issued(fleet: FleetCA, key: PrivateKey) -> None:
+    bounded = {"service": "bounded"}
+    issued = fleet.issue_identity("service", "dispatch", make_csr(key, "dispatch"), NOW, timedelta(days=45))
+    end = issued.not_valid_after_utc
+    first = enrolled(
+        fleet.reenroll(
+            issued, make_csr(generate_private_key()), NOW + timedelta(days=1), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert first.not_valid_after_utc == NOW + timedelta(days=1) + LIFETIME  # inside the bound: as asked
+    second = enrolled(
+        fleet.reenroll(
+            first, make_csr(generate_private_key()), NOW + timedelta(days=30), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert second.not_valid_after_utc == end  # cut at the issued certificate's expiry, not 30 days on
+    third = enrolled(
+        fleet.reenroll(
+            second, make_csr(generate_private_key()), end - timedelta(hours=1), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert third.not_valid_after_utc == end
+    record = fleet.registry.get_certificate(third.serial_number)
+    assert record is not None and record.renewed_from == second.serial_number
+    late = fleet.reenroll(
+        third, make_csr(generate_private_key()), end + timedelta(seconds=1), LIFETIME, self_renewal=bounded
+    )
+    assert refused(late) is RefusalReason.CERTIFICATE_EXPIRED
+
+
+def test_units_renew_whatever_the_role_settings_say(fleet: FleetCA, unit_cert: x509.Certificate) -> None:
+    later = NOW + timedelta(days=20)
+    renewed = enrolled(fleet.reenroll(unit_cert, make_csr(generate_private_key()), later, LIFETIME))
+    assert renewed.not_valid_after_utc == later + LIFETIME  # beyond the first certificate: units roll on
