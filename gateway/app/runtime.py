@@ -58,6 +58,7 @@ from pki.authority import CertificateAuthority
 from pki.errors import VerificationError
 from pki.names import IdentityError, identity_from_certificate
 from pki.service import FleetCA
+from pki.signed_json import JsonSigner
 from pki.store import Registry, open_database
 from pki.verify import check_validity
 
@@ -144,6 +145,7 @@ class Gateway:
                 driver=self.driver,
                 trust_domain=self.trust_domain,
                 follow_registry=self.follower.apply_changes,
+                mode_signer=JsonSigner.load(data.server_key, data.server_cert),
             )
         )
         self.follower.on_identity_changed(self.ops.on_identity_changed)
