@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -41,6 +41,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pki.keys import PrivateKey, load_private_key
 
 SIG, SIGNER = "sig", "signer"
+
+
+def _deterministic_ecdsa() -> ec.ECDSA:
+    return ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
 
 class SignatureError(ValueError):
@@ -83,6 +87,14 @@ class JsonSigner:
     def __post_init__(self) -> None:
         if not isinstance(self.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise ValueError("only ECDSA and RSA keys sign JSON here")
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            try:  # at start, not at the first quarantine: randomized signatures would defeat byte dedupe
+                _deterministic_ecdsa()
+            except UnsupportedAlgorithm:
+                raise ValueError(
+                    "this OpenSSL cannot make deterministic ECDSA signatures (RFC 6979 needs OpenSSL 3.2 "
+                    "or newer); upgrade the cryptography package or use an RSA server key"
+                ) from None
         if _spki(self.key.public_key()) != _spki(self.certificate.public_key()):
             subject = self.certificate.subject.rfc4514_string()
             raise ValueError(
@@ -106,7 +118,7 @@ class JsonSigner:
             raise ValueError(f"the object to sign already has {SIG!r} or {SIGNER!r}")
         data = canonical_json(obj)
         if isinstance(self.key, ec.EllipticCurvePrivateKey):
-            signature = self.key.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+            signature = self.key.sign(data, _deterministic_ecdsa())
         else:
             assert isinstance(self.key, rsa.RSAPrivateKey)
             signature = self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
