@@ -18,6 +18,7 @@ from tests.ops.helpers import metric, metrics_text
 pytestmark = pytest.mark.slow
 
 
+
 @pytest.fixture(scope="module")
 def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path_factory.mktemp("wired"))
