@@ -404,16 +404,17 @@ class Registry:
 
     def valid_fingerprints(
         self, *, recorded_since: datetime | None = None, expiring_after: datetime | None = None
-    ) -> dict[int, str]:
-        """Serial -> SHA-256 fingerprint (hex) of every valid certificate, optionally only those
-        recorded at or after `recorded_since` and those still valid at `expiring_after`."""
-        sql = "SELECT serial, fingerprint FROM pki_certificates WHERE status = 'valid'"
+    ) -> dict[int, tuple[str, datetime]]:
+        """Serial -> (SHA-256 fingerprint in hex, not_after) of every valid certificate, optionally only
+        those recorded at or after `recorded_since` and those still valid at `expiring_after`."""
+        sql = "SELECT serial, fingerprint, not_after FROM pki_certificates WHERE status = 'valid'"
         params: list[str] = []
         for clause, moment in (("recorded_at >= ?", recorded_since), ("not_after >= ?", expiring_after)):
             if moment is not None:
                 sql += f" AND {clause}"
                 params.append(to_text(moment))
-        return {int(serial, 16): fingerprint for serial, fingerprint in self._query(sql, tuple(params))}
+        rows = self._query(sql, tuple(params))
+        return {int(serial, 16): (fingerprint, from_text(end)) for serial, fingerprint, end in rows}
 
     def revoked_since(self, moment: datetime) -> list[int]:
         """Serials revoked at or after `moment`."""

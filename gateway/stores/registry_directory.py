@@ -32,6 +32,13 @@ from pki.store import Registry
 # Writers stamp updated_at before they commit, so a row may become visible slightly "in the past".
 # Each refresh therefore looks back this far and keeps only rows that actually differ.
 OVERLAP = timedelta(seconds=5)
+# Known serials of certificates expired this long ago leave the cache (a refresh does it at most once
+# per PRUNE_EVERY): their dates refuse them first, and a miss is read through to the registry anyway.
+# Without it a fleet renewing every 20 days would grow the cache for as long as the gateway runs.
+PRUNE_AFTER_EXPIRY = timedelta(days=1)
+PRUNE_EVERY = timedelta(hours=1)
+
+Known = tuple[bytes, datetime]  # a recorded certificate's SHA-256 fingerprint and its not_after
 
 
 @dataclass
@@ -63,9 +70,10 @@ class RegistryDirectory:
         self._trust_domain = trust_domain
         self._states: dict[Identity, IdentityState | None] = {}
         self._revoked: set[int] = {entry.serial for entry in registry.revoked_entries()}
-        # Expired certificates are refused for their dates first; a late one is still read through.
-        self._known: dict[int, bytes] = _as_bytes(registry.valid_fingerprints(expiring_after=now))
+        # serial -> (fingerprint, not_after) of valid certificates; expired ones are read through.
+        self._known: dict[int, Known] = _known(registry.valid_fingerprints(expiring_after=now))
         self._since = now - OVERLAP
+        self._pruned = now
 
     def state_of(self, identity: Identity) -> IdentityState | None:
         if identity not in self._states:
@@ -86,7 +94,6 @@ class RegistryDirectory:
         serial = cert.serial_number
         if serial in self._revoked:
             return "certificate_revoked"
-        fingerprint = cert.fingerprint(hashes.SHA256())
         known = self._known.get(serial)
         if known is None:
             record = self._registry.get_certificate(serial)  # read through: it may be seconds old
@@ -94,12 +101,12 @@ class RegistryDirectory:
                 return "unknown_certificate"
             if record.status != "valid":
                 return "certificate_revoked"  # the follower reports it (and cuts) at its next step
-            known = self._known[serial] = bytes.fromhex(record.fingerprint)
-        return None if known == fingerprint else "unknown_certificate"
+            known = self._known[serial] = (bytes.fromhex(record.fingerprint), record.not_after)
+        return None if known[0] == cert.fingerprint(hashes.SHA256()) else "unknown_certificate"
 
     def note_issued(self, cert: x509.Certificate) -> None:
         """A certificate this process just recorded (EST): admit it without asking the registry."""
-        self._known[cert.serial_number] = cert.fingerprint(hashes.SHA256())
+        self._known[cert.serial_number] = (cert.fingerprint(hashes.SHA256()), cert.not_valid_after_utc)
 
     def refresh(self, now: datetime) -> Changes:
         """What changed in the registry since the last refresh, applied to the cache."""
@@ -107,7 +114,10 @@ class RegistryDirectory:
         changes = Changes()
         # Issued first, then revoked: a certificate revoked between the two reads is dropped again
         # by the second (and the revoked set is asked first in any case).
-        self._known.update(_as_bytes(self._registry.valid_fingerprints(recorded_since=since)))
+        self._known.update(_known(self._registry.valid_fingerprints(recorded_since=since)))
+        if now - self._pruned >= PRUNE_EVERY:
+            self._pruned, gone = now, now - PRUNE_AFTER_EXPIRY
+            self._known = {serial: known for serial, known in self._known.items() if known[1] >= gone}
         for serial in self._registry.revoked_since(since):
             if serial not in self._revoked:
                 self._revoked.add(serial)
@@ -128,5 +138,5 @@ class RegistryDirectory:
         self._states.pop(identity, None)
 
 
-def _as_bytes(fingerprints: dict[int, str]) -> dict[int, bytes]:
-    return {serial: bytes.fromhex(text) for serial, text in fingerprints.items()}
+def _known(rows: dict[int, tuple[str, datetime]]) -> dict[int, Known]:
+    return {serial: (bytes.fromhex(text), not_after) for serial, (text, not_after) in rows.items()}

@@ -322,5 +322,5 @@ def test_a_registry_from_before_the_lineage_migration_opens_and_migrates(
     assert registry.schema_version == len(MIGRATIONS) == schema_version(registry.conn, "pki")
     record = registry.get_certificate(cert.serial_number)
     assert record is not None and record.renewed_from is None and record.status == "valid"
-    assert registry.valid_fingerprints() == {cert.serial_number: record.fingerprint}
+    assert registry.valid_fingerprints() == {cert.serial_number: (record.fingerprint, record.not_after)}
     assert registry.descendants(cert.serial_number) == [] and registry.ancestors(cert.serial_number) == []
