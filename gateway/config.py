@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from pki.service import SELF_RENEWAL_MODES
+
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
@@ -68,11 +70,25 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class SelfRenewalConfig:
+    """Whether operators, services and partners may renew their own certificates over EST
+    (pki.service.SELF_RENEWAL_MODES: refuse | bounded). Units always renew, at 2/3 of their life."""
+
+    operator: str = "refuse"
+    service: str = "refuse"
+    partner: str = "refuse"
+
+    def as_mapping(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
 class CertificateConfig:
     unit_lifetime_days: float = 30.0
     role_lifetime_days: float = 365.0  # operators, services, partners
     server_lifetime_days: float = 365.0
     token_ttl_hours: float = 24.0
+    self_renewal: SelfRenewalConfig = field(default_factory=SelfRenewalConfig)
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,13 @@ def _section(source: str, name: str, cls: type, raw: Any) -> Any:
 
 def _coerce(source: str, where: str, type_name: Any, value: Any) -> Any:
     type_text = str(type_name)
+    if type_text == "SelfRenewalConfig":
+        if isinstance(value, dict) and "unit" in value:
+            raise ConfigError(
+                f"{source}: {where}.unit: units always renew their certificates (at 2/3 of their life); "
+                "this setting takes operator, service and partner"
+            )
+        return _section(source, where, SelfRenewalConfig, value)
     if "Endpoint" in type_text:
         if value is None and "None" in type_text:
             return None
@@ -224,6 +247,12 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"{src}: limits.max_packet_size must be at least 1024 bytes")
     if not 1 <= config.limits.receive_maximum <= 65535:
         raise ConfigError(f"{src}: limits.receive_maximum must be from 1 to 65535")
+    for kind, mode in config.certificates.self_renewal.as_mapping().items():
+        if mode not in SELF_RENEWAL_MODES:
+            raise ConfigError(
+                f"{src}: certificates.self_renewal.{kind} must be {' or '.join(SELF_RENEWAL_MODES)}, "
+                f"not {mode!r}"
+            )
 
 
 def embedded_defaults_text() -> str:

@@ -62,6 +62,7 @@ class RefusalReason(Enum):
     CERTIFICATE_EXPIRED = "certificate_expired"
     UNKNOWN_CERTIFICATE = "unknown_certificate"
     IDENTITY_MISMATCH = "identity_mismatch"
+    SELF_RENEWAL_REFUSED = "self_renewal_refused"
 
     @property
     def code(self) -> str:
@@ -129,6 +130,10 @@ _DETAILS: dict[RefusalReason, tuple[int, str]] = {
     RefusalReason.IDENTITY_MISMATCH: (
         403,
         "a certificate can only be renewed for its own identity; leave the CSR subject empty or use your id",
+    ),
+    RefusalReason.SELF_RENEWAL_REFUSED: (
+        403,
+        "this certificate is not renewed over EST; ask fleet operations to issue you a new one",
     ),
 }
 

@@ -8,7 +8,7 @@ CRL files before returning. No HTTP, no audit: callers audit the values returned
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,9 +30,18 @@ from pki.enrollment import (
 from pki.errors import AlreadyExistsError, CSRError, NotFoundError, PkiError, WeakKeyError
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import Identity, IdentityError, identity_from_certificate, make_identity
-from pki.store import IdentityRecord, Registry
+from pki.store import CertificateRecord, IdentityRecord, Registry
 
 DIRECT_ISSUE_KINDS = ("operator", "service", "partner")  # units get certificates only by enrolling
+
+# May the holder of an operator, service or partner certificate renew it over EST?
+#   refuse   no: an operator issues a new one (`fleetgate KIND add NAME`), audited with its actor;
+#   bounded  yes, with a key of its own, but no renewal outlives the first certificate of its lineage —
+#            the one an operator issued, whose expiry the registry holds — so letting it lapse still
+#            cuts the identity off.
+# Units always renew (at 2/3 of their life): nobody re-issues a fleet by hand.
+SELF_RENEWAL_MODES = ("refuse", "bounded")
+STRICT_SELF_RENEWAL: Mapping[str, str] = {kind: "refuse" for kind in DIRECT_ISSUE_KINDS}
 DEFAULT_TOKEN_TTL = timedelta(hours=24)
 DEFAULT_CRL_VALIDITY = timedelta(days=1)
 
@@ -45,6 +54,33 @@ class EnrollmentResult:
     @property
     def ok(self) -> bool:
         return self.certificate is not None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What revoking one serial did: the certificate itself, and the ones renewed from it."""
+
+    serial: int
+    changed: bool  # this call revoked `serial` (False: unknown, or revoked before)
+    descendants: tuple[int, ...] = ()  # renewed from it, directly or not, revoked by this call
+
+    @property
+    def serials(self) -> tuple[int, ...]:
+        return ((self.serial,) if self.changed else ()) + self.descendants
+
+
+def follows_lineage(reason: x509.ReasonFlags) -> bool:
+    """Does revoking a certificate for `reason` revoke every certificate renewed from it too?
+
+    A renewal (EST simplereenroll) is granted to whoever presents the certificate and its key, so
+    what a revocation says about that credential or its holder holds for everything renewed with
+    it: a compromised key may already have renewed itself into an attacker's key (keyCompromise), a
+    retired unit's or departed partner's renewals are retired too (cessationOfOperation,
+    affiliationChanged, privilegeWithdrawn), and a revocation that gives no reason (unspecified,
+    certificateHold) is read the safe way. Only ``superseded`` says nothing against the credential —
+    a successor took over — so revoking a predecessor as superseded leaves its successors alone.
+    """
+    return reason is not x509.ReasonFlags.superseded
 
 
 def _refused(reason: RefusalReason, detail: str = "") -> EnrollmentResult:
@@ -163,8 +199,16 @@ class FleetCA:
         csr: x509.CertificateSigningRequest,
         now: datetime,
         lifetime: timedelta,
+        *,
+        self_renewal: Mapping[str, str] = STRICT_SELF_RENEWAL,
     ) -> EnrollmentResult:
-        """A new certificate for the holder of a current one; the old one stays valid until it expires."""
+        """A new certificate for the holder of a current one; the old one stays valid until it expires.
+
+        The new certificate is recorded as renewed from the current one, so revoking the current one
+        (or any it was renewed from) reaches it too (`revoke_certificate`). Operators, services and
+        partners renew only as `self_renewal` allows their kind (SELF_RENEWAL_MODES; refused when
+        not named).
+        """
         try:
             identity = identity_from_certificate(current_cert, self.trust_domain)
         except IdentityError as exc:
@@ -189,7 +233,39 @@ class FleetCA:
             if refusal is not None:
                 return EnrollmentResult(None, refusal)
             assert state is not None
-            return EnrollmentResult(self._issue_and_record(csr, identity, state, now, lifetime), None)
+            if identity.kind != "unit":
+                bounded = self._self_renewal_lifetime(identity, known, self_renewal, now, lifetime)
+                if isinstance(bounded, Refusal):
+                    return EnrollmentResult(None, bounded)
+                lifetime = bounded
+            cert = self._issue_and_record(
+                csr, identity, state, now, lifetime, renewed_from=current_cert.serial_number
+            )
+            return EnrollmentResult(cert, None)
+
+    def _self_renewal_lifetime(
+        self,
+        identity: Identity,
+        current: CertificateRecord,
+        self_renewal: Mapping[str, str],
+        now: datetime,
+        lifetime: timedelta,
+    ) -> timedelta | Refusal:
+        """How long an operator's, service's or partner's renewal may live, or why it may not."""
+        mode = self_renewal.get(identity.kind, "refuse")
+        if mode != "bounded":
+            return Refusal(
+                RefusalReason.SELF_RENEWAL_REFUSED,
+                f"{identity.kind} certificates come from `fleetgate {identity.kind} add {identity.id}`; "
+                f"certificates.self_renewal.{identity.kind} is {mode}",
+            )
+        first = (self.registry.ancestors(current.serial) or [current])[0]  # what an operator issued
+        remaining = first.not_after - now
+        if remaining <= timedelta(0):
+            return Refusal(
+                RefusalReason.CERTIFICATE_EXPIRED, f"its lineage ended {first.not_after:%Y-%m-%d %H:%M} UTC"
+            )
+        return min(lifetime, remaining)
 
     def issue_identity(
         self,
@@ -222,22 +298,39 @@ class FleetCA:
         state: str,
         now: datetime,
         lifetime: timedelta,
+        *,
+        renewed_from: int | None = None,
     ) -> x509.Certificate:
         # Called inside a registry transaction: if signing or recording fails, nothing is kept.
         cert = self.authority.issue(csr, identity, now, lifetime)
-        self.registry.add_certificate(cert, identity, now)
+        self.registry.add_certificate(cert, identity, now, renewed_from=renewed_from)
         if state == "registered":  # quarantine survives renewal; enrolled stays enrolled
             self.registry.set_state(identity.kind, identity.id, "enrolled", now)
         return cert
 
     # -------------------------------------------------------------------------------- revocation
 
-    def revoke_certificate(self, serial: int, reason: x509.ReasonFlags, now: datetime) -> bool:
-        """Revoke one certificate; True if it was valid. The CRL files are rewritten before returning."""
-        revoked = self.registry.revoke_certificate(serial, reason, now)
-        if revoked:
+    def revoke_certificate(self, serial: int, reason: x509.ReasonFlags, now: datetime) -> Revocation:
+        """Revoke a certificate and, unless the reason is ``superseded`` (`follows_lineage`), every
+        certificate renewed from it, transitively, with the same reason — in one transaction, so a
+        renewal racing the revocation is either revoked with it or refused for its revoked parent.
+
+        Descendants are revoked even when `serial` itself was revoked before (say as superseded,
+        before its key turned out to be compromised). The CRL files are rewritten before returning.
+        """
+        descendants: list[int] = []
+        with self.registry.transaction():
+            changed = self.registry.revoke_certificate(serial, reason, now)
+            if follows_lineage(reason):
+                descendants = [
+                    child
+                    for child in self.registry.descendants(serial)
+                    if self.registry.revoke_certificate(child, reason, now)
+                ]
+        revocation = Revocation(serial, changed, tuple(descendants))
+        if revocation.serials:
             self.write_crl(now)
-        return revoked
+        return revocation
 
     def revoke_identity(self, kind: str, ident: str, reason: x509.ReasonFlags, now: datetime) -> list[int]:
         """Revoke every valid certificate and pending token of an identity and mark it ``revoked``."""

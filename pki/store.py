@@ -83,6 +83,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX pki_identities_by_update ON pki_identities (updated_at);
     CREATE INDEX pki_certificates_by_revocation ON pki_certificates (revoked_at);
     """,
+    # 3: a feed of issued certificates, so the gateway admits only certificates the registry knows.
+    """
+    CREATE INDEX pki_certificates_by_record ON pki_certificates (recorded_at);
+    """,
+    # 4: renewal lineage, so revoking a certificate can reach every certificate renewed from it.
+    # Certificates renewed before this step have no recorded predecessor (NULL): they start a lineage.
+    """
+    ALTER TABLE pki_certificates ADD COLUMN renewed_from TEXT;
+    CREATE INDEX pki_certificates_by_predecessor ON pki_certificates (renewed_from);
+    """,
 )
 
 
@@ -269,7 +279,10 @@ class Registry:
 
     # ------------------------------------------------------------------------------- certificates
 
-    def add_certificate(self, cert: x509.Certificate, identity: Identity, now: datetime) -> CertificateRecord:
+    def add_certificate(
+        self, cert: x509.Certificate, identity: Identity, now: datetime, *, renewed_from: int | None = None
+    ) -> CertificateRecord:
+        """Record an issued certificate; `renewed_from` is the serial its holder renewed (EST)."""
         params = (
             serial_text(cert.serial_number),
             identity.kind,
@@ -280,11 +293,12 @@ class Registry:
             cert.fingerprint(hashes.SHA256()).hex(),
             cert.public_bytes(Encoding.PEM).decode(),
             to_text(now),
+            None if renewed_from is None else serial_text(renewed_from),
         )
         try:
             self._write(
                 "INSERT INTO pki_certificates (serial, kind, id, not_before, not_after, status, fingerprint, "
-                "pem, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pem, recorded_at, renewed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
         except sqlite3.IntegrityError:
@@ -321,6 +335,38 @@ class Registry:
         )
         return certificate_from_row(rows[0]) if rows else None
 
+    def renewals_of(self, serial: int) -> list[CertificateRecord]:
+        """The certificates renewed directly from this one (two or more: it was renewed twice)."""
+        rows = self._query(
+            f"SELECT {CERT_COLUMNS} FROM pki_certificates WHERE renewed_from = ? ORDER BY not_before, rowid",
+            (serial_text(serial),),
+        )
+        return [certificate_from_row(row) for row in rows]
+
+    def descendants(self, serial: int) -> list[int]:
+        """Every certificate renewed from this one, directly or through other renewals."""
+        rows = self._query(
+            "WITH RECURSIVE down(serial) AS ("
+            " SELECT serial FROM pki_certificates WHERE renewed_from = ?"
+            " UNION SELECT c.serial FROM pki_certificates c JOIN down ON c.renewed_from = down.serial"
+            ") SELECT serial FROM down",
+            (serial_text(serial),),
+        )
+        return [int(text, 16) for (text,) in rows]
+
+    def ancestors(self, serial: int) -> list[CertificateRecord]:
+        """The certificates this one was renewed from, the first one issued first (itself excluded)."""
+        chain: list[CertificateRecord] = []
+        seen = {serial}
+        with self._lock:
+            record = self.get_certificate(serial)
+            while record is not None and record.renewed_from is not None and record.renewed_from not in seen:
+                seen.add(record.renewed_from)
+                record = self.get_certificate(record.renewed_from)
+                if record is not None:
+                    chain.append(record)
+        return chain[::-1]
+
     def revoke_certificate(self, serial: int, reason: x509.ReasonFlags, now: datetime) -> bool:
         """True if this call revoked it; False if it is unknown or already revoked."""
         changed = self._write(
@@ -355,6 +401,20 @@ class Registry:
             f"SELECT {IDENTITY_COLUMNS} FROM pki_identities WHERE updated_at >= ?", (to_text(moment),)
         )
         return [identity_from_row(row) for row in rows]
+
+    def valid_fingerprints(
+        self, *, recorded_since: datetime | None = None, expiring_after: datetime | None = None
+    ) -> dict[int, tuple[str, datetime]]:
+        """Serial -> (SHA-256 fingerprint in hex, not_after) of every valid certificate, optionally only
+        those recorded at or after `recorded_since` and those still valid at `expiring_after`."""
+        sql = "SELECT serial, fingerprint, not_after FROM pki_certificates WHERE status = 'valid'"
+        params: list[str] = []
+        for clause, moment in (("recorded_at >= ?", recorded_since), ("not_after >= ?", expiring_after)):
+            if moment is not None:
+                sql += f" AND {clause}"
+                params.append(to_text(moment))
+        rows = self._query(sql, tuple(params))
+        return {int(serial, 16): (fingerprint, from_text(end)) for serial, fingerprint, end in rows}
 
     def revoked_since(self, moment: datetime) -> list[int]:
         """Serials revoked at or after `moment`."""

@@ -18,6 +18,7 @@ from pki.est import build_csr
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import make_identity
 from pki.profiles import build_certificate, client_extensions, leaf_subject
+from pki.store import Registry
 from tests.harness import Credentials, GatewayProcess
 
 
@@ -30,12 +31,21 @@ def _save(out: Path, name: str, key: object, chain: list[x509.Certificate], ca: 
 
 
 def issued_by_gateway_ca(
-    gw: GatewayProcess, out: Path, unit_id: str, now: datetime, lifetime: timedelta, kind: str = "unit"
+    gw: GatewayProcess,
+    out: Path,
+    unit_id: str,
+    now: datetime,
+    lifetime: timedelta,
+    kind: str = "unit",
+    *,
+    record: bool = False,
 ) -> Credentials:
     """A unit certificate signed by the gateway's own issuing key, valid from `now` for `lifetime`.
 
     Built directly with the profile code: the authority itself refuses to issue outside its own
-    validity, which is exactly what an expired or not-yet-valid test certificate needs.
+    validity, which is exactly what an expired or not-yet-valid test certificate needs. It is not in
+    the registry (the gateway refuses it as `unknown_certificate`) unless `record`: then it is
+    entered the way FleetCA enters what it issues, from this process, as the CLI would.
     """
     authority = CertificateAuthority.load(gw.data / "ca")
     key = generate_private_key()
@@ -48,6 +58,12 @@ def issued_by_gateway_ca(
         (now, now + lifetime),
         client_extensions(identity, key.public_key(), authority.issuing, None),
     )
+    if record:
+        registry = Registry.open(gw.data / "fleetgate.db")
+        try:
+            registry.add_certificate(cert, identity, datetime.now(UTC))
+        finally:
+            registry.conn.close()
     return _save(out, unit_id, key, [cert, authority.issuing], gw.root_ca)
 
 

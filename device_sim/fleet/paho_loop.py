@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -270,6 +271,12 @@ class AsyncPaho:
         self.connected = True
         self._misc = self._loop.create_task(self._tick())
         return ConnectOutcome(True, 0, "accepted", _ms(started))
+
+    def server_certificate(self) -> x509.Certificate | None:
+        """The gateway's certificate from this connection's TLS handshake (verified by TLS), if any."""
+        sock = self.client.socket()
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        return x509.load_der_x509_certificate(der) if der else None
 
     def _failed(self, outcome: ConnectOutcome) -> ConnectOutcome:
         self._close()

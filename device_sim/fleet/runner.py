@@ -76,6 +76,7 @@ class UnitStats:
     sessions_lost: int = 0
     subscribe_refused: int = 0
     renewals: int = 0
+    mode_rejected: int = 0  # mode commands ignored: not signed by the gateway, another unit's, replayed
     connect_ms: list[float] = field(default_factory=list)
     first_refused_at: float | None = None  # monotonic time of the first refusing PUBACK
 
@@ -157,10 +158,13 @@ class SimUnit:
         self.stats.received += 1
         if len(self.messages) < MAX_SAMPLES:
             self.messages.append((now, topic, payload))
-        before = self.behaviour.mode
+        before, rejected = self.behaviour.mode, self.behaviour.mode_rejections.total()
         for message in self.behaviour.on_message(topic, payload, now):
             if self.publish(message) is not None and message.topic.endswith("/ack"):
                 self.stats.acks_sent += 1
+        if self.behaviour.mode_rejections.total() != rejected:
+            self.stats.mode_rejected += 1
+            log.warning("%s: ignored a mode command not from the gateway (%s)", self.unit_id, topic)
         if self.behaviour.mode != before:
             self.mode_changes.append((now, self.behaviour.mode))
             self._wake.set()  # the schedule changed: re-plan the next wake-up
@@ -247,6 +251,8 @@ class SimUnit:
         self.client = client
         outcome = await client.connect(fleet.config.host, fleet.config.port, fleet.config.connect_timeout)
         if outcome.accepted:
+            # Mode commands are checked against the certificate the gateway showed in this handshake.
+            self.behaviour.gateway_certificate = client.server_certificate()
             # Only a live session's loss should cut a nap short; a refused attempt must back off.
             client.on_close = self._wake.set
             self.stats.connects += 1

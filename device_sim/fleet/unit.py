@@ -13,6 +13,13 @@ Modes, driven by the gateway's retained `fleet/{unit}/cmd/mode`:
     diagnostic-only   diagnostics only; telemetry schedules keep ticking silently, so release does
                       not cause a burst
 
+A mode command is obeyed only if it is the gateway's: signed by the key of the server certificate
+the unit saw in its TLS handshake (`gateway_certificate`, verified against the fleet root by TLS;
+pki/signed_json.py), naming this unit, and not older than the command in force (`since`), so a
+replayed earlier command cannot undo a later one. Anything else — forged by a client that may
+publish on `cmd/`, copied from another unit, replayed — is ignored, counted (`mode_rejections`) and
+reported on the ack topic with `status: rejected` and the reason.
+
 Every mode command is acknowledged on `fleet/{unit}/cmd/mode/ack`; every control message
 `fleet/{unit}/control/<name>` on `fleet/{unit}/control/<name>/ack`. A unit subscribed to
 `control/#` also hears its own acks (3.1.1 has no no-local), so `/ack` topics are never answered.
@@ -23,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from device_sim.fleet.route import Point, Route, RouteState, generate_route, scatter
+from pki.signed_json import SignatureError, verify
 
 MODE_NORMAL = "normal"
 MODE_DIAGNOSTIC = "diagnostic-only"
@@ -126,6 +137,10 @@ class UnitBehaviour:
     mode: str = MODE_NORMAL
     mode_reason: str = ""
     firmware: str = FIRMWARE
+    # The server certificate of the current TLS session: the only key a mode command may come from.
+    gateway_certificate: x509.Certificate | None = None
+    mode_since: str = ""  # `since` of the command in force; an older one is a replay
+    mode_rejections: Counter[str] = field(default_factory=Counter)  # commands ignored, by reason
     _streams: dict[str, _Schedule] = field(init=False, repr=False)
     _offset: float = field(init=False, repr=False)
     _diag_count: int = field(init=False, default=0, repr=False)
@@ -242,19 +257,39 @@ class UnitBehaviour:
     def _on_mode(self, payload: bytes, now: float) -> list[Outgoing]:
         if not payload:
             return []  # a cleared retained message carries no order
-        command = _parse_json(payload)
-        mode = command.get("mode") if command else None
         ack_topic = self.topic("cmd/mode/ack")
+        command = self._genuine(payload)
+        if isinstance(command, str):
+            self.mode_rejections[command] += 1
+            body = {"status": "rejected", "reason": command, "mode": self.mode, "ts": round(now, 3)}
+            return [Outgoing(ack_topic, _json(body), qos=1)]
+        mode = command.get("mode")
         if mode not in MODES:
             body = {"status": "rejected", "reason": "unknown mode", "mode": self.mode, "ts": round(now, 3)}
             return [Outgoing(ack_topic, _json(body), qos=1)]
-        assert isinstance(mode, str) and command is not None
+        assert isinstance(mode, str)
         changed = mode != self.mode
         self.mode, self.mode_reason = mode, str(command.get("reason", ""))
+        self.mode_since = str(command["since"])
         out = [Outgoing(ack_topic, _json({"status": "applied", "mode": mode, "ts": round(now, 3)}), qos=1)]
         if changed and mode == MODE_DIAGNOSTIC:
             out.append(self._diag(now))  # the technician gets a report at once, not in a minute
         return out
+
+    def _genuine(self, payload: bytes) -> dict[str, Any] | str:
+        """The gateway's command for this unit, or why it is not one (the reason reported)."""
+        if self.gateway_certificate is None:
+            return "unverifiable"  # no TLS session to take the gateway's certificate from
+        try:
+            command = verify(payload, self.gateway_certificate)
+        except SignatureError as exc:
+            return exc.reason  # malformed, unsigned, unknown_signer, bad_signature
+        if command.get("unit") != self.unit_id:
+            return "other_unit"  # genuine, but for another truck: copied onto our topic
+        since = command.get("since")
+        if not isinstance(since, str) or since < self.mode_since:
+            return "stale"  # genuine, but older than the command in force: replayed
+        return command
 
     def _control_ack(self, name: str, payload: bytes, now: float) -> Outgoing:
         request = _parse_json(payload)

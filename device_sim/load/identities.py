@@ -101,7 +101,7 @@ class BulkIssuer:
 
     def revoke(self, serial: int) -> bool:
         """What `fleetgate cert revoke SERIAL --force` does to the registry and the CRL files."""
-        return self.ca.revoke_certificate(serial, x509.ReasonFlags.key_compromise, datetime.now(UTC))
+        return self.ca.revoke_certificate(serial, x509.ReasonFlags.key_compromise, datetime.now(UTC)).changed
 
     def revoke_in_registry(self, serial: int) -> bool:
         """Only the registry commit: the moment a gateway that follows the registry can act on it

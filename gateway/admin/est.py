@@ -15,8 +15,8 @@ import base64
 import binascii
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
@@ -27,7 +27,7 @@ from gateway.stores.audit_log import AuditLog
 from pki.enrollment import Refusal
 from pki.est import CERTS_ONLY_CONTENT_TYPE, EstBodyError, decode_csr_body, encode_certs_only
 from pki.names import IdentityError, identity_from_certificate
-from pki.service import EnrollmentResult, FleetCA
+from pki.service import STRICT_SELF_RENEWAL, EnrollmentResult, FleetCA
 
 Clock = Callable[[], datetime]
 
@@ -41,6 +41,8 @@ class EstContext:
     clock: Clock  # the process's wall clock (gateway/edge/driver.py: Clock.wall)
     on_issued: Callable[[x509.Certificate], None] | None = None
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance: how early a certificate may be used
+    # certificates.self_renewal: may operators, services, partners renew over EST (refused if unnamed)
+    self_renewal: Mapping[str, str] = field(default_factory=lambda: dict(STRICT_SELF_RENEWAL))
 
 
 log = logging.getLogger("fleetgate.est")
@@ -187,7 +189,7 @@ async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamRe
     if isinstance(csr, web.Response):
         _audit_body_refusal(ctx, str(identity), "est.reenroll", csr)
         return csr
-    result = ctx.ca.reenroll(current, csr, ctx.clock(), ctx.unit_lifetime)
+    result = ctx.ca.reenroll(current, csr, ctx.clock(), ctx.unit_lifetime, self_renewal=ctx.self_renewal)
     return _answer(ctx, result, actor=str(identity), action="est.reenroll", address=request.remote)
 
 

@@ -59,6 +59,7 @@ from pki.authority import CertificateAuthority
 from pki.errors import VerificationError
 from pki.names import IdentityError, identity_from_certificate
 from pki.service import FleetCA
+from pki.signed_json import JsonSigner
 from pki.store import Registry, open_database
 from pki.verify import check_validity
 
@@ -145,6 +146,7 @@ class Gateway:
                 driver=self.driver,
                 trust_domain=self.trust_domain,
                 follow_registry=self.follower.apply_changes,
+                mode_signer=JsonSigner.load(data.server_key, data.server_cert),
             )
         )
         self.follower.on_identity_changed(self.ops.on_identity_changed)
@@ -197,8 +199,9 @@ class Gateway:
             identity = identity_from_certificate(cert, self.trust_domain)
         except IdentityError as exc:
             return exc.reason
-        if self.directory.is_certificate_revoked(cert.serial_number):
-            return "certificate_revoked"
+        refusal = self.directory.certificate_refusal(cert)  # revoked, or not recorded by this CA
+        if refusal is not None:
+            return refusal
         state = self.directory.state_of(identity)
         if state is None:
             return "unknown_identity"
@@ -314,6 +317,9 @@ class Gateway:
                 max_body=self.config.limits.max_est_body,
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
+                # Before the answer leaves: the new certificate is admitted on MQTT at once.
+                on_issued=self.directory.note_issued,
+                self_renewal=certs.self_renewal.as_mapping(),
             ),
         )
         collector = GatewayCollector(

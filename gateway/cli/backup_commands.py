@@ -49,12 +49,20 @@ def restore(src: Path, data_dir: Path | None, force: bool, as_json: bool) -> Non
         result = restore_backup(src.absolute(), DataDir.resolve(data_dir), force, utc_now())
     except BackupError as exc:
         raise CliError(str(exc)) from None
+    # The gateway admits only certificates its registry recorded: anything issued after the backup is
+    # unknown to the restored one and is refused until it is issued again.
+    reissue = (
+        f"certificates issued after {result['created_at']} are unknown to the restored registry and are "
+        "refused: issue them again (`fleetgate operator|service|partner add NAME`, and "
+        "`fleetgate unit token UNIT` or `fleetgate unit add UNIT` for units)"
+    )
     if as_json:
-        emit_json(result)
+        emit_json({**result, "warning": reissue})
         return
     click.echo(
         f"Restored {result['files']} verified files from {result['from']} (taken {result['created_at']}) "
         f"into {result['restored']}."
     )
+    click.echo(f"Note: {reissue}.")
     if result["moved_aside"]:
         click.echo(f"The previous contents are in {result['moved_aside']}.")

@@ -169,6 +169,39 @@ def unit_add(
         )
 
 
+@unit.command("token")
+@click.argument("unit_id")
+@data_option
+@click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
+@json_option
+@friendly_errors
+def unit_token(unit_id: str, data_dir: Path | None, ttl_hours: float | None, as_json: bool) -> None:
+    """Give an existing unit a new one-time enrollment token (new device, lost key, restored backup).
+
+    Its older tokens expire; its certificates stay as they are (revoke them if the key was lost).
+    """
+    with open_local(data_dir) as state:
+        now = utc_now()
+        ttl = timedelta(
+            hours=ttl_hours if ttl_hours is not None else load_config().certificates.token_ttl_hours
+        )
+        token = state.ca.new_token(unit_id, now, ttl)
+        state.audit.append(
+            actor=local_actor(),
+            action="unit.token",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"expires_at": (now + ttl).isoformat()},
+            now=now,
+        )
+    if as_json:
+        emit_json({"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat()})
+    else:
+        hours = ttl.total_seconds() / 3600
+        click.echo(f"New one-time enrollment token for unit {unit_id} (valid {hours:g} h):")
+        click.echo(token)
+
+
 @unit.command("list")
 @data_option
 @json_option
@@ -265,6 +298,16 @@ def _cert_row(r: CertificateRecord) -> dict[str, str]:
         "not_after": r.not_after.isoformat(),
         "fingerprint": r.fingerprint,
         "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",
+        "renewed_from": "" if r.renewed_from is None else format(r.renewed_from, "x"),
+    }
+
+
+def _lineage(registry: Registry, record: CertificateRecord) -> dict[str, list[str]]:
+    """Where a certificate comes from and what was renewed from it (what revoking it also revokes)."""
+    return {
+        "lineage": [format(c.serial, "x") for c in (*registry.ancestors(record.serial), record)],
+        "renewed_into": [format(c.serial, "x") for c in registry.renewals_of(record.serial)],
+        "descendants": [format(s, "x") for s in registry.descendants(record.serial)],
     }
 
 
@@ -295,8 +338,8 @@ def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_jso
         return
     table(
         "certificates",
-        ["serial", "identity", "status", "not after"],
-        [[r["serial"], r["identity"], r["status"], r["not_after"]] for r in rows],
+        ["serial", "identity", "status", "not after", "renewed from"],
+        [[r["serial"], r["identity"], r["status"], r["not_after"], r["renewed_from"] or "-"] for r in rows],
     )
 
 
@@ -307,19 +350,24 @@ def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_jso
 @json_option
 @friendly_errors
 def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> None:
-    """Show one certificate by serial (hex)."""
+    """Show one certificate by serial (hex), with its renewal lineage."""
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
-    if record is None:
-        raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
-    row = _cert_row(record)
+        if record is None:
+            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+        lineage = _lineage(state.registry, record)
+    row: dict[str, object] = {**_cert_row(record), **lineage}
     if pem:
         click.echo(record.pem, nl=False)
     elif as_json:
         emit_json(row)
     else:
         for key, value in row.items():
-            click.echo(f"{key:>18}: {value}")
+            if key == "lineage":
+                value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
+            elif isinstance(value, list):
+                value = ", ".join(value) or "-"
+            click.echo(f"{key:>18}: {value or '-'}")
 
 
 @cert.command("revoke")
@@ -328,7 +376,8 @@ def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> N
     "--reason",
     default="unspecified",
     show_default=True,
-    help="RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, ...",
+    help="RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, ... "
+    "Every reason but superseded also revokes the certificates renewed from this one.",
 )
 @click.option(
     "--force", is_flag=True, help="Needed to revoke a unit's certificate (it cuts vehicle control too)."
@@ -337,7 +386,7 @@ def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> N
 @json_option
 @friendly_errors
 def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as_json: bool) -> None:
-    """Revoke a certificate; live sessions using it are cut within a second."""
+    """Revoke a certificate and the ones renewed from it; their live sessions are cut within a second."""
     flag = parse_revocation_reason(reason)
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
@@ -350,26 +399,37 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
             )
         if record.kind == "unit":
             warn(f"unit {record.id} loses its vehicle-control session too")
-        changed = state.ca.revoke_certificate(record.serial, flag, utc_now())
+        revocation = state.ca.revoke_certificate(record.serial, flag, utc_now())
+        descendants = [format(s, "x") for s in revocation.descendants]
         state.audit.append(
             actor=local_actor(),
             action="cert.revoke",
             subject=f"{record.kind}/{record.id}",
-            outcome="ok" if changed else "unchanged",
+            outcome="ok" if revocation.serials else "unchanged",
             reason=flag.name,
-            details={"serial": format(record.serial, "x")},
+            details={"serial": format(record.serial, "x"), "descendants": descendants},
             now=utc_now(),
         )
+    hex_serial = format(record.serial, "x")
     if as_json:
         emit_json(
-            {"serial": format(record.serial, "x"), "revoked": True, "changed": changed, "reason": flag.name}
+            {
+                "serial": hex_serial,
+                "revoked": True,
+                "changed": revocation.changed,
+                "reason": flag.name,
+                "descendants": descendants,
+            }
         )
-    else:
-        click.echo(
-            f"Revoked {format(record.serial, 'x')} ({record.kind}/{record.id}, {flag.name})."
-            if changed
-            else f"{format(record.serial, 'x')} was already revoked."
-        )
+        return
+    click.echo(
+        f"Revoked {hex_serial} ({record.kind}/{record.id}, {flag.name})."
+        if revocation.changed
+        else f"{hex_serial} was already revoked."
+    )
+    if descendants:
+        listed = ", ".join(descendants)
+        click.echo(f"Also revoked {len(descendants)} certificate(s) renewed from it: {listed}.")
 
 
 @click.command()

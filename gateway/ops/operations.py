@@ -48,6 +48,7 @@ from pki.errors import PkiError
 from pki.names import CLIENT_KINDS, Identity, make_identity
 from pki.records import IdentityRecord
 from pki.service import FleetCA
+from pki.signed_json import JsonSigner
 from pki.store import Registry
 
 __all__ = [
@@ -74,6 +75,9 @@ class OpsContext:
     trust_domain: str
     # Apply what the registry committed to live sessions now, instead of at the follower's next poll.
     follow_registry: Callable[[], None]
+    # Signs mode commands: the gateway's TLS server key, which units verify with the certificate
+    # they saw in their handshake.
+    mode_signer: JsonSigner
 
 
 def revocation_flag(reason: str) -> x509.ReasonFlags:
@@ -87,7 +91,7 @@ def revocation_flag(reason: str) -> x509.ReasonFlags:
 class Operations:
     def __init__(self, ctx: OpsContext) -> None:
         self._ctx = ctx
-        self._modes = ModePublisher(ctx.driver, lambda: ctx.engine.policy)
+        self._modes = ModePublisher(ctx.driver, lambda: ctx.engine.policy, ctx.mode_signer)
         self._seen: dict[Identity, tuple[str, datetime]] = {}  # (state, updated_at) last acted on
         self.last_seen: dict[str, float] = {}  # client id -> epoch of its last disconnect
 

@@ -8,18 +8,21 @@ committed before it returns: a quarantine is durable before anybody is told it i
 
 The mode command (`fleet/{unit}/cmd/mode`, retained) is derived from the record alone by
 `mode_command`, so whoever publishes it, whenever (live, or when a stopped gateway starts again),
-publishes the same bytes; the publisher can dedupe by comparing payloads.
+publishes the same bytes; the publisher can dedupe by comparing payloads. It is signed with the
+gateway's TLS server key (pki/signed_json.py: canonical JSON, deterministic ECDSA, so the bytes stay
+a function of the record) and names its unit, so a unit can tell the gateway's command from one
+forged by any client that may publish on its `cmd/` topics, or copied from another unit's.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.policy.rules import Policy, substitute
 from pki.names import validate_id
 from pki.records import IdentityRecord, to_text
+from pki.signed_json import JsonSigner
 from pki.store import Registry
 
 MODE_DIAGNOSTIC = "diagnostic-only"
@@ -108,23 +111,34 @@ def allowed_topics(policy: Policy, unit_id: str) -> list[str]:
     return [substitute(g.template, {"{id}": unit_id}) for g in profile.publish]
 
 
-def mode_command(record: IdentityRecord, policy: Policy) -> bytes | None:
-    """The retained mode command this unit's record calls for; None when it never needs one.
+def mode_body(record: IdentityRecord, policy: Policy) -> dict[str, object] | None:
+    """What the unit's record calls for, unsigned; None when it never needs a mode command.
 
     A unit that was never quarantined gets nothing (no retained message per unit for nothing); one
     that was released gets ``normal``, so a unit that missed the release while offline learns of it.
+    `since` lets a unit refuse an older command replayed after a newer one.
     """
     meta = record.metadata
     if record.state == "quarantined":
-        body: dict[str, object] = {
+        return {
             "mode": MODE_DIAGNOSTIC,
+            "unit": record.id,
             "reason": meta.get(REASON_KEY, ""),
             "since": meta.get(SINCE_KEY, to_text(record.updated_at)),
             "by": meta.get(BY_KEY, "unknown"),
             "allowed": allowed_topics(policy, record.id),
         }
-    elif RELEASED_AT_KEY in meta and record.state != "revoked":
-        body = {"mode": MODE_NORMAL, "since": meta[RELEASED_AT_KEY], "by": meta.get(RELEASED_BY_KEY, "")}
-    else:
-        return None
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    if RELEASED_AT_KEY in meta and record.state != "revoked":
+        return {
+            "mode": MODE_NORMAL,
+            "unit": record.id,
+            "since": meta[RELEASED_AT_KEY],
+            "by": meta.get(RELEASED_BY_KEY, ""),
+        }
+    return None
+
+
+def mode_command(record: IdentityRecord, policy: Policy, signer: JsonSigner) -> bytes | None:
+    """The retained mode command this unit's record calls for, signed; None when it needs none."""
+    body = mode_body(record, policy)
+    return None if body is None else signer.sign(body)

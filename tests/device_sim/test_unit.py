@@ -20,13 +20,18 @@ from device_sim.fleet.unit import (
     renewal_due,
     renewal_time,
 )
+from pki.signed_json import JsonSigner
+from tests.signing import make_signer
 
 T0 = 1_800_000_000.0
 UNIT = "TRK-00042"
+GATEWAY = make_signer()  # the key of the server certificate the unit saw in its TLS handshake
 
 
 def unit(seed: int | str = 1, **profile: Any) -> UnitBehaviour:
-    return UnitBehaviour(UNIT, seed, T0, UnitProfile(**profile))
+    behaviour = UnitBehaviour(UNIT, seed, T0, UnitProfile(**profile))
+    behaviour.gateway_certificate = GATEWAY.certificate
+    return behaviour
 
 
 def run(behaviour: UnitBehaviour, seconds: float, step: float = 0.25) -> list[tuple[float, Outgoing]]:
@@ -162,14 +167,20 @@ def test_presence_and_will() -> None:
 
 QUARANTINE = {
     "mode": "diagnostic-only",
+    "unit": UNIT,
     "reason": "flood",
-    "since": "2027-01-15T08:00:00Z",
+    "since": "2027-01-15T08:00:00.000000+00:00",
+    "by": "detector/publish_rate",
     "allowed": [f"fleet/{UNIT}/diag/#", f"fleet/{UNIT}/cmd/+/ack"],
 }
+RELEASE = {"mode": "normal", "unit": UNIT, "since": "2027-01-15T09:00:00.000000+00:00", "by": "operator/sam"}
 
 
-def mode(behaviour: UnitBehaviour, command: dict[str, Any], now: float) -> list[Outgoing]:
-    return behaviour.on_message(f"fleet/{UNIT}/cmd/mode", json.dumps(command).encode(), now)
+def mode(
+    behaviour: UnitBehaviour, command: dict[str, Any], now: float, signer: JsonSigner = GATEWAY
+) -> list[Outgoing]:
+    """Deliver `command` on the unit's mode topic, signed by `signer` (the gateway unless told)."""
+    return behaviour.on_message(f"fleet/{UNIT}/cmd/mode", signer.sign(command), now)
 
 
 def test_diagnostic_only_stops_telemetry_and_keeps_diagnostics() -> None:
@@ -196,7 +207,7 @@ def test_release_resumes_telemetry_without_a_burst() -> None:
     while t < T0 + 300:
         behaviour.step(t)
         t += 0.5
-    mode(behaviour, {"mode": "normal", "reason": "released"}, T0 + 300)
+    mode(behaviour, RELEASE, T0 + 300)
     assert behaviour.mode == MODE_NORMAL
     resumed = behaviour.step(T0 + 301)
     assert 1 <= len(resumed) <= 4
@@ -211,12 +222,64 @@ def test_mode_commands_arrive_again_after_a_reconnect_and_are_acknowledged_each_
     assert body(again[0])["status"] == "applied"
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[1,2]", b'{"mode": "turbo"}', b'{"reason": "x"}'])
-def test_bad_mode_commands_are_rejected_and_change_nothing(payload: bytes) -> None:
+def test_a_signed_command_with_an_unknown_mode_is_rejected_and_changes_nothing() -> None:
     behaviour = unit()
-    [ack] = behaviour.on_message(f"fleet/{UNIT}/cmd/mode", payload, T0)
-    assert body(ack)["status"] == "rejected"
+    for command in ({**QUARANTINE, "mode": "turbo"}, {k: v for k, v in QUARANTINE.items() if k != "mode"}):
+        [ack] = mode(behaviour, command, T0)
+        assert body(ack)["status"] == "rejected" and body(ack)["reason"] == "unknown mode"
     assert behaviour.mode == MODE_NORMAL
+
+
+FORGED = {**QUARANTINE, "mode": "normal"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "malformed"),
+        (b"[1,2]", "malformed"),
+        (json.dumps(FORGED).encode(), "unsigned"),  # what any client could publish
+        (make_signer("mallory").sign(FORGED), "unknown_signer"),  # signed, by another key
+        (  # another key, claiming to be the gateway's
+            json.dumps({**json.loads(make_signer().sign(FORGED)), "signer": GATEWAY.signer}).encode(),
+            "bad_signature",
+        ),
+        (  # the gateway's signature, the mode changed afterwards
+            json.dumps({**json.loads(GATEWAY.sign(QUARANTINE)), "mode": "normal"}).encode(),
+            "bad_signature",
+        ),
+        (GATEWAY.sign({**RELEASE, "unit": "TRK-00001"}), "other_unit"),  # genuine, another truck's
+    ],
+    ids=["not-json", "not-an-object", "unsigned", "stranger", "stranger-as-gateway", "edited", "other-unit"],
+)
+def test_a_mode_command_not_from_the_gateway_is_ignored_counted_and_reported(
+    payload: bytes, reason: str
+) -> None:
+    behaviour = unit()
+    mode(behaviour, QUARANTINE, T0)  # quarantined, for real
+    [ack] = behaviour.on_message(f"fleet/{UNIT}/cmd/mode", payload, T0 + 1)
+    assert behaviour.mode == MODE_DIAGNOSTIC and behaviour.mode_reason == "flood"  # not released
+    assert ack.topic == f"fleet/{UNIT}/cmd/mode/ack"
+    assert body(ack)["status"] == "rejected" and body(ack)["reason"] == reason
+    assert behaviour.mode_rejections == {reason: 1}
+    later = behaviour.step(T0 + 400)  # and it keeps behaving as quarantined: diagnostics only
+    assert later and all(m.topic.endswith("/diag/report") for m in later)
+
+
+def test_a_replayed_older_command_cannot_undo_a_newer_one() -> None:
+    behaviour = unit()
+    old_release = {**RELEASE, "since": "2027-01-14T09:00:00.000000+00:00"}  # last week's release
+    mode(behaviour, QUARANTINE, T0)
+    [ack] = mode(behaviour, old_release, T0 + 1)  # genuinely signed, but older than the quarantine
+    assert body(ack)["reason"] == "stale" and behaviour.mode == MODE_DIAGNOSTIC
+    mode(behaviour, RELEASE, T0 + 2)  # the real release, newer
+    assert behaviour.mode == MODE_NORMAL and behaviour.mode_rejections == {"stale": 1}
+
+
+def test_without_the_gateways_certificate_nothing_is_obeyed() -> None:
+    behaviour = UnitBehaviour(UNIT, 1, T0)  # never completed a TLS handshake
+    [ack] = mode(behaviour, QUARANTINE, T0)
+    assert body(ack)["reason"] == "unverifiable" and behaviour.mode == MODE_NORMAL
 
 
 def test_a_cleared_retained_mode_is_not_a_command() -> None:

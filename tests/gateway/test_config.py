@@ -38,6 +38,10 @@ def test_shipped_defaults_equal_the_built_in_defaults() -> None:
         ("listen:\n  insecure_plaintext: 0.0.0.0:1883\n", "must be a loopback address"),
         ("tls:\n  min_version: '1.0'\n", "tls.min_version"),
         ("storage:\n  synchronous: OFF\n", "storage.synchronous"),
+        ("certificates:\n  self_renewal:\n    operator: forever\n", "self_renewal.operator must be"),
+        ("certificates:\n  self_renewal:\n    unit: refuse\n", "units always renew"),
+        ("certificates:\n  self_renewal:\n    robot: refuse\n", "unknown key certificates.self_renewal.rob"),
+        ("certificates:\n  self_renewal: refuse\n", "certificates.self_renewal must be a mapping"),
     ],
 )
 def test_broken_config_files_name_the_file_the_key_and_the_problem(

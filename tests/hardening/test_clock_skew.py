@@ -38,9 +38,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 def _registered_unit(
     gw: GatewayProcess, out: Path, unit_id: str, start: datetime, end: datetime
 ) -> Credentials:
-    """A unit the registry knows, holding a certificate from the gateway's CA valid [start, end]."""
+    """A unit the registry knows, holding a certificate from the gateway's CA valid [start, end]
+    (recorded in the registry too: the gateway admits only certificates its CA recorded)."""
     gw.add_unit(unit_id)
-    return certs_factory.issued_by_gateway_ca(gw, out, unit_id, start, end - start)
+    return certs_factory.issued_by_gateway_ca(gw, out, unit_id, start, end - start, record=True)
 
 
 def _connack(gw: GatewayProcess, creds: Credentials) -> int | None:

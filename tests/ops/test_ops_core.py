@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import hashes
 
 from gateway.admin.auth import ROLE_RIGHTS
 from gateway.admin.sse import AuditFeed, stream_events
@@ -19,8 +20,10 @@ from gateway.ops.partners import partner_members
 from gateway.ops.quarantine import OpsError, mode_command, quarantine_unit, release_unit
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.policy_file import load_policy
+from pki.signed_json import JsonSigner, verify
 from pki.store import Registry, open_database
 from tests.broker.lab import Lab, service_peer
+from tests.signing import make_signer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -78,23 +81,28 @@ def test_a_revoked_unit_cannot_be_quarantined(registry: Registry) -> None:
     assert caught.value.status == 409
 
 
-def test_the_mode_command_follows_the_record_alone(registry: Registry) -> None:
-    policy = load_policy(None)
+def test_the_mode_command_follows_the_record_alone_and_is_signed(registry: Registry) -> None:
+    policy, signer = load_policy(None), make_signer()
     fresh = registry.get_identity("unit", "TRK-1")
-    assert fresh is not None and mode_command(fresh, policy) is None  # never quarantined: nothing
+    assert fresh is not None and mode_command(fresh, policy, signer) is None  # never quarantined: nothing
     quarantined = quarantine_unit(registry, "TRK-1", "drill", "operator/olga", NOW).record
-    payload = mode_command(quarantined, policy)
-    assert payload is not None and payload == mode_command(quarantined, policy)  # same bytes every time
-    assert json.loads(payload) == {
+    payload = mode_command(quarantined, policy, signer)
+    assert payload is not None and payload == mode_command(quarantined, policy, signer)  # same bytes
+    restarted = JsonSigner(signer.key, signer.certificate)  # a restart: same key, a new signer
+    assert mode_command(quarantined, policy, restarted) == payload  # deterministic ECDSA
+    assert verify(payload, signer.certificate) == {
         "mode": "diagnostic-only",
+        "unit": "TRK-1",
         "reason": "drill",
         "since": "2026-03-01T12:00:00.000000+00:00",
         "by": "operator/olga",
         "allowed": ["fleet/TRK-1/diag/#", "fleet/TRK-1/cmd/+/ack"],
     }
+    assert json.loads(payload)["signer"] == signer.certificate.fingerprint(hashes.SHA256()).hex()
     released = release_unit(registry, "TRK-1", "operator/sam", NOW).record
-    assert json.loads(mode_command(released, policy) or b"") == {
+    assert verify(mode_command(released, policy, signer) or b"", signer.certificate) == {
         "mode": "normal",
+        "unit": "TRK-1",
         "since": "2026-03-01T12:00:00.000000+00:00",
         "by": "operator/sam",
     }

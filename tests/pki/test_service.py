@@ -206,8 +206,8 @@ def test_renewal_refusals(
 def test_revocation_reaches_the_crl_files(
     fleet: FleetCA, unit_cert: x509.Certificate, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
-    assert fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW) is True
-    assert fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW) is False
+    assert fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW).changed
+    assert not fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW).changed
     crl = x509.load_der_x509_crl((tmp_path / "crl" / "crl.der").read_bytes())
     assert crl == x509.load_pem_x509_crl((tmp_path / "crl" / "crl.pem").read_bytes())
     assert crl.is_signature_valid(ca.issuing.public_key())  # type: ignore[arg-type]
@@ -310,5 +310,143 @@ def test_server_certificate_can_be_recorded_and_revoked(fleet: FleetCA, tmp_path
     cert = fleet.issue_server_certificate("gw1", ["localhost"], tmp_path / "server", NOW, record=True)
     record = fleet.registry.get_certificate(cert.serial_number)
     assert record is not None and (record.kind, record.id) == ("gateway", "gw1")
-    assert fleet.revoke_certificate(cert.serial_number, x509.ReasonFlags.superseded, NOW)
+    assert fleet.revoke_certificate(cert.serial_number, x509.ReasonFlags.superseded, NOW).changed
     assert fleet.current_crl(NOW).get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+# ------------------------------------------------------------------------------ renewal lineage
+
+
+def _renew(fleet: FleetCA, current: x509.Certificate, at_day: int) -> x509.Certificate:
+    return enrolled(
+        fleet.reenroll(
+            current, make_csr(generate_private_key(), UNIT_ID), NOW + timedelta(days=at_day), LIFETIME
+        )
+    )
+
+
+def _revoked(fleet: FleetCA, *certs: x509.Certificate) -> list[bool]:
+    return [fleet.registry.is_revoked(c.serial_number) for c in certs]
+
+
+def test_a_renewal_records_what_it_was_renewed_from(fleet: FleetCA, unit_cert: x509.Certificate) -> None:
+    child = _renew(fleet, unit_cert, 1)
+    grandchild = _renew(fleet, child, 2)
+    record = fleet.registry.get_certificate(grandchild.serial_number)
+    assert record is not None and record.renewed_from == child.serial_number
+    first = fleet.registry.get_certificate(unit_cert.serial_number)
+    assert first is not None and first.renewed_from is None  # enrolled with a token: a lineage starts
+    assert [c.serial for c in fleet.registry.ancestors(grandchild.serial_number)] == [
+        unit_cert.serial_number,
+        child.serial_number,
+    ]
+    assert sorted(fleet.registry.descendants(unit_cert.serial_number)) == sorted(
+        [child.serial_number, grandchild.serial_number]
+    )
+
+
+def test_key_compromise_revokes_every_certificate_renewed_from_it_in_one_go(
+    fleet: FleetCA, unit_cert: x509.Certificate, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    # The thief renews twice from the stolen certificate; the owner renews once too: a fork.
+    thief = _renew(fleet, unit_cert, 1)
+    thief_again = _renew(fleet, thief, 2)
+    owner = _renew(fleet, unit_cert, 3)
+    other_unit_token = fleet.register_unit("TRK-00043", NOW)
+    bystander = enrolled(
+        fleet.enroll("TRK-00043", other_unit_token, make_csr(generate_private_key()), NOW, LIFETIME)
+    )
+    revocation = fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW)
+    assert revocation.changed
+    assert sorted(revocation.descendants) == sorted(
+        [thief.serial_number, thief_again.serial_number, owner.serial_number]
+    )
+    assert _revoked(fleet, unit_cert, thief, thief_again, owner, bystander) == [True] * 4 + [False]
+    crl = x509.load_der_x509_crl((tmp_path / "crl" / "crl.der").read_bytes())
+    for cert in (unit_cert, thief, thief_again, owner):
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        assert entry is not None
+        assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is (
+            x509.ReasonFlags.key_compromise
+        )
+    # And the revoked lineage cannot renew itself back into a valid certificate.
+    assert refused(fleet.reenroll(thief_again, make_csr(generate_private_key()), NOW, LIFETIME)) is (
+        RefusalReason.CERTIFICATE_REVOKED
+    )
+
+
+def test_superseded_revokes_only_the_predecessor(fleet: FleetCA, unit_cert: x509.Certificate) -> None:
+    successor = _renew(fleet, unit_cert, 1)
+    revocation = fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.superseded, NOW)
+    assert revocation.changed and revocation.descendants == ()
+    assert _revoked(fleet, unit_cert, successor) == [True, False]
+    # Found compromised later: revoking it again reaches the successor, though it was revoked before.
+    again = fleet.revoke_certificate(unit_cert.serial_number, x509.ReasonFlags.key_compromise, NOW)
+    assert not again.changed and again.descendants == (successor.serial_number,)
+    assert _revoked(fleet, unit_cert, successor) == [True, True]
+
+
+def test_revoking_a_renewal_leaves_what_it_was_renewed_from(
+    fleet: FleetCA, unit_cert: x509.Certificate
+) -> None:
+    child = _renew(fleet, unit_cert, 1)
+    grandchild = _renew(fleet, child, 2)
+    revocation = fleet.revoke_certificate(child.serial_number, x509.ReasonFlags.key_compromise, NOW)
+    assert revocation.serials == (child.serial_number, grandchild.serial_number)
+    assert _revoked(fleet, unit_cert, child, grandchild) == [False, True, True]
+
+
+# ---------------------------------------------------------------------- self-renewal of role kinds
+
+
+@pytest.mark.parametrize("kind", ["operator", "service", "partner"])
+def test_role_identities_do_not_renew_themselves_by_default(
+    fleet: FleetCA, key: PrivateKey, kind: str
+) -> None:
+    issued = fleet.issue_identity(kind, "bob", make_csr(key, "bob"), NOW, timedelta(days=365))
+    result = fleet.reenroll(
+        issued, make_csr(generate_private_key(), "bob"), NOW + timedelta(days=1), LIFETIME
+    )
+    assert refused(result) is RefusalReason.SELF_RENEWAL_REFUSED
+    assert result.refusal is not None and f"fleetgate {kind} add bob" in result.refusal.detail
+    assert len(fleet.registry.list_certificates(kind, "bob")) == 1  # nothing issued
+    # "bounded" for another kind changes nothing for this one
+    others = {k: "bounded" for k in ("operator", "service", "partner") if k != kind}
+    again = fleet.reenroll(issued, make_csr(generate_private_key()), NOW, LIFETIME, self_renewal=others)
+    assert refused(again) is RefusalReason.SELF_RENEWAL_REFUSED
+
+
+def test_bounded_self_renewal_never_outlives_what_an_operator_issued(fleet: FleetCA, key: PrivateKey) -> None:
+    bounded = {"service": "bounded"}
+    issued = fleet.issue_identity("service", "dispatch", make_csr(key, "dispatch"), NOW, timedelta(days=45))
+    end = issued.not_valid_after_utc
+    first = enrolled(
+        fleet.reenroll(
+            issued, make_csr(generate_private_key()), NOW + timedelta(days=1), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert first.not_valid_after_utc == NOW + timedelta(days=1) + LIFETIME  # inside the bound: as asked
+    second = enrolled(
+        fleet.reenroll(
+            first, make_csr(generate_private_key()), NOW + timedelta(days=30), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert second.not_valid_after_utc == end  # cut at the issued certificate's expiry, not 30 days on
+    third = enrolled(
+        fleet.reenroll(
+            second, make_csr(generate_private_key()), end - timedelta(hours=1), LIFETIME, self_renewal=bounded
+        )
+    )
+    assert third.not_valid_after_utc == end
+    record = fleet.registry.get_certificate(third.serial_number)
+    assert record is not None and record.renewed_from == second.serial_number
+    late = fleet.reenroll(
+        third, make_csr(generate_private_key()), end + timedelta(seconds=1), LIFETIME, self_renewal=bounded
+    )
+    assert refused(late) is RefusalReason.CERTIFICATE_EXPIRED
+
+
+def test_units_renew_whatever_the_role_settings_say(fleet: FleetCA, unit_cert: x509.Certificate) -> None:
+    later = NOW + timedelta(days=20)
+    renewed = enrolled(fleet.reenroll(unit_cert, make_csr(generate_private_key()), later, LIFETIME))
+    assert renewed.not_valid_after_utc == later + LIFETIME  # beyond the first certificate: units roll on

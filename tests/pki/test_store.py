@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.authority import CertificateAuthority
 from pki.enrollment import TokenRecord, hash_token
@@ -294,3 +296,31 @@ def test_writes_are_durable_before_return(tmp_path: Path) -> None:
     reader = Registry(open_database(path))
     assert reader.get_identity("unit", "TRK-1") is not None
     assert not writer.conn.in_transaction
+
+
+def test_a_registry_from_before_the_lineage_migration_opens_and_migrates(
+    tmp_path: Path, ca: CertificateAuthority, key: PrivateKey
+) -> None:
+    path = tmp_path / "old.db"
+    conn = open_database(path)
+    apply_migrations(conn, "pki", MIGRATIONS[:2])  # a data dir written by the previous release
+    cert = ca.issue(make_csr(key), UNIT, NOW, timedelta(days=30))
+    conn.execute(
+        "INSERT INTO pki_certificates (serial, kind, id, not_before, not_after, status, fingerprint, pem, "
+        "recorded_at) VALUES (?, 'unit', 'TRK-1', ?, ?, 'valid', ?, ?, ?)",
+        (
+            format(cert.serial_number, "040x"),
+            cert.not_valid_before_utc.isoformat(timespec="microseconds"),
+            cert.not_valid_after_utc.isoformat(timespec="microseconds"),
+            cert.fingerprint(hashes.SHA256()).hex(),
+            cert.public_bytes(Encoding.PEM).decode(),
+            NOW.isoformat(timespec="microseconds"),
+        ),
+    )
+    conn.close()
+    registry = Registry(open_database(path))
+    assert registry.schema_version == len(MIGRATIONS) == schema_version(registry.conn, "pki")
+    record = registry.get_certificate(cert.serial_number)
+    assert record is not None and record.renewed_from is None and record.status == "valid"
+    assert registry.valid_fingerprints() == {cert.serial_number: (record.fingerprint, record.not_after)}
+    assert registry.descendants(cert.serial_number) == [] and registry.ancestors(cert.serial_number) == []
