@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.auth import RIGHT_TEXT
@@ -178,6 +179,8 @@ class Gateway:
         self.feed = AuditFeed(self.audit, self.clock.wall)
         self.loops = {name: LoopHealth(name) for name in ("following the registry", "draining broker events")}
         self._servers: list[asyncio.Server] = []
+        self._live_contexts: list[ssl.SSLContext] = []
+        self._served_fingerprint = self._server_fingerprint()
         self._listeners: list[MtlsListener] = []
         self._http: web.AppRunner | None = None
         self._serving_lock: int | None = None
@@ -228,6 +231,47 @@ class Gateway:
         """Changes whenever another connection (another process, or the broker's own) commits."""
         row = self._registry_db.execute("PRAGMA data_version").fetchone()
         return int(row[0])
+
+    def reload(self) -> None:
+        """SIGHUP: the policy file and the server certificate, each kept as it was if the new one is bad."""
+        self.reload_policy()
+        self.reload_server_certificate()
+
+    def reload_server_certificate(self, actor: str = "system/sighup") -> bool:
+        """Serve DATA/server/ as it is now (after `fleetgate server-cert issue`): new handshakes get the
+        new certificate, live connections keep theirs, and the retained mode commands are signed again
+        with the new key. A pair that does not load (a key that does not match) changes nothing."""
+        fingerprint = self._server_fingerprint()
+        if fingerprint == self._served_fingerprint:
+            return False
+        cert, key = str(self.data.server_cert), str(self.data.server_key)
+        try:
+            self._mqtt_context()  # a trial load: a broken pair must not touch the live contexts
+            signer = JsonSigner.load(self.data.server_key, self.data.server_cert)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.error("server certificate reload refused, keeping the current one: %s", exc)
+            return False
+        for context in self._live_contexts:
+            context.load_cert_chain(cert, key)  # in place: the listeners hold these very objects
+        self.ops.use_mode_signer(signer)
+        now = self.clock.wall()
+        republished = self.ops.reconcile(now)
+        self._served_fingerprint = fingerprint
+        self.audit.append(
+            actor=actor,
+            action="server.certificate_reloaded",
+            subject="gateway",
+            outcome="ok",
+            details={"sha256": fingerprint, "mode_commands_signed_again": republished},
+            now=now,
+        )
+        log.info("serving the new server certificate %s; %d mode command(s) signed again", fingerprint,
+                 republished)
+        return True
+
+    def _server_fingerprint(self) -> str:
+        pem = self.data.server_cert.read_bytes()
+        return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
 
     def reload_policy(self, actor: str = "system/sighup") -> Policy | None:
         """Load the policy file again; on success re-decide every live session, else keep the old one."""
@@ -299,6 +343,11 @@ class Gateway:
             str(self.data.client_ca_bundle),
             self.config.tls.min_version,
         )
+
+    def _live(self, context: ssl.SSLContext) -> ssl.SSLContext:
+        """A context a listener serves with: a certificate reload updates it in place."""
+        self._live_contexts.append(context)
+        return context
 
     def _https_context(self) -> ssl.SSLContext:
         context = self._mqtt_context()
@@ -372,7 +421,11 @@ class Gateway:
             log.info("published %d mode command(s) to match the registry", reconciled)
         listen = self.config.listen
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
-            self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_context(), self.check_certificate
+            self.hub,
+            listen.mqtt.host,
+            listen.mqtt.port,
+            self._live(self._mqtt_context()),
+            self.check_certificate,
         )
         self._listeners.append(mqtt)
         if listen.insecure_plaintext is not None:
@@ -384,7 +437,7 @@ class Gateway:
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
         site = web.TCPSite(
-            self._http, listen.https.host, listen.https.port, ssl_context=self._https_context()
+            self._http, listen.https.host, listen.https.port, ssl_context=self._live(self._https_context())
         )
         await site.start()
         sockets = getattr(site._server, "sockets", None)  # aiohttp has no public accessor for the port
@@ -426,7 +479,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         log.info("fleetgate is up: %s", ", ".join(f"{k} {h}:{p}" for k, (h, p) in self.bound.items()))
         if on_ready is not None:

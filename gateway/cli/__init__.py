@@ -13,6 +13,7 @@ from gateway.cli.ops_commands import events, partner_disconnect, quarantine, rel
 from gateway.cli.policy_commands import policy
 from gateway.cli.roles import role_group
 from gateway.cli.serve import serve
+from gateway.cli.server_cert import server_cert
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -23,7 +24,7 @@ def cli() -> None:
 
 for command in (init, serve, unit, cert, crl, enroll, renew, policy, audit):
     cli.add_command(command)
-for command in (quarantine, release, status, events, revoke, backup, restore, flows):
+for command in (quarantine, release, status, events, revoke, backup, restore, flows, server_cert):
     cli.add_command(command)
 cli.add_command(role_group("operator"))
 cli.add_command(role_group("service"))

@@ -60,8 +60,8 @@ def default_hostnames() -> list[str]:
     "--hostname",
     "hostnames",
     multiple=True,
-    help="DNS name or IP clients use to reach the gateway (repeatable; default: localhost, "
-    "127.0.0.1, ::1 and this machine's name).",
+    help="DNS name or IP clients use to reach the gateway (repeatable); localhost, 127.0.0.1, ::1 "
+    "and this machine's name are always included.",
 )
 @click.option("--crl-url", default=None, help="CRL distribution point URL written into certificates.")
 @json_option
@@ -76,7 +76,7 @@ def init(
         raise CliError(
             f"a CA already exists in {data.root}; refusing to overwrite it (choose another --data)"
         )
-    names = list(hostnames) or default_hostnames()
+    names = list(dict.fromkeys([*hostnames, *default_hostnames()]))  # the given names first
     now = utc_now()
     data.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     crl_url = crl_url or f"https://{names[0]}:8443/crl"

@@ -31,6 +31,9 @@ class ModePublisher:
         self._signer = signer
         self._published: dict[str, bytes] = {}  # unit id -> the payload last published
 
+    def use_signer(self, signer: JsonSigner) -> None:
+        self._signer = signer
+
     def publish(self, record: IdentityRecord, now: datetime) -> bytes | None:
         """Publish the unit's mode command if it differs from the last one; returns what was published."""
         payload = mode_command(record, self._policy(), self._signer)

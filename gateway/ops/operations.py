@@ -269,6 +269,11 @@ class Operations:
         if record.state == "revoked":
             self._cut_off({identity}, set(), "identity revoked", now)
 
+    def use_mode_signer(self, signer: JsonSigner) -> None:
+        """Sign mode commands with this key from now on (the server certificate was re-issued);
+        `reconcile` then publishes every unit's command signed with it."""
+        self._modes.use_signer(signer)
+
     def reconcile(self, now: datetime) -> int:
         """At start: every unit's retained mode command matches its record (a CLI quarantine made while
         the gateway was down takes effect now). Returns how many were published."""
