@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -71,8 +72,16 @@ def run_cli(
 
 
 class GatewayProcess:
-    def __init__(self, root: Path, *, lab: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lab: bool = False,
+        extra_args: tuple[str, ...] = (),
+        open_files: int | None = None,
+    ) -> None:
         self.root = root
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the gateway process, like `ulimit -n`
         self.data = root / "data"
         self.clients = root / "clients"
         self.mqtt_port = free_port()
@@ -102,8 +111,15 @@ class GatewayProcess:
         if self.lab_port is not None:
             args += ["--insecure-plaintext-listen", f"127.0.0.1:{self.lab_port}"]
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=self._limits
+        )
         self._wait_ready()
+
+    def _limits(self) -> None:
+        """Runs in the child before exec: the open-file limit a test asked for."""
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ with the operator as actor; reads are audited as `admin.<right>`.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class AdminContext:
     totp: TotpStore | None = None  # the second factor for sensitive rights
     flows: Callable[[], FlowMap] | None = None  # the live data-flow map
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance, for operator certificates
+    body_timeout: float = 10.0  # limits.https_request_timeout: seconds a client has to send its body
 
 
 class BadRequest(Exception):
@@ -110,6 +112,12 @@ def _endpoint(
             return await fn(request, ctx, who)
         except BadRequest as exc:
             return error(400, str(exc), "bad_request")
+        except BodyTimeout:
+            response = error(
+                408, f"the request body did not arrive within {ctx.body_timeout:g} s", "request_timeout"
+            )
+            response.force_close()
+            return response
         except OpsError as exc:
             return error(exc.status, str(exc), exc.code)
         except PkiError as exc:
@@ -159,11 +167,18 @@ def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right
 # --- parsing ------------------------------------------------------------------------------------
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+class BodyTimeout(Exception):
+    """The body did not arrive in time."""
+
+
+async def _body(request: web.Request, timeout: float) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
+        async with asyncio.timeout(timeout):
+            data = await request.json()
+    except TimeoutError:
+        raise BodyTimeout from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest('the body must be a JSON object such as {"reason": "suspected tampering"}') from None
     if not isinstance(data, dict):
@@ -218,7 +233,7 @@ async def list_sessions(request: web.Request, ctx: AdminContext, who: Operator) 
 
 
 async def quarantine(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    reason = _text(await _body(request), "reason")
+    reason = _text(await _body(request, ctx.body_timeout), "reason")
     result = ctx.ops.quarantine(request.match_info["id"], reason, who.actor, ctx.clock())
     return web.json_response(result.as_dict())
 
@@ -229,7 +244,7 @@ async def release(request: web.Request, ctx: AdminContext, who: Operator) -> web
 
 
 async def revoke(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    body = await _body(request)
+    body = await _body(request, ctx.body_timeout)
     reason = _text(body, "reason")
     if body.get("confirm") is not True:
         raise BadRequest(
@@ -241,7 +256,7 @@ async def revoke(request: web.Request, ctx: AdminContext, who: Operator) -> web.
 
 
 async def partner_disconnect(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    dry_run = _flag(await _body(request), "dry_run")
+    dry_run = _flag(await _body(request, ctx.body_timeout), "dry_run")
     report = ctx.ops.partner_disconnect(request.match_info["id"], who.actor, ctx.clock(), dry_run)
     return web.json_response(report.as_dict())
 

@@ -11,6 +11,7 @@ enrollment decision, accepted or refused, is an audit record.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -41,6 +42,7 @@ class EstContext:
     clock: Clock  # the process's wall clock (gateway/edge/driver.py: Clock.wall)
     on_issued: Callable[[x509.Certificate], None] | None = None
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance: how early a certificate may be used
+    body_timeout: float = 10.0  # limits.https_request_timeout: seconds a client has to send its body
 
 
 log = logging.getLogger("fleetgate.est")
@@ -110,16 +112,32 @@ async def _crl_pem(request: web.Request, ctx: EstContext) -> web.StreamResponse:
     return web.Response(text=crl.public_bytes(serialization.Encoding.PEM).decode(), content_type="text/plain")
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than `limit` (read no further than that)."""
+class BodyTimeout(Exception):
+    """The client did not send its whole body in time (a slow-body client holds a connection)."""
+
+
+async def read_limited(request: web.Request, limit: int, timeout: float | None = None) -> bytes | None:
+    """The request body, or None when it is larger than `limit` (read no further than that).
+
+    Raises BodyTimeout when it has not all arrived within `timeout` seconds."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(16 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout from None
     return b"".join(chunks)
+
+
+def body_timeout_response(timeout: float) -> web.Response:
+    response = text_error(408, f"the request body did not arrive within {timeout:g} s; send it at once")
+    response.force_close()
+    return response
 
 
 def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
@@ -136,7 +154,10 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 
 
 async def _read_csr(request: web.Request, ctx: EstContext) -> x509.CertificateSigningRequest | web.Response:
-    body = await read_limited(request, ctx.max_body)
+    try:
+        body = await read_limited(request, ctx.max_body, ctx.body_timeout)
+    except BodyTimeout:
+        return body_timeout_response(ctx.body_timeout)
     if body is None:
         return text_error(
             413, f"request body is larger than {ctx.max_body} bytes; send one base64 PKCS#10 CSR"

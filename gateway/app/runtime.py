@@ -26,6 +26,7 @@ from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder
+from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
@@ -36,9 +37,10 @@ from gateway.context.flow_feed import FlowFeed
 from gateway.context.partner_views import PartnerViews
 from gateway.context.posture_watch import PostureWatch
 from gateway.detection.continuous import wire as wire_continuous
-from gateway.edge.admission import admission_from_limits
+from gateway.edge.accept import AcceptLoop
+from gateway.edge.admission import listener_gates
 from gateway.edge.driver import BrokerDriver, Clock
-from gateway.edge.hub import ConnectionHub, start_lab_listener, start_mqtt_listener
+from gateway.edge.hub import ConnectionHub, start_https_listener, start_lab_listener, start_mqtt_listener
 from gateway.edge.reports import HandshakeFailure
 from gateway.edge.tls import tls_server_context
 from gateway.edge.transport import MtlsListener
@@ -65,6 +67,10 @@ log = logging.getLogger("fleetgate")
 
 EVENT_TICK_SECONDS = 0.25  # broker events drained into audit, detectors, views and the flow map
 UNRECORDED_LIMIT = 100_000  # events (and failed handshakes) kept for the audit log while it fails
+# After answering a request whose body was not read (413, 408), how long aiohttp reads and drops what
+# the client still sends before closing (its default, 10 s, is a long time to hold a slow client).
+HTTP_LINGER_SECONDS = 2.0
+LOW_OPEN_FILES = 4096  # below this open-file limit the start says how few units can connect
 
 
 class GatewayStartupError(RuntimeError):
@@ -122,12 +128,21 @@ class Gateway:
         )
         limits = replace(broker_limits(config), max_violations=self.engine.violation_limit())
         self.broker = Broker(self.engine, limits, SqliteBrokerStore(self._broker_db))
+        # Every connection is a descriptor: share the process's out so no listener starves another.
+        self.open_files = raise_open_file_limit()
+        try:
+            self.connection_plan = plan_connections(
+                self.open_files.soft, config.limits, lab=config.listen.insecure_plaintext is not None
+            )
+        except FdBudgetError as exc:
+            raise GatewayStartupError(str(exc)) from None
+        plan = self.connection_plan
         self.hub = ConnectionHub(
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
             clock=self.clock.now,
-            admission=admission_from_limits(config.limits),
+            gates=listener_gates(config.limits, mqtt=plan.mqtt, https=plan.https, lab=plan.lab),
         )
         self.driver = BrokerDriver(self.broker, self.hub, self.clock)
         self.events = EventRecorder(self.audit)
@@ -174,8 +189,7 @@ class Gateway:
         self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit, self.clock.wall)
         self.loops = {name: LoopHealth(name) for name in ("following the registry", "draining broker events")}
-        self._servers: list[asyncio.Server] = []
-        self._listeners: list[MtlsListener] = []
+        self._listeners: list[MtlsListener | AcceptLoop] = []
         self._http: web.AppRunner | None = None
         self._serving_lock: int | None = None
         self.bound: dict[str, tuple[str, int]] = {}
@@ -313,6 +327,7 @@ class Gateway:
                 max_body=self.config.limits.max_est_body,
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
+                body_timeout=self.config.limits.https_request_timeout,
             ),
         )
         collector = GatewayCollector(
@@ -321,6 +336,8 @@ class Gateway:
             lambda: self.hub.connection_count,
             lambda: self.continuous.evaluator.snapshot(),
             self.views.counters,
+            gates=lambda: self.hub.gates,
+            open_files=self.open_files.soft,
         )
         registry = metrics_registry(collector)
 
@@ -342,6 +359,7 @@ class Gateway:
                 flows=lambda: self.flows.snapshot(self.clock.now()),
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
+                body_timeout=self.config.limits.https_request_timeout,
             ),
         )
         return app
@@ -353,26 +371,32 @@ class Gateway:
         reconciled = self.ops.reconcile(self.clock.wall())
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
+        self._log_open_files()
         listen = self.config.listen
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
             self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_context(), self.check_certificate
         )
         self._listeners.append(mqtt)
         if listen.insecure_plaintext is not None:
-            lab = await start_lab_listener(
+            lab, self.bound["lab"] = await start_lab_listener(
                 self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port
             )
-            self._servers.append(lab)
-            self.bound["lab"] = lab.sockets[0].getsockname()[:2]
-        self._http = web.AppRunner(self._http_app(), access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(
-            self._http, listen.https.host, listen.https.port, ssl_context=self._https_context()
+            self._listeners.append(lab)
+        # aiohttp serves EST and the admin API, behind our accept loop and admission. Its keep-alive
+        # timeout is armed at connection start and after every answer, and only a complete request head
+        # disarms it: it is the request-head timeout (aiohttp has no other bound on slow headers).
+        self._http = web.AppRunner(
+            self._http_app(),
+            access_log=None,
+            keepalive_timeout=self.config.limits.https_request_timeout,
+            lingering_time=HTTP_LINGER_SECONDS,
         )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)  # aiohttp has no public accessor for the port
-        if sockets:
-            self.bound["https"] = sockets[0].getsockname()[:2]
+        await self._http.setup()
+        assert self._http.server is not None
+        https, self.bound["https"] = await start_https_listener(
+            self.hub, listen.https.host, listen.https.port, self._https_context(), self._http.server
+        )
+        self._listeners.append(https)
         self.hub.run_ticker()
         registry, events = self.loops.values()
         self.hub.spawn(supervise(self.follower.step, DATA_VERSION_POLL_SECONDS, registry))
@@ -391,8 +415,6 @@ class Gateway:
         self.feed.close()  # event streams end, so the HTTP server need not wait for them
         for listener in self._listeners:
             listener.close()
-        for server in self._servers:
-            server.close()
         await self.hub.shutdown()
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
@@ -403,6 +425,18 @@ class Gateway:
         self._broker_db.close()
         self._registry_db.close()
         release_serving_lock(self._serving_lock)
+
+    def _log_open_files(self) -> None:
+        files, plan = self.open_files, self.connection_plan
+        raised = f" (raised from {files.before})" if files.raised else ""
+        log.info("open files: soft limit %d%s, hard %d; %s", files.soft, raised, files.hard, plan.describe())
+        if files.soft < LOW_OPEN_FILES:
+            log.warning(
+                "the open-file limit (%d) lets at most %d units connect; raise it "
+                "(systemd: LimitNOFILE=65536)",
+                files.soft,
+                plan.mqtt,
+            )
 
     async def run_until_signalled(self, on_ready: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()
