@@ -90,6 +90,7 @@ class GatewayProcess:
         self.extra_args = extra_args
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = root / "gateway.log"
+        self._metrics_reader: Credentials | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -186,6 +187,12 @@ class GatewayProcess:
         data = result.json()
         assert isinstance(data, dict)
         return Credentials(name, Path(data["cert"]), Path(data["key"]), Path(data["ca"]))
+
+    def metrics_reader(self) -> Credentials:
+        """An operator certificate with the `metrics` role, issued once: /metrics needs one."""
+        if self._metrics_reader is None:
+            self._metrics_reader = self.issue("operator", "metrics-reader", "--role", "metrics")
+        return self._metrics_reader
 
     def _save(self, ident: str, key: object, certs: list[object]) -> Credentials:
         from cryptography.hazmat.primitives import serialization

@@ -47,7 +47,9 @@ class GatewayCollector(Collector):
         views: Callable[[], ViewCounters] | None = None,
         gates: Callable[[], dict[str, ConnectionGate]] | None = None,
         open_files: int | None = None,
+        audit: Callable[[], tuple[int, int, int]] | None = None,
     ) -> None:
+        self._audit = audit  # (records appended by this process, their bytes, the head's seq)
         self._gates = gates
         self._open_files = open_files
         self._broker = broker_metrics
@@ -105,6 +107,13 @@ class GatewayCollector(Collector):
         )
         if self._gates is not None:
             yield from _gate_metrics(self._gates())
+        if self._audit is not None:
+            records, size, head = self._audit()
+            yield _counter("audit_records", "Audit records appended by this gateway process.", records)
+            yield _counter(
+                "audit_bytes", "Bytes of the audit records this process appended (alert on its rate).", size
+            )
+            yield _gauge("audit_head_seq", "Sequence number of the newest audit record (any writer).", head)
         if self._open_files is not None:
             yield _gauge(
                 "open_files_limit",

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -25,7 +26,7 @@ from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
-from gateway.app.audit_events import EventRecorder
+from gateway.app.audit_events import EventRecorder, HttpRefusals
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
@@ -146,6 +147,7 @@ class Gateway:
         )
         self.driver = BrokerDriver(self.broker, self.hub, self.clock)
         self.events = EventRecorder(self.audit)
+        self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
             self.directory, self.engine, self.driver, self.trust_domain, self._data_version
         )
@@ -276,6 +278,7 @@ class Gateway:
         audit_failure: Exception | None = None
         try:
             self._record(events, failures)
+            self.http_refusals.flush()
         except Exception as exc:  # the rest of the tick still runs; the supervisor hears of it after
             audit_failure = exc
         self.continuous.tick(events, failures, self.clock.now())
@@ -328,6 +331,7 @@ class Gateway:
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
                 body_timeout=self.config.limits.https_request_timeout,
+                refused=self.http_refusals,
             ),
         )
         collector = GatewayCollector(
@@ -338,13 +342,9 @@ class Gateway:
             self.views.counters,
             gates=lambda: self.hub.gates,
             open_files=self.open_files.soft,
+            audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
         )
         registry = metrics_registry(collector)
-
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
-
-        app.router.add_get("/metrics", metrics)
         add_admin_routes(
             app,
             AdminContext(
@@ -360,6 +360,8 @@ class Gateway:
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
                 body_timeout=self.config.limits.https_request_timeout,
+                refused=self.http_refusals,
+                metrics=lambda: render(registry),
             ),
         )
         return app
@@ -419,6 +421,8 @@ class Gateway:
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()
+        self.events.aggregator.flush(time.monotonic(), self.clock.wall(), force=True)
+        self.http_refusals.flush(force=True)
         self.audit.append(
             actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
         )

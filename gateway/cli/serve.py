@@ -15,6 +15,7 @@ import click
 from gateway.app.preflight import run_preflight
 from gateway.cli.common import CliError, data_option, friendly_errors
 from gateway.config import ConfigError, load_config, parse_endpoint
+from gateway.render.safe_text import printable
 from gateway.stores.datadir import DataDir
 
 
@@ -31,6 +32,16 @@ def install_event_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines stay one line each whatever a client sent: control characters in the message (a
+    client id, a path, a topic quoted in it) are escaped. A traceback, added after the message, is
+    left as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 @click.command()
@@ -76,9 +87,9 @@ def serve(
             )
         listen = replace(listen, insecure_plaintext=plain)
     config = replace(config, listen=listen)
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
     from gateway.app.runtime import Gateway  # imported late: the CLI's other commands stay light
 
     data = DataDir.resolve(data_dir)
