@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from aiohttp import web
 from cryptography import x509
@@ -49,6 +49,8 @@ from gateway.ops.operations import Operations, OpsContext
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError
+from gateway.stores.audit_anchor import append_anchor, make_anchor
+from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir, ca_passphrase
@@ -120,6 +122,8 @@ class Gateway:
         self.registry = Registry(self._registry_db)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
+        self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
+        self._anchored: tuple[int, str] | None = None  # the head the last anchor recorded
         self.directory = RegistryDirectory(self.registry, self.trust_domain, self.clock.wall())
         # Certificate validity is ours to check (OpenSSL's time check is off, see transport.py): at the
         # handshake, at CONNECT and while a session lives, each widened by the same tolerance.
@@ -190,7 +194,10 @@ class Gateway:
         )
         self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit, self.clock.wall)
-        self.loops = {name: LoopHealth(name) for name in ("following the registry", "draining broker events")}
+        self.loops = {
+            name: LoopHealth(name)
+            for name in ("following the registry", "draining broker events", "anchoring the audit log")
+        }
         self._listeners: list[MtlsListener | AcceptLoop] = []
         self._http: web.AppRunner | None = None
         self._serving_lock: int | None = None
@@ -268,6 +275,19 @@ class Gateway:
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
         return policy
+
+    def anchor_audit(self, event: str) -> None:
+        """Export the audit head, MACed, to DATA/audit-anchors.log and the log (stores/audit_anchor.py).
+
+        "periodic" anchors only when the head moved since the last anchor."""
+        seq, digest = self.audit.head()
+        if event == "periodic" and self._anchored == (seq, digest):
+            return
+        at = self.clock.wall().astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        anchor = make_anchor(self._anchor_key, seq, digest, at, event)
+        append_anchor(self.data.root, anchor)
+        self._anchored = (seq, digest)
+        log.info("audit anchor %s", anchor.line())
 
     def drain_events(self) -> None:
         """One event tick: broker events and failed handshakes into the audit log, the detectors,
@@ -400,9 +420,11 @@ class Gateway:
         )
         self._listeners.append(https)
         self.hub.run_ticker()
-        registry, events = self.loops.values()
+        registry, events, anchoring = self.loops.values()
         self.hub.spawn(supervise(self.follower.step, DATA_VERSION_POLL_SECONDS, registry))
         self.hub.spawn(supervise(self.drain_events, EVENT_TICK_SECONDS, events))
+        interval = self.config.storage.audit_anchor_interval
+        self.hub.spawn(supervise(lambda: self.anchor_audit("periodic"), interval, anchoring))
         self.hub.spawn(self.feed.run())
         self.audit.append(
             actor="system",
@@ -412,6 +434,7 @@ class Gateway:
             details={k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
             now=self.clock.wall(),
         )
+        self.anchor_audit("start")
 
     async def stop(self) -> None:
         self.feed.close()  # event streams end, so the HTTP server need not wait for them
@@ -426,6 +449,10 @@ class Gateway:
         self.audit.append(
             actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
         )
+        try:
+            self.anchor_audit("stop")
+        except OSError as exc:  # e.g. a full disk: the stop goes on; the next start anchors again
+            log.error("cannot write the audit anchor at stop (%s); the next start writes one", exc)
         self._broker_db.close()
         self._registry_db.close()
         release_serving_lock(self._serving_lock)
