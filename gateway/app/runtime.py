@@ -87,6 +87,19 @@ def load_startup_policy(config: GatewayConfig) -> Policy:
         raise GatewayStartupError(f"the policy cannot be used: {exc}") from None
 
 
+def refuse_lab_on_production(data: DataDir, registry: Registry) -> None:
+    """The anonymous lab listener shares one broker with everything this data dir serves: it may only
+    run on a throwaway data dir that has never issued a certificate to a unit."""
+    units = {record.id for record in registry.list_certificates(kind="unit")}
+    if units:
+        raise GatewayStartupError(
+            f"the lab listener (--insecure-plaintext-listen) cannot run on {data.root}: it has issued "
+            f"certificates to {len(units)} unit(s), and anonymous lab clients would share a broker with "
+            "them; give the lab a throwaway data dir of its own (fleetgate init --data /tmp/fleetgate-lab, "
+            "then fleetgate serve --data /tmp/fleetgate-lab --insecure-plaintext-listen 127.0.0.1:1883)"
+        )
+
+
 def broker_limits(config: GatewayConfig) -> BrokerLimits:
     limits = config.limits
     return BrokerLimits(
@@ -120,6 +133,8 @@ class Gateway:
         self._registry_db = open_database(data.database, synchronous=sync)
         self._broker_db = open_database(data.database, synchronous=sync)
         self.registry = Registry(self._registry_db)
+        if config.listen.insecure_plaintext is not None:
+            refuse_lab_on_production(data, self.registry)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
         self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
