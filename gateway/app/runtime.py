@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Sequence
@@ -459,8 +460,11 @@ class Gateway:
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()
-        self.events.aggregator.flush(time.monotonic(), self.clock.wall(), force=True)
-        self.http_refusals.flush(force=True)
+        try:  # the summaries of every open window, with their counts
+            self.events.aggregator.flush(time.monotonic(), self.clock.wall(), force=True)
+            self.http_refusals.flush(force=True)
+        except sqlite3.DatabaseError as exc:  # e.g. a full disk: the stop goes on
+            log.error("cannot write the last audit summaries at stop (%s)", exc)
         self.audit.append(
             actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
         )

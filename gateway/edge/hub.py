@@ -53,6 +53,10 @@ class HubCounters:
     accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
 
 
+class NotLoopback(RuntimeError):
+    """The lab listener's address resolved to something other than loopback; it is not served."""
+
+
 # Without a plan from the runtime (tests): an MQTT gate with the configured defaults and a cap that
 # only a test could reach.
 DEFAULT_MQTT_CAP = 100_000
@@ -260,7 +264,10 @@ async def start_lab_listener(hub: ConnectionHub, host: str, port: int) -> tuple[
     bound = await listener.start(host, port)
     if not _is_loopback(bound[0]):
         listener.close()
-        raise OSError(f"the lab listener bound {bound[0]}, which is not a loopback address")
+        raise NotLoopback(
+            f"the lab listener bound {bound[0]}, which is not a loopback address; "
+            "give --insecure-plaintext-listen 127.0.0.1:PORT or [::1]:PORT"
+        )
     log.warning(LAB_WARNING, format_address(bound))
     hub.spawn(_keep_warning(format_address(bound)))
     return listener, bound

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import V5, Paho
-from tests.hardening.common import record_figure
+from tests.hardening.common import Bystander, record_figure
 from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import eventually
 
@@ -29,7 +29,7 @@ IDLE_SOCKETS = 300
 FROM_ONE_HOST = 40  # from 127.0.0.2, which is not exempt from the per-source limits
 HTTPS_PER_SOURCE = 16  # the default limits.https_max_connections_per_source
 REQUEST_TIMEOUT = 2.0
-HANDSHAKE_TIMEOUT = 4.0
+HANDSHAKE_TIMEOUT = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +84,18 @@ def _unit_connects(gw: GatewayProcess, creds: Credentials) -> tuple[bool, float,
 
 def test_idle_sockets_on_https_cannot_starve_mqtt_of_descriptors(gw: GatewayProcess) -> None:
     unit = gw.enroll_unit("TRK-FD-1")
+    bystander = Bystander(gw, gw.enroll_unit("TRK-FD-BYSTANDER"), gw.issue("service", "dispatch"), rate=5)
+    bystander.start()
+    _, baseline, _ = _unit_connects(gw, unit)  # the same connect with no flood, for comparison
     one_host = _idle(gw.https_port, FROM_ONE_HOST, "127.0.0.2")
     flood = _idle(gw.https_port, IDLE_SOCKETS)
     time.sleep(0.5)  # the accept loop has seen them all
-    connected, seconds, how = _unit_connects(gw, unit)
+    # Counted before the handshake timeout cuts the idle sockets that were let in.
     held_by_one_host = sum(not _closed(s) for s in one_host)
     held_in_all = held_by_one_host + sum(not _closed(s) for s in flood)
+    connected, seconds, how = _unit_connects(gw, unit)
+    still_held = sum(not _closed(s) for s in one_host + flood)  # the HTTPS share was full meanwhile
+    lost = bystander.stop()
     log = gw.log()
     caps = re.search(r"connection caps: mqtt (\d+), https (\d+)", log)
     for sock in one_host + flood:
@@ -103,6 +109,9 @@ def test_idle_sockets_on_https_cannot_starve_mqtt_of_descriptors(gw: GatewayProc
         caps=caps.group(0) if caps else None,
         unit_connected=connected,
         unit_connect_seconds=round(seconds, 3),
+        unit_connect_seconds_without_flood=round(baseline, 3),
+        https_still_held_after_the_unit_connected=still_held,
+        bystander=lost,
     )
     assert connected, f"the unit could not connect while HTTPS was flooded: {how}\n{log[-3000:]}"
     assert caps is not None
@@ -112,6 +121,8 @@ def test_idle_sockets_on_https_cannot_starve_mqtt_of_descriptors(gw: GatewayProc
     assert log.count("https source_full: refusing") == 1
     assert log.count("https listener_full: refusing") == 1
     assert "accept_failed" not in log
+    # A unit already connected lost nothing meanwhile.
+    assert (lost["missing"], lost["disconnects"]) == (0, 0) and lost["acked"] > 0, lost
 
 
 def test_idle_https_connections_are_cut_at_the_handshake_timeout(gw: GatewayProcess) -> None:
