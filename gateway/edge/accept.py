@@ -150,12 +150,12 @@ async def _connect(
             await loop.connect_accepted_socket(
                 lambda: Released(factory(), slot), sock, ssl=context, ssl_handshake_timeout=handshake_timeout
             )
-    except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+    except OSError:  # ssl.SSLError, TimeoutError and ConnectionError are OSErrors too
         # The handshake failed or timed out, or the client left first: the application protocol never
         # saw the connection, so its connection_lost will not release the slot.
         slot.release()
         sock.close()
-    except BaseException:
+    except BaseException:  # cancelled at shutdown: give the slot back all the same
         slot.release()
         sock.close()
         raise
