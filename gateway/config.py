@@ -110,12 +110,26 @@ class LimitsConfig:
     # New TCP connections per source address, checked before TLS (0 = off); loopback is exempt by default
     connections_per_source_per_second: float = 20.0
     connection_burst_per_source: int = 100
-    connection_rate_exempt: str = "127.0.0.1 ::1"  # space-separated source addresses
+    # Sources (addresses or networks, space-separated) exempt from every per-source limit (rate and
+    # connections held); never from a listener's cap. A source is an IPv4 address or an IPv6 /64.
+    connection_rate_exempt: str = "127.0.0.1 ::1"
+    # Connections held at once. MQTT: 0 = what the open-file budget leaves after HTTPS and the lab.
+    max_connections: int = 0
+    max_connections_per_source: int = 256  # MQTT, before and after TLS
+    https_max_connections: int = 256  # and never more than a quarter of the open-file budget
+    https_max_connections_per_source: int = 16
+    # Seconds an HTTPS client has to send a request's head (from connecting, or from the previous
+    # answer on a kept-alive connection), and again to send its body.
+    https_request_timeout: float = 10.0
+    lab_max_connections: int = 64  # the plaintext lab listener; never more than 1/16 of the budget
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     synchronous: str = "NORMAL"  # NORMAL survives a process kill; FULL also survives power loss
+    # Seconds between exports of the audit head to DATA/audit-anchors.log and the log (when it moved);
+    # also exported at every start and stop.
+    audit_anchor_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,19 @@ def _check(config: GatewayConfig) -> None:
                 f"{src}: certificates.self_renewal.{kind} must be {' or '.join(SELF_RENEWAL_MODES)}, "
                 f"not {mode!r}"
             )
+    for item in config.limits.connection_rate_exempt.split():
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: limits.connection_rate_exempt: {item!r} is not an IP address or network "
+                "(e.g. 127.0.0.1 or 10.8.0.0/16)"
+            ) from None
+    for key in ("https_max_connections", "lab_max_connections", "https_request_timeout"):
+        if not getattr(config.limits, key) > 0:
+            raise ConfigError(f"{src}: limits.{key} must be greater than 0")
+    if not config.storage.audit_anchor_interval >= 1:
+        raise ConfigError(f"{src}: storage.audit_anchor_interval must be at least 1 second")
 
 
 def embedded_defaults_text() -> str:

@@ -13,7 +13,7 @@ from tests.harness import GatewayProcess
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A running gateway on fresh state, shared by the tests of one module."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw"), lab=True)
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw"))
     gw.init()
     gw.start()
     yield gw
@@ -23,7 +23,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture
 def fresh_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     """A gateway of its own, for tests that restart or break it."""
-    gw = GatewayProcess(tmp_path, lab=True)
+    gw = GatewayProcess(tmp_path)
     gw.init()
     gw.start()
     yield gw

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -71,8 +72,16 @@ def run_cli(
 
 
 class GatewayProcess:
-    def __init__(self, root: Path, *, lab: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lab: bool = False,
+        extra_args: tuple[str, ...] = (),
+        open_files: int | None = None,
+    ) -> None:
         self.root = root
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the gateway process, like `ulimit -n`
         self.data = root / "data"
         self.clients = root / "clients"
         self.mqtt_port = free_port()
@@ -81,6 +90,7 @@ class GatewayProcess:
         self.extra_args = extra_args
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = root / "gateway.log"
+        self._metrics_reader: Credentials | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -102,8 +112,15 @@ class GatewayProcess:
         if self.lab_port is not None:
             args += ["--insecure-plaintext-listen", f"127.0.0.1:{self.lab_port}"]
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=self._limits
+        )
         self._wait_ready()
+
+    def _limits(self) -> None:
+        """Runs in the child before exec: the open-file limit a test asked for."""
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -170,6 +187,12 @@ class GatewayProcess:
         data = result.json()
         assert isinstance(data, dict)
         return Credentials(name, Path(data["cert"]), Path(data["key"]), Path(data["ca"]))
+
+    def metrics_reader(self) -> Credentials:
+        """An operator certificate with the `metrics` role, issued once: /metrics needs one."""
+        if self._metrics_reader is None:
+            self._metrics_reader = self.issue("operator", "metrics-reader", "--role", "metrics")
+        return self._metrics_reader
 
     def _save(self, ident: str, key: object, certs: list[object]) -> Credentials:
         from cryptography.hazmat.primitives import serialization

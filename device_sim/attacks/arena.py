@@ -86,6 +86,7 @@ class Lab:
         self.options = options
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lab")
         self._dispatch_files: UnitFiles | None = None
+        self._metrics_files: UnitFiles | None = None
         self.work = target.workdir
         self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -120,6 +121,25 @@ class Lab:
                 fleetgate(self.target.data, "service", "add", "dispatch", "--out", str(out))
             self._dispatch_files = UnitFiles(cert, key, out / "ca.crt")
         return self._dispatch_files
+
+    def metrics_files(self) -> UnitFiles:
+        """An operator certificate with the `metrics` role: /metrics is not for strangers."""
+        if self._metrics_files is None:
+            out = self.work / "operators"
+            cert, key = out / "arena-metrics.crt", out / "arena-metrics.key"
+            if not (cert.exists() and key.exists()):
+                fleetgate(
+                    self.target.data,
+                    "operator",
+                    "add",
+                    "arena-metrics",
+                    "--role",
+                    "metrics",
+                    "--out",
+                    str(out),
+                )
+            self._metrics_files = UnitFiles(cert, key, out / "ca.crt")
+        return self._metrics_files
 
     async def dispatch(self) -> Dispatch:
         service = Dispatch(self.dispatch_files(), self.target.host, self.target.port, executor=self.executor)
@@ -172,6 +192,11 @@ class Lab:
         """The gateway's /metrics counters (empty if it has none or they cannot be read)."""
         url = self.target.est_url.rstrip("/") + "/metrics"
         context = ssl.create_default_context(cafile=str(self.target.data / "ca" / "root.crt"))
+        try:
+            files = self.metrics_files()  # in this thread: run_fleetgate borrows sys.stdout
+        except RuntimeError:
+            return {}
+        context.load_cert_chain(str(files.cert), str(files.key))
 
         def fetch() -> str:
             with urllib.request.urlopen(url, context=context, timeout=5) as response:

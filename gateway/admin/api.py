@@ -14,25 +14,36 @@ Routes, and the right each needs (roles in gateway/admin/auth.py, described in g
     GET  /api/events?since=SEQ&heartbeat=S    events.read           (Server-Sent Events)
     GET  /api/flows                           flows.read            the live data-flow map (JSON)
     GET  /api/openapi.json                    docs.read
+    GET  /metrics                             metrics.read          Prometheus text (not audited)
 
 Errors are `{"error": "<one sentence>", "code": "<stable reason>"}` with 400 (bad input), 401/403
-(who you are / what your role allows), 404 (no such unit/partner), 409 (state forbids it), 422 (a
-policy that cannot be loaded). Refusals by role are audited here; the operations audit themselves
-with the operator as actor; reads are audited as `admin.<right>`.
+(who you are / what your role allows), 404 (no such unit/partner), 409 (state forbids it), 415 (a
+body that is not JSON), 422 (a policy that cannot be loaded). Refusals by role are audited here;
+the operations audit themselves with the operator as actor; reads are audited as `admin.<right>`.
+
+Before anyone is authenticated, a request with a foreign `Origin` (a browser on another site) is
+refused 403 `foreign_origin`, and a POST whose body is not declared `application/json` 415: with an
+operator certificate installed in a browser, a cross-site form could otherwise act as the operator
+(a form can send text/plain but cannot set application/json without the site's consent). A request
+without `Origin` (the CLI, curl, Prometheus) is fine. Refusals that named no operator (no
+certificate, another kind's certificate, these two) are aggregated per source address in the audit
+log; refusals of a named operator (its role lacks the right, it was revoked) are one record each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gateway.admin.auth import RIGHT_TEXT, Operator, Refusal, authenticate
-from gateway.admin.est import storage_failure
+from gateway.admin.est import RefusalSink, request_source, storage_failure
 from gateway.admin.openapi import openapi_document
 from gateway.admin.sse import DEFAULT_HEARTBEAT, AuditFeed, stream_events
 from gateway.admin.totp_store import HEADER as TOTP_HEADER
@@ -63,6 +74,9 @@ class AdminContext:
     totp: TotpStore | None = None  # the second factor for sensitive rights
     flows: Callable[[], FlowMap] | None = None  # the live data-flow map
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance, for operator certificates
+    body_timeout: float = 10.0  # limits.https_request_timeout: seconds a client has to send its body
+    refused: RefusalSink | None = None  # None: each refusal is its own audit record (tests)
+    metrics: Callable[[], bytes] | None = None  # the Prometheus exposition, for GET /metrics
 
 
 class BadRequest(Exception):
@@ -81,17 +95,11 @@ def _endpoint(
     ctx: AdminContext, right: str, fn: Handler
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        who = authenticate(request, ctx.registry, ctx.trust_domain, right, ctx.clock(), ctx.clock_skew)
+        who = _request_refusal(request) or authenticate(
+            request, ctx.registry, ctx.trust_domain, right, ctx.clock(), ctx.clock_skew
+        )
         if isinstance(who, Refusal):
-            ctx.audit.append(
-                actor=who.actor,
-                action="admin.request",
-                subject=f"{request.method} {request.path}",
-                outcome="refused",
-                reason=who.reason,
-                details={"right": right, "role": who.role},
-                now=ctx.clock(),
-            )
+            _audit_refusal(ctx, request, who, right)
             return error(who.status, who.message, who.reason)
         if ctx.totp is not None and ctx.totp.policy.requires_totp(right):
             refused = _second_factor(request, ctx, who, right)
@@ -110,6 +118,12 @@ def _endpoint(
             return await fn(request, ctx, who)
         except BadRequest as exc:
             return error(400, str(exc), "bad_request")
+        except BodyTimeout:
+            response = error(
+                408, f"the request body did not arrive within {ctx.body_timeout:g} s", "request_timeout"
+            )
+            response.force_close()
+            return response
         except OpsError as exc:
             return error(exc.status, str(exc), exc.code)
         except PkiError as exc:
@@ -118,6 +132,73 @@ def _endpoint(
             return error(503, storage_failure(exc), "storage_unavailable")
 
     return handle
+
+
+def _request_refusal(request: web.Request) -> Refusal | None:
+    """A browser's cross-site request, refused before anyone is authenticated (see the module doc)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and not same_origin(origin, request.host):
+        return Refusal(
+            403,
+            "foreign_origin",
+            "requests from another site (Origin header) are refused; use the CLI or send no Origin",
+            request_source(request),
+        )
+    declares_body = request.body_exists or "Content-Type" in request.headers
+    if request.method == "POST" and declares_body and request.content_type != "application/json":
+        return Refusal(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+            request_source(request),
+        )
+    return None
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether an Origin header names this gateway as the client reached it (scheme https, the Host)."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme != "https" or not parts.netloc or not host:
+        return False
+
+    def normal(netloc: str) -> str:
+        netloc = netloc.lower()
+        return netloc[: -len(":443")] if netloc.endswith(":443") else netloc
+
+    return normal(parts.netloc) == normal(host)
+
+
+def _audit_refusal(ctx: AdminContext, request: web.Request, who: Refusal, right: str) -> None:
+    subject = f"{request.method} {request.path}"
+    if who.actor.startswith("operator/"):  # a named operator's refusal matters one by one
+        ctx.audit.append(
+            actor=who.actor,
+            action="admin.request",
+            subject=subject,
+            outcome="refused",
+            reason=who.reason,
+            details={"right": right, "role": who.role},
+            now=ctx.clock(),
+        )
+        return
+    details: dict[str, object] = {"right": right}
+    if not who.actor.startswith("address/"):
+        details["identity"] = who.actor  # e.g. a unit's certificate: not an operator
+    source = request_source(request)
+    if ctx.refused is not None:
+        ctx.refused(
+            source=source, action="admin.request", subject=subject, reason=who.reason, details=details
+        )
+        return
+    ctx.audit.append(
+        actor=source,
+        action="admin.request",
+        subject=subject,
+        outcome="refused",
+        reason=who.reason,
+        details=details,
+        now=ctx.clock(),
+    )
 
 
 def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right: str) -> web.Response | None:
@@ -159,11 +240,18 @@ def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right
 # --- parsing ------------------------------------------------------------------------------------
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+class BodyTimeout(Exception):
+    """The body did not arrive in time."""
+
+
+async def _body(request: web.Request, timeout: float) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
+        async with asyncio.timeout(timeout):
+            data = await request.json()
+    except TimeoutError:
+        raise BodyTimeout from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest('the body must be a JSON object such as {"reason": "suspected tampering"}') from None
     if not isinstance(data, dict):
@@ -218,7 +306,7 @@ async def list_sessions(request: web.Request, ctx: AdminContext, who: Operator) 
 
 
 async def quarantine(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    reason = _text(await _body(request), "reason")
+    reason = _text(await _body(request, ctx.body_timeout), "reason")
     result = ctx.ops.quarantine(request.match_info["id"], reason, who.actor, ctx.clock())
     return web.json_response(result.as_dict())
 
@@ -229,7 +317,7 @@ async def release(request: web.Request, ctx: AdminContext, who: Operator) -> web
 
 
 async def revoke(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    body = await _body(request)
+    body = await _body(request, ctx.body_timeout)
     reason = _text(body, "reason")
     if body.get("confirm") is not True:
         raise BadRequest(
@@ -241,7 +329,7 @@ async def revoke(request: web.Request, ctx: AdminContext, who: Operator) -> web.
 
 
 async def partner_disconnect(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    dry_run = _flag(await _body(request), "dry_run")
+    dry_run = _flag(await _body(request, ctx.body_timeout), "dry_run")
     report = ctx.ops.partner_disconnect(request.match_info["id"], who.actor, ctx.clock(), dry_run)
     return web.json_response(report.as_dict())
 
@@ -278,6 +366,12 @@ async def flows(request: web.Request, ctx: AdminContext, who: Operator) -> web.S
     return web.json_response(flowmap_to_dict(ctx.flows()))
 
 
+async def metrics(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    if ctx.metrics is None:
+        raise OpsError("no_metrics", "this gateway exports no metrics", 404)
+    return web.Response(body=ctx.metrics(), content_type="text/plain", charset="utf-8")
+
+
 async def openapi(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
     document = openapi_document()
     document["servers"] = [{"url": f"https://{request.host}"}]  # where this gateway was reached
@@ -297,6 +391,7 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("GET", "/api/events", "events.read", events),
     ("GET", "/api/flows", "flows.read", flows),
     ("GET", "/api/openapi.json", "docs.read", openapi),
+    ("GET", "/metrics", "metrics.read", metrics),
 )
 
 

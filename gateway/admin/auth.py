@@ -30,19 +30,28 @@ from pki.store import Registry
 from pki.verify import check_validity
 
 OPS_RIGHTS = frozenset(
-    {"units.read", "sessions.read", "units.quarantine", "units.release", "docs.read", "flows.read"}
+    {
+        "units.read",
+        "sessions.read",
+        "units.quarantine",
+        "units.release",
+        "docs.read",
+        "flows.read",
+        "metrics.read",
+    }
 )
 READ_RIGHTS = frozenset(
-    {"units.read", "sessions.read", "audit.read", "events.read", "docs.read", "flows.read"}
+    {"units.read", "sessions.read", "audit.read", "events.read", "docs.read", "flows.read", "metrics.read"}
 )
 SECURITY_RIGHTS = OPS_RIGHTS | READ_RIGHTS | {"identities.revoke", "partners.disconnect", "policy.reload"}
 
 # The roles table (docs/operations.md repeats it): ops contain units, security may also cut off and
-# change policy, auditors only read.
+# change policy, auditors only read, and a metrics identity (a Prometheus scraper) reads /metrics only.
 ROLE_RIGHTS: dict[str, frozenset[str]] = {
     "ops": OPS_RIGHTS,
     "security": SECURITY_RIGHTS,
     "auditor": READ_RIGHTS,
+    "metrics": frozenset({"metrics.read"}),
 }
 RIGHT_TEXT = {
     "units.read": "read unit status",
@@ -56,6 +65,7 @@ RIGHT_TEXT = {
     "events.read": "follow the event stream",
     "docs.read": "read the API document",
     "flows.read": "read the data-flow map",
+    "metrics.read": "read the metrics",
 }
 
 
@@ -132,7 +142,7 @@ def authenticate(
         return Refusal(
             403,
             "no_role",
-            f"{actor} has no admin role; issue it again with --role ops|security|auditor",
+            f"{actor} has no admin role; issue it again with --role ops|security|auditor|metrics",
             actor,
         )
     if right not in rights:

@@ -6,30 +6,56 @@
     GET  /crl  /crl.pem                    the current CRL (DER / PEM)
 
 Refusals are one line of text with the status the refusal carries (400/401/403), and every
-enrollment decision, accepted or refused, is an audit record.
+enrollment decision is audited: an issued certificate one record each, refusals through the refusal
+sink, which aggregates them per source address (anyone may send them, as fast as they like). The
+HTTP Basic user name is checked to be a unit id before anything records it, and never recorded
+when it is not (only its length and a hash prefix).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.edge.admission import source_key
 from gateway.stores.audit_log import AuditLog
 from pki.enrollment import Refusal
 from pki.est import CERTS_ONLY_CONTENT_TYPE, EstBodyError, decode_csr_body, encode_certs_only
-from pki.names import IdentityError, identity_from_certificate
+from pki.names import IdentityError, identity_from_certificate, validate_id
 from pki.service import STRICT_SELF_RENEWAL, EnrollmentResult, FleetCA
 
 Clock = Callable[[], datetime]
+
+
+class RefusalSink(Protocol):
+    """Where refused HTTPS requests go: aggregated per source (gateway/app/audit_events.HttpRefusals)."""
+
+    def __call__(
+        self, *, source: str, action: str, subject: str, reason: str, details: dict[str, object] | None = None
+    ) -> None: ...
+
+
+def request_source(request: web.Request) -> str:
+    """'address/<source>' of a request: its IPv4 address or IPv6 /64 (gateway/edge/admission.py)."""
+    remote = request.remote or "?"
+    return f"address/{source_key(f'[{remote}]:0' if ':' in remote else remote)}"
+
+
+def fingerprint(text: str) -> str:
+    """What identifies a string a stranger sent without recording it: a SHA-256 prefix."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
@@ -43,6 +69,8 @@ class EstContext:
     clock_skew: timedelta = timedelta(0)  # tls.clock_skew_tolerance: how early a certificate may be used
     # certificates.self_renewal: may operators, services, partners renew over EST (refused if unnamed)
     self_renewal: Mapping[str, str] = field(default_factory=lambda: dict(STRICT_SELF_RENEWAL))
+    body_timeout: float = 10.0  # limits.https_request_timeout: seconds a client has to send its body
+    refused: RefusalSink | None = None  # None: each refusal is its own audit record (tests)
 
 
 log = logging.getLogger("fleetgate.est")
@@ -112,16 +140,32 @@ async def _crl_pem(request: web.Request, ctx: EstContext) -> web.StreamResponse:
     return web.Response(text=crl.public_bytes(serialization.Encoding.PEM).decode(), content_type="text/plain")
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than `limit` (read no further than that)."""
+class BodyTimeout(Exception):
+    """The client did not send its whole body in time (a slow-body client holds a connection)."""
+
+
+async def read_limited(request: web.Request, limit: int, timeout: float | None = None) -> bytes | None:
+    """The request body, or None when it is larger than `limit` (read no further than that).
+
+    Raises BodyTimeout when it has not all arrived within `timeout` seconds."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(16 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout from None
     return b"".join(chunks)
+
+
+def body_timeout_response(timeout: float) -> web.Response:
+    response = text_error(408, f"the request body did not arrive within {timeout:g} s; send it at once")
+    response.force_close()
+    return response
 
 
 def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
@@ -138,7 +182,10 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 
 
 async def _read_csr(request: web.Request, ctx: EstContext) -> x509.CertificateSigningRequest | web.Response:
-    body = await read_limited(request, ctx.max_body)
+    try:
+        body = await read_limited(request, ctx.max_body, ctx.body_timeout)
+    except BodyTimeout:
+        return body_timeout_response(ctx.body_timeout)
     if body is None:
         return text_error(
             413, f"request body is larger than {ctx.max_body} bytes; send one base64 PKCS#10 CSR"
@@ -158,13 +205,31 @@ async def _simpleenroll(request: web.Request, ctx: EstContext) -> web.StreamResp
             {"WWW-Authenticate": 'Basic realm="fleetgate EST"'},
         )
     unit_id, token = credentials
+    try:
+        validate_id("unit", unit_id)
+    except IdentityError:
+        # Anyone can send any user name: it is not recorded unless it could be a unit id.
+        _refuse(
+            ctx,
+            request,
+            "est.enroll",
+            request_source(request),
+            "invalid_unit_id",
+            {"user_name_chars": len(unit_id), "user_name_sha256": fingerprint(unit_id)},
+        )
+        return text_error(
+            401,
+            "the user name is not a unit id; send the id `fleetgate unit add` registered "
+            "(1-64 letters, digits, '.', '_' or '-') and its token",
+            {"WWW-Authenticate": 'Basic realm="fleetgate EST"'},
+        )
     csr = await _read_csr(request, ctx)
     if isinstance(csr, web.Response):
-        _audit_body_refusal(ctx, f"unit/{unit_id}", "est.enroll", csr)
+        _refuse(ctx, request, "est.enroll", f"unit/{unit_id}", _body_refusal_reason(csr))
         return csr
     now = ctx.clock()
     result = ctx.ca.enroll(unit_id, token, csr, now, ctx.unit_lifetime)
-    return _answer(ctx, result, actor=f"unit/{unit_id}", action="est.enroll", address=request.remote)
+    return _answer(ctx, request, result, actor=f"unit/{unit_id}", action="est.enroll")
 
 
 async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamResponse:
@@ -187,10 +252,10 @@ async def _simplereenroll(request: web.Request, ctx: EstContext) -> web.StreamRe
         )
     csr = await _read_csr(request, ctx)
     if isinstance(csr, web.Response):
-        _audit_body_refusal(ctx, str(identity), "est.reenroll", csr)
+        _refuse(ctx, request, "est.reenroll", str(identity), _body_refusal_reason(csr))
         return csr
     result = ctx.ca.reenroll(current, csr, ctx.clock(), ctx.unit_lifetime, self_renewal=ctx.self_renewal)
-    return _answer(ctx, result, actor=str(identity), action="est.reenroll", address=request.remote)
+    return _answer(ctx, request, result, actor=str(identity), action="est.reenroll", authenticated=True)
 
 
 def _client_certificate(request: web.Request) -> x509.Certificate | None:
@@ -201,20 +266,33 @@ def _client_certificate(request: web.Request) -> x509.Certificate | None:
 
 
 def _answer(
-    ctx: EstContext, result: EnrollmentResult, *, actor: str, action: str, address: str | None
+    ctx: EstContext,
+    request: web.Request,
+    result: EnrollmentResult,
+    *,
+    actor: str,
+    action: str,
+    authenticated: bool = False,
 ) -> web.Response:
+    """The EST answer, audited. `authenticated`: the actor was proven by its certificate (re-enroll),
+    so a refusal is its own record under that actor, like a named operator's admin refusal; an
+    unproven claim (a token enrollment) is aggregated per source instead."""
     now = ctx.clock()
+    address = request.remote
     if result.certificate is None:
         refusal: Refusal = result.refusal  # type: ignore[assignment]
-        ctx.audit.append(
-            actor=actor,
-            action=action,
-            subject=actor,
-            outcome="refused",
-            reason=refusal.reason.code,
-            details={"address": address or "", "detail": refusal.detail},
-            now=now,
-        )
+        if authenticated:
+            ctx.audit.append(
+                actor=actor,
+                action=action,
+                subject=actor,
+                outcome="refused",
+                reason=refusal.reason.code,
+                details={"address": address or "", "detail": refusal.detail},
+                now=now,
+            )
+        else:
+            _refuse(ctx, request, action, actor, refusal.reason.code, {"detail": refusal.detail})
         message = refusal.reason.message + (f" ({refusal.detail})" if refusal.detail else "")
         return text_error(refusal.reason.http_status, message)
     cert = result.certificate
@@ -236,8 +314,30 @@ def _answer(
     return _certs_response([cert])
 
 
-def _audit_body_refusal(ctx: EstContext, actor: str, action: str, response: web.Response) -> None:
-    reason = "body_too_large" if response.status == 413 else "bad_csr_body"
+def _body_refusal_reason(response: web.Response) -> str:
+    return {413: "body_too_large", 408: "body_timeout"}.get(response.status, "bad_csr_body")
+
+
+def _refuse(
+    ctx: EstContext,
+    request: web.Request,
+    action: str,
+    subject: str,
+    reason: str,
+    details: dict[str, object] | None = None,
+) -> None:
+    """Audit a refused enrollment: through the sink, aggregated per source, when there is one."""
+    if ctx.refused is not None:
+        ctx.refused(
+            source=request_source(request), action=action, subject=subject, reason=reason, details=details
+        )
+        return
     ctx.audit.append(
-        actor=actor, action=action, subject=actor, outcome="refused", reason=reason, now=ctx.clock()
+        actor=request_source(request),
+        action=action,
+        subject=subject,
+        outcome="refused",
+        reason=reason,
+        details=details,
+        now=ctx.clock(),
     )

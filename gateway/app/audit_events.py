@@ -3,6 +3,11 @@
 Decisions that matter one by one (a refused CONNECT, a session takeover that may be a clone) are
 written as they come. Denials and handshake failures are aggregated per (who, what, why) so that a
 flood becomes one record plus periodic summaries, never a flood of records.
+
+Refused HTTPS requests (EST enrollments, admin API calls that named no operator) come from people
+who may hold nothing at all, as fast as they can send them: HttpRefusals aggregates them per source
+address (an IPv4 address or an IPv6 /64), with fewer keys than the broker's denials, so a flood of
+refused requests from any number of sources costs a bounded number of records per window.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from gateway.edge.reports import HandshakeFailure
 from gateway.stores.audit_log import AggregatingAuditor, AuditLog
+
+HTTP_REFUSAL_SOURCES = 1024  # distinct (source, action, reason) runs per window before they are folded
 
 # Broker event class name → (audit action, aggregate?)
 _ACTIONS: dict[str, tuple[str, bool]] = {
@@ -88,6 +95,31 @@ class EventRecorder:
             details=details,
             now=wall,
         )
+
+
+class HttpRefusals:
+    """The refusal sink EST and the admin API are given (gateway/admin/est.py RefusalSink)."""
+
+    def __init__(self, audit: AuditLog, wall: Callable[[], datetime], window: float = 60.0) -> None:
+        self.aggregator = AggregatingAuditor(audit, window=window, max_keys=HTTP_REFUSAL_SOURCES)
+        self._wall = wall
+
+    def __call__(
+        self, *, source: str, action: str, subject: str, reason: str, details: dict[str, object] | None = None
+    ) -> None:
+        self.aggregator.note_denial(
+            actor=source,
+            action=action,
+            subject=subject,
+            reason=reason,
+            now_monotonic=time.monotonic(),
+            wall=self._wall(),
+            outcome="refused",
+            details=details,
+        )
+
+    def flush(self, *, force: bool = False) -> None:
+        self.aggregator.flush(time.monotonic(), self._wall(), force=force)
 
 
 def _plain(value: Any) -> Any:

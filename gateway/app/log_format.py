@@ -2,7 +2,7 @@
 json`) with stable keys for a log shipper or a SIEM: `ts` (UTC, ISO 8601), `level`, `logger`, `msg`,
 and, for security events mirrored from the audit log (logger `fleetgate.audit`), `audit` holding the
 record as `fleetgate events --json` shows it. Strings are JSON-escaped, so no logged value (a client
-id, a user name) can start a line of its own.
+id, a user name) can start a line of its own; in the text format control characters are escaped.
 """
 
 from __future__ import annotations
@@ -12,8 +12,20 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from gateway.render.safe_text import printable
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines stay one line each whatever a client sent: control characters in the message (a
+    client id, a path, a topic quoted in it) are escaped. A traceback, added after the message, is
+    left as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +47,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str, fmt: str) -> None:
     """Send the gateway's log to stderr at `level`, as text or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else SafeFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from gateway.broker import BrokerMetrics
 from gateway.context.partner_views import ViewCounters
 from gateway.detection.continuous import EvaluatorStats
+from gateway.edge.admission import ConnectionGate
 from gateway.edge.hub import HubCounters
 
 PREFIX = "fleetgate"
@@ -54,7 +55,13 @@ class GatewayCollector(Collector):
         connections: Callable[[], int],
         detectors: Callable[[], EvaluatorStats] | None = None,
         views: Callable[[], ViewCounters] | None = None,
+        gates: Callable[[], dict[str, ConnectionGate]] | None = None,
+        open_files: int | None = None,
+        audit: Callable[[], tuple[int, int, int]] | None = None,
     ) -> None:
+        self._audit = audit  # (records appended by this process, their bytes, the head's seq)
+        self._gates = gates
+        self._open_files = open_files
         self._broker = broker_metrics
         self._hub = hub
         self._connections = connections
@@ -103,6 +110,27 @@ class GatewayCollector(Collector):
         yield _counter("slow_consumers_cut", "Clients cut off for not reading.", h.slow_consumers_cut)
         yield _counter("internal_errors", "Connections closed by an internal error.", m.internal_errors)
         yield _counter("store_errors", "Failed state commits.", m.store_errors)
+        yield _labelled(
+            "accept_failed",
+            "Failed accept() calls, by listener and errno.",
+            "listener_errno",
+            dict(h.accept_failed),
+        )
+        if self._gates is not None:
+            yield from _gate_metrics(self._gates())
+        if self._audit is not None:
+            records, size, head = self._audit()
+            yield _counter("audit_records", "Audit records appended by this gateway process.", records)
+            yield _counter(
+                "audit_bytes", "Bytes of the audit records this process appended (alert on its rate).", size
+            )
+            yield _gauge("audit_head_seq", "Sequence number of the newest audit record (any writer).", head)
+        if self._open_files is not None:
+            yield _gauge(
+                "open_files_limit",
+                "The soft RLIMIT_NOFILE in force (raised to the hard limit at start).",
+                self._open_files,
+            )
         if self._detectors is not None:
             d = self._detectors()
             yield _labelled(
@@ -149,6 +177,26 @@ def _build_info() -> GaugeMetricFamily:
 
 BUILD_LABELS = ["version", "python", "openssl"]
 BUILD_INFO = (_package_version(), platform.python_version(), ssl.OPENSSL_VERSION.split()[1])
+def _gate_metrics(gates: dict[str, ConnectionGate]) -> Iterator[Any]:
+    held = GaugeMetricFamily(
+        f"{PREFIX}_listener_connections", "Connections a listener holds now.", labels=["listener"]
+    )
+    cap = GaugeMetricFamily(
+        f"{PREFIX}_listener_capacity", "Connections a listener may hold at once.", labels=["listener"]
+    )
+    refused = CounterMetricFamily(
+        f"{PREFIX}_connections_refused",
+        "Connections refused at admission, before TLS, by listener and reason.",
+        labels=["listener", "reason"],
+    )
+    for name, gate in sorted(gates.items()):
+        held.add_metric([name], gate.open)
+        cap.add_metric([name], gate.max_connections)
+        for reason, count in sorted(gate.counters.refused.items()):
+            refused.add_metric([name, reason], count)
+    yield held
+    yield cap
+    yield refused
 
 
 def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from aiohttp import web
 from cryptography import x509
@@ -26,7 +28,8 @@ from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
-from gateway.app.audit_events import EventRecorder
+from gateway.app.audit_events import EventRecorder, HttpRefusals
+from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
@@ -38,9 +41,10 @@ from gateway.context.flow_feed import FlowFeed
 from gateway.context.partner_views import PartnerViews
 from gateway.context.posture_watch import PostureWatch
 from gateway.detection.continuous import wire as wire_continuous
-from gateway.edge.admission import admission_from_limits
+from gateway.edge.accept import AcceptLoop
+from gateway.edge.admission import listener_gates
 from gateway.edge.driver import BrokerDriver, Clock
-from gateway.edge.hub import ConnectionHub, start_lab_listener, start_mqtt_listener
+from gateway.edge.hub import ConnectionHub, start_https_listener, start_lab_listener, start_mqtt_listener
 from gateway.edge.reports import HandshakeFailure
 from gateway.edge.tls import tls_server_context
 from gateway.edge.transport import MtlsListener
@@ -48,6 +52,8 @@ from gateway.ops.operations import Operations, OpsContext
 from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import Policy, PolicyError
+from gateway.stores.audit_anchor import append_anchor, make_anchor
+from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir, ca_passphrase
@@ -68,6 +74,10 @@ log = logging.getLogger("fleetgate")
 
 EVENT_TICK_SECONDS = 0.25  # broker events drained into audit, detectors, views and the flow map
 UNRECORDED_LIMIT = 100_000  # events (and failed handshakes) kept for the audit log while it fails
+# After answering a request whose body was not read (413, 408), how long aiohttp reads and drops what
+# the client still sends before closing (its default, 10 s, is a long time to hold a slow client).
+HTTP_LINGER_SECONDS = 2.0
+LOW_OPEN_FILES = 4096  # below this open-file limit the start says how few units can connect
 
 
 class GatewayStartupError(RuntimeError):
@@ -79,6 +89,19 @@ def load_startup_policy(config: GatewayConfig) -> Policy:
         return load_policy(config.policy_file)
     except PolicyError as exc:
         raise GatewayStartupError(f"the policy cannot be used: {exc}") from None
+
+
+def refuse_lab_on_production(data: DataDir, registry: Registry) -> None:
+    """The anonymous lab listener shares one broker with everything this data dir serves: it may only
+    run on a throwaway data dir that has never issued a certificate to a unit."""
+    units = {record.id for record in registry.list_certificates(kind="unit")}
+    if units:
+        raise GatewayStartupError(
+            f"the lab listener (--insecure-plaintext-listen) cannot run on {data.root}: it has issued "
+            f"certificates to {len(units)} unit(s), and anonymous lab clients would share a broker with "
+            "them; give the lab a throwaway data dir of its own (fleetgate init --data /tmp/fleetgate-lab, "
+            "then fleetgate serve --data /tmp/fleetgate-lab --insecure-plaintext-listen 127.0.0.1:1883)"
+        )
 
 
 def broker_limits(config: GatewayConfig) -> BrokerLimits:
@@ -114,8 +137,12 @@ class Gateway:
         self._registry_db = open_database(data.database, synchronous=sync)
         self._broker_db = open_database(data.database, synchronous=sync)
         self.registry = Registry(self._registry_db)
+        if config.listen.insecure_plaintext is not None:
+            refuse_lab_on_production(data, self.registry)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db)
+        self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
+        self._anchored: tuple[int, str] | None = None  # the head the last anchor recorded
         self.directory = RegistryDirectory(self.registry, self.trust_domain, self.clock.wall())
         # Certificate validity is ours to check (OpenSSL's time check is off, see transport.py): at the
         # handshake, at CONNECT and while a session lives, each widened by the same tolerance.
@@ -125,15 +152,25 @@ class Gateway:
         )
         limits = replace(broker_limits(config), max_violations=self.engine.violation_limit())
         self.broker = Broker(self.engine, limits, SqliteBrokerStore(self._broker_db))
+        # Every connection is a descriptor: share the process's out so no listener starves another.
+        self.open_files = raise_open_file_limit()
+        try:
+            self.connection_plan = plan_connections(
+                self.open_files.soft, config.limits, lab=config.listen.insecure_plaintext is not None
+            )
+        except FdBudgetError as exc:
+            raise GatewayStartupError(str(exc)) from None
+        plan = self.connection_plan
         self.hub = ConnectionHub(
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
             clock=self.clock.now,
-            admission=admission_from_limits(config.limits),
+            gates=listener_gates(config.limits, mqtt=plan.mqtt, https=plan.https, lab=plan.lab),
         )
         self.driver = BrokerDriver(self.broker, self.hub, self.clock)
         self.events = EventRecorder(self.audit)
+        self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
             self.directory, self.engine, self.driver, self.trust_domain, self._data_version
         )
@@ -177,11 +214,13 @@ class Gateway:
         )
         self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit, self.clock.wall)
-        self.loops = {name: LoopHealth(name) for name in ("following the registry", "draining broker events")}
-        self._servers: list[asyncio.Server] = []
+        self.loops = {
+            name: LoopHealth(name)
+            for name in ("following the registry", "draining broker events", "anchoring the audit log")
+        }
         self._live_contexts: list[ssl.SSLContext] = []
         self._served_fingerprint = self._server_fingerprint()
-        self._listeners: list[MtlsListener] = []
+        self._listeners: list[MtlsListener | AcceptLoop] = []
         self._http: web.AppRunner | None = None
         self._serving_lock: int | None = None
         self.bound: dict[str, tuple[str, int]] = {}
@@ -301,6 +340,19 @@ class Gateway:
         log.info("policy reloaded from %s", subject)
         return policy
 
+    def anchor_audit(self, event: str) -> None:
+        """Export the audit head, MACed, to DATA/audit-anchors.log and the log (stores/audit_anchor.py).
+
+        "periodic" anchors only when the head moved since the last anchor."""
+        seq, digest = self.audit.head()
+        if event == "periodic" and self._anchored == (seq, digest):
+            return
+        at = self.clock.wall().astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        anchor = make_anchor(self._anchor_key, seq, digest, at, event)
+        append_anchor(self.data.root, anchor)
+        self._anchored = (seq, digest)
+        log.info("audit anchor %s", anchor.line())
+
     def drain_events(self) -> None:
         """One event tick: broker events and failed handshakes into the audit log, the detectors,
         fleet operations, the partner views and the flow map."""
@@ -310,6 +362,7 @@ class Gateway:
         audit_failure: Exception | None = None
         try:
             self._record(events, failures)
+            self.http_refusals.flush()
         except Exception as exc:  # the rest of the tick still runs; the supervisor hears of it after
             audit_failure = exc
         self.continuous.tick(events, failures, self.clock.now())
@@ -354,6 +407,19 @@ class Gateway:
         context.verify_mode = ssl.CERT_OPTIONAL  # EST enroll uses a token; reenroll/admin use mTLS
         return context
 
+    def metrics_collector(self) -> GatewayCollector:
+        """What /metrics reports, read from the live objects at scrape time."""
+        return GatewayCollector(
+            lambda: self.broker.metrics,
+            lambda: self.hub.counters,
+            lambda: self.hub.connection_count,
+            lambda: self.continuous.evaluator.snapshot(),
+            self.views.counters,
+            gates=lambda: self.hub.gates,
+            open_files=self.open_files.soft,
+            audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
+        )
+
     def _http_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.limits.max_est_body + 1024)
         certs = self.config.certificates
@@ -369,21 +435,11 @@ class Gateway:
                 # Before the answer leaves: the new certificate is admitted on MQTT at once.
                 on_issued=self.directory.note_issued,
                 self_renewal=certs.self_renewal.as_mapping(),
+                body_timeout=self.config.limits.https_request_timeout,
+                refused=self.http_refusals,
             ),
         )
-        collector = GatewayCollector(
-            lambda: self.broker.metrics,
-            lambda: self.hub.counters,
-            lambda: self.hub.connection_count,
-            lambda: self.continuous.evaluator.snapshot(),
-            self.views.counters,
-        )
-        registry = metrics_registry(collector)
-
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(body=render(registry), content_type="text/plain", charset="utf-8")
-
-        app.router.add_get("/metrics", metrics)
+        registry = metrics_registry(self.metrics_collector())
         add_health_routes(
             app,
             ReadinessProbe(
@@ -408,6 +464,9 @@ class Gateway:
                 flows=lambda: self.flows.snapshot(self.clock.now()),
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
+                body_timeout=self.config.limits.https_request_timeout,
+                refused=self.http_refusals,
+                metrics=lambda: render(registry),
             ),
         )
         return app
@@ -419,6 +478,7 @@ class Gateway:
         reconciled = self.ops.reconcile(self.clock.wall())
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
+        self._log_open_files()
         listen = self.config.listen
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
             self.hub,
@@ -429,24 +489,35 @@ class Gateway:
         )
         self._listeners.append(mqtt)
         if listen.insecure_plaintext is not None:
-            lab = await start_lab_listener(
+            lab, self.bound["lab"] = await start_lab_listener(
                 self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port
             )
-            self._servers.append(lab)
-            self.bound["lab"] = lab.sockets[0].getsockname()[:2]
-        self._http = web.AppRunner(self._http_app(), access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(
-            self._http, listen.https.host, listen.https.port, ssl_context=self._live(self._https_context())
+            self._listeners.append(lab)
+        # aiohttp serves EST and the admin API, behind our accept loop and admission. Its keep-alive
+        # timeout is armed at connection start and after every answer, and only a complete request head
+        # disarms it: it is the request-head timeout (aiohttp has no other bound on slow headers).
+        self._http = web.AppRunner(
+            self._http_app(),
+            access_log=None,
+            keepalive_timeout=self.config.limits.https_request_timeout,
+            lingering_time=HTTP_LINGER_SECONDS,
         )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)  # aiohttp has no public accessor for the port
-        if sockets:
-            self.bound["https"] = sockets[0].getsockname()[:2]
+        await self._http.setup()
+        assert self._http.server is not None
+        https, self.bound["https"] = await start_https_listener(
+            self.hub,
+            listen.https.host,
+            listen.https.port,
+            self._live(self._https_context()),
+            self._http.server,
+        )
+        self._listeners.append(https)
         self.hub.run_ticker()
-        registry, events = self.loops.values()
+        registry, events, anchoring = self.loops.values()
         self.hub.spawn(supervise(self.follower.step, DATA_VERSION_POLL_SECONDS, registry))
         self.hub.spawn(supervise(self.drain_events, EVENT_TICK_SECONDS, events))
+        interval = self.config.storage.audit_anchor_interval
+        self.hub.spawn(supervise(lambda: self.anchor_audit("periodic"), interval, anchoring))
         self.hub.spawn(self.feed.run())
         self.audit.append(
             actor="system",
@@ -456,23 +527,43 @@ class Gateway:
             details={k: f"{h}:{p}" for k, (h, p) in self.bound.items()},
             now=self.clock.wall(),
         )
+        self.anchor_audit("start")
 
     async def stop(self) -> None:
         self.feed.close()  # event streams end, so the HTTP server need not wait for them
         for listener in self._listeners:
             listener.close()
-        for server in self._servers:
-            server.close()
         await self.hub.shutdown()
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()
+        try:  # the summaries of every open window, with their counts
+            self.events.aggregator.flush(time.monotonic(), self.clock.wall(), force=True)
+            self.http_refusals.flush(force=True)
+        except sqlite3.DatabaseError as exc:  # e.g. a full disk: the stop goes on
+            log.error("cannot write the last audit summaries at stop (%s)", exc)
         self.audit.append(
             actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
         )
+        try:
+            self.anchor_audit("stop")
+        except OSError as exc:  # e.g. a full disk: the stop goes on; the next start anchors again
+            log.error("cannot write the audit anchor at stop (%s); the next start writes one", exc)
         self._broker_db.close()
         self._registry_db.close()
         release_serving_lock(self._serving_lock)
+
+    def _log_open_files(self) -> None:
+        files, plan = self.open_files, self.connection_plan
+        raised = f" (raised from {files.before})" if files.raised else ""
+        log.info("open files: soft limit %d%s, hard %d; %s", files.soft, raised, files.hard, plan.describe())
+        if files.soft < LOW_OPEN_FILES:
+            log.warning(
+                "the open-file limit (%d) lets at most %d units connect; raise it "
+                "(systemd: LimitNOFILE=65536)",
+                files.soft,
+                plan.mqtt,
+            )
 
     async def run_until_signalled(self, on_ready: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()

@@ -16,6 +16,15 @@ from gateway.cli.common import (
     open_local,
     table,
 )
+from gateway.stores.audit_anchor import (
+    AnchorError,
+    anchors_path,
+    check_against,
+    key_path,
+    latest_anchor,
+    load_key,
+)
+from gateway.stores.datadir import DataDir
 
 
 @click.group()
@@ -28,15 +37,50 @@ def audit() -> None:
 @click.option(
     "--expect-head", default=None, help="SEQ:HASH recorded earlier; fails if the log no longer has it."
 )
+@click.option(
+    "--anchor",
+    "anchor_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A copy of DATA/audit-anchors.log (or of the gateway's log lines) kept elsewhere; "
+    "its newest anchor is checked instead of DATA/audit-anchors.log's.",
+)
 @json_option
 @friendly_errors
-def audit_verify(data_dir: Path | None, expect_head: str | None, as_json: bool) -> None:
-    """Check every record's hash and the chain; exit 1 naming the first record that was tampered with."""
+def audit_verify(
+    data_dir: Path | None, expect_head: str | None, anchor_file: Path | None, as_json: bool
+) -> None:
+    """Check every record's hash, the chain, and the chain against the newest anchor (the head the
+    gateway exported, MACed, outside the database); exit 1 naming the first thing that is wrong."""
+    data = DataDir.resolve(data_dir)
+    # The anchor first, then the database: an anchor never names a record the snapshot cannot have.
+    anchor_source = anchor_file if anchor_file is not None else anchors_path(data.root)
+    try:
+        anchor = latest_anchor(anchor_source)
+    except AnchorError as exc:
+        raise CliError(f"{exc}; the anchor cannot be checked") from None
+    if anchor_file is not None and anchor is None:
+        raise CliError(f"{anchor_file} holds no audit anchor; pass a copy of DATA/audit-anchors.log")
+    key = load_key(data.root)
     with open_local(data_dir) as state:
         result = state.audit.verify()
+        anchored = state.audit.records(since_seq=anchor.seq - 1, limit=1) if anchor and anchor.seq else []
         records = state.audit.records(since_seq=0) if expect_head else []
     problem = result.problem
-    if result.ok and expect_head:
+    if result.ok and anchor is not None:
+        if key is None:
+            raise CliError(
+                f"{key_path(data.root)} is missing, so the anchor cannot be checked; "
+                "restore it from its separate backup"
+            )
+        problem = check_against(anchor, key, result.checked, {r.seq: r.hash for r in anchored})
+    elif result.ok and key is not None and anchor_file is None:
+        problem = (
+            f"{anchor_source} is missing or holds no anchor although the gateway has written anchors "
+            f"({key_path(data.root).name} exists): it was removed or emptied; "
+            "verify against a copy kept elsewhere with --anchor FILE"
+        )
+    if result.ok and not problem and expect_head:
         problem = _check_anchor(expect_head, {r.seq: r.hash for r in records})
     ok = result.ok and not problem
     if as_json:
@@ -48,10 +92,20 @@ def audit_verify(data_dir: Path | None, expect_head: str | None, as_json: bool) 
                 "problem": problem,
                 "head_seq": result.head_seq,
                 "head_hash": result.head_hash,
+                "anchor": None
+                if anchor is None
+                else {"seq": anchor.seq, "at": anchor.at, "event": anchor.event},
             }
         )
     elif ok:
-        click.echo(f"audit log intact: {result.checked} records, head {result.head_seq}:{result.head_hash}")
+        against = (
+            f"; matches the anchor of {anchor.at} ({anchor.event}, record {anchor.seq})"
+            if anchor is not None
+            else "; no anchor to check against yet (the gateway writes one when it starts)"
+        )
+        click.echo(
+            f"audit log intact: {result.checked} records, head {result.head_seq}:{result.head_hash}{against}"
+        )
     if not ok:
         raise CliError(
             f"the audit log was tampered with: {problem}; restore the data directory from a backup"

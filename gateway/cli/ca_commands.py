@@ -30,6 +30,7 @@ from gateway.cli.common import (
     warn,
 )
 from gateway.config import load_config
+from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir
@@ -251,7 +252,7 @@ def unit_show(unit_id: str, data_dir: Path | None, as_json: bool) -> None:
         emit_json(summary)
         return
     for key in ("unit", "state", "metadata", "created_at", "updated_at"):
-        click.echo(f"{key:>12}: {summary[key]}")
+        click.echo(f"{key:>12}: {printable(summary[key])}")
     table(
         "certificates",
         ["serial", "status", "not before", "not after"],
@@ -367,7 +368,7 @@ def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> N
                 value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
             elif isinstance(value, list):
                 value = ", ".join(value) or "-"
-            click.echo(f"{key:>18}: {value or '-'}")
+            click.echo(f"{key:>18}: {printable(value or '-')}")
 
 
 @cert.command("revoke")

@@ -22,6 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from gateway.render.safe_text import cell, printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.datadir import DataDir, ca_passphrase
 from pki.authority import CertificateAuthority
@@ -38,7 +39,7 @@ class CliError(click.ClickException):
     """A failure explained in one sentence; exit status 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        click.echo(f"error: {printable(self.message)}", err=True)
 
 
 def data_option(fn: F) -> F:
@@ -128,11 +129,13 @@ def describe_error(exc: BaseException) -> str:
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    out = Table(title=title, title_justify="left")
+    """A rich table whose cells are shown literally: control characters escaped, markup not parsed
+    (cells hold what clients chose: ids, topics, reasons, request paths)."""
+    out = Table(title=cell(title), title_justify="left")
     for column in columns:
-        out.add_column(column, overflow="fold")
+        out.add_column(cell(column), overflow="fold")
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*(cell(value) for value in row))
     console.print(out)
 
 
@@ -141,9 +144,9 @@ def passphrase() -> bytes | None:
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {printable(message)}", err=True)
 
 
 def exit_with(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)

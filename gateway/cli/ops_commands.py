@@ -24,6 +24,7 @@ from gateway.cli.admin_client import error_for, resolve_remote
 from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
 from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
 from gateway.ops.quarantine import OpsError
+from gateway.render.safe_text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = (
@@ -181,21 +182,23 @@ def events(follow: bool, since: int | None, **where: Any) -> None:
             if as_json:
                 click.echo(json.dumps(record, sort_keys=True))
             else:
-                fields = [
-                    record["at"],
-                    record["actor"],
-                    record["action"],
-                    record["subject"],
-                    record["outcome"],
-                ]
-                click.echo(
-                    f"{record['seq']:>6} "
-                    + "  ".join(fields)
-                    + (f"  ({record['reason']})" if record["reason"] else "")
-                )
+                click.echo(event_line(record))
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
+
+
+def event_line(record: dict[str, Any]) -> str:
+    """One audit record on one line. Every field is escaped: actors, subjects and reasons can hold
+    what a client sent (a request path, a topic), and a newline or an ANSI escape there must not
+    forge a line or repaint the operator's terminal."""
+    fields = [record["at"], record["actor"], record["action"], record["subject"], record["outcome"]]
+    reason = record.get("reason")
+    return (
+        f"{printable(record['seq']):>6} "
+        + "  ".join(printable(f) for f in fields)
+        + (f"  ({printable(reason)})" if reason else "")
+    )
 
 
 @click.command(epilog=EXIT_CODES)

@@ -105,10 +105,10 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
     if kind == "operator":
         add = click.option(
             "--role",
-            type=click.Choice(["ops", "security", "auditor"]),
+            type=click.Choice(["ops", "security", "auditor", "metrics"]),
             default="ops",
             show_default=True,
-            help="Admin API role.",
+            help="Admin API role (metrics: a Prometheus scraper that reads /metrics only).",
         )(add)
         add = click.option(
             "--totp",

@@ -3,7 +3,8 @@
 The hub is the only place that maps broker connection ids to sockets. It applies the broker's
 actions (Send, Close), runs one ticker for every timer the broker has (keep-alive, will delay,
 session expiry), counts handshakes, and cuts off clients that stop reading. Every task it starts
-is owned by it and cancelled at shutdown.
+is owned by it and cancelled at shutdown. It also holds every listener's gate (admission.py): each
+accepted socket of MQTT, HTTPS or the lab listener asks it first, and refusals are logged aggregated.
 
 Write path: Sends are collected per connection and written once per event-loop iteration (a
 call_soon flush), so a subscriber fed by a thousand publishers whose packets arrived in the same
@@ -17,7 +18,9 @@ Shutdown runbook: stop accepting → tell sessions (5.0 DISCONNECT 0x8B) → dra
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
@@ -25,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.broker import Action, Broker, Close, Send
-from gateway.edge.admission import SourceAdmission
+from gateway.edge.accept import AcceptLoop, format_address, stream_server
+from gateway.edge.admission import ConnectionGate, Slot, SourceAdmission
+from gateway.edge.refusal_log import RefusalLog
 from gateway.edge.reports import HandshakeFailure
-from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck, format_address
+from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck
 from gateway.policy.access import Peer
 
 log = logging.getLogger("fleetgate.server")
@@ -45,6 +50,16 @@ class HubCounters:
     certificates_refused: Counter[str] = field(default_factory=Counter)
     slow_consumers_cut: int = 0
     handshake_seconds_total: float = 0.0
+    accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
+
+
+class NotLoopback(RuntimeError):
+    """The lab listener's address resolved to something other than loopback; it is not served."""
+
+
+# Without a plan from the runtime (tests): an MQTT gate with the configured defaults and a cap that
+# only a test could reach.
+DEFAULT_MQTT_CAP = 100_000
 
 
 class ConnectionHub:
@@ -55,10 +70,15 @@ class ConnectionHub:
         handshake_timeout: float = 10.0,
         max_write_buffer: int = 4 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
-        admission: SourceAdmission | None = None,
+        gates: dict[str, ConnectionGate] | None = None,
     ) -> None:
         self.broker = broker
-        self.admission = admission if admission is not None else SourceAdmission()
+        # One gate per listener ("mqtt", "https", "lab"), each with its own caps and rate buckets.
+        self.gates = gates if gates is not None else {
+            "mqtt": ConnectionGate("mqtt", max_connections=DEFAULT_MQTT_CAP, rate=SourceAdmission())
+        }
+        self.refusals = RefusalLog(log)  # admission refusals: aggregated, never one line per socket
+        self.handshake_log = RefusalLog(log, level=logging.INFO)  # failed handshakes, likewise
         self.handshake_timeout = handshake_timeout
         self.max_write_buffer = max_write_buffer
         self.counters = HubCounters()
@@ -73,15 +93,24 @@ class ConnectionHub:
 
     # --- called by transport protocols -------------------------------------------------------
 
-    def admit_tcp(self, address: str) -> bool:
+    def admit(self, listener: str, address: str) -> Slot | None:
+        """A slot for a new connection on `listener` from `address`, or None (the socket is closed)."""
+        gate = self.gates[listener]
         if not self._accepting:
-            return False
-        if self.admission.admit(address, time.monotonic()):
-            return True
-        refused = self.admission.counters.refused
-        if refused & (refused - 1) == 0:  # 1st, 2nd, 4th, 8th… refusal: a flood cannot flood the log
-            log.warning("connection rate limit: refusing connections from %s (%d refused)", address, refused)
-        return False
+            return None
+        now = time.monotonic()
+        verdict = gate.admit(address, now)
+        if isinstance(verdict, Slot):
+            return verdict
+        self.refusals.note(f"{listener} {verdict}", address, _refusal_detail(gate, verdict, address), now)
+        return None
+
+    def accept_failed(self, listener: str, exc: OSError) -> None:
+        reason = f"accept_failed_{exc.errno}"
+        self.counters.accept_failed[f"{listener} {exc.errno}"] += 1
+        self.refusals.note(f"{listener} {reason}", "-", exc.strerror or str(exc), time.monotonic())
+        if listener == "mqtt":  # reported like a failed handshake: the detectors and the audit see it
+            self.failures.append(HandshakeFailure("listener", reason, self._clock()))
 
     def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int:
         conn = self.broker.open(peer, self._clock())
@@ -103,12 +132,12 @@ class ConnectionHub:
     def handshake_failed(self, address: str, reason: str) -> None:
         self.counters.handshakes_failed[reason] += 1
         self.failures.append(HandshakeFailure(address, reason, self._clock()))
-        log.info("TLS handshake from %s failed: %s", address, reason)
+        self.handshake_log.note(f"mqtt TLS handshake {reason}", address, "failed", time.monotonic())
 
     def certificate_refused(self, address: str, reason: str) -> None:
         self.counters.certificates_refused[reason] += 1
         self.failures.append(HandshakeFailure(address, reason, self._clock()))
-        log.info("client certificate from %s refused: %s", address, reason)
+        self.handshake_log.note(f"mqtt client certificate {reason}", address, "refused", time.monotonic())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -178,11 +207,16 @@ class ConnectionHub:
             except TimeoutError:
                 pass
             self.apply(self.broker.tick(self._clock()))
+            now = time.monotonic()
+            self.refusals.flush(now)
+            self.handshake_log.flush(now)
 
     # --- shutdown -----------------------------------------------------------------------------
 
     async def shutdown(self, drain_timeout: float = 5.0) -> None:
         self._accepting = False
+        for gate in self.gates.values():
+            gate.closed = True
         self.apply(self.broker.shutdown(self._clock()))
         self.flush_writes()
         deadline = time.monotonic() + drain_timeout
@@ -201,6 +235,18 @@ class ConnectionHub:
         return len(self._transports)
 
 
+def _refusal_detail(gate: ConnectionGate, reason: str, address: str) -> str:
+    if reason == "listener_full":
+        return f"the listener holds {gate.open} connections, its cap"
+    if reason == "source_full":
+        return f"this source holds {gate.held_by(address)} connections, the per-source cap"
+    if reason == "rate_limited":
+        rate = gate.rate
+        per_second = rate.rate if rate is not None else 0
+        return f"more than {per_second:g} new connections per second from this source"
+    return "the gateway is shutting down"
+
+
 async def start_mqtt_listener(
     hub: ConnectionHub, host: str, port: int, context: Any, peer_check: PeerCheck
 ) -> tuple[MtlsListener, tuple[str, int]]:
@@ -209,12 +255,43 @@ async def start_mqtt_listener(
     return listener, bound
 
 
-async def start_lab_listener(hub: ConnectionHub, host: str, port: int) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: MqttConnection(hub), host, port, reuse_address=True)
-    log.warning(LAB_WARNING, f"{host}:{port}")
-    hub.spawn(_keep_warning(f"{host}:{port}"))
-    return server
+async def start_lab_listener(hub: ConnectionHub, host: str, port: int) -> tuple[AcceptLoop, tuple[str, int]]:
+    """The anonymous plaintext listener, behind the same accept loop and admission as the others.
+
+    Refuses to serve if the address it actually bound is not loopback (a host name such as
+    `localhost` is resolved by the system, and could point anywhere)."""
+    listener = AcceptLoop("lab", hub, stream_server(hub, lambda: MqttConnection(hub)))
+    bound = await listener.start(host, port)
+    if not _is_loopback(bound[0]):
+        listener.close()
+        raise NotLoopback(
+            f"the lab listener bound {bound[0]}, which is not a loopback address; "
+            "give --insecure-plaintext-listen 127.0.0.1:PORT or [::1]:PORT"
+        )
+    log.warning(LAB_WARNING, format_address(bound))
+    hub.spawn(_keep_warning(format_address(bound)))
+    return listener, bound
+
+
+async def start_https_listener(
+    hub: ConnectionHub,
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    factory: Callable[[], asyncio.Protocol],
+) -> tuple[AcceptLoop, tuple[str, int]]:
+    """EST and the admin API: our accept loop and admission in front of aiohttp's protocol, with the
+    event loop's TLS bounded by the same handshake timeout as MQTT."""
+    serve = stream_server(hub, factory, context=context, handshake_timeout=hub.handshake_timeout)
+    listener = AcceptLoop("https", hub, serve)
+    return listener, await listener.start(host, port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 async def _keep_warning(where: str) -> None:

@@ -116,7 +116,9 @@ class TlsServerProtocol(asyncio.Protocol):
         hub: HandshakeObserver,
         address: str,
         app_factory: Callable[[], asyncio.Protocol],
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
+        self._on_closed = on_closed  # the connection's admission slot is given back here
         self._context = context
         self._hub = hub
         self._address = address
@@ -220,6 +222,9 @@ class TlsServerProtocol(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._on_closed is not None:
+            on_closed, self._on_closed = self._on_closed, None
+            on_closed()
         if not self._done:
             self._fail("connection_lost")
         if self._app is not None:

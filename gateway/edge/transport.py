@@ -1,8 +1,8 @@
 """The asyncio adapter: socket bytes → broker → actions → socket bytes. Small and boring on purpose.
 
-MtlsListener accepts each TCP connection and hands it to a TlsServerProtocol (gateway/edge/tls.py), which
-runs the TLS handshake (bounded by the handshake timeout) so that every failed handshake is seen,
-counted and audited with its reason.
+MtlsListener accepts each TCP connection (gateway/edge/accept.py: admission first) and hands it to a
+TlsServerProtocol (gateway/edge/tls.py), which runs the TLS handshake (bounded by the handshake
+timeout) so that every failed handshake is seen, counted and audited with its reason.
 
 After the handshake, MqttConnection owns the socket: it reads the verified client certificate once,
 turns it into a Peer (or refuses the connection before a single MQTT byte is read), and from then
@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from cryptography import x509
 
+from gateway.edge.accept import AcceptLoop, Admitter, format_address
+from gateway.edge.admission import Slot
 from gateway.edge.tls import HandshakeObserver, TlsServerProtocol
 from gateway.policy.access import Peer
 
@@ -26,10 +28,8 @@ from gateway.policy.access import Peer
 PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]
 
 
-class ConnectionSink(HandshakeObserver, Protocol):
+class ConnectionSink(HandshakeObserver, Admitter, Protocol):
     """What a connection reports to, and asks of (the connection hub satisfies it)."""
-
-    def admit_tcp(self, address: str) -> bool: ...
 
     def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int: ...
 
@@ -38,15 +38,6 @@ class ConnectionSink(HandshakeObserver, Protocol):
     def lost(self, conn: int) -> None: ...
 
     def certificate_refused(self, address: str, reason: str) -> None: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
-
-
-def format_address(sockname: object) -> str:
-    if isinstance(sockname, tuple) and len(sockname) >= 2:
-        host, port = sockname[0], sockname[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(sockname)
 
 
 class MqttConnection(asyncio.Protocol):
@@ -98,8 +89,9 @@ class MqttConnection(asyncio.Protocol):
 
 
 class MtlsListener:
-    """Accepts TCP connections (per-source admission first) and gives each a TlsServerProtocol
-    (gateway/edge/tls.py), which runs the TLS handshake, bounded, and reports its outcome to the hub.
+    """The MQTT listener: our accept loop (gateway/edge/accept.py: admission first) gives each admitted
+    connection a TlsServerProtocol (gateway/edge/tls.py), which runs the TLS handshake, bounded, reports
+    its outcome to the hub, and gives the connection's Slot back when the socket closes.
 
     Accepting here rather than in `create_server` keeps admission before any TLS work, and accept
     failures (EMFILE under a flood) counted and survived rather than logged by the loop.
@@ -109,62 +101,32 @@ class MtlsListener:
         self._hub = hub
         self._context = context
         self._peer_check = peer_check
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
+        self._accept = AcceptLoop("mqtt", hub, self._start_handshake)
 
     async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
-        self._sock.setblocking(False)
-        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(self._sock))
-        bound = self._sock.getsockname()
-        return str(bound[0]), int(bound[1])
+        return await self._accept.start(host, port, backlog)
 
-    async def _accept_loop(self, listening: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            failure: OSError | None = None
-            accepted: list[tuple[socket.socket, Any]] = []
-            try:
-                accepted.append(await loop.sock_accept(listening))
-                # A connect storm queues many at once: take the backlog (bounded) in this wakeup
-                # instead of one connection per trip through the event loop.
-                while len(accepted) < ACCEPT_BATCH:
-                    accepted.append(listening.accept())
-            except BlockingIOError:
-                pass
-            except OSError as exc:  # e.g. EMFILE under a connection flood: back off, keep serving
-                failure = exc
-            for sock, address in accepted:
-                self._start_handshake(sock, format_address(address))
-            if failure is not None:
-                self._hub.handshake_failed("listener", f"accept_failed_{failure.errno}")
-                await asyncio.sleep(0.1)
+    def _start_handshake(self, sock: socket.socket, address: str, slot: Slot) -> None:
+        self._hub.spawn(self._handshake(sock, address, slot))
 
-    def _start_handshake(self, sock: socket.socket, address: str) -> None:
-        if not self._hub.admit_tcp(address):
-            sock.close()
-            return
-        sock.setblocking(False)
-        self._hub.spawn(self._handshake(sock, address))
-
-    async def _handshake(self, sock: socket.socket, address: str) -> None:
+    async def _handshake(self, sock: socket.socket, address: str, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         hub, context, peer_check = self._hub, self._context, self._peer_check
         try:
             await loop.connect_accepted_socket(
-                lambda: TlsServerProtocol(context, hub, address, lambda: MqttConnection(hub, peer_check)),
+                lambda: TlsServerProtocol(
+                    context, hub, address, lambda: MqttConnection(hub, peer_check), on_closed=slot.release
+                ),
                 sock,
             )
         except OSError:  # the client was gone before the transport existed
+            slot.release()
             sock.close()
             hub.handshake_failed(address, "connection_lost")
+        except BaseException:
+            slot.release()
+            sock.close()
+            raise
 
     def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-        if self._sock is not None:
-            self._sock.close()
-
-
-ACCEPT_BATCH = 64  # connections taken from the listen backlog per wakeup of the accept loop
+        self._accept.close()

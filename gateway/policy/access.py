@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
+from gateway.mqtt.topics import filter_covers, topic_matches
 from gateway.policy.decision import Decision, allow, deny
 from pki.names import Identity
 
@@ -43,35 +45,64 @@ class AccessPolicy(Protocol):
         ...
 
 
+# The lab role: anonymous clients of the plaintext lab listener (loopback only, a throwaway data dir;
+# see gateway/app/runtime.py). Their client ids start with LAB_PREFIX, so they can never take over
+# (or resume) the session of a certificate identity, and they never touch the vehicle-control and
+# command namespaces: no publish there, no subscription inside them, no delivery from them (a `#`
+# subscription is granted but filtered, retained messages included).
+LAB_PREFIX = "lab-"
+LAB_FORBIDDEN = ("fleet/+/control/#", "fleet/+/cmd/#")
+
+
 class CertificateOnlyPolicy:
     """The built-in floor that no configuration can lower.
 
     Certificate clients: the client id must equal the certificate's id. Lab clients (plaintext,
-    loopback only): any client id, any topic outside the gateway's own `$` space. Everything above
+    loopback only): the lab role above, and nothing in the gateway's own `$` space. Everything above
     this floor (grants, quarantine, rates) is the policy engine's.
     """
 
     def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
         if peer.identity is None:
-            return allow("lab_client", "builtin/lab_listener")
+            # An empty id is left to the broker (it refuses it unless it assigns ids itself).
+            if connect.client_id and not connect.client_id.startswith(LAB_PREFIX):
+                return deny("client_id_not_lab", "builtin/lab_role")
+            return allow("lab_client", "builtin/lab_role")
         if connect.client_id != peer.identity.id:
             return deny("client_id_mismatch", "builtin/client_id_binding")
         return allow("certificate_identity", "builtin/client_id_binding")
 
     def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
-        return _outside_dollar_space(topic_filter)
+        floor = _outside_dollar_space(topic_filter)
+        if floor.allowed and peer.identity is None:
+            plain = _unshared(topic_filter)
+            try:
+                if any(filter_covers(forbidden, plain) for forbidden in LAB_FORBIDDEN):
+                    return deny("lab_forbidden_topic", "builtin/lab_role")
+            except TopicFilterInvalid:
+                return deny("invalid_filter", "builtin/topic_filter")
+        return floor
 
     def decide_publish(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision:
-        return _outside_dollar_space(topic)
+        return _lab_topic(topic) if peer.identity is None else _outside_dollar_space(topic)
 
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
-        return _outside_dollar_space(topic)
+        return _lab_topic(topic) if peer.identity is None else _outside_dollar_space(topic)
+
+
+def _lab_topic(topic: str) -> Decision:
+    if any(topic_matches(forbidden, topic) for forbidden in LAB_FORBIDDEN):
+        return deny("lab_forbidden_topic", "builtin/lab_role")
+    return _outside_dollar_space(topic)
+
+
+def _unshared(topic: str) -> str:
+    return topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
 
 
 def _outside_dollar_space(topic: str) -> Decision:
-    bare = topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
-    if bare.startswith("$"):
+    if _unshared(topic).startswith("$"):
         return deny("reserved_topic", "builtin/dollar_topics")
     return allow("builtin_floor", "builtin/floor")

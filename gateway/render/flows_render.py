@@ -21,6 +21,7 @@ from rich.table import Table
 
 from gateway.context.flows import FlowMap, FlowRow
 from gateway.render.png import encode_png
+from gateway.render.safe_text import cell
 
 __all__ = ["encode_png", "flowmap_to_dict", "to_json", "to_mermaid", "to_png", "to_table"]
 
@@ -92,10 +93,11 @@ def to_table(flows: FlowMap) -> Table:
         classes = ", ".join(sorted(r.data_classes)) + ("  ◀ protect surface" if r.protect else "")
         denied = str(r.denied) if r.denied else ""
         cells = [r.group, r.action, r.template, str(r.messages), f"{r.rate:.2f}", denied, str(r.identities)]
-        table.add_row(*cells, str(r.bytes), classes, style=style)
+        # Topics are what units chose: shown literally (escaped, never read as rich markup).
+        table.add_row(*(cell(c) for c in (*cells, str(r.bytes), classes)), style=style)
     if flows.protect_surface:
         who = "; ".join(f"{e.group} ({', '.join(sorted(e.classes))})" for e in flows.protect_surface)
-        table.caption = f"Protect surface: {who}"
+        table.caption = cell(f"Protect surface: {who}")
     else:
         table.caption = f"Protect surface: nobody received {' or '.join(sorted(flows.sensitive))} data"
     return table

@@ -19,6 +19,10 @@ Theory of operation
 - Records never hold secrets: `append` rejects details keys named like a token, password, key or
   secret (at any depth). Callers record what identifies a secret instead: a hash, a fingerprint, a
   serial number.
+- Records are small whatever a client sent: every text field is cut to MAX_FIELD characters and
+  every text in the details to MAX_DETAIL, ending in how much was cut and a SHA-256 prefix of the
+  whole value (so two records of one 60 KB client id still match). Text is stored as given
+  otherwise; whoever shows it escapes control characters (gateway/render/safe_text.py).
 - A flood of identical denials becomes one record and then one summary per window
   (`AggregatingAuditor`): a flood cannot flood the log.
 """
@@ -40,15 +44,6 @@ from typing import Any, TextIO
 from pki.sqlite import apply_migrations, transaction
 
 mirror = logging.getLogger("fleetgate.audit")  # every appended record, also on the log stream
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _loggable(text: str, limit: int = 200) -> str:
-    """One line, whatever a client put in it: control characters escaped, long values cut."""
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 __all__ = [
     "GENESIS_HASH",
     "AggregatingAuditor",
@@ -59,6 +54,8 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
+MAX_FIELD = 128  # characters kept of actor, action, subject, outcome, reason
+MAX_DETAIL = 256  # characters kept of each text value in the details
 # Part of every hashed record so that a future change of the canonical form cannot make an old record
 # verify under new rules by accident.
 _HASH_FORMAT = 1
@@ -187,11 +184,33 @@ def _check_no_secrets(value: object, path: str = "details") -> None:
             _check_no_secrets(item, path)
 
 
+def bounded(text: str, limit: int) -> str:
+    """`text`, or its first characters and a note of what was cut: "abc…(+5372 chars, sha256 1f2e…)"."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    keep = max(0, limit - 40)
+    return f"{text[:keep]}…(+{len(text) - keep} chars, sha256 {digest})"
+
+
+def _bounded_values(value: object) -> object:
+    if isinstance(value, str):
+        return bounded(value, MAX_DETAIL)
+    if isinstance(value, dict):
+        return {bounded(str(k), MAX_FIELD): _bounded_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bounded_values(v) for v in value]
+    return value
+
+
 def _normalised_details(details: dict[str, object] | None) -> tuple[dict[str, object], str]:
-    """The details as JSON will give them back, and their stored text (canonical JSON)."""
+    """The details as JSON will give them back (texts bounded), and their stored text (canonical JSON)."""
     if details is None:
         return {}, "{}"
     _check_no_secrets(details)
+    bounded_details = _bounded_values(details)
+    assert isinstance(bounded_details, dict)  # a dict stays a dict
+    details = bounded_details
     try:
         text = _dumps(details)
     except (TypeError, ValueError) as exc:
@@ -237,6 +256,8 @@ class AuditLog:
     def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None) -> None:
         self._conn = conn
         self._lock = threading.RLock() if lock is None else lock
+        self.appended = 0  # records this AuditLog appended
+        self.appended_bytes = 0  # and their size (canonical JSON and hash), which is what they cost on disk
         with self._lock:
             apply_migrations(conn, "audit", _MIGRATIONS)
 
@@ -260,6 +281,9 @@ class AuditLog:
         for name, value in (("actor", actor), ("action", action), ("outcome", outcome)):
             if not value:
                 raise ValueError(f"audit {name} must not be empty")
+        actor, action, subject, outcome, reason = (
+            bounded(v, MAX_FIELD) for v in (actor, action, subject, outcome, reason)
+        )
         at = _utc_text(now)
         clean, details_text = _normalised_details(details)
         with self._lock, transaction(self._conn) as conn:
@@ -269,7 +293,8 @@ class AuditLog:
             unsigned = AuditRecord(
                 head[0] + 1, at, actor, action, subject, outcome, reason, clean, head[1], ""
             )
-            record = replace(unsigned, hash=_hash_of(unsigned))
+            canonical = _canonical(unsigned)
+            record = replace(unsigned, hash=hashlib.sha256(canonical).hexdigest())
             try:
                 conn.execute(
                     f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -282,14 +307,17 @@ class AuditLog:
                     "run `fleetgate audit verify`"
                 ) from None
             conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (record.seq, record.hash))
+        self.appended += 1  # for the audit-growth metrics; counts what this process wrote
+        self.appended_bytes += len(canonical) + len(record.hash)
         # Mirrored to the log stream, for whoever ingests logs rather than this database (a SIEM):
-        # the message is a short summary, the record itself rides along for the JSON format.
+        # the message is a short summary (the log formatters escape what a client put in it), the
+        # record itself rides along for the JSON format.
         mirror.info(
             "%s %s %s by %s",
             record.action,
-            _loggable(record.subject),
+            record.subject,
             record.outcome,
-            _loggable(record.actor),
+            record.actor,
             extra={"audit": record.as_dict()},
         )
         return record
@@ -388,6 +416,7 @@ class _Window:
     started: float  # monotonic seconds
     pending: int  # denials seen since the last record written for this key
     subject: str  # the latest one's subject
+    details: dict[str, object] | None = None  # the latest one's details
 
 
 class AggregatingAuditor:
@@ -420,8 +449,11 @@ class AggregatingAuditor:
         now_monotonic: float,
         wall: datetime,
         outcome: str = "denied",
+        details: dict[str, object] | None = None,
     ) -> AuditRecord | None:
-        """Count one denial; return the record written for it, if one was."""
+        """Count one denial; return the record written for it, if one was.
+
+        `details` (the latest denial's) are written with the record that carries its count."""
         key = (actor, action, reason, outcome)
         run = self._runs.get(key)
         if run is None and len(self._runs) >= self.max_keys:
@@ -430,17 +462,18 @@ class AggregatingAuditor:
         if run is not None and now_monotonic - run.started >= self.window:
             if run.pending:  # still flooding: summarise the window that ended; this one opens the next
                 summary = self._summarise(key, run, wall)
-                self._runs[key] = _Window(now_monotonic, 1, subject)
+                self._runs[key] = _Window(now_monotonic, 1, subject, details)
                 return summary
             run = None  # a quiet window ended the run
         if run is None:
             self._runs[key] = _Window(now_monotonic, 0, subject)
             return self._log.append(
                 actor=key[0], action=action, subject=subject, outcome=outcome, reason=reason,
-                details={"count": 1, "window_s": self.window}, now=wall,
+                details={**(details or {}), "count": 1, "window_s": self.window}, now=wall,
             )
         run.pending += 1
         run.subject = subject
+        run.details = details
         return None
 
     def flush(self, now_monotonic: float, wall: datetime, *, force: bool = False) -> list[AuditRecord]:
@@ -452,7 +485,7 @@ class AggregatingAuditor:
             if run.pending:
                 written.append(self._summarise(key, run, wall))
                 if not force:  # the run may go on: count its next window from here
-                    self._runs[key] = _Window(now_monotonic, 0, run.subject)
+                    self._runs[key] = _Window(now_monotonic, 0, run.subject, run.details)
                     continue
             del self._runs[key]
         return written
@@ -461,5 +494,5 @@ class AggregatingAuditor:
         actor, action, reason, outcome = key
         return self._log.append(
             actor=actor, action=action, subject=run.subject, outcome=outcome, reason=reason,
-            details={"count": run.pending, "window_s": self.window}, now=wall,
+            details={**(run.details or {}), "count": run.pending, "window_s": self.window}, now=wall,
         )

@@ -95,7 +95,7 @@ def test_lab_clients_are_observed_too_and_the_observer_can_be_removed() -> None:
     lab = Lab()
     recorder = Recorder()
     lab.broker.observe_publishes(recorder)
-    link = lab.connect("anything", peer=lab_peer())
+    link = lab.connect("lab-anything", peer=lab_peer())
     link.publish("test/a", b"1")
     lab.broker.observe_publishes(None)
     link.publish("test/b", b"2")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app.metrics import GatewayCollector, metrics_registry, render
+from gateway.app.metrics import metrics_registry, render
 from gateway.app.runtime import Gateway
 from gateway.config import load_config
 from gateway.stores.datadir import DataDir
@@ -77,14 +77,7 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
 def _exported_names(tmp_path: Path) -> set[str]:
     run_cli("init", "--hostname", "localhost", data=tmp_path, check=True)
     gateway = Gateway(DataDir(tmp_path), load_config())
-    collector = GatewayCollector(
-        lambda: gateway.broker.metrics,
-        lambda: gateway.hub.counters,
-        lambda: gateway.hub.connection_count,
-        gateway.continuous.evaluator.snapshot,
-        gateway.views.counters,
-    )
-    text = render(metrics_registry(collector)).decode()
+    text = render(metrics_registry(gateway.metrics_collector())).decode()
     return set(re.findall(r"^# TYPE (\S+) ", text, re.M))  # families with no sample yet count too
 
 

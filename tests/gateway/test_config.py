@@ -84,3 +84,11 @@ def test_serve_refuses_a_public_plaintext_listener(tmp_path: Path) -> None:
     result = run_cli("serve", "--insecure-plaintext-listen", "0.0.0.0:1883", data=data, timeout=30)
     assert result.code == 1
     assert "loopback" in result.stderr
+
+
+def test_exempt_sources_and_admission_caps_are_checked() -> None:
+    with pytest.raises(ConfigError, match="connection_rate_exempt: 'localhost' is not an IP address"):
+        config_from_mapping({"limits": {"connection_rate_exempt": "127.0.0.1 localhost"}}, source="t")
+    assert config_from_mapping({"limits": {"connection_rate_exempt": "10.8.0.0/16 ::1"}}, source="t")
+    with pytest.raises(ConfigError, match="https_request_timeout must be greater than 0"):
+        config_from_mapping({"limits": {"https_request_timeout": 0}}, source="t")

@@ -86,7 +86,7 @@ def test_the_lab_listener_takes_anonymous_clients_on_loopback_but_not_dollar_top
     quick: GatewayProcess,
 ) -> None:
     assert quick.lab_port is not None
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="conformance-suite", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lab-conformance-suite", protocol=mqtt.MQTTv5)
     got: list[bytes] = []
     granted: list[int] = []
     client.on_message = lambda c, u, m: got.append(bytes(m.payload))

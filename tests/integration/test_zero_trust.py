@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from gateway.mqtt.packets import Connect, ProtocolVersion
 from tests import certs_factory
 from tests.clients import V5, V311, Paho
 from tests.harness import Credentials, GatewayProcess
+from tests.ops.helpers import metrics_text
 
 
 class Bystander:
@@ -72,9 +72,7 @@ def bystander(gateway: GatewayProcess) -> Iterator[Bystander]:
 
 
 def metrics(gw: GatewayProcess) -> str:
-    context = ssl.create_default_context(cafile=str(gw.root_ca))
-    with urllib.request.urlopen(f"{gw.https_url}/metrics", context=context, timeout=10) as response:
-        return str(response.read().decode())
+    return metrics_text(gw)
 
 
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float:

@@ -41,7 +41,9 @@ def api(
 
 
 def metrics_text(gw: GatewayProcess) -> str:
-    with urllib.request.urlopen(f"{gw.https_url}/metrics", context=context(gw, None), timeout=10) as response:
+    """/metrics, read the way a Prometheus scraper does: with an operator certificate (role metrics)."""
+    reader = context(gw, gw.metrics_reader())
+    with urllib.request.urlopen(f"{gw.https_url}/metrics", context=reader, timeout=10) as response:
         return str(response.read().decode())
 
 

@@ -84,7 +84,10 @@ CONNECTS = [
     (ACME, "ACME", {}, ("allow", "connect_allowed", "partner/tier3")),
     (QUARANTINED, "TRK-Q", {}, ("allow", "connect_allowed", "quarantine/unit")),
     (BILLING, "billing", {}, ("allow", "connect_allowed", "service/billing")),
-    (None, "anything", {}, ("allow", "lab_client", "builtin/lab_listener")),
+    # lab clients (the plaintext lab listener): ids start with "lab-", so no certificate identity's session
+    (None, "lab-suite-1", {}, ("allow", "lab_client", "builtin/lab_role")),
+    (None, "TRK-1", {}, ("deny", "client_id_not_lab", "builtin/lab_role")),
+    (None, "anything", {}, ("deny", "client_id_not_lab", "builtin/lab_role")),
 ]
 
 
@@ -120,6 +123,10 @@ PUBLISHES = [
     (REVOKED, "fleet/TRK-666/state", ("deny", "identity_revoked", "registry/identity")),
     (None, "anything/at/all", ("allow", "builtin_floor", "builtin/floor")),
     (None, "$SYS/x", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    (None, "fleet/TRK-1/control/brake/set", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "fleet/TRK-1/control", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "fleet/TRK-1/cmd/mode", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "fleet/TRK-1/telemetry/gps", ("allow", "builtin_floor", "builtin/floor")),
 ]
 
 
@@ -150,7 +157,10 @@ SUBSCRIBES = [
     (BIGCO, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "partner/tier1/subscribe")),
     (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/subscribe")),  # operators: by grant
     (DISPATCH, "$share/d/fleet/+/control/#", ("allow", "subscribe_granted", "service/dispatch/subscribe/1")),
-    (None, "#", ("allow", "builtin_floor", "builtin/floor")),
+    (None, "#", ("allow", "builtin_floor", "builtin/floor")),  # granted; deliveries are filtered
+    (None, "fleet/+/control/#", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "$share/g/fleet/TRK-1/cmd/mode", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "fleet/TRK-1/+", ("allow", "builtin_floor", "builtin/floor")),
 ]
 
 
@@ -172,6 +182,8 @@ DELIVERIES = [
     (ACME, "fleet/TRK-1/telemetry/eta", ("deny", "topic_not_granted", "partner/tier3/subscribe")),
     (REVOKED, "fleet/TRK-666/cmd/x", ("deny", "identity_revoked", "registry/identity")),
     (None, "x/y", ("allow", "builtin_floor", "builtin/floor")),
+    (None, "fleet/TRK-1/control/brake", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
+    (None, "fleet/TRK-1/cmd/mode", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
 ]
 
 
