@@ -255,6 +255,32 @@ class PolicyEngine:
     ) -> Decision:
         if peer.identity is None:
             return self._floor.decide_publish(peer, topic, payload_size, qos, retain, now)
+        granted = self._may_publish(peer, topic, payload_size, now)
+        if isinstance(granted, Decision):
+            return granted
+        seen, rule = granted
+        profile = seen.grants.profile
+        if self._throttles and (refusal := self._throttled(peer.identity, profile, now)) is not None:
+            return refusal
+        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+
+    def decide_will(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        """A will, as it is about to be published: the same standing, grants, quarantine and size
+        checks as any publish, judged now (the unit may have been quarantined or revoked since it
+        connected). No rate budget is spent and no throttle applies: a will is one message per
+        connection, and a unit that flooded must still be heard going offline."""
+        if peer.identity is None:
+            return self._floor.decide_will(peer, topic, payload_size, qos, retain, now)
+        granted = self._may_publish(peer, topic, payload_size, now)
+        return granted if isinstance(granted, Decision) else _allowed("will_granted", granted[1])
+
+    def _may_publish(
+        self, peer: Peer, topic: str, payload_size: int, now: float
+    ) -> tuple[_Seen, str] | Decision:
+        """Authorization for a publish (standing, `$`-topics, grants and quarantine, payload size):
+        the identity's entry and the granting rule, or the denial. Spends nothing."""
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
@@ -267,9 +293,7 @@ class PolicyEngine:
         max_payload = grants.profile.limits.max_payload
         if max_payload is not None and payload_size > max_payload:
             return deny("payload_too_large", f"{grants.profile.name}/limits/max_payload")
-        if self._throttles and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None:
-            return refusal
-        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+        return seen, rule
 
     def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
         if peer.identity is None:

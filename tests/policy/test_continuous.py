@@ -17,6 +17,7 @@ from gateway.broker.events import (
     PublishDenied,
     SessionTakenOver,
     SubscribeDenied,
+    WillDropped,
 )
 from gateway.detection.continuous import ContinuousEvaluator, Wiring, apply, wire
 from gateway.policy.access import Peer
@@ -210,6 +211,14 @@ def test_denials_that_are_not_probing_do_not_count() -> None:
     dropped = [SubscribeDenied(PEER1, "TRK-1", "fleet/TRK-1/cmd/#", "topic_not_granted", revoked=True)] * 50
     h.tick([*quarantined, *dropped])
     assert h.responses == []
+
+
+def test_dropped_wills_on_other_units_topics_are_probes_and_quarantined_ones_are_not() -> None:
+    h = Harness()
+    h.tick([WillDropped(PEER1, "TRK-1", "fleet/TRK-1/state", "quarantined", "quarantine/unit")] * 20)
+    assert h.responses == []
+    h.tick([WillDropped(PEER1, "TRK-1", "fleet/TRK-2/state", "topic_outside_namespace")] * 10)
+    assert h.actions == [("denial_burst", "alert")]
 
 
 def test_a_900_km_jump_quarantines() -> None:

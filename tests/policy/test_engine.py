@@ -245,6 +245,37 @@ class TestLimits:
         assert engine.violation_limit() == 20
 
 
+class TestWills:
+    """A will is judged when it fires (decide_will): authorization now, no rate budget."""
+
+    def will(self, world: World, who: Identity, topic: str, now: float = T0, size: int = 10) -> Decision:
+        return world.engine.decide_will(peer(who), topic, size, 1, True, now)
+
+    def test_a_will_follows_the_units_state_at_the_time_it_fires(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        state = "fleet/TRK-1/state"
+        assert brief(self.will(world, TRK1, state)) == ("allow", "will_granted", "unit/publish/2")
+        directory.quarantine(TRK1, "impossible travel")
+        engine.invalidate(TRK1)
+        assert brief(self.will(world, TRK1, state)) == ("deny", "quarantined", "quarantine/unit")
+        directory.release(TRK1)
+        engine.invalidate(TRK1)
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed
+        assert self.will(world, TRK1, "fleet/TRK-2/state").reason == "topic_outside_namespace"
+        assert self.will(world, TRK1, "$SYS/x").reason == "reserved_topic"
+        assert self.will(world, TRK1, "fleet/TRK-1/state", size=65537).reason == "payload_too_large"
+        assert self.will(world, REVOKED, "fleet/TRK-666/state").reason == "identity_revoked"
+
+    def test_a_will_neither_spends_nor_needs_rate_tokens(self, world: World) -> None:
+        topic = "fleet/TRK-1/telemetry/gps"
+        assert all(self.will(world, TRK1, "fleet/TRK-1/state").allowed for _ in range(500))
+        assert all(publish(world.engine, TRK1, topic).allowed for _ in range(100))  # the whole burst is left
+        assert publish(world.engine, TRK1, topic).reason == "rate_limited"
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed  # a flooder is still heard going away
+        world.engine.throttle(TRK1, 0.1, T0 + 300)
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed
+
+
 class TestLiveChanges:
     def test_reload_changes_a_decision_and_resets_buckets(self, world: World) -> None:
         engine = world.engine
