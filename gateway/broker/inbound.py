@@ -8,7 +8,8 @@ persistent sessions, which it is before PUBREC goes out.
 
 Permission: every publish is decided by the policy before anything else happens. A denial is
 acknowledged so that the client does not retransmit it forever: 5.0 clients get PUBACK/PUBREC 0x87 (and
-can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials count towards
+can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials that are
+violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
 BrokerLimits.max_violations, after which the connection is closed (5.0: DISCONNECT 0x87).
 """
 
