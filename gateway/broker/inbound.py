@@ -10,7 +10,7 @@ Permission: every publish is decided by the policy before anything else happens.
 acknowledged so that the client does not retransmit it forever: 5.0 clients get PUBACK/PUBREC 0x87 (and
 can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials that are
 violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
-BrokerLimits.max_violations, after which the connection is closed (5.0: DISCONNECT 0x87).
+policy's violation limit, after which the connection is closed (5.0: DISCONNECT 0x87; lifecycle.py).
 """
 
 from __future__ import annotations

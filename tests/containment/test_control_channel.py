@@ -13,7 +13,7 @@ import pytest
 from gateway.broker import WillDropped
 from gateway.mqtt.packets import ProtocolVersion, Will
 from tests.broker.lab import VERSIONS
-from tests.containment.world import Fleet, state_topic
+from tests.containment.world import Fleet, shipped_policy_with, state_topic
 
 GPS = "fleet/TRK-1/telemetry/gps"
 
@@ -92,3 +92,20 @@ def test_probing_other_units_is_still_a_violation(version: ProtocolVersion) -> N
     assert link.closed is None
     link.publish("fleet/TRK-200/cmd/unlock", b"open", qos=1)
     assert link.closed == "too_many_violations"  # violations.max_denied_before_disconnect: 20
+
+
+def test_the_violation_limit_follows_a_policy_reload() -> None:
+    fleet = Fleet()
+    link = fleet.connect_unit("TRK-1")
+    fleet.reload(shipped_policy_with(max_denied=3))
+    link.publish("fleet/TRK-2/cmd/unlock", b"open", qos=1)
+    link.publish("fleet/TRK-2/cmd/unlock", b"open", qos=1)
+    assert link.closed is None
+    link.publish("fleet/TRK-2/cmd/unlock", b"open", qos=1)
+    assert link.closed == "too_many_violations"
+    fleet.reload(shipped_policy_with(max_denied=50))
+    patient = fleet.connect_unit("TRK-2")
+    for n in range(49):
+        patient.publish(f"fleet/TRK-{100 + n}/cmd/unlock", b"open", qos=1)
+    assert patient.closed is None
+    assert fleet.control_round_trip("TRK-2", patient, 1).intact("TRK-2")
