@@ -96,8 +96,9 @@ class Story:
                 await self.connect(fleet)
                 await self.drive(fleet, dispatch)
                 bad, victim = self.pick(fleet)
+                diag_at_attack = ops.unit(bad).diag
                 attack = await self.compromise(fleet.units[bad], fleet.units[victim], dispatch)
-                await self.contain(fleet.units[bad], dispatch, ops, attack)
+                await self.contain(fleet.units[bad], dispatch, ops, attack, diag_at_attack)
                 if self.summary["containment"]["quarantined"] and o.quarantine:
                     await self.release(fleet.units[bad], dispatch)
                 self.summary["spoof"] = await self.spoof(files, bad, victim)
@@ -271,9 +272,15 @@ class Story:
 
     # --- 6 + 7. containment, and control that keeps working ---------------------------------------
 
-    async def contain(self, unit: SimUnit, dispatch: Dispatch, ops: Dispatch, attack: dict[str, Any]) -> None:
+    async def contain(
+        self, unit: SimUnit, dispatch: Dispatch, ops: Dispatch, attack: dict[str, Any], diag_at_attack: int
+    ) -> None:
         o = self.o
-        diag_before = ops.unit(unit.unit_id).diag  # entering diagnostic-only sends a report at once
+        # Entering diagnostic-only sends a report at once. A detector may have quarantined the unit
+        # during the attack (the flood no longer gets it cut, so it runs long enough to be caught), and
+        # then that report came before this step: count diagnostics from the attack's start instead.
+        already = unit.behaviour.mode == MODE_DIAGNOSTIC
+        diag_before = diag_at_attack if already else ops.unit(unit.unit_id).diag
         # A detector may already have done it; give it a moment before ops steps in.
         detected = await watch(lambda: unit.behaviour.mode == MODE_DIAGNOSTIC, DETECTOR_GRACE)
         method, note = ("detector", "") if detected else ("none", "")

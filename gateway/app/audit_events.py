@@ -29,6 +29,8 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "ConnectRefused": ("mqtt.connect", False),
     "SessionTakenOver": ("mqtt.takeover", False),
     "PublishDenied": ("mqtt.publish", True),
+    # Aggregated too: a unit that reconnects and drops again would otherwise write one record each time.
+    "WillDropped": ("mqtt.will", True),
     "SubscribeDenied": ("mqtt.subscribe", True),
     "DeliveryDenied": ("mqtt.deliver", True),
     "ProtocolViolation": ("mqtt.protocol", True),

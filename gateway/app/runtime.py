@@ -16,7 +16,6 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, timedelta
 
 from aiohttp import web
@@ -150,8 +149,9 @@ class Gateway:
         self.engine = PolicyEngine(
             load_startup_policy(config), self.directory, clock_skew_tolerance=config.tls.clock_skew_tolerance
         )
-        limits = replace(broker_limits(config), max_violations=self.engine.violation_limit())
-        self.broker = Broker(self.engine, limits, SqliteBrokerStore(self._broker_db))
+        # The violation limit is not copied here: the broker asks the engine for it at each count, so
+        # it follows a SIGHUP reload (limits.max_violations only stands in for a policy without one).
+        self.broker = Broker(self.engine, broker_limits(config), SqliteBrokerStore(self._broker_db))
         # Every connection is a descriptor: share the process's out so no listener starves another.
         self.open_files = raise_open_file_limit()
         try:

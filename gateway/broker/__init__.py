@@ -13,6 +13,7 @@ from gateway.broker.events import (
     SessionDiscarded,
     SessionTakenOver,
     SubscribeDenied,
+    WillDropped,
 )
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.persistence import BrokerStore, InMemoryStore
@@ -37,4 +38,5 @@ __all__ = [
     "SessionInfo",
     "SessionTakenOver",
     "SubscribeDenied",
+    "WillDropped",
 ]

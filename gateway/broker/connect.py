@@ -3,9 +3,12 @@
 A CONNECT is refused (CONNACK ≥ 0x80, then close) when: the client id is empty and the listener does
 not assign ids (always the case for units); the client asks for enhanced authentication (we
 authenticate by certificate only); the policy denies the connection (client id not the certificate's:
-0x85 / 3.1.1 0x02; anything else 0x87 / 3.1.1 0x05); or the will's topic is invalid or the policy would
-not let this client publish it. Refusing a forbidden will (instead of silently dropping it) tells the
-client at once that its "last gasp" would never be heard.
+0x85 / 3.1.1 0x02; anything else 0x87 / 3.1.1 0x05); or the will's topic is not a valid topic name
+(0x90 / 3.1.1 0x05: a protocol matter). Whether the policy lets the will be published is *not* asked
+here: it is asked when the will fires (inbound.publish_will), because the answer can change while the
+session lives (quarantine, release), and because refusing a unit's CONNECT for its will would cut its
+vehicle-control channel — a quarantined unit reconnecting with its usual will on fleet/{id}/state must
+get its control subscriptions back. A will the policy forbids then is dropped, counted and reported.
 
 Otherwise the session is chosen (§3.1.2.4): a live connection with the same client id is taken over
 (it gets DISCONNECT 0x8E and its will follows §3.1.3.2.2: published, or left pending with its delay if
@@ -64,23 +67,17 @@ def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: flo
         )
         refuse(st, conn, client_id, code, decision.reason, decision.rule)
         return
-    if connect.will is not None and not _will_allowed(st, conn, client_id, connect.will, now):
+    if connect.will is not None and not _will_valid(st, conn, client_id, connect.will):
         return
     _accept(st, conn, connect, client_id, assigned, now)
 
 
-def _will_allowed(st: BrokerState, conn: Connection, client_id: str, will: Will, now: float) -> bool:
+def _will_valid(st: BrokerState, conn: Connection, client_id: str, will: Will) -> bool:
+    """Only protocol validity: the policy judges the will when it fires (see the module docstring)."""
     try:
         validate_topic_name(will.topic)
     except TopicNameInvalid:
         refuse(st, conn, client_id, ReasonCode.TOPIC_NAME_INVALID, "will_topic_invalid")
-        return False
-    decision = st.counted(
-        "publish",
-        st.policy.decide_publish(conn.peer, will.topic, len(will.payload), will.qos, will.retain, now),
-    )
-    if not decision.allowed:
-        refuse(st, conn, client_id, ReasonCode.NOT_AUTHORIZED, f"will_{decision.reason}", decision.rule)
         return False
     return True
 

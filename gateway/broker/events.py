@@ -66,6 +66,18 @@ class PublishDenied:
 
 
 @dataclass(frozen=True, slots=True)
+class WillDropped:
+    """A will the policy did not let be published when it fired (quarantined since, another unit's
+    topic, ...): dropped, never delivered. CONNECT does not judge wills, so this is where it shows."""
+
+    peer: Peer
+    client_id: str
+    topic: str
+    reason: str
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeDenied:
     peer: Peer
     client_id: str
@@ -99,6 +111,7 @@ BrokerEvent = (
     | SessionTakenOver
     | SessionDiscarded
     | PublishDenied
+    | WillDropped
     | SubscribeDenied
     | DeliveryDenied
     | ProtocolViolation

@@ -8,15 +8,16 @@ persistent sessions, which it is before PUBREC goes out.
 
 Permission: every publish is decided by the policy before anything else happens. A denial is
 acknowledged so that the client does not retransmit it forever: 5.0 clients get PUBACK/PUBREC 0x87 (and
-can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials count towards
-BrokerLimits.max_violations, after which the connection is closed (5.0: DISCONNECT 0x87).
+can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials that are
+violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
+policy's violation limit, after which the connection is closed (5.0: DISCONNECT 0x87; lifecycle.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.broker.events import PublishDenied
+from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection, message_record
@@ -198,14 +199,16 @@ def route(
 
 
 def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:
-    """Publish a will. Its permission was decided at CONNECT; it is decided again now, because the
-    client may have been quarantined or revoked since (that is often why it went away)."""
+    """Publish a will, if the policy lets it be published now. This is the only place a will's
+    permission is decided (CONNECT checks only that its topic is valid): the client may have been
+    quarantined, released or revoked since it connected. A denied will is dropped, counted and
+    reported (`WillDropped`, audited); it never reaches anyone."""
     decision = st.counted(
-        "publish", st.policy.decide_publish(peer, will.topic, len(will.payload), will.qos, will.retain, now)
+        "will", st.policy.decide_will(peer, will.topic, len(will.payload), will.qos, will.retain, now)
     )
     if not decision.allowed:
         st.metrics.drops["will_denied"] += 1
-        st.events.append(PublishDenied(peer, client_id, will.topic, decision.reason, decision.rule))
+        st.events.append(WillDropped(peer, client_id, will.topic, decision.reason, decision.rule))
         return
     st.metrics.wills_published += 1
     properties = replace(will.properties, will_delay_interval=None)

@@ -2,9 +2,14 @@
 
 A protocol violation (from the session machine, or raised by a handler) ends the connection with the
 answer `ServerSession.farewell` gives and publishes the will, since the client did not disconnect
-normally. Policy denials are counted per connection; at BrokerLimits.max_violations the connection
-is cut (5.0: DISCONNECT 0x87). Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily,
-see timers.py), delayed wills, session expiry and retained-message expiry.
+normally. Policy denials that are violations (not rate limits, throttles or quarantine drops: see
+Decision.violation) are counted per connection; at the violation limit the connection is cut (5.0:
+DISCONNECT 0x87). The limit is the policy's (`violation_limit()`, the policy file's
+violations.max_denied_before_disconnect), asked at each count so that a policy reload applies to live
+connections at once; BrokerLimits.max_violations stands in for a policy that has none.
+
+Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily, see timers.py), delayed wills,
+session expiry and retained-message expiry.
 """
 
 from __future__ import annotations
@@ -35,9 +40,18 @@ def count_denials(st: BrokerState, conn: Connection, count: int, now: float) -> 
     if not count:
         return
     conn.violations += count
-    if conn.violations >= st.limits.max_violations and conn.conn_id in st.connections:
+    if conn.violations >= violation_limit(st) and conn.conn_id in st.connections:
         farewell = conn.protocol.disconnect(ReasonCode.NOT_AUTHORIZED, "too many denied requests")
         end_connection(st, conn, now, "too_many_violations", farewell, will=True)
+
+
+def violation_limit(st: BrokerState) -> int:
+    """The policy's limit when it has one (the engine does; minimal test policies need not), else ours.
+
+    Asked by name, like the subscription cap in subscribe.py, and on every count rather than copied
+    once: the copy is what made a SIGHUP reload leave the old limit in force."""
+    ask = getattr(st.policy, "violation_limit", None)
+    return st.limits.max_violations if ask is None else int(ask())
 
 
 def handle_disconnect(

@@ -29,7 +29,9 @@ class BrokerLimits:
     # unacknowledged messages are resent only when the session is resumed, which is what the broker
     # does. Timed retransmission on a live TCP connection only duplicates traffic.
     retry_interval: float = 20.0
-    max_violations: int = 20  # denied publishes/subscribes per connection before it is disconnected
+    # Denied publishes/subscribes per connection before it is disconnected, for a policy that does not
+    # say (the engine does: violations.max_denied_before_disconnect, followed across reloads).
+    max_violations: int = 20
 
 
 @dataclass

@@ -31,6 +31,7 @@ from gateway.broker.events import (
     PublishDenied,
     SessionTakenOver,
     SubscribeDenied,
+    WillDropped,
 )
 from gateway.policy.access import Peer
 from gateway.policy.detector_rules import DetectorSettings, Plan
@@ -187,6 +188,13 @@ class ContinuousEvaluator:
         elif event.reason in self._settings.denial_burst.reasons:
             self._count(identity, "denial_burst", now, event.topic)
 
+    def _on_will_dropped(self, event: WillDropped, now: float) -> None:
+        # A will aimed at another unit's topics is a probe like a publish there; a quarantined unit's
+        # own will is not (`quarantined` is not among the denial-burst reasons by default).
+        identity = event.peer.identity
+        if identity is not None and event.reason in self._settings.denial_burst.reasons:
+            self._count(identity, "denial_burst", now, event.topic)
+
     def _on_subscribe_denied(self, event: SubscribeDenied, now: float) -> None:
         identity = event.peer.identity
         if identity is None or event.revoked:
@@ -203,6 +211,7 @@ class ContinuousEvaluator:
         ConnectRefused: _on_refused,
         SessionTakenOver: _on_taken_over,
         PublishDenied: _on_publish_denied,
+        WillDropped: _on_will_dropped,
         SubscribeDenied: _on_subscribe_denied,
     }
 

@@ -40,6 +40,13 @@ class AccessPolicy(Protocol):
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision: ...
 
+    def decide_will(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        """May this peer's will be published now, as it fires? Asked then and only then (never at
+        CONNECT: the answer may change while the session lives), and it spends no rate budget."""
+        ...
+
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
         """May this peer receive a message on this topic now (retained, queued, will, live)?"""
         ...
@@ -87,6 +94,13 @@ class CertificateOnlyPolicy:
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision:
         return _lab_topic(topic) if peer.identity is None else _outside_dollar_space(topic)
+
+    def decide_will(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        # A will is a publish the client set up in advance: the same permission, judged by whatever
+        # decide_publish says (so a subclass that narrows publishing narrows wills too).
+        return self.decide_publish(peer, topic, payload_size, qos, retain, now)
 
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
         return _lab_topic(topic) if peer.identity is None else _outside_dollar_space(topic)

@@ -21,8 +21,9 @@ class Decision:
     reason: str  # a stable snake_case code, e.g. "topic_outside_namespace"
     rule: str = ""  # where it came from, e.g. "unit/publish/2" or "builtin/client_id_binding"
     # Does this denial count towards the connection's violation limit? Not when the client is doing
-    # nothing wrong by its own lights (a quarantined unit's telemetry is dropped, but cutting its
-    # session would cut its vehicle-control path too).
+    # nothing wrong by its own lights, or is only sending too much (a quarantined unit's telemetry, a
+    # rate-limited or throttled flood: dropped, but cutting the session would cut its vehicle-control
+    # path too).
     violation: bool = True
 
     @property

@@ -206,7 +206,10 @@ def _prefix(at: At, value: Any) -> Mapping[str, int]:
 # ------------------------------------------------------------------------------------- detectors
 #
 # Defaults, against a normal unit (GPS 1/s, engine 1/5 s, fuel 1/30 s, diag 1/30 s: ~1.3 messages/s,
-# at most ~15 in any 10 s): the rate floor (10/s) and ceiling (30/s) leave a factor of 7 to 20 of headroom.
+# at most ~15 in any 10 s): the rate floor (35/s) and ceiling (60/s) leave a factor of 25 of headroom.
+# The floor also sits above what the default unit role permits in one window (20/s sustained plus its
+# 100-message burst over 10 s: 30/s), so only traffic the rate limit refuses can fire; rules.py lints
+# the relation for whatever roles and thresholds a policy sets.
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +223,9 @@ class PublishRate:
     spike_factor: float = 10.0  # a spike is this many times the baseline rate...
     # ...and at least this: a new or idle unit has no baseline, and a unit whose connection stalled for a
     # minute delivers ~80 queued messages at once when it recovers (TCP keeps them; that is not a flood).
-    min_per_second: float = 10.0
-    ceiling_per_second: float = 30.0  # never normal, whatever the baseline
+    # Above the unit role's permitted rate, burst included (see the note above).
+    min_per_second: float = 35.0
+    ceiling_per_second: float = 60.0  # never normal, whatever the baseline
     plan: Plan = Plan(("alert", "throttle", "quarantine"))
 
 
@@ -257,7 +261,9 @@ class ConnectFlapping:
     kinds: frozenset[str] = _ALL
     threshold: int = 10
     window: float = 60.0
-    plan: Plan = Plan(("alert", "disconnect"))
+    # Alert only: flapping is a rate of reconnects (a truck in bad coverage), and a disconnect would only
+    # add one more, cutting the unit's control channel on the way.
+    plan: Plan = Plan(("alert",))
 
 
 @dataclass(frozen=True, slots=True)

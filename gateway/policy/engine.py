@@ -19,6 +19,16 @@ identity may publish at `factor` times its profile's message rate, and anything 
 policy's own buckets, so a throttled refusal costs no policy tokens; it outlives cache invalidations
 and policy reloads (a detector's verdict is not undone by an unrelated change) and ends by itself.
 
+Rates are limits, not violations. `rate_limited` and `throttled` denials carry `violation=False`: a
+unit sending too much is slowed (and, by the detectors, throttled and quarantined), never disconnected
+for it, because a disconnect would end its vehicle-control channel too. Probing other namespaces,
+`$`-topics and oversize payloads still count towards the connection's violation limit.
+
+The control lane. A publish into the control namespace (a unit's control acks, dispatch's control
+messages) is never throttled and draws on buckets of its own, with the profile's limits: a unit that
+floods telemetry, and the throttle a detector puts on it, cannot starve its control acks, while a flood
+of control messages still meets the role's rate. Quarantine, likewise, never narrows it (grants.py).
+
 Quarantine narrows what a unit may *publish* outside the control namespace and nothing else: it still
 connects, still receives its cmd and control topics, and its control publishes are judged by its normal
 grants, exactly as if it were not quarantined.
@@ -99,6 +109,7 @@ class _Seen:
     state: IdentityState
     grants: CompiledGrants
     buckets: _Buckets | None = None  # kept across invalidations: a state change must not refill them
+    control: _Buckets | None = None  # the control lane's own, kept the same way
 
 
 class PolicyEngine:
@@ -255,6 +266,34 @@ class PolicyEngine:
     ) -> Decision:
         if peer.identity is None:
             return self._floor.decide_publish(peer, topic, payload_size, qos, retain, now)
+        granted = self._may_publish(peer, topic, payload_size, now)
+        if isinstance(granted, Decision):
+            return granted
+        seen, rule = granted
+        grants = seen.grants
+        if grants.carries_control(topic):  # the control lane: never throttled, buckets of its own
+            return _spend(seen, payload_size, now, control=True) or _allowed("publish_granted", rule)
+        if self._throttles and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None:
+            return refusal
+        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+
+    def decide_will(
+        self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
+    ) -> Decision:
+        """A will, as it is about to be published: the same standing, grants, quarantine and size
+        checks as any publish, judged now (the unit may have been quarantined or revoked since it
+        connected). No rate budget is spent and no throttle applies: a will is one message per
+        connection, and a unit that flooded must still be heard going offline."""
+        if peer.identity is None:
+            return self._floor.decide_will(peer, topic, payload_size, qos, retain, now)
+        granted = self._may_publish(peer, topic, payload_size, now)
+        return granted if isinstance(granted, Decision) else _allowed("will_granted", granted[1])
+
+    def _may_publish(
+        self, peer: Peer, topic: str, payload_size: int, now: float
+    ) -> tuple[_Seen, str] | Decision:
+        """Authorization for a publish (standing, `$`-topics, grants and quarantine, payload size):
+        the identity's entry and the granting rule, or the denial. Spends nothing."""
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
@@ -267,9 +306,7 @@ class PolicyEngine:
         max_payload = grants.profile.limits.max_payload
         if max_payload is not None and payload_size > max_payload:
             return deny("payload_too_large", f"{grants.profile.name}/limits/max_payload")
-        if self._throttles and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None:
-            return refusal
-        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+        return seen, rule
 
     def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
         if peer.identity is None:
@@ -357,7 +394,7 @@ class PolicyEngine:
             return None  # the profile lost its rate limit in a reload: nothing left to take a share of
         if throttle.bucket is None or throttle.rate != rate:
             throttle.bucket, throttle.rate = TokenBucket(rate, max(1.0, rate), now), rate
-        return None if throttle.bucket.take(now) else deny("throttled", throttle.rule)
+        return None if throttle.bucket.take(now) else deny("throttled", throttle.rule, violation=False)
 
     def _serial_revoked(self, serial: int) -> bool:
         revoked = self._revoked_serials.get(serial)
@@ -366,20 +403,25 @@ class PolicyEngine:
         return revoked
 
 
-def _spend(seen: _Seen, payload_size: int, now: float) -> Decision | None:
-    """Take one message and `payload_size` bytes from the identity's buckets, or say which is empty.
+def _spend(seen: _Seen, payload_size: int, now: float, *, control: bool = False) -> Decision | None:
+    """Take one message and `payload_size` bytes from the identity's buckets (the control lane's when
+    `control`), or say which is empty. A refusal is not a violation (see the module docstring).
 
     The byte bucket is asked before the message bucket is charged, so a refusal costs nothing.
     """
     profile = seen.grants.profile
-    buckets = seen.buckets
+    buckets = seen.control if control else seen.buckets
     if buckets is None or buckets.profile != profile.name:
-        buckets = seen.buckets = _Buckets.of(profile, now)
+        buckets = _Buckets.of(profile, now)
+        if control:
+            seen.control = buckets
+        else:
+            seen.buckets = buckets
     messages, octets = buckets.messages, buckets.octets
     if octets is not None and octets.available(now) < payload_size:
-        return deny("rate_limited", f"{profile.name}/limits/bytes_per_second")
+        return deny("rate_limited", f"{profile.name}/limits/bytes_per_second", violation=False)
     if messages is not None and not messages.take(now):
-        return deny("rate_limited", f"{profile.name}/limits/messages_per_second")
+        return deny("rate_limited", f"{profile.name}/limits/messages_per_second", violation=False)
     if octets is not None:
         octets.take(now, payload_size)
     return None

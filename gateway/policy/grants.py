@@ -169,6 +169,7 @@ class CompiledGrants:
     restricted: bool = False
     _published: dict[str, str] = field(default_factory=dict, repr=False)  # topic -> rule, "" for none
     _received: dict[str, str] = field(default_factory=dict, repr=False)  # the same, for deliveries
+    _control: dict[str, bool] = field(default_factory=dict, repr=False)  # topic -> in the control namespace
 
     @classmethod
     def for_identity(
@@ -233,6 +234,15 @@ class CompiledGrants:
 
     def in_control_namespace(self, topic: str) -> bool:
         return self.control.match(topic) is not None
+
+    def carries_control(self, topic: str) -> bool:
+        """`in_control_namespace`, remembered (asked for every granted publish: the control lane)."""
+        control = self._control.get(topic)
+        if control is None:
+            if len(self._control) >= _MEMO_LIMIT:
+                self._control.clear()
+            control = self._control[topic] = self.control.match(topic) is not None
+        return control
 
     def may_subscribe(self, topic_filter: str) -> str | None:
         """The rule of a grant covering the requested filter (a `$share/...` one judged on its filter)."""

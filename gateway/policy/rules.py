@@ -12,8 +12,9 @@ After the shape come the checks (the last section of this module), run on every 
 
 - quarantine ∩ control namespace = ∅, for every pair of filters, with a witness topic when it fails;
 - lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, quarantine only
-  restricts, and with views configured partners are granted views only. Lint *errors* fail loading;
-  *warnings* are shown by `fleetgate policy check`.
+  restricts, with views configured partners are granted views only, and the publish_rate detector
+  fires only above the rates the roles it watches permit. Lint *errors* fail loading; *warnings* are
+  shown by `fleetgate policy check`.
 
 Sections: `_SECTIONS` maps each top-level key parsed here to its parser, which returns `Policy` fields.
 `detectors:` is parsed in detector_rules.py; the four context sections (data_classes, views, posture,
@@ -497,6 +498,61 @@ def _limit_sanity(policy: Policy) -> Iterator[LintFinding]:
             yield LintFinding("warning", f"{at}.bytes_burst", message)
 
 
+def _profiles_of_kinds(policy: Policy, kinds: frozenset[str]) -> Iterator[Profile]:
+    if "unit" in kinds:
+        yield policy.unit
+    if "operator" in kinds:
+        yield policy.operator
+    if "service" in kinds:
+        yield from policy.services.values()
+    if "partner" in kinds:
+        yield from policy.partner_tiers.values()
+
+
+def _rate_detector_above_role_rates(policy: Policy) -> Iterator[LintFinding]:
+    """The publish_rate detector must not fire on traffic the role's rate limit permits.
+
+    A profile with `messages_per_second` R and `burst` B lets through at most B + R·W messages in
+    any window of W seconds. A detector bar at or below R fires on an identity sending steadily at
+    the rate its role grants: the policy would grant a rate and contain units for using it. That is
+    an *error* when the ladder does more than alert — it would throttle or quarantine a unit in good
+    standing, much as the quarantine/control proof refuses a policy that contradicts itself — and a
+    warning when it only alerts (noise, not harm: an early warning below the limit can be a choice).
+    A bar above R but at or below R + B/W fires only on an identity that spends its whole burst on
+    top of that rate within one window: allowed, but warned, since the burst exists for units that
+    catch up after a coverage gap.
+    """
+    rate = policy.detectors.publish_rate
+    if not rate.enabled:
+        return
+    at = "detectors.publish_rate.min_per_second"
+    acts = [step for step in rate.plan.respond if step != "alert"]
+    for profile in _profiles_of_kinds(policy, rate.kinds):
+        sustained = profile.limits.messages_per_second
+        if sustained is None:
+            continue  # no rate to compare with: the detector is the only bar
+        burst = profile.limits.burst if profile.limits.burst is not None else max(1.0, sustained)
+        most = sustained + burst / rate.window
+        limit = f"{profile.path}.limits.messages_per_second"
+        if rate.min_per_second <= sustained:
+            consequence = f"and {'/'.join(acts)} it" if acts else "and alert on it"
+            yield LintFinding(
+                "error" if acts else "warning",
+                at,
+                f"{rate.min_per_second:g}/s is not above {limit} ({sustained:g}/s): the detector would "
+                f"fire on a {profile.name} publishing at the rate its role permits {consequence}; "
+                f"set it above {sustained:g}/s (above {most:g}/s to spare a full burst too)",
+            )
+        elif rate.min_per_second <= most:
+            yield LintFinding(
+                "warning",
+                at,
+                f"{rate.min_per_second:g}/s fires on a {profile.name} that spends its burst ({burst:g}) on "
+                f"top of its permitted {sustained:g}/s within one {rate.window:g} s window ({most:g}/s); "
+                f"set it above {most:g}/s so that only traffic the rate limit refuses can fire",
+            )
+
+
 _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _unit_escapes,
     _dollar_grants,
@@ -505,6 +561,7 @@ _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _partner_sensitive,
     _partner_views_only,
     _limit_sanity,
+    _rate_detector_above_role_rates,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.broker import BrokerLimits, ClientConnected, ConnectRefused, SessionTakenOver
+from gateway.broker import BrokerLimits, ClientConnected, ConnectRefused, SessionTakenOver, WillDropped
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Connack, Properties, ProtocolVersion, Will
 from gateway.mqtt.reason_codes import ReasonCode
@@ -98,6 +98,8 @@ def test_enhanced_authentication_is_refused() -> None:
 
 
 class NoWillPolicy(CertificateOnlyPolicy):
+    """Publishing under elsewhere/ is forbidden; wills are judged by decide_publish (the floor's way)."""
+
     def decide_publish(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision:
@@ -106,15 +108,39 @@ class NoWillPolicy(CertificateOnlyPolicy):
         )
 
 
-@pytest.mark.parametrize(("version", "wire_code"), [(V5, 0x87), (V311, 0x05)])
-def test_a_forbidden_will_refuses_the_connect(version: ProtocolVersion, wire_code: int) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_forbidden_will_is_no_reason_to_refuse_the_connect(version: ProtocolVersion) -> None:
+    """The will is judged when it fires, never at CONNECT: the session (and whatever it subscribes,
+    vehicle control included) is accepted; the forbidden will is dropped, counted and reported."""
     lab = Lab(NoWillPolicy())
-    link = lab.connect("TRK-1", version=version, will=Will("elsewhere/x", b"bye"))
+    watcher = lab.connect("ops-1")
+    watcher.subscribe("elsewhere/#", "fleet/#")
+    link = lab.connect("TRK-1", version=version, will=Will("elsewhere/x", b"bye", 1, True))
+    assert link.connack.reason_code == 0 and link.closed is None
+    assert not [e for e in lab.broker.drain_events() if isinstance(e, ConnectRefused)]
+    link.lose()
+    assert watcher.messages == []  # never delivered ...
+    (dropped,) = [e for e in lab.broker.drain_events() if isinstance(e, WillDropped)]
+    assert (dropped.client_id, dropped.topic) == ("TRK-1", "elsewhere/x")  # ... and reported
+    assert (dropped.reason, dropped.rule) == ("topic_outside_namespace", "unit/publish/1")
+    assert lab.broker.metrics.drops["will_denied"] == 1
+    assert lab.broker.metrics.decisions[("will", "deny", "topic_outside_namespace")] == 1
+    late = lab.connect("ops-2")  # and not retained either
+    late.subscribe("elsewhere/#")
+    assert late.messages == []
+    ok = lab.connect("TRK-2", version=version, will=Will("fleet/TRK-2/state", b"offline"))
+    ok.lose()
+    assert watcher.payloads == [b"offline"]
+
+
+@pytest.mark.parametrize(("version", "wire_code"), [(V5, 0x90), (V311, 0x05)])
+def test_a_will_with_an_invalid_topic_refuses_the_connect(version: ProtocolVersion, wire_code: int) -> None:
+    """Protocol validity is still judged at CONNECT: a will topic with a wildcard is no topic at all."""
+    lab = Lab()
+    link = lab.connect("TRK-1", version=version, will=Will("fleet/+/state", b"bye"))
     assert link.closed == "connect_refused" and link.received[3] == wire_code
     (refused,) = [e for e in lab.broker.drain_events() if isinstance(e, ConnectRefused)]
-    assert refused.reason == "will_topic_outside_namespace"
-    ok = lab.connect("TRK-2", version=version, will=Will("fleet/TRK-2/state", b"offline"))
-    assert ok.connack.reason_code == 0
+    assert refused.reason == "will_topic_invalid"
 
 
 @pytest.mark.parametrize("version", VERSIONS)

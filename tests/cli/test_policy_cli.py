@@ -71,6 +71,24 @@ class TestCheck:
         assert result.exit_code == 0
         assert "warning: roles.operator.subscribe[4]: '#' matches every topic" in result.stdout
 
+    def test_a_rate_detector_that_would_contain_units_at_their_permitted_rate_is_refused(
+        self, tmp_path: Path
+    ) -> None:
+        path = write_policy(tmp_path, lambda d: d["detectors"]["publish_rate"].update(min_per_second=10))
+        result = invoke("check", str(path))
+        assert result.exit_code == 1
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {path}: detectors.publish_rate.min_per_second: 10/s is not above ")
+        assert "roles.unit.limits.messages_per_second (20/s)" in line
+
+    def test_a_rate_detector_within_the_units_burst_is_a_warning(self, tmp_path: Path) -> None:
+        path = write_policy(tmp_path, lambda d: d["detectors"]["publish_rate"].update(min_per_second=25))
+        result = invoke("check", str(path))
+        assert result.exit_code == 0
+        assert "warning: detectors.publish_rate.min_per_second: 25/s fires on a unit that spends" in (
+            result.stdout
+        )
+
     def test_missing_file(self, tmp_path: Path) -> None:
         result = invoke("check", str(tmp_path / "absent.yaml"))
         assert result.exit_code == 1

@@ -103,7 +103,7 @@ def fuzz_round(
     seed: int,
     report: SoakReport,
 ) -> None:
-    bystander = Bystander(gw, by, sub, rate=5)  # under the publish_rate detector (10/s)
+    bystander = Bystander(gw, by, sub, rate=5)  # well under the publish_rate detector (35/s)
     bystander.start()
     contexts = [(u.ident, gw.client_context(u)) for u in units]
     stats = asyncio.run(
@@ -143,7 +143,7 @@ def kill_cycle(gw: GatewayProcess, units: list[Credentials], sub: Credentials, r
                 with acks.lock:
                     acks.sent[info.mid] = (payload, 1 + seq % 2)
             seq += 1
-            stop.wait(1 / 9)  # under the unit rate (20/s) and the publish_rate detector (10/s)
+            stop.wait(1 / 9)  # under the unit rate (20/s) and the publish_rate detector (35/s)
 
     runner = threading.Thread(target=publish, daemon=True)
     runner.start()

@@ -17,6 +17,7 @@ from gateway.broker.events import (
     PublishDenied,
     SessionTakenOver,
     SubscribeDenied,
+    WillDropped,
 )
 from gateway.detection.continuous import ContinuousEvaluator, Wiring, apply, wire
 from gateway.policy.access import Peer
@@ -136,9 +137,9 @@ class Harness:
 
 def test_a_flood_is_throttled_then_quarantined_with_evidence_in_the_audit() -> None:
     h = Harness()
-    h.publish_for(300, 1.3)  # five quiet minutes: the unit's baseline
+    h.publish_for(300, 4.0)  # five busy but steady minutes: the unit's baseline
     assert h.responses == []
-    h.publish_for(30, 100)  # then 100/s
+    h.publish_for(30, 50)  # then 50/s
     assert h.actions == [
         ("publish_rate", "alert"),
         ("publish_rate", "throttle"),
@@ -147,7 +148,7 @@ def test_a_flood_is_throttled_then_quarantined_with_evidence_in_the_audit() -> N
     quarantine = h.ops.calls[0]
     assert quarantine[:3] == ("quarantine", "TRK-1", "detector/publish_rate")
     assert quarantine[3] == datetime.fromtimestamp(h.responses[2].at, UTC)
-    # 100/s is caught as a spike over the unit's own 1.3/s long before the 30/s ceiling is reached
+    # 50/s is caught as a spike over the unit's own 4/s (a bar of 40/s) before the 60/s ceiling
     assert "publish rate spike" in quarantine[4] and "detectors/publish_rate/spike_factor" in quarantine[4]
     (throttle,) = h.engine.throttles
     assert throttle[:2] == (TRK1, 0.1) and throttle[2] == h.responses[1].at + 300
@@ -163,17 +164,17 @@ def test_a_flood_is_throttled_then_quarantined_with_evidence_in_the_audit() -> N
     evidence = last["evidence"]
     assert evidence["per_second"] >= evidence["spike_bar_per_second"]
     assert evidence["spike_bar_per_second"] == pytest.approx(10 * evidence["baseline_per_second"], abs=0.01)
-    assert 1.2 < evidence["baseline_per_second"] < 1.4
+    assert 3.5 < evidence["baseline_per_second"] < 4.1
     assert last["result"] == {"changed": True, "state": "quarantined"}
     # and then it stays quiet: the same quarantine is not asked for again within the cooldown
-    h.publish_for(20, 100)
+    h.publish_for(20, 50)
     assert len(h.ops.calls) == 1
 
 
 def test_rate_limited_attempts_count_as_much_as_accepted_ones() -> None:
     """The engine drops a flood above the role's limit; what was tried is still a flood."""
     h = Harness()
-    denied = [PublishDenied(PEER1, "TRK-1", GPS, "rate_limited", "unit/limits/messages_per_second")] * 100
+    denied = [PublishDenied(PEER1, "TRK-1", GPS, "rate_limited", "unit/limits/messages_per_second")] * 400
     for _ in range(3):
         h.tick(denied)
         h.now += 3
@@ -210,6 +211,14 @@ def test_denials_that_are_not_probing_do_not_count() -> None:
     dropped = [SubscribeDenied(PEER1, "TRK-1", "fleet/TRK-1/cmd/#", "topic_not_granted", revoked=True)] * 50
     h.tick([*quarantined, *dropped])
     assert h.responses == []
+
+
+def test_dropped_wills_on_other_units_topics_are_probes_and_quarantined_ones_are_not() -> None:
+    h = Harness()
+    h.tick([WillDropped(PEER1, "TRK-1", "fleet/TRK-1/state", "quarantined", "quarantine/unit")] * 20)
+    assert h.responses == []
+    h.tick([WillDropped(PEER1, "TRK-1", "fleet/TRK-2/state", "topic_outside_namespace")] * 10)
+    assert h.actions == [("denial_burst", "alert")]
 
 
 def test_a_900_km_jump_quarantines() -> None:

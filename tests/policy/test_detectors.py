@@ -73,7 +73,7 @@ def test_count_detector_fires_once_per_evidence() -> None:
 
 # --- publish rate -----------------------------------------------------------------------------------
 
-RATE = cfg.PublishRate()  # window 10, baseline 300, factor 10, floor 10/s, ceiling 30/s
+RATE = cfg.PublishRate()  # window 10, baseline 300, factor 10, floor 35/s, ceiling 60/s
 
 
 def feed(detector: PublishRateDetector, start: float, seconds: float, per_second: float) -> float:
@@ -87,12 +87,13 @@ def feed(detector: PublishRateDetector, start: float, seconds: float, per_second
 # (rate before, for how long; burst rate for 10 s) → reason or None
 RATES = [
     ("normal unit", 1.3, 600, 1.3, None),
-    ("new unit at 9.9/s", 0, 0, 9.9, None),
-    ("new unit at the floor", 0, 0, 10.0, "publish_rate_spike"),
-    ("ceiling", 0, 0, 30.0, "publish_rate_ceiling"),
-    ("busy unit at 10x its baseline", 2.0, 600, 20.0, "publish_rate_spike"),
-    ("busy unit at 8x its baseline", 2.0, 600, 16.0, None),
-    ("busy unit just under the ceiling", 3.0, 600, 29.0, None),
+    ("new unit at the unit role's permitted 20/s", 0, 0, 20.0, None),
+    ("new unit at 34.9/s", 0, 0, 34.9, None),
+    ("new unit at the floor", 0, 0, 35.0, "publish_rate_spike"),
+    ("ceiling", 0, 0, 60.0, "publish_rate_ceiling"),
+    ("busy unit at 10x its baseline", 4.0, 600, 40.0, "publish_rate_spike"),
+    ("busy unit at 8x its baseline", 4.0, 600, 32.0, None),
+    ("busy unit just under the ceiling", 6.0, 600, 59.0, None),
 ]
 
 
@@ -115,7 +116,7 @@ def test_publish_rate_table(
 
 def test_publish_rate_spike_is_forgotten_after_its_window() -> None:
     detector = PublishRateDetector(TRK1, RATE)
-    feed(detector, T0, 10, 12.0)  # would fire at T0+10...
+    feed(detector, T0, 10, 40.0)  # would fire at T0+10...
     assert detector.fired(T0 + 25) is None  # ...but nobody asked until the window had passed
 
 
@@ -123,10 +124,10 @@ def test_a_flood_does_not_become_the_baseline() -> None:
     detector = PublishRateDetector(TRK1, RATE)
     t = feed(detector, T0, 300, 1.0)
     fired = 0
-    for _ in range(30):  # five minutes of 20/s: 2x the ceiling floor, 20x the baseline
-        t = feed(detector, t, 10, 20.0)
+    for _ in range(30):  # five minutes of 40/s: above the floor, 40x the baseline
+        t = feed(detector, t, 10, 40.0)
         fired += detector.fired(t - 0.01) is not None
-    assert fired == 30  # every window of the flood fires; the flood never taught it "20/s is normal"
+    assert fired == 30  # every window of the flood fires; the flood never taught it "40/s is normal"
     assert detector.baseline_per_second(t) < 1.1
 
 

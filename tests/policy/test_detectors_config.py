@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.policy.detector_rules import DetectorSettings, GpsFields, Plan
-from gateway.policy.rules import policy_from_mapping
+from gateway.policy.rules import lint_policy, policy_from_mapping
 from gateway.policy.schema import PolicyError
 from gateway.stores.policy_file import load_policy
 
@@ -131,3 +131,62 @@ def test_mistakes_name_the_key_path(section: Any, path: str, words: str) -> None
     assert info.value.path == path
     assert words in info.value.problem
     assert str(info.value).startswith(f"t.yaml: {path}: ")
+
+
+# --- the publish_rate detector against the role limits it watches ---------------------------------
+
+
+def findings(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f.severity, f.path, f.message) for f in lint_policy(policy_from_mapping(data, "t.yaml"))]
+
+
+def test_the_shipped_ladders_never_disconnect_a_unit_for_a_rate() -> None:
+    """Only ladders about abuse that is not a rate may end a session (and so its control channel)."""
+    enabled = load_policy(None).detectors.enabled()
+    ending = {"disconnect", "revoke"}
+    cutting = {name for name, config in enabled.items() if ending & set(config.plan.respond)}
+    assert cutting == {"denial_burst", "subscription_overreach"}
+    assert enabled["publish_rate"].plan.respond == ("alert", "throttle", "quarantine")
+    assert enabled["connect_flapping"].plan.respond == ("alert",)
+
+
+def test_the_shipped_rate_detector_sits_above_everything_the_unit_role_permits() -> None:
+    policy = load_policy(None)
+    rate, limits = policy.detectors.publish_rate, policy.unit.limits
+    assert limits.messages_per_second is not None and limits.burst is not None
+    assert rate.min_per_second > limits.messages_per_second + limits.burst / rate.window
+    assert not [f for f in lint_policy(policy) if f.path.startswith("detectors.")]
+
+
+def test_a_rate_detector_at_the_permitted_rate_that_contains_units_is_refused() -> None:
+    data = with_detectors({"publish_rate": {"min_per_second": 20, "ceiling_per_second": 30}})
+    with pytest.raises(PolicyError) as caught:
+        policy_from_mapping(data, "t.yaml")
+    assert caught.value.path == "detectors.publish_rate.min_per_second"
+    assert "not above roles.unit.limits.messages_per_second (20/s)" in caught.value.problem
+    assert "throttle/quarantine" in caught.value.problem
+    raised = base()  # the same relation read the other way: a role rate raised to the detector's bar
+    raised["roles"]["unit"]["limits"]["messages_per_second"] = 35
+    with pytest.raises(PolicyError) as caught:
+        policy_from_mapping(raised, "t.yaml")
+    assert "35/s is not above roles.unit.limits.messages_per_second (35/s)" in caught.value.problem
+
+
+def test_an_alert_only_rate_detector_below_the_rate_and_one_within_the_burst_are_warned() -> None:
+    alert_only = with_detectors({"publish_rate": {"min_per_second": 10, "respond": ["alert"]}})
+    [(severity, path, message)] = findings(alert_only)
+    assert (severity, path) == ("warning", "detectors.publish_rate.min_per_second")
+    assert "not above" in message and "alert on it" in message
+    within_burst = with_detectors({"publish_rate": {"min_per_second": 25}})
+    [(severity, path, message)] = findings(within_burst)
+    assert (severity, path) == ("warning", "detectors.publish_rate.min_per_second")
+    assert "spends its burst (100)" in message and "above 30/s" in message
+
+
+def test_the_relation_holds_for_every_kind_the_detector_watches() -> None:
+    data = with_detectors(
+        {"publish_rate": {"kinds": ["unit", "partner"], "respond": ["alert", "throttle"]}}
+    )
+    with pytest.raises(PolicyError) as caught:  # partner tier1 may send 200/s
+        policy_from_mapping(data, "t.yaml")
+    assert "roles.partner.tier1.limits.messages_per_second (200/s)" in caught.value.problem

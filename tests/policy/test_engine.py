@@ -245,6 +245,34 @@ class TestLimits:
         assert not publish(world.engine, TRK1, "fleet/TRK-1/state").allowed
         assert publish(world.engine, TRK2, "fleet/TRK-2/state").allowed
 
+    def test_rates_are_limits_not_violations(self, world: World) -> None:
+        topic = "fleet/TRK-1/telemetry/gps"
+        for _ in range(100):
+            publish(world.engine, TRK1, topic)
+        limited = publish(world.engine, TRK1, topic)
+        assert limited.reason == "rate_limited" and not limited.violation
+        assert not publish(world.engine, TRK1, "fleet/TRK-1/diag/dump", size=300_000).allowed
+        world.engine.throttle(TRK1, 0.1, T0 + 300)
+        decisions = [publish(world.engine, TRK1, topic, now=T0 + 100) for _ in range(3)]
+        throttled = decisions[-1]  # 2/s, burst 2: the first two passed
+        assert throttled.reason == "throttled" and not throttled.violation
+        probe = publish(world.engine, TRK1, "fleet/TRK-2/cmd/unlock")
+        assert probe.reason == "topic_outside_namespace" and probe.violation  # probing still counts
+        assert publish(world.engine, TRK1, "$SYS/x").violation
+
+    def test_control_publishes_have_their_own_budget_and_are_never_throttled(self, world: World) -> None:
+        telemetry, ack = "fleet/TRK-1/telemetry/gps", "fleet/TRK-1/control/brake/ack"
+        for _ in range(100):
+            publish(world.engine, TRK1, telemetry)
+        assert publish(world.engine, TRK1, telemetry).reason == "rate_limited"
+        assert publish(world.engine, TRK1, ack).allowed  # a telemetry flood does not starve acks
+        world.engine.throttle(TRK1, 0.1, T0 + 300)
+        assert all(publish(world.engine, TRK1, ack, now=T0 + 10).allowed for _ in range(100))
+        limited = publish(world.engine, TRK1, ack, now=T0 + 10)  # a control flood meets the role's rate
+        assert brief(limited) == ("deny", "rate_limited", "unit/limits/messages_per_second")
+        assert not limited.violation
+        assert publish(world.engine, TRK1, ack, now=T0 + 10.1).allowed  # 20/s: a token per 50 ms
+
     def test_unlimited_profiles_are_not_rate_limited(self, world: World) -> None:
         assert all(publish(world.engine, ALICE, "fleet/TRK-1/cmd/x").allowed for _ in range(1000))
 
@@ -255,6 +283,37 @@ class TestLimits:
         assert engine.max_subscriptions_for(peer(ALICE)) is None
         assert engine.max_subscriptions_for(peer(None)) is None
         assert engine.violation_limit() == 20
+
+
+class TestWills:
+    """A will is judged when it fires (decide_will): authorization now, no rate budget."""
+
+    def will(self, world: World, who: Identity, topic: str, now: float = T0, size: int = 10) -> Decision:
+        return world.engine.decide_will(peer(who), topic, size, 1, True, now)
+
+    def test_a_will_follows_the_units_state_at_the_time_it_fires(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        state = "fleet/TRK-1/state"
+        assert brief(self.will(world, TRK1, state)) == ("allow", "will_granted", "unit/publish/2")
+        directory.quarantine(TRK1, "impossible travel")
+        engine.invalidate(TRK1)
+        assert brief(self.will(world, TRK1, state)) == ("deny", "quarantined", "quarantine/unit")
+        directory.release(TRK1)
+        engine.invalidate(TRK1)
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed
+        assert self.will(world, TRK1, "fleet/TRK-2/state").reason == "topic_outside_namespace"
+        assert self.will(world, TRK1, "$SYS/x").reason == "reserved_topic"
+        assert self.will(world, TRK1, "fleet/TRK-1/state", size=65537).reason == "payload_too_large"
+        assert self.will(world, REVOKED, "fleet/TRK-666/state").reason == "identity_revoked"
+
+    def test_a_will_neither_spends_nor_needs_rate_tokens(self, world: World) -> None:
+        topic = "fleet/TRK-1/telemetry/gps"
+        assert all(self.will(world, TRK1, "fleet/TRK-1/state").allowed for _ in range(500))
+        assert all(publish(world.engine, TRK1, topic).allowed for _ in range(100))  # the whole burst is left
+        assert publish(world.engine, TRK1, topic).reason == "rate_limited"
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed  # a flooder is still heard going away
+        world.engine.throttle(TRK1, 0.1, T0 + 300)
+        assert self.will(world, TRK1, "fleet/TRK-1/state").allowed
 
 
 class TestLiveChanges:
