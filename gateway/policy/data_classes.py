@@ -61,10 +61,11 @@ __all__ = [
 
 UNCLASSIFIED = "unclassified"
 CONTEXT_SECTIONS = ("data_classes", "views", "posture", "second_factor")  # top-level keys parsed here
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_PLACEHOLDER = re.compile(r"^\{([a-z_]+)\}$")
-_TIER = re.compile(r"^(?:tier)?([1-9][0-9]?)$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_FIELD = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_TIER = re.compile(r"(?:tier)?([1-9][0-9]?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ def _collect_classes(obj: Mapping[str, Any], node: FieldNode, found: set[str]) -
 
 
 def _wildcarded(template: str) -> str:
-    return "/".join("+" if _PLACEHOLDER.match(level) else level for level in template.split("/"))
+    return "/".join("+" if _PLACEHOLDER.fullmatch(level) else level for level in template.split("/"))
 
 
 def _template_matches(template: str, topic: str) -> bool:
@@ -188,7 +189,7 @@ def parse_data_classes(value: Any, source: str, path: str = "data_classes") -> D
     body = at.mapping(value) if value is not None else {}
     classes: dict[str, DataClass] = {}
     for name, spec in body.items():
-        if not isinstance(name, str) or not _NAME.match(name) or name == UNCLASSIFIED:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == UNCLASSIFIED:
             at.fail(f"{name!r} is not a class name; use lower_snake_case (and not {UNCLASSIFIED!r})")
         classes[name] = _data_class(at.key(name), name, spec)
     return DataClasses(MappingProxyType(classes), _field_tree(at, classes))
@@ -198,7 +199,7 @@ def _data_class(at: At, name: str, spec: Any) -> DataClass:
     body = at.mapping(spec, frozenset({"fields", "topics", "coarsen_to"}))
     fields = at.key("fields").strings(body.get("fields", []), "dotted field paths")
     for i, path in enumerate(fields):
-        if not _FIELD.match(path):
+        if not _FIELD.fullmatch(path):
             at.key("fields").index(i).fail(f"{path!r} is not a field path; write keys joined by dots")
     topics = at.key("topics").strings(body.get("topics", []), "topic templates")
     for i, topic in enumerate(topics):
@@ -245,7 +246,7 @@ def _check_template(at: At, template: str, allow_wildcards: bool) -> list[str]:
         at.fail(f"{template!r} is a $-topic; those are the gateway's own")
     names = []
     for level in template.split("/"):
-        match = _PLACEHOLDER.match(level)
+        match = _PLACEHOLDER.fullmatch(level)
         if match:
             names.append(match.group(1))
         elif "{" in level or "}" in level:
@@ -280,7 +281,7 @@ def parse_views(value: Any, classes: DataClasses, source: str, path: str = "view
     tiers_at = at.key("tiers")
     tiers: dict[int, ViewTier] = {}
     for name, spec in tiers_at.mapping(body["tiers"]).items():
-        match = _TIER.match(str(name)) if not isinstance(name, bool) else None
+        match = _TIER.fullmatch(str(name)) if not isinstance(name, bool) else None
         if match is None:
             tiers_at.fail(f"{name!r} is not a tier; write 1, 2, ... or tier1, tier2, ...")
         number = int(match.group(1))
@@ -301,7 +302,7 @@ def _view_topic(at: At, topic: Any, sources: list[str], captured: list[set[str]]
             f"{topic!r} must have a {{tier}} and a {{unit}} level, so tiers and units never share a topic"
         )
     first = topic.split("/")[0]
-    if _PLACEHOLDER.match(first) or first == "fleet":
+    if _PLACEHOLDER.fullmatch(first) or first == "fleet":
         at.fail(f"{topic!r} must start with its own literal level outside fleet/, such as views/")
     for src, have in zip(sources, captured, strict=True):
         missing = set(names) - have - {"tier"}

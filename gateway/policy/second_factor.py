@@ -22,7 +22,7 @@ from gateway.policy.schema import At, PolicyError
 
 __all__ = ["DEFAULT_SENSITIVE", "SecondFactorPolicy", "parse_second_factor"]
 
-_RIGHT = re.compile(r"^[a-z]+(?:\.[a-z_]+)+$")
+_RIGHT = re.compile(r"[a-z]+(?:\.[a-z_]+)+")  # fullmatch: no trailing newline
 _KEYS = ("sensitive", "max_failures", "failure_window_seconds", "skew_steps")
 DEFAULT_SENSITIVE = frozenset({"units.release", "identities.revoke", "partners.disconnect", "policy.reload"})
 
@@ -49,7 +49,9 @@ def parse_second_factor(value: Any, source: str, path: str = "second_factor") ->
         raise PolicyError(source, path, f"must be a mapping, not {type(value).__name__}")
     At(source, path).mapping(value, allowed=_KEYS)
     sensitive = value.get("sensitive", sorted(DEFAULT_SENSITIVE))
-    if not isinstance(sensitive, list) or not all(isinstance(r, str) and _RIGHT.match(r) for r in sensitive):
+    if not isinstance(sensitive, list) or not all(
+        isinstance(r, str) and _RIGHT.fullmatch(r) for r in sensitive
+    ):
         raise PolicyError(source, f"{path}.sensitive", "must be a list of admin rights such as policy.reload")
     limits = {"max_failures": (1, 100), "failure_window_seconds": (1, 86400), "skew_steps": (0, 10)}
     numbers: dict[str, int] = {}
