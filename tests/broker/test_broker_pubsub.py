@@ -213,18 +213,22 @@ def test_shared_subscription_gets_no_retained_messages_and_rejects_no_local() ->
 
 @pytest.mark.parametrize(("version", "invalid_code"), [(V5, 0x8F), (V311, 0x80)])
 def test_subscribe_codes(version: ProtocolVersion, invalid_code: int) -> None:
-    lab = Lab(limits=BrokerLimits(max_subscriptions=2))
+    lab = Lab(limits=BrokerLimits(max_subscriptions=3))
     link = lab.connect("ops-1", version=version)
+    link.subscribe(Subscription("z", 0))
+    quota = 0x97 if version == V5 else 0x80
+    denied = 0x87 if version == V5 else 0x80
+    # A packet may carry no more filters than the session may hold (3): the rest are not judged.
     suback = link.subscribe(
         Subscription("a/#", 1),
         Subscription("a/#b", 1),
-        Subscription("b", 2),
-        Subscription("c", 0),
         Subscription("$SYS/#", 0),
+        Subscription("c", 0),
+        Subscription("b", 2),
     )
-    quota = 0x97 if version == V5 else 0x80
-    denied = 0x87 if version == V5 else 0x80
-    assert suback.reason_codes == (1, invalid_code, 2, quota, denied)
+    assert suback.reason_codes == (1, invalid_code, denied, quota, quota)
+    # The session's own quota: two held, one more fits.
+    assert link.subscribe(Subscription("b", 2), Subscription("d", 0)).reason_codes == (2, quota)
     assert link.closed is None
 
 
