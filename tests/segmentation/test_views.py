@@ -431,6 +431,7 @@ _pii_keys = st.sampled_from(
         "name",
         "Phone",
         "driverPhone",
+        "id",  # of driver.id
     ]
 )
 _plain_keys = st.sampled_from(
