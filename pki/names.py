@@ -18,10 +18,11 @@ CLIENT_KINDS = ("unit", "operator", "service", "partner")
 ALL_KINDS = (*CLIENT_KINDS, "gateway")
 
 # Ids go into MQTT topics (fleet/{unit}/...), so they may not contain '/', '+', '#' or '$', and they
-# go into URIs and file names, so they are kept to a conservative alphabet.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# go into URIs and file names, so they are kept to a conservative alphabet. Both patterns are used with
+# fullmatch: with `$`, re.match would also accept a trailing newline ("TRK-9\n").
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_TRUST_DOMAIN_PATTERN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_TRUST_DOMAIN_PATTERN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 class IdentityError(ValueError):
@@ -51,7 +52,7 @@ class Identity:
 
 
 def validate_trust_domain(trust_domain: str) -> str:
-    if not _TRUST_DOMAIN_PATTERN.match(trust_domain) or len(trust_domain) > 253:
+    if not _TRUST_DOMAIN_PATTERN.fullmatch(trust_domain) or len(trust_domain) > 253:
         raise IdentityError(
             "invalid_trust_domain",
             f"trust domain {trust_domain!r} is not a lower-case DNS name; use something like fleet.local",
@@ -62,7 +63,7 @@ def validate_trust_domain(trust_domain: str) -> str:
 def validate_id(kind: str, ident: str) -> None:
     if kind not in ALL_KINDS:
         raise IdentityError("invalid_kind", f"kind {kind!r} is not one of {', '.join(ALL_KINDS)}")
-    if not _ID_PATTERN.match(ident):
+    if not _ID_PATTERN.fullmatch(ident):
         raise IdentityError(
             "invalid_id",
             f"{kind} id {ident!r} is not valid; use 1-64 letters, digits, '.', '_' or '-', "

@@ -63,6 +63,7 @@ class Paho:
             self.client.will_set(will[0], will[1], qos=will[2], retain=will[3])
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connack: queue.Queue[tuple[int, bool]] = queue.Queue()
+        self.connack_properties: Any = None  # paho's Properties of the last CONNACK (5.0)
         self.disconnects: queue.Queue[int] = queue.Queue()
         self.subacks: queue.Queue[list[int]] = queue.Queue()
         self._published: dict[int, threading.Event] = {}
@@ -77,6 +78,7 @@ class Paho:
     # --- callbacks (paho's network thread) ----------------------------------------------------
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connack_properties = props
         self.connack.put((int(reason.value), bool(flags.session_present)))
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:

@@ -33,6 +33,7 @@ log; refusals of a named operator (its role lacks the right, it was revoked) are
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,19 +47,21 @@ from gateway.admin.auth import RIGHT_TEXT, Operator, Refusal, authenticate
 from gateway.admin.est import RefusalSink, request_source, storage_failure
 from gateway.admin.openapi import openapi_document
 from gateway.admin.sse import DEFAULT_HEARTBEAT, AuditFeed, stream_events
+from gateway.admin.totp_store import ENROLLED, METADATA_KEY, TotpStore, TotpStoreError
 from gateway.admin.totp_store import HEADER as TOTP_HEADER
-from gateway.admin.totp_store import TotpStore
 from gateway.broker import SessionInfo
 from gateway.context.flows import FlowMap
 from gateway.ops.operations import Operations, OpsError
 from gateway.ops.status import session_view
 from gateway.policy.rules import Policy
+from gateway.policy.second_factor import DEFAULT_SENSITIVE
 from gateway.render.flows_render import flowmap_to_dict
 from gateway.stores.audit_log import AuditLog
 from pki.errors import NotFoundError, PkiError
 from pki.store import Registry
 
 MAX_AUDIT_PAGE = 1000
+log = logging.getLogger("fleetgate.admin")
 
 
 @dataclass
@@ -101,7 +104,7 @@ def _endpoint(
         if isinstance(who, Refusal):
             _audit_refusal(ctx, request, who, right)
             return error(who.status, who.message, who.reason)
-        if ctx.totp is not None and ctx.totp.policy.requires_totp(right):
+        if right in DEFAULT_SENSITIVE or (ctx.totp is not None and ctx.totp.policy.requires_totp(right)):
             refused = _second_factor(request, ctx, who, right)
             if refused is not None:
                 return refused
@@ -202,23 +205,16 @@ def _audit_refusal(ctx: AdminContext, request: web.Request, who: Refusal, right:
 
 
 def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right: str) -> web.Response | None:
-    """None when the operator may go on; else the refusal. Every check is audited, never the code."""
-    assert ctx.totp is not None
+    """None when the operator may go on; else the refusal. Every check is audited, never the code.
+
+    The second factor belongs to the right: an operator without one is refused (`totp_not_enrolled`),
+    and one the registry says is enrolled but whose secret is gone is an error, not a downgrade."""
     operator_id = who.identity.id
-    subject = f"{request.method} {request.path}"
-    if not ctx.totp.enrolled(operator_id):
-        outcome, reason = "skipped", "not_enrolled"  # certificate only: the record says so
-    else:
-        code = request.headers.get(TOTP_HEADER, "").strip()
-        if not code:
-            outcome, reason = "refused", "totp_required"
-        else:
-            result = ctx.totp.verify(operator_id, code, ctx.clock().timestamp())
-            outcome, reason = ("ok", "ok") if result.ok else ("refused", f"totp_{result.reason}")
+    outcome, reason = _check_second_factor(request, ctx, operator_id)
     ctx.audit.append(
         actor=who.actor,
         action="admin.second_factor",
-        subject=subject,
+        subject=f"{request.method} {request.path}",
         outcome=outcome,
         reason=reason,
         details={"right": right, "role": who.role},
@@ -226,15 +222,55 @@ def _second_factor(request: web.Request, ctx: AdminContext, who: Operator, right
     )
     if outcome != "refused":
         return None
+    enroll = f"`fleetgate operator totp {operator_id}` on the gateway host"
+    what = RIGHT_TEXT.get(right, right)
     messages = {
-        "totp_required": f"{RIGHT_TEXT.get(right, right)} needs a TOTP code: send it in the {TOTP_HEADER} "
-        "header (CLI: --totp CODE)",
+        "totp_required": f"{what} needs a TOTP code: send it in the {TOTP_HEADER} header (CLI: --totp CODE)",
         "totp_bad_code": "the TOTP code is not valid now; use the current code from your authenticator",
         "totp_replayed": "that TOTP code was already used; wait for the next one",
         "totp_locked_out": "too many failed TOTP codes; try again later",
+        "totp_not_enrolled": f"{what} needs a second factor and {who.actor} has none; enroll one with "
+        f"{enroll}, then send its code in the {TOTP_HEADER} header",
+        "totp_secret_missing": f"{who.actor} is enrolled for a second factor but its secret is missing on "
+        f"the gateway; restore DATA/totp from a backup or enroll again with {enroll}",
+        "totp_unavailable": "the second factor cannot be checked now (see the gateway log); nothing was done",
     }
-    status = 429 if reason == "totp_locked_out" else 401
+    status = {"totp_locked_out": 429, "totp_not_enrolled": 403}.get(reason, 401)
+    if reason in ("totp_secret_missing", "totp_unavailable"):
+        status = 503  # the gateway's state is wrong, not the request: the operator cannot fix it
     return error(status, messages.get(reason, "the TOTP code was refused"), reason)
+
+
+def _check_second_factor(request: web.Request, ctx: AdminContext, operator_id: str) -> tuple[str, str]:
+    """(outcome, reason) of the second-factor check for one request."""
+    store = ctx.totp
+    if store is None:
+        log.error("refusing a sensitive admin request: this gateway has no second-factor store")
+        return "refused", "totp_unavailable"
+    record = ctx.registry.get_identity("operator", operator_id)
+    marked = record is not None and record.metadata.get(METADATA_KEY) == ENROLLED
+    enrolment = store.enrolment(operator_id, marked)
+    if enrolment == "secret_missing":
+        log.error(
+            "operator %s is enrolled for TOTP in the registry but DATA/totp/%s.secret is missing; "
+            "refusing its sensitive requests until the secret is restored or it enrolls again",
+            operator_id,
+            operator_id,
+        )
+        return "refused", "totp_secret_missing"
+    if enrolment == "not_enrolled":
+        return "refused", "totp_not_enrolled"
+    code = request.headers.get(TOTP_HEADER, "").strip()
+    if not code:
+        return "refused", "totp_required"
+    try:
+        result = store.verify(operator_id, code, ctx.clock().timestamp())
+    except TotpStoreError as exc:
+        log.error("refusing a sensitive admin request of operator %s: %s", operator_id, exc)
+        return "refused", "totp_unavailable"
+    if result.reason == "not_enrolled":  # the secret vanished between the two looks
+        return "refused", "totp_secret_missing"
+    return ("ok", "ok") if result.ok else ("refused", f"totp_{result.reason}")
 
 
 # --- parsing ------------------------------------------------------------------------------------

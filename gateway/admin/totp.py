@@ -13,8 +13,10 @@ manual entry of the base32 secret. Verification, per operator:
   operator out (`locked_out`, even for a correct code) until the newest of them is `window` seconds old.
   Attempts while locked out are not counted, so a locked-out operator is free again at a known time.
 
-The verifier keeps only the last used step and recent failure times, in memory, and reads secrets
-through a lookup so they can live in the registry. `now` is always an argument. Which admin rights need
+The verifier keeps the last used step, recent failure times and any lockout per operator as a small
+value (`state_of` / `restore`) that gateway/admin/totp_store.py persists after every attempt, so a
+restart or a policy reload neither re-opens a used code nor forgets a lockout. Secrets are read through
+a lookup. `now` is always an argument. Which admin rights need
 a code, and the skew and lockout limits, come from the policy's `second_factor` section
 (gateway/policy/second_factor.py); `TotpVerifier.for_policy` builds a verifier with them.
 """
@@ -35,6 +37,7 @@ from urllib.parse import quote, urlencode
 from gateway.policy.second_factor import SecondFactorPolicy
 
 __all__ = [
+    "OperatorState",
     "TotpResult",
     "TotpVerifier",
     "code_at",
@@ -99,6 +102,15 @@ class TotpResult:
     ok: bool
     reason: Reason  # for the audit record; "ok" when accepted
     retry_after: float | None = None  # seconds until a locked-out operator may try again
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorState:
+    """One operator's verifier state as a value: to persist, and to take up again."""
+
+    last_step: int | None
+    failures: tuple[float, ...]  # times of recent failed attempts (Unix seconds)
+    locked_until: float | None
 
 
 @dataclass
@@ -183,6 +195,17 @@ class TotpVerifier:
 
     def restore_used_step(self, operator_id: str, step: int) -> None:
         self._state.setdefault(operator_id, _OperatorState()).last_step = step
+
+    def state_of(self, operator_id: str) -> OperatorState:
+        """What must outlive this process for one operator: last used step, failures, lockout."""
+        state = self._state.get(operator_id)
+        if state is None:
+            return OperatorState(None, (), None)
+        return OperatorState(state.last_step, tuple(state.failures), state.locked_until)
+
+    def restore(self, operator_id: str, saved: OperatorState) -> None:
+        """Take up a saved state (at start, or with a new policy's limits)."""
+        self._state[operator_id] = _OperatorState(saved.last_step, deque(saved.failures), saved.locked_until)
 
     def forget(self, operator_id: str) -> None:
         """Drop an operator's state (re-enrollment with a new secret starts clean)."""

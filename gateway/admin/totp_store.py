@@ -1,24 +1,36 @@
-"""Operator TOTP secrets on disk and the admin API's second-factor check.
+"""Operator TOTP secrets on disk, the verifier's state beside them, and who is enrolled.
 
 Secrets live in DATA/totp/ (directory 0700, one file per operator, 0600, base32): the CLI enrolls
-(`fleetgate operator add NAME --totp`) in its own process and the gateway reads the file when a code
-is checked, so enrollment needs no restart. A secret is never logged, audited or printed, except once
-at enrollment as the provisioning URI (and its QR PNG) for the operator's authenticator app.
+(`fleetgate operator totp NAME`, or `operator add NAME --totp`) in its own process and the gateway
+reads the file when a code is checked, so enrollment needs no restart. A secret is never logged,
+audited or printed, except once at enrollment as the provisioning URI (and its QR PNG) for the
+operator's authenticator app.
 
-The last accepted 30-second step of each operator is persisted beside its secret, so a restart cannot
-make a just-used code valid again. Which operators must give a code: those enrolled. An operator not
-enrolled acts on its certificate alone, and the audit record of each sensitive action says so
-(`second_factor: not_enrolled`); enrolling every operator is the deployment's step to full MFA.
+Enrollment is recorded twice, on purpose: the secret file, and `totp: enrolled` in the operator's
+registry metadata. The registry is what says an operator *has* a second factor, so a secret file that
+went missing (a partial restore, a permission problem) is an error the admin API refuses and logs,
+never a silent fall back to certificate-only. A secret file without the registry mark (enrolled before
+the mark existed) counts as enrolled too: either sign means the code is asked for.
+
+After every attempt, the verifier's state for that operator (last used 30-second step, recent failures,
+lockout) is written beside the secret (`NAME.state`, 0600, JSON), so neither a restart nor a policy
+reload re-opens a used code or lifts a lockout. A state or secret that cannot be read or written is an
+error (TotpStoreError): the admin API answers 503 and the operator is not let through.
 """
 
 from __future__ import annotations
 
+import binascii
+import json
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from gateway.admin.qr import provisioning_qr_png
 from gateway.admin.totp import (
+    OperatorState,
     TotpResult,
     TotpVerifier,
     new_secret,
@@ -27,9 +39,18 @@ from gateway.admin.totp import (
     secret_to_base32,
 )
 from gateway.policy.second_factor import SecondFactorPolicy
+from pki.store import Registry
 
 TOTP_DIR = "totp"
 HEADER = "X-Fleetgate-TOTP"
+METADATA_KEY = "totp"  # registry metadata of an operator with a second factor: {"totp": "enrolled"}
+ENROLLED = "enrolled"
+
+Enrolment = Literal["enrolled", "not_enrolled", "secret_missing"]
+
+
+class TotpStoreError(Exception):
+    """A secret or state file that exists (or must) cannot be read or written; the message says which."""
 
 
 def _dir(root: Path) -> Path:
@@ -43,6 +64,8 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
@@ -53,17 +76,32 @@ class Enrollment:
 
 
 def enroll(root: Path, operator_id: str, issuer: str, qr_dir: Path) -> Enrollment:
-    """A fresh secret for the operator (replacing any earlier one); the URI and QR for its app."""
+    """A fresh secret for the operator (replacing any earlier one); the URI and QR for its app.
+
+    The caller records the enrollment in the registry (`mark_enrolled`) once this returned."""
     secret = new_secret()
     directory = _dir(root)
     _write_private(directory / f"{operator_id}.secret", secret_to_base32(secret) + "\n")
-    (directory / f"{operator_id}.step").unlink(missing_ok=True)
+    for stale in (f"{operator_id}.step", f"{operator_id}.state"):  # a new secret starts clean
+        (directory / stale).unlink(missing_ok=True)
     uri = provisioning_uri(secret, operator_id, issuer)
     qr = qr_dir / f"{operator_id}.totp.png"
     fd = os.open(qr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(provisioning_qr_png(uri))
     return Enrollment(uri, qr)
+
+
+def mark_enrolled(registry: Registry, operator_id: str, now: datetime) -> dict[str, str]:
+    """Record in the registry that the operator has a second factor; returns its new metadata."""
+    record = registry.get_identity("operator", operator_id)
+    if record is None:
+        raise TotpStoreError(
+            f"there is no operator {operator_id}; add it first with `fleetgate operator add`"
+        )
+    metadata = {**record.metadata, METADATA_KEY: ENROLLED}
+    registry.update_metadata("operator", operator_id, metadata, now)
+    return metadata
 
 
 class TotpStore:
@@ -73,36 +111,74 @@ class TotpStore:
         self._root = root
         self.policy = policy
         self.verifier = TotpVerifier.for_policy(policy, self.secret_for)
-        self._restored: set[str] = set()
+        self._loaded: set[str] = set()  # operators whose saved state the verifier has taken up
 
     def reload(self, policy: SecondFactorPolicy) -> None:
         if policy != self.policy:
-            state = {op: self.verifier.used_step(op) for op in self._restored}
+            # Every attempt's state is on disk: the new verifier takes it up again, lockouts included.
             self.policy, self.verifier = policy, TotpVerifier.for_policy(policy, self.secret_for)
-            for op, step in state.items():
-                if step is not None:
-                    self.verifier.restore_used_step(op, step)
+            self._loaded.clear()
+
+    def _secret_path(self, operator_id: str) -> Path:
+        return self._root / TOTP_DIR / f"{operator_id}.secret"
 
     def secret_for(self, operator_id: str) -> bytes | None:
+        path = self._secret_path(operator_id)
         try:
-            text = (self._root / TOTP_DIR / f"{operator_id}.secret").read_text().strip()
+            text = path.read_text().strip()
+            return secret_from_base32(text)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return secret_from_base32(text)
+        except (OSError, UnicodeDecodeError, binascii.Error, ValueError) as exc:
+            raise TotpStoreError(f"the TOTP secret {path} cannot be read ({exc})") from None
 
-    def enrolled(self, operator_id: str) -> bool:
-        return (self._root / TOTP_DIR / f"{operator_id}.secret").exists()
+    def enrolment(self, operator_id: str, marked: bool) -> Enrolment:
+        """`marked`: the registry says the operator is enrolled (metadata totp: enrolled)."""
+        if self._secret_path(operator_id).exists():
+            return "enrolled"
+        return "secret_missing" if marked else "not_enrolled"
 
     def verify(self, operator_id: str, code: str, now: float) -> TotpResult:
-        if operator_id not in self._restored:
-            self._restored.add(operator_id)
-            try:
-                step = int((self._root / TOTP_DIR / f"{operator_id}.step").read_text())
-                self.verifier.restore_used_step(operator_id, step)
-            except (FileNotFoundError, ValueError):
-                pass
+        if operator_id not in self._loaded:
+            saved = self._load(operator_id)
+            if saved is not None:
+                self.verifier.restore(operator_id, saved)
+            self._loaded.add(operator_id)
         result = self.verifier.verify(operator_id, code, now)
-        used = self.verifier.used_step(operator_id)
-        if result.ok and used is not None:
-            _write_private(_dir(self._root) / f"{operator_id}.step", f"{used}\n")
+        self._save(operator_id)
         return result
+
+    def _load(self, operator_id: str) -> OperatorState | None:
+        directory = self._root / TOTP_DIR
+        path = directory / f"{operator_id}.state"
+        try:
+            data = json.loads(path.read_text())
+            return OperatorState(
+                None if data["last_step"] is None else int(data["last_step"]),
+                tuple(float(t) for t in data["failures"]),
+                None if data["locked_until"] is None else float(data["locked_until"]),
+            )
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TotpStoreError(
+                f"the TOTP state {path} cannot be read ({exc}); delete it to start the operator afresh"
+            ) from None
+        try:  # written by earlier versions: the last used step alone
+            return OperatorState(int((directory / f"{operator_id}.step").read_text()), (), None)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _save(self, operator_id: str) -> None:
+        state = self.verifier.state_of(operator_id)
+        text = json.dumps(
+            {
+                "last_step": state.last_step,
+                "failures": list(state.failures),
+                "locked_until": state.locked_until,
+            }
+        )
+        try:
+            _write_private(_dir(self._root) / f"{operator_id}.state", text + "\n")
+        except OSError as exc:
+            raise TotpStoreError(f"the TOTP state of {operator_id} cannot be saved ({exc})") from None

@@ -1,7 +1,10 @@
 """CONNECT and the end of connections and sessions.
 
-A CONNECT is refused (CONNACK ≥ 0x80, then close) when: the client id is empty and the listener does
-not assign ids (always the case for units); the client asks for enhanced authentication (we
+An empty client id from a certificate client becomes the certificate's id (5.0: returned as the
+Assigned Client Identifier), except in 3.1.1 with clean session 0, which §3.1.3.1 refuses (0x02).
+
+A CONNECT is refused (CONNACK ≥ 0x80, then close) when: the client id is empty and the client has no
+certificate while the listener does not assign ids; the client asks for enhanced authentication (we
 authenticate by certificate only); the policy denies the connection (client id not the certificate's:
 0x85 / 3.1.1 0x02; anything else 0x87 / 3.1.1 0x05); or the will's topic is not a valid topic name
 (0x90 / 3.1.1 0x05: a protocol matter). Whether the policy lets the will be published is *not* asked
@@ -22,6 +25,8 @@ its connection; others wait for their expiry timer.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from gateway.broker.events import (
     ClientConnected,
@@ -50,11 +55,21 @@ def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: flo
     assigned: str | None = None
     if not client_id:
         # 3.1.1 §3.1.3.1: an empty id with clean session 0 is always refused.
-        if not st.allow_server_assigned_ids or (connect.protocol_version != _V5 and not connect.clean_start):
+        identity = conn.peer.identity
+        if connect.protocol_version != _V5 and not connect.clean_start:
             refuse(st, conn, client_id, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty_client_id")
             return
-        st.assigned_ids += 1
-        client_id = assigned = f"auto-{int(now * 1000):x}-{st.assigned_ids}"
+        if identity is not None:
+            # A certificate client gets its certificate's id (5.0: Assigned Client Identifier), the one
+            # id the policy's floor would accept from it anyway.
+            client_id = assigned = identity.id
+            connect = replace(connect, client_id=client_id)
+        elif not st.allow_server_assigned_ids:
+            refuse(st, conn, client_id, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty_client_id")
+            return
+        else:
+            st.assigned_ids += 1
+            client_id = assigned = f"auto-{int(now * 1000):x}-{st.assigned_ids}"
     if connect.properties.authentication_method is not None:
         refuse(st, conn, client_id, ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication_method_unsupported")
         return

@@ -181,7 +181,8 @@ def route(
         if conn is not None:
             # QoS 0 to a connected client (the hot path): sent at once, as deliver() would, without
             # a Delivery to track.
-            send_qos0(st, conn, cache.form(conn.protocol.version, 0, retain, ids))  # type: ignore[arg-type]
+            form = cache.form(conn.protocol.version, 0, retain, ids)  # type: ignore[arg-type]
+            send_qos0(st, conn, form, topic, cache)
             continue
         deliver(st, session, Delivery(message, qos, retain, ids), cache, now)
     for group in groups:

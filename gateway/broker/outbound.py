@@ -5,6 +5,9 @@ subscription identifiers) and the bytes are shared by every recipient with that 
 only gets its two-byte packet identifier patched in. Most fan-outs (one topic, same options) encode
 once in total.
 
+A 5.0 client that accepts topic aliases gets them (ServerSession.aliased): the shared bytes are
+rewritten for that one recipient at the last moment, so the encode-once path stays as it is.
+
 Flow control (§4.9): at most min(client's Receive Maximum, BrokerLimits.max_inflight) QoS>0 messages
 are unacknowledged per session; the rest waits in the session queue, which is bounded (sessions.py
 says what is dropped first). QoS 0 is sent at once to a connected client. Unacknowledged messages are
@@ -19,7 +22,7 @@ from dataclasses import replace
 
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection
-from gateway.mqtt.codec import encode_publish
+from gateway.mqtt.codec import encode_publish, with_topic_alias
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel
 from gateway.mqtt.reason_codes import ReasonCode
 
@@ -34,7 +37,7 @@ class EncodeCache:
     (ServerSession.forwardable decides that): then a 1→1 or same-version fan-out encodes nothing.
     """
 
-    __slots__ = ("_forms", "_message", "_now")
+    __slots__ = ("_aliased", "_forms", "_message", "_now")
 
     def __init__(
         self, message: Message, now: float, wire: tuple[ProtocolVersion, bytes] | None = None
@@ -42,6 +45,7 @@ class EncodeCache:
         self._message = message
         self._now = now
         self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] = {}
+        self._aliased: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
         if wire is not None:
             self._forms[(wire[0], message.qos, False, ())] = wire[1]
 
@@ -60,6 +64,17 @@ class EncodeCache:
         if template is None:
             template = self._forms[key] = encode_publish(self._build(version, qos, retain, ids), version)
         return template
+
+    def with_alias(self, data: bytes, alias: int, *, send_topic: bool) -> bytes:
+        """`codec.with_topic_alias`, remembered: QoS 0 subscribers connected alike share one form and
+        usually the same alias number for a topic, so a fan-out rewrites once, not once per recipient."""
+        key = (alias, send_topic)
+        seen = self._aliased.get(key)
+        if seen is not None and seen[0] is data:
+            return seen[1]
+        out = with_topic_alias(data, alias, send_topic=send_topic)
+        self._aliased[key] = (data, out)
+        return out
 
     def _build(self, version: ProtocolVersion, qos: int, retain: bool, ids: tuple[int, ...]) -> Publish:
         message = self._message
@@ -115,8 +130,10 @@ def deliver(
         pump(st, session, now)  # a slot freed without an ack (e.g. an oversized message was skipped)
 
 
-def send_qos0(st: BrokerState, conn: Connection, data: bytes) -> None:
+def send_qos0(st: BrokerState, conn: Connection, data: bytes, topic: str, cache: EncodeCache) -> None:
     """A QoS 0 copy to a connected client: nothing to track, only its Maximum Packet Size to respect."""
+    if conn.protocol.outbound_alias_maximum:
+        data = conn.protocol.aliased(data, topic, cache.with_alias)
     if not conn.protocol.fits(len(data)):
         st.metrics.drops["packet_too_large"] += 1
         return
@@ -136,6 +153,8 @@ def transmit(
     version = conn.protocol.version
     assert version is not None
     data = cache.publish(version, delivery, dup=dup)
+    if conn.protocol.outbound_alias_maximum:  # per recipient, after the shared encoding
+        data = conn.protocol.aliased(data, delivery.message.topic, cache.with_alias)
     if not conn.protocol.fits(len(data)):
         # Never send more than the client said it can take (§3.1.2.11.4): drop it for this client as if
         # it had been delivered, so it does not block the window forever.

@@ -9,6 +9,18 @@ like every other delivery.
 
 Protocol errors in a SUBSCRIBE (No Local on a shared subscription, a subscription identifier of 0) are
 found before anything changes and end the connection, as the spec requires.
+
+The work a packet can cause is bounded by the identity's subscription cap (`max_subscriptions` of its
+role, at most BrokerLimits.max_subscriptions), not by how many filters fit in a packet (a 250 KB
+SUBSCRIBE holds 26,000 short filters, and deciding them all stalls every connection for seconds):
+
+- only the first `cap` filters of a SUBSCRIBE are judged; the rest get 0x97 Quota exceeded (3.1.1:
+  0x80), a code §3.9.3 allows, since a session could not hold them anyway. The SUBACK still has one
+  code per filter (§3.8.4), which costs a byte each and no decision;
+- judging stops as soon as the connection reaches its violation limit: it is cut off (5.0: DISCONNECT
+  0x87) without a SUBACK, since a connection that is closed needs no answer;
+- an UNSUBSCRIBE validates at most `cap` filters it finds no subscription for; past that a filter costs
+  one dictionary lookup and, if absent, gets 0x11 No subscription existed (true whatever its syntax).
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from gateway.broker.state import BrokerState, Connection
 from gateway.mqtt.errors import ProtocolError, TopicFilterInvalid
 from gateway.mqtt.packets import RetainHandling, Suback, Subscribe, Subscription, Unsuback, Unsubscribe
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.mqtt.topics import SharedFilter, parse_shared, validate_topic_filter
+from gateway.mqtt.topics import SHARE_PREFIX, parse_shared, validate_topic_filter
 from gateway.policy.access import Peer
 
 
@@ -30,16 +42,27 @@ def handle_subscribe(
     """Handle a SUBSCRIBE; returns the number of denied filters (violations)."""
     ids = packet.properties.subscription_identifiers
     identifier = ids[0] if ids and conn.protocol.is_v5 else None
-    parsed = [_parse(s) for s in packet.subscriptions]  # may raise ProtocolError: nothing changed yet
+    subscriptions = packet.subscriptions
+    for sub in subscriptions:  # cheap, so every filter is checked: nothing has changed yet
+        if sub.no_local and sub.topic_filter.startswith(SHARE_PREFIX) and _is_shared(sub.topic_filter):
+            raise ProtocolError("No Local is set on a shared subscription.")  # [MQTT-3.8.3-4]
+    judged = subscriptions[: subscription_cap(st, conn.peer)]
+    allowed_denials = st.limits.max_violations - conn.violations
     codes: list[int] = []
     to_send: list[StoredSubscription] = []
     denied = 0
-    for sub, shared in zip(packet.subscriptions, parsed, strict=True):
-        code, stored, is_new = _subscribe_one(st, conn, session, sub, shared, identifier, now)
+    for sub in judged:
+        code, stored, is_new = _subscribe_one(st, conn, session, sub, identifier, now)
         codes.append(code)
-        denied += code == ReasonCode.NOT_AUTHORIZED
+        if code == ReasonCode.NOT_AUTHORIZED:
+            denied += 1
+            if denied >= allowed_denials:  # the caller cuts the connection: judge no more, answer nothing
+                if any(c <= ReasonCode.GRANTED_QOS_2 for c in codes):
+                    st.persist_session(session)
+                return denied
         if stored is not None and _wants_retained(stored, is_new):
             to_send.append(stored)
+    codes += [ReasonCode.QUOTA_EXCEEDED] * (len(subscriptions) - len(judged))
     st.out.send(conn.conn_id, conn.protocol.encode(Suback(packet.packet_id, tuple(codes))))
     if any(code <= ReasonCode.GRANTED_QOS_2 for code in codes):
         st.persist_session(session)
@@ -48,14 +71,11 @@ def handle_subscribe(
     return denied
 
 
-def _parse(sub: Subscription) -> SharedFilter | None:
+def _is_shared(topic_filter: str) -> bool:
     try:
-        shared = parse_shared(sub.topic_filter)
+        return parse_shared(topic_filter).is_shared
     except TopicFilterInvalid:
-        return None  # answered per filter in the SUBACK
-    if shared.is_shared and sub.no_local:
-        raise ProtocolError("No Local is set on a shared subscription.")  # [MQTT-3.8.3-4]
-    return shared
+        return False  # an invalid filter: answered 0x8F in the SUBACK
 
 
 def _subscribe_one(
@@ -63,11 +83,12 @@ def _subscribe_one(
     conn: Connection,
     session: MqttSession,
     sub: Subscription,
-    shared: SharedFilter | None,
     identifier: int | None,
     now: float,
 ) -> tuple[int, StoredSubscription | None, bool]:
-    if shared is None:
+    try:
+        shared = parse_shared(sub.topic_filter)
+    except TopicFilterInvalid:
         return ReasonCode.TOPIC_FILTER_INVALID, None, False
     decision = st.counted("subscribe", st.policy.decide_subscribe(conn.peer, sub.topic_filter, now))
     if not decision.allowed:
@@ -76,7 +97,7 @@ def _subscribe_one(
         )
         return ReasonCode.NOT_AUTHORIZED, None, False
     old = session.subscriptions.get(sub.topic_filter)
-    if old is None and len(session.subscriptions) >= _subscription_cap(st, conn.peer):
+    if old is None and len(session.subscriptions) >= subscription_cap(st, conn.peer):
         return ReasonCode.QUOTA_EXCEEDED, None, False
     stored = StoredSubscription(sub, identifier, shared.group, shared.topic_filter)
     session.subscriptions[sub.topic_filter] = stored  # same filter: replaced (§3.8.4)
@@ -84,7 +105,7 @@ def _subscribe_one(
     return sub.qos, stored, old is None
 
 
-def _subscription_cap(st: BrokerState, peer: Peer) -> int:
+def subscription_cap(st: BrokerState, peer: Peer) -> int:
     """The broker's limit, lowered by the policy's per-role `max_subscriptions` (units: 20) when set.
 
     Asked by name: the policy engine has it, minimal AccessPolicy fakes in tests need not."""
@@ -113,18 +134,21 @@ def send_retained(st: BrokerState, session: MqttSession, stored: StoredSubscript
 
 def handle_unsubscribe(st: BrokerState, conn: Connection, session: MqttSession, packet: Unsubscribe) -> None:
     codes: list[int] = []
+    validations = subscription_cap(st, conn.peer)
     for topic_filter in packet.topic_filters:
-        try:
-            validate_topic_filter(topic_filter)
-        except TopicFilterInvalid:
-            codes.append(ReasonCode.TOPIC_FILTER_INVALID)
-            continue
         stored = session.subscriptions.pop(topic_filter, None)
-        if stored is None:
-            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        if stored is not None:  # it was validated when it was subscribed
+            st.index.remove(session.client_id, stored)
+            codes.append(ReasonCode.SUCCESS)
             continue
-        st.index.remove(session.client_id, stored)
-        codes.append(ReasonCode.SUCCESS)
+        if validations > 0:
+            validations -= 1
+            try:
+                validate_topic_filter(topic_filter)
+            except TopicFilterInvalid:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
+        codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
     # In-flight messages of a removed subscription are still completed (§3.10.4).
     reply = Unsuback(packet.packet_id, tuple(codes) if conn.protocol.is_v5 else ())
     st.out.send(conn.conn_id, conn.protocol.encode(reply))

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.admin.totp_store import enroll as enroll_totp
+from gateway.admin.totp_store import mark_enrolled
 from gateway.cli.common import (
     data_option,
     emit_json,
@@ -72,7 +73,7 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             enrollment = None
             if totp:  # the secret goes to DATA/totp (0600); only its URI and QR leave, once, below
                 enrollment = enroll_totp(state.data.root, name, f"fleetgate {state.trust_domain}", target)
-                metadata["totp"] = "enrolled"
+                metadata = mark_enrolled(state.registry, name, now)  # the registry says who has one
             state.audit.append(
                 actor=local_actor(),
                 action=f"{kind}.add",
@@ -113,7 +114,7 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
         add = click.option(
             "--totp",
             is_flag=True,
-            help="Enroll a TOTP second factor (sensitive admin actions then need --totp CODE).",
+            help="Enroll a TOTP second factor (sensitive admin actions need one: --totp CODE).",
         )(add)
         add = click.option(
             "--server",
@@ -155,9 +156,55 @@ def _write_identity_files(
     return {"cert": cert_path, "key": key_path, "ca": ca_path}
 
 
+@click.command("totp", help="Enroll (or re-enroll) operator NAME for a TOTP second factor.")
+@click.argument("name")
+@data_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write NAME.totp.png, the QR code (default: DATA/identities/operator).",
+)
+@json_option
+@friendly_errors
+def operator_totp(name: str, data_dir: Path | None, out: Path | None, as_json: bool) -> None:
+    """Sensitive admin rights need a second factor from every operator; this gives an existing operator
+    one without issuing a new certificate. A new secret replaces any earlier one."""
+    with open_local(data_dir) as state:
+        identity = make_identity("operator", name, state.trust_domain)
+        record = state.registry.get_identity("operator", name)
+        if record is None or record.state == "revoked":
+            raise click.ClickException(
+                f"there is no operator {name} in good standing; add it with `fleetgate operator add {name}`"
+            )
+        target = (out or state.data.root / "identities" / "operator").absolute()
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        now = utc_now()
+        enrollment = enroll_totp(state.data.root, name, f"fleetgate {state.trust_domain}", target)
+        mark_enrolled(state.registry, name, now)
+        state.audit.append(
+            actor=local_actor(), action="operator.totp", subject=str(identity), outcome="ok", now=now
+        )
+    if as_json:
+        emit_json(
+            {
+                "operator": name,
+                "totp": "enrolled",
+                "totp_uri": enrollment.uri,
+                "totp_qr": str(enrollment.qr_png),
+            }
+        )
+        return
+    click.echo(f"TOTP enrolled for {identity}; add it to the authenticator app now (shown only once):")
+    click.echo(f"    {enrollment.uri}")
+    click.echo(f"    QR code: {enrollment.qr_png}")
+
+
 def role_group(kind: str, with_tier: bool = False, extra: tuple[click.Command, ...] = ()) -> click.Group:
     group = click.Group(kind, help=f"Manage {kind} identities.")
     group.add_command(_role_command(kind, with_tier))
+    if kind == "operator":
+        group.add_command(operator_totp)
     for command in extra:  # e.g. `partner disconnect`
         group.add_command(command)
     return group

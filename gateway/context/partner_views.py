@@ -14,6 +14,11 @@ The projection itself is pure (gateway/context/views.py); this module is the wir
 - *A tier is held to its rate.* Each tier's view stream passes a token bucket built from that tier's
   `limits` in the policy (messages_per_second/burst, bytes_per_second, max_payload); what does not fit
   is dropped and counted, so a tier-3 partner gets a trickle however busy the fleet is.
+- *No unit can starve a tier.* Under the tier's message bucket each unit has a small one of its own,
+  `views.tiers.N.unit_share` of the tier's rate and burst (default 0.1, burst at least one message): a
+  unit over its share is refused before it spends the tier's tokens, so a chatty unit takes at most
+  that share and the rest stays for the others. Buckets of units that went quiet are forgotten once
+  there are many (a full bucket is the same as a new one).
 - The pseudonymisation key is the gateway's own secret (DATA/views.key, 0600, kept by
   gateway/stores/views_key.py), so aliases are stable across restarts and unknowable to partners.
 """
@@ -24,7 +29,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.broker.limits import SessionInfo
 from gateway.context.views import ViewRepublisher, ViewStats
@@ -41,34 +46,56 @@ VIEW_QOS = 1  # a partner asking for QoS 1 gets it; the subscription's QoS caps 
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
+_MAX_UNIT_BUCKETS = 50_000  # per tier; past this, the buckets of units back at full are dropped
+
+
 @dataclass(slots=True)
-class _TierGate:
-    """One tier's door: its policy limits applied to the view stream as a whole."""
+class TierGate:
+    """One tier's door: its policy limits applied to the view stream, and each unit held to its share."""
 
     messages: TokenBucket | None
     octets: TokenBucket | None
     max_payload: int | None
+    unit_share: float = 1.0
+    _units: dict[str, TokenBucket] = field(default_factory=dict)
 
     @staticmethod
-    def of(limits: Limits, now: float) -> _TierGate:
+    def of(limits: Limits, now: float, unit_share: float = 1.0) -> TierGate:
         messages = octets = None
         if limits.messages_per_second is not None:
             burst = limits.burst if limits.burst is not None else max(1.0, limits.messages_per_second)
             messages = TokenBucket(limits.messages_per_second, burst, now)
         if limits.bytes_per_second is not None:
             octets = TokenBucket(limits.bytes_per_second, limits.bytes_burst or limits.bytes_per_second, now)
-        return _TierGate(messages, octets, limits.max_payload)
+        return TierGate(messages, octets, limits.max_payload, unit_share)
 
-    def admits(self, size: int, now: float) -> bool:
+    def admits(self, unit_id: str, size: int, now: float) -> bool:
         if self.max_payload is not None and size > self.max_payload:
             return False
         if self.octets is not None and self.octets.available(now) < size:
             return False
+        own = self._unit_bucket(unit_id, now)
+        if own is not None and own.available(now) < 1:
+            return False  # over its share: the tier's tokens stay for the other units
         if self.messages is not None and not self.messages.take(now):
             return False
+        if own is not None:
+            own.take(now)
         if self.octets is not None:
             self.octets.take(now, size)
         return True
+
+    def _unit_bucket(self, unit_id: str, now: float) -> TokenBucket | None:
+        tier = self.messages
+        if tier is None or self.unit_share >= 1.0:
+            return None
+        own = self._units.get(unit_id)
+        if own is None:
+            if len(self._units) >= _MAX_UNIT_BUCKETS:
+                self._units = {u: b for u, b in self._units.items() if b.available(now) < b.burst}
+            own = TokenBucket(tier.rate * self.unit_share, max(1.0, tier.burst * self.unit_share), now)
+            self._units[unit_id] = own
+        return own
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +126,7 @@ class PartnerViews:
         self.rate_limited: Counter[int] = Counter()
         self.published: Counter[int] = Counter()
         self._republisher: ViewRepublisher | None = None
-        self._gates: dict[int, _TierGate] = {}
+        self._gates: dict[int, TierGate] = {}
         self._tier_level = 0
         self.reload(policy)
 
@@ -113,9 +140,9 @@ class PartnerViews:
             return
         self._tier_level = views.topic.split("/").index("{tier}")
         now = self._driver.clock.now()
-        for tier in views.tiers:
+        for tier, spec in views.tiers.items():
             profile = policy.partner_tiers.get(tier)
-            self._gates[tier] = _TierGate.of(profile.limits if profile else Limits(), now)
+            self._gates[tier] = TierGate.of(profile.limits if profile else Limits(), now, spec.unit_share)
 
     # --- which tiers to project ---------------------------------------------------------------
 
@@ -171,7 +198,7 @@ class PartnerViews:
             for view_topic, view_payload in rep.on_publish(topic, payload, unit_id, seen_at, active):
                 tier = int(view_topic.split("/")[self._tier_level])
                 gate = self._gates.get(tier)
-                if gate is not None and not gate.admits(len(view_payload), seen_at):
+                if gate is not None and not gate.admits(unit_id, len(view_payload), seen_at):
                     self.rate_limited[tier] += 1
                     continue
                 self.published[tier] += 1

@@ -11,10 +11,20 @@ Theory of operation, per source message:
    duplicate keys (two parsers could disagree on which duplicate wins). Anything else is `Malformed` and
    is never forwarded, to any tier.
 3. For each tier (`project_object`): a topic class the tier lacks withholds the whole message; otherwise
-   only fields of the tier's classes are kept (policy/data_classes.py says how fields are classified),
-   coarsened classes are floored to their grid, and in pseudonymised tiers the unit id becomes
-   `u-<HMAC-SHA256(key, "tier|unit")[:16 hex]>` in the topic *and* wherever a kept string equals it.
-   A projection with no field left is `Withheld("nothing_left")`: a partner gets no empty messages.
+   the payload is walked as an allow-list at every depth (policy/data_classes.py says how fields are
+   classified): a scalar (or an array of scalars) is kept only if the class of its path is one of the
+   tier's; an object is never kept as a whole, each key inside it is judged by its own path; a key named
+   like a field of a `names_anywhere` class the tier lacks (the PII backstop) is dropped at any depth
+   with everything under it; coarsened classes keep numbers only, floored to their grid.
+4. In pseudonymised tiers the unit id becomes `u-<HMAC-SHA256(key, "tier|unit")[:16 hex]>` in the topic;
+   a kept string or key that *is* the unit id becomes the alias too, and one that merely *contains* it
+   (compared case-insensitively) is dropped. Dropped rather than rewritten: replacing inside free text
+   can rebuild the id where the alias meets its neighbours, misses other spellings, and a note that
+   names the unit usually names more (driver, depot); the structured case (`"unit": "TRK-1"`) keeps
+   its use. A source topic whose other levels contain the unit id is withheld (`unit_in_topic`).
+   Numbers are not searched: an all-digit unit id would make every timestamp suspect.
+5. A projection with no field left is `Withheld("nothing_left")`: a partner gets no empty messages. A
+   payload deeper than `MAX_DEPTH` is `Malformed("too_deep")` for every tier.
 """
 
 from __future__ import annotations
@@ -27,7 +37,15 @@ from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from gateway.policy.data_classes import UNCLASSIFIED, FieldNode, ViewPolicy, ViewTier
+from gateway.policy.data_classes import (
+    LEAF,
+    MAX_DEPTH,
+    UNCLASSIFIED,
+    FieldNode,
+    ViewPolicy,
+    ViewTier,
+    normal_key,
+)
 
 __all__ = [
     "Malformed",
@@ -44,9 +62,6 @@ __all__ = [
     "view_topics_for",
 ]
 
-# Kept values are walked (coarsened, unit id renamed) only this deep: deeper coarsened values are
-# dropped, and a deeper value in a pseudonymised tier makes the message malformed.
-_MAX_DEPTH = 64
 _ALIAS_CACHE = 200_000  # (tier, unit) aliases kept; a fleet of 10,000 units in 3 tiers needs 30,000
 
 
@@ -66,7 +81,8 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class Withheld:
-    reason: str  # not_a_source, unit_mismatch, no_such_tier, topic_class_not_allowed, nothing_left
+    reason: str  # not_a_source, unit_mismatch, no_such_tier, topic_class_not_allowed, unit_in_topic,
+    # nothing_left
 
 
 class _Reject(Exception):
@@ -191,10 +207,14 @@ def _project(
     """The projection proper, with what does not depend on the tier worked out once by the caller."""
     if not topic_classes <= spec.classes:
         return Withheld("topic_class_not_allowed")
-    rename = (values["unit"], unit_level) if unit_level != values["unit"] else None
-    present: set[str] = set(topic_classes)
+    unit = values["unit"]
+    walk = _Walk(spec, views, set(topic_classes))
+    if unit_level != unit:
+        walk.unit, walk.folded, walk.alias = unit, unit.casefold(), unit_level
+        if any(walk.folded in v.casefold() for k, v in values.items() if k != "unit"):
+            return Withheld("unit_in_topic")
     try:
-        kept = _keep(obj, views.data_classes.tree, spec, views, present, rename, 0)
+        kept = _object(obj, views.data_classes.tree, walk, 0)
     except _Reject as exc:
         return Malformed(exc.reason)
     if not kept:
@@ -203,84 +223,88 @@ def _project(
         body = json.dumps(kept, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except UnicodeEncodeError:  # a "\ud800" escape parses to a lone surrogate, which is not UTF-8
         return Malformed("invalid_unicode")
-    return Projection(spec.tier, _fill(views, values, spec, unit_level), body, frozenset(present))
+    return Projection(spec.tier, _fill(views, values, spec, unit_level), body, frozenset(walk.present))
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One tier's walk over one payload: its rules, and the classes of what it kept."""
+
+    spec: ViewTier
+    views: ViewPolicy
+    present: set[str]
+    unit: str | None = None  # the real unit id, in pseudonymised tiers only
+    folded: str = ""  # the unit id, case-folded
+    alias: str = ""
 
 
 _DROP = object()
 
 
-def _keep(
-    obj: Mapping[str, Any],
-    node: FieldNode,
-    spec: ViewTier,
-    views: ViewPolicy,
-    present: set[str],
-    rename: tuple[str, str] | None,
-    depth: int,
-) -> dict[str, Any]:
+def _object(obj: Mapping[str, Any], node: FieldNode, walk: _Walk, depth: int) -> dict[str, Any]:
+    """The kept part of an object whose keys sit at `node` of the field tree."""
+    if depth > MAX_DEPTH:
+        raise _Reject("too_deep")  # cannot prove what is below is harmless, so nobody gets any of it
+    denied = walk.spec.denied_names
     out: dict[str, Any] = {}
     for name, value in obj.items():
+        if denied and normal_key(name) in denied:
+            continue  # the backstop: a PII-named key goes, with everything under it, at any depth
+        out_name = name
+        if walk.unit is not None:
+            renamed = _without_unit(name, walk)
+            if renamed is None:
+                continue
+            out_name = renamed
         child = node.children.get(name)
-        if child is None:
-            cls: str | None = UNCLASSIFIED
-        elif child.cls is None:
-            # The policy declares fields below this key, so it must be an object; anything else may hold
-            # what those fields would and is dropped from every view.
-            if isinstance(value, dict):
-                inner = _keep(value, child, spec, views, present, rename, depth + 1)
-                if inner:
-                    out[_rename(name, rename)] = inner
-            continue
-        else:
-            cls = child.cls
-        if cls not in spec.classes:
-            continue
-        if cls in spec.coarsen:
-            grid = views.data_classes.classes[cls].coarsen_to
-            assert grid is not None  # the parser allows coarsen only for classes with a grid
-            value = _coarsen(value, grid, depth)
-        elif rename is not None:
-            value = _renamed(value, rename, depth)
-        if value is not _DROP:
-            out[_rename(name, rename)] = value
-            present.add(cls)
+        kept = _value(value, UNCLASSIFIED if child is None else child.cls, child or LEAF, walk, depth + 1)
+        if kept is not _DROP:
+            out[out_name] = kept
     return out
 
 
-def _coarsen(value: Any, grid: Decimal, depth: int) -> Any:
-    """Floor every number to the grid; drop what is not a number (a string could carry full precision)."""
-    if depth > _MAX_DEPTH:
+def _value(value: Any, cls: str | None, node: FieldNode, walk: _Walk, depth: int) -> Any:
+    """A value at a path of class `cls` (None: a path with no class of its own): kept, or _DROP."""
+    if isinstance(value, dict):
+        return _object(value, node, walk, depth) or _DROP
+    if isinstance(value, list):
+        if depth > MAX_DEPTH:
+            raise _Reject("too_deep")
+        # Arrays are no level of a path: their items are judged as the array's value would be.
+        items = [v for v in (_value(item, cls, node, walk, depth + 1) for item in value) if v is not _DROP]
+        return items or _DROP
+    spec = walk.spec
+    if cls is None or cls not in spec.classes:
         return _DROP
+    if cls in spec.coarsen:
+        grid = walk.views.data_classes.classes[cls].coarsen_to
+        assert grid is not None  # the parser allows coarsen only for classes with a grid
+        value = _coarsen(value, grid)
+    elif walk.unit is not None and isinstance(value, str):
+        value = _without_unit(value, walk)
+        if value is None:
+            return _DROP
+    if value is not _DROP:
+        walk.present.add(cls)
+    return value
+
+
+def _coarsen(value: Any, grid: Decimal) -> Any:
+    """Floor a number to the grid; drop what is not a number (a string could carry full precision)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         cells = (Decimal(repr(value)) / grid).to_integral_value(rounding=ROUND_FLOOR)
         snapped = cells * grid
         # A whole-number grid gives whole numbers; otherwise the float of an exact multiple of the grid,
         # whose shortest repr has no more decimals than the grid (52.123456 on 0.1 -> 52.1).
         return int(snapped) if grid == grid.to_integral_value() else float(snapped)
-    if isinstance(value, dict):
-        inner = {k: _coarsen(v, grid, depth + 1) for k, v in value.items()}
-        return {k: v for k, v in inner.items() if v is not _DROP} or _DROP
-    if isinstance(value, list):
-        items = [v for v in (_coarsen(v, grid, depth + 1) for v in value) if v is not _DROP]
-        return items or _DROP
     return _DROP
 
 
-def _rename(text: str, rename: tuple[str, str] | None) -> str:
-    return rename[1] if rename is not None and text == rename[0] else text
-
-
-def _renamed(value: Any, rename: tuple[str, str], depth: int) -> Any:
-    """The unit id replaced by its alias wherever a kept string is exactly the unit id."""
-    if depth > _MAX_DEPTH:
-        raise _Reject("too_deep")  # cannot prove the real unit id is absent, so nobody gets it
-    if isinstance(value, str):
-        return _rename(value, rename)
-    if isinstance(value, dict):
-        return {_rename(k, rename): _renamed(v, rename, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_renamed(v, rename, depth + 1) for v in value]
-    return value
+def _without_unit(text: str, walk: _Walk) -> str | None:
+    """In a pseudonymised tier: the alias for the unit id itself; None (drop) for text containing it."""
+    if text == walk.unit:
+        return walk.alias
+    return None if walk.folded in text.casefold() else text
 
 
 # ------------------------------------------------------------------------------------- republisher

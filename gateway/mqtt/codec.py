@@ -29,7 +29,14 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .errors import MalformedPacket, MqttError, PacketTooLarge, ProtocolError, UnsupportedProtocolVersion
+from .errors import (
+    MalformedPacket,
+    MqttError,
+    PacketTooLarge,
+    ProtocolError,
+    RefusedPacketType,
+    UnsupportedProtocolVersion,
+)
 from .packets import (
     NO_PROPERTIES,
     Auth,
@@ -65,12 +72,13 @@ from .wire import (
     decode_byte,
     decode_string,
     decode_u16,
+    decode_varint,
     encode_binary,
     encode_string,
     encode_varint,
 )
 
-__all__ = ["PacketReader", "decode_packet", "encode", "encode_publish"]
+__all__ = ["PacketReader", "decode_packet", "encode", "encode_publish", "with_topic_alias"]
 
 _V5 = ProtocolVersion.MQTT_5
 _T = PacketType
@@ -306,6 +314,29 @@ def encode_publish(publish: Publish, version: ProtocolVersion) -> bytes:
     else:
         raise PacketTooLarge("The PUBLISH is longer than MQTT allows.", peer_at_fault=False)
     return b"".join((head, topic_bytes, pid, prop_bytes, payload))
+
+
+def with_topic_alias(data: bytes, alias: int, *, send_topic: bool) -> bytes:
+    """The bytes of a 5.0 PUBLISH (as encode_publish makes them, without a Topic Alias) carrying Topic
+    Alias `alias` (§3.3.2.3.4): with its topic name when `send_topic` (the alias is being set), else with
+    a zero-length topic name (the alias stands for it). The alias property goes first in the property
+    list, whose order the spec leaves free, so the rest of the packet is copied as it is."""
+    pos = 1
+    while data[pos] & 0x80:  # remaining length
+        pos += 1
+    body = pos + 1
+    topic_end = body + 2 + (data[body] << 8 | data[body + 1])
+    props_at = topic_end + (2 if data[0] & 0x06 else 0)  # the packet id of QoS 1 and 2
+    length, props_body = decode_varint(data, props_at, len(data))
+    parts = (
+        data[body:topic_end] if send_topic else b"\x00\x00",
+        data[topic_end:props_at],
+        encode_varint(length + 3),
+        bytes((0x23, alias >> 8, alias & 0xFF)),
+        data[props_body:],
+    )
+    size = sum(map(len, parts))
+    return b"".join((bytes((data[0],)), encode_varint(size), *parts))
 
 
 def _check_auth_pair(props: Properties, *, peer: bool) -> None:
@@ -620,6 +651,21 @@ def _check_first_byte(ptype: int, flags: int, version: ProtocolVersion | None) -
 
 
 _FIRST_BYTE_OK = {v: _first_byte_table(v) for v in (None, *ProtocolVersion)}
+_REFUSING_TABLES: dict[tuple[ProtocolVersion | None, frozenset[int]], bytes] = {}
+
+
+def _first_byte_ok(version: ProtocolVersion | None, refused: frozenset[int]) -> bytes:
+    """The first-byte table of `version` with every byte of a refused packet type marked not ok."""
+    if not refused:
+        return _FIRST_BYTE_OK[version]
+    table = _REFUSING_TABLES.get((version, refused))
+    if table is None:
+        ok = bytearray(_FIRST_BYTE_OK[version])
+        for first in range(256):
+            if first >> 4 in refused:
+                ok[first] = 0
+        table = _REFUSING_TABLES[(version, refused)] = bytes(ok)
+    return table
 
 
 class PacketReader:
@@ -630,7 +676,9 @@ class PacketReader:
     `max_packet_size` bounds the whole packet (fixed header included, as 5.0 §3.1.2.11.4 counts it).
     """
 
-    __slots__ = ("_buf", "_error", "_first_ok", "_max", "_pos", "_publish_at", "_v5", "_version")
+    __slots__ = (
+        "_buf", "_error", "_first_ok", "_max", "_pos", "_publish_at", "_refused", "_v5", "_version"
+    )
 
     def __init__(self, *, max_packet_size: int = 268_435_455, version: ProtocolVersion | None = None) -> None:
         self._buf: Buffer = b""
@@ -638,6 +686,7 @@ class PacketReader:
         self._publish_at = -1  # where the PUBLISH last returned by next_packet() starts in _buf
         self._max = max_packet_size
         self._error: MqttError | None = None
+        self._refused: frozenset[int] = frozenset()
         self.set_version(version)
 
     @property
@@ -647,7 +696,13 @@ class PacketReader:
     def set_version(self, version: ProtocolVersion | None) -> None:
         self._version = version
         self._v5 = version == _V5
-        self._first_ok = _FIRST_BYTE_OK[version]
+        self._first_ok = _first_byte_ok(version, self._refused)
+
+    def refuse(self, packet_types: frozenset[int]) -> None:
+        """From now on a packet of one of these types raises RefusedPacketType as soon as its first byte
+        is read (the session machine's table decides which types; it costs the hot path nothing)."""
+        self._refused = packet_types
+        self._first_ok = _first_byte_ok(self._version, packet_types)
 
     @property
     def buffered(self) -> int:
@@ -686,6 +741,8 @@ class PacketReader:
         try:
             first = buf[pos]
             if not self._first_ok[first]:
+                if first >> 4 in self._refused:
+                    raise RefusedPacketType(first >> 4)
                 _check_first_byte(first >> 4, first & 0x0F, self._version)  # raises the precise error
             size = buf[pos + 1]
             head = 2

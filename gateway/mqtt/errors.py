@@ -20,6 +20,7 @@ __all__ = [
     "PacketTooLarge",
     "ProtocolError",
     "ReceiveMaximumExceeded",
+    "RefusedPacketType",
     "TopicAliasInvalid",
     "TopicFilterInvalid",
     "TopicNameInvalid",
@@ -47,6 +48,16 @@ class MalformedPacket(MqttError):
 
 class ProtocolError(MqttError):
     default_reason = ReasonCode.PROTOCOL_ERROR
+
+
+class RefusedPacketType(ProtocolError):
+    """A packet whose type alone is a protocol violation where it arrived (a second CONNECT, a packet only
+    a server sends, AUTH when none was announced): refused from its first byte, before its body is
+    decoded, so a broken body cannot turn the Protocol Error the spec names into a Malformed Packet."""
+
+    def __init__(self, packet_type: int) -> None:
+        super().__init__(f"Packet type {packet_type} is not allowed here.")
+        self.packet_type = packet_type
 
 
 class PacketTooLarge(MqttError):

@@ -14,10 +14,15 @@ about subscriptions: time comes in as `now`, MQTT session state (§4.1) is the b
           +--- anything else, a decoder error or a timeout: a Violation ---> CLOSED
 
 The table `_TRANSITIONS` says, for each state and packet type, the next state or the violation the
-packet is. What the table cannot say is checked per packet: topic aliases are resolved (5.0 §3.3.2.3.4)
-so the broker only ever sees full topic names, topic names are validated (wildcards are 0x90), and the
-client's use of our Receive Maximum is counted (§4.9: QoS 1 PUBLISHes not yet acknowledged plus QoS 2
-ids awaiting PUBREL). The first violation closes the machine for good.
+packet is; once connected, the types it refuses are refused from their first byte, before their body is
+decoded (a second CONNECT is a Protocol Error even if it would not parse). What the table cannot say is
+checked per packet: topic aliases are resolved (5.0 §3.3.2.3.4) so the broker only ever sees full topic
+names, topic names are validated (wildcards are 0x90), a Response Topic must be a topic name (0x82),
+and the client's use of our Receive Maximum is counted (§4.9: QoS 1 PUBLISHes not yet acknowledged plus
+QoS 2 ids awaiting PUBREL). The first violation closes the machine for good.
+
+Outbound, `aliased` gives a 5.0 client that accepts topic aliases (its CONNECT's Topic Alias Maximum)
+the PUBLISHes the broker sends it with aliases: per connection, never carried over [MQTT-3.3.2-7].
 
 A violation becomes wire bytes in one place, `farewell`: in 5.0 a DISCONNECT with its reason code, or a
 CONNACK if the connection never got past CONNECT; in 3.1.1 nothing (the spec's answer is to close),
@@ -28,15 +33,18 @@ understand it.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Set
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Protocol
 
-from gateway.mqtt.codec import PacketReader, encode
+from gateway.mqtt.codec import PacketReader, encode, with_topic_alias
 from gateway.mqtt.errors import (
     MqttError,
     ProtocolError,
     ReceiveMaximumExceeded,
+    RefusedPacketType,
     TopicAliasInvalid,
     UnsupportedProtocolVersion,
 )
@@ -55,7 +63,13 @@ from gateway.mqtt.packets import (
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.topics import validate_topic_name
 
-__all__ = ["ConnectionState", "ServerSession", "Violation", "reason_of"]
+__all__ = ["AliasRewrite", "ConnectionState", "ServerSession", "Violation", "reason_of"]
+
+
+class AliasRewrite(Protocol):
+    """What `codec.with_topic_alias` is: a PUBLISH's bytes with a topic alias."""
+
+    def __call__(self, data: bytes, alias: int, *, send_topic: bool) -> bytes: ...
 
 
 class ConnectionState(Enum):
@@ -112,7 +126,27 @@ _TRANSITIONS: dict[ConnectionState, dict[PacketType, ConnectionState | _Reject]]
 
 _V5 = ProtocolVersion.MQTT_5
 _V311 = ProtocolVersion.MQTT_3_1_1
+
+# The packet types the table refuses once connected: the reader refuses them from their first byte
+# (RefusedPacketType), so a second CONNECT or a client-sent SUBACK is the Protocol Error the table says
+# even when its body would not decode. AUTH does not exist in 3.1.1 (a reserved type, malformed there).
+_REFUSED_WHEN_CONNECTED = {
+    version: frozenset(
+        int(t)
+        for t, rule in _TRANSITIONS[_S.CONNECTED].items()
+        if isinstance(rule, _Reject) and (version == _V5 or t is not _P.AUTH)
+    )
+    for version in (_V311, _V5)
+}
 _NO_MAX = 268_435_455 + 5  # larger than any MQTT packet
+
+
+def _check_response_topic(topic: str) -> None:
+    """A Response Topic is a topic name (§3.3.2.3.5): wildcards are a Protocol Error [MQTT-3.3.2-14], and
+    so is an empty one (every topic name has a character, [MQTT-4.7.3-1]). A string that is not UTF-8
+    or holds U+0000 never gets here: the decoder refuses it as a Malformed Packet (§1.5.4)."""
+    if not topic or "+" in topic or "#" in topic:
+        raise ProtocolError("The Response Topic must be a topic name: not empty and without wildcards.")
 
 
 def reason_of(exc: MqttError) -> str:
@@ -149,6 +183,11 @@ class ServerSession:
         self._head = b""  # first bytes while awaiting CONNECT: which dialect to answer a bad CONNECT in
         self._pending: Violation | None = None
         self._aliases: dict[int, str] = {}
+        # Outbound topic aliases (§3.3.2.3.4), for a 5.0 client that accepts them: topic -> alias in
+        # least-recently-used order, and topics that missed once while every alias was taken.
+        self.outbound_alias_maximum = 0
+        self._out_aliases: OrderedDict[str, int] = OrderedDict()
+        self._alias_misses: OrderedDict[str, None] = OrderedDict()
         self._inbound_qos2: Set[int] = frozenset()
         self._qos1_unacked = 0
         # Per-message shortcuts, set once the CONNECT fixed the protocol version: the version itself
@@ -208,6 +247,12 @@ class ServerSession:
                 self.version = self._reader.version
                 self.is_v5 = self.version == _V5
                 self._negotiate(packet)
+                if self.version is not None:
+                    self._reader.refuse(_REFUSED_WHEN_CONNECTED[self.version])
+        except RefusedPacketType as exc:
+            refused = _TRANSITIONS[self.state][PacketType(exc.packet_type)]
+            assert isinstance(refused, _Reject)
+            return self._fail(Violation(refused.reason, refused.code, during_connect))
         except UnsupportedProtocolVersion as exc:
             code = ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
             return self._fail(Violation("unsupported_protocol_version", code, True, True, exc.protocol_level))
@@ -230,6 +275,8 @@ class ServerSession:
         cap = self._max_keep_alive
         self.keep_alive = cap if cap > 0 and (asked == 0 or asked > cap) else asked
         if connect.protocol_version == _V5:
+            if connect.will is not None and connect.will.properties.response_topic is not None:
+                _check_response_topic(connect.will.properties.response_topic)
             if self.keep_alive != asked:
                 self.server_keep_alive = self.keep_alive
             props = connect.properties
@@ -237,6 +284,9 @@ class ServerSession:
                 self.client_receive_maximum = props.receive_maximum
             if props.maximum_packet_size is not None:
                 self.client_max_packet_size = props.maximum_packet_size
+            # We use at most as many aliases towards the client as we accept from it, so a client
+            # that allows 65,535 cannot make us keep 65,535 topics per connection.
+            self.outbound_alias_maximum = min(props.topic_alias_maximum or 0, self.topic_alias_maximum)
 
     def forwardable(self, publish: Publish) -> bytes | None:
         """The bytes `publish` arrived as, if a subscriber on this protocol version would be sent
@@ -255,8 +305,11 @@ class ServerSession:
     def _inbound_publish(self, publish: Publish) -> Publish:
         if self.is_v5:
             publish = self._resolve_alias(publish)
-            if publish.properties.subscription_identifiers:
+            props = publish.properties
+            if props.subscription_identifiers:
                 raise ProtocolError("A client PUBLISH carries a subscription identifier.")  # §3.3.4
+            if props.response_topic is not None:
+                _check_response_topic(props.response_topic)
         topic = publish.topic
         if topic != self._valid_topic:  # a string compare is far cheaper than validating it again
             validate_topic_name(topic)
@@ -291,6 +344,42 @@ class ServerSession:
                 raise ProtocolError(f"Topic alias {alias} was never set on this connection.")
             topic = known
         return replace(publish, topic=topic, properties=replace(publish.properties, topic_alias=None))
+
+    def aliased(self, data: bytes, topic: str, rewrite: AliasRewrite = with_topic_alias) -> bytes:
+        """`data`, a PUBLISH of `topic` encoded for this client, sent with an outbound topic alias where
+        that pays; call only when `outbound_alias_maximum` > 0, with the bytes about to be sent.
+
+        A topic with an alias goes out as a zero-length topic name plus the alias (3 bytes for the whole
+        name). A new topic takes a free alias, sent once with its name. When every alias is taken, a
+        topic must miss twice (within the last `outbound_alias_maximum` misses) before it takes the
+        least recently used alias: a stream of distinct topics then passes unaliased instead of
+        evicting an alias per message, each eviction costing 3 bytes more than sending no alias at all.
+        `rewrite` makes the bytes (the broker passes one that remembers them for a fan-out).
+        """
+        aliases = self._out_aliases
+        alias = aliases.get(topic)
+        if alias is not None:
+            aliases.move_to_end(topic)
+            return rewrite(data, alias, send_topic=False)
+        victim = None
+        if len(aliases) < self.outbound_alias_maximum:
+            alias = len(aliases) + 1
+        else:
+            misses = self._alias_misses
+            if topic not in misses:
+                misses[topic] = None
+                if len(misses) > self.outbound_alias_maximum:
+                    misses.popitem(last=False)
+                return data
+            del misses[topic]
+            victim, alias = next(iter(aliases.items()))
+        out = rewrite(data, alias, send_topic=True)
+        if not self.fits(len(out)):
+            return data  # 3 bytes over the client's maximum: sent without an alias, nothing changed
+        if victim is not None:
+            del aliases[victim]
+        aliases[topic] = alias
+        return out
 
     # --- timers -------------------------------------------------------------------------------
 

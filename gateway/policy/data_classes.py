@@ -8,11 +8,20 @@ of a unit message: the gateway republishes each source message (`fleet/{unit}/te
 
 Decisions taken here, each the safe one:
 
-- Views are an allow-list. A field that no class lists is *unclassified* and dropped from every view,
-  unless a tier lists the pseudo-class `unclassified` (meant for trusted tiers only).
-- Fields are dotted paths from the top of the JSON object (`driver.name`). A path covers its whole value,
-  objects and arrays included; classification never descends into arrays. No path may be a prefix of
-  another (`driver` and `driver.name` in different classes would be a contradiction).
+- Views are an allow-list, at every depth. A field that no class lists is *unclassified* and dropped
+  from every view, unless a tier lists the pseudo-class `unclassified` (meant for trusted tiers only).
+- Fields are dotted paths from the top of the JSON object (`driver.name`); arrays do not count as a
+  level (`stops.eta` is the `eta` of every object in the array `stops`). A path's class covers the
+  *scalars* there (strings, numbers, booleans, null) and arrays of them, never an object as a whole:
+  an object found at a path is walked with the same rules, so each key inside it is kept only if its
+  own path is classified (`status.state`) — paths may nest for that, each claimed by one class only.
+  A key that only leads to classified paths (`driver` when only `driver.name` is listed) carries no
+  class itself: a scalar there is dropped from every view.
+- A class with `names_anywhere: true` (the default for the class named `pii`) is also a deny-list
+  backstop: the last key of each of its paths (`driver_phone`, and `phone` of `driver.phone`) is
+  dropped wherever it appears, at any depth and whatever path leads there, from every tier without
+  the class (keys compared case-insensitively, ignoring `_` and `-`). No other class may list a path
+  ending in such a name, so the backstop never silently removes a field a tier was promised.
 - A topic listed under a class makes every message on it carry that class as a whole: a tier without
   the class gets no view of that topic at all.
 - The view namespace must be outside `fleet/` and disjoint from every source, so a partner grant on
@@ -34,6 +43,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -45,7 +55,11 @@ from gateway.policy.second_factor import SecondFactorPolicy, parse_second_factor
 
 __all__ = [
     "CONTEXT_SECTIONS",
+    "DEFAULT_UNIT_SHARE",
+    "LEAF",
+    "MAX_DEPTH",
     "NO_DATA_CLASSES",
+    "PII",
     "UNCLASSIFIED",
     "ContextPolicy",
     "DataClass",
@@ -53,6 +67,7 @@ __all__ = [
     "FieldNode",
     "ViewPolicy",
     "ViewTier",
+    "normal_key",
     "parse_context_sections",
     "parse_data_classes",
     "parse_views",
@@ -60,11 +75,19 @@ __all__ = [
 ]
 
 UNCLASSIFIED = "unclassified"
+# One unit may take at most this share of its tier's view rate by default (`unit_share` per tier): a
+# chatty unit cannot starve the tier (gateway/context/partner_views.py).
+DEFAULT_UNIT_SHARE = 0.1
+MAX_DEPTH = 64  # as deep as views walk a payload (gateway/context/views.py)
 CONTEXT_SECTIONS = ("data_classes", "views", "posture", "second_factor")  # top-level keys parsed here
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_PLACEHOLDER = re.compile(r"^\{([a-z_]+)\}$")
-_TIER = re.compile(r"^(?:tier)?([1-9][0-9]?)$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_FIELD = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_TIER = re.compile(r"(?:tier)?([1-9][0-9]?)")
+
+
+PII = "pii"  # the class whose field names are a backstop at any depth unless it says otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +96,32 @@ class DataClass:
     fields: tuple[str, ...]  # dotted paths
     topics: tuple[str, ...]  # topic templates; placeholders such as {unit} stand for one level
     coarsen_to: Decimal | None = None  # grid for numeric values when a tier coarsens this class
+    names_anywhere: bool = False  # the last keys of its paths are denied at any depth (see above)
+
+    @property
+    def anywhere_names(self) -> frozenset[str]:
+        """The normalised key names this class denies at any depth to tiers without it."""
+        if not self.names_anywhere:
+            return frozenset()
+        return frozenset(normal_key(path.rsplit(".", 1)[-1]) for path in self.fields)
+
+
+@lru_cache(maxsize=4096)
+def normal_key(name: str) -> str:
+    """A key as the backstop compares it: case-folded, without `_`, `-` or other non-alphanumerics."""
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 @dataclass(frozen=True, slots=True)
 class FieldNode:
-    """One level of the field tree: a classified leaf (`cls`) or an object with classified fields below."""
+    """One level of the field tree: the class of the scalars at this path (None: none) and the
+    classified paths below it (keys of an object found here)."""
 
     cls: str | None
     children: Mapping[str, FieldNode]
+
+
+LEAF = FieldNode(None, MappingProxyType({}))  # below an unclassified key: nothing is classified
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +139,8 @@ class DataClasses:
         """Every class present in a message (topic classes + fields present); `unclassified` if any."""
         found = set(self.topic_classes(topic))
         if obj is not None:
-            _collect_classes(obj, self.tree, found)
+            anywhere = {name: c.name for c in self.classes.values() for name in c.anywhere_names}
+            _collect_classes(obj, self.tree, found, anywhere)
         return frozenset(found)
 
     def classify(self, topic: str, payload: bytes) -> frozenset[str]:
@@ -116,6 +158,8 @@ class ViewTier:
     classes: frozenset[str]  # may include UNCLASSIFIED
     coarsen: frozenset[str]  # classes whose numeric values are floored to their class grid
     pseudonymise_units: bool
+    denied_names: frozenset[str] = frozenset()  # normal_key names dropped at any depth (the backstop)
+    unit_share: float = DEFAULT_UNIT_SHARE  # one unit's share of the tier's view rate (partner_views)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,21 +202,36 @@ def _other_tier(views: ViewPolicy, grant: str, tier: int) -> bool:
     return filters_intersect(grant, _wildcarded(views.topic.replace("{tier}", str(tier))))
 
 
-def _collect_classes(obj: Mapping[str, Any], node: FieldNode, found: set[str]) -> None:
+def _collect_classes(
+    obj: Mapping[str, Any], node: FieldNode, found: set[str], anywhere: Mapping[str, str], depth: int = 0
+) -> None:
+    """The classes of the values in `obj`, by the rules views apply (a bounded walk)."""
+    if depth > MAX_DEPTH:
+        found.add(UNCLASSIFIED)
+        return
     for key, value in obj.items():
+        named = anywhere.get(normal_key(key)) if anywhere else None
+        if named is not None:
+            found.add(named)  # a backstop name carries its class wherever it is
+            continue
         child = node.children.get(key)
-        if child is None:
-            found.add(UNCLASSIFIED)
-        elif child.cls is not None:
-            found.add(child.cls)
-        elif isinstance(value, Mapping):
-            _collect_classes(value, child, found)
-        else:
-            found.add(UNCLASSIFIED)  # not the object the policy expects here: views drop it, so flag it
+        _collect_value(value, (child.cls if child else UNCLASSIFIED), child or LEAF, found, anywhere, depth)
+
+
+def _collect_value(
+    value: Any, cls: str | None, node: FieldNode, found: set[str], anywhere: Mapping[str, str], depth: int
+) -> None:
+    if isinstance(value, Mapping):
+        _collect_classes(value, node, found, anywhere, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_value(item, cls, node, found, anywhere, depth + 1)
+    else:
+        found.add(UNCLASSIFIED if cls is None else cls)  # a scalar where none is expected: views drop it
 
 
 def _wildcarded(template: str) -> str:
-    return "/".join("+" if _PLACEHOLDER.match(level) else level for level in template.split("/"))
+    return "/".join("+" if _PLACEHOLDER.fullmatch(level) else level for level in template.split("/"))
 
 
 def _template_matches(template: str, topic: str) -> bool:
@@ -188,17 +247,17 @@ def parse_data_classes(value: Any, source: str, path: str = "data_classes") -> D
     body = at.mapping(value) if value is not None else {}
     classes: dict[str, DataClass] = {}
     for name, spec in body.items():
-        if not isinstance(name, str) or not _NAME.match(name) or name == UNCLASSIFIED:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == UNCLASSIFIED:
             at.fail(f"{name!r} is not a class name; use lower_snake_case (and not {UNCLASSIFIED!r})")
         classes[name] = _data_class(at.key(name), name, spec)
     return DataClasses(MappingProxyType(classes), _field_tree(at, classes))
 
 
 def _data_class(at: At, name: str, spec: Any) -> DataClass:
-    body = at.mapping(spec, frozenset({"fields", "topics", "coarsen_to"}))
+    body = at.mapping(spec, frozenset({"fields", "topics", "coarsen_to", "names_anywhere"}))
     fields = at.key("fields").strings(body.get("fields", []), "dotted field paths")
     for i, path in enumerate(fields):
-        if not _FIELD.match(path):
+        if not _FIELD.fullmatch(path):
             at.key("fields").index(i).fail(f"{path!r} is not a field path; write keys joined by dots")
     topics = at.key("topics").strings(body.get("topics", []), "topic templates")
     for i, topic in enumerate(topics):
@@ -211,32 +270,39 @@ def _data_class(at: At, name: str, spec: Any) -> DataClass:
         if not ok:
             at.key("coarsen_to").fail(f"must be a positive number (a grid such as 0.1), not {kind(grid)}")
         grid = Decimal(repr(grid))
-    return DataClass(name, tuple(fields), tuple(topics), grid)
+    anywhere = boolean(at.key("names_anywhere"), body.get("names_anywhere", name == PII))
+    if anywhere and not fields:
+        at.key("names_anywhere").fail("needs fields: it denies the names of this class's fields anywhere")
+    return DataClass(name, tuple(fields), tuple(topics), grid, anywhere)
 
 
 def _field_tree(at: At, classes: Mapping[str, DataClass]) -> FieldNode:
-    """Build the tree of classified paths; refuse a path claimed twice or nested in another."""
+    """Build the tree of classified paths; refuse a path claimed twice, or one the backstop would eat."""
     owner: dict[tuple[str, ...], str] = {}
+    denied = {name: c.name for c in classes.values() for name in c.anywhere_names}
     for cls in classes.values():
         for path in cls.fields:
             parts = tuple(path.split("."))
-            for other, other_cls in owner.items():
-                shorter, longer = sorted((parts, other), key=len)
-                if longer[: len(shorter)] == shorter:
-                    at.key(cls.name).fail(
-                        f"field {path!r} overlaps {'.'.join(other)!r} of class {other_cls!r}; "
-                        "a value can belong to one class only"
-                    )
+            if parts in owner:
+                other = owner[parts]
+                at.key(cls.name).fail(
+                    f"field {path!r} is also listed under class {other!r}; a value belongs to one class only"
+                )
+            backstop = denied.get(normal_key(parts[-1]))
+            if backstop is not None and backstop != cls.name:
+                at.key(cls.name).fail(
+                    f"field {path!r} ends in {parts[-1]!r}, a name class {backstop!r} denies anywhere "
+                    f"(names_anywhere); rename the field or set names_anywhere: false on {backstop!r}"
+                )
             owner[parts] = cls.name
     return _node(owner, ())
 
 
 def _node(owner: Mapping[tuple[str, ...], str], prefix: tuple[str, ...]) -> FieldNode:
-    if prefix in owner:
-        return FieldNode(owner[prefix], MappingProxyType({}))
     depth = len(prefix)
     keys = {p[depth] for p in owner if len(p) > depth and p[:depth] == prefix}
-    return FieldNode(None, MappingProxyType({k: _node(owner, (*prefix, k)) for k in sorted(keys)}))
+    children = MappingProxyType({k: _node(owner, (*prefix, k)) for k in sorted(keys)})
+    return FieldNode(owner.get(prefix), children)
 
 
 def _check_template(at: At, template: str, allow_wildcards: bool) -> list[str]:
@@ -245,7 +311,7 @@ def _check_template(at: At, template: str, allow_wildcards: bool) -> list[str]:
         at.fail(f"{template!r} is a $-topic; those are the gateway's own")
     names = []
     for level in template.split("/"):
-        match = _PLACEHOLDER.match(level)
+        match = _PLACEHOLDER.fullmatch(level)
         if match:
             names.append(match.group(1))
         elif "{" in level or "}" in level:
@@ -280,7 +346,7 @@ def parse_views(value: Any, classes: DataClasses, source: str, path: str = "view
     tiers_at = at.key("tiers")
     tiers: dict[int, ViewTier] = {}
     for name, spec in tiers_at.mapping(body["tiers"]).items():
-        match = _TIER.match(str(name)) if not isinstance(name, bool) else None
+        match = _TIER.fullmatch(str(name)) if not isinstance(name, bool) else None
         if match is None:
             tiers_at.fail(f"{name!r} is not a tier; write 1, 2, ... or tier1, tier2, ...")
         number = int(match.group(1))
@@ -301,7 +367,7 @@ def _view_topic(at: At, topic: Any, sources: list[str], captured: list[set[str]]
             f"{topic!r} must have a {{tier}} and a {{unit}} level, so tiers and units never share a topic"
         )
     first = topic.split("/")[0]
-    if _PLACEHOLDER.match(first) or first == "fleet":
+    if _PLACEHOLDER.fullmatch(first) or first == "fleet":
         at.fail(f"{topic!r} must start with its own literal level outside fleet/, such as views/")
     for src, have in zip(sources, captured, strict=True):
         missing = set(names) - have - {"tier"}
@@ -313,7 +379,7 @@ def _view_topic(at: At, topic: Any, sources: list[str], captured: list[set[str]]
 
 
 def _tier(at: At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
-    body = at.mapping(spec, frozenset({"classes", "coarsen", "pseudonymise_units"}))
+    body = at.mapping(spec, frozenset({"classes", "coarsen", "pseudonymise_units", "unit_share"}))
     allowed = at.key("classes").strings(body.get("classes", []), "data class names")
     for i, name in enumerate(allowed):
         if name not in classes.classes and name != UNCLASSIFIED:
@@ -327,7 +393,13 @@ def _tier(at: At, number: int, spec: Any, classes: DataClasses) -> ViewTier:
                 f"{name!r} must be one of this tier's classes with a coarsen_to grid"
             )
     pseudo = boolean(at.key("pseudonymise_units"), body.get("pseudonymise_units", True))
-    return ViewTier(number, frozenset(allowed), frozenset(coarsen), pseudo)
+    share = body.get("unit_share", DEFAULT_UNIT_SHARE)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        at.key("unit_share").fail(f"must be a number above 0 and at most 1, such as 0.1, not {share!r}")
+    denied = frozenset(
+        name for c in classes.classes.values() if c.name not in allowed for name in c.anywhere_names
+    )
+    return ViewTier(number, frozenset(allowed), frozenset(coarsen), pseudo, denied, float(share))
 
 
 @dataclass(frozen=True, slots=True)

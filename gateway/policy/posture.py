@@ -47,10 +47,10 @@ _UNKNOWN_ACTIONS: tuple[str, ...] = ("allow", "restricted", "refuse")
 _KEYS = ("firmware", "patch_level", "secure_boot")
 _MAX_TEXT = 64  # longer reports are refused as unreadable rather than parsed
 _VERSION = re.compile(
-    r"^[vV]?(?P<core>\d{1,9}(?:\.\d{1,9}){0,5})"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$"
+    r"[vV]?(?P<core>\d{1,9}(?:\.\d{1,9}){0,5})"
+    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?"
 )
-_PATCH = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
+_PATCH = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2}))?")  # fullmatch, as _VERSION
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -71,7 +71,7 @@ def parse_version(text: str) -> Version | None:
     if len(text) > _MAX_TEXT:
         return None
     token = text.strip().rsplit(maxsplit=1)[-1] if text.strip() else ""
-    match = _VERSION.match(token)
+    match = _VERSION.fullmatch(token)
     if match is None:
         return None
     core = [int(p) for p in match.group("core").split(".")]
@@ -91,7 +91,7 @@ class PatchLevel:
 
 
 def parse_patch_level(text: str) -> PatchLevel | None:
-    match = _PATCH.match(text.strip()) if len(text) <= _MAX_TEXT else None
+    match = _PATCH.fullmatch(text.strip()) if len(text) <= _MAX_TEXT else None
     if match is None:
         return None
     year, month, day = match.groups()

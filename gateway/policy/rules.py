@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
-_TIER_KEY = re.compile(r"^tier([1-9][0-9]?)$")
+_TIER_KEY = re.compile(r"tier([1-9][0-9]?)")  # fullmatch: no trailing newline
 # Placeholders each part of the file may use. `{unit}` names "any unit" and exists only in the control
 # namespace; grants speak about the identity holding them, as `{id}` (`{partner}` is its alias).
 _ROLE_PLACEHOLDERS = frozenset({"{id}"})
@@ -236,7 +236,7 @@ def _service(at: At, name: Any, body: Any) -> Profile:
 
 
 def _tier(at: At, name: Any, body: Any) -> tuple[int, Profile]:
-    match = _TIER_KEY.match(str(name))
+    match = _TIER_KEY.fullmatch(str(name))
     if match is None:
         at.fail("partner tiers are named tier1, tier2, ... (tier<N>, N from 1 to 99)")
     return int(match.group(1)), _profile(at, body, f"partner/{name}", _PARTNER_PLACEHOLDERS)

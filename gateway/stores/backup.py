@@ -6,6 +6,9 @@ What a backup holds (a directory, or the same as a .tar.gz):
                      gateway keeps serving (WAL: the reader does not block its writes)
     ca/ server/ crl/ the CA (keys included, encrypted if the CA has a passphrase), the gateway's
                      certificate and key, the current CRL
+    totp/            operators' TOTP secrets and verifier state: without them a restored gateway would
+                     refuse every enrolled operator's sensitive actions (the registry says enrolled)
+    views.key        the partner-view pseudonymisation key: without it every partner alias would change
     manifest.json    format, time, and the SHA-256 and size of every file above
 
 Restore verifies every checksum and the database's integrity before it writes anything, refuses a
@@ -35,7 +38,8 @@ from gateway.stores.serving_lock import is_served
 FORMAT = 1
 MANIFEST = "manifest.json"
 DATABASE = "fleetgate.db"
-TREES = ("ca", "server", "crl")
+TREES = ("ca", "server", "crl", "totp")
+FILES = ("views.key",)  # single files at the top of the data dir, when they exist
 
 
 class BackupError(Exception):
@@ -98,6 +102,9 @@ def _database_facts(path: Path) -> dict[str, int]:
 
 def _files(root: Path) -> Iterator[Path]:
     yield root / DATABASE
+    for name in FILES:
+        if (root / name).is_file():
+            yield root / name
     for tree in TREES:
         if (root / tree).is_dir():
             yield from sorted(p for p in (root / tree).rglob("*") if p.is_file())
@@ -117,6 +124,9 @@ def create_backup(data: DataDir, dest: Path, now: datetime) -> BackupSummary:
         for tree in TREES:
             if (data.root / tree).is_dir():
                 shutil.copytree(data.root / tree, stage / tree, copy_function=shutil.copy2)
+        for name in FILES:
+            if (data.root / name).is_file():
+                shutil.copy2(data.root / name, stage / name)  # keeps its 0600
         created_at = now.isoformat()
         files: dict[str, dict[str, Any]] = {
             str(p.relative_to(stage)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in _files(stage)

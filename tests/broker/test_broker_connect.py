@@ -208,3 +208,50 @@ def test_refused_connack_is_the_only_thing_sent() -> None:
     link = lab.connect("TRK-2", peer=unit_peer("TRK-1"))
     assert [type(e) for e in link.events] == [Connack]
     assert link.closed == "connect_refused"
+
+
+def test_an_empty_client_id_from_a_5_0_unit_is_assigned_its_certificate_id() -> None:
+    lab = Lab()
+    ops = lab.connect("ops-1")
+    ops.subscribe("fleet/#")
+    link = lab.connect("", peer=unit_peer("TRK-7"))
+    assert link.connack.reason_code == 0
+    assert link.connack.properties.assigned_client_identifier == "TRK-7"
+    connected = [e for e in lab.broker.drain_events() if isinstance(e, ClientConnected)]
+    assert connected[-1].client_id == "TRK-7"
+    link.subscribe("fleet/TRK-7/cmd/#")
+    ops.publish("fleet/TRK-7/cmd/mode", b"diag")
+    assert link.payloads == [b"diag"]
+    # One session per identity: the same unit connecting again, id spelt out, takes it over.
+    again = lab.connect("TRK-7")
+    assert again.connack.reason_code == 0
+    assert link.closed == "session_taken_over"
+
+
+def test_an_empty_client_id_from_a_5_0_unit_continues_its_persistent_session() -> None:
+    lab = Lab()
+    keep = Properties(session_expiry_interval=600)
+    first = lab.connect("", peer=unit_peer("TRK-7"), clean_start=False, properties=keep)
+    first.subscribe("fleet/TRK-7/cmd/#", qos=1)
+    first.lose()
+    lab.connect("ops-1").publish("fleet/TRK-7/cmd/mode", b"queued", qos=1)
+    back = lab.connect("", peer=unit_peer("TRK-7"), clean_start=False, properties=keep)
+    assert back.connack.session_present and back.payloads == [b"queued"]
+
+
+def test_an_empty_client_id_from_a_3_1_1_unit_with_clean_session_is_its_certificate_id() -> None:
+    lab = Lab()
+    link = lab.connect("", version=V311, clean_start=True, peer=unit_peer("TRK-7"))
+    assert link.connack.reason_code == 0
+    assert link.received[:4] == b"\x20\x02\x00\x00"  # 3.1.1 cannot say which id: CONNACK has no room
+    connected = [e for e in lab.broker.drain_events() if isinstance(e, ClientConnected)]
+    assert connected[-1].client_id == "TRK-7"
+
+
+def test_an_empty_client_id_from_a_3_1_1_unit_without_clean_session_is_refused() -> None:
+    lab = Lab()
+    link = lab.connect("", version=V311, clean_start=False, peer=unit_peer("TRK-7"))
+    assert link.closed == "connect_refused"
+    assert link.received[3] == 0x02  # identifier rejected, [MQTT-3.1.3-8]
+    (refused,) = [e for e in lab.broker.drain_events() if isinstance(e, ConnectRefused)]
+    assert refused.reason == "empty_client_id"

@@ -213,18 +213,22 @@ def test_shared_subscription_gets_no_retained_messages_and_rejects_no_local() ->
 
 @pytest.mark.parametrize(("version", "invalid_code"), [(V5, 0x8F), (V311, 0x80)])
 def test_subscribe_codes(version: ProtocolVersion, invalid_code: int) -> None:
-    lab = Lab(limits=BrokerLimits(max_subscriptions=2))
+    lab = Lab(limits=BrokerLimits(max_subscriptions=3))
     link = lab.connect("ops-1", version=version)
+    link.subscribe(Subscription("z", 0))
+    quota = 0x97 if version == V5 else 0x80
+    denied = 0x87 if version == V5 else 0x80
+    # A packet may carry no more filters than the session may hold (3): the rest are not judged.
     suback = link.subscribe(
         Subscription("a/#", 1),
         Subscription("a/#b", 1),
-        Subscription("b", 2),
-        Subscription("c", 0),
         Subscription("$SYS/#", 0),
+        Subscription("c", 0),
+        Subscription("b", 2),
     )
-    quota = 0x97 if version == V5 else 0x80
-    denied = 0x87 if version == V5 else 0x80
-    assert suback.reason_codes == (1, invalid_code, 2, quota, denied)
+    assert suback.reason_codes == (1, invalid_code, denied, quota, quota)
+    # The session's own quota: two held, one more fits.
+    assert link.subscribe(Subscription("b", 2), Subscription("d", 0)).reason_codes == (2, quota)
     assert link.closed is None
 
 
@@ -304,3 +308,64 @@ def test_a_fan_out_is_encoded_once() -> None:
     lab.connect("TRK-1").publish(TOPIC, b"payload")
     sends = [a for a in lab.actions if isinstance(a, Send) and a.conn in {s.conn for s in subs}]
     assert len(sends) == 5 and len({id(a.data) for a in sends}) == 1  # the very same bytes object
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_5_0_subscriber_that_accepts_topic_aliases_gets_them(qos: int) -> None:
+    lab = Lab()
+    sub = lab.connect("ops-1", properties=Properties(topic_alias_maximum=4))
+    sub.subscribe(Subscription("fleet/+/telemetry/#", qos=qos))
+    plain = lab.connect("ops-2")
+    plain.subscribe(Subscription("fleet/+/telemetry/#", qos=qos))
+    unit = lab.connect("TRK-1")
+    sub.clear()
+    plain.clear()
+    for i in range(3):
+        unit.publish("fleet/TRK-1/telemetry/gps", f"fix-{i}".encode(), qos=qos)
+    # The client core resolves the aliases: the application sees every topic in full.
+    assert [(m.topic, m.payload) for m in sub.messages] == [
+        ("fleet/TRK-1/telemetry/gps", f"fix-{i}".encode()) for i in range(3)
+    ]
+    assert sub.received.count(b"fleet/TRK-1/telemetry/gps") == 1  # named once, then alias 1
+    assert plain.received.count(b"fleet/TRK-1/telemetry/gps") == 3  # no Topic Alias Maximum: no aliases
+    assert len(sub.received) < len(plain.received)
+
+
+def test_topic_aliases_are_per_connection_and_never_for_3_1_1() -> None:
+    lab = Lab()
+    keep = Properties(topic_alias_maximum=4, session_expiry_interval=600)
+    sub = lab.connect("ops-1", clean_start=False, properties=keep)
+    sub.subscribe(Subscription("fleet/+/telemetry/#", qos=1))
+    old = lab.connect("ops-3", version=V311)
+    old.subscribe(Subscription("fleet/+/telemetry/#", qos=1))
+    unit = lab.connect("TRK-1")
+    unit.publish("fleet/TRK-1/telemetry/gps", b"1", qos=1)
+    sub.lose()
+    unit.publish("fleet/TRK-1/telemetry/gps", b"2", qos=1)
+    back = lab.connect("ops-1", clean_start=False, properties=keep)
+    unit.publish("fleet/TRK-1/telemetry/gps", b"3", qos=1)
+    # The new connection names the topic again before using its alias ([MQTT-3.3.2-7]).
+    assert [(m.topic, m.payload) for m in back.messages] == [
+        ("fleet/TRK-1/telemetry/gps", b"2"),
+        ("fleet/TRK-1/telemetry/gps", b"3"),
+    ]
+    assert back.received.count(b"fleet/TRK-1/telemetry/gps") == 1
+    assert old.received.count(b"fleet/TRK-1/telemetry/gps") == 3
+
+
+def test_a_fan_out_to_alias_subscribers_with_different_alias_numbers_resolves_for_each() -> None:
+    lab = Lab()
+    aliasing = Properties(topic_alias_maximum=4)
+    first = lab.connect("ops-1", properties=aliasing)
+    first.subscribe("fleet/#")
+    lab.connect("TRK-2").publish("fleet/TRK-2/state", b"up")  # ops-1 spends alias 1 on this topic
+    second = lab.connect("ops-2", properties=aliasing)
+    second.subscribe("fleet/#")
+    third = lab.connect("ops-3")
+    third.subscribe("fleet/#")
+    unit = lab.connect("TRK-1")
+    for payload in (b"a", b"b"):
+        unit.publish("fleet/TRK-1/telemetry/gps", payload)
+    for link in (first, second, third):
+        got = [(m.topic, m.payload) for m in link.messages if m.topic.startswith("fleet/TRK-1")]
+        assert got == [("fleet/TRK-1/telemetry/gps", b"a"), ("fleet/TRK-1/telemetry/gps", b"b")]

@@ -217,6 +217,39 @@ def test_will_fires_early_when_the_session_ends_first() -> None:
     assert ops.payloads == [b"offline"]
 
 
+def test_the_will_goes_exactly_when_the_session_ends_if_that_is_before_its_delay() -> None:
+    """§3.1.3.2.2: the will is published when the delay passes or the session ends, whichever is first."""
+    lab = Lab()
+    ops = lab.connect("ops-1")
+    ops.subscribe("fleet/#")
+    will = Will("fleet/TRK-1/state", b"offline", properties=Properties(will_delay_interval=300))
+    unit = lab.connect(
+        "TRK-1", will=will, clean_start=False, properties=Properties(session_expiry_interval=10)
+    )
+    unit.lose()
+    lab.advance(9.9)
+    assert ops.messages == []
+    lab.advance(0.1)
+    assert ops.payloads == [b"offline"]
+    lab.advance(600)
+    assert ops.payloads == [b"offline"]  # once
+
+
+def test_a_disconnect_that_shortens_the_session_brings_the_will_forward() -> None:
+    lab = Lab()
+    ops = lab.connect("ops-1")
+    ops.subscribe("fleet/#")
+    will = Will("fleet/TRK-1/state", b"offline", properties=Properties(will_delay_interval=300))
+    unit = lab.connect("TRK-1", will=will, clean_start=False, properties=KEEP)
+    unit.disconnect_cleanly(
+        ReasonCode.DISCONNECT_WITH_WILL_MESSAGE, properties=Properties(session_expiry_interval=5)
+    )
+    lab.advance(4.9)
+    assert ops.messages == []
+    lab.advance(0.2)
+    assert ops.payloads == [b"offline"]
+
+
 def test_takeover_that_continues_the_session_keeps_a_delayed_will_pending() -> None:
     lab = Lab()
     ops = lab.connect("ops-1")

@@ -150,3 +150,90 @@ def test_unsupported_protocol_levels(level: int, answer: bytes) -> None:
     v = s.next_event()
     assert isinstance(v, Violation) and v.reason == "unsupported_protocol_version"
     assert s.farewell(v) == answer
+
+
+# --- packets refused by type alone: the Protocol Error the spec names, whatever their body ----------
+# Each is well-typed but has a body that does not decode: judged by its type from the first byte, it is
+# 0x82 (5.0: [MQTT-3.1.0-2] a second CONNECT, a server-only packet, AUTH never announced), not 0x81.
+REFUSED_BY_TYPE = [
+    ("second_connect", b"\x10\x03\x00\x04M"),  # a CONNECT cut inside its protocol name
+    ("second_connect", b"\x11\x00"),  # ... even with reserved header flags
+    ("server_packet_from_client", b"\x20\x01\x00"),  # a CONNACK one byte short
+    ("server_packet_from_client", b"\x90\x02\x00\x01"),  # a SUBACK without codes
+    ("server_packet_from_client", b"\xb0\x02\x00\x00"),  # an UNSUBACK with packet id 0
+    ("server_packet_from_client", b"\xd0\x01\x00"),  # a PINGRESP with a body
+]
+
+
+@pytest.mark.parametrize(("reason", "data"), REFUSED_BY_TYPE)
+def test_a_packet_refused_by_type_is_a_protocol_error_even_if_its_body_is_broken(
+    reason: str, data: bytes
+) -> None:
+    s = connected(V5)
+    s.receive_data(data, 1.0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and (v.reason, v.reason_code) == (reason, ReasonCode.PROTOCOL_ERROR)
+    assert s.farewell(v) == b"\xe0\x01\x82"
+
+
+def test_an_auth_with_a_broken_body_is_a_protocol_error_in_5_0() -> None:
+    s = connected(V5)
+    s.receive_data(b"\xf0\x02\x00\x05", 1.0)  # reason 0, a property length past the end
+    v = s.next_event()
+    assert isinstance(v, Violation) and (v.reason, v.reason_code) == ("unexpected_auth", 0x82)
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_refused_types_are_refused_in_both_versions(version: ProtocolVersion) -> None:
+    s = connected(version)
+    s.receive_data(b"\x20\x02\x00\x00", 1.0)  # a well-formed CONNACK from the client
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason == "server_packet_from_client"
+
+
+def test_a_malformed_packet_of_an_allowed_type_is_still_malformed() -> None:
+    s = connected(V5)
+    s.receive_data(b"\x82\x04\x00\x01\x00\x05", 1.0)  # SUBSCRIBE whose filter length runs past the end
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.MALFORMED_PACKET
+
+
+# --- Response Topic (§3.3.2.3.5): a topic name; wildcards or empty: 0x82; not UTF-8: 0x81 ---------
+
+
+@pytest.mark.parametrize("topic", ["reply/+", "reply/#", "#", ""])
+def test_a_publish_with_a_wildcard_or_empty_response_topic_is_a_protocol_error(topic: str) -> None:
+    s = connected(V5)
+    s.receive_data(encode(Publish("a/b", b"x", properties=Properties(response_topic=topic)), V5), 1.0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.PROTOCOL_ERROR
+    assert s.farewell(v) == b"\xe0\x01\x82"
+
+
+def test_a_response_topic_that_is_not_utf8_is_malformed() -> None:
+    s = connected(V5)
+    good = encode(Publish("a/b", b"x", properties=Properties(response_topic="r/\u00e9")), V5)
+    bad = good.replace("r/\u00e9".encode(), b"r/\xc3(")  # same length, invalid UTF-8
+    s.receive_data(bad, 1.0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.MALFORMED_PACKET
+
+
+def test_a_valid_response_topic_passes() -> None:
+    s = connected(V5)
+    props = Properties(response_topic="fleet/TRK-1/cmd/reply", correlation_data=b"7")
+    s.receive_data(encode(Publish("a/b", b"x", properties=props), V5), 1.0)
+    got = s.next_event()
+    assert isinstance(got, Publish) and got.properties.response_topic == "fleet/TRK-1/cmd/reply"
+
+
+@pytest.mark.parametrize("topic", ["reply/+", "reply/#", ""])
+def test_a_will_with_a_wildcard_response_topic_gets_connack_0x82(topic: str) -> None:
+    from gateway.mqtt.packets import Will
+
+    s = ServerSession(now=0.0)
+    will = Will("fleet/c/state", b"bye", properties=Properties(response_topic=topic))
+    s.receive_data(encode(Connect("c", V5, will=will), V5), 0.0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.during_connect and v.reason_code == ReasonCode.PROTOCOL_ERROR
+    assert s.farewell(v) == b"\x20\x03\x00\x82\x00"  # CONNACK 0x82, no properties

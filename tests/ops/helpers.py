@@ -8,8 +8,11 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+from gateway.admin.totp import hotp, secret_from_base32
 from tests.harness import Credentials, GatewayProcess
 
 
@@ -20,6 +23,54 @@ def context(gw: GatewayProcess, creds: Credentials | None) -> ssl.SSLContext:
     return ctx
 
 
+class Authenticator:
+    """A test operator's authenticator app: a fresh, never used code for each sensitive call.
+
+    The gateway accepts each 30-second step once, and at most one step ahead of its clock, so an
+    operator has two codes now and one more every 30 s; past that this waits for the next step."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.last_step = -1
+
+    def code(self) -> str:
+        while True:
+            now = time.time()
+            current = int(now // 30)
+            step = max(current, self.last_step + 1)
+            if step <= current + 1:
+                self.last_step = step
+                return hotp(self.secret, step)
+            time.sleep((current + 1) * 30 - now + 0.05)
+
+
+AUTHENTICATORS: dict[Path, Authenticator] = {}  # by the operator's certificate file
+_SENSITIVE = re.compile(
+    r"/api/(units/[^/]+/release|identities/[^/]+/[^/]+/revoke|partners/[^/]+/disconnect|policy/reload)"
+)
+
+
+def issue_operator(gw: GatewayProcess, name: str, role: str, *extra: str) -> Credentials:
+    """An operator with a TOTP second factor (sensitive admin rights need one), as `operator add --totp`
+    makes it; `api` and `totp_code` then send its codes."""
+    out = gw.clients / "operator"
+    result = gw.cli(
+        "operator", "add", name, "--role", role, "--totp", "--server", gw.https_url, "--out", str(out),
+        "--json", *extra, check=True,
+    )  # fmt: skip
+    data = result.json()
+    assert isinstance(data, dict)
+    creds = Credentials(name, Path(data["cert"]), Path(data["key"]), Path(data["ca"]))
+    secret = parse_qs(urlparse(data["totp_uri"]).query)["secret"][0]
+    AUTHENTICATORS[creds.cert] = Authenticator(secret_from_base32(secret))
+    return creds
+
+
+def totp_code(creds: Credentials) -> str:
+    """The next unused code of an operator made by `issue_operator` (for the CLI's --totp)."""
+    return AUTHENTICATORS[creds.cert].code()
+
+
 def api(
     gw: GatewayProcess,
     creds: Credentials | None,
@@ -28,11 +79,14 @@ def api(
     body: Any = None,
     raw: bytes | None = None,
 ) -> tuple[int, Any]:
-    """(HTTP status, decoded JSON body) of one admin API call."""
+    """(HTTP status, decoded JSON body) of one admin API call; a sensitive one carries the operator's
+    next TOTP code when it has an authenticator (see `issue_operator`)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(
-        gw.https_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    authenticator = AUTHENTICATORS.get(creds.cert) if creds is not None else None
+    if authenticator is not None and _SENSITIVE.fullmatch(path):
+        headers["X-Fleetgate-TOTP"] = authenticator.code()
+    request = urllib.request.Request(gw.https_url + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, context=context(gw, creds), timeout=15) as response:
             return response.status, json.loads(response.read().decode())

@@ -8,13 +8,19 @@ import shutil
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from gateway.admin.totp import code_at, secret_from_base32
+from gateway.admin.totp_store import TotpStore
+from gateway.context.views import pseudonym
+from gateway.policy.second_factor import SecondFactorPolicy
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.backup import BackupError, create_backup, restore_backup
 from gateway.stores.datadir import DataDir
 from gateway.stores.serving_lock import hold, release
+from gateway.stores.views_key import load_or_create_key
 from pki.store import Registry, open_database
 from tests.harness import run_cli
 
@@ -165,3 +171,33 @@ def test_the_archive_is_private_from_its_first_byte(
     monkeypatch.setattr(tarfile.TarFile, "add", add)
     create_backup(data, dest, NOW)
     assert seen and set(seen) == {0o600}
+@pytest.mark.parametrize("archive", [False, True], ids=["directory", "tar.gz"])
+def test_a_restore_keeps_operators_second_factor_and_partner_aliases(tmp_path: Path, archive: bool) -> None:
+    """Security review finding 8: backups held neither DATA/totp nor DATA/views.key, so a restored
+    gateway dropped every enrolled operator to certificate-only and changed every partner alias."""
+    root = tmp_path / "data"
+    run_cli("init", "--hostname", "localhost", data=root, check=True)
+    enrolled = run_cli(
+        "operator", "add", "alice", "--role", "security", "--totp", "--json", data=root, check=True
+    )
+    secret = secret_from_base32(parse_qs(urlparse(enrolled.json()["totp_uri"]).query)["secret"][0])  # type: ignore[index]
+    key = load_or_create_key(root)
+    dest = tmp_path / ("snap.tar.gz" if archive else "snap")
+    create_backup(DataDir(root), dest, NOW)
+    restored = tmp_path / "restored"
+    restore_backup(dest, DataDir(restored), False, NOW)
+
+    assert (restored / "totp").stat().st_mode & 0o777 == 0o700
+    assert (restored / "totp" / "alice.secret").stat().st_mode & 0o777 == 0o600
+    assert (restored / "views.key").stat().st_mode & 0o777 == 0o600
+    conn = open_database(restored / "fleetgate.db")
+    try:
+        record = Registry(conn).get_identity("operator", "alice")
+    finally:
+        conn.close()
+    assert record is not None and record.metadata.get("totp") == "enrolled"
+    store = TotpStore(restored, SecondFactorPolicy())
+    assert store.enrolment("alice", marked=True) == "enrolled"
+    assert store.verify("alice", code_at(secret, NOW.timestamp()), NOW.timestamp()).ok
+    assert load_or_create_key(restored) == key  # the same key: the same aliases
+    assert pseudonym(load_or_create_key(restored), 3, "TRK-1") == pseudonym(key, 3, "TRK-1")

@@ -21,7 +21,7 @@ from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Connect, ProtocolVersion
 from tests.clients import V5, V311
 from tests.harness import Credentials, GatewayProcess
-from tests.ops.helpers import api, audit_via_api
+from tests.ops.helpers import api, audit_via_api, issue_operator, totp_code
 from tests.ops.watch import Watch
 
 UNIT = "TRK-P1"
@@ -31,6 +31,7 @@ UNIT = "TRK-P1"
 class Scene:
     gw: GatewayProcess
     security: Credentials
+    security2: Credentials  # a second security operator, so nobody waits for a fresh TOTP code
     unit: Watch
     partners: dict[str, Watch]
     creds: dict[str, Credentials]
@@ -50,7 +51,8 @@ def scene(gateway: GatewayProcess) -> Iterator[Scene]:
         "acme-us": gateway.issue("partner", "acme-us", "--tier", "2", "--org", "acme"),
         "globex": gateway.issue("partner", "globex", "--tier", "1"),
     }
-    security = gateway.issue("operator", "sec", "--role", "security", "--server", gateway.https_url)
+    security = issue_operator(gateway, "sec", "security")  # partner disconnect needs a second factor
+    security2 = issue_operator(gateway, "sec2", "security")
     unit = Watch(gateway, gateway.enroll_unit(UNIT))
     partners = {
         "acme-eu": Watch(gateway, creds["acme-eu"], "views/1/fleet/+/gps", version=V5),
@@ -59,7 +61,7 @@ def scene(gateway: GatewayProcess) -> Iterator[Scene]:
         "acme-us": Watch(gateway, creds["acme-us"], "views/2/fleet/+/gps", version=V311, clean=False),
     }
     time.sleep(0.6)  # views are projected for tiers with subscribers, noticed on the 0.25 s event tick
-    scene = Scene(gateway, security, unit, partners, creds)
+    scene = Scene(gateway, security, security2, unit, partners, creds)
     yield scene
     for name, watch in (("unit", unit), *partners.items()):
         if name.startswith("acme"):
@@ -96,7 +98,10 @@ def test_dry_run_reports_the_blast_radius_and_changes_nothing(scene: Scene) -> N
     scene.telemetry_reaches(("acme-eu", "acme-us", "globex"), "before")
     statuses, sessions = cert_statuses(gw), acme_sessions(gw, scene.security)
     profile = scene.security.cert.parent / "sec.profile.json"
-    result = gw.cli("partner", "disconnect", "acme", "--dry-run", "--json", "--profile", str(profile))
+    code = totp_code(scene.security)
+    result = gw.cli(
+        "partner", "disconnect", "acme", "--dry-run", "--json", "--profile", str(profile), "--totp", code
+    )
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["dry_run"] is True
@@ -110,7 +115,10 @@ def test_dry_run_reports_the_blast_radius_and_changes_nothing(scene: Scene) -> N
     assert cert_statuses(gw) == statuses
     assert [s["connected"] for s in acme_sessions(gw, scene.security)] == [s["connected"] for s in sessions]
     scene.telemetry_reaches(("acme-eu", "acme-us", "globex"), "after-dry-run")
-    human = gw.cli("partner", "disconnect", "acme", "--dry-run", "--profile", str(profile))
+    other = str(profile.parent / "sec2.profile.json")
+    human = gw.cli(
+        "partner", "disconnect", "acme", "--dry-run", "--profile", other, "--totp", totp_code(scene.security2)
+    )
     assert human.code == 0 and human.stdout.startswith("Would revoke 2 certificate(s)")
 
 

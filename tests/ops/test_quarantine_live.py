@@ -17,7 +17,7 @@ import pytest
 
 from tests.clients import V5, V311
 from tests.harness import Credentials, GatewayProcess
-from tests.ops.helpers import api, metric
+from tests.ops.helpers import api, issue_operator, metric
 from tests.ops.watch import Watch, message_is, payload_is, topic_is
 
 NOT_AUTHORIZED = 0x87
@@ -69,7 +69,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(gateway: GatewayProcess) -> Iterator[Fleet]:
     creds = {unit: gateway.enroll_unit(unit) for unit in (Q5, Q311)}
-    creds["ops"] = gateway.issue("operator", "ops1", "--role", "ops")
+    creds["ops"] = issue_operator(gateway, "ops1", "ops")  # releasing needs a second factor
     dispatch = Watch(gateway, gateway.issue("service", "dispatch"), "fleet/+/control/#")
     analytics = Watch(gateway, gateway.issue("service", "analytics"), "fleet/+/telemetry/#")
     ops = Watch(gateway, creds["ops"], "fleet/+/diag/#", "fleet/+/cmd/#")

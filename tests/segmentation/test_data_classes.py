@@ -37,6 +37,29 @@ class TestShape:
         assert {k: v.cls for k, v in driver.children.items()} == {"name": "pii", "phone": "pii"}
         assert tree.children["order"].children["eta"].cls == "tracking"
 
+    def test_paths_may_nest_so_keys_inside_an_object_are_classified_one_by_one(self) -> None:
+        raw = raw_sections()
+        raw["data_classes"]["tracking"]["fields"] += ["status.state", "stops.eta"]
+        raw["data_classes"]["pii"]["fields"] += ["status.driver_mobile"]
+        tree = data_classes(raw).tree
+        status = tree.children["status"]
+        assert status.cls == "tracking"  # a scalar status is tracking...
+        assert {k: v.cls for k, v in status.children.items()} == {"state": "tracking", "driver_mobile": "pii"}
+        assert tree.children["stops"].cls is None  # ...and stops only leads to stops.eta
+
+    def test_the_pii_class_is_a_backstop_by_default_and_tiers_know_what_they_deny(self) -> None:
+        views = view_policy()
+        classes = views.data_classes.classes
+        assert classes["pii"].names_anywhere and not classes["tracking"].names_anywhere
+        assert classes["pii"].anywhere_names == {"driverid", "drivername", "driverphone", "name", "phone"}
+        assert views.tiers[3].denied_names == classes["pii"].anywhere_names
+        raw = raw_sections()
+        raw["data_classes"]["pii"]["names_anywhere"] = False
+        assert view_policy(raw).tiers[3].denied_names == frozenset()
+        raw = raw_sections()
+        raw["views"]["tiers"][4] = {"classes": ["pii", "tracking"]}
+        assert view_policy(raw).tiers[4].denied_names == frozenset()  # a tier with PII sees PII
+
     def test_classes_of_a_message(self) -> None:
         classes = data_classes()
         msg = {"lat": 1.0, "driver": {"name": "x"}, "color": "red", "order": {"rate": 3}}
@@ -49,6 +72,12 @@ class TestShape:
         assert classes.classes_of("fleet/T1/telemetry/manifest", {"ts": 1}) == {"commercial", "tracking"}
         assert classes.classes_of("fleet/T1/telemetry/manifest", None) == {"commercial"}
         assert classes.classes_of("fleet/T1/telemetry/gps", {"driver": "Ana"}) == {UNCLASSIFIED}
+        # A PII name nested anywhere makes the message carry PII (the flow map says so)...
+        nested = {"status": {"state": "loading", "driver_phone": "+31"}}
+        assert classes.classes_of("fleet/T1/telemetry/eta", nested) == {UNCLASSIFIED, "pii"}
+        # ...and an object under a classified key is walked: its keys are unclassified unless listed.
+        assert classes.classes_of("fleet/T1/telemetry/eta", {"status": {"x": 1}}) == {UNCLASSIFIED}
+        assert classes.classes_of("fleet/T1/telemetry/eta", {"status": ["a", "b"]}) == {"tracking"}
         assert classes.topic_classes("fleet/T1/telemetry/gps") == frozenset()
 
     def test_classify_raw_payloads(self) -> None:
@@ -94,8 +123,9 @@ MISTAKES = [
     ("data_classes.pii.fields", "driver_id", "data_classes.pii.fields", "must be a list"),
     ("data_classes.pii.fields", ["driver..id"], "data_classes.pii.fields[0]", "is not a field path"),
     ("data_classes.pii", {"fields": []}, "data_classes.pii", "names no fields and no topics"),
-    ("data_classes.tracking.fields", ["driver"], "data_classes.tracking", "overlaps 'driver.name'"),
-    ("data_classes.tracking.fields", ["lat"], "data_classes.tracking", "overlaps 'lat' of class 'location'"),
+    ("data_classes.tracking.fields", ["lat"], "data_classes.tracking", "also listed under class 'location'"),
+    ("data_classes.tracking.fields", ["stop.Phone"], "data_classes.tracking", "ends in 'Phone', a name"),
+    ("data_classes.pii.names_anywhere", "yes", "data_classes.pii.names_anywhere", "true or false"),
     ("data_classes.location.coarsen_to", 0, "data_classes.location.coarsen_to", "positive number"),
     ("data_classes.location.coarsen_to", True, "data_classes.location.coarsen_to", "positive number"),
     ("data_classes.commercial.topics", ["$SYS/x"], "data_classes.commercial.topics[0]", "$-topic"),
@@ -117,6 +147,9 @@ MISTAKES = [
     ("views.tiers.3.coarsen", ["location"], "views.tiers.3.coarsen[0]", "one of this tier's classes"),
     ("views.tiers.2.pseudonymise_units", "yes", "views.tiers.2.pseudonymise_units", "true or false"),
     ("views.tiers.2.rate", 3, "views.tiers.2", "unknown key 'rate'"),
+    ("views.tiers.2.unit_share", 0, "views.tiers.2.unit_share", "above 0 and at most 1"),
+    ("views.tiers.2.unit_share", 1.5, "views.tiers.2.unit_share", "above 0 and at most 1"),
+    ("views.tiers.2.unit_share", True, "views.tiers.2.unit_share", "above 0 and at most 1"),
     ("views.tiers.gold", {}, "views.tiers", "'gold' is not a tier"),
     ("views.tiers.tier2", {}, "views.tiers", "tier 2 is listed twice"),
     ("views.extra", 1, "views", "unknown key 'extra'"),

@@ -114,3 +114,80 @@ def test_reads_need_no_code(
     request = urllib.request.Request(gateway.https_url + "/api/units", method="GET")
     with urllib.request.urlopen(request, context=context(gateway, creds), timeout=15) as response:
         assert response.status == 200
+
+
+def _secret_of(result: Any) -> bytes:
+    data = result.json()
+    assert isinstance(data, dict)
+    return secret_from_base32(parse_qs(urlparse(data["totp_uri"]).query)["secret"][0])
+
+
+def test_an_operator_without_a_second_factor_is_refused_sensitive_rights(gateway: GatewayProcess) -> None:
+    """Security review finding 8: carol (ops, no TOTP) released a unit with her certificate alone."""
+    carol = gateway.issue("operator", "carol", "--role", "ops", "--server", gateway.https_url)
+    gateway.add_unit("TRK-HELD")
+    assert gateway.cli("quarantine", "TRK-HELD", "--reason", "tampering").code == 0
+    status, body = call(gateway, carol, "/api/units/TRK-HELD/release", {}, None)
+    assert (status, body["code"]) == (403, "totp_not_enrolled")
+    assert "fleetgate operator totp carol" in body["error"] and body["error"].count(". ") == 0
+    status, body = call(gateway, carol, "/api/units/TRK-HELD/release", {}, "123456")  # a code is no help
+    assert (status, body["code"]) == (403, "totp_not_enrolled")
+    shown = gateway.cli("unit", "show", "TRK-HELD", "--json")
+    assert json.loads(shown.stdout)["state"] == "quarantined"  # nothing was done
+    refused = [
+        r
+        for r in audit_records(gateway, 0.3)
+        if r["action"] == "admin.second_factor" and r["actor"] == "operator/carol"
+    ]
+    assert {(r["outcome"], r["reason"]) for r in refused} == {("refused", "totp_not_enrolled")}
+    # Enrolling an existing operator needs no new certificate; the registry records it.
+    enrolled = gateway.cli("operator", "totp", "carol", "--out", str(gateway.clients / "operator"), "--json")
+    assert enrolled.code == 0, enrolled.stderr
+    secret = _secret_of(enrolled)
+    status, body = call(gateway, carol, "/api/units/TRK-HELD/release", {}, code_at(secret, time.time()))
+    assert status == 200 and body["changed"] is True, body
+    assert any(
+        r["action"] == "operator.totp" and r["subject"] == "operator/carol" for r in audit_records(gateway)
+    )
+
+
+def test_an_enrolled_operator_whose_secret_is_missing_is_refused_and_logged(gateway: GatewayProcess) -> None:
+    result = gateway.cli(
+        "operator", "add", "dora", "--role", "security", "--totp", "--server", gateway.https_url,
+        "--out", str(gateway.clients / "operator"), "--json", check=True,
+    )  # fmt: skip
+    data = result.json()
+    assert isinstance(data, dict)
+    dora = Credentials("dora", Path(data["cert"]), Path(data["key"]), Path(data["ca"]))
+    secret = _secret_of(result)
+    secret_file = gateway.data / "totp" / "dora.secret"
+    kept = secret_file.read_bytes()
+    secret_file.unlink()  # a partial restore, a slip of the hand: the registry still says enrolled
+    status, body = call(gateway, dora, "/api/policy/reload", {}, code_at(secret, time.time()))
+    assert (status, body["code"]) == (503, "totp_secret_missing")
+    logged = "operator dora is enrolled for TOTP in the registry but DATA/totp/dora.secret is missing"
+    assert logged in gateway.log()
+    secret_file.write_bytes(kept)
+    secret_file.chmod(0o600)
+    status, body = call(gateway, dora, "/api/policy/reload", {}, code_at(secret, time.time()))
+    assert status == 200 and body["reloaded"] is True
+
+
+def test_a_lockout_survives_a_gateway_restart(fresh_gateway: GatewayProcess) -> None:
+    """Security review finding 20: failures and lockouts lived in memory, so a restart cleared them."""
+    gw = fresh_gateway
+    result = gw.cli(
+        "operator", "add", "eve", "--role", "security", "--totp", "--server", gw.https_url,
+        "--out", str(gw.clients / "operator"), "--json", check=True,
+    )  # fmt: skip
+    data = result.json()
+    assert isinstance(data, dict)
+    eve = Credentials("eve", Path(data["cert"]), Path(data["key"]), Path(data["ca"]))
+    secret = _secret_of(result)
+    wrong = code_at(secret, time.time() + 3600)
+    answers = [call(gw, eve, "/api/policy/reload", {}, wrong)[1]["code"] for _ in range(5)]
+    assert answers == ["totp_bad_code"] * 5
+    assert call(gw, eve, "/api/policy/reload", {}, code_at(secret, time.time()))[0] == 429
+    gw.restart()
+    status, body = call(gw, eve, "/api/policy/reload", {}, code_at(secret, time.time() + 30))
+    assert (status, body["code"]) == (429, "totp_locked_out")  # still locked after the restart

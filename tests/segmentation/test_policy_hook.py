@@ -99,15 +99,15 @@ class TestSecondFactorSection:
     def test_parses(self) -> None:
         got = parse_second_factor(
             {
-                "sensitive": ["policy.reload"],
+                "sensitive": [*sorted(DEFAULT_SENSITIVE), "units.quarantine"],
                 "max_failures": 3,
                 "failure_window_seconds": 60,
                 "skew_steps": 0,
             },
             "p.yaml",
         )
-        assert got == SecondFactorPolicy(frozenset({"policy.reload"}), 3, 60.0, 0)
-        assert got.requires_totp("policy.reload") and not got.requires_totp("units.read")
+        assert got == SecondFactorPolicy(DEFAULT_SENSITIVE | {"units.quarantine"}, 3, 60.0, 0)
+        assert got.requires_totp("units.quarantine") and not got.requires_totp("units.read")
         verifier = TotpVerifier.for_policy(got, lambda op: None)
         assert (verifier.max_failures, verifier.window, verifier.skew) == (3, 60.0, 0)
 
@@ -128,15 +128,25 @@ class TestSecondFactorSection:
             ({"sensitve": []}, "second_factor", "unknown key 'sensitve'"),
             ({"sensitive": "policy.reload"}, "second_factor.sensitive", "list of admin rights"),
             ({"sensitive": ["Reload!"]}, "second_factor.sensitive", "list of admin rights"),
-            ({"max_failures": 0}, "second_factor.max_failures", "from 1 to 100"),
-            ({"skew_steps": True}, "second_factor.skew_steps", "from 0 to 10"),
+            ({"max_failures": 0}, "second_factor.max_failures", "from 1 to 10"),
+            ({"skew_steps": True}, "second_factor.skew_steps", "from 0 to 2"),
             ({"failure_window_seconds": 1.5}, "second_factor.failure_window_seconds", "whole number"),
+            # weak settings (security review finding 20): refused with one sentence each
+            ({"max_failures": 11}, "second_factor.max_failures", "guessing one easier"),
+            ({"max_failures": 100}, "second_factor.max_failures", "from 1 to 10"),
+            ({"failure_window_seconds": 59}, "second_factor.failure_window_seconds", "from 60 to 86400"),
+            ({"failure_window_seconds": 1}, "second_factor.failure_window_seconds", "guesses come faster"),
+            ({"skew_steps": 3}, "second_factor.skew_steps", "from 0 to 2"),
+            ({"sensitive": ["policy.reload"]}, "second_factor.sensitive", "lacks identities.revoke"),
+            ({"sensitive": []}, "second_factor.sensitive", "always sensitive"),
+            ({"digits": 4}, "second_factor", "unknown key 'digits'"),
         ],
     )
     def test_mistakes(self, body: Any, path: str, problem: str) -> None:
         with pytest.raises(PolicyError) as info:
             parse_second_factor(body, "p.yaml")
         assert info.value.path == path and problem in info.value.problem
+        assert info.value.problem.count(". ") == 0 and "\n" not in info.value.problem  # one sentence
 
 
 def test_a_mistake_in_any_section_is_a_policy_error() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -16,6 +17,8 @@ from gateway.admin.totp import (
     secret_from_base32,
     secret_to_base32,
 )
+from gateway.admin.totp_store import TotpStore, TotpStoreError
+from gateway.policy.second_factor import SecondFactorPolicy
 
 RFC_SEED = {
     "sha1": b"12345678901234567890",
@@ -187,3 +190,68 @@ class TestLockout:
         assert v.verify("ops2", at(T0 + 5), T0 + 5).ok
         v.forget("ops1")
         assert v.verify("ops1", at(T0 + 5), T0 + 5).ok
+
+
+class TestStore:
+    """TotpStore: the verifier's state on disk (security review finding 20), and who is enrolled."""
+
+    @staticmethod
+    def store(root: Path, **limits: int) -> TotpStore:
+        return TotpStore(root, SecondFactorPolicy(max_failures=limits.get("max_failures", 5)))
+
+    @staticmethod
+    def enrolled(root: Path) -> None:
+        (root / "totp").mkdir(mode=0o700, exist_ok=True)
+        (root / "totp" / "ops1.secret").write_text(secret_to_base32(SECRET) + "\n")
+
+    def test_a_lockout_survives_a_restart(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        first = self.store(tmp_path)
+        for i in range(5):
+            assert first.verify("ops1", "000001", T0 + i).reason == "bad_code"
+        restarted = self.store(tmp_path)  # a new process: only the files are left
+        assert restarted.verify("ops1", at(T0 + 10), T0 + 10).reason == "locked_out"
+        assert restarted.verify("ops1", at(T0 + 305), T0 + 305).ok
+
+    def test_failures_short_of_a_lockout_survive_a_restart(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        for i in range(4):
+            self.store(tmp_path).verify("ops1", "000001", T0 + i)  # a restart between every guess
+        assert self.store(tmp_path).verify("ops1", "000001", T0 + 5).reason == "bad_code"
+        assert self.store(tmp_path).verify("ops1", at(T0 + 6), T0 + 6).reason == "locked_out"
+
+    def test_a_used_code_stays_used_across_a_restart_and_a_reload(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        store = self.store(tmp_path)
+        code = at(T0)
+        assert store.verify("ops1", code, T0).ok
+        assert self.store(tmp_path).verify("ops1", code, T0 + 1).reason == "replayed"
+        store.reload(SecondFactorPolicy(max_failures=3))
+        assert store.verify("ops1", code, T0 + 2).reason == "replayed"
+
+    def test_a_policy_reload_keeps_a_lockout(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        store = self.store(tmp_path)
+        for i in range(5):
+            store.verify("ops1", "000001", T0 + i)
+        store.reload(SecondFactorPolicy(max_failures=10, failure_window=600.0))
+        assert store.verify("ops1", at(T0 + 10), T0 + 10).reason == "locked_out"
+
+    def test_state_files_are_private(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        self.store(tmp_path).verify("ops1", "000001", T0)
+        assert (tmp_path / "totp" / "ops1.state").stat().st_mode & 0o777 == 0o600
+
+    def test_an_unreadable_state_is_an_error_not_a_fresh_start(self, tmp_path: Path) -> None:
+        self.enrolled(tmp_path)
+        (tmp_path / "totp" / "ops1.state").write_text("{not json")
+        with pytest.raises(TotpStoreError, match=r"ops1\.state"):
+            self.store(tmp_path).verify("ops1", at(T0), T0)
+
+    def test_enrolment_follows_the_registry_mark_and_the_secret(self, tmp_path: Path) -> None:
+        store = self.store(tmp_path)
+        assert store.enrolment("ops1", marked=False) == "not_enrolled"
+        assert store.enrolment("ops1", marked=True) == "secret_missing"  # an error, never a downgrade
+        self.enrolled(tmp_path)
+        assert store.enrolment("ops1", marked=True) == "enrolled"
+        assert store.enrolment("ops1", marked=False) == "enrolled"  # a secret alone asks for codes too

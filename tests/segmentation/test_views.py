@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from decimal import Decimal, localcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +23,7 @@ from gateway.context.views import (
     view_topic,
     view_topics_for,
 )
+from gateway.policy.data_classes import ViewPolicy, normal_key, parse_data_classes, parse_views
 from tests.segmentation.policy_fixtures import (
     COMMERCIAL_FIELDS,
     LOCATION_FIELDS,
@@ -160,9 +164,19 @@ class TestCoarsening:
         got = json.loads(result.payload)["lat"]
         assert got == expected and type(got) is type(expected)
 
-    def test_nested_location_values_are_coarsened_and_text_dropped(self) -> None:
-        payload = {"position": {"coords": [13.4049, 52.52, "52.5200"], "label": "Berlin", "ok": True}}
-        assert body(projected(payload, 2)) == {"position": {"coords": [13.4, 52.5]}}
+    def test_arrays_of_location_numbers_are_coarsened_and_text_dropped(self) -> None:
+        payload = {"position": [13.4049, 52.52, "52.5200", True, [1.26, "x"]]}
+        assert body(projected(payload, 2)) == {"position": [13.4, 52.5, [1.2]]}
+
+    def test_an_object_under_a_location_field_is_walked_not_forwarded(self) -> None:
+        payload = {"position": {"coords": [13.4049, 52.52], "label": "Berlin"}, "ts": 1}
+        assert body(projected(payload, 2)) == {"ts": 1}  # position.coords is classified nowhere
+        raw = raw_sections()
+        raw["data_classes"]["location"]["fields"].append("position.coords")
+        views = view_policy(raw)
+        result = project(json.dumps(payload).encode(), 2, "TRK-1", views, KEY, source_topic=GPS)
+        assert isinstance(result, Projection)
+        assert json.loads(result.payload) == {"position": {"coords": [13.4, 52.5]}, "ts": 1}
 
     def test_strings_in_location_fields_never_reach_a_coarsened_view(self) -> None:
         assert project(b'{"lat": "52.123456"}', 2, "TRK-1", VIEWS, KEY, source_topic=GPS) == Withheld(
@@ -191,11 +205,34 @@ class TestPseudonyms:
         }
         assert len(aliases) == 5
 
-    def test_the_unit_id_inside_kept_values_is_replaced_too(self) -> None:
-        got = body(projected({"unit": "TRK-1", "status": {"TRK-1": "TRK-1 ok"}}, 3))
+    def test_a_kept_string_that_is_the_unit_id_becomes_the_alias(self) -> None:
         alias = pseudonym(KEY, 3, "TRK-1")
-        assert got == {"unit": alias, "status": {alias: "TRK-1 ok"}}  # whole strings only
-        assert body(projected({"unit": "TRK-1"}, 1)) == {"unit": "TRK-1"}
+        assert body(projected({"unit": "TRK-1", "status": ["TRK-1", "ok"]}, 3)) == {
+            "unit": alias,
+            "status": [alias, "ok"],
+        }
+        assert body(projected({"unit": "TRK-1"}, 1)) == {"unit": "TRK-1"}  # tier 1 sees real ids
+
+    @pytest.mark.parametrize("text", ["TRK-1 at Depot 7", "trk-1", "seen: Trk-1!", "TRK-10"])
+    def test_a_kept_string_containing_the_unit_id_is_dropped(self, text: str) -> None:
+        got = body(projected({"status": text, "eta": "10:00", "unit": "TRK-1"}, 3))
+        assert got == {"eta": "10:00", "unit": pseudonym(KEY, 3, "TRK-1")}
+        assert body(projected({"status": text}, 1)) == {"status": text}
+
+    def test_keys_are_held_to_the_same_rule(self) -> None:
+        raw = raw_sections()
+        raw["views"]["tiers"][4] = {"classes": ["tracking", "unclassified"]}
+        views = view_policy(raw)
+        payload = {"TRK-1": "a", "near TRK-1": "b", "x": {"TRK-1": 2, "trk-1 note": 3}, "ts": 1}
+        result = project(json.dumps(payload).encode(), 4, "TRK-1", views, KEY, source_topic=GPS)
+        assert isinstance(result, Projection)
+        alias = pseudonym(KEY, 4, "TRK-1")
+        assert json.loads(result.payload) == {alias: "a", "x": {alias: 2}, "ts": 1}
+
+    def test_a_source_topic_naming_the_unit_elsewhere_is_withheld_from_pseudonymised_tiers(self) -> None:
+        topic = "fleet/TRK-1/telemetry/trk-1-gps"
+        assert project(b'{"ts": 1}', 3, "TRK-1", VIEWS, KEY, source_topic=topic) == Withheld("unit_in_topic")
+        assert projected({"ts": 1}, 1, topic).topic == "views/1/fleet/TRK-1/trk-1-gps"
 
     def test_view_topics_for_every_tier(self) -> None:
         assert view_topics_for(VIEWS, GPS, KEY) == {
@@ -257,7 +294,7 @@ class TestRepublisher:
         assert rep.on_publish(GPS, b'{"status": "\\ud800"}', "TRK-1", now=6.0) == []
         assert rep.on_publish("fleet/TRK-1/diag/x", b"{}", "TRK-1", now=7.0) == []
         assert rep.on_publish(GPS, b'{"ts": 1}', "TRK-2", now=8.0) == []
-        deep = b'{"status": ' + b"[" * 70 + b"]" * 70 + b"}"  # tier 1 keeps it whole; 2 and 3 must walk it
+        deep = b'{"status": ' + b"[" * 70 + b"]" * 70 + b"}"  # every tier walks it: too deep for all
         assert rep.on_publish(GPS, deep, "TRK-1", now=9.0) == []
         stats = rep.stats()
         assert stats.malformed == {"not_json": 1, "invalid_unicode": 1, "too_deep": 1}  # per message
@@ -341,17 +378,150 @@ def test_tier2_never_sees_pii_or_commercial_and_location_is_on_the_grid(payload:
                 assert exact - Decimal("0.1") < coarse <= exact
 
 
-@settings(max_examples=60, deadline=None)
+def _class_of(path: tuple[str, ...]) -> str | None:
+    """The class the view rules give a scalar at `path` (keys only; arrays are no level)."""
+    node = VIEWS.data_classes.tree
+    for key in path:
+        child = node.children.get(key)
+        if child is None:
+            return "unclassified"
+        node = child
+    return node.cls
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> Counter[tuple[tuple[str, ...], str]]:
+    """Every scalar with its key path, as a multiset (what a view may keep, whatever the nesting)."""
+    if isinstance(value, dict):
+        return sum((_leaves(v, (*path, k)) for k, v in value.items()), Counter())
+    if isinstance(value, list):
+        return sum((_leaves(v, path) for v in value), Counter())
+    return Counter({(path, json.dumps(value)): 1})
+
+
+@settings(max_examples=150, deadline=None)
 @given(payloads())
-def test_tier1_sees_exactly_its_classes(payload: dict[str, Any]) -> None:
+def test_tier1_keeps_exactly_the_scalars_whose_path_is_of_its_classes(payload: dict[str, Any]) -> None:
+    tier = VIEWS.tiers[1]
+    allowed = Counter(
+        {
+            leaf: n
+            for leaf, n in _leaves(payload).items()
+            if _class_of(leaf[0]) in tier.classes
+            and not any(normal_key(k) in tier.denied_names for k in leaf[0])
+        }
+    )
     result = project(json.dumps(payload).encode(), 1, "TRK-1", VIEWS, KEY, source_topic=GPS)
-    expected = {
-        k: v for k, v in payload.items() if k in {*COMMERCIAL_FIELDS, *LOCATION_FIELDS, *TRACKING_FIELDS}
-    }
-    if isinstance(payload.get("order"), dict):
-        order = {k: v for k, v in payload["order"].items() if k in ("rate", "eta")}
-        expected.update({"order": order} if order else {})
-    if not expected:
+    if not allowed:
         assert result == Withheld("nothing_left")
         return
-    assert isinstance(result, Projection) and body(result) == expected
+    assert isinstance(result, Projection) and _leaves(body(result)) == allowed
+
+
+# ------------------------------------------- property: every tier, nested payloads, PII and unit ids
+
+UNIT = "TRK-7Q"
+MARK = "PII-MARK"  # every PII value carries it; nothing else can
+_pii_keys = st.sampled_from(
+    [
+        "driver_id",
+        "driver_name",
+        "driver_phone",
+        "Driver-Phone",
+        "DRIVER_NAME",
+        "name",
+        "Phone",
+        "driverPhone",
+        "id",  # of driver.id
+    ]
+)
+_plain_keys = st.sampled_from(
+    ["lat", "lon", "position", "status", "eta", "ts", "order", "driver", "rate", "cargo", "stops", "state",
+     "speed_kmh", "unit", "note", UNIT, f"at {UNIT.lower()}"]
+) | st.text(alphabet="abcdefghij", min_size=1, max_size=5)  # fmt: skip
+_unit_text = st.sampled_from([UNIT, UNIT.lower(), f"{UNIT} at Depot 7", f"x{UNIT}y", "Trk-7q!"])
+_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+    st.text(alphabet="abcdefghij 0123456789.", max_size=8),
+    _unit_text,
+)
+_pii_value = st.recursive(
+    st.just(MARK) | st.text(alphabet="xyz", max_size=3).map(lambda s: MARK + s),
+    lambda kids: (
+        st.lists(kids, min_size=1, max_size=2) | st.dictionaries(_plain_keys, kids, min_size=1, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+def _object(kids: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    plain = st.dictionaries(_plain_keys, kids, max_size=4)
+    pii = st.dictionaries(_pii_keys, _pii_value, max_size=2)
+    return st.builds(lambda a, b: {**a, **b}, plain, pii)
+
+
+_nested = st.recursive(_scalar, lambda kids: st.lists(kids, max_size=3) | _object(kids), max_leaves=25)
+nested_payloads = _object(_nested)
+
+
+def _shipped_views_with_an_open_tier() -> ViewPolicy:
+    """The shipped policy's views, plus a pseudonymised tier 4 that also takes unclassified fields."""
+    raw = yaml.safe_load(Path("gateway/defaults/policy.yaml").read_text())
+    raw["views"]["tiers"][4] = {"classes": ["tracking", "location", "unclassified"]}
+    classes = parse_data_classes(raw["data_classes"], "policy.yaml")
+    views = parse_views(raw["views"], classes, "policy.yaml")
+    assert views is not None
+    return views
+
+
+SHIPPED = _shipped_views_with_an_open_tier()
+
+
+@settings(max_examples=300, deadline=None)
+@given(nested_payloads, st.sampled_from(sorted(SHIPPED.tiers)))
+def test_no_pii_value_and_no_unit_id_leaves_through_any_tier(payload: dict[str, Any], tier: int) -> None:
+    spec = SHIPPED.tiers[tier]
+    assert "pii" not in spec.classes  # no shipped tier sees PII
+    result = project(
+        json.dumps(payload).encode(), tier, UNIT, SHIPPED, KEY, source_topic=f"fleet/{UNIT}/telemetry/eta"
+    )
+    if not isinstance(result, Projection):
+        assert result == Withheld("nothing_left")
+        return
+    assert MARK.encode() not in result.payload  # no value of a PII-classified or PII-named field
+    if spec.pseudonymise_units:
+        seen = result.topic.encode() + b" " + result.payload
+        assert UNIT.casefold().encode() not in seen.decode().casefold().encode()
+
+
+def test_the_reviews_nested_pii_reproduction_is_stripped() -> None:
+    """Security review finding 7: PII nested under `status`, and a note naming the unit and its position."""
+    payload = {
+        "ts": 1765000000,
+        "lat": 52.123456,
+        "lon": 4.654321,
+        "driver_name": "Jan Jansen",
+        "status": {
+            "state": "loading",
+            "driver_name": "Jan Jansen",
+            "driver_phone": "+31 6 12345678",
+            "note": "TRK-1 at Depot 7, 52.123456,4.654321",
+        },
+        "eta": "2026-12-07T10:00Z",
+    }
+    body3 = project(json.dumps(payload).encode(), 3, "TRK-1", SHIPPED, KEY, source_topic=ETA)
+    assert isinstance(body3, Projection)
+    # The shipped policy classifies status.state (tracking); status.note is classified nowhere.
+    assert json.loads(body3.payload) == {
+        "ts": 1765000000,
+        "status": {"state": "loading"},
+        "eta": "2026-12-07T10:00Z",
+    }
+    body1 = project(json.dumps(payload).encode(), 1, "TRK-1", SHIPPED, KEY, source_topic=ETA)
+    assert isinstance(body1, Projection)
+    assert b"Jan" not in body1.payload and b"+31" not in body1.payload and b"Depot" not in body1.payload
+
+
+ETA = "fleet/TRK-1/telemetry/eta"
