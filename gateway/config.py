@@ -9,6 +9,8 @@ deny by default) are not settings and cannot appear here.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -152,12 +154,74 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_config(path: Path | None = None) -> GatewayConfig:
-    """The embedded defaults, overridden by the YAML file at `path` when given."""
-    if path is None:
+ENV_PREFIX = "FLEETGATE_"
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The embedded defaults, overridden by the YAML file at `path` when given, overridden in turn by
+    environment variables `FLEETGATE_<SECTION>_<KEY>` (e.g. FLEETGATE_LIMITS_MAX_PACKET_SIZE=65536;
+    `env` defaults to the process environment)."""
+    data = _read_yaml(path) if path is not None else {}
+    overrides = environment_overrides(os.environ if env is None else env)
+    if not overrides and path is None:
         return GatewayConfig()
-    data = _read_yaml(path)
-    return config_from_mapping(data, source=str(path), base_dir=path.parent)
+    for (section, key), value in overrides.items():
+        target = data.setdefault(section, {}) if section else data
+        if not isinstance(target, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping")
+        if section == "certificates" and key.startswith("self_renewal."):
+            target = target.setdefault("self_renewal", {})
+            key = key.split(".", 1)[1]
+        target[key] = value
+    source = str(path) if path is not None else "<embedded defaults>"
+    if overrides:
+        source += " + environment"
+    return config_from_mapping(data, source=source, base_dir=path.parent if path is not None else None)
+
+
+def environment_names() -> dict[str, tuple[str, str, str]]:
+    """Every setting's environment variable -> (section, key, type); '' section for top-level keys."""
+    names = {f"{ENV_PREFIX}POLICY_FILE": ("", "policy_file", "str")}
+    for section, cls in _SECTIONS.items():
+        for item in fields(cls):
+            if item.type == "SelfRenewalConfig":
+                for kind in fields(SelfRenewalConfig):
+                    env = f"{ENV_PREFIX}{section}_{item.name}_{kind.name}".upper()
+                    names[env] = (section, f"{item.name}.{kind.name}", "str")
+                continue
+            names[f"{ENV_PREFIX}{section}_{item.name}".upper()] = (section, item.name, str(item.type))
+    return names
+
+
+def environment_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+    """The settings the environment names, each read as its setting's type. A variable that starts
+    like a setting's but names none is an error, so a typo is not silently ignored."""
+    known = environment_names()
+    sections = tuple(f"{ENV_PREFIX}{section}_".upper() for section in _SECTIONS)
+    found: dict[tuple[str, str], Any] = {}
+    for name, text in env.items():
+        if name in known:
+            section, key, type_name = known[name]
+            found[(section, key)] = _from_text(name, type_name, text.strip())
+        elif name.startswith(sections):
+            raise ConfigError(
+                f"environment {name} names no setting; see the table of settings in docs/operations.md"
+            )
+    return found
+
+
+def _from_text(name: str, type_name: str, text: str) -> Any:
+    if "None" in type_name and text == "":
+        return None
+    try:
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+    except ValueError:
+        kind = "a whole number" if type_name == "int" else "a number"
+        raise ConfigError(f"environment {name} must be {kind}, not {text!r}") from None
+    return text
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

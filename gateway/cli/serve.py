@@ -40,7 +40,9 @@ def install_event_loop() -> str:
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="gateway.yaml overriding the embedded defaults.",
+    envvar="FLEETGATE_CONFIG",
+    show_envvar=True,
+    help="gateway.yaml overriding the embedded defaults (FLEETGATE_<SECTION>_<KEY> variables override it).",
 )
 @click.option("--listen-mqtt", default=None, help="HOST:PORT for MQTT over mTLS (default 0.0.0.0:8883).")
 @click.option(
