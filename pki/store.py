@@ -172,6 +172,13 @@ class Registry:
             raise NotFoundError("unknown_identity", f"there is no {kind} {ident}; check the id")
         return record
 
+    def count_by_state(self, kind: str) -> dict[str, int]:
+        """How many identities of this kind are in each state (for a gauge: one indexed scan)."""
+        rows = self._query(
+            "SELECT state, COUNT(*) FROM pki_identities WHERE kind = ? GROUP BY state", (kind,)
+        )
+        return {str(state): int(count) for state, count in rows}
+
     def list_identities(self, kind: str | None = None) -> list[IdentityRecord]:
         sql = f"SELECT {IDENTITY_COLUMNS} FROM pki_identities"
         rows = (

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.broker import BrokerMetrics
+from gateway.broker.histogram import Histogram
 from gateway.context.partner_views import ViewCounters
 from gateway.detection.continuous import EvaluatorStats
 from gateway.edge.admission import ConnectionGate
@@ -58,7 +59,11 @@ class GatewayCollector(Collector):
         gates: Callable[[], dict[str, ConnectionGate]] | None = None,
         open_files: int | None = None,
         audit: Callable[[], tuple[int, int, int]] | None = None,
+        containment: Callable[[], dict[str, Histogram]] | None = None,
+        units: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        self._containment = containment
+        self._units = units
         self._audit = audit  # (records appended by this process, their bytes, the head's seq)
         self._gates = gates
         self._open_files = open_files
@@ -71,6 +76,33 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Any]:
         m, h = self._broker(), self._hub()
         yield _build_info()
+        yield _histogram(
+            "tls_handshake_seconds", "Completed TLS handshakes, by duration.", h.handshake_seconds
+        )
+        yield _histogram(
+            "connect_seconds",
+            "From the end of the TLS handshake to the accepting CONNACK.",
+            m.connect_seconds,
+        )
+        yield _histogram(
+            "broker_receive_seconds",
+            "One broker call for what one read carried: decode, decide, route, encode, commit.",
+            h.receive_seconds,
+        )
+        if self._containment is not None:
+            yield _labelled_histograms(
+                "containment_seconds",
+                "Time to contain: from an operation's start until live sessions follow it, by action.",
+                "action",
+                self._containment(),
+            )
+        if self._units is not None:
+            units = GaugeMetricFamily(
+                f"{PREFIX}_units", "Units by state (registry and posture).", labels=["state"]
+            )
+            for state, count in sorted(self._units().items()):
+                units.add_metric([state], count)
+            yield units
         yield _gauge("connections", "Open client connections (after TLS).", self._connections())
         yield _gauge("sessions_connected", "Live MQTT sessions.", m.connected)
         yield _gauge("sessions", "MQTT sessions held, connected or not.", m.sessions)
@@ -167,6 +199,21 @@ class GatewayCollector(Collector):
             )
 
 
+def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(
+        f"{PREFIX}_{name}", doc, buckets=histogram.cumulative(), sum_value=histogram.total
+    )
+
+
+def _labelled_histograms(
+    name: str, doc: str, label: str, histograms: dict[str, Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
+    for key, histogram in sorted(histograms.items()):
+        family.add_metric([key], histogram.cumulative(), histogram.total)
+    return family
+
+
 def _build_info() -> GaugeMetricFamily:
     family = GaugeMetricFamily(
         f"{PREFIX}_build_info", "The running gateway: version, Python and OpenSSL.", labels=BUILD_LABELS
@@ -177,6 +224,8 @@ def _build_info() -> GaugeMetricFamily:
 
 BUILD_LABELS = ["version", "python", "openssl"]
 BUILD_INFO = (_package_version(), platform.python_version(), ssl.OPENSSL_VERSION.split()[1])
+
+
 def _gate_metrics(gates: dict[str, ConnectionGate]) -> Iterator[Any]:
     held = GaugeMetricFamily(
         f"{PREFIX}_listener_connections", "Connections a listener holds now.", labels=["listener"]
@@ -202,6 +251,7 @@ def _gate_metrics(gates: dict[str, ConnectionGate]) -> Iterator[Any]:
 def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds …
     return registry
 
 

@@ -418,7 +418,18 @@ class Gateway:
             gates=lambda: self.hub.gates,
             open_files=self.open_files.soft,
             audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
+            containment=lambda: self.ops.containment_seconds,
+            units=self._units_by_state,
         )
+
+    def _units_by_state(self) -> dict[str, int]:
+        """The registry's states (registered, enrolled, quarantined, revoked …), plus `online` (live
+        unit sessions) and `restricted` (held to diagnostic-only by their posture)."""
+        counts = self.registry.count_by_state("unit")
+        identities = (s.peer.identity for s in self.broker.sessions() if s.connected and s.peer is not None)
+        counts["online"] = sum(1 for who in identities if who is not None and who.kind == "unit")
+        counts["restricted"] = self.engine.restricted_count()
+        return counts
 
     def _http_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.limits.max_est_body + 1024)

@@ -136,6 +136,7 @@ def _accept(
     )
     st.out.send(conn.conn_id, conn.protocol.encode(Connack(present, 0, props)))
     st.metrics.connects_accepted += 1
+    st.metrics.connect_seconds.observe(max(0.0, now - conn.opened_at))
     st.events.append(ClientConnected(conn.peer, client_id, present, int(connect.protocol_version)))
     deadline = conn.protocol.deadline()
     if deadline is None:

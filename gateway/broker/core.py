@@ -93,7 +93,7 @@ class Broker:
             topic_alias_maximum=limits.max_topic_alias,
             max_keep_alive=limits.max_keep_alive,
         )
-        st.connections[conn_id] = Connection(conn_id, peer, protocol)
+        st.connections[conn_id] = Connection(conn_id, peer, protocol, now)
         st.timers.set(("conn", conn_id), now + limits.connect_timeout)
         st.metrics.connections_opened += 1
         return conn_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gateway.broker.histogram import Histogram
 from gateway.policy.access import Peer
 
 
@@ -61,6 +62,8 @@ class BrokerMetrics:
     retained_messages: int = 0  # gauge
     sessions: int = 0  # gauge: sessions held (connected or not)
     connected: int = 0  # gauge: live MQTT sessions
+    # From the end of the TLS handshake (Broker.open) to the CONNACK that accepts the session.
+    connect_seconds: Histogram = field(default_factory=Histogram)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,13 @@ TimerKey = tuple[
 class Connection:
     """One network connection as the broker sees it."""
 
-    __slots__ = ("client_id", "conn_id", "connect", "peer", "protocol", "session", "violations", "will")
+    __slots__ = (
+        "client_id", "conn_id", "connect", "opened_at", "peer", "protocol", "session", "violations", "will"
+    )
 
-    def __init__(self, conn_id: int, peer: Peer, protocol: ServerSession) -> None:
+    def __init__(self, conn_id: int, peer: Peer, protocol: ServerSession, opened_at: float = 0.0) -> None:
         self.conn_id = conn_id
+        self.opened_at = opened_at  # `now` at Broker.open: the CONNACK latency counts from here
         self.peer = peer
         self.protocol = protocol
         self.session: MqttSession | None = None  # set once CONNECT is accepted

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.broker import Action, Broker, Close, Send
+from gateway.broker.histogram import Histogram
 from gateway.edge.accept import AcceptLoop, format_address, stream_server
 from gateway.edge.admission import ConnectionGate, Slot, SourceAdmission
 from gateway.edge.refusal_log import RefusalLog
@@ -51,6 +52,9 @@ class HubCounters:
     slow_consumers_cut: int = 0
     handshake_seconds_total: float = 0.0
     accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
+    handshake_seconds: Histogram = field(default_factory=Histogram)  # completed TLS handshakes
+    # One Broker.receive call: decode, decide, route, encode and commit what one read carried.
+    receive_seconds: Histogram = field(default_factory=Histogram)
 
 
 class NotLoopback(RuntimeError):
@@ -119,7 +123,10 @@ class ConnectionHub:
         return conn
 
     def received(self, conn: int, data: bytes) -> None:
-        self.apply(self.broker.receive(conn, data, self._clock()))
+        started = time.perf_counter()
+        actions = self.broker.receive(conn, data, self._clock())
+        self.counters.receive_seconds.observe(time.perf_counter() - started)
+        self.apply(actions)
 
     def lost(self, conn: int) -> None:
         self._transports.pop(conn, None)
@@ -128,6 +135,7 @@ class ConnectionHub:
     def handshake_ok(self, seconds: float) -> None:
         self.counters.handshakes_ok += 1
         self.counters.handshake_seconds_total += seconds
+        self.counters.handshake_seconds.observe(seconds)
 
     def handshake_failed(self, address: str, reason: str) -> None:
         self.counters.handshakes_failed[reason] += 1

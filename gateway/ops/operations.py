@@ -26,6 +26,7 @@ from datetime import datetime
 from cryptography import x509
 
 from gateway.broker import ClientConnected, ClientDisconnected
+from gateway.broker.histogram import Histogram
 from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.ops.mode_publisher import ModePublisher
@@ -94,6 +95,10 @@ class Operations:
         self._modes = ModePublisher(ctx.driver, lambda: ctx.engine.policy, ctx.mode_signer)
         self._seen: dict[Identity, tuple[str, datetime]] = {}  # (state, updated_at) last acted on
         self.last_seen: dict[str, float] = {}  # client id -> epoch of its last disconnect
+        # Time to contain: from the operation's start until live sessions follow it, per action.
+        self.containment_seconds: dict[str, Histogram] = {
+            action: Histogram() for action in ("quarantine", "revoke", "partner_disconnect")
+        }
 
     # --- quarantine -------------------------------------------------------------------------------
 
@@ -208,6 +213,8 @@ class Operations:
             serials=tuple(format(s, "x") for s in serials),
             elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
         )
+        if not dry_run:
+            self.containment_seconds["partner_disconnect"].observe(report.elapsed_ms / 1000)
         details: dict[str, object] = {k: v for k, v in report.as_dict().items() if k != "serials"}
         details["identities"] = list(report.identities)
         self._ctx.audit.append(
@@ -335,12 +342,15 @@ class Operations:
         serials: tuple[str, ...] = (),
         details: dict[str, str] | None = None,
     ) -> OpResult:
+        elapsed = self._ctx.driver.clock.monotonic() - started
+        if changed and action in self.containment_seconds:
+            self.containment_seconds[action].observe(elapsed)
         return OpResult(
             action=action,
             subject=f"{record.kind}/{record.id}",
             changed=changed,
             state=record.state,
-            elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
+            elapsed_ms=round(elapsed * 1000, 3),
             sessions_closed=closed,
             revoked_serials=serials,
             details=details or {},

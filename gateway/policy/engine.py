@@ -134,6 +134,10 @@ class PolicyEngine:
         self._posture_connect: dict[Identity, Connect] = {}
         self._verdicts: dict[Identity, PostureVerdict] = {}
 
+    def restricted_count(self) -> int:
+        """Identities held to the restricted profile by their reported posture right now."""
+        return sum(1 for verdict in self._verdicts.values() if verdict.outcome == "restricted")
+
     @property
     def policy(self) -> Policy:
         return self._grants.policy
