@@ -112,6 +112,14 @@ class MtlsListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
 
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Serve new handshakes with `context` (live connections keep the one they were made with).
+
+        OpenSSL can add trust anchors to a live context but never remove one, so taking trust away
+        (a retired issuing CA) needs a fresh context; each handshake reads this attribute once.
+        """
+        self._context = context
+
     async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
