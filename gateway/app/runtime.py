@@ -260,7 +260,8 @@ class Gateway:
         """Follow DATA/ca/ as it is now (after `fleetgate ca rotate` or `fleetgate ca retire`).
 
         A new issuing CA: EST issues from it, its CRL is published, and it is added as a trust anchor
-        to both listeners' contexts in place (OpenSSL adds, live connections are untouched). A retired
+        to both listeners' contexts in place (OpenSSL adds, live connections are untouched; the
+        anchors are the issuing CAs alone, see _mqtt_context). A retired
         one: the MQTT listener gets a fresh context without it for new handshakes. The HTTPS listener's
         context cannot be swapped (aiohttp holds it), so there it stays a TLS anchor until a restart;
         its certificates are revoked in the registry (`retire`), so EST and the admin API refuse them
@@ -428,11 +429,11 @@ class Gateway:
     # --- listeners ----------------------------------------------------------------------------
 
     def _mqtt_context(self) -> ssl.SSLContext:
+        # The trusted issuing CAs, and not the root: the root signed every issuing CA, a retired one
+        # included, so a client presenting a retired issuing CA in its chain would reach it.
+        issuing = [ca.certificate for ca in reversed(self.authority.issuing_cas)]
         return tls_server_context(
-            str(self.data.server_cert),
-            str(self.data.server_key),
-            _pem(self.authority.trust_anchors()),
-            self.config.tls.min_version,
+            str(self.data.server_cert), str(self.data.server_key), _pem(issuing), self.config.tls.min_version
         )
 
     def _live(self, context: ssl.SSLContext) -> ssl.SSLContext:

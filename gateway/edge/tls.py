@@ -264,10 +264,11 @@ def tls_server_context(
 ) -> ssl.SSLContext:
     """Server context for the MQTT listener: TLS ≥ 1.2 and a client certificate from our CA, always.
 
-    `trust_anchors` is PEM text: the root and every trusted issuing CA (more can be added to a live
-    context with `load_verify_locations(cadata=...)`; none can be taken away, see MtlsListener.
-    use_context). Validity dates are not checked here but by the caller's peer check, with the
-    configured clock-skew tolerance; everything else about the chain is OpenSSL's to refuse.
+    `trust_anchors` is PEM text: every trusted issuing CA, without the root, which signed retired
+    issuing CAs too (more can be added to a live context with `load_verify_locations(cadata=...)`;
+    none can be taken away, see MtlsListener.use_context). Validity dates are not checked here but
+    by the caller's peer check, with the configured clock-skew tolerance; everything else about the
+    chain is OpenSSL's to refuse.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
@@ -282,7 +283,7 @@ def tls_server_context(
     # resume (paho, most device stacks).
     context.num_tickets = 0
     context.options |= ssl.OP_NO_TICKET
-    # The issuing CAs are trust anchors: the chain ends there, and the issuing CA's own
+    # The issuing CAs are the trust anchors: the chain ends there, and the issuing CA's own
     # signature by the root (the same for every unit) is not verified again on every handshake.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
