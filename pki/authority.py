@@ -57,6 +57,7 @@ from pki.keys import (
     as_accepted_public_key,
     copy_private_key_file,
     generate_private_key,
+    is_encrypted_key_file,
     load_private_key,
     write_private_key,
     write_public_file,
@@ -124,13 +125,19 @@ class _CaKey:
         self._certificate = certificate
         self._key = key
         self._path = path
-        self._passphrase = passphrase
+        self._passphrase = passphrase  # for a key in memory: what its file was encrypted with
 
     def get(self) -> PrivateKey:
         if self._key is None:
             assert self._path is not None
             self._key = _load_ca_key(self._path, self._passphrase, self._certificate)
         return self._key
+
+    def file_passphrase(self) -> bytes | None:
+        """The passphrase its file is encrypted with (None: not encrypted), for a successor's key."""
+        if self._path is None or not is_encrypted_key_file(self._path):
+            return self._passphrase if isinstance(self._passphrase, bytes) else None
+        return self._passphrase(self._path) if callable(self._passphrase) else self._passphrase
 
 
 def _load_ca_key(path: Path, passphrase: Passphrase, certificate: x509.Certificate) -> PrivateKey:
@@ -236,7 +243,8 @@ class CertificateAuthority:
         _write_pem(directory / "root.crt", root)
         _write_pem(directory / "issuing.crt", issuing)
         _write_settings(directory, trust_domain, crl_url, 1)
-        return cls(root, issuing, issuing_key, trust_domain, crl_url)
+        held = _CaKey(issuing, key=issuing_key, passphrase=passphrase)
+        return cls._assemble(root, trust_domain, crl_url, {1: (issuing, held)})
 
     @classmethod
     def load(cls, directory: Path, passphrase: Passphrase = None) -> CertificateAuthority:
@@ -278,7 +286,9 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Make issuing CA ``generation + 1`` (a new key, signed by ``root_key``) the one that issues.
 
-        The current one stays trusted. ``passphrase`` encrypts the new key (None: unencrypted).
+        The current one stays trusted. The new key is encrypted with ``passphrase``, or when none is
+        given, as the current one is (with its passphrase, or not at all): one passphrase opens every
+        CA key of a directory.
         """
         if root_key.public_key() != self.root.public_key():
             raise CAError(
@@ -286,6 +296,8 @@ class CertificateAuthority:
                 "that key is not this CA's root key; use the copy exported from this data directory",
             )
         current, new = self.generation, self.generation + 1
+        if passphrase is None:
+            passphrase = self._generations[current][1].file_passphrase()
         key = generate_private_key("p256")
         cert = _build_issuing(key, self.root, root_key, self.trust_domain, now, generation=new)
         # 1. the current CA under its generation's name (a byte copy: an encrypted key stays so)
@@ -302,7 +314,7 @@ class CertificateAuthority:
         # 4. tidying: issuing.crt shows the CA that issues; the first CA's key has its own name now
         _write_pem(directory / "issuing.crt", cert)
         (directory / "issuing.key").unlink(missing_ok=True)
-        generations = {**self._generations, new: (cert, _CaKey(cert, key=key))}
+        generations = {**self._generations, new: (cert, _CaKey(cert, key=key, passphrase=passphrase))}
         return self._assemble(self.root, self.trust_domain, self.crl_url, generations)
 
     def retire(self, directory: Path, generation: int) -> CertificateAuthority:

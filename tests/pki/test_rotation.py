@@ -193,7 +193,8 @@ def test_retire_force_current_and_unknown(fleet: FleetCA, ca: CertificateAuthori
 def test_a_rotation_keeps_keys_encrypted_with_the_same_passphrase(tmp_path: Path) -> None:
     ca = CertificateAuthority.create(tmp_path / "ca", TD, NOW, passphrase=b"correct horse")
     key = load_root_key(tmp_path / "ca" / "root.key", ca.root, b"correct horse")
-    ca.rotate(tmp_path / "ca", key, LATER, passphrase=b"correct horse")
+    rotated = CertificateAuthority.load(tmp_path / "ca", lambda path: b"correct horse")
+    rotated.rotate(tmp_path / "ca", key, LATER)  # as the current key is: the same passphrase
     for name in ("issuing-1.key", "issuing-2.key"):
         assert b"ENCRYPTED" in (tmp_path / "ca" / name).read_bytes()
     with pytest.raises(CAError) as info:
