@@ -45,7 +45,8 @@ def test_the_gateway_serves_with_the_root_key_offline_and_rotates_with_its_copy(
     bare = run_cli("serve", *ports, data=gw.data, env={"FLEETGATE_CA_PASSPHRASE": ""}, timeout=60)
     assert bare.code == 1 and "Traceback" not in bare.stderr
     assert bare.stderr.strip().splitlines()[-1] == (
-        f"error: the CA key {ca / 'issuing.key'} is encrypted; set FLEETGATE_CA_PASSPHRASE to its passphrase"
+        f"error: {ca / 'issuing.key'} is encrypted; set FLEETGATE_CA_PASSPHRASE to its passphrase, "
+        "or run this command at a terminal to be asked for it"
     )
 
     gw.start()
