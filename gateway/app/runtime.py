@@ -260,12 +260,12 @@ class Gateway:
         """Follow DATA/ca/ as it is now (after `fleetgate ca rotate` or `fleetgate ca retire`).
 
         A new issuing CA: EST issues from it, its CRL is published, and it is added as a trust anchor
-        to both listeners' contexts in place (OpenSSL adds, live connections are untouched; the
-        anchors are the issuing CAs alone, see _mqtt_context). A retired
-        one: the MQTT listener gets a fresh context without it for new handshakes. The HTTPS listener's
-        context cannot be swapped (aiohttp holds it), so there it stays a TLS anchor until a restart;
-        its certificates are revoked in the registry (`retire`), so EST and the admin API refuse them
-        anyway, and live MQTT sessions on them were cut when the revocation was followed.
+        to both listeners' contexts in place (OpenSSL adds; live connections are untouched; the
+        anchors are the issuing CAs alone, see _mqtt_context). A retired one: the MQTT listener gets
+        a fresh context without it for new handshakes. The HTTPS listener's context cannot be
+        swapped (aiohttp holds it), so there it stays a TLS anchor until a restart; its certificates
+        are revoked in the registry (`retire`), so EST and the admin API refuse them anyway, and live
+        MQTT sessions on them were cut when the revocation was followed.
         """
         now = self.clock.wall()
         try:
