@@ -4,11 +4,13 @@ gateway serving (EST included) with the issuing key alone, and a rotation made w
 from __future__ import annotations
 
 import signal
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from pki.est_client import EstServer, bootstrap, cacerts
 from tests.clients import V311, Paho
 from tests.harness import Credentials, GatewayProcess, free_port, run_cli
 from tests.ops.helpers import eventually
@@ -20,6 +22,11 @@ ROOT_ENV = {"FLEETGATE_ROOT_KEY_PASSPHRASE": "offline root staple"}
 def issuer_of(creds: Credentials) -> str:
     cert = x509.load_pem_x509_certificate(creds.cert.read_bytes())
     return str(cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def fetch(server: EstServer, path: str) -> bytes:
+    with urllib.request.urlopen(f"{server.url}{path}", context=server.context(), timeout=10) as answer:
+        return bytes(answer.read())
 
 
 def connects(gw: GatewayProcess, creds: Credentials) -> bool:
@@ -74,5 +81,15 @@ def test_the_gateway_serves_with_the_root_key_offline_and_rotates_with_its_copy(
         second = gw.enroll_unit("TRK-OFF2")
         assert issuer_of(second) == "fleet.local issuing CA 2"
         assert connects(gw, second) and connects(gw, first)  # both issuing CAs are trusted
+        # EST lists both issuing CAs; each publishes its own CRL, signed with its own key
+        server = bootstrap(gw.https_url, ca_file=gw.root_ca)
+        listed = {c.subject.rfc4514_string() for c in cacerts(server)}
+        assert {"CN=fleet.local issuing CA,O=fleetgate", "CN=fleet.local issuing CA 2,O=fleetgate"} <= listed
+        issuing = {n: x509.load_pem_x509_certificate((ca / f"issuing-{n}.crt").read_bytes()) for n in (1, 2)}
+        for path, n in (("/crl/1", 1), ("/crl/2", 2), ("/crl", 1)):
+            crl = x509.load_der_x509_crl(fetch(server, path))
+            key = issuing[n].public_key()
+            assert crl.issuer == issuing[n].subject and crl.is_signature_valid(key)  # type: ignore[arg-type]
+        assert fetch(server, "/crl.pem").count(b"BEGIN X509 CRL") == 2
     finally:
         gw.stop()
