@@ -95,7 +95,7 @@ def prepare_lab(root: Path, scale: Scale, protocol: str, echo: bool = True) -> L
     if not (data / "fleetgate.db").exists():
         subprocess.run(
             [sys.executable, "-m", "gateway", "init", "--data", str(data),
-             "--hostname", "localhost", "--hostname", "127.0.0.1"],
+             "--hostname", "localhost", "--hostname", "127.0.0.1", "--insecure-unencrypted-keys"],
             check=True, capture_output=True,
         )  # fmt: skip
     issuer = BulkIssuer(data)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
 from pki.est import decode_certs_only
@@ -69,6 +70,23 @@ def bootstrap(url: str, *, ca_file: Path | None = None, ca_sha256: str | None = 
 
 def cacerts(server: EstServer) -> list[x509.Certificate]:
     return decode_certs_only(_request(f"{server.url}/.well-known/est/cacerts", server.context()))
+
+
+def issuer_of(cert: x509.Certificate, candidates: list[x509.Certificate]) -> x509.Certificate | None:
+    """The CA among `candidates` (a /cacerts answer) that signed `cert`.
+
+    While the gateway rotates its issuing CA, /cacerts lists the old and the new one; a device
+    presents only the one that issued its certificate.
+    """
+    for candidate in candidates:
+        if candidate.subject != cert.issuer or candidate.subject == candidate.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return candidate
+    return None
 
 
 def simpleenroll(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +29,12 @@ MIN_RSA_BITS = 2048
 _CURVES: dict[str, ec.EllipticCurve] = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
 _RSA_BITS = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
 _ADVICE = "use ECDSA P-256 or RSA of 2048 bits or more"
+
+# Asked for the passphrase of one encrypted key file, only when that file is encrypted; raises a
+# KeyFileError (say, "passphrase_required") when it has no answer. Lets a caller that does not know
+# beforehand whether a key is encrypted (or whether it will need the key at all) ask lazily.
+PassphraseSource = Callable[[Path], bytes]
+Passphrase = bytes | None | PassphraseSource
 
 
 def generate_private_key(algorithm: str = "p256") -> PrivateKey:
@@ -101,6 +108,11 @@ def write_private_key(path: Path, key: PrivateKey, passphrase: bytes | None = No
     _write_atomically(path, data, 0o600)
 
 
+def copy_private_key_file(source: Path, destination: Path) -> None:
+    """Copy a key file byte for byte (encrypted stays encrypted), 0600 from its first byte."""
+    _write_atomically(destination, _read_key_file(source), 0o600)
+
+
 def write_public_file(path: Path, data: bytes) -> None:
     """Write a certificate, chain or CRL atomically, mode 0644."""
     _write_atomically(path, data, 0o644)
@@ -129,10 +141,21 @@ def _is_encrypted(data: bytes) -> bool:
     return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
 
 
-def load_private_key(path: Path, passphrase: bytes | None = None) -> PrivateKey:
-    """Load a PEM private key, refusing files that other users can read."""
+def is_encrypted_key_file(path: Path) -> bool:
+    """Whether the key file is passphrase-protected (its permissions are checked as for loading)."""
+    return _is_encrypted(_read_key_file(path))
+
+
+def load_private_key(path: Path, passphrase: Passphrase = None) -> PrivateKey:
+    """Load a PEM private key, refusing files that other users can read.
+
+    ``passphrase`` is the passphrase itself (strict: given for a key that is not encrypted, it is an
+    error) or a PassphraseSource, asked only if the file turns out to be encrypted.
+    """
     data = _read_key_file(path)
     encrypted = _is_encrypted(data)
+    if callable(passphrase):
+        passphrase = passphrase(path) if encrypted else None
     if encrypted and not passphrase:
         raise KeyFileError("passphrase_required", f"key file {path} is encrypted; supply its passphrase")
     if not encrypted and passphrase:

@@ -61,6 +61,7 @@ class CertificateRecord:
     revoked_at: datetime | None
     revocation_reason: x509.ReasonFlags | None
     renewed_from: int | None = None  # the serial whose holder renewed into this one (EST re-enrollment)
+    issuing_ca: int = 1  # the generation of the issuing CA that signed it (pki/authority.py)
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -83,7 +84,7 @@ def token_from_row(row: tuple[Any, ...]) -> TokenRecord:
 
 
 def certificate_from_row(row: tuple[Any, ...]) -> CertificateRecord:
-    serial, kind, ident, not_before, not_after, status, fingerprint, pem, revoked_at, reason, parent = row
+    serial, kind, ident, not_before, not_after, status, fingerprint, pem, revoked_at, reason, parent, ca = row
     return CertificateRecord(
         int(serial, 16),
         kind,
@@ -96,6 +97,7 @@ def certificate_from_row(row: tuple[Any, ...]) -> CertificateRecord:
         _optional_time(revoked_at),
         None if reason is None else x509.ReasonFlags(reason),
         None if parent is None else int(parent, 16),
+        int(ca),
     )
 
 
@@ -103,5 +105,5 @@ IDENTITY_COLUMNS = "kind, id, state, metadata, created_at, updated_at"
 TOKEN_COLUMNS = "token_hash, kind, unit_id, created_at, expires_at, used_at"
 CERT_COLUMNS = (
     "serial, kind, id, not_before, not_after, status, fingerprint, pem, revoked_at, revocation_reason, "
-    "renewed_from"
+    "renewed_from, issuing_ca"
 )

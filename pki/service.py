@@ -4,6 +4,16 @@ Each operation reads what it needs, decides (pki.enrollment), signs (pki.authori
 (pki.store) inside one registry transaction, so a concurrent enrollment, revocation or second
 process sees either all of it or none of it, and a refusal changes nothing. Revocations rewrite the
 CRL files before returning. No HTTP, no audit: callers audit the values returned.
+
+An operation that will sign unlocks the CA's keys before it changes anything (`_unlock`), so a
+missing passphrase refuses it whole instead of after a revocation was recorded.
+
+Issuing CA lifecycle: `rotate_issuing_ca` makes a new issuing CA (pki/authority.py) the one that
+issues; every trusted issuing CA keeps its own CRL (`write_crl`), listing what it signed (the
+registry records each certificate's issuing CA). `retire_issuing_ca` refuses while certificates of
+the old one are still in use (pki.store: the newest valid certificate of their identity), then
+records every certificate it signed as revoked (superseded: it says nothing against their keys, and
+does not reach what was renewed from them) and deletes its files.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from pki.authority import CertificateAuthority, sha256_fingerprint
+from pki.authority import CertificateAuthority, IssuingCA, sha256_fingerprint
 from pki.enrollment import (
     Refusal,
     RefusalReason,
@@ -28,7 +38,7 @@ from pki.enrollment import (
     new_token,
 )
 from pki.errors import AlreadyExistsError, CSRError, NotFoundError, PkiError, WeakKeyError
-from pki.keys import generate_private_key, write_private_key, write_public_file
+from pki.keys import PrivateKey, generate_private_key, write_private_key, write_public_file
 from pki.names import Identity, IdentityError, identity_from_certificate, make_identity
 from pki.store import CertificateRecord, IdentityRecord, Registry
 
@@ -69,6 +79,15 @@ class Revocation:
         return ((self.serial,) if self.changed else ()) + self.descendants
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """What retiring an issuing CA did."""
+
+    generation: int
+    revoked: int  # unexpired certificates it signed, now recorded as revoked (superseded)
+    forced_in_use: int  # of those, how many were still in use (only with force)
+
+
 def follows_lineage(reason: x509.ReasonFlags) -> bool:
     """Does revoking a certificate for `reason` revoke every certificate renewed from it too?
 
@@ -100,11 +119,19 @@ class FleetCA:
         self.registry = registry
         self.crl_dir = crl_dir
         self.crl_validity = crl_validity
-        self._crl: x509.CertificateRevocationList | None = None
+        self._crls: dict[int, x509.CertificateRevocationList] = {}  # per issuing CA generation
 
     @property
     def trust_domain(self) -> str:
         return self.authority.trust_domain
+
+    def use_authority(self, authority: CertificateAuthority) -> None:
+        """Work with the CA as it is on disk now (after a rotation or a retirement)."""
+        self.authority = authority
+        self._crls = {}
+
+    def _unlock(self) -> None:
+        self.authority.unlock()
 
     # ----------------------------------------------------------------------------- registration
 
@@ -178,6 +205,7 @@ class FleetCA:
         lifetime: timedelta,
     ) -> EnrollmentResult:
         """First certificate of a unit, authorised by its one-time token."""
+        self._unlock()
         with self.registry.transaction():
             record = self.registry.get_token(hash_token(token))
             unit = self.registry.get_identity("unit", unit_id)
@@ -215,6 +243,7 @@ class FleetCA:
             return _refused(RefusalReason.UNKNOWN_CERTIFICATE, exc.reason)
         if identity.kind not in (*DIRECT_ISSUE_KINDS, "unit"):
             return _refused(RefusalReason.UNKNOWN_CERTIFICATE, "server certificates are not renewed over EST")
+        self._unlock()
         with self.registry.transaction():
             known = self.registry.get_certificate(current_cert.serial_number)
             if known is None or known.fingerprint != sha256_fingerprint(current_cert):
@@ -283,6 +312,7 @@ class FleetCA:
             )
         identity = make_identity(kind, ident, self.trust_domain)
         _raise_for(check_csr(csr, identity, RefusalReason.CSR_IDENTITY_MISMATCH))
+        self._unlock()
         with self.registry.transaction():
             record = self.registry.get_identity(kind, ident)
             if record is None:
@@ -303,7 +333,9 @@ class FleetCA:
     ) -> x509.Certificate:
         # Called inside a registry transaction: if signing or recording fails, nothing is kept.
         cert = self.authority.issue(csr, identity, now, lifetime)
-        self.registry.add_certificate(cert, identity, now, renewed_from=renewed_from)
+        self.registry.add_certificate(
+            cert, identity, now, renewed_from=renewed_from, issuing_ca=self.authority.generation
+        )
         if state == "registered":  # quarantine survives renewal; enrolled stays enrolled
             self.registry.set_state(identity.kind, identity.id, "enrolled", now)
         return cert
@@ -319,6 +351,7 @@ class FleetCA:
         before its key turned out to be compromised). The CRL files are rewritten before returning.
         """
         descendants: list[int] = []
+        self._unlock()
         with self.registry.transaction():
             changed = self.registry.revoke_certificate(serial, reason, now)
             if follows_lineage(reason):
@@ -334,6 +367,7 @@ class FleetCA:
 
     def revoke_identity(self, kind: str, ident: str, reason: x509.ReasonFlags, now: datetime) -> list[int]:
         """Revoke every valid certificate and pending token of an identity and mark it ``revoked``."""
+        self._unlock()
         with self.registry.transaction():
             self._require(kind, ident)
             serials = self.revoke_identity_certificates(kind, ident, reason, now)
@@ -345,6 +379,8 @@ class FleetCA:
     def remove_identity(self, kind: str, ident: str, now: datetime, *, force: bool = False) -> list[int]:
         """Delete an identity. With ``force`` its valid certificates are revoked first (returned)."""
         serials: list[int] = []
+        if force:
+            self._unlock()
         with self.registry.transaction():
             if force:
                 serials = self.revoke_identity_certificates(
@@ -368,30 +404,88 @@ class FleetCA:
     # -------------------------------------------------------------------------------------- CRLs
 
     def write_crl(self, now: datetime) -> x509.CertificateRevocationList:
-        """Build a new CRL from the registry and write ``crl.der`` and ``crl.pem`` atomically."""
-        entries = self.registry.revoked_entries(now)
-        number = self.registry.next_crl_number(now)
-        crl = self.authority.build_crl(entries, now, self.crl_validity, crl_number=number)
+        """Build every trusted issuing CA's CRL from the registry, each signed with that CA's key, and
+        write them atomically: ``crl.der`` the current CA's, ``crl.pem`` all of them (the current
+        one first; OpenSSL's -CRLfile and Mosquitto's crlfile read them all). Returns the current one."""
+        self._unlock()
+        crls: dict[int, x509.CertificateRevocationList] = {}
+        for issuing in reversed(self.authority.issuing_cas):  # the current one first
+            entries = self.registry.revoked_entries(now, issuing_ca=issuing.generation)
+            number = self.registry.next_crl_number(now)
+            crls[issuing.generation] = self.authority.build_crl(
+                entries, now, self.crl_validity, crl_number=number, generation=issuing.generation
+            )
+        current = crls[self.authority.generation]
         self.crl_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        write_public_file(self.crl_dir / "crl.der", crl.public_bytes(Encoding.DER))
-        write_public_file(self.crl_dir / "crl.pem", crl.public_bytes(Encoding.PEM))
-        self._crl = crl
+        write_public_file(self.crl_dir / "crl.der", current.public_bytes(Encoding.DER))
+        bundle = b"".join(crl.public_bytes(Encoding.PEM) for crl in crls.values())
+        write_public_file(self.crl_dir / "crl.pem", bundle)
+        self._crls = crls
+        return current
+
+    def current_crl(self, now: datetime, generation: int | None = None) -> x509.CertificateRevocationList:
+        """The CRL to serve for issuing CA `generation` (default: the current one): rebuilt past half
+        its validity, or when another process revoked something."""
+        wanted = self.authority.generation if generation is None else generation
+        if self.authority.issuing_ca(wanted) is None:
+            raise PkiError("issuing_ca_unknown", f"no issuing CA {wanted} is trusted here")
+        crl = self._crls.get(wanted)
+        if crl is None or self._crl_outdated(crl, now, wanted):
+            self.write_crl(now)
+            crl = self._crls[wanted]
         return crl
 
-    def current_crl(self, now: datetime) -> x509.CertificateRevocationList:
-        """The CRL to serve: rebuilt past half its validity, or when another process revoked something."""
-        crl = self._crl
-        if crl is None or self._crl_outdated(crl, now):
-            crl = self.write_crl(now)
-        return crl
+    def current_crls(self, now: datetime) -> list[x509.CertificateRevocationList]:
+        """Every trusted issuing CA's CRL, the current one first."""
+        return [self.current_crl(now, ca.generation) for ca in reversed(self.authority.issuing_cas)]
 
-    def _crl_outdated(self, crl: x509.CertificateRevocationList, now: datetime) -> bool:
+    def _crl_outdated(self, crl: x509.CertificateRevocationList, now: datetime, generation: int) -> bool:
         next_update = crl.next_update_utc or crl.last_update_utc
         if now >= crl.last_update_utc + (next_update - crl.last_update_utc) / 2 or now < crl.last_update_utc:
             return True
         # The CLI revokes from its own process; the registry is the truth, the cache may lag it.
         listed = {entry.serial_number for entry in crl}
-        return listed != {entry.serial for entry in self.registry.revoked_entries(now)}
+        revoked = self.registry.revoked_entries(now, issuing_ca=generation)
+        return listed != {entry.serial for entry in revoked}
+
+    # ------------------------------------------------------------------------------ issuing CAs
+
+    def rotate_issuing_ca(
+        self, ca_dir: Path, root_key: PrivateKey, now: datetime, *, passphrase: bytes | None = None
+    ) -> IssuingCA:
+        """A new issuing CA (pki/authority.py: CertificateAuthority.rotate) issues from now on; the
+        previous ones stay trusted, each CRL signed by its own CA."""
+        self._unlock()  # the previous CAs keep signing their CRLs: their keys must still open
+        self.use_authority(self.authority.rotate(ca_dir, root_key, now, passphrase=passphrase))
+        self.write_crl(now)
+        return self.authority.issuing_cas[-1]
+
+    def retire_issuing_ca(
+        self, ca_dir: Path, generation: int, now: datetime, *, force: bool = False
+    ) -> Retirement:
+        """Stop trusting issuing CA `generation`: refused while certificates it signed are still in use
+        (unless `force`); then every unexpired certificate it signed is recorded as revoked
+        (superseded), so the gateway refuses them at once, and its files are deleted."""
+        if self.authority.issuing_ca(generation) is None or generation == self.authority.generation:
+            self.authority.retire(ca_dir, generation)  # raises the precise refusal
+        self._unlock()
+        with self.registry.transaction():
+            in_use = self.registry.issued_counts(now).get(generation, {}).get("in_use", 0)
+            if in_use and not force:
+                examples = ", ".join(f"{k}/{i}" for k, i in self.registry.in_use_by(generation, now))
+                raise PkiError(
+                    "issuing_ca_in_use",
+                    f"{in_use} certificate(s) in use were issued by issuing CA {generation} "
+                    f"(e.g. {examples}); "
+                    "wait until they have renewed, re-issue role identities, or retire with --force "
+                    "(their holders then need a new certificate: `fleetgate unit token`)",
+                )
+            serials = self.registry.valid_serials(generation, now)
+            for serial in serials:
+                self.registry.revoke_certificate(serial, x509.ReasonFlags.superseded, now)
+        self.use_authority(self.authority.retire(ca_dir, generation))
+        self.write_crl(now)
+        return Retirement(generation, len(serials), in_use if force else 0)
 
     # --------------------------------------------------------------------------- server identity
 
@@ -412,6 +506,7 @@ class FleetCA:
         listed and revoked like any other); by default it is not, so certificate listings show
         only client identities.
         """
+        self._unlock()
         key = generate_private_key(key_algorithm)
         cert = self.authority.issue_server_certificate(name, hostnames, key.public_key(), now, lifetime)
         if record:
@@ -427,7 +522,7 @@ class FleetCA:
         with self.registry.transaction():
             if self.registry.get_identity("gateway", name) is None:
                 self.registry.add_identity("gateway", name, now, state="enrolled")
-            self.registry.add_certificate(cert, identity, now)
+            self.registry.add_certificate(cert, identity, now, issuing_ca=self.authority.generation)
 
 
 def _raise_for(refusal: Refusal | None) -> None:

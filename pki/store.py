@@ -93,6 +93,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pki_certificates ADD COLUMN renewed_from TEXT;
     CREATE INDEX pki_certificates_by_predecessor ON pki_certificates (renewed_from);
     """,
+    # 5: which issuing CA signed each certificate (its generation, pki/authority.py), so every issuing
+    # CA's CRL lists what it issued and an older one can be retired once nothing in use came from it.
+    # Before this step there was only ever issuing CA 1.
+    """
+    ALTER TABLE pki_certificates ADD COLUMN issuing_ca INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX pki_certificates_by_issuing_ca ON pki_certificates (issuing_ca, status, not_after);
+    """,
+)
+
+# A certificate is *in use* while it is valid, unexpired, and the newest valid certificate of its
+# identity: one renewed into a newer one (or re-issued by an operator) has been replaced, whichever
+# issuing CA signed the newer one.
+_IN_USE = (
+    "c.status = 'valid' AND c.not_after >= ? AND NOT EXISTS (SELECT 1 FROM pki_certificates n "
+    "WHERE n.kind = c.kind AND n.id = c.id AND n.status = 'valid' AND n.rowid > c.rowid)"
 )
 
 
@@ -287,9 +302,16 @@ class Registry:
     # ------------------------------------------------------------------------------- certificates
 
     def add_certificate(
-        self, cert: x509.Certificate, identity: Identity, now: datetime, *, renewed_from: int | None = None
+        self,
+        cert: x509.Certificate,
+        identity: Identity,
+        now: datetime,
+        *,
+        renewed_from: int | None = None,
+        issuing_ca: int = 1,
     ) -> CertificateRecord:
-        """Record an issued certificate; `renewed_from` is the serial its holder renewed (EST)."""
+        """Record an issued certificate; `renewed_from` is the serial its holder renewed (EST),
+        `issuing_ca` the generation of the issuing CA that signed it."""
         params = (
             serial_text(cert.serial_number),
             identity.kind,
@@ -301,11 +323,12 @@ class Registry:
             cert.public_bytes(Encoding.PEM).decode(),
             to_text(now),
             None if renewed_from is None else serial_text(renewed_from),
+            issuing_ca,
         )
         try:
             self._write(
                 "INSERT INTO pki_certificates (serial, kind, id, not_before, not_after, status, fingerprint, "
-                "pem, recorded_at, renewed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pem, recorded_at, renewed_from, issuing_ca) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
         except sqlite3.IntegrityError:
@@ -387,18 +410,65 @@ class Registry:
         rows = self._query("SELECT status FROM pki_certificates WHERE serial = ?", (serial_text(serial),))
         return bool(rows) and rows[0][0] == "revoked"
 
-    def revoked_entries(self, now: datetime | None = None) -> list[RevokedEntry]:
-        """Revoked certificates, oldest revocation first; with ``now``, only those not yet expired.
+    def revoked_entries(
+        self, now: datetime | None = None, *, issuing_ca: int | None = None
+    ) -> list[RevokedEntry]:
+        """Revoked certificates, oldest revocation first; with ``now``, only those not yet expired;
+        with ``issuing_ca``, only those that issuing CA signed (what its CRL lists).
 
         Dropping expired entries is allowed by RFC 5280 (5.1.2.6) and keeps the CRL small with
         short-lived unit certificates: an expired certificate is refused for its expiry anyway.
         """
         sql = "SELECT serial, revoked_at, revocation_reason FROM pki_certificates WHERE status = 'revoked'"
-        params: tuple[Any, ...] = ()
+        params: list[Any] = []
         if now is not None:
-            sql, params = sql + " AND not_after >= ?", (to_text(now),)
-        rows = self._query(sql + " ORDER BY revoked_at, serial", params)
+            sql += " AND not_after >= ?"
+            params.append(to_text(now))
+        if issuing_ca is not None:
+            sql += " AND issuing_ca = ?"
+            params.append(issuing_ca)
+        rows = self._query(sql + " ORDER BY revoked_at, serial", tuple(params))
         return [RevokedEntry(int(s, 16), from_text(at), x509.ReasonFlags(reason)) for s, at, reason in rows]
+
+    # ------------------------------------------------------------------------------ issuing CAs
+
+    def issued_counts(self, now: datetime) -> dict[int, dict[str, int]]:
+        """Per issuing CA generation: ``valid`` (unexpired, not revoked) and ``in_use`` (of those, the
+        newest of their identity), and ``in_use_<kind>`` for each kind in use."""
+        counts: dict[int, dict[str, int]] = {}
+        for generation, total in self._query(
+            "SELECT issuing_ca, count(*) FROM pki_certificates WHERE status = 'valid' AND not_after >= ? "
+            "GROUP BY issuing_ca",
+            (to_text(now),),
+        ):
+            counts.setdefault(int(generation), {"valid": 0, "in_use": 0})["valid"] = int(total)
+        for generation, kind, total in self._query(
+            f"SELECT c.issuing_ca, c.kind, count(*) FROM pki_certificates c WHERE {_IN_USE} "
+            "GROUP BY c.issuing_ca, c.kind",
+            (to_text(now),),
+        ):
+            entry = counts.setdefault(int(generation), {"valid": 0, "in_use": 0})
+            entry["in_use"] += int(total)
+            entry[f"in_use_{kind}"] = int(total)
+        return counts
+
+    def in_use_by(self, issuing_ca: int, now: datetime, limit: int = 5) -> list[tuple[str, str]]:
+        """Some (kind, id) whose certificate in use issuing CA `issuing_ca` signed (examples to name)."""
+        rows = self._query(
+            f"SELECT c.kind, c.id FROM pki_certificates c WHERE c.issuing_ca = ? AND {_IN_USE} "
+            "ORDER BY c.kind, c.id LIMIT ?",
+            (issuing_ca, to_text(now), limit),
+        )
+        return [(str(kind), str(ident)) for kind, ident in rows]
+
+    def valid_serials(self, issuing_ca: int, now: datetime) -> list[int]:
+        """Serials of every unexpired certificate issuing CA `issuing_ca` signed that is not revoked."""
+        rows = self._query(
+            "SELECT serial FROM pki_certificates "
+            "WHERE issuing_ca = ? AND status = 'valid' AND not_after >= ?",
+            (issuing_ca, to_text(now)),
+        )
+        return [int(serial, 16) for (serial,) in rows]
 
     # ------------------------------------------------------------------------------ change feeds
 

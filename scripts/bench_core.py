@@ -94,7 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleetgate-core-") as tmp:
         data = Path(tmp) / "data"
         subprocess.run(
-            [sys.executable, "-m", "gateway", "init", "--data", str(data), "--hostname", "localhost"],
+            [sys.executable, "-m", "gateway", "init", "--data", str(data), "--hostname", "localhost",
+             "--insecure-unencrypted-keys"],
             check=True, capture_output=True,
         )  # fmt: skip
         with BulkIssuer(data) as issuer:

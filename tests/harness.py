@@ -26,6 +26,7 @@ from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key, write_private_key, write_public_file
 
 FLEETGATE = [sys.executable, "-m", "gateway"]
+INSECURE_KEYS = ("--insecure-unencrypted-keys",)  # `fleetgate init` for a throwaway test CA
 
 
 def free_port() -> int:
@@ -62,8 +63,13 @@ def run_cli(
     argv = [*FLEETGATE, *args]
     if data is not None:
         argv += ["--data", str(data)]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    proc = subprocess.run(  # no terminal: a command that would prompt (a passphrase) says so instead
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
     )
     result = CliResult(proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
@@ -79,9 +85,11 @@ class GatewayProcess:
         lab: bool = False,
         extra_args: tuple[str, ...] = (),
         open_files: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the gateway process, like `ulimit -n`
+        self.env = env or {}  # for the gateway and `cli` (e.g. FLEETGATE_CA_PASSPHRASE)
         self.data = root / "data"
         self.clients = root / "clients"
         self.mqtt_port = free_port()
@@ -95,7 +103,9 @@ class GatewayProcess:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def init(self) -> None:
-        run_cli("init", "--hostname", "localhost", "--hostname", "127.0.0.1", data=self.data, check=True)
+        # Test CAs are throwaway: keys without a passphrase (tests/cli/test_ca_keys.py covers encryption).
+        names = ("--hostname", "localhost", "--hostname", "127.0.0.1")
+        run_cli("init", *names, *INSECURE_KEYS, data=self.data, check=True)
 
     def start(self) -> None:
         args = [
@@ -113,7 +123,13 @@ class GatewayProcess:
             args += ["--insecure-plaintext-listen", f"127.0.0.1:{self.lab_port}"]
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=self._limits
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **self.env},
+            preexec_fn=self._limits,
         )
         self._wait_ready()
 
@@ -164,8 +180,10 @@ class GatewayProcess:
     def root_ca(self) -> Path:
         return self.data / "ca" / "root.crt"
 
-    def cli(self, *args: str, check: bool = False, timeout: float = 60) -> CliResult:
-        return run_cli(*args, data=self.data, check=check, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> CliResult:
+        return run_cli(*args, data=self.data, check=check, timeout=timeout, env={**self.env, **(env or {})})
 
     def add_unit(self, unit_id: str) -> str:
         result = self.cli("unit", "add", unit_id, "--json", check=True)

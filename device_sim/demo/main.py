@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"demo: {data} is not empty and not a fleetgate data directory; not wiping it")
         shutil.rmtree(data)
     console.rule("[bold]fleetgate demo")
-    init = fleetgate(data, "init", "--hostname", "localhost", "--hostname", "127.0.0.1")
+    # A throwaway CA for the demo: its keys get no passphrase (`fleetgate init` asks for one otherwise).
+    init = fleetgate(
+        data, "init", "--hostname", "localhost", "--hostname", "127.0.0.1", "--insecure-unencrypted-keys"
+    )
     console.print(f"1. CA created for trust domain [bold]{init['trust_domain']}[/] in {data}")
     mqtt_port, mqtt_wanted = port_or_free(args.mqtt_port)
     https_port, https_wanted = port_or_free(args.https_port)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from cryptography.x509.oid import NameOID
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pki.est_client import EstClientError, EstServer, bootstrap, cacerts, simpleenroll, simplereenroll
+from pki.est_client import (
+    EstClientError,
+    EstServer,
+    bootstrap,
+    cacerts,
+    issuer_of,
+    simpleenroll,
+    simplereenroll,
+)
 from pki.keys import PrivateKey, generate_private_key, write_private_key, write_public_file
 
 
@@ -92,17 +101,40 @@ def register_units(data: Path, ids: Iterable[str]) -> dict[str, str]:
     return {unit: str(fleetgate(data, "unit", "add", unit)["token"]) for unit in ids}
 
 
-def enroll_one(server: EstServer, issuing_pem: bytes, unit_id: str, token: str, out: Path) -> UnitFiles:
+class Issuers:
+    """The fleet's issuing CAs as /cacerts lists them, asked again when a certificate names one not
+    seen yet: after the gateway rotated its issuing CA, renewals come from the new one."""
+
+    def __init__(self, server: EstServer) -> None:
+        self._server = server
+        self._lock = threading.Lock()
+        self._known: list[x509.Certificate] = []
+
+    def pem_for(self, cert: x509.Certificate) -> bytes:
+        """The issuing CA that signed `cert`, in PEM: what a unit presents after its certificate."""
+        with self._lock:
+            issuer = issuer_of(cert, self._known)
+            if issuer is None:
+                self._known = cacerts(self._server)
+                issuer = issuer_of(cert, self._known)
+        if issuer is None:
+            raise EstClientError(
+                f"{self._server.url} lists no issuing CA that signed certificate {cert.serial_number:x}"
+            )
+        return issuer.public_bytes(serialization.Encoding.PEM)
+
+
+def enroll_one(server: EstServer, issuers: Issuers, unit_id: str, token: str, out: Path) -> UnitFiles:
     key = generate_private_key()
     cert = simpleenroll(server, unit_id, token, unit_csr(key, unit_id))
-    return _save(out, unit_id, key, cert, issuing_pem)
+    return _save(out, unit_id, key, cert, issuers.pem_for(cert))
 
 
-def renew_one(server: EstServer, issuing_pem: bytes, unit_id: str, files: UnitFiles) -> x509.Certificate:
+def renew_one(server: EstServer, issuers: Issuers, unit_id: str, files: UnitFiles) -> x509.Certificate:
     """Re-enroll over mTLS with the current certificate and a fresh key; replaces the files."""
     key = generate_private_key()
     cert = simplereenroll(server, files.cert, files.key, unit_csr(key, unit_id))
-    _save(files.cert.parent, unit_id, key, cert, issuing_pem)
+    _save(files.cert.parent, unit_id, key, cert, issuers.pem_for(cert))
     return cert
 
 
@@ -113,12 +145,6 @@ def _save(out: Path, unit_id: str, key: PrivateKey, cert: x509.Certificate, issu
     write_private_key(key_path, key)
     write_public_file(cert_path, cert.public_bytes(serialization.Encoding.PEM) + issuing_pem)
     return UnitFiles(cert_path, key_path, ca_path)
-
-
-def issuing_chain_pem(server: EstServer) -> bytes:
-    return b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in cacerts(server) if c.issuer != c.subject
-    )
 
 
 def enroll_fleet(
@@ -138,14 +164,14 @@ def enroll_fleet(
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     server = bootstrap(url, ca_file=root)
     write_public_file(out / "ca.crt", server.ca_pem)
-    issuing = issuing_chain_pem(server)
+    issuers = Issuers(server)
     done: dict[str, UnitFiles] = {}
     failures: dict[str, str] = {}
     bar = _progress(console) if progress else None
     with ThreadPoolExecutor(max_workers=workers) as pool, bar or contextlib.nullcontext():
         task = bar.add_task("enrolling over EST", total=len(tokens)) if bar else None
         futures = {
-            pool.submit(enroll_one, server, issuing, unit, token, out): unit for unit, token in tokens.items()
+            pool.submit(enroll_one, server, issuers, unit, token, out): unit for unit, token in tokens.items()
         }
         for future in as_completed(futures):
             unit = futures[future]

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
-from device_sim.fleet.enroll import UnitFiles, certificate_window, issuing_chain_pem, renew_one
+from device_sim.fleet.enroll import Issuers, UnitFiles, certificate_window, renew_one
 from device_sim.fleet.paho_loop import V5, V311, AsyncPaho, ConnectOutcome, tls_context, version_name
 from device_sim.fleet.unit import Outgoing, UnitBehaviour, UnitProfile, backoff_delay, renewal_due
 from pki.est_client import EstClientError, EstServer, bootstrap
@@ -111,6 +111,7 @@ class SimUnit:
         self._window: tuple[float, float] | None = None  # the certificate's validity, read once
         self._subscribed = False
         self._next_renewal_allowed = 0.0
+        self._renewal_requested = False
 
     @property
     def protocol(self) -> str:
@@ -277,7 +278,15 @@ class SimUnit:
 
     # --- certificate renewal -------------------------------------------------------------
 
+    def renew_soon(self) -> None:
+        """Renew at the next step as if 2/3 of the certificate's life had passed (a test, or an
+        operator's renewal campaign): leave politely, renew over EST, connect with the new one."""
+        self._renewal_requested = True
+        self.wake()
+
     def _renewal_due(self) -> bool:
+        if self._renewal_requested and self.fleet.est is not None:
+            return True
         if self.fleet.est is None or time.time() < self._next_renewal_allowed:
             return False
         if self._window is None:
@@ -301,6 +310,7 @@ class SimUnit:
             self.stats.last_failure = f"renewal refused: {exc}"
             return False
         self.stats.renewals += 1
+        self._renewal_requested = False
         self._context, self._window = None, None
         # A certificate so short-lived that it is due again at once must not become a renewal loop.
         self._next_renewal_allowed = time.time() + MIN_RENEWAL_INTERVAL
@@ -328,7 +338,7 @@ class Fleet:
         self.coverage.set()
         self.stopping = False
         self.est: EstServer | None = None
-        self._issuing_pem = b""
+        self._issuers: Issuers | None = None
         self.units: dict[str, SimUnit] = {
             unit: SimUnit(self, unit, files, protocol_for(i, config.protocol))
             for i, (unit, files) in enumerate(sorted(self.identities.items()))
@@ -347,15 +357,14 @@ class Fleet:
             first = next(iter(self.identities.values()), None)
             if first is not None:
                 self.est = bootstrap(self.config.est_url, ca_file=first.ca)
-                loop = asyncio.get_running_loop()
-                self._issuing_pem = await loop.run_in_executor(self.executor, issuing_chain_pem, self.est)
+                self._issuers = Issuers(self.est)
         for unit_id in only if only is not None else self.units:
             if unit_id not in self._tasks:
                 self._tasks[unit_id] = asyncio.create_task(self.units[unit_id].run(), name=unit_id)
 
     def renew_files(self, unit_id: str, files: UnitFiles) -> None:
-        assert self.est is not None
-        renew_one(self.est, self._issuing_pem, unit_id, files)
+        assert self.est is not None and self._issuers is not None
+        renew_one(self.est, self._issuers, unit_id, files)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Disconnect every unit politely (no wills), then cancel what is left."""

@@ -1,9 +1,12 @@
 """EST (RFC 7030 subset) and CRL endpoints. Thin: parse, call the CA service, audit, answer.
 
-    GET  /.well-known/est/cacerts          root + issuing, base64 PKCS#7 certs-only
+    GET  /.well-known/est/cacerts          root + every trusted issuing CA, base64 PKCS#7 certs-only
     POST /.well-known/est/simpleenroll     HTTP Basic unit-id:token, base64 PKCS#10 → the new cert
     POST /.well-known/est/simplereenroll   mTLS with the current certificate, same identity only
-    GET  /crl  /crl.pem                    the current CRL (DER / PEM)
+    GET  /crl/N                            issuing CA N's CRL (DER): what its certificates name
+    GET  /crl                              the oldest trusted issuing CA's CRL (DER): issuing CA 1's
+                                           certificates name it, and it stays the oldest while trusted
+    GET  /crl.pem                          every trusted issuing CA's CRL, the current one first
 
 Refusals are one line of text with the status the refusal carries (400/401/403), and every
 enrollment decision is audited: an issued certificate one record each, refusals through the refusal
@@ -100,6 +103,7 @@ def add_est_routes(app: web.Application, ctx: EstContext) -> None:
     app.router.add_post("/.well-known/est/simpleenroll", _handler(ctx, _simpleenroll))
     app.router.add_post("/.well-known/est/simplereenroll", _handler(ctx, _simplereenroll))
     app.router.add_get("/crl", _handler(ctx, _crl_der))
+    app.router.add_get("/crl/{generation:[0-9]{1,6}}", _handler(ctx, _crl_der))
     app.router.add_get("/crl.pem", _handler(ctx, _crl_pem))
 
 
@@ -124,20 +128,27 @@ def _certs_response(certs: list[x509.Certificate]) -> web.Response:
 
 
 async def _cacerts(request: web.Request, ctx: EstContext) -> web.StreamResponse:
-    authority = ctx.ca.authority
-    return _certs_response([authority.root, authority.issuing])
+    # During an issuing CA rotation units hold certificates from either one: every trusted issuing CA
+    # is listed, and a client picks the one that signed its certificate (pki.est_client.issuer_of).
+    return _certs_response(ctx.ca.authority.trust_anchors())
 
 
 async def _crl_der(request: web.Request, ctx: EstContext) -> web.StreamResponse:
-    crl = ctx.ca.current_crl(ctx.clock())
+    authority = ctx.ca.authority
+    text = request.match_info.get("generation")
+    generation = int(text) if text is not None else authority.issuing_cas[0].generation
+    if authority.issuing_ca(generation) is None:
+        return text_error(404, f"issuing CA {generation} is not trusted here; /crl.pem has every CRL")
+    crl = ctx.ca.current_crl(ctx.clock(), generation)
     return web.Response(
         body=crl.public_bytes(serialization.Encoding.DER), content_type="application/pkix-crl"
     )
 
 
 async def _crl_pem(request: web.Request, ctx: EstContext) -> web.StreamResponse:
-    crl = ctx.ca.current_crl(ctx.clock())
-    return web.Response(text=crl.public_bytes(serialization.Encoding.PEM).decode(), content_type="text/plain")
+    crls = ctx.ca.current_crls(ctx.clock())
+    text = "".join(crl.public_bytes(serialization.Encoding.PEM).decode() for crl in crls)
+    return web.Response(text=text, content_type="text/plain")
 
 
 class BodyTimeout(Exception):

@@ -16,6 +16,9 @@ from cryptography import x509
 from gateway.stores.datadir import DataDir
 
 SERVER_CERT_WARNING = timedelta(days=14)
+# Unit certificates are cut at the issuing CA's expiry (pki/profiles.validity), so rotate well before:
+# at 90 days every 30-day unit has renewed at least twice onto the new one.
+ISSUING_CA_WARNING = timedelta(days=90)
 
 
 class PreflightProblem(RuntimeError):
@@ -32,7 +35,11 @@ def run_preflight(data: DataDir, now: datetime, skew: timedelta = timedelta(minu
         raise PreflightProblem(
             f"{data.root} is not an initialised data directory; run `fleetgate init --data {data.root}`"
         )
-    for key in (data.ca_dir / "root.key", data.ca_dir / "issuing.key", data.server_key):
+    _check_private_key(data.server_key)
+    # The CA keys there are: root.key may be offline (`fleetgate ca remove-root-key`), and the issuing
+    # keys are issuing.key or issuing-N.key (pki/authority.py); CertificateAuthority.load says
+    # precisely which one is missing.
+    for key in sorted(data.ca_dir.glob("*.key")):
         _check_private_key(key)
     warnings: list[str] = []
     for label, path in (
@@ -73,11 +80,10 @@ def _load_certificate(label: str, path: Path) -> x509.Certificate:
 def _check_validity(label: str, path: Path, cert: x509.Certificate, now: datetime, skew: timedelta) -> str:
     not_after = cert.not_valid_after_utc
     if now - skew > not_after:
-        fix = (
-            "renew it with `fleetgate init` on a new data dir"
-            if label != "server"
-            else ("issue a new one (see docs/operations.md)")
-        )
+        fix = {
+            "server": "issue a new one: `fleetgate server-cert issue`",
+            "issuing CA": "rotate it: `fleetgate ca rotate` (docs/operations.md)",
+        }.get(label, "make a new CA with `fleetgate init` on a new data dir (every unit enrolls again)")
         raise PreflightProblem(f"the {label} certificate {path} expired on {not_after:%Y-%m-%d}; {fix}")
     if now + skew < cert.not_valid_before_utc:
         raise PreflightProblem(
@@ -87,4 +93,10 @@ def _check_validity(label: str, path: Path, cert: x509.Certificate, now: datetim
     if label == "server" and not_after - now < SERVER_CERT_WARNING:
         days = max(0, (not_after - now).days)
         return f"the server certificate {path} expires in {days} days ({not_after:%Y-%m-%d}); renew it soon"
+    if label == "issuing CA" and not_after - now < ISSUING_CA_WARNING:
+        days = max(0, (not_after - now).days)
+        return (
+            f"the issuing CA {path} expires in {days} days ({not_after:%Y-%m-%d}) and unit certificates are "
+            "cut at its expiry; rotate it: `fleetgate ca rotate` (docs/operations.md)"
+        )
     return ""

@@ -21,6 +21,7 @@ from datetime import UTC, timedelta
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.auth import RIGHT_TEXT
@@ -55,14 +56,15 @@ from gateway.stores.audit_anchor import append_anchor, make_anchor
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
-from gateway.stores.datadir import DataDir, ca_passphrase
+from gateway.stores.datadir import DataDir, passphrase_from_env, remembered
 from gateway.stores.policy_file import load_policy
 from gateway.stores.registry_directory import RegistryDirectory
 from gateway.stores.serving_lock import hold as hold_serving_lock
 from gateway.stores.serving_lock import release as release_serving_lock
 from gateway.stores.views_key import load_or_create_key
 from pki.authority import CertificateAuthority
-from pki.errors import VerificationError
+from pki.errors import PkiError, VerificationError
+from pki.keys import PassphraseSource
 from pki.names import IdentityError, identity_from_certificate
 from pki.service import FleetCA
 from pki.signed_json import JsonSigner
@@ -121,8 +123,18 @@ def broker_limits(config: GatewayConfig) -> BrokerLimits:
     )
 
 
+def _pem(certs: Sequence[x509.Certificate]) -> str:
+    return "".join(cert.public_bytes(Encoding.PEM).decode() for cert in certs)
+
+
 class Gateway:
-    def __init__(self, data: DataDir, config: GatewayConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        data: DataDir,
+        config: GatewayConfig,
+        clock: Clock | None = None,
+        passphrase: PassphraseSource = passphrase_from_env,
+    ) -> None:
         if not data.is_initialised():
             raise GatewayStartupError(
                 f"{data.root} is not an initialised data directory; run `fleetgate init --data {data.root}`"
@@ -130,7 +142,10 @@ class Gateway:
         self.data = data
         self.config = config
         self.clock = clock if clock is not None else Clock()
-        self.authority = CertificateAuthority.load(data.ca_dir, ca_passphrase())
+        # Asked once (a prompt must not come back at a SIGHUP); the root key is never loaded here.
+        self._passphrase = remembered(passphrase)
+        self.authority = CertificateAuthority.load(data.ca_dir, self._passphrase)
+        self.authority.unlock()  # every issuing CA key now: better refuse to start than fail later
         self.trust_domain = self.authority.trust_domain
         sync = config.storage.synchronous
         self._registry_db = open_database(data.database, synchronous=sync)
@@ -219,6 +234,8 @@ class Gateway:
             for name in ("following the registry", "draining broker events", "anchoring the audit log")
         }
         self._live_contexts: list[ssl.SSLContext] = []
+        self._mqtt_listener: MtlsListener | None = None
+        self._mqtt_live: ssl.SSLContext | None = None  # the context the MQTT listener serves with
         self._served_fingerprint = self._server_fingerprint()
         self._listeners: list[MtlsListener | AcceptLoop] = []
         self._http: web.AppRunner | None = None
@@ -272,9 +289,84 @@ class Gateway:
         return int(row[0])
 
     def reload(self) -> None:
-        """SIGHUP: the policy file and the server certificate, each kept as it was if the new one is bad."""
+        """SIGHUP: the policy file, the CA (issuing CAs rotated or retired) and the server certificate,
+        each kept as it was if the new one is bad."""
         self.reload_policy()
+        self.reload_ca()
         self.reload_server_certificate()
+
+    def reload_ca(self, actor: str = "system/sighup") -> bool:
+        """Follow DATA/ca/ as it is now (after `fleetgate ca rotate` or `fleetgate ca retire`).
+
+        A new issuing CA: EST issues from it, its CRL is published, and it is added as a trust anchor
+        to both listeners' contexts in place (OpenSSL adds; live connections are untouched; the
+        anchors are the issuing CAs alone, see _mqtt_context). A retired one: the MQTT listener gets
+        a fresh context without it for new handshakes. The HTTPS listener's context cannot be
+        swapped (aiohttp holds it), so there it stays a TLS anchor until a restart; its certificates
+        are revoked in the registry (`retire`), so EST and the admin API refuse them anyway, and live
+        MQTT sessions on them were cut when the revocation was followed.
+        """
+        now = self.clock.wall()
+        try:
+            authority = CertificateAuthority.load(self.data.ca_dir, self._passphrase)
+            authority.unlock()
+        except PkiError as exc:
+            log.error("CA reload refused, keeping the current CA: %s", exc.message)
+            self.audit.append(
+                actor=actor, action="ca.reloaded", subject="ca", outcome="refused", reason=exc.reason, now=now
+            )
+            return False
+        before = {ca.sha256: ca.generation for ca in self.authority.issuing_cas}
+        after = {ca.sha256: ca.generation for ca in authority.issuing_cas}
+        if before == after:
+            return False
+        added = [ca for ca in authority.issuing_cas if ca.sha256 not in before]
+        removed = sorted(generation for sha, generation in before.items() if sha not in after)
+        self.authority = authority
+        self.ca.use_authority(authority)
+        if added:
+            anchors = _pem([ca.certificate for ca in added])
+            for context in self._live_contexts:
+                context.load_verify_locations(cadata=anchors)  # in place: the listeners hold these
+        if removed:
+            self._drop_mqtt_trust(removed)
+        self.audit.append(
+            actor=actor,
+            action="ca.reloaded",
+            subject="ca",
+            outcome="ok",
+            details={
+                "issuing": authority.generation,
+                "trusted": sorted(after.values()),
+                "added": [ca.generation for ca in added],
+                "removed": removed,
+            },
+            now=now,
+        )
+        log.info(
+            "CA reloaded: issuing CA %d issues; trusted: %s",
+            authority.generation,
+            ", ".join(str(g) for g in sorted(after.values())),
+        )
+        return True
+
+    def _drop_mqtt_trust(self, removed: Sequence[int]) -> None:
+        listener, old = self._mqtt_listener, self._mqtt_live
+        if listener is None or old is None:
+            return
+        try:
+            fresh = self._mqtt_context()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.error("the MQTT listener keeps trusting issuing CA(s) %s until a restart: %s", removed, exc)
+            return
+        self._live_contexts[self._live_contexts.index(old)] = fresh
+        self._mqtt_live = fresh
+        listener.use_context(fresh)
+        log.warning(
+            "issuing CA(s) %s no longer trusted by the MQTT listener; the HTTPS listener drops them at the "
+            "next restart (until then EST and the admin API refuse their certificates as revoked)",
+            ", ".join(map(str, removed)),
+        )
 
     def reload_server_certificate(self, actor: str = "system/sighup") -> bool:
         """Serve DATA/server/ as it is now (after `fleetgate server-cert issue`): new handshakes get the
@@ -390,11 +482,11 @@ class Gateway:
     # --- listeners ----------------------------------------------------------------------------
 
     def _mqtt_context(self) -> ssl.SSLContext:
+        # The trusted issuing CAs, and not the root: the root signed every issuing CA, a retired one
+        # included, so a client presenting a retired issuing CA in its chain would reach it.
+        issuing = [ca.certificate for ca in reversed(self.authority.issuing_cas)]
         return tls_server_context(
-            str(self.data.server_cert),
-            str(self.data.server_key),
-            str(self.data.client_ca_bundle),
-            self.config.tls.min_version,
+            str(self.data.server_cert), str(self.data.server_key), _pem(issuing), self.config.tls.min_version
         )
 
     def _live(self, context: ssl.SSLContext) -> ssl.SSLContext:
@@ -491,14 +583,12 @@ class Gateway:
             log.info("published %d mode command(s) to match the registry", reconciled)
         self._log_open_files()
         listen = self.config.listen
+        self._mqtt_live = self._live(self._mqtt_context())
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
-            self.hub,
-            listen.mqtt.host,
-            listen.mqtt.port,
-            self._live(self._mqtt_context()),
-            self.check_certificate,
+            self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_live, self.check_certificate
         )
         self._listeners.append(mqtt)
+        self._mqtt_listener = mqtt
         if listen.insecure_plaintext is not None:
             lab, self.bound["lab"] = await start_lab_listener(
                 self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port

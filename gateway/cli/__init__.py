@@ -7,6 +7,7 @@ import click
 from gateway.cli.audit_commands import audit
 from gateway.cli.backup_commands import backup, restore
 from gateway.cli.ca_commands import cert, crl, init, unit
+from gateway.cli.ca_lifecycle import ca_group
 from gateway.cli.device import enroll, renew
 from gateway.cli.flows_command import flows
 from gateway.cli.ops_commands import events, partner_disconnect, quarantine, release, revoke, status
@@ -24,7 +25,7 @@ def cli() -> None:
 
 for command in (init, serve, unit, cert, crl, enroll, renew, policy, audit):
     cli.add_command(command)
-for command in (quarantine, release, status, events, revoke, backup, restore, flows, server_cert):
+for command in (quarantine, release, status, events, revoke, backup, restore, flows, server_cert, ca_group):
     cli.add_command(command)
 cli.add_command(role_group("operator"))
 cli.add_command(role_group("service"))

@@ -23,17 +23,18 @@ from gateway.cli.common import (
     friendly_errors,
     json_option,
     local_actor,
+    new_passphrase,
     open_local,
-    passphrase,
     table,
     utc_now,
     warn,
+    write_client_ca_bundle,
 )
 from gateway.config import load_config
 from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
-from gateway.stores.datadir import DataDir
+from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, ca_passphrase
 from pki.authority import CertificateAuthority, parse_revocation_reason
 from pki.keys import write_public_file
 from pki.names import CLIENT_KINDS, make_identity, validate_trust_domain
@@ -65,27 +66,40 @@ def default_hostnames() -> list[str]:
     "and this machine's name are always included.",
 )
 @click.option("--crl-url", default=None, help="CRL distribution point URL written into certificates.")
+@click.option(
+    "--insecure-unencrypted-keys",
+    is_flag=True,
+    help="Write the CA keys without a passphrase: for a throwaway demo or test, never for a fleet.",
+)
 @json_option
 @friendly_errors
 def init(
-    data_dir: Path | None, trust_domain: str, hostnames: tuple[str, ...], crl_url: str | None, as_json: bool
+    data_dir: Path | None,
+    trust_domain: str,
+    hostnames: tuple[str, ...],
+    crl_url: str | None,
+    insecure_unencrypted_keys: bool,
+    as_json: bool,
 ) -> None:
-    """Create a data directory: root and issuing CA, the gateway's server certificate, the registry."""
+    """Create a data directory: root and issuing CA, the gateway's server certificate, the registry.
+
+    The CA keys are encrypted with a passphrase: $FLEETGATE_CA_PASSPHRASE, or asked at a terminal.
+    """
     data = DataDir.resolve(data_dir)
     validate_trust_domain(trust_domain)
     if data.root_cert.exists() or data.database.exists():
         raise CliError(
             f"a CA already exists in {data.root}; refusing to overwrite it (choose another --data)"
         )
+    secret = _init_passphrase(insecure_unencrypted_keys)
     names = list(dict.fromkeys([*hostnames, *default_hostnames()]))  # the given names first
     now = utc_now()
     data.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     crl_url = crl_url or f"https://{names[0]}:8443/crl"
     authority = CertificateAuthority.create(
-        data.ca_dir, trust_domain, now, passphrase=passphrase(), crl_url=crl_url
+        data.ca_dir, trust_domain, now, passphrase=secret, crl_url=crl_url
     )
-    bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (authority.root, authority.issuing))
-    write_public_file(data.client_ca_bundle, bundle)
+    write_client_ca_bundle(data, authority)
     conn = open_database(data.database)
     try:
         registry = Registry(conn)
@@ -99,7 +113,11 @@ def init(
             action="ca.init",
             subject=trust_domain,
             outcome="ok",
-            details={"hostnames": names, "root_sha256": fingerprint(authority.root)},
+            details={
+                "hostnames": names,
+                "root_sha256": fingerprint(authority.root),
+                "keys_encrypted": secret is not None,
+            },
             now=now,
         )
     finally:
@@ -110,13 +128,38 @@ def init(
         "hostnames": names,
         "root": str(data.root_cert),
         "root_sha256": fingerprint(authority.root),
+        "keys_encrypted": secret is not None,
     }
     if as_json:
         emit_json(result)
     else:
         click.echo(f"Initialised {data.root} for trust domain {trust_domain}.")
         click.echo(f"Root CA {data.root_cert} (SHA-256 {result['root_sha256']}).")
+        if secret is not None:
+            click.echo(f"The CA keys are encrypted: `fleetgate serve` needs {PASSPHRASE_ENV}.")
+        click.echo(
+            "The root key is needed only to rotate the issuing CA: take it off this host with "
+            "`fleetgate ca export-root-key FILE` and `fleetgate ca remove-root-key --copy FILE`."
+        )
         click.echo("Next: `fleetgate serve`, then `fleetgate unit add TRK-00001`.")
+
+
+def _init_passphrase(insecure_unencrypted_keys: bool) -> bytes | None:
+    if not insecure_unencrypted_keys:
+        return new_passphrase(
+            PASSPHRASE_ENV,
+            "the CA keys",
+            f"the CA keys are encrypted at rest and no passphrase was given: set {PASSPHRASE_ENV}, run "
+            "`fleetgate init` at a terminal to be asked for one, or pass --insecure-unencrypted-keys for "
+            "a throwaway demo",
+        )
+    if ca_passphrase() is not None:
+        raise CliError(
+            f"{PASSPHRASE_ENV} is set but --insecure-unencrypted-keys asks for keys without one; "
+            "drop one of them"
+        )
+    warn("the CA keys are written without a passphrase (--insecure-unencrypted-keys): a demo, not a fleet")
+    return None
 
 
 # --- units --------------------------------------------------------------------------------------
@@ -435,15 +478,21 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
 
 @click.command()
 @data_option
-@click.option("--der", is_flag=True, help="Write DER instead of PEM.")
+@click.option("--der", is_flag=True, help="The current issuing CA's CRL alone, in DER.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @friendly_errors
 def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
-    """Print (or write) the current certificate revocation list."""
+    """Print (or write) the certificate revocation lists.
+
+    PEM holds one CRL per trusted issuing CA (the current one first), each signed by its own CA,
+    which is what `openssl verify -CRLfile` and Mosquitto's crlfile take.
+    """
     with open_local(data_dir) as state:
-        current = state.ca.current_crl(utc_now())
-    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
-    body = current.public_bytes(encoding)
+        crls = state.ca.current_crls(utc_now())
+    if der:
+        body = crls[0].public_bytes(serialization.Encoding.DER)
+    else:
+        body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls)
     if out is not None:
         write_public_file(out, body)
         click.echo(f"Wrote {out}.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -19,13 +20,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
 from gateway.render.safe_text import cell, printable
 from gateway.stores.audit_log import AuditLog
-from gateway.stores.datadir import DataDir, ca_passphrase
+from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, remembered
 from pki.authority import CertificateAuthority
+from pki.errors import KeyFileError
+from pki.keys import PassphraseSource, write_public_file
 from pki.service import FleetCA
 from pki.store import Registry, open_database
 
@@ -82,6 +86,7 @@ class LocalState:
     registry: Registry
     ca: FleetCA
     audit: AuditLog
+    passphrase: PassphraseSource  # the CA keys' (asked once, only if a command signs something)
 
     @property
     def trust_domain(self) -> str:
@@ -93,13 +98,60 @@ def open_local(data_dir: Path | None) -> Iterator[LocalState]:
     data = DataDir.resolve(data_dir)
     if not data.is_initialised():
         raise CliError(f"{data.root} has no fleetgate CA; run `fleetgate init --data {data.root}` first")
-    authority = CertificateAuthority.load(data.ca_dir, ca_passphrase())
+    # Keys are read only when the command signs (pki/authority.py): `status` needs no passphrase.
+    source = passphrase_source()
+    authority = CertificateAuthority.load(data.ca_dir, source)
     conn = open_database(data.database)
     try:
         registry = Registry(conn)
-        yield LocalState(data, conn, registry, FleetCA(authority, registry, data.crl_dir), AuditLog(conn))
+        ca = FleetCA(authority, registry, data.crl_dir)
+        yield LocalState(data, conn, registry, ca, AuditLog(conn), source)
     finally:
         conn.close()
+
+
+def passphrase_source(env: str = PASSPHRASE_ENV) -> PassphraseSource:
+    """For an encrypted key file: $env, else a prompt at a terminal, else one sentence saying so.
+    Asked once per command (every CA key of a data dir shares one passphrase)."""
+
+    def ask(path: Path) -> bytes:
+        value = os.environ.get(env)
+        if value:
+            return value.encode()
+        if sys.stdin.isatty():
+            return str(click.prompt(f"Passphrase for {path}", hide_input=True, err=True)).encode()
+        raise KeyFileError(
+            "passphrase_required",
+            f"{path} is encrypted; set {env} to its passphrase, or run this command at a terminal to be "
+            "asked for it",
+        )
+
+    return remembered(ask)
+
+
+MIN_PASSPHRASE = 8
+
+
+def new_passphrase(env: str, what: str, missing: str) -> bytes:
+    """A passphrase to encrypt `what` with: $env, else asked twice at a terminal, else CliError(missing)."""
+    value = os.environ.get(env)
+    if not value and sys.stdin.isatty():
+        value = click.prompt(
+            f"New passphrase for {what}", hide_input=True, confirmation_prompt=True, err=True
+        )
+    if not value:
+        raise CliError(missing)
+    if len(value) < MIN_PASSPHRASE:
+        raise CliError(
+            f"the passphrase for {what} is shorter than {MIN_PASSPHRASE} characters; choose a longer one"
+        )
+    return str(value).encode()
+
+
+def write_client_ca_bundle(data: DataDir, authority: CertificateAuthority) -> None:
+    """DATA/ca/client-ca.pem: the root and every trusted issuing CA (for other TLS servers)."""
+    bundle = b"".join(cert.public_bytes(Encoding.PEM) for cert in authority.trust_anchors())
+    write_public_file(data.client_ca_bundle, bundle)
 
 
 def friendly_errors(fn: F) -> F:
@@ -137,10 +189,6 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         out.add_row(*(cell(value) for value in row))
     console.print(out)
-
-
-def passphrase() -> bytes | None:
-    return ca_passphrase()
 
 
 def warn(message: str) -> None:

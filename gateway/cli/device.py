@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from gateway.cli.common import CliError, emit_json, friendly_errors, json_option
-from pki.est_client import EstServer, bootstrap, cacerts, simpleenroll, simplereenroll
+from pki.est_client import EstServer, bootstrap, cacerts, issuer_of, simpleenroll, simplereenroll
 from pki.keys import PrivateKey, generate_private_key, load_private_key, write_private_key, write_public_file
 from pki.names import validate_id
 
@@ -37,8 +37,11 @@ def _pem(certs: list[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def _issuing_chain(server: EstServer) -> list[x509.Certificate]:
-    return [c for c in cacerts(server) if c.issuer != c.subject]
+def _issuing_chain(server: EstServer, cert: x509.Certificate) -> list[x509.Certificate]:
+    """The issuing CA that signed `cert` (while the gateway rotates, /cacerts lists two)."""
+    listed = cacerts(server)
+    issuer = issuer_of(cert, listed)
+    return [issuer] if issuer is not None else [c for c in listed if c.issuer != c.subject]
 
 
 def _save(
@@ -47,7 +50,7 @@ def _save(
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path, cert_path, ca_path = out / f"{unit_id}.key", out / f"{unit_id}.crt", out / "ca.crt"
     write_private_key(key_path, key)
-    write_public_file(cert_path, _pem([cert, *_issuing_chain(server)]))
+    write_public_file(cert_path, _pem([cert, *_issuing_chain(server, cert)]))
     write_public_file(ca_path, server.ca_pem)
     meta = {
         "server": server.url,

@@ -13,7 +13,7 @@ import click
 
 from gateway.app.log_format import FORMATS, configure_logging
 from gateway.app.preflight import run_preflight
-from gateway.cli.common import CliError, data_option, friendly_errors
+from gateway.cli.common import CliError, data_option, friendly_errors, passphrase_source
 from gateway.config import ConfigError, load_config, parse_endpoint
 from gateway.stores.datadir import DataDir
 
@@ -96,7 +96,7 @@ def serve(
         logging.getLogger("fleetgate").warning(warning)
     loop_kind = install_event_loop()
     logging.getLogger("fleetgate").info("event loop: %s", loop_kind)
-    gateway = Gateway(data, config)
+    gateway = Gateway(data, config, passphrase=passphrase_source())  # asked at a terminal, once
     try:
         asyncio.run(gateway.run_until_signalled())
     except OSError as exc:

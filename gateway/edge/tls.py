@@ -264,17 +264,22 @@ _SSL_REASONS = (
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 
-def tls_server_context(cert_chain: str, key: str, client_ca: str, min_version: str = "1.2") -> ssl.SSLContext:
+def tls_server_context(
+    cert_chain: str, key: str, trust_anchors: str, min_version: str = "1.2"
+) -> ssl.SSLContext:
     """Server context for the MQTT listener: TLS ≥ 1.2 and a client certificate from our CA, always.
 
-    Validity dates are not checked here but by the caller's peer check, with the configured clock-skew
-    tolerance; everything else about the chain is OpenSSL's to refuse.
+    `trust_anchors` is PEM text: every trusted issuing CA, without the root, which signed retired
+    issuing CAs too (more can be added to a live context with `load_verify_locations(cadata=...)`;
+    none can be taken away, see MtlsListener.use_context). Validity dates are not checked here but
+    by the caller's peer check, with the configured clock-skew tolerance; everything else about the
+    chain is OpenSSL's to refuse.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_chain, key)
-    context.load_verify_locations(client_ca)
+    context.load_verify_locations(cadata=trust_anchors)
     context.verify_mode = ssl.CERT_REQUIRED
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # No session resumption: every connection presents its certificate and has it verified in full.
@@ -283,7 +288,7 @@ def tls_server_context(cert_chain: str, key: str, client_ca: str, min_version: s
     # resume (paho, most device stacks).
     context.num_tickets = 0
     context.options |= ssl.OP_NO_TICKET
-    # The issuing CA in client_ca is a trust anchor: the chain ends there, and the issuing CA's own
+    # The issuing CAs are the trust anchors: the chain ends there, and the issuing CA's own
     # signature by the root (the same for every unit) is not verified again on every handshake.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

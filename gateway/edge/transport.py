@@ -103,6 +103,14 @@ class MtlsListener:
         self._peer_check = peer_check
         self._accept = AcceptLoop("mqtt", hub, self._start_handshake)
 
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Serve new handshakes with `context` (live connections keep the one they were made with).
+
+        OpenSSL can add trust anchors to a live context but never remove one, so taking trust away
+        (a retired issuing CA) needs a fresh context; each handshake reads this attribute once.
+        """
+        self._context = context
+
     async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
         return await self._accept.start(host, port, backlog)
 

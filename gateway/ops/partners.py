@@ -65,6 +65,7 @@ def revoke_partner(ca: FleetCA, members: list[IdentityRecord], now: datetime) ->
     registry = ca.registry
     serials: list[int] = []
     tokens = 0
+    ca.authority.unlock()  # the CRL is signed after the commit: its key must open before anything changes
     with registry.transaction():
         for member in members:
             serials += ca.revoke_identity_certificates("partner", member.id, PARTNER_REVOCATION, now)

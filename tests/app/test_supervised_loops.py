@@ -19,7 +19,7 @@ from gateway.config import load_config
 from gateway.policy.access import Peer
 from gateway.stores.datadir import DataDir
 from pki.names import Identity
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 
 async def test_a_failing_step_is_logged_once_retried_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
@@ -45,7 +45,7 @@ async def test_a_failing_step_is_logged_once_retried_and_recovers(caplog: pytest
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Gateway:
-    run_cli("init", "--hostname", "localhost", data=tmp_path, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=tmp_path, check=True)
     return Gateway(DataDir(tmp_path), load_config())
 
 

@@ -6,7 +6,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 
 def _mode(path: Path) -> int:
@@ -16,8 +16,9 @@ def _mode(path: Path) -> int:
 def test_init_creates_ca_server_cert_and_registry_with_private_keys_0600(tmp_path: Path) -> None:
     data = tmp_path / "data"
     result = run_cli(
-        "init", "--trust-domain", "acme-fleet.example", "--hostname", "localhost", "--json", data=data
-    )
+        "init", "--trust-domain", "acme-fleet.example", "--hostname", "localhost", "--json", *INSECURE_KEYS,
+        data=data,
+    )  # fmt: skip
     assert result.code == 0, result.stderr
     out = result.json()
     assert out["trust_domain"] == "acme-fleet.example"  # type: ignore[index]
@@ -50,9 +51,9 @@ def test_init_creates_ca_server_cert_and_registry_with_private_keys_0600(tmp_pat
 
 def test_init_twice_refuses_and_keeps_the_existing_ca(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     root_before = (data / "ca/root.crt").read_bytes()
-    again = run_cli("init", "--hostname", "localhost", data=data)
+    again = run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data)
     assert again.code == 1
     assert "refusing to overwrite" in again.stderr
     assert "Traceback" not in again.stderr
@@ -68,7 +69,7 @@ def test_commands_on_an_uninitialised_dir_say_how_to_fix_it(tmp_path: Path) -> N
 
 def test_corrupt_database_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     (data / "fleetgate.db").write_bytes(b"this is not a database" * 100)
     for suffix in ("-wal", "-shm"):
         (data / f"fleetgate.db{suffix}").unlink(missing_ok=True)
@@ -80,7 +81,7 @@ def test_corrupt_database_is_a_clear_error_not_a_traceback(tmp_path: Path) -> No
 
 def test_unit_add_list_show_remove(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     added = run_cli("unit", "add", "TRK-00042", "--vin", "1FUJGLDR12LM12345", "--json", data=data)
     assert added.code == 0, added.stderr
     token = added.json()["token"]  # type: ignore[index]
@@ -99,7 +100,7 @@ def test_unit_add_list_show_remove(tmp_path: Path) -> None:
 
 def test_bad_unit_ids_are_refused_with_the_rule(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     for bad in ("TRK/1", "TRK+1", "#", ""):
         result = run_cli("unit", "add", bad, data=data)
         assert result.code != 0, bad
@@ -108,7 +109,7 @@ def test_bad_unit_ids_are_refused_with_the_rule(tmp_path: Path) -> None:
 
 def test_role_identities_get_keys_and_certificates(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     partner = run_cli(
         "partner", "add", "ACME", "--tier", "2", "--out", str(tmp_path / "p"), "--json", data=data
     )

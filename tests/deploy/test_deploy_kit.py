@@ -17,7 +17,7 @@ from gateway.app.metrics import metrics_registry, render
 from gateway.app.runtime import Gateway
 from gateway.config import load_config
 from gateway.stores.datadir import DataDir
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -75,7 +75,7 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
 
 
 def _exported_names(tmp_path: Path) -> set[str]:
-    run_cli("init", "--hostname", "localhost", data=tmp_path, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=tmp_path, check=True)
     gateway = Gateway(DataDir(tmp_path), load_config())
     text = render(metrics_registry(gateway.metrics_collector())).decode()
     return set(re.findall(r"^# TYPE (\S+) ", text, re.M))  # families with no sample yet count too
@@ -98,7 +98,7 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported(tmp_path: Path
 
 def test_the_metrics_pass_promtool_check_metrics(tmp_path: Path) -> None:
     promtool = _tool("promtool")
-    run_cli("init", "--hostname", "localhost", data=tmp_path, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=tmp_path, check=True)
     gateway = Gateway(DataDir(tmp_path), load_config())
     text = render(metrics_registry(gateway.metrics_collector()))
     for family in (

@@ -14,7 +14,7 @@ from gateway.config import (
     embedded_defaults_text,
     load_config,
 )
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 
 def test_shipped_defaults_equal_the_built_in_defaults() -> None:
@@ -68,7 +68,7 @@ def test_a_partial_file_overrides_only_what_it_names(tmp_path: Path) -> None:
 
 def test_serve_with_a_broken_config_exits_with_one_sentence(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("limits:\n  max_packet_size: lots\n")
     result = run_cli("serve", "--config", str(bad), data=data, timeout=30)
@@ -80,7 +80,7 @@ def test_serve_with_a_broken_config_exits_with_one_sentence(tmp_path: Path) -> N
 
 def test_serve_refuses_a_public_plaintext_listener(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=data).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data).code == 0
     result = run_cli("serve", "--insecure-plaintext-listen", "0.0.0.0:1883", data=data, timeout=30)
     assert result.code == 1
     assert "loopback" in result.stderr

@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives import serialization
 
 from pki.authority import CertificateAuthority
 from pki.keys import generate_private_key, write_private_key, write_public_file
-from tests.harness import free_port, run_cli
+from tests.harness import INSECURE_KEYS, free_port, run_cli
 
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    assert run_cli("init", "--hostname", "localhost", data=root).code == 0
+    assert run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=root).code == 0
     return root
 
 

@@ -22,7 +22,7 @@ from gateway.stores.datadir import DataDir
 from gateway.stores.serving_lock import hold, release
 from gateway.stores.views_key import load_or_create_key
 from pki.store import Registry, open_database
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> DataDir:
     root = tmp_path_factory.mktemp("bk") / "data"
-    run_cli("init", "--hostname", "localhost", data=root, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=root, check=True)
     run_cli("unit", "add", "TRK-B1", data=root, check=True)
     run_cli("quarantine", "TRK-B1", "--reason", "parked at the pound", data=root, check=True)
     return DataDir(root)
