@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness import run_cli
+from tests.harness import INSECURE_KEYS, run_cli
 
 
 def test_unit_add_refuses_an_id_with_a_trailing_newline(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    run_cli("init", "--hostname", "localhost", data=data, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data, check=True)
     refused = run_cli("unit", "add", "TRK-9\n", "--json", data=data)
     assert refused.code != 0
     assert "TRK-9\\n" in refused.stderr  # the message shows the id as typed, newline escaped

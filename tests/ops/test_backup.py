@@ -176,7 +176,7 @@ def test_a_restore_keeps_operators_second_factor_and_partner_aliases(tmp_path: P
     """Security review finding 8: backups held neither DATA/totp nor DATA/views.key, so a restored
     gateway dropped every enrolled operator to certificate-only and changed every partner alias."""
     root = tmp_path / "data"
-    run_cli("init", "--hostname", "localhost", data=root, check=True)
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=root, check=True)
     enrolled = run_cli(
         "operator", "add", "alice", "--role", "security", "--totp", "--json", data=root, check=True
     )
