@@ -171,6 +171,8 @@ def test_the_archive_is_private_from_its_first_byte(
     monkeypatch.setattr(tarfile.TarFile, "add", add)
     create_backup(data, dest, NOW)
     assert seen and set(seen) == {0o600}
+
+
 @pytest.mark.parametrize("archive", [False, True], ids=["directory", "tar.gz"])
 def test_a_restore_keeps_operators_second_factor_and_partner_aliases(tmp_path: Path, archive: bool) -> None:
     """Security review finding 8: backups held neither DATA/totp nor DATA/views.key, so a restored
