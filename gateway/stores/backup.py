@@ -32,6 +32,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from gateway.stores.audit_log import AuditLog
 from gateway.stores.datadir import DataDir
 from gateway.stores.serving_lock import is_served
 
@@ -196,7 +200,64 @@ def verify_backup(root: Path) -> dict[str, Any]:
                 f"{name} does not match its SHA-256 in the manifest; the backup is damaged, use another one"
             )
     _database_facts(root / DATABASE)
+    _check_audit_chain(root / DATABASE)
+    _check_ca(root)
+    _check_second_factors(root)
     return dict(manifest)
+
+
+def _check_audit_chain(database: Path) -> None:
+    """The audit log in the backup is an intact hash chain (a restore must not start from a log
+    that was edited)."""
+    with tempfile.TemporaryDirectory(prefix=".fleetgate-verify-") as tmp:
+        copy = Path(tmp) / DATABASE  # opening an AuditLog may migrate: never on the backup itself
+        shutil.copy2(database, copy)
+        conn = sqlite3.connect(copy)
+        try:
+            result = AuditLog(conn).verify()
+        finally:
+            conn.close()
+    if not result.ok:
+        raise BackupError(f"the audit log in the backup is not intact ({result.problem}); use another backup")
+
+
+def _check_ca(root: Path) -> None:
+    """Every issuing CA certificate in the backup is signed by its root."""
+    try:
+        ca_root = x509.load_pem_x509_certificate((root / "ca" / "root.crt").read_bytes())
+        issuing = [
+            x509.load_pem_x509_certificate(p.read_bytes()) for p in sorted((root / "ca").glob("issuing*.crt"))
+        ]
+    except (OSError, ValueError) as exc:
+        raise BackupError(
+            f"the CA certificates in the backup cannot be read ({exc}); use another backup"
+        ) from None
+    for cert in issuing:
+        try:
+            cert.verify_directly_issued_by(ca_root)
+        except (ValueError, TypeError, InvalidSignature):
+            raise BackupError(
+                f"the issuing CA {cert.subject.rfc4514_string()} in the backup is not signed by its root; "
+                "use another backup"
+            ) from None
+    if not issuing:
+        raise BackupError("the backup holds no issuing CA certificate; it is incomplete")
+
+
+def _check_second_factors(root: Path) -> None:
+    """Every operator the registry says is enrolled has its TOTP secret in the backup: a restore must
+    not turn anyone's second factor off."""
+    conn = sqlite3.connect(f"file:{root / DATABASE}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT id, metadata FROM pki_identities WHERE kind = 'operator'").fetchall()
+    finally:
+        conn.close()
+    for ident, metadata in rows:
+        enrolled = json.loads(metadata or "{}").get("totp") == "enrolled"
+        if enrolled and not (root / "totp" / f"{ident}.secret").is_file():
+            raise BackupError(
+                f"operator {ident} has a second factor but the backup lacks its secret; use another backup"
+            )
 
 
 def restore_backup(src: Path, data: DataDir, force: bool, now: datetime) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
+import sqlite3
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,3 +205,43 @@ def test_a_restore_keeps_operators_second_factor_and_partner_aliases(tmp_path: P
     assert store.verify("alice", code_at(secret, NOW.timestamp()), NOW.timestamp()).ok
     assert load_or_create_key(restored) == key  # the same key: the same aliases
     assert pseudonym(load_or_create_key(restored), 3, "TRK-1") == pseudonym(key, 3, "TRK-1")
+
+
+def _rewrite_manifest(root: Path, drop: str | None = None) -> None:
+    """Make the manifest match the files again after a test changed them (as a careful forger would)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    if drop is not None:
+        del manifest["files"][drop]
+    for name, entry in manifest["files"].items():
+        entry["size"] = (root / name).stat().st_size
+        entry["sha256"] = hashlib.sha256((root / name).read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_restore_refuses_a_backup_whose_audit_log_was_edited(snapshot: Path, tmp_path: Path) -> None:
+    forged = tmp_path / "forged"
+    shutil.copytree(snapshot, forged)
+    conn = sqlite3.connect(forged / "fleetgate.db")
+    conn.executescript("DROP TRIGGER IF EXISTS audit_log_no_update;")
+    conn.execute("UPDATE audit_log SET actor = 'operator/nobody' WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    _rewrite_manifest(forged)
+    with pytest.raises(BackupError, match="the audit log in the backup is not intact"):
+        restore_backup(forged, DataDir(tmp_path / "restored"), False, NOW)
+    assert not (tmp_path / "restored").exists()  # nothing written
+
+
+def test_a_restore_refuses_a_backup_that_lost_an_operators_second_factor(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=root, check=True)
+    run_cli("operator", "add", "alice", "--role", "security", "--totp", data=root, check=True)
+    dest = tmp_path / "snap"
+    create_backup(DataDir(root), dest, NOW)
+    (dest / "totp" / "alice.secret").unlink()
+    _rewrite_manifest(dest, drop="totp/alice.secret")
+    with pytest.raises(BackupError) as refused:
+        restore_backup(dest, DataDir(tmp_path / "restored"), False, NOW)
+    assert str(refused.value) == (
+        "operator alice has a second factor but the backup lacks its secret; use another backup"
+    )
