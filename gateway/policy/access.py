@@ -70,6 +70,27 @@ class CertificateOnlyPolicy:
         return _outside_dollar_space(topic)
 
 
+def decide_session_owner(owner: Identity | None, peer: Peer) -> Decision:
+    """May `peer` take over, resume or replace the session its client id names, owned by `owner`?
+
+    A session belongs to the identity that created it, and only that identity ever takes it over:
+    a CONNECT from anyone else naming it is refused (0x85 / 3.1.1 0x02) and the owner's live
+    connection, subscriptions and queued messages stay as they are. Two kinds sharing an id (a
+    registry from before ids were unique across kinds) and lab clients (any client id, no
+    certificate) are who would try. The one exception runs the other way: a lab client's session
+    (`owner` None) gives way to the certificate holder whose id it names, or a loopback test tool
+    could keep a unit off its own client id.
+    """
+    if owner == peer.identity:
+        return allow("session_owner", _OWNER_RULE)
+    if owner is None:
+        return allow("lab_session_replaced", _OWNER_RULE)
+    return deny("client_id_in_use", _OWNER_RULE)
+
+
+_OWNER_RULE = "builtin/session_owner"
+
+
 def _outside_dollar_space(topic: str) -> Decision:
     bare = topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
     if bare.startswith("$"):

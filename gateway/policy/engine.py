@@ -195,6 +195,8 @@ class PolicyEngine:
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
+        if peer.identity.kind != "unit" and self._id_held_by_a_unit(peer.identity):
+            return deny("client_id_held_by_unit", "builtin/client_id_binding")
         grants = seen.grants
         if peer.identity.kind == "partner" and grants.tier is None:
             return deny("partner_without_tier", "roles/partner")
@@ -326,6 +328,17 @@ class PolicyEngine:
         if check_expiry and not_after is not None and not_after + self._clock_skew < now:
             return deny("certificate_expired", "builtin/certificate_validity")
         return seen
+
+    def _id_held_by_a_unit(self, identity: Identity) -> bool:
+        """Does a unit have this (non-unit) identity's id? Then its client id would be the unit's.
+
+        The registry refuses such pairs now, but one written before it did may remain; its
+        non-unit half is refused at CONNECT, so it can never sit on the unit's client id (the
+        broker refuses a takeover by another identity, which would otherwise lock the unit out
+        for as long as the squatter's session lives). Fix the registry: remove one of the two.
+        """
+        unit = Identity("unit", identity.id, identity.trust_domain)
+        return self._directory.state_of(unit) is not None
 
     def _lookup(self, identity: Identity) -> _Seen | None:
         """The cached entry, refreshed from the directory when stale; None for an unknown identity."""

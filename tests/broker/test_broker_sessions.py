@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore, SessionDiscarded
+from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Subscription, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.stores.broker_store import SqliteBrokerStore
 from pki.sqlite import open_database
-from tests.broker.lab import V5, V311, VERSIONS, Lab, lab_peer, service_peer, unit_peer
+from tests.broker.lab import V5, V311, VERSIONS, Lab, unit_peer
 
 KEEP = Properties(session_expiry_interval=3600)
 
@@ -64,22 +64,6 @@ def test_session_expires() -> None:
     assert lab.broker.sessions() == []
     back = lab.connect("ops-1", clean_start=False, properties=Properties(session_expiry_interval=60))
     assert not back.connack.session_present
-
-
-def test_a_different_identity_never_inherits_a_session() -> None:
-    lab = Lab()
-    owner = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=unit_peer("TRK-1"))
-    owner.subscribe("fleet/TRK-1/cmd/#", qos=1)
-    owner.lose()
-    lab.connect("ops").publish("fleet/TRK-1/cmd/mode", b"secret", qos=1)
-    # A lab client (no certificate) and another identity kind both ask for the session.
-    intruder = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=lab_peer())
-    assert not intruder.connack.session_present and intruder.messages == []
-    (event,) = [e for e in lab.broker.drain_events() if isinstance(e, SessionDiscarded)]
-    assert event.reason == "identity_mismatch" and event.old_identity == "spiffe://fleet.local/unit/TRK-1"
-    intruder.lose()
-    svc = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=service_peer("TRK-1"))
-    assert not svc.connack.session_present
 
 
 def test_the_same_identity_from_a_new_address_resumes() -> None:

@@ -33,6 +33,9 @@ NOTIER = Identity("partner", "NOTIER", TD)
 GHOST = Identity("unit", "TRK-404", TD)  # not in the registry
 REVOKED = Identity("unit", "TRK-666", TD)
 QUARANTINED = Identity("unit", "TRK-Q", TD)
+# A registry written before ids were unique across kinds: a partner and an operator named like units.
+PARTNER_TRK1 = Identity("partner", "TRK-1", TD)
+OPERATOR_TRK2 = Identity("operator", "TRK-2", TD)
 REVOKED_SERIAL = 0xBAD
 
 
@@ -45,6 +48,8 @@ class World:
         for who in (TRK1, TRK2, ALICE, DISPATCH, BILLING, NOTIER):
             d.enroll(who)
         d.enroll(ACME, tier=3)
+        d.enroll(PARTNER_TRK1, tier=1)
+        d.enroll(OPERATOR_TRK2)
         d.enroll(BIGCO, tier=1)
         d.enroll(REVOKED)
         d.revoke_identity(REVOKED)
@@ -85,6 +90,9 @@ CONNECTS = [
     (QUARANTINED, "TRK-Q", {}, ("allow", "connect_allowed", "quarantine/unit")),
     (BILLING, "billing", {}, ("allow", "connect_allowed", "service/billing")),
     (None, "anything", {}, ("allow", "lab_client", "builtin/lab_listener")),
+    # Its own client id is a unit's: refused, so it can never sit on that unit's session.
+    (PARTNER_TRK1, "TRK-1", {}, ("deny", "client_id_held_by_unit", "builtin/client_id_binding")),
+    (OPERATOR_TRK2, "TRK-2", {}, ("deny", "client_id_held_by_unit", "builtin/client_id_binding")),
 ]
 
 
@@ -300,8 +308,5 @@ class TestLiveChanges:
         assert not engine.decide_subscribe(peer(ACME), "views/2/#", T0).allowed
         directory.set_tier(ACME, 2)
         engine.invalidate(ACME)
-        assert (
-            engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule
-            == "partner/tier2/subscribe/0"
-        )
+        assert engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule == "partner/tier2/subscribe/0"
         assert engine.max_subscriptions_for(peer(ACME)) == 10
