@@ -43,12 +43,28 @@ class AccessPolicy(Protocol):
         ...
 
 
+# Topics only the gateway publishes, whatever a grant says: the retained mode command through which it
+# tells a unit it is quarantined (or released) and what it may still send. A client that could publish
+# it could tell a quarantined unit it was released, or clear the command with an empty retained
+# message. Denied in decide_publish like `$`-topics (and so in wills); subscribing stays by grant.
+MODE_COMMAND_FILTER = "fleet/+/cmd/mode"
+_MODE_SUFFIX = "/cmd/mode"
+RESERVED_FOR_GATEWAY = deny("reserved_for_gateway", "builtin/gateway_mode_command")
+
+
+def is_mode_command(topic: str) -> bool:
+    """Is `topic` some unit's `fleet/{unit}/cmd/mode`? (A suffix test first: this is the hot path.)"""
+    if not topic.endswith(_MODE_SUFFIX) or not topic.startswith("fleet/"):
+        return False
+    return topic.count("/") == 3  # fleet / {unit} / cmd / mode: ids cannot hold "/"
+
+
 class CertificateOnlyPolicy:
     """The built-in floor that no configuration can lower.
 
     Certificate clients: the client id must equal the certificate's id. Lab clients (plaintext,
-    loopback only): any client id, any topic outside the gateway's own `$` space. Everything above
-    this floor (grants, quarantine, rates) is the policy engine's.
+    loopback only): any client id, any topic outside the gateway's own `$` space, and no publish to
+    the mode command. Everything above this floor (grants, quarantine, rates) is the policy engine's.
     """
 
     def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
@@ -64,7 +80,7 @@ class CertificateOnlyPolicy:
     def decide_publish(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision:
-        return _outside_dollar_space(topic)
+        return RESERVED_FOR_GATEWAY if is_mode_command(topic) else _outside_dollar_space(topic)
 
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
         return _outside_dollar_space(topic)

@@ -4,7 +4,8 @@ Theory of operation. The broker asks; the engine answers with a `Decision` carry
 the rule that fired. Each answer is built from small named checks in a fixed order, so that the reason
 is the most useful one: first the built-in floor (client id = certificate id; lab clients), then the
 identity's standing (known, not revoked, certificate not revoked or expired), then authorization
-(`$`-topics, grants, quarantine), and only then the limits (payload size, rate). A publish the policy
+(`$`-topics and the gateway's mode command, grants, quarantine), and only then the limits (payload
+size, rate). A publish the policy
 refuses therefore never spends rate tokens, and a flood of foreign topics is reported as what it is.
 
 State. The engine keeps no decision history (counting denials is the broker's job). It caches, per
@@ -33,7 +34,7 @@ from functools import lru_cache
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import RESERVED_FOR_GATEWAY, CertificateOnlyPolicy, Peer, is_mode_command
 from gateway.policy.decision import Decision, allow, deny
 from gateway.policy.directory import IdentityDirectory, IdentityState
 from gateway.policy.grants import CompiledGrants, GrantCache
@@ -262,6 +263,8 @@ class PolicyEngine:
             return seen
         if topic[:1] == "$":
             return deny("reserved_topic", _DOLLAR_RULE)
+        if is_mode_command(topic):  # whatever a grant says (rules.py refuses grants naming only it)
+            return RESERVED_FOR_GATEWAY
         grants = seen.grants
         rule = grants.may_publish(topic)
         if rule is None:

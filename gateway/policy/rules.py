@@ -11,8 +11,9 @@ gateway/stores/policy_file.py's `load_policy`.
 After the shape come the checks (the last section of this module), run on every load:
 
 - quarantine ∩ control namespace = ∅, for every pair of filters, with a witness topic when it fails;
-- lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, quarantine only
-  restricts, and with views configured partners are granted views only. Lint *errors* fail loading;
+- lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, no publish grant
+  that names only the gateway's mode command, quarantine only restricts, and with views configured
+  partners are granted views only. Lint *errors* fail loading;
   *warnings* are shown by `fleetgate policy check`.
 
 Sections: `_SECTIONS` maps each top-level key parsed here to its parser, which returns `Policy` fields.
@@ -40,6 +41,7 @@ from gateway.mqtt.topics import (
     topic_matches,
     validate_topic_filter,
 )
+from gateway.policy.access import MODE_COMMAND_FILTER
 from gateway.policy.data_classes import (
     CONTEXT_SECTIONS,
     ContextPolicy,
@@ -442,6 +444,20 @@ def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
                 yield LintFinding("warning", grant.path, message)
 
 
+def _gateway_only_grants(policy: Policy) -> Iterator[LintFinding]:
+    """A publish grant that names nothing but the mode command would never take effect: the engine's
+    built-in rule denies every client publish there. Broader grants (fleet/+/cmd/#) stay valid for
+    their other topics; the built-in rule wins on the mode command itself."""
+    for profile in policy.profiles():
+        for grant in profile.publish:
+            if filter_covers(MODE_COMMAND_FILTER, grant.wildcarded):
+                message = (
+                    f"{grant.template!r} only names fleet/{{unit}}/cmd/mode, the gateway's own mode command, "
+                    "which no client may publish; remove it"
+                )
+                yield LintFinding("error", grant.path, message)
+
+
 def _quarantine_restricts(policy: Policy) -> Iterator[LintFinding]:
     for grant in policy.quarantine_profile("unit").publish:
         if not any(filter_covers(normal.template, grant.template) for normal in policy.unit.publish):
@@ -500,6 +516,7 @@ def _limit_sanity(policy: Policy) -> Iterator[LintFinding]:
 _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _unit_escapes,
     _dollar_grants,
+    _gateway_only_grants,
     _quarantine_restricts,
     _broad_grants,
     _partner_sensitive,

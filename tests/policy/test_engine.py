@@ -128,6 +128,14 @@ PUBLISHES = [
     (REVOKED, "fleet/TRK-666/state", ("deny", "identity_revoked", "registry/identity")),
     (None, "anything/at/all", ("allow", "builtin_floor", "builtin/floor")),
     (None, "$SYS/x", ("deny", "reserved_topic", "builtin/dollar_topics")),
+    # The mode command is the gateway's alone, whatever a grant (fleet/+/cmd/#) says, for every kind.
+    (ALICE, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (DISPATCH, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (TRK1, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (None, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (DISPATCH, "fleet/TRK-1/cmd/reroute", ("allow", "publish_granted", "service/dispatch/publish/1")),
+    (ALICE, "fleet/TRK-1/cmd/mode/x", ("allow", "publish_granted", "operator/publish/0")),  # not it
+    (TRK1, "fleet/TRK-1/cmd/mode/ack", ("allow", "publish_granted", "unit/publish/3")),
 ]
 
 

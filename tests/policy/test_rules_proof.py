@@ -146,6 +146,31 @@ class TestLint:
         assert error.path == "roles.unit.subscribe[2]"
         assert "outside the unit's own namespace" in error.problem
 
+    @pytest.mark.parametrize(
+        ("role", "grant"),
+        [
+            ("unit", "fleet/{id}/cmd/mode"),
+            ("service.dispatch", "fleet/+/cmd/mode"),
+        ],
+    )
+    def test_a_publish_grant_naming_only_the_mode_command_is_an_error(self, role: str, grant: str) -> None:
+        data = base()
+        profile = data["roles"]
+        for key in role.split("."):
+            profile = profile[key]
+        index = len(profile["publish"])
+        profile["publish"].append(grant)
+        error = refused(data)
+        assert error.path == f"roles.{role}.publish[{index}]"
+        assert "the gateway's own mode command, which no client may publish" in error.problem
+
+    def test_broader_cmd_grants_stay_valid_and_subscribing_to_the_mode_command_too(self) -> None:
+        data = base()
+        data["roles"]["service"]["analytics"]["publish"] = ["fleet/+/cmd/#"]  # the engine's rule wins there
+        data["roles"]["service"]["analytics"]["subscribe"].append("fleet/+/cmd/mode")
+        policy = policy_from_mapping(data, "p.yaml")
+        assert [f for f in lint_policy(policy) if f.severity == "error"] == []
+
     def test_dollar_grant_to_a_non_operator_is_an_error(self) -> None:
         data = base()
         data["roles"]["service"]["analytics"]["subscribe"].append("$SYS/broker/#")
