@@ -354,7 +354,7 @@ class PolicyEngine:
         verdict = self._verdicts.get(identity)
         restricted = verdict is not None and verdict.outcome == "restricted"
         # IdentityError for a bad id
-        grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted)
+        grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted, state.role)
         if seen is None:
             seen = self._seen[identity] = _Seen(self._epoch, state, grants)
         else:

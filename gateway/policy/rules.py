@@ -53,6 +53,8 @@ from gateway.policy.schema import At, PolicyError, kind, positive
 from pki.names import IdentityError, validate_id
 
 __all__ = [
+    "OPERATOR_ROLES",
+    "READ_ONLY_ROLES",
     "Grant",
     "Limits",
     "LintFinding",
@@ -67,6 +69,12 @@ __all__ = [
     "quarantine_pairs",
     "substitute",
 ]
+
+# The admin roles of operators (`fleetgate operator add NAME --role ...`, kept in the registry). The
+# admin API gives each its rights (gateway/admin/auth.py); on MQTT each is a profile under
+# roles.operator. An auditor only reads: the loader refuses a publish grant for it.
+OPERATOR_ROLES = ("ops", "security", "auditor")
+READ_ONLY_ROLES = frozenset({"auditor"})
 
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _TIER_KEY = re.compile(r"^tier([1-9][0-9]?)$")
@@ -122,7 +130,7 @@ class Policy:
     version: int
     control_namespace: tuple[Grant, ...]
     unit: Profile
-    operator: Profile
+    operators: Mapping[str, Profile]  # by admin role (OPERATOR_ROLES), from the operator's registry record
     services: Mapping[str, Profile]  # by service name (the service identity's id)
     partner_tiers: Mapping[int, Profile]  # by tier number
     quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
@@ -140,17 +148,24 @@ class Policy:
     def profiles(self) -> Iterator[Profile]:
         """Every role and quarantine profile, in file order."""
         yield self.unit
-        yield self.operator
+        yield from self.operators.values()
         yield from self.services.values()
         yield from self.partner_tiers.values()
         yield from self.quarantine.values()
 
-    def profile_for(self, kind: str, ident: str, tier: int | None) -> Profile:
-        """The normal profile of an identity; an empty stand-in (deny everything) when none is listed."""
+    def profile_for(self, kind: str, ident: str, tier: int | None, role: str | None = None) -> Profile:
+        """The normal profile of an identity; an empty stand-in (deny everything) when none is listed.
+
+        An operator's profile is its admin role's (`role`, from its registry record, never from the
+        client); an operator without a role, or with one the policy does not list, is granted nothing.
+        """
         if kind == "unit":
             return self.unit
         if kind == "operator":
-            return self.operator
+            name = role if role in OPERATOR_ROLES else "none"
+            return self.operators.get(name) or Profile(
+                f"operator/{name}", f"roles.operator.{name}", defined=False
+            )
         if kind == "service":
             return self.services.get(ident) or Profile(
                 f"service/{ident}", f"roles.service.{ident}", defined=False
@@ -216,9 +231,13 @@ def _parse_roles(at: At, value: Any) -> dict[str, Any]:
     roles = at.mapping(value, allowed=frozenset({"unit", "operator", "service", "partner"}))
     services = at.key("service").names(roles.get("service", {}))
     tiers = at.key("partner").names(roles.get("partner", {}))
+    operators = _operator_roles(at.key("operator"), roles.get("operator", {}))
     return {
         "unit": _profile(at.key("unit"), roles.get("unit", {}), "unit", _ROLE_PLACEHOLDERS),
-        "operator": _profile(at.key("operator"), roles.get("operator", {}), "operator", _ROLE_PLACEHOLDERS),
+        "operators": {
+            role: _profile(at.key("operator").key(role), body, f"operator/{role}", _ROLE_PLACEHOLDERS)
+            for role, body in operators.items()
+        },
         "services": {
             name: _service(at.key("service").key(str(name)), name, body) for name, body in services.items()
         },
@@ -226,6 +245,22 @@ def _parse_roles(at: At, value: Any) -> dict[str, Any]:
             _tier(at.key("partner").key(str(name)), name, body) for name, body in tiers.items()
         ),
     }
+
+
+def _operator_roles(at: At, value: Any) -> dict[str, Any]:
+    """roles.operator: one profile per admin role; a role not listed is granted nothing on MQTT."""
+    body = at.names(value)
+    roles = ", ".join(OPERATOR_ROLES)
+    for key in body:
+        if key not in OPERATOR_ROLES:
+            # The shape before roles had publish/subscribe/limits straight under roles.operator.
+            hint = (
+                " (grants now go under a role, e.g. roles.operator.ops.publish)"
+                if key in _PROFILE_KEYS
+                else ""
+            )
+            at.fail(f"{key!r} is not an admin role; operators are granted by role: {roles}{hint}")
+    return body
 
 
 def _service(at: At, name: Any, body: Any) -> Profile:
@@ -434,7 +469,7 @@ def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
         for grant in profile.grants():
             if not grant.template.startswith("$"):
                 continue
-            if profile.name != "operator":
+            if not profile.name.startswith("operator/"):
                 message = (
                     f"{grant.template!r} is a $-topic, the gateway's own; only operators may be granted one"
                 )
@@ -442,6 +477,16 @@ def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
             elif grant in profile.publish:
                 message = f"{grant.template!r} never takes effect: nobody publishes $-topics but the gateway"
                 yield LintFinding("warning", grant.path, message)
+
+
+def _read_only_roles(policy: Policy) -> Iterator[LintFinding]:
+    for role in sorted(READ_ONLY_ROLES):
+        profile = policy.operators.get(role)
+        for grant in profile.publish if profile is not None else ():
+            message = (
+                f"an {role} only reads: it may be granted subscriptions, never a publish ({grant.template!r})"
+            )
+            yield LintFinding("error", grant.path, message)
 
 
 def _gateway_only_grants(policy: Policy) -> Iterator[LintFinding]:
@@ -516,6 +561,7 @@ def _limit_sanity(policy: Policy) -> Iterator[LintFinding]:
 _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _unit_escapes,
     _dollar_grants,
+    _read_only_roles,
     _gateway_only_grants,
     _quarantine_restricts,
     _broad_grants,

@@ -24,7 +24,10 @@ EMBEDDED = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "polic
 
 TRK1 = Identity("unit", "TRK-1", TD)
 TRK2 = Identity("unit", "TRK-2", TD)
-ALICE = Identity("operator", "alice", TD)
+ALICE = Identity("operator", "alice", TD)  # role ops
+SAM = Identity("operator", "sam", TD)  # role security
+BOB = Identity("operator", "bob", TD)  # role auditor
+NOROLE = Identity("operator", "nobody", TD)  # no role in the registry
 DISPATCH = Identity("service", "dispatch", TD)
 BILLING = Identity("service", "billing", TD)  # a service the policy does not list
 ACME = Identity("partner", "ACME", TD)  # tier 3
@@ -45,8 +48,11 @@ class World:
 
     def __post_init__(self) -> None:
         d = self.directory
-        for who in (TRK1, TRK2, ALICE, DISPATCH, BILLING, NOTIER):
+        for who in (TRK1, TRK2, DISPATCH, BILLING, NOTIER, NOROLE):
             d.enroll(who)
+        d.enroll(ALICE, role="ops")
+        d.enroll(SAM, role="security")
+        d.enroll(BOB, role="auditor")
         d.enroll(ACME, tier=3)
         d.enroll(PARTNER_TRK1, tier=1)
         d.enroll(OPERATOR_TRK2)
@@ -122,7 +128,12 @@ PUBLISHES = [
     (DISPATCH, "fleet/TRK-1/control/brake", ("allow", "publish_granted", "service/dispatch/publish/0")),
     (DISPATCH, "fleet/TRK-1/telemetry/gps", ("deny", "topic_not_granted", "service/dispatch/publish")),
     (BILLING, "fleet/TRK-1/cmd/x", ("deny", "topic_not_granted", "service/billing/publish")),
-    (ALICE, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/publish/0")),
+    (ALICE, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/ops/publish/0")),
+    (SAM, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/security/publish/0")),
+    # An auditor reads and nothing else; an operator the registry gives no role gets nothing at all.
+    (BOB, "fleet/TRK-1/cmd/immobilise", ("deny", "topic_not_granted", "operator/auditor/publish")),
+    (BOB, "fleet/TRK-1/control/brake", ("deny", "topic_not_granted", "operator/auditor/publish")),
+    (NOROLE, "fleet/TRK-1/cmd/reboot", ("deny", "topic_not_granted", "operator/none/publish")),
     (ACME, "fleet/TRK-1/telemetry/eta", ("deny", "topic_not_granted", "partner/tier3/publish")),
     (GHOST, "fleet/TRK-404/state", ("deny", "unknown_identity", "registry/identity")),
     (REVOKED, "fleet/TRK-666/state", ("deny", "identity_revoked", "registry/identity")),
@@ -134,7 +145,7 @@ PUBLISHES = [
     (TRK1, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
     (None, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
     (DISPATCH, "fleet/TRK-1/cmd/reroute", ("allow", "publish_granted", "service/dispatch/publish/1")),
-    (ALICE, "fleet/TRK-1/cmd/mode/x", ("allow", "publish_granted", "operator/publish/0")),  # not it
+    (ALICE, "fleet/TRK-1/cmd/mode/x", ("allow", "publish_granted", "operator/ops/publish/0")),  # not it
     (TRK1, "fleet/TRK-1/cmd/mode/ack", ("allow", "publish_granted", "unit/publish/3")),
 ]
 
@@ -164,7 +175,10 @@ SUBSCRIBES = [
     (ACME, "fleet/+/telemetry/eta", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
     (BIGCO, "views/1/#", ("allow", "subscribe_granted", "partner/tier1/subscribe/0")),
     (BIGCO, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "partner/tier1/subscribe")),
-    (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/subscribe")),  # operators: by grant
+    (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/ops/subscribe")),  # operators: by grant
+    (BOB, "fleet/+/telemetry/#", ("allow", "subscribe_granted", "operator/auditor/subscribe/0")),
+    (BOB, "fleet/+/cmd/#", ("allow", "subscribe_granted", "operator/auditor/subscribe/3")),
+    (NOROLE, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "operator/none/subscribe")),
     (DISPATCH, "$share/d/fleet/+/control/#", ("allow", "subscribe_granted", "service/dispatch/subscribe/1")),
     (None, "#", ("allow", "builtin_floor", "builtin/floor")),
 ]
@@ -318,3 +332,15 @@ class TestLiveChanges:
         engine.invalidate(ACME)
         assert engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule == "partner/tier2/subscribe/0"
         assert engine.max_subscriptions_for(peer(ACME)) == 10
+
+    def test_a_role_change_switches_an_operators_grants(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        assert publish(engine, ALICE, "fleet/TRK-1/cmd/reboot").allowed
+        directory.put(ALICE, IdentityState("enrolled", role="auditor"))  # the registry record changed
+        engine.invalidate(ALICE)
+        assert brief(publish(engine, ALICE, "fleet/TRK-1/cmd/reboot")) == (
+            "deny",
+            "topic_not_granted",
+            "operator/auditor/publish",
+        )
+        assert engine.decide_subscribe(peer(ALICE), "fleet/+/state", T0).allowed

@@ -78,7 +78,7 @@ class TestDisjointness:
             version=1,
             control_namespace=policy.control_namespace,
             unit=policy.unit,
-            operator=policy.operator,
+            operators=policy.operators,
             services=policy.services,
             partner_tiers=policy.partner_tiers,
             quarantine={"unit": widened},
@@ -180,22 +180,22 @@ class TestLint:
 
     def test_dollar_subscribe_grant_to_operators_is_allowed(self) -> None:
         data = base()
-        data["roles"]["operator"]["subscribe"].append("$SYS/#")
+        data["roles"]["operator"]["security"]["subscribe"].append("$SYS/#")
         policy = policy_from_mapping(data, "p.yaml")
         assert [f for f in lint_policy(policy) if f.severity == "error"] == []
 
     def test_warnings_for_everything_grants_and_partner_reach_into_cmd(self) -> None:
         data = base()
-        data["roles"]["operator"]["subscribe"].append("#")
+        data["roles"]["operator"]["ops"]["subscribe"].append("#")
         data["roles"]["partner"]["tier1"]["subscribe"].append("fleet/+/cmd/#")
-        data["roles"]["operator"]["publish"].append("$SYS/x")
+        data["roles"]["operator"]["ops"]["publish"].append("$SYS/x")
         data["roles"]["unit"]["limits"]["bytes_burst"] = 1000
         policy = policy_from_mapping(data, "p.yaml")
         found = {(f.severity, f.path) for f in lint_policy(policy)}
         assert found == {
-            ("warning", "roles.operator.subscribe[4]"),
+            ("warning", "roles.operator.ops.subscribe[4]"),
             ("warning", "roles.partner.tier1.subscribe[1]"),
-            ("warning", "roles.operator.publish[1]"),
+            ("warning", "roles.operator.ops.publish[1]"),
             ("warning", "roles.unit.limits.bytes_burst"),
         }
 
