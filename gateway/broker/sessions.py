@@ -66,6 +66,9 @@ class StoredSubscription:
     identifier: int | None  # 5.0 subscription identifier
     group: str | None  # share group, None for an ordinary subscription
     plain_filter: str  # the filter without its $share/{group}/ prefix
+    # Whose group it is: members of `$share/{group}/...` share messages only with subscribers of the
+    # same scope (BrokerState.share_scope: the identity, or a profile the policy lets share the group).
+    scope: str | None = None
 
     @property
     def topic_filter(self) -> str:

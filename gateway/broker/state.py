@@ -28,7 +28,7 @@ from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Will
 from gateway.mqtt.session import ServerSession
-from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.access import AccessPolicy, Peer, identity_scope
 from gateway.policy.decision import Decision, Verdict
 
 _ALLOW = Verdict.ALLOW
@@ -110,6 +110,13 @@ class BrokerState:
             for decision, count in tally.values():
                 decisions[(kind, decision.verdict.value, decision.reason)] += count
             tally.clear()
+
+    def share_scope(self, peer: Peer, group: str) -> str:
+        """Who `$share/{group}/...` of this peer is shared with; the policy answers when it can
+        (a profile it lets share the group), otherwise the peer's own identity ("lab" for lab
+        clients, which share only among themselves). Never the bare group name."""
+        ask = getattr(self.policy, "share_scope", None)
+        return str(ask(peer, group)) if ask is not None else identity_scope(peer)
 
     def may_deliver(self, session: MqttSession, topic: str, now: float) -> bool:
         """decide_delivery for one recipient; every delivery path goes through here."""

@@ -107,6 +107,11 @@ def decide_session_owner(owner: Identity | None, peer: Peer) -> Decision:
 _OWNER_RULE = "builtin/session_owner"
 
 
+def identity_scope(peer: Peer) -> str:
+    """The share scope of a peer's own `$share` groups: its identity, or "lab" for lab clients."""
+    return "lab" if peer.identity is None else f"identity/{peer.identity}"
+
+
 def _outside_dollar_space(topic: str) -> Decision:
     bare = topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
     if bare.startswith("$"):

@@ -34,7 +34,13 @@ from functools import lru_cache
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import RESERVED_FOR_GATEWAY, CertificateOnlyPolicy, Peer, is_mode_command
+from gateway.policy.access import (
+    RESERVED_FOR_GATEWAY,
+    CertificateOnlyPolicy,
+    Peer,
+    identity_scope,
+    is_mode_command,
+)
 from gateway.policy.decision import Decision, allow, deny
 from gateway.policy.directory import IdentityDirectory, IdentityState
 from gateway.policy.grants import CompiledGrants, GrantCache
@@ -155,6 +161,23 @@ class PolicyEngine:
         except IdentityError:
             return None
         return None if seen is None else seen.grants.profile.limits.max_subscriptions
+
+    def share_scope(self, peer: Peer, group: str) -> str:
+        """Who this peer's `$share/{group}/...` subscriptions share messages with.
+
+        Its own identity's subscriptions only, unless its profile lists `group` in `share_groups`:
+        then every identity of that profile (e.g. several dispatch workers). So an identity naming
+        another's group (an auditor subscribing `$share/dispatch-workers/...`) gets a group of its
+        own and diverts nothing; the broker keys groups by this answer (broker/routing.py).
+        """
+        if peer.identity is not None:
+            try:
+                seen = self._lookup(peer.identity)
+            except IdentityError:
+                seen = None
+            if seen is not None and group in seen.grants.profile.share_groups:
+                return f"profile/{seen.grants.profile.name}"
+        return identity_scope(peer)
 
     def violation_limit(self) -> int:
         """Denied publishes and subscribes one connection may collect before it is disconnected."""

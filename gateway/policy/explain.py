@@ -187,6 +187,7 @@ def _profile_json(profile: Profile) -> dict[str, Any]:
         "name": profile.name,
         "publish": [g.template for g in profile.publish],
         "subscribe": [g.template for g in profile.subscribe],
+        "share_groups": list(profile.share_groups),
         "limits": dict(_limit_items(profile.limits)),
     }
 

@@ -118,6 +118,9 @@ class Profile:
     subscribe: tuple[Grant, ...] = ()
     limits: Limits = Limits()
     defined: bool = True  # False: a stand-in for a service or tier the policy does not list
+    # `$share` group names every identity of this profile shares with the others; any other group
+    # name is shared only among one identity's own subscriptions (PolicyEngine.share_scope).
+    share_groups: tuple[str, ...] = ()
 
     def grants(self) -> Iterator[Grant]:
         yield from self.publish
@@ -299,7 +302,8 @@ def _parse_detectors(at: At, value: Any) -> dict[str, Any]:
     return {"detectors": parse_detectors(at, value)}
 
 
-_PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
+_PROFILE_KEYS = frozenset({"publish", "subscribe", "limits", "share_groups"})
+_SHARE_NAME = re.compile(r"^[^/+#\x00]+$")  # MQTT 5 §4.8.2: no "/", "+" or "#" in a share name
 _LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
 
 
@@ -319,8 +323,23 @@ def _profile(at: At, value: Any, name: str, placeholders: frozenset[str]) -> Pro
             for i, item in enumerate(items)
         )
     return Profile(
-        name, at.path, grants["publish"], grants["subscribe"], _limits(at.key("limits"), body.get("limits"))
+        name,
+        at.path,
+        grants["publish"],
+        grants["subscribe"],
+        _limits(at.key("limits"), body.get("limits")),
+        share_groups=_share_groups(at.key("share_groups"), body.get("share_groups")),
     )
+
+
+def _share_groups(at: At, value: Any) -> tuple[str, ...]:
+    names = at.strings(value if value is not None else [], "share group names")
+    for i, name in enumerate(names):
+        if not _SHARE_NAME.match(name):
+            at.index(i).fail(
+                f"{name!r} is not a share group name: one or more characters, no '/', '+' or '#'"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def _limits(at: At, value: Any) -> Limits:

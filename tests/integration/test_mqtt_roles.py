@@ -1,9 +1,10 @@
 """Who may command units over MQTT, through real paho clients over mTLS.
 
 An operator's MQTT grants follow its admin role from the registry: an auditor reads and sends
-nothing, ops and security keep the command topics. And the retained mode command the gateway
-publishes on quarantine is its alone: no operator, no service, no unit replaces or clears it, in
-MQTT 3.1.1 (which cannot say no: the message is dropped) or 5.0 (PUBACK 0x87).
+nothing, ops and security keep the command topics; naming dispatch's `$share` group gives an
+auditor a group of its own, not half of dispatch's messages. And the retained mode command the
+gateway publishes on quarantine is its alone: no operator, no service, no unit replaces or clears
+it, in MQTT 3.1.1 (which cannot say no: the message is dropped) or 5.0 (PUBACK 0x87).
 """
 
 from __future__ import annotations
@@ -80,6 +81,23 @@ def test_ops_and_security_still_command_units(
         assert [(m.topic, m.payload) for m in unit.expect(1)] == [(f"fleet/{UNIT}/cmd/reboot", name.encode())]
     finally:
         operator.disconnect()
+
+
+def test_an_auditor_joining_dispatchs_share_group_diverts_nothing(
+    gw: GatewayProcess, who: dict[str, Credentials]
+) -> None:
+    shared = "$share/dispatch-workers/fleet/+/telemetry/#"
+    dispatch, bob = connected(gw, who["dispatch"]), connected(gw, who["bob"])
+    truck = connected(gw, gw.enroll_unit("TRK-SHARE"))
+    try:
+        assert dispatch.subscribe(shared) == [1] and bob.subscribe(shared) == [1]
+        for i in range(10):
+            assert truck.publish("fleet/TRK-SHARE/telemetry/gps", str(i).encode()) == 0
+        assert sorted(int(m.payload) for m in dispatch.expect(10)) == list(range(10))
+        assert len(bob.expect(10)) == 10  # a group of its own: a copy of what it may read anyway
+    finally:
+        for client in (dispatch, bob, truck):
+            client.disconnect()
 
 
 def retained_mode(gw: GatewayProcess, creds: Credentials) -> list[Received]:
