@@ -21,12 +21,16 @@ from gateway.stores.audit_log import AggregatingAuditor, AuditLog
 _ACTIONS: dict[str, tuple[str, bool]] = {
     "ConnectRefused": ("mqtt.connect", False),
     "SessionTakenOver": ("mqtt.takeover", False),
+    "CertificateExpired": ("mqtt.disconnect", False),
     "PublishDenied": ("mqtt.publish", True),
     "SubscribeDenied": ("mqtt.subscribe", True),
     "DeliveryDenied": ("mqtt.deliver", True),
     "ProtocolViolation": ("mqtt.protocol", True),
     "ClientConnected": ("mqtt.connect", False),
 }
+
+
+_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "CertificateExpired": "disconnected"}
 
 
 def _snake(name: str) -> str:
@@ -75,9 +79,7 @@ class EventRecorder:
                 actor=actor, action=action, subject=subject, reason=reason, now_monotonic=mono, wall=wall
             )
             return
-        outcome = (
-            "ok" if name == "ClientConnected" else ("suspicious" if name == "SessionTakenOver" else "refused")
-        )
+        outcome = _OUTCOMES.get(name, "refused")
         details = {k: _plain(v) for k, v in fields.items() if k not in ("peer", "reason")}
         self.audit.append(
             actor=actor,

@@ -35,7 +35,7 @@ from gateway.broker.events import (
 from gateway.broker.inbound import publish_will
 from gateway.broker.outbound import resume
 from gateway.broker.records import identity_to_text
-from gateway.broker.sessions import MqttSession, PendingWill
+from gateway.broker.sessions import MqttSession, PendingWill, offline_peer
 from gateway.broker.state import BrokerState, Connection
 from gateway.broker.subscribe import recheck_subscriptions
 from gateway.mqtt.errors import TopicNameInvalid
@@ -155,6 +155,9 @@ def _accept(
         st.timers.cancel(("conn", conn.conn_id))
     else:
         st.timers.set(("conn", conn.conn_id), deadline)
+    expires = st.certificate_deadline(conn.peer)
+    if expires is not None:
+        st.timers.set(("cert", conn.conn_id), expires)  # lifecycle.end_for_expired_certificate
     if present:
         st.metrics.sessions_resumed += 1
         recheck_subscriptions(st, session, now)  # the policy may have changed while it was away
@@ -228,6 +231,7 @@ def drop_connection(st: BrokerState, conn: Connection, reason: str, *, socket_go
     conn.protocol.close()
     st.connections.pop(conn.conn_id, None)
     st.timers.cancel(("conn", conn.conn_id))
+    st.timers.cancel(("cert", conn.conn_id))
     st.metrics.connections_closed[reason] += 1
     if not socket_gone:
         st.out.close(conn.conn_id, reason)
@@ -254,6 +258,7 @@ def end_connection(
     st.events.append(ClientDisconnected(conn.peer, session.client_id, reason))
     session.conn = None
     session.since = now
+    session.peer = offline_peer(session.peer)
     if will and conn.will is not None:
         _schedule_will(st, session, conn.will, conn.peer, now)
     if session.expiry_interval == 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.mqtt.packets import Properties, Subscription, Will
 from gateway.policy.access import Peer
@@ -82,6 +82,13 @@ class PendingWill:
     will: Will
     peer: Peer
     deadline: float
+
+
+def offline_peer(peer: Peer) -> Peer:
+    """The peer an offline session is judged by: the same identity and certificate serial, without
+    the certificate's dates (they end the connection; an offline session waits for the identity's
+    next certificate, which admission checks, and a session restored from disk has no dates either)."""
+    return peer if peer.certificate_not_after is None else replace(peer, certificate_not_after=None)
 
 
 @dataclass(slots=True, eq=False)

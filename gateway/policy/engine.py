@@ -179,6 +179,13 @@ class PolicyEngine:
                 return f"profile/{seen.grants.profile.name}"
         return identity_scope(peer)
 
+    def certificate_deadline(self, peer: Peer) -> float | None:
+        """When the peer's certificate stops being acceptable: its not_after plus the clock-skew
+        tolerance (the same grace admission and decide_connect give). The broker ends a live
+        session then; None: nothing to wait for (lab clients, sessions restored from disk)."""
+        not_after = peer.certificate_not_after
+        return None if not_after is None else not_after + self._clock_skew
+
     def violation_limit(self) -> int:
         """Denied publishes and subscribes one connection may collect before it is disconnected."""
         return self.policy.max_denied_before_disconnect
@@ -317,9 +324,11 @@ class PolicyEngine:
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
         if peer.identity is None:
             return self._floor.decide_delivery(peer, topic, now)
-        # No expiry check: queued messages of an offline session are judged against its last peer,
-        # whose certificate may have lapsed before the unit renews; expiry is enforced at connect.
-        seen = self._standing(peer, now, check_expiry=False)
+        # A live peer whose certificate has expired receives nothing (the broker also ends its session
+        # at that moment). An offline session's peer carries no certificate dates (the broker drops
+        # them at disconnect, and a restored session never had them): its messages are queued by the
+        # identity's standing and judged again against the certificate it comes back with.
+        seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
         if topic[:1] == "$" and peer.identity.kind != "operator":

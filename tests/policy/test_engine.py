@@ -211,14 +211,25 @@ def test_delivery(world: World, who: Identity | None, topic: str, expected: tupl
 
 
 def test_delivery_to_a_restored_session_needs_no_certificate_facts(world: World) -> None:
-    restored = Peer("", TRK1)  # what the broker rebuilds from disk after a restart
+    restored = Peer("", TRK1)  # what the broker rebuilds from disk, and keeps for an offline session
     assert world.engine.decide_delivery(restored, "fleet/TRK-1/cmd/x", T0).allowed
-    expired = peer(TRK1, not_after=T0 - 10)  # lapsed while offline: expiry is enforced at connect
-    assert world.engine.decide_delivery(expired, "fleet/TRK-1/cmd/x", T0).allowed
-    assert brief(publish(world.engine, TRK1, "fleet/TRK-1/state", now=T0))[0] == "allow"
-    assert world.engine.decide_publish(expired, "fleet/TRK-1/state", 1, 0, False, T0).reason == (
+
+
+def test_a_live_peer_with_an_expired_certificate_receives_nothing() -> None:
+    world = World()
+    engine = PolicyEngine(POLICY, world.directory, clock_skew_tolerance=60)
+    lapsed = peer(TRK1, not_after=T0 - 10)  # still inside the 60 s grace
+    assert engine.decide_delivery(lapsed, "fleet/TRK-1/cmd/x", T0).allowed
+    assert engine.certificate_deadline(lapsed) == T0 + 50
+    assert brief(engine.decide_delivery(lapsed, "fleet/TRK-1/cmd/x", T0 + 51)) == (
+        "deny",
+        "certificate_expired",
+        "builtin/certificate_validity",
+    )
+    assert engine.decide_publish(lapsed, "fleet/TRK-1/state", 1, 0, False, T0 + 51).reason == (
         "certificate_expired"
     )
+    assert engine.certificate_deadline(Peer("", TRK1)) is None
 
 
 class TestLimits:
