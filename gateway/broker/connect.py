@@ -10,8 +10,8 @@ client at once that its "last gasp" would never be heard.
 A session belongs to the identity that created it (policy.access.decide_session_owner): a CONNECT
 whose client id names a live or persistent session of another identity is refused (0x85 / 3.1.1 0x02)
 before anything is touched — the owner is not disconnected and its session is not discarded. The only
-session that gives way to a different peer is a lab client's, to the certificate holder whose id it
-names.
+sessions that give way to a different peer are those no certificate identity owns (a lab client's, a
+stored one whose owner does not parse), to the certificate holder whose id they name.
 
 Otherwise the session is chosen (§3.1.2.4): a live connection with the same client id is taken over
 (it gets DISCONNECT 0x8E and its will follows §3.1.3.2.2: published, or left pending with its delay if
@@ -169,7 +169,7 @@ def _take_session(
 ) -> MqttSession | None:
     """Take over a live connection, then resume or end the existing session. Returns it if resumed.
 
-    Called once decide_session_owner allowed it: the session is the peer's own, or a lab client's."""
+    Called once decide_session_owner allowed it: the session is the peer's own, or no identity's."""
     existing = st.sessions.get(client_id)
     if existing is not None and existing.conn is not None:
         old = st.connections.get(existing.conn)
@@ -187,7 +187,7 @@ def _take_session(
         existing = st.sessions.get(client_id)  # an expiry-0 session ended with its connection
     if existing is None:
         return None
-    if existing.identity != conn.peer.identity:  # a lab client's, given way (decide_session_owner)
+    if existing.identity != conn.peer.identity:  # no identity's, given way (decide_session_owner)
         st.metrics.sessions_discarded["identity_mismatch"] += 1
         st.events.append(
             SessionDiscarded(client_id, "identity_mismatch", identity_to_text(existing.identity), conn.peer)

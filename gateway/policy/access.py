@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gateway.mqtt.packets import Connect
 from gateway.policy.decision import Decision, allow, deny
-from pki.names import Identity
+from pki.names import CLIENT_KINDS, Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +93,15 @@ def decide_session_owner(owner: Identity | None, peer: Peer) -> Decision:
     a CONNECT from anyone else naming it is refused (0x85 / 3.1.1 0x02) and the owner's live
     connection, subscriptions and queued messages stay as they are. Two kinds sharing an id (a
     registry from before ids were unique across kinds) and lab clients (any client id, no
-    certificate) are who would try. The one exception runs the other way: a lab client's session
-    (`owner` None) gives way to the certificate holder whose id it names, or a loopback test tool
+    certificate) are who would try. The one exception runs the other way: a session no certificate
+    identity owns — a lab client's (`owner` None), or a stored one whose owner did not parse — gives
+    way to the certificate holder whose id it names, or a loopback test tool (or a damaged row)
     could keep a unit off its own client id.
     """
     if owner == peer.identity:
         return allow("session_owner", _OWNER_RULE)
-    if owner is None:
-        return allow("lab_session_replaced", _OWNER_RULE)
+    if peer.identity is not None and (owner is None or owner.kind not in CLIENT_KINDS):
+        return allow("ownerless_session_replaced", _OWNER_RULE)
     return deny("client_id_in_use", _OWNER_RULE)
 
 

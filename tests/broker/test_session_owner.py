@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import ConnectRefused, SessionDiscarded, SessionTakenOver
+from gateway.broker import ConnectRefused, InMemoryStore, SessionDiscarded, SessionTakenOver
+from gateway.broker.records import SessionRecord
 from gateway.mqtt.packets import Properties, ProtocolVersion
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
 from pki.names import Identity
-from tests.broker.lab import TRUST_DOMAIN, V5, VERSIONS, Lab, Link, lab_peer, service_peer, unit_peer
+from tests.broker.lab import T0, TRUST_DOMAIN, V5, VERSIONS, Lab, Link, lab_peer, service_peer, unit_peer
 
+UNIT = "TRK-1"
 WIRE_CODE = {V5: 0x85, ProtocolVersion.MQTT_3_1_1: 0x02}
 
 
@@ -115,3 +117,14 @@ def test_an_expired_session_is_no_ones() -> None:
     lab.now += 61  # expired, and the tick has not run yet
     other = lab.connect("TRK-1", peer=partner_peer("TRK-1"))
     assert other.connack.reason_code == 0  # the broker floor alone; the engine refuses it (test_engine)
+
+
+def test_a_stored_session_whose_owner_does_not_parse_gives_way_to_the_unit_only() -> None:
+    store = InMemoryStore()
+    store.save_session(SessionRecord(UNIT, "not a spiffe uri", 3600, T0, ()))
+    store.commit()
+    lab = Lab(store=store)
+    lab_client = lab.connect(UNIT, **persistent(V5), peer=lab_peer())
+    assert lab_client.closed == "connect_refused"  # no identity: it never gets a session to itself
+    unit = lab.connect(UNIT, **persistent(V5))
+    assert unit.connack.reason_code == 0 and not unit.connack.session_present
