@@ -50,7 +50,7 @@ def topic_acls(
     """The policy's grants for each identity, `{id}` filled in (amqtt's ACL plugin lists users one by one)."""
     roles = policy.get("roles", {})
     granted = [(u, roles.get("unit") or {}) for u in units]
-    granted += [(o, roles.get("operator") or {}) for o in operators]
+    granted += [(o, (roles.get("operator") or {}).get("ops") or {}) for o in operators]  # role ops
     granted += [(s, (roles.get("service") or {}).get(s) or {}) for s in services]
     acl: Acl = {"publish": {}, "subscribe": {}}
     for ident, grants in granted:

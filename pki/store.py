@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pki.authority import RevokedEntry
 from pki.enrollment import TokenRecord
 from pki.errors import AlreadyExistsError, NotFoundError, PkiError, StoreError
-from pki.names import Identity, validate_id
+from pki.names import CLIENT_KINDS, Identity, validate_id
 from pki.records import (
     CERT_COLUMNS,
     IDENTITY_COLUMNS,
@@ -165,15 +165,41 @@ class Registry:
         _check_state(state)
         stamp = to_text(now)
         try:
-            self._write(
-                f"INSERT INTO pki_identities ({IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, ident, state, _check_metadata(metadata), stamp, stamp),
-            )
+            with self.transaction() as conn:
+                self._refuse_id_of_another_kind(kind, ident)
+                conn.execute(
+                    f"INSERT INTO pki_identities ({IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (kind, ident, state, _check_metadata(metadata), stamp, stamp),
+                )
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(
                 "already_exists", f"{kind} {ident} already exists; pick another id"
             ) from None
         return self._require_identity(kind, ident)
+
+    def _refuse_id_of_another_kind(self, kind: str, ident: str) -> None:
+        """Client ids are unique across the kinds that connect to the broker.
+
+        An MQTT client id is a bare id (a unit's must equal its unit id), so a partner, operator or
+        service sharing a unit's id could present that unit's client id: the broker refuses such a
+        CONNECT, but the registry is where the ambiguity is stopped. Checked inside the insert's
+        transaction (BEGIN IMMEDIATE), so two concurrent adds cannot both pass it.
+        """
+        if kind not in CLIENT_KINDS:
+            return
+        others = [k for k in CLIENT_KINDS if k != kind]
+        marks = ", ".join("?" for _ in others)
+        rows = self._query(
+            f"SELECT kind FROM pki_identities WHERE id = ? AND kind IN ({marks}) ORDER BY kind",
+            (ident, *others),
+        )
+        if rows:
+            holder = rows[0][0]
+            raise AlreadyExistsError(
+                "id_taken",
+                f"{holder} {ident} already holds the id {ident}, and units, operators, services and "
+                f"partners share one id space; pick another id for the {kind}",
+            )
 
     def get_identity(self, kind: str, ident: str) -> IdentityRecord | None:
         rows = self._query(

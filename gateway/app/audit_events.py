@@ -28,6 +28,7 @@ HTTP_REFUSAL_SOURCES = 1024  # distinct (source, action, reason) runs per window
 _ACTIONS: dict[str, tuple[str, bool]] = {
     "ConnectRefused": ("mqtt.connect", False),
     "SessionTakenOver": ("mqtt.takeover", False),
+    "CertificateExpired": ("mqtt.disconnect", False),
     "PublishDenied": ("mqtt.publish", True),
     # Aggregated too: a unit that reconnects and drops again would otherwise write one record each time.
     "WillDropped": ("mqtt.will", True),
@@ -36,6 +37,9 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "ProtocolViolation": ("mqtt.protocol", True),
     "ClientConnected": ("mqtt.connect", False),
 }
+
+
+_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "CertificateExpired": "disconnected"}
 
 
 def _snake(name: str) -> str:
@@ -84,9 +88,7 @@ class EventRecorder:
                 actor=actor, action=action, subject=subject, reason=reason, now_monotonic=mono, wall=wall
             )
             return
-        outcome = (
-            "ok" if name == "ClientConnected" else ("suspicious" if name == "SessionTakenOver" else "refused")
-        )
+        outcome = _OUTCOMES.get(name, "refused")
         details = {k: _plain(v) for k, v in fields.items() if k not in ("peer", "reason")}
         self.audit.append(
             actor=actor,

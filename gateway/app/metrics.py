@@ -139,6 +139,11 @@ class GatewayCollector(Collector):
             decisions.add_metric([kind, verdict, reason], value)
         yield decisions
         yield _counter("takeovers", "Sessions taken over by a second connection.", m.takeovers)
+        yield _counter(
+            "certificates_expired",
+            "Live connections ended because their certificate expired.",
+            m.certificates_expired,
+        )
         yield _counter("slow_consumers_cut", "Clients cut off for not reading.", h.slow_consumers_cut)
         yield _counter("internal_errors", "Connections closed by an internal error.", m.internal_errors)
         yield _counter("store_errors", "Failed state commits.", m.store_errors)

@@ -4,6 +4,7 @@ from gateway.broker.actions import Action, Close, Send
 from gateway.broker.core import Broker
 from gateway.broker.events import (
     BrokerEvent,
+    CertificateExpired,
     ClientConnected,
     ClientDisconnected,
     ConnectRefused,
@@ -25,6 +26,7 @@ __all__ = [
     "BrokerLimits",
     "BrokerMetrics",
     "BrokerStore",
+    "CertificateExpired",
     "ClientConnected",
     "ClientDisconnected",
     "Close",

@@ -13,11 +13,16 @@ session lives (quarantine, release), and because refusing a unit's CONNECT for i
 vehicle-control channel — a quarantined unit reconnecting with its usual will on fleet/{id}/state must
 get its control subscriptions back. A will the policy forbids then is dropped, counted and reported.
 
+A session belongs to the identity that created it (policy.access.decide_session_owner): a CONNECT
+whose client id names a live or persistent session of another identity is refused (0x85 / 3.1.1 0x02)
+before anything is touched — the owner is not disconnected and its session is not discarded. The only
+sessions that give way to a different peer are those no certificate identity owns (a lab client's, a
+stored one whose owner does not parse), to the certificate holder whose id they name.
+
 Otherwise the session is chosen (§3.1.2.4): a live connection with the same client id is taken over
 (it gets DISCONNECT 0x8E and its will follows §3.1.3.2.2: published, or left pending with its delay if
-the new connection continues the session); an existing session is resumed only if clean start is 0
-AND it belongs to the same identity — a session never changes hands between identities, whatever the
-client id says; otherwise it ends (its pending will fires) and a new one begins.
+the new connection continues the session); an existing session is resumed if clean start is 0 (and
+it is the peer's own); otherwise it ends (its pending will fires) and a new one begins.
 
 When a connection ends, its will is published now, or after its delay (cancelled if the session is
 resumed in time), or when the session ends, whichever comes first. A session with expiry 0 ends with
@@ -38,14 +43,14 @@ from gateway.broker.events import (
 from gateway.broker.inbound import publish_will
 from gateway.broker.outbound import resume
 from gateway.broker.records import identity_to_text
-from gateway.broker.sessions import MqttSession, PendingWill
+from gateway.broker.sessions import MqttSession, PendingWill, offline_peer
 from gateway.broker.state import BrokerState, Connection
 from gateway.broker.subscribe import recheck_subscriptions
 from gateway.mqtt.errors import TopicNameInvalid
 from gateway.mqtt.packets import Connack, Connect, Properties, ProtocolVersion, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.topics import validate_topic_name
-from gateway.policy.access import Peer
+from gateway.policy.access import Peer, decide_session_owner
 
 _V5 = ProtocolVersion.MQTT_5
 
@@ -82,9 +87,29 @@ def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: flo
         )
         refuse(st, conn, client_id, code, decision.reason, decision.rule)
         return
+    existing = _current_session(st, client_id, now)
+    if existing is not None:
+        owner = st.counted("connect", decide_session_owner(existing.identity, conn.peer))
+        if not owner.allowed:
+            refuse(st, conn, client_id, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, owner.reason, owner.rule)
+            return
     if connect.will is not None and not _will_valid(st, conn, client_id, connect.will):
         return
     _accept(st, conn, connect, client_id, assigned, now)
+
+
+def _current_session(st: BrokerState, client_id: str, now: float) -> MqttSession | None:
+    """The session `client_id` names, live or persistent; one that expired a moment ago (before the
+    tick ran) is ended here and is no one's any more."""
+    existing = st.sessions.get(client_id)
+    if existing is None or existing.conn is not None:
+        return existing
+    deadline = st.timers.deadline(("expiry", client_id))
+    if deadline is not None and deadline <= now:
+        st.metrics.sessions_expired += 1
+        end_session(st, existing, now)
+        return None
+    return existing
 
 
 def _will_valid(st: BrokerState, conn: Connection, client_id: str, will: Will) -> bool:
@@ -143,6 +168,9 @@ def _accept(
         st.timers.cancel(("conn", conn.conn_id))
     else:
         st.timers.set(("conn", conn.conn_id), deadline)
+    expires = st.certificate_deadline(conn.peer)
+    if expires is not None:
+        st.timers.set(("cert", conn.conn_id), expires)  # lifecycle.end_for_expired_certificate
     if present:
         st.metrics.sessions_resumed += 1
         recheck_subscriptions(st, session, now)  # the policy may have changed while it was away
@@ -152,7 +180,9 @@ def _accept(
 def _take_session(
     st: BrokerState, conn: Connection, connect: Connect, client_id: str, now: float
 ) -> MqttSession | None:
-    """Take over a live connection, then resume or end the existing session. Returns it if resumed."""
+    """Take over a live connection, then resume or end the existing session. Returns it if resumed.
+
+    Called once decide_session_owner allowed it: the session is the peer's own, or no identity's."""
     existing = st.sessions.get(client_id)
     if existing is not None and existing.conn is not None:
         old = st.connections.get(existing.conn)
@@ -170,12 +200,7 @@ def _take_session(
         existing = st.sessions.get(client_id)  # an expiry-0 session ended with its connection
     if existing is None:
         return None
-    deadline = st.timers.deadline(("expiry", client_id))
-    if existing.conn is None and deadline is not None and deadline <= now:
-        st.metrics.sessions_expired += 1  # expired a moment ago; the tick has not run yet
-        end_session(st, existing, now)
-        return None
-    if existing.identity != conn.peer.identity:
+    if existing.identity != conn.peer.identity:  # no identity's, given way (decide_session_owner)
         st.metrics.sessions_discarded["identity_mismatch"] += 1
         st.events.append(
             SessionDiscarded(client_id, "identity_mismatch", identity_to_text(existing.identity), conn.peer)
@@ -219,6 +244,7 @@ def drop_connection(st: BrokerState, conn: Connection, reason: str, *, socket_go
     conn.protocol.close()
     st.connections.pop(conn.conn_id, None)
     st.timers.cancel(("conn", conn.conn_id))
+    st.timers.cancel(("cert", conn.conn_id))
     st.metrics.connections_closed[reason] += 1
     if not socket_gone:
         st.out.close(conn.conn_id, reason)
@@ -245,6 +271,7 @@ def end_connection(
     st.events.append(ClientDisconnected(conn.peer, session.client_id, reason))
     session.conn = None
     session.since = now
+    session.peer = offline_peer(session.peer)
     if will and conn.will is not None:
         _schedule_will(st, session, conn.will, conn.peer, now)
     if session.expiry_interval == 0:

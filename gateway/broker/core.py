@@ -26,7 +26,7 @@ from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
 from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
 from gateway.broker.persistence import BrokerStore
-from gateway.broker.sessions import MqttSession
+from gateway.broker.sessions import MqttSession, offline_peer
 from gateway.broker.state import BrokerState, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.errors import MqttError
@@ -340,6 +340,7 @@ class Broker:
             return
         session.conn = None
         session.since = now
+        session.peer = offline_peer(session.peer)
         if session.expiry_interval > 0:
             st.timers.set(("expiry", session.client_id), now + session.expiry_interval)
             return

@@ -47,6 +47,15 @@ class SessionTakenOver:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateExpired:
+    """A live connection was ended because the certificate it was admitted with expired."""
+
+    peer: Peer
+    client_id: str
+    reason: str = "certificate_expired"
+
+
+@dataclass(frozen=True, slots=True)
 class SessionDiscarded:
     """A stored session was thrown away instead of resumed because a different identity asked for it."""
 
@@ -109,6 +118,7 @@ BrokerEvent = (
     | ClientDisconnected
     | ConnectRefused
     | SessionTakenOver
+    | CertificateExpired
     | SessionDiscarded
     | PublishDenied
     | WillDropped

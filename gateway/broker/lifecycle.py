@@ -8,14 +8,14 @@ DISCONNECT 0x87). The limit is the policy's (`violation_limit()`, the policy fil
 violations.max_denied_before_disconnect), asked at each count so that a policy reload applies to live
 connections at once; BrokerLimits.max_violations stands in for a policy that has none.
 
-Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily, see timers.py), delayed wills,
-session expiry and retained-message expiry.
+Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily, see timers.py), the end of a
+live connection's certificate, delayed wills, session expiry and retained-message expiry.
 """
 
 from __future__ import annotations
 
 from gateway.broker.connect import end_connection, end_session, fire_pending_will
-from gateway.broker.events import ProtocolViolation
+from gateway.broker.events import CertificateExpired, ProtocolViolation
 from gateway.broker.sessions import MqttSession
 from gateway.broker.state import BrokerState, Connection, TimerKey
 from gateway.mqtt.packets import Disconnect
@@ -69,9 +69,29 @@ def handle_disconnect(
     end_connection(st, conn, now, "client_disconnect", b"", will=will)
 
 
+def end_for_expired_certificate(st: BrokerState, conn: Connection, now: float) -> None:
+    """The certificate the connection was admitted with has expired (plus the clock-skew grace).
+
+    5.0 clients get DISCONNECT 0xA0 "Maximum connect time" (§3.14.2.1: the maximum connection time
+    authorized for this connection has been exceeded): the connection was authorized until the
+    certificate's end, and that is what ran out. 0x87 "Not authorized" would tell the client it had
+    done something it may not; 0x8B "Server shutting down" or 0x98 "Administrative action" would be
+    untrue. 3.1.1 clients are closed. The will is published if the policy still allows it (it will
+    not: an expired certificate publishes nothing).
+    """
+    st.metrics.certificates_expired += 1
+    st.events.append(CertificateExpired(conn.peer, conn.client_id))
+    farewell = conn.protocol.disconnect(ReasonCode.MAXIMUM_CONNECT_TIME, "certificate expired")
+    end_connection(st, conn, now, "certificate_expired", farewell, will=True)
+
+
 def fire_timer(st: BrokerState, key: TimerKey, now: float) -> None:
     kind, ident = key
-    if kind == "conn" and isinstance(ident, int):
+    if kind == "cert" and isinstance(ident, int):
+        conn = st.connections.get(ident)
+        if conn is not None and conn.session is not None:
+            end_for_expired_certificate(st, conn, now)
+    elif kind == "conn" and isinstance(ident, int):
         conn = st.connections.get(ident)
         if conn is None:
             return

@@ -44,6 +44,7 @@ class BrokerMetrics:
     connects_accepted: int = 0
     connects_refused: Counter[str] = field(default_factory=Counter)  # by reason
     takeovers: int = 0
+    certificates_expired: int = 0  # live connections ended when their certificate expired
     sessions_resumed: int = 0
     sessions_discarded: Counter[str] = field(default_factory=Counter)  # clean_start, identity_mismatch
     sessions_expired: int = 0

@@ -70,7 +70,10 @@ def _load_subscriptions(
                 session.client_id,
             )
             continue
-        stored = StoredSubscription(record.options, record.identifier, shared.group, shared.topic_filter)
+        scope = None if shared.group is None else st.share_scope(session.peer, shared.group)
+        stored = StoredSubscription(
+            record.options, record.identifier, shared.group, shared.topic_filter, scope
+        )
         session.subscriptions[record.options.topic_filter] = stored
         st.index.add(session.client_id, stored)
 

@@ -2,8 +2,11 @@
 
 `SubscriptionIndex.match` answers for one topic in one trie walk and merges overlapping subscriptions
 of a client into one `Target` (MQTT 5 §3.3.4: one delivery per client, the highest QoS, every
-subscription identifier). Shared subscriptions (§4.8.2) live in a second trie keyed by group; each
-matching group delivers to exactly one member, chosen round-robin, preferring connected members.
+subscription identifier). Shared subscriptions (§4.8.2) live in a second trie keyed by (scope, group);
+each matching group delivers to exactly one member, chosen round-robin, preferring connected members.
+A group's name alone does not make a group: `$share/dispatch-workers/...` of two identities are two
+groups unless the policy puts both in one scope (see `StoredSubscription.scope`), so joining someone
+else's group name never takes their messages away.
 
 The retained store keeps one message per topic in a tree by topic level so a SUBSCRIBE with a wildcard
 walks only the branches its filter can reach, not all retained topics (a fleet keeps one retained mode
@@ -31,11 +34,12 @@ class Target:
 class SharedGroup:
     """Members of one `$share/{group}/{filter}`; the rotation order is subscription order."""
 
-    __slots__ = ("cursor", "members", "name", "order", "plain_filter")
+    __slots__ = ("cursor", "members", "name", "order", "plain_filter", "scope")
 
-    def __init__(self, name: str, plain_filter: str) -> None:
+    def __init__(self, name: str, plain_filter: str, scope: str | None = None) -> None:
         self.name = name
         self.plain_filter = plain_filter
+        self.scope = scope
         self.members: dict[str, StoredSubscription] = {}
         self.order: list[str] = []
         self.cursor = 0
@@ -85,8 +89,8 @@ class SubscriptionIndex:
 
     def __init__(self) -> None:
         self._direct: SubscriptionTrie[str, StoredSubscription] = SubscriptionTrie()
-        self._shared: SubscriptionTrie[str, SharedGroup] = SubscriptionTrie()
-        self._groups: dict[tuple[str, str], SharedGroup] = {}
+        self._shared: SubscriptionTrie[tuple[str | None, str], SharedGroup] = SubscriptionTrie()
+        self._groups: dict[tuple[str | None, str, str], SharedGroup] = {}
         self._cache: dict[tuple[str, str | None], Match] = {}
         self.version = 0  # bumped by every add and remove: lets observers skip unchanged snapshots
 
@@ -99,11 +103,11 @@ class SubscriptionIndex:
         if sub.group is None:
             self._direct.add(sub.plain_filter, client_id, sub)
             return
-        key = (sub.group, sub.plain_filter)
+        key = (sub.scope, sub.group, sub.plain_filter)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = SharedGroup(sub.group, sub.plain_filter)
-            self._shared.add(sub.plain_filter, sub.group, group)
+            group = self._groups[key] = SharedGroup(sub.group, sub.plain_filter, sub.scope)
+            self._shared.add(sub.plain_filter, (sub.scope, sub.group), group)
         if client_id not in group.members:
             group.order.append(client_id)
         group.members[client_id] = sub
@@ -114,7 +118,7 @@ class SubscriptionIndex:
         if sub.group is None:
             self._direct.remove(sub.plain_filter, client_id)
             return
-        key = (sub.group, sub.plain_filter)
+        key = (sub.scope, sub.group, sub.plain_filter)
         group = self._groups.get(key)
         if group is None or client_id not in group.members:
             return
@@ -125,7 +129,7 @@ class SubscriptionIndex:
             group.cursor -= 1
         if not group.members:
             del self._groups[key]
-            self._shared.remove(sub.plain_filter, sub.group)
+            self._shared.remove(sub.plain_filter, (sub.scope, sub.group))
         elif group.cursor >= len(group.order):
             group.cursor = 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.mqtt.packets import Properties, Subscription, Will
 from gateway.policy.access import Peer
@@ -66,6 +66,9 @@ class StoredSubscription:
     identifier: int | None  # 5.0 subscription identifier
     group: str | None  # share group, None for an ordinary subscription
     plain_filter: str  # the filter without its $share/{group}/ prefix
+    # Whose group it is: members of `$share/{group}/...` share messages only with subscribers of the
+    # same scope (BrokerState.share_scope: the identity, or a profile the policy lets share the group).
+    scope: str | None = None
 
     @property
     def topic_filter(self) -> str:
@@ -79,6 +82,13 @@ class PendingWill:
     will: Will
     peer: Peer
     deadline: float
+
+
+def offline_peer(peer: Peer) -> Peer:
+    """The peer an offline session is judged by: the same identity and certificate serial, without
+    the certificate's dates (they end the connection; an offline session waits for the identity's
+    next certificate, which admission checks, and a session restored from disk has no dates either)."""
+    return peer if peer.certificate_not_after is None else replace(peer, certificate_not_after=None)
 
 
 @dataclass(slots=True, eq=False)

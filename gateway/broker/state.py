@@ -28,15 +28,14 @@ from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Will
 from gateway.mqtt.session import ServerSession
-from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.access import AccessPolicy, Peer, identity_scope
 from gateway.policy.decision import Decision, Verdict
 
 _ALLOW = Verdict.ALLOW
 _TALLY_LIMIT = 64  # distinct decision objects counted per kind before they are folded into the metrics
 
-TimerKey = tuple[
-    str, Hashable
-]  # ("conn", conn_id) | ("will", client_id) | ("expiry", client_id) | ("retained", topic)
+# ("conn", conn_id) | ("cert", conn_id) | ("will", client_id) | ("expiry", client_id) | ("retained", topic)
+TimerKey = tuple[str, Hashable]
 
 
 class Connection:
@@ -113,6 +112,19 @@ class BrokerState:
             for decision, count in tally.values():
                 decisions[(kind, decision.verdict.value, decision.reason)] += count
             tally.clear()
+
+    def share_scope(self, peer: Peer, group: str) -> str:
+        """Who `$share/{group}/...` of this peer is shared with; the policy answers when it can
+        (a profile it lets share the group), otherwise the peer's own identity ("lab" for lab
+        clients, which share only among themselves). Never the bare group name."""
+        ask = getattr(self.policy, "share_scope", None)
+        return str(ask(peer, group)) if ask is not None else identity_scope(peer)
+
+    def certificate_deadline(self, peer: Peer) -> float | None:
+        """When a live session of this peer must end because its certificate expires: the policy's
+        answer (not_after plus its clock-skew grace) when it has one, else not_after itself."""
+        ask = getattr(self.policy, "certificate_deadline", None)
+        return ask(peer) if ask is not None else peer.certificate_not_after  # type: ignore[no-any-return]
 
     def may_deliver(self, session: MqttSession, topic: str, now: float) -> bool:
         """decide_delivery for one recipient; every delivery path goes through here."""

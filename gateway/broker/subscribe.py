@@ -25,6 +25,8 @@ SUBSCRIBE holds 26,000 short filters, and deciding them all stalls every connect
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.broker.events import SubscribeDenied
 from gateway.broker.outbound import deliver
 from gateway.broker.sessions import Delivery, MqttSession, StoredSubscription
@@ -99,7 +101,10 @@ def _subscribe_one(
     old = session.subscriptions.get(sub.topic_filter)
     if old is None and len(session.subscriptions) >= subscription_cap(st, conn.peer):
         return ReasonCode.QUOTA_EXCEEDED, None, False
-    stored = StoredSubscription(sub, identifier, shared.group, shared.topic_filter)
+    scope = None if shared.group is None else st.share_scope(conn.peer, shared.group)
+    stored = StoredSubscription(sub, identifier, shared.group, shared.topic_filter, scope)
+    if old is not None:
+        st.index.remove(session.client_id, old)  # its group may be another scope's by now
     session.subscriptions[sub.topic_filter] = stored  # same filter: replaced (§3.8.4)
     st.index.add(session.client_id, stored)
     return sub.qos, stored, old is None
@@ -112,6 +117,18 @@ def subscription_cap(st: BrokerState, peer: Peer) -> int:
     ask = getattr(st.policy, "max_subscriptions_for", None)
     own = ask(peer) if ask is not None else None
     return st.limits.max_subscriptions if own is None else min(int(own), st.limits.max_subscriptions)
+
+
+def _rescope(st: BrokerState, session: MqttSession, stored: StoredSubscription) -> None:
+    if stored.group is None:
+        return
+    scope = st.share_scope(session.peer, stored.group)
+    if scope == stored.scope:
+        return
+    st.index.remove(session.client_id, stored)
+    moved = replace(stored, scope=scope)
+    session.subscriptions[stored.topic_filter] = moved
+    st.index.add(session.client_id, moved)
 
 
 def _wants_retained(stored: StoredSubscription, is_new: bool) -> bool:
@@ -157,11 +174,13 @@ def handle_unsubscribe(st: BrokerState, conn: Connection, session: MqttSession, 
 
 
 def recheck_subscriptions(st: BrokerState, session: MqttSession, now: float) -> int:
-    """Ask the policy again about every subscription; drop the ones it now denies. Returns how many."""
+    """Ask the policy again about every subscription; drop the ones it now denies, and move shared
+    ones whose scope changed (a reload, a new role) to their new group. Returns how many it dropped."""
     dropped = 0
     for topic_filter, stored in list(session.subscriptions.items()):
         decision = st.counted("subscribe", st.policy.decide_subscribe(session.peer, topic_filter, now))
         if decision.allowed:
+            _rescope(st, session, stored)
             continue
         del session.subscriptions[topic_filter]
         st.index.remove(session.client_id, stored)

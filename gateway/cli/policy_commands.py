@@ -17,7 +17,7 @@ import click
 from gateway.cli.common import CliError, emit_json, json_option
 from gateway.mqtt.errors import TopicNameInvalid
 from gateway.policy.explain import explain, render_explanation, render_summary, summarize
-from gateway.policy.rules import Policy
+from gateway.policy.rules import OPERATOR_ROLES, Policy
 from gateway.policy.schema import PolicyError
 from gateway.stores.policy_file import load_policy
 from pki.names import CLIENT_KINDS, IdentityError, make_identity
@@ -62,6 +62,12 @@ def check(file: Path | None, as_json: bool) -> None:
 @click.option("--id", "ident", required=True, help="The identity's id, e.g. TRK-00042 or dispatch.")
 @click.option("--kind", type=click.Choice(CLIENT_KINDS), default="unit", show_default=True)
 @click.option("--tier", type=click.IntRange(min=1), default=None, help="A partner's tier.")
+@click.option(
+    "--role",
+    type=click.Choice(OPERATOR_ROLES),
+    default=None,
+    help="An operator's admin role (default for operators: ops).",
+)
 @click.option("--quarantined", is_flag=True, help="Judge as if the identity were quarantined.")
 @click.option("--publish", "topic", default=None, metavar="TOPIC", help="Ask about publishing TOPIC.")
 @click.option(
@@ -80,6 +86,7 @@ def explain_command(
     ident: str,
     kind: str,
     tier: int | None,
+    role: str | None,
     quarantined: bool,
     topic: str | None,
     topic_filter: str | None,
@@ -100,6 +107,7 @@ def explain_command(
             loaded,
             identity,
             tier=tier,
+            role=role or ("ops" if kind == "operator" else None),
             quarantined=quarantined,
             publish=topic,
             subscribe=topic_filter,

@@ -22,6 +22,7 @@ from gateway.cli.common import (
     utc_now,
 )
 from gateway.config import load_config
+from gateway.policy.rules import OPERATOR_ROLES
 from pki.est import build_csr
 from pki.keys import generate_private_key, write_private_key, write_public_file
 from pki.names import make_identity
@@ -106,10 +107,10 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
     if kind == "operator":
         add = click.option(
             "--role",
-            type=click.Choice(["ops", "security", "auditor", "metrics"]),
+            type=click.Choice(OPERATOR_ROLES),
             default="ops",
             show_default=True,
-            help="Admin API role (metrics: a Prometheus scraper that reads /metrics only).",
+            help="Admin role: its admin API rights and its MQTT grants (roles.operator.ROLE in the policy).",
         )(add)
         add = click.option(
             "--totp",

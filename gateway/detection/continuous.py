@@ -170,7 +170,13 @@ class ContinuousEvaluator:
 
     def _on_taken_over(self, event: SessionTakenOver, now: float) -> None:
         identity = event.new_peer.identity
-        cloning = self._detector(identity, "cloning", now) if identity is not None else None
+        if identity is None or identity != event.old_peer.identity:
+            # Cloning is one identity on two devices. A takeover between two identities (the broker
+            # allows only a lab client's session to give way to a certificate holder) says nothing
+            # about either, and counting it for the one that took its session back would let an
+            # impostor get its victim quarantined.
+            return
+        cloning = self._detector(identity, "cloning", now)
         if isinstance(cloning, CloningDetector):
             cloning.observe_takeover(event.old_peer.address, event.new_peer.address, now)
 

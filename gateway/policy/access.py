@@ -14,7 +14,7 @@ from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import filter_covers, topic_matches
 from gateway.policy.decision import Decision, allow, deny
-from pki.names import Identity
+from pki.names import CLIENT_KINDS, Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,28 @@ class AccessPolicy(Protocol):
 # subscription is granted but filtered, retained messages included).
 LAB_PREFIX = "lab-"
 LAB_FORBIDDEN = ("fleet/+/control/#", "fleet/+/cmd/#")
+# Topics only the gateway publishes, whatever a grant says: the retained mode command through which it
+# tells a unit it is quarantined (or released) and what it may still send. A client that could publish
+# it could tell a quarantined unit it was released, or clear the command with an empty retained
+# message. Denied in decide_publish like `$`-topics (and so in wills); subscribing stays by grant.
+MODE_COMMAND_FILTER = "fleet/+/cmd/mode"
+_MODE_SUFFIX = "/cmd/mode"
+RESERVED_FOR_GATEWAY = deny("reserved_for_gateway", "builtin/gateway_mode_command")
+
+
+def is_mode_command(topic: str) -> bool:
+    """Is `topic` some unit's `fleet/{unit}/cmd/mode`? (A suffix test first: this is the hot path.)"""
+    if not topic.endswith(_MODE_SUFFIX) or not topic.startswith("fleet/"):
+        return False
+    return topic.count("/") == 3  # fleet / {unit} / cmd / mode: ids cannot hold "/"
 
 
 class CertificateOnlyPolicy:
     """The built-in floor that no configuration can lower.
 
     Certificate clients: the client id must equal the certificate's id. Lab clients (plaintext,
-    loopback only): the lab role above, and nothing in the gateway's own `$` space. Everything above
-    this floor (grants, quarantine, rates) is the policy engine's.
+    loopback only): the lab role above, nothing in the gateway's own `$` space, and no publish to the
+    mode command. Everything above this floor (grants, quarantine, rates) is the policy engine's.
     """
 
     def decide_connect(self, peer: Peer, connect: Connect, now: float) -> Decision:
@@ -93,6 +107,8 @@ class CertificateOnlyPolicy:
     def decide_publish(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
     ) -> Decision:
+        if is_mode_command(topic):
+            return RESERVED_FOR_GATEWAY
         return _lab_topic(topic) if peer.identity is None else _outside_dollar_space(topic)
 
     def decide_will(
@@ -114,6 +130,33 @@ def _lab_topic(topic: str) -> Decision:
 
 def _unshared(topic: str) -> str:
     return topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
+
+
+def decide_session_owner(owner: Identity | None, peer: Peer) -> Decision:
+    """May `peer` take over, resume or replace the session its client id names, owned by `owner`?
+
+    A session belongs to the identity that created it, and only that identity ever takes it over:
+    a CONNECT from anyone else naming it is refused (0x85 / 3.1.1 0x02) and the owner's live
+    connection, subscriptions and queued messages stay as they are. Two kinds sharing an id (a
+    registry from before ids were unique across kinds) and lab clients (any client id, no
+    certificate) are who would try. The one exception runs the other way: a session no certificate
+    identity owns — a lab client's (`owner` None), or a stored one whose owner did not parse — gives
+    way to the certificate holder whose id it names, or a loopback test tool (or a damaged row)
+    could keep a unit off its own client id.
+    """
+    if owner == peer.identity:
+        return allow("session_owner", _OWNER_RULE)
+    if peer.identity is not None and (owner is None or owner.kind not in CLIENT_KINDS):
+        return allow("ownerless_session_replaced", _OWNER_RULE)
+    return deny("client_id_in_use", _OWNER_RULE)
+
+
+_OWNER_RULE = "builtin/session_owner"
+
+
+def identity_scope(peer: Peer) -> str:
+    """The share scope of a peer's own `$share` groups: its identity, or "lab" for lab clients."""
+    return "lab" if peer.identity is None else f"identity/{peer.identity}"
 
 
 def _outside_dollar_space(topic: str) -> Decision:

@@ -27,6 +27,7 @@ IDENTITY_STATES = ("registered", "enrolled", "quarantined", "revoked")
 class IdentityState:
     state: str  # one of IDENTITY_STATES
     tier: int | None = None  # partners only: 1 (full feed) .. 3 (trickle); None when not a partner
+    role: str | None = None  # operators only: the admin role (ops, security, auditor); None otherwise
     quarantined: bool = False
     quarantine_reason: str | None = None
 
@@ -76,8 +77,8 @@ class InMemoryDirectory:
     def put(self, identity: Identity, state: IdentityState) -> None:
         self._states[identity] = state
 
-    def enroll(self, identity: Identity, tier: int | None = None) -> IdentityState:
-        state = IdentityState("enrolled", tier=tier)
+    def enroll(self, identity: Identity, tier: int | None = None, role: str | None = None) -> IdentityState:
+        state = IdentityState("enrolled", tier=tier, role=role)
         self._states[identity] = state
         return state
 

@@ -4,7 +4,8 @@ Theory of operation. The broker asks; the engine answers with a `Decision` carry
 the rule that fired. Each answer is built from small named checks in a fixed order, so that the reason
 is the most useful one: first the built-in floor (client id = certificate id; lab clients), then the
 identity's standing (known, not revoked, certificate not revoked or expired), then authorization
-(`$`-topics, grants, quarantine), and only then the limits (payload size, rate). A publish the policy
+(`$`-topics and the gateway's mode command, grants, quarantine), and only then the limits (payload
+size, rate). A publish the policy
 refuses therefore never spends rate tokens, and a flood of foreign topics is reported as what it is.
 
 State. The engine keeps no decision history (counting denials is the broker's job). It caches, per
@@ -43,7 +44,13 @@ from functools import lru_cache
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import (
+    RESERVED_FOR_GATEWAY,
+    CertificateOnlyPolicy,
+    Peer,
+    identity_scope,
+    is_mode_command,
+)
 from gateway.policy.decision import Decision, allow, deny
 from gateway.policy.directory import IdentityDirectory, IdentityState
 from gateway.policy.grants import CompiledGrants, GrantCache
@@ -170,6 +177,30 @@ class PolicyEngine:
             return None
         return None if seen is None else seen.grants.profile.limits.max_subscriptions
 
+    def share_scope(self, peer: Peer, group: str) -> str:
+        """Who this peer's `$share/{group}/...` subscriptions share messages with.
+
+        Its own identity's subscriptions only, unless its profile lists `group` in `share_groups`:
+        then every identity of that profile (e.g. several dispatch workers). So an identity naming
+        another's group (an auditor subscribing `$share/dispatch-workers/...`) gets a group of its
+        own and diverts nothing; the broker keys groups by this answer (broker/routing.py).
+        """
+        if peer.identity is not None:
+            try:
+                seen = self._lookup(peer.identity)
+            except IdentityError:
+                seen = None
+            if seen is not None and group in seen.grants.profile.share_groups:
+                return f"profile/{seen.grants.profile.name}"
+        return identity_scope(peer)
+
+    def certificate_deadline(self, peer: Peer) -> float | None:
+        """When the peer's certificate stops being acceptable: its not_after plus the clock-skew
+        tolerance (the same grace admission and decide_connect give). The broker ends a live
+        session then; None: nothing to wait for (lab clients, sessions restored from disk)."""
+        not_after = peer.certificate_not_after
+        return None if not_after is None else not_after + self._clock_skew
+
     def violation_limit(self) -> int:
         """Denied publishes and subscribes one connection may collect before it is disconnected."""
         return self.policy.max_denied_before_disconnect
@@ -210,6 +241,8 @@ class PolicyEngine:
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
+        if peer.identity.kind != "unit" and self._id_held_by_a_unit(peer.identity):
+            return deny("client_id_held_by_unit", "builtin/client_id_binding")
         grants = seen.grants
         if peer.identity.kind == "partner" and grants.tier is None:
             return deny("partner_without_tier", "roles/partner")
@@ -303,6 +336,8 @@ class PolicyEngine:
             return seen
         if topic[:1] == "$":
             return deny("reserved_topic", _DOLLAR_RULE)
+        if is_mode_command(topic):  # whatever a grant says (rules.py refuses grants naming only it)
+            return RESERVED_FOR_GATEWAY
         grants = seen.grants
         rule = grants.may_publish(topic)
         if rule is None:
@@ -330,9 +365,11 @@ class PolicyEngine:
     def decide_delivery(self, peer: Peer, topic: str, now: float) -> Decision:
         if peer.identity is None:
             return self._floor.decide_delivery(peer, topic, now)
-        # No expiry check: queued messages of an offline session are judged against its last peer,
-        # whose certificate may have lapsed before the unit renews; expiry is enforced at connect.
-        seen = self._standing(peer, now, check_expiry=False)
+        # A live peer whose certificate has expired receives nothing (the broker also ends its session
+        # at that moment). An offline session's peer carries no certificate dates (the broker drops
+        # them at disconnect, and a restored session never had them): its messages are queued by the
+        # identity's standing and judged again against the certificate it comes back with.
+        seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
         if topic[:1] == "$" and peer.identity.kind != "operator":
@@ -368,6 +405,17 @@ class PolicyEngine:
             return deny("certificate_expired", "builtin/certificate_validity")
         return seen
 
+    def _id_held_by_a_unit(self, identity: Identity) -> bool:
+        """Does a unit have this (non-unit) identity's id? Then its client id would be the unit's.
+
+        The registry refuses such pairs now, but one written before it did may remain; its
+        non-unit half is refused at CONNECT, so it can never sit on the unit's client id (the
+        broker refuses a takeover by another identity, which would otherwise lock the unit out
+        for as long as the squatter's session lives). Fix the registry: remove one of the two.
+        """
+        unit = Identity("unit", identity.id, identity.trust_domain)
+        return self._directory.state_of(unit) is not None
+
     def _lookup(self, identity: Identity) -> _Seen | None:
         """The cached entry, refreshed from the directory when stale; None for an unknown identity."""
         seen = self._seen.get(identity)
@@ -379,7 +427,7 @@ class PolicyEngine:
         verdict = self._verdicts.get(identity)
         restricted = verdict is not None and verdict.outcome == "restricted"
         # IdentityError for a bad id
-        grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted)
+        grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted, state.role)
         if seen is None:
             seen = self._seen[identity] = _Seen(self._epoch, state, grants)
         else:

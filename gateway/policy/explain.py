@@ -74,6 +74,7 @@ def explain(
     publish: str | None = None,
     subscribe: str | None = None,
     payload_size: int = 0,
+    role: str | None = None,
 ) -> Explanation:
     """Decide one publish or subscribe for `identity` in the given state; ValueError for a bad topic."""
     if (publish is None) == (subscribe is None):
@@ -81,7 +82,7 @@ def explain(
     if publish is not None:
         validate_topic_name(publish)  # the broker never asks the policy about an invalid topic either
     directory = InMemoryDirectory()
-    directory.put(identity, IdentityState("enrolled", tier=tier, quarantined=quarantined))
+    directory.put(identity, IdentityState("enrolled", tier=tier, role=role, quarantined=quarantined))
     engine = PolicyEngine(policy, directory)
     peer = Peer("policy-explain", identity)
     decision = engine.decide_connect(peer, Connect(client_id=identity.id), 0.0)
@@ -89,7 +90,7 @@ def explain(
         decision = engine.decide_publish(peer, publish, payload_size, 0, False, 0.0)
     elif decision.allowed and subscribe is not None:
         decision = engine.decide_subscribe(peer, subscribe, 0.0)
-    grants = CompiledGrants.for_identity(policy, identity, tier, quarantined)
+    grants = CompiledGrants.for_identity(policy, identity, tier, quarantined, role=role)
     grant = policy.grant(decision.rule)
     action, target = ("publish", publish) if publish is not None else ("subscribe", subscribe or "")
     return Explanation(
@@ -186,6 +187,7 @@ def _profile_json(profile: Profile) -> dict[str, Any]:
         "name": profile.name,
         "publish": [g.template for g in profile.publish],
         "subscribe": [g.template for g in profile.subscribe],
+        "share_groups": list(profile.share_groups),
         "limits": dict(_limit_items(profile.limits)),
     }
 

@@ -180,6 +180,7 @@ class CompiledGrants:
         quarantined: bool,
         restricted: bool = False,
         shared: SharedMatchers | None = None,
+        role: str | None = None,
     ) -> CompiledGrants:
         """`shared`: matchers already compiled for the same policy (GrantCache keeps one per generation)."""
         # Certificates are checked at issuance; checked again because an id is pasted into filters
@@ -187,7 +188,7 @@ class CompiledGrants:
         validate_id(identity.kind, identity.id)
         shared = {} if shared is None else shared
         ident = identity.id
-        profile = policy.profile_for(identity.kind, ident, tier)
+        profile = policy.profile_for(identity.kind, ident, tier, role)
         values = {"{id}": ID, "{unit}": "+"}
         if identity.kind == "partner":
             values["{partner}"] = ID
@@ -266,7 +267,7 @@ class CompiledGrants:
 
 @dataclass
 class GrantCache:
-    """Compiled grants per (identity, tier, quarantined, policy generation).
+    """Compiled grants per (identity, tier, quarantined, restricted, role, policy generation).
 
     A reload starts a new generation and drops every entry, so stale grants can neither be used nor
     pile up; `invalidate` drops one identity's entries when its state or tier changes.
@@ -274,19 +275,24 @@ class GrantCache:
 
     policy: Policy
     generation: int = 0
-    _compiled: dict[tuple[Identity, int | None, bool, bool, int], CompiledGrants] = field(
+    _compiled: dict[tuple[Identity, int | None, bool, bool, str | None, int], CompiledGrants] = field(
         default_factory=dict
     )
     _shared: SharedMatchers = field(default_factory=dict)  # this generation's tries, by grants and values
 
     def get(
-        self, identity: Identity, tier: int | None, quarantined: bool, restricted: bool = False
+        self,
+        identity: Identity,
+        tier: int | None,
+        quarantined: bool,
+        restricted: bool = False,
+        role: str | None = None,
     ) -> CompiledGrants:
-        key = (identity, tier, quarantined, restricted, self.generation)
+        key = (identity, tier, quarantined, restricted, role, self.generation)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = CompiledGrants.for_identity(
-                self.policy, identity, tier, quarantined, restricted, self._shared
+                self.policy, identity, tier, quarantined, restricted, self._shared, role
             )
         return compiled
 

@@ -11,10 +11,10 @@ gateway/stores/policy_file.py's `load_policy`.
 After the shape come the checks (the last section of this module), run on every load:
 
 - quarantine ∩ control namespace = ∅, for every pair of filters, with a witness topic when it fails;
-- lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, quarantine only
-  restricts, with views configured partners are granted views only, and the publish_rate detector
-  fires only above the rates the roles it watches permit. Lint *errors* fail loading; *warnings* are
-  shown by `fleetgate policy check`.
+- lint: unit grants stay inside `fleet/{id}/#`, no `$` grants to non-operators, no publish grant
+  that names only the gateway's mode command, quarantine only restricts, with views configured
+  partners are granted views only, and the publish_rate detector fires only above the rates the roles
+  it watches permit. Lint *errors* fail loading; *warnings* are shown by `fleetgate policy check`.
 
 Sections: `_SECTIONS` maps each top-level key parsed here to its parser, which returns `Policy` fields.
 `detectors:` is parsed in detector_rules.py; the four context sections (data_classes, views, posture,
@@ -41,6 +41,7 @@ from gateway.mqtt.topics import (
     topic_matches,
     validate_topic_filter,
 )
+from gateway.policy.access import MODE_COMMAND_FILTER
 from gateway.policy.data_classes import (
     CONTEXT_SECTIONS,
     ContextPolicy,
@@ -52,6 +53,8 @@ from gateway.policy.schema import At, PolicyError, kind, positive
 from pki.names import IdentityError, validate_id
 
 __all__ = [
+    "OPERATOR_ROLES",
+    "READ_ONLY_ROLES",
     "Grant",
     "Limits",
     "LintFinding",
@@ -66,6 +69,14 @@ __all__ = [
     "quarantine_pairs",
     "substitute",
 ]
+
+# The admin roles of operators (`fleetgate operator add NAME --role ...`, kept in the registry). The
+# admin API gives each its rights (gateway/admin/auth.py); on MQTT each is a profile under
+# roles.operator. An auditor only reads: the loader refuses a publish grant for it. A `metrics`
+# operator (a Prometheus scraper) reads /metrics and nothing else: it has no MQTT profile, so it is
+# granted nothing there unless the policy gives it one (subscriptions only).
+OPERATOR_ROLES = ("ops", "security", "auditor", "metrics")
+READ_ONLY_ROLES = frozenset({"auditor", "metrics"})
 
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _TIER_KEY = re.compile(r"tier([1-9][0-9]?)")  # fullmatch: no trailing newline
@@ -109,6 +120,9 @@ class Profile:
     subscribe: tuple[Grant, ...] = ()
     limits: Limits = Limits()
     defined: bool = True  # False: a stand-in for a service or tier the policy does not list
+    # `$share` group names every identity of this profile shares with the others; any other group
+    # name is shared only among one identity's own subscriptions (PolicyEngine.share_scope).
+    share_groups: tuple[str, ...] = ()
 
     def grants(self) -> Iterator[Grant]:
         yield from self.publish
@@ -121,7 +135,7 @@ class Policy:
     version: int
     control_namespace: tuple[Grant, ...]
     unit: Profile
-    operator: Profile
+    operators: Mapping[str, Profile]  # by admin role (OPERATOR_ROLES), from the operator's registry record
     services: Mapping[str, Profile]  # by service name (the service identity's id)
     partner_tiers: Mapping[int, Profile]  # by tier number
     quarantine: Mapping[str, Profile]  # by identity kind; only "unit" today
@@ -139,17 +153,24 @@ class Policy:
     def profiles(self) -> Iterator[Profile]:
         """Every role and quarantine profile, in file order."""
         yield self.unit
-        yield self.operator
+        yield from self.operators.values()
         yield from self.services.values()
         yield from self.partner_tiers.values()
         yield from self.quarantine.values()
 
-    def profile_for(self, kind: str, ident: str, tier: int | None) -> Profile:
-        """The normal profile of an identity; an empty stand-in (deny everything) when none is listed."""
+    def profile_for(self, kind: str, ident: str, tier: int | None, role: str | None = None) -> Profile:
+        """The normal profile of an identity; an empty stand-in (deny everything) when none is listed.
+
+        An operator's profile is its admin role's (`role`, from its registry record, never from the
+        client); an operator without a role, or with one the policy does not list, is granted nothing.
+        """
         if kind == "unit":
             return self.unit
         if kind == "operator":
-            return self.operator
+            name = role if role in OPERATOR_ROLES else "none"
+            return self.operators.get(name) or Profile(
+                f"operator/{name}", f"roles.operator.{name}", defined=False
+            )
         if kind == "service":
             return self.services.get(ident) or Profile(
                 f"service/{ident}", f"roles.service.{ident}", defined=False
@@ -215,9 +236,13 @@ def _parse_roles(at: At, value: Any) -> dict[str, Any]:
     roles = at.mapping(value, allowed=frozenset({"unit", "operator", "service", "partner"}))
     services = at.key("service").names(roles.get("service", {}))
     tiers = at.key("partner").names(roles.get("partner", {}))
+    operators = _operator_roles(at.key("operator"), roles.get("operator", {}))
     return {
         "unit": _profile(at.key("unit"), roles.get("unit", {}), "unit", _ROLE_PLACEHOLDERS),
-        "operator": _profile(at.key("operator"), roles.get("operator", {}), "operator", _ROLE_PLACEHOLDERS),
+        "operators": {
+            role: _profile(at.key("operator").key(role), body, f"operator/{role}", _ROLE_PLACEHOLDERS)
+            for role, body in operators.items()
+        },
         "services": {
             name: _service(at.key("service").key(str(name)), name, body) for name, body in services.items()
         },
@@ -225,6 +250,22 @@ def _parse_roles(at: At, value: Any) -> dict[str, Any]:
             _tier(at.key("partner").key(str(name)), name, body) for name, body in tiers.items()
         ),
     }
+
+
+def _operator_roles(at: At, value: Any) -> dict[str, Any]:
+    """roles.operator: one profile per admin role; a role not listed is granted nothing on MQTT."""
+    body = at.names(value)
+    roles = ", ".join(OPERATOR_ROLES)
+    for key in body:
+        if key not in OPERATOR_ROLES:
+            # The shape before roles had publish/subscribe/limits straight under roles.operator.
+            hint = (
+                " (grants now go under a role, e.g. roles.operator.ops.publish)"
+                if key in _PROFILE_KEYS
+                else ""
+            )
+            at.fail(f"{key!r} is not an admin role; operators are granted by role: {roles}{hint}")
+    return body
 
 
 def _service(at: At, name: Any, body: Any) -> Profile:
@@ -263,7 +304,8 @@ def _parse_detectors(at: At, value: Any) -> dict[str, Any]:
     return {"detectors": parse_detectors(at, value)}
 
 
-_PROFILE_KEYS = frozenset({"publish", "subscribe", "limits"})
+_PROFILE_KEYS = frozenset({"publish", "subscribe", "limits", "share_groups"})
+_SHARE_NAME = re.compile(r"^[^/+#\x00]+$")  # MQTT 5 §4.8.2: no "/", "+" or "#" in a share name
 _LIMIT_KEYS = {f: f in ("max_payload", "max_subscriptions") for f in Limits.__dataclass_fields__}
 
 
@@ -283,8 +325,23 @@ def _profile(at: At, value: Any, name: str, placeholders: frozenset[str]) -> Pro
             for i, item in enumerate(items)
         )
     return Profile(
-        name, at.path, grants["publish"], grants["subscribe"], _limits(at.key("limits"), body.get("limits"))
+        name,
+        at.path,
+        grants["publish"],
+        grants["subscribe"],
+        _limits(at.key("limits"), body.get("limits")),
+        share_groups=_share_groups(at.key("share_groups"), body.get("share_groups")),
     )
+
+
+def _share_groups(at: At, value: Any) -> tuple[str, ...]:
+    names = at.strings(value if value is not None else [], "share group names")
+    for i, name in enumerate(names):
+        if not _SHARE_NAME.match(name):
+            at.index(i).fail(
+                f"{name!r} is not a share group name: one or more characters, no '/', '+' or '#'"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def _limits(at: At, value: Any) -> Limits:
@@ -433,7 +490,7 @@ def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
         for grant in profile.grants():
             if not grant.template.startswith("$"):
                 continue
-            if profile.name != "operator":
+            if not profile.name.startswith("operator/"):
                 message = (
                     f"{grant.template!r} is a $-topic, the gateway's own; only operators may be granted one"
                 )
@@ -441,6 +498,30 @@ def _dollar_grants(policy: Policy) -> Iterator[LintFinding]:
             elif grant in profile.publish:
                 message = f"{grant.template!r} never takes effect: nobody publishes $-topics but the gateway"
                 yield LintFinding("warning", grant.path, message)
+
+
+def _read_only_roles(policy: Policy) -> Iterator[LintFinding]:
+    for role in sorted(READ_ONLY_ROLES):
+        profile = policy.operators.get(role)
+        for grant in profile.publish if profile is not None else ():
+            message = (
+                f"an {role} only reads: it may be granted subscriptions, never a publish ({grant.template!r})"
+            )
+            yield LintFinding("error", grant.path, message)
+
+
+def _gateway_only_grants(policy: Policy) -> Iterator[LintFinding]:
+    """A publish grant that names nothing but the mode command would never take effect: the engine's
+    built-in rule denies every client publish there. Broader grants (fleet/+/cmd/#) stay valid for
+    their other topics; the built-in rule wins on the mode command itself."""
+    for profile in policy.profiles():
+        for grant in profile.publish:
+            if filter_covers(MODE_COMMAND_FILTER, grant.wildcarded):
+                message = (
+                    f"{grant.template!r} only names fleet/{{unit}}/cmd/mode, the gateway's own mode command, "
+                    "which no client may publish; remove it"
+                )
+                yield LintFinding("error", grant.path, message)
 
 
 def _quarantine_restricts(policy: Policy) -> Iterator[LintFinding]:
@@ -502,7 +583,7 @@ def _profiles_of_kinds(policy: Policy, kinds: frozenset[str]) -> Iterator[Profil
     if "unit" in kinds:
         yield policy.unit
     if "operator" in kinds:
-        yield policy.operator
+        yield from policy.operators.values()
     if "service" in kinds:
         yield from policy.services.values()
     if "partner" in kinds:
@@ -556,6 +637,8 @@ def _rate_detector_above_role_rates(policy: Policy) -> Iterator[LintFinding]:
 _LINTS: tuple[Callable[[Policy], Iterator[LintFinding]], ...] = (
     _unit_escapes,
     _dollar_grants,
+    _read_only_roles,
+    _gateway_only_grants,
     _quarantine_restricts,
     _broad_grants,
     _partner_sensitive,

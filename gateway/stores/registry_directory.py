@@ -59,6 +59,7 @@ def state_from_record(record: IdentityRecord) -> IdentityState:
     return IdentityState(
         state=record.state,
         tier=int(tier_text) if tier_text and tier_text.isdigit() else None,
+        role=record.metadata.get("role") if record.kind == "operator" else None,
         quarantined=quarantined,
         quarantine_reason=record.metadata.get("quarantine_reason") if quarantined else None,
     )

@@ -220,7 +220,7 @@ def test_an_empty_client_id_from_a_5_0_unit_is_assigned_its_certificate_id() -> 
     connected = [e for e in lab.broker.drain_events() if isinstance(e, ClientConnected)]
     assert connected[-1].client_id == "TRK-7"
     link.subscribe("fleet/TRK-7/cmd/#")
-    ops.publish("fleet/TRK-7/cmd/mode", b"diag")
+    ops.publish("fleet/TRK-7/cmd/reboot", b"diag")
     assert link.payloads == [b"diag"]
     # One session per identity: the same unit connecting again, id spelt out, takes it over.
     again = lab.connect("TRK-7")
@@ -234,7 +234,7 @@ def test_an_empty_client_id_from_a_5_0_unit_continues_its_persistent_session() -
     first = lab.connect("", peer=unit_peer("TRK-7"), clean_start=False, properties=keep)
     first.subscribe("fleet/TRK-7/cmd/#", qos=1)
     first.lose()
-    lab.connect("ops-1").publish("fleet/TRK-7/cmd/mode", b"queued", qos=1)
+    lab.connect("ops-1").publish("fleet/TRK-7/cmd/reboot", b"queued", qos=1)
     back = lab.connect("", peer=unit_peer("TRK-7"), clean_start=False, properties=keep)
     assert back.connack.session_present and back.payloads == [b"queued"]
 

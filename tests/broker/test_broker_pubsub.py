@@ -7,7 +7,7 @@ import pytest
 from gateway.broker import BrokerLimits
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish, RetainHandling, Subscription
 from gateway.mqtt.reason_codes import ReasonCode
-from tests.broker.lab import V5, V311, VERSIONS, Lab
+from tests.broker.lab import V5, V311, VERSIONS, Lab, lab_peer
 
 TOPIC = "fleet/TRK-1/telemetry/gps"
 
@@ -167,7 +167,8 @@ def test_3_1_1_overlap_is_one_delivery_too() -> None:
 
 def test_shared_subscription_round_robin_prefers_connected_members() -> None:
     lab = Lab()
-    members = [lab.connect(f"worker-{i}") for i in range(3)]
+    # Lab clients: one share scope ("lab"); certificate identities each have their own (test_share_scope.py).
+    members = [lab.connect(f"lab-worker-{i}", peer=lab_peer()) for i in range(3)]
     for m in members:
         assert m.subscribe("$share/etl/fleet/+/telemetry/#", qos=1).reason_codes == (1,)
     pub = lab.connect("TRK-1")
@@ -184,8 +185,8 @@ def test_shared_subscription_round_robin_prefers_connected_members() -> None:
 def test_shared_subscription_queues_to_offline_persistent_member_only_when_none_connected() -> None:
     lab = Lab()
     keep = Properties(session_expiry_interval=600)
-    a = lab.connect("worker-a", clean_start=False, properties=keep)
-    b = lab.connect("worker-b", clean_start=False, properties=keep)
+    a = lab.connect("lab-worker-a", clean_start=False, properties=keep, peer=lab_peer())
+    b = lab.connect("lab-worker-b", clean_start=False, properties=keep, peer=lab_peer())
     a.subscribe("$share/g/jobs/#", qos=1)
     b.subscribe("$share/g/jobs/#", qos=1)
     a.lose()
@@ -195,8 +196,8 @@ def test_shared_subscription_queues_to_offline_persistent_member_only_when_none_
     assert b.payloads == [b"1", b"2"]  # the connected member takes everything
     b.lose()
     pub.publish("jobs/3", b"3", qos=1)
-    back = lab.connect("worker-a", clean_start=False, properties=keep)
-    back2 = lab.connect("worker-b", clean_start=False, properties=keep)
+    back = lab.connect("lab-worker-a", clean_start=False, properties=keep, peer=lab_peer())
+    back2 = lab.connect("lab-worker-b", clean_start=False, properties=keep, peer=lab_peer())
     assert sorted(back.payloads + back2.payloads) == [b"3"]
 
 

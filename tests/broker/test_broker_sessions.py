@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore, SessionDiscarded
+from gateway.broker import BrokerLimits, BrokerStore, InMemoryStore
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Subscription, Will
 from gateway.mqtt.reason_codes import ReasonCode
@@ -71,16 +71,17 @@ def test_a_different_identity_never_inherits_a_session() -> None:
     owner = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=unit_peer("TRK-1"))
     owner.subscribe("fleet/TRK-1/cmd/#", qos=1)
     owner.lose()
-    lab.connect("ops").publish("fleet/TRK-1/cmd/mode", b"secret", qos=1)
+    lab.connect("ops").publish("fleet/TRK-1/cmd/reboot", b"secret", qos=1)
     # A lab client (no certificate) may not even ask: its ids start with "lab-".
     intruder = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=lab_peer())
     assert intruder.connack.reason_code == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
     assert not intruder.connack.session_present and intruder.messages == []
-    # Another identity kind asks for the session: it is discarded, not handed over.
+    # Another identity asks for the session: refused, and the session stays its owner's.
     svc = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=service_peer("TRK-1"))
-    assert not svc.connack.session_present and svc.messages == []
-    (event,) = [e for e in lab.broker.drain_events() if isinstance(e, SessionDiscarded)]
-    assert event.reason == "identity_mismatch" and event.old_identity == "spiffe://fleet.local/unit/TRK-1"
+    assert svc.connack.reason_code == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID and svc.messages == []
+    back = lab.connect("TRK-1", clean_start=False, properties=KEEP, peer=unit_peer("TRK-1"))
+    assert back.connack.session_present
+    assert [m.payload for m in back.messages] == [b"secret"]
 
 
 def test_the_same_identity_from_a_new_address_resumes() -> None:

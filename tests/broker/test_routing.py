@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.broker.actions import Close, Outbox, Send
 from gateway.broker.outbound import with_packet_id
 from gateway.broker.routing import RetainedStore, SubscriptionIndex
@@ -55,6 +57,21 @@ def test_shared_group_rotation_and_membership() -> None:
         index.remove(member, stored("$share/g/jobs/#"))
     _, groups = index.match("jobs/1", None)
     assert [g.name for g in groups] == ["other"]
+
+
+def test_one_group_name_in_two_scopes_is_two_groups() -> None:
+    index = SubscriptionIndex()
+    for member, scope in (("a1", "identity/service/a"), ("a2", "identity/service/a"), ("b", "identity/x/b")):
+        index.add(member, replace(stored("$share/g/jobs/#", 1), scope=scope))
+    _, groups = index.match("jobs/1", None)
+    assert sorted((g.scope, sorted(g.members)) for g in groups) == [
+        ("identity/service/a", ["a1", "a2"]),
+        ("identity/x/b", ["b"]),
+    ]
+    index.remove("b", replace(stored("$share/g/jobs/#"), scope="identity/service/a"))  # not its group
+    index.remove("b", replace(stored("$share/g/jobs/#"), scope="identity/x/b"))
+    _, groups = index.match("jobs/1", None)
+    assert [g.scope for g in groups] == ["identity/service/a"]
 
 
 def test_retained_tree() -> None:

@@ -47,7 +47,12 @@ class TestCheck:
         out = json.loads(result.stdout)
         assert out["valid"] is True
         assert out["quarantine_control_disjoint"] == {"proved": True, "filter_pairs": 2}
-        assert [r["name"] for r in out["roles"]][:2] == ["unit", "operator"]
+        assert [r["name"] for r in out["roles"]][:4] == [
+            "unit",
+            "operator/ops",
+            "operator/security",
+            "operator/auditor",
+        ]
 
     def test_overlapping_quarantine_is_refused_in_one_sentence(self, tmp_path: Path) -> None:
         path = write_policy(tmp_path, _overlapping)
@@ -66,10 +71,10 @@ class TestCheck:
         assert out["valid"] is False and out["path"] == "quarantine.unit.publish[2]"
 
     def test_warnings_are_shown_but_the_policy_is_valid(self, tmp_path: Path) -> None:
-        path = write_policy(tmp_path, lambda d: d["roles"]["operator"]["subscribe"].append("#"))
+        path = write_policy(tmp_path, lambda d: d["roles"]["operator"]["ops"]["subscribe"].append("#"))
         result = invoke("check", str(path))
         assert result.exit_code == 0
-        assert "warning: roles.operator.subscribe[4]: '#' matches every topic" in result.stdout
+        assert "warning: roles.operator.ops.subscribe[4]: '#' matches every topic" in result.stdout
 
     def test_a_rate_detector_that_would_contain_units_at_their_permitted_rate_is_refused(
         self, tmp_path: Path
@@ -143,6 +148,39 @@ class TestExplain:
         )
         assert result.exit_code == 3
         assert "reason: partner_without_tier" in result.stdout
+
+    @pytest.mark.parametrize(
+        ("role", "code", "rule"),
+        [
+            (None, 0, "operator/ops/publish/0"),
+            ("security", 0, "operator/security/publish/0"),
+            ("auditor", 3, ""),
+        ],
+    )
+    def test_an_operator_is_judged_by_its_admin_role(self, role: str | None, code: int, rule: str) -> None:
+        args = (
+            "explain",
+            "--id",
+            "bob",
+            "--kind",
+            "operator",
+            "--json",
+            "--publish",
+            "fleet/TRK-1/cmd/reboot",
+        )
+        result = invoke(*args, *(("--role", role) if role else ()))
+        assert result.exit_code == code
+        out = json.loads(result.stdout)
+        if code == 0:
+            assert out["rule"] == rule
+        else:
+            assert (out["reason"], out["profile"]) == ("topic_not_granted", "operator/auditor")
+
+    def test_nobody_may_publish_the_mode_command(self) -> None:
+        args = ("explain", "--id", "dispatch", "--kind", "service", "--publish", "fleet/TRK-1/cmd/mode")
+        result = invoke(*args)
+        assert result.exit_code == 3
+        assert "reason: reserved_for_gateway" in result.stdout
 
     def test_judges_the_given_policy_file(self, tmp_path: Path) -> None:
         path = write_policy(tmp_path, lambda d: d["roles"]["unit"]["publish"].remove("fleet/{id}/state"))

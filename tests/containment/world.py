@@ -106,7 +106,7 @@ class Fleet:
         self.dispatch_identity = Identity("service", "dispatch", TRUST_DOMAIN)
         self.operator_identity = Identity("operator", "alice", TRUST_DOMAIN)
         self.directory.enroll(self.dispatch_identity)
-        self.directory.enroll(self.operator_identity)
+        self.directory.enroll(self.operator_identity, role="ops")
         self.engine = PolicyEngine(policy or load_policy(None), self.directory)
         # BrokerLimits as the runtime builds them: the violation limit is the engine's, asked live.
         self.lab = Lab(self.engine, BrokerLimits())

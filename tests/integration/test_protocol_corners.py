@@ -102,7 +102,7 @@ def test_paho_5_unit_with_an_empty_client_id_is_assigned_its_certificate_id(
     assert truck.subscribe("fleet/TRK-EMPTY-5/cmd/#", 1) == [1]  # its grants are its identity's
     service = _live(Paho(gw.mqtt_port, dispatch, version=V5))
     assert service.connect()[0] == 0
-    assert service.publish("fleet/TRK-EMPTY-5/cmd/mode", b"diag") == 0
+    assert service.publish("fleet/TRK-EMPTY-5/cmd/reboot", b"diag") == 0
     assert [m.payload for m in truck.expect(1)] == [b"diag"]
     truck.disconnect()
     service.disconnect()
@@ -117,7 +117,7 @@ def test_paho_3_1_1_unit_with_an_empty_client_id_and_clean_session_is_its_certif
     assert truck.subscribe("fleet/TRK-EMPTY-3/cmd/#", 1) == [1]
     service = _live(Paho(gw.mqtt_port, dispatch, version=V5))
     assert service.connect()[0] == 0
-    assert service.publish("fleet/TRK-EMPTY-3/cmd/mode", b"diag") == 0
+    assert service.publish("fleet/TRK-EMPTY-3/cmd/reboot", b"diag") == 0
     assert [m.payload for m in truck.expect(1)] == [b"diag"]
     truck.disconnect()
     service.disconnect()

@@ -266,6 +266,20 @@ def test_remove_identity(fleet: FleetCA, unit_cert: x509.Certificate, tmp_path: 
     assert crl.get_revoked_certificate_by_serial_number(unit_cert.serial_number) is not None
 
 
+def test_no_issuance_path_creates_an_id_of_two_kinds(fleet: FleetCA, key: PrivateKey) -> None:
+    fleet.register_unit("TRK-1", NOW)
+    for kind in ("partner", "operator", "service"):
+        with pytest.raises(AlreadyExistsError) as info:
+            fleet.issue_identity(kind, "TRK-1", make_csr(key, "TRK-1"), NOW, LIFETIME)
+        assert info.value.reason == "id_taken"
+    fleet.issue_identity("partner", "ACME", make_csr(key, "ACME"), NOW, LIFETIME, {"tier": "1"})
+    with pytest.raises(AlreadyExistsError) as info:
+        fleet.register_unit("ACME", NOW)  # no unit, so no token and nothing to enroll over EST
+    assert info.value.reason == "id_taken"
+    assert fleet.registry.get_identity("unit", "ACME") is None
+    assert [c.id for c in fleet.registry.list_certificates()] == ["ACME"]
+
+
 def test_issue_identity_for_operators_services_partners(fleet: FleetCA, key: PrivateKey) -> None:
     cert = fleet.issue_identity("partner", "acme", make_csr(key, "acme"), NOW, LIFETIME, {"tier": "2"})
     assert identity_from_certificate(cert, TD) == make_identity("partner", "acme", TD)

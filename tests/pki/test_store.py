@@ -150,6 +150,24 @@ def test_identities(registry: Registry) -> None:
     updated = registry.set_state("unit", "TRK-1", "quarantined", later)
     assert updated.state == "quarantined" and updated.updated_at == later and updated.created_at == NOW
     assert registry.get_identity("unit", "nope") is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("unit", "partner"), ("partner", "unit"), ("service", "operator")]
+)
+def test_an_id_belongs_to_one_client_kind(registry: Registry, first: str, second: str) -> None:
+    # A bare MQTT client id cannot say which kind it means, so two kinds may never share an id.
+    registry.add_identity(first, "TRK-1", NOW)
+    with pytest.raises(AlreadyExistsError) as info:
+        registry.add_identity(second, "TRK-1", NOW)
+    assert info.value.reason == "id_taken"
+    assert info.value.message == (
+        f"{first} TRK-1 already holds the id TRK-1, and units, operators, services and partners share one "
+        f"id space; pick another id for the {second}"
+    )
+    assert [(r.kind, r.id) for r in registry.list_identities()] == [(first, "TRK-1")]
+    registry.add_identity(second, "TRK-2", NOW)  # any other id is fine
+    registry.add_identity("gateway", "TRK-1", NOW)  # the server certificate never connects as a client
     with pytest.raises(NotFoundError):
         registry.set_state("unit", "nope", "enrolled", NOW)
     with pytest.raises(PkiError) as bad:

@@ -247,6 +247,20 @@ def test_ping_pong_takeovers_are_cloning() -> None:
     assert h.fired("cloning")[0]["details"]["context"]["hosts"] == "10.0.0.7, 10.9.9.9"
 
 
+def test_a_takeover_across_identities_is_no_evidence_of_cloning() -> None:
+    # A partner named like the unit fighting it over the client id: an attack on the unit, not a
+    # clone of it. The broker refuses such takeovers; the detector would not blame the unit either.
+    h = Harness()
+    unit = replace(PEER1, address="10.0.0.7:1000")
+    impostor = Peer("10.9.9.9:2000", Identity("partner", "TRK-1", TD), certificate_serial=9)
+    for _ in range(3):
+        h.tick([SessionTakenOver("TRK-1", unit, impostor)])
+        h.now += 20
+        h.tick([SessionTakenOver("TRK-1", impostor, unit)])
+        h.now += 20
+    assert h.actions == []
+
+
 def test_subscription_overreach_on_wildcards_only() -> None:
     h = Harness()
     h.tick([SubscribeDenied(PEER1, "TRK-1", "fleet/TRK-1/cmd/x/y", "filter_not_granted")])

@@ -24,7 +24,10 @@ EMBEDDED = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "polic
 
 TRK1 = Identity("unit", "TRK-1", TD)
 TRK2 = Identity("unit", "TRK-2", TD)
-ALICE = Identity("operator", "alice", TD)
+ALICE = Identity("operator", "alice", TD)  # role ops
+SAM = Identity("operator", "sam", TD)  # role security
+BOB = Identity("operator", "bob", TD)  # role auditor
+NOROLE = Identity("operator", "nobody", TD)  # no role in the registry
 DISPATCH = Identity("service", "dispatch", TD)
 BILLING = Identity("service", "billing", TD)  # a service the policy does not list
 ACME = Identity("partner", "ACME", TD)  # tier 3
@@ -33,6 +36,9 @@ NOTIER = Identity("partner", "NOTIER", TD)
 GHOST = Identity("unit", "TRK-404", TD)  # not in the registry
 REVOKED = Identity("unit", "TRK-666", TD)
 QUARANTINED = Identity("unit", "TRK-Q", TD)
+# A registry written before ids were unique across kinds: a partner and an operator named like units.
+PARTNER_TRK1 = Identity("partner", "TRK-1", TD)
+OPERATOR_TRK2 = Identity("operator", "TRK-2", TD)
 REVOKED_SERIAL = 0xBAD
 
 
@@ -42,9 +48,14 @@ class World:
 
     def __post_init__(self) -> None:
         d = self.directory
-        for who in (TRK1, TRK2, ALICE, DISPATCH, BILLING, NOTIER):
+        for who in (TRK1, TRK2, DISPATCH, BILLING, NOTIER, NOROLE):
             d.enroll(who)
+        d.enroll(ALICE, role="ops")
+        d.enroll(SAM, role="security")
+        d.enroll(BOB, role="auditor")
         d.enroll(ACME, tier=3)
+        d.enroll(PARTNER_TRK1, tier=1)
+        d.enroll(OPERATOR_TRK2)
         d.enroll(BIGCO, tier=1)
         d.enroll(REVOKED)
         d.revoke_identity(REVOKED)
@@ -88,6 +99,9 @@ CONNECTS = [
     (None, "lab-suite-1", {}, ("allow", "lab_client", "builtin/lab_role")),
     (None, "TRK-1", {}, ("deny", "client_id_not_lab", "builtin/lab_role")),
     (None, "anything", {}, ("deny", "client_id_not_lab", "builtin/lab_role")),
+    # Its own client id is a unit's: refused, so it can never sit on that unit's session.
+    (PARTNER_TRK1, "TRK-1", {}, ("deny", "client_id_held_by_unit", "builtin/client_id_binding")),
+    (OPERATOR_TRK2, "TRK-2", {}, ("deny", "client_id_held_by_unit", "builtin/client_id_binding")),
 ]
 
 
@@ -117,7 +131,12 @@ PUBLISHES = [
     (DISPATCH, "fleet/TRK-1/control/brake", ("allow", "publish_granted", "service/dispatch/publish/0")),
     (DISPATCH, "fleet/TRK-1/telemetry/gps", ("deny", "topic_not_granted", "service/dispatch/publish")),
     (BILLING, "fleet/TRK-1/cmd/x", ("deny", "topic_not_granted", "service/billing/publish")),
-    (ALICE, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/publish/0")),
+    (ALICE, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/ops/publish/0")),
+    (SAM, "fleet/TRK-1/cmd/reboot", ("allow", "publish_granted", "operator/security/publish/0")),
+    # An auditor reads and nothing else; an operator the registry gives no role gets nothing at all.
+    (BOB, "fleet/TRK-1/cmd/immobilise", ("deny", "topic_not_granted", "operator/auditor/publish")),
+    (BOB, "fleet/TRK-1/control/brake", ("deny", "topic_not_granted", "operator/auditor/publish")),
+    (NOROLE, "fleet/TRK-1/cmd/reboot", ("deny", "topic_not_granted", "operator/none/publish")),
     (ACME, "fleet/TRK-1/telemetry/eta", ("deny", "topic_not_granted", "partner/tier3/publish")),
     (GHOST, "fleet/TRK-404/state", ("deny", "unknown_identity", "registry/identity")),
     (REVOKED, "fleet/TRK-666/state", ("deny", "identity_revoked", "registry/identity")),
@@ -125,8 +144,15 @@ PUBLISHES = [
     (None, "$SYS/x", ("deny", "reserved_topic", "builtin/dollar_topics")),
     (None, "fleet/TRK-1/control/brake/set", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
     (None, "fleet/TRK-1/control", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
-    (None, "fleet/TRK-1/cmd/mode", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
     (None, "fleet/TRK-1/telemetry/gps", ("allow", "builtin_floor", "builtin/floor")),
+    # The mode command is the gateway's alone, whatever a grant (fleet/+/cmd/#) says, for every kind.
+    (ALICE, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (DISPATCH, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (TRK1, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (None, "fleet/TRK-1/cmd/mode", ("deny", "reserved_for_gateway", "builtin/gateway_mode_command")),
+    (DISPATCH, "fleet/TRK-1/cmd/reroute", ("allow", "publish_granted", "service/dispatch/publish/1")),
+    (ALICE, "fleet/TRK-1/cmd/mode/x", ("allow", "publish_granted", "operator/ops/publish/0")),  # not it
+    (TRK1, "fleet/TRK-1/cmd/mode/ack", ("allow", "publish_granted", "unit/publish/3")),
 ]
 
 
@@ -155,7 +181,10 @@ SUBSCRIBES = [
     (ACME, "fleet/+/telemetry/eta", ("deny", "filter_not_granted", "partner/tier3/subscribe")),
     (BIGCO, "views/1/#", ("allow", "subscribe_granted", "partner/tier1/subscribe/0")),
     (BIGCO, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "partner/tier1/subscribe")),
-    (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/subscribe")),  # operators: by grant
+    (ALICE, "$SYS/#", ("deny", "filter_not_granted", "operator/ops/subscribe")),  # operators: by grant
+    (BOB, "fleet/+/telemetry/#", ("allow", "subscribe_granted", "operator/auditor/subscribe/0")),
+    (BOB, "fleet/+/cmd/#", ("allow", "subscribe_granted", "operator/auditor/subscribe/3")),
+    (NOROLE, "fleet/+/telemetry/#", ("deny", "filter_not_granted", "operator/none/subscribe")),
     (DISPATCH, "$share/d/fleet/+/control/#", ("allow", "subscribe_granted", "service/dispatch/subscribe/1")),
     (None, "#", ("allow", "builtin_floor", "builtin/floor")),  # granted; deliveries are filtered
     (None, "fleet/+/control/#", ("deny", "lab_forbidden_topic", "builtin/lab_role")),
@@ -193,14 +222,25 @@ def test_delivery(world: World, who: Identity | None, topic: str, expected: tupl
 
 
 def test_delivery_to_a_restored_session_needs_no_certificate_facts(world: World) -> None:
-    restored = Peer("", TRK1)  # what the broker rebuilds from disk after a restart
+    restored = Peer("", TRK1)  # what the broker rebuilds from disk, and keeps for an offline session
     assert world.engine.decide_delivery(restored, "fleet/TRK-1/cmd/x", T0).allowed
-    expired = peer(TRK1, not_after=T0 - 10)  # lapsed while offline: expiry is enforced at connect
-    assert world.engine.decide_delivery(expired, "fleet/TRK-1/cmd/x", T0).allowed
-    assert brief(publish(world.engine, TRK1, "fleet/TRK-1/state", now=T0))[0] == "allow"
-    assert world.engine.decide_publish(expired, "fleet/TRK-1/state", 1, 0, False, T0).reason == (
+
+
+def test_a_live_peer_with_an_expired_certificate_receives_nothing() -> None:
+    world = World()
+    engine = PolicyEngine(POLICY, world.directory, clock_skew_tolerance=60)
+    lapsed = peer(TRK1, not_after=T0 - 10)  # still inside the 60 s grace
+    assert engine.decide_delivery(lapsed, "fleet/TRK-1/cmd/x", T0).allowed
+    assert engine.certificate_deadline(lapsed) == T0 + 50
+    assert brief(engine.decide_delivery(lapsed, "fleet/TRK-1/cmd/x", T0 + 51)) == (
+        "deny",
+        "certificate_expired",
+        "builtin/certificate_validity",
+    )
+    assert engine.decide_publish(lapsed, "fleet/TRK-1/state", 1, 0, False, T0 + 51).reason == (
         "certificate_expired"
     )
+    assert engine.certificate_deadline(Peer("", TRK1)) is None
 
 
 class TestLimits:
@@ -371,8 +411,17 @@ class TestLiveChanges:
         assert not engine.decide_subscribe(peer(ACME), "views/2/#", T0).allowed
         directory.set_tier(ACME, 2)
         engine.invalidate(ACME)
-        assert (
-            engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule
-            == "partner/tier2/subscribe/0"
-        )
+        assert engine.decide_subscribe(peer(ACME), "views/2/#", T0).rule == "partner/tier2/subscribe/0"
         assert engine.max_subscriptions_for(peer(ACME)) == 10
+
+    def test_a_role_change_switches_an_operators_grants(self, world: World) -> None:
+        engine, directory = world.engine, world.directory
+        assert publish(engine, ALICE, "fleet/TRK-1/cmd/reboot").allowed
+        directory.put(ALICE, IdentityState("enrolled", role="auditor"))  # the registry record changed
+        engine.invalidate(ALICE)
+        assert brief(publish(engine, ALICE, "fleet/TRK-1/cmd/reboot")) == (
+            "deny",
+            "topic_not_granted",
+            "operator/auditor/publish",
+        )
+        assert engine.decide_subscribe(peer(ALICE), "fleet/+/state", T0).allowed

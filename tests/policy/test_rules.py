@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.policy.rules import policy_from_mapping
+from gateway.admin.auth import ROLE_RIGHTS
+from gateway.policy.rules import OPERATOR_ROLES, policy_from_mapping
 from gateway.policy.schema import PolicyError
 from gateway.stores.policy_file import EMBEDDED_SOURCE, load_policy
 
@@ -126,6 +127,19 @@ MISTAKES = [
     ("roles.partner.gold", {}, "roles.partner.gold", "tier<N>"),
     ("roles.service.bad name", {}, "roles.service.bad name", "not a service name"),
     ("roles.operator", [], "roles.operator", "must be a mapping"),
+    (
+        "roles.operator.admin",
+        {},
+        "roles.operator",
+        "'admin' is not an admin role; operators are granted by role",
+    ),
+    # the shape before roles: grants straight under roles.operator
+    ("roles.operator.publish", ["fleet/+/cmd/#"], "roles.operator", "e.g. roles.operator.ops.publish"),
+    ("roles.operator.auditor.publish", ["fleet/+/cmd/#"], "roles.operator.auditor.publish[0]", "only reads"),
+    ("roles.operator.ops.share", [], "roles.operator.ops", "unknown key 'share'"),
+    ("roles.service.dispatch.share_groups", ["a/b"], "roles.service.dispatch.share_groups[0]", "no '/'"),
+    ("roles.service.dispatch.share_groups", "workers", "roles.service.dispatch.share_groups", "list of"),
+    ("quarantine.unit.share_groups", ["g"], "quarantine.unit", "unknown key 'share_groups'"),
     ("control_namespace", [], "control_namespace", "non-empty list"),
     ("control_namespace.0", "fleet/control/{unit}/#", "control_namespace[0]", "second level"),
     ("control_namespace.0", "fleet/{id}/control/#", "control_namespace[0]", "{id} is not a placeholder"),
@@ -166,9 +180,9 @@ def test_a_document_that_is_not_a_mapping_is_refused() -> None:
 
 def test_burst_without_its_rate_is_refused() -> None:
     data = base()
-    data["roles"]["operator"]["limits"] = {"burst": 10}
+    data["roles"]["operator"]["ops"]["limits"] = {"burst": 10}
     error = refused(data)
-    assert error.path == "roles.operator.limits.burst"
+    assert error.path == "roles.operator.ops.limits.burst"
     assert "messages_per_second" in error.problem
 
 
@@ -197,3 +211,8 @@ def test_author_chosen_names_must_be_text_and_may_be_empty() -> None:
     data = base()
     data["roles"]["service"] = None
     assert policy_from_mapping(data, "p.yaml").services == {}
+
+
+def test_the_policy_knows_exactly_the_admin_roles_the_admin_api_knows() -> None:
+    assert set(OPERATOR_ROLES) == set(ROLE_RIGHTS)
+    assert [p.name for p in load_policy(None).operators.values()] == [f"operator/{r}" for r in OPERATOR_ROLES]

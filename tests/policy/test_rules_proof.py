@@ -78,7 +78,7 @@ class TestDisjointness:
             version=1,
             control_namespace=policy.control_namespace,
             unit=policy.unit,
-            operator=policy.operator,
+            operators=policy.operators,
             services=policy.services,
             partner_tiers=policy.partner_tiers,
             quarantine={"unit": widened},
@@ -146,6 +146,31 @@ class TestLint:
         assert error.path == "roles.unit.subscribe[2]"
         assert "outside the unit's own namespace" in error.problem
 
+    @pytest.mark.parametrize(
+        ("role", "grant"),
+        [
+            ("unit", "fleet/{id}/cmd/mode"),
+            ("service.dispatch", "fleet/+/cmd/mode"),
+        ],
+    )
+    def test_a_publish_grant_naming_only_the_mode_command_is_an_error(self, role: str, grant: str) -> None:
+        data = base()
+        profile = data["roles"]
+        for key in role.split("."):
+            profile = profile[key]
+        index = len(profile["publish"])
+        profile["publish"].append(grant)
+        error = refused(data)
+        assert error.path == f"roles.{role}.publish[{index}]"
+        assert "the gateway's own mode command, which no client may publish" in error.problem
+
+    def test_broader_cmd_grants_stay_valid_and_subscribing_to_the_mode_command_too(self) -> None:
+        data = base()
+        data["roles"]["service"]["analytics"]["publish"] = ["fleet/+/cmd/#"]  # the engine's rule wins there
+        data["roles"]["service"]["analytics"]["subscribe"].append("fleet/+/cmd/mode")
+        policy = policy_from_mapping(data, "p.yaml")
+        assert [f for f in lint_policy(policy) if f.severity == "error"] == []
+
     def test_dollar_grant_to_a_non_operator_is_an_error(self) -> None:
         data = base()
         data["roles"]["service"]["analytics"]["subscribe"].append("$SYS/broker/#")
@@ -155,22 +180,22 @@ class TestLint:
 
     def test_dollar_subscribe_grant_to_operators_is_allowed(self) -> None:
         data = base()
-        data["roles"]["operator"]["subscribe"].append("$SYS/#")
+        data["roles"]["operator"]["security"]["subscribe"].append("$SYS/#")
         policy = policy_from_mapping(data, "p.yaml")
         assert [f for f in lint_policy(policy) if f.severity == "error"] == []
 
     def test_warnings_for_everything_grants_and_partner_reach_into_cmd(self) -> None:
         data = base()
-        data["roles"]["operator"]["subscribe"].append("#")
+        data["roles"]["operator"]["ops"]["subscribe"].append("#")
         data["roles"]["partner"]["tier1"]["subscribe"].append("fleet/+/cmd/#")
-        data["roles"]["operator"]["publish"].append("$SYS/x")
+        data["roles"]["operator"]["ops"]["publish"].append("$SYS/x")
         data["roles"]["unit"]["limits"]["bytes_burst"] = 1000
         policy = policy_from_mapping(data, "p.yaml")
         found = {(f.severity, f.path) for f in lint_policy(policy)}
         assert found == {
-            ("warning", "roles.operator.subscribe[4]"),
+            ("warning", "roles.operator.ops.subscribe[4]"),
             ("warning", "roles.partner.tier1.subscribe[1]"),
-            ("warning", "roles.operator.publish[1]"),
+            ("warning", "roles.operator.ops.publish[1]"),
             ("warning", "roles.unit.limits.bytes_burst"),
         }
 
