@@ -19,6 +19,8 @@ identity may publish at `factor` times its profile's message rate, and anything 
 `throttled` with the detector's rule. The throttle is checked after authorization and before the
 policy's own buckets, so a throttled refusal costs no policy tokens; it outlives cache invalidations
 and policy reloads (a detector's verdict is not undone by an unrelated change) and ends by itself.
+While the identity is quarantined the throttle does not apply: quarantine is the stronger step, and
+the diagnostics a quarantined unit may still send are what ops need.
 
 Rates are limits, not violations. `rate_limited` and `throttled` denials carry `violation=False`: a
 unit sending too much is slowed (and, by the detectors, throttled and quarantined), never disconnected
@@ -310,7 +312,13 @@ class PolicyEngine:
         grants = seen.grants
         if grants.carries_control(topic):  # the control lane: never throttled, buckets of its own
             return _spend(seen, payload_size, now, control=True) or _allowed("publish_granted", rule)
-        if self._throttles and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None:
+        # Quarantine supersedes a throttle: the ladder has climbed past it, and what a quarantined unit may
+        # still send (its diagnostics) is what ops need to look into it.
+        if (
+            self._throttles
+            and not grants.quarantined
+            and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None
+        ):
             return refusal
         return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
 

@@ -37,7 +37,7 @@ from pki.names import Identity, validate_id
 __all__ = ["ID", "CompiledGrants", "GrantCache", "IdentityMatcher", "TopicMatcher"]
 
 ID = "\x00"  # the identity's own id inside a shared matcher
-_MAX_OWN_LEVELS = 4  # a topic naming the id more often than this is judged on its literal reading only
+_MAX_OWN_LEVELS = 4  # a topic naming the id more often than this is matched by a linear scan
 
 _MEMO_LIMIT = 256  # remembered publish answers per compiled identity
 # Remembered delivery answers per compiled identity: a fleet-wide subscriber hears every unit's topics
@@ -113,8 +113,12 @@ class IdentityMatcher:
             return None if ID in topic else self._shared.match(topic)
         levels = topic.split("/")
         own = [i for i, level in enumerate(levels) if level == ident]
-        if not own or len(own) > _MAX_OWN_LEVELS or ID in topic:
-            return None if ID in topic else self._shared.match(topic)
+        if ID in topic:
+            return None
+        if not own:  # the id inside a level, not as one: the grants read the topic literally
+            return self._shared.match(topic)
+        if len(own) > _MAX_OWN_LEVELS:  # rare and odd (the id at many levels): the slow, exact way
+            return next((rule for f, rule in self.filters if topic_matches(f, topic)), None)
         best: tuple[int, str] | None = None
         for choice in product((ID, ident), repeat=len(own)):
             for position, level in zip(own, choice, strict=True):

@@ -130,8 +130,8 @@ def test_a_partner_or_lab_client_with_the_units_client_id_is_refused_and_the_uni
     refused = [r for r in audit_records(gw) if r["action"] == "mqtt.connect" and r["outcome"] == "refused"]
     reasons = sorted((r["actor"].split(":")[0], r["reason"]) for r in refused if r["subject"] == unit_id)
     assert reasons == [
-        ("lab/127.0.0.1", "client_id_in_use"),
-        ("lab/127.0.0.1", "client_id_in_use"),
+        ("lab/127.0.0.1", "client_id_not_lab"),
+        ("lab/127.0.0.1", "client_id_not_lab"),
         (f"partner/{unit_id}", "client_id_held_by_unit"),
         (f"partner/{unit_id}", "client_id_held_by_unit"),
     ]

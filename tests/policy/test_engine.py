@@ -425,3 +425,23 @@ class TestLiveChanges:
             "operator/auditor/publish",
         )
         assert engine.decide_subscribe(peer(ALICE), "fleet/+/state", T0).allowed
+
+
+def test_a_quarantined_units_diagnostics_are_not_throttled() -> None:
+    """The flood earned a throttle, then a quarantine: the diagnostics it may still send (what ops
+    need to look into it) are not held to the throttle, while its telemetry stays dropped."""
+    directory = InMemoryDirectory()
+    directory.enroll(TRK1)
+    engine = PolicyEngine(load_policy(None), directory)
+    peer = Peer("10.0.0.7:1", TRK1)
+    engine.throttle(TRK1, 0.1, until=1000.0, rule="detectors/publish_rate/min_per_second")
+    verdicts = [
+        engine.decide_publish(peer, "fleet/TRK-1/telemetry/gps", 10, 1, False, 1.0) for _ in range(50)
+    ]
+    assert verdicts[-1].reason == "throttled"  # the flood, slowed
+    directory.quarantine(TRK1, "flood")
+    engine.invalidate(TRK1)
+    diag = engine.decide_publish(peer, "fleet/TRK-1/diag/report", 10, 1, False, 1.1)
+    assert (diag.allowed, diag.reason) == (True, "publish_granted")
+    gps = engine.decide_publish(peer, "fleet/TRK-1/telemetry/gps", 10, 1, False, 1.2)
+    assert (gps.allowed, gps.reason) == (False, "quarantined")
