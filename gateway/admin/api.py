@@ -5,6 +5,7 @@ Routes, and the right each needs (roles in gateway/admin/auth.py, described in g
     GET  /api/units                           units.read
     GET  /api/units/{id}                      units.read
     GET  /api/sessions                        sessions.read
+    POST /api/sessions/{client_id}/kick       sessions.kick         {"reason": "...", "confirm": true}
     POST /api/units/{id}/quarantine           units.quarantine      {"reason": "..."}
     POST /api/units/{id}/release              units.release
     POST /api/identities/{kind}/{id}/revoke   identities.revoke     {"reason": "...", "confirm": true}
@@ -341,6 +342,16 @@ async def list_sessions(request: web.Request, ctx: AdminContext, who: Operator) 
     return web.json_response({"sessions": [session_view(s) for s in ctx.sessions()]})
 
 
+async def kick_session(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    body = await _body(request, ctx.body_timeout)
+    reason = body.get("reason") or "closed by an operator"
+    if not isinstance(reason, str):
+        raise BadRequest('"reason" must be a string')
+    confirm = _flag(body, "confirm")
+    result = ctx.ops.kick(request.match_info["client_id"], reason, who.actor, ctx.clock(), confirm)
+    return web.json_response(result.as_dict())
+
+
 async def quarantine(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
     reason = _text(await _body(request, ctx.body_timeout), "reason")
     result = ctx.ops.quarantine(request.match_info["id"], reason, who.actor, ctx.clock())
@@ -418,6 +429,7 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("GET", "/api/units", "units.read", list_units),
     ("GET", "/api/units/{id}", "units.read", show_unit),
     ("GET", "/api/sessions", "sessions.read", list_sessions),
+    ("POST", "/api/sessions/{client_id}/kick", "sessions.kick", kick_session),
     ("POST", "/api/units/{id}/quarantine", "units.quarantine", quarantine),
     ("POST", "/api/units/{id}/release", "units.release", release),
     ("POST", "/api/identities/{kind}/{id}/revoke", "identities.revoke", revoke),

@@ -35,6 +35,7 @@ OPS_RIGHTS = frozenset(
         "sessions.read",
         "units.quarantine",
         "units.release",
+        "sessions.kick",
         "docs.read",
         "flows.read",
         "metrics.read",
@@ -56,6 +57,7 @@ ROLE_RIGHTS: dict[str, frozenset[str]] = {
 RIGHT_TEXT = {
     "units.read": "read unit status",
     "sessions.read": "list sessions",
+    "sessions.kick": "close live sessions",
     "units.quarantine": "quarantine units",
     "units.release": "release units",
     "identities.revoke": "revoke identities",

@@ -77,10 +77,20 @@ SCHEMAS: dict[str, Any] = {
         },
         ("reason", "confirm"),
     ),
+    "KickRequest": _object(
+        {
+            "reason": _string("Why; sent to a 5.0 client as the DISCONNECT reason string and audited."),
+            "confirm": {
+                "type": "boolean",
+                "default": False,
+                "description": "Must be true for a unit: its session carries vehicle control.",
+            },
+        }
+    ),
     "PartnerDisconnectRequest": _object({"dry_run": {"type": "boolean", "default": False}}),
     "OpResult": _object(
         {
-            "action": _string(enum=["quarantine", "release", "revoke"]),
+            "action": _string(enum=["quarantine", "release", "revoke", "kick"]),
             "subject": _string(),
             "changed": {"type": "boolean"},
             "state": _string(),
@@ -173,7 +183,7 @@ def _op(
     }
     if body is not None:
         operation["requestBody"] = {
-            "required": body != "PartnerDisconnectRequest",
+            "required": body not in ("PartnerDisconnectRequest", "KickRequest"),
             "content": {JSON: {"schema": _ref(body)}},
         }
     return operation
@@ -216,6 +226,17 @@ PATHS: dict[str, Any] = {
     },
     "/api/sessions": {
         "get": _op("listSessions", "MQTT sessions held, live or persistent.", "sessions.read", "SessionList")
+    },
+    "/api/sessions/{client_id}/kick": {
+        "post": _op(
+            "kickSession",
+            "Close one live session (5.0: DISCONNECT 0x98); the client may reconnect, nothing is revoked.",
+            "sessions.kick",
+            "OpResult",
+            "KickRequest",
+            (_path("client_id", "The session's MQTT client id (a unit's id, an operator's name...)."),),
+            (404,),
+        )
     },
     "/api/units/{id}/quarantine": {
         "post": _op(

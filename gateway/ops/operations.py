@@ -182,6 +182,49 @@ class Operations:
         )
         return closed
 
+    def kick(self, client_id: str, reason: str, actor: str, now: datetime, confirm: bool) -> OpResult:
+        """Close one live session (DISCONNECT 0x98 for 5.0); the client may reconnect at once, its
+        certificate and state untouched. A unit's session carries vehicle control, so closing one
+        needs `confirm`, as revoking does."""
+        started = self._ctx.driver.clock.monotonic()
+        subject = f"session/{client_id}"
+        with self._refusal_audited(actor, "session.kick", subject, now):
+            live = [s for s in self._ctx.driver.sessions() if s.client_id == client_id and s.connected]
+            if not live or live[0].peer is None:
+                message = f"no client {client_id} is connected; see `fleetgate session list`"
+                raise OpsError("unknown_session", message, 404)
+            peer = live[0].peer
+            identity = peer.identity
+            if identity is not None and identity.kind == "unit" and not confirm:
+                raise OpsError(
+                    "confirm_required",
+                    f"kicking unit {identity.id} closes its vehicle-control session until it reconnects; "
+                    "confirm it (CLI: --force)",
+                )
+        closed = self._ctx.driver.disconnect_where(
+            lambda p: p.address == peer.address and p.identity == identity,
+            ReasonCode.ADMINISTRATIVE_ACTION,
+            reason,
+            now.timestamp(),
+        )
+        self._ctx.audit.append(
+            actor=actor,
+            action="session.kick",
+            subject=subject,
+            outcome="ok" if closed else "unchanged",
+            reason=reason,
+            details={"identity": str(identity) if identity else "", "sessions_closed": closed},
+            now=now,
+        )
+        return OpResult(
+            action="kick",
+            subject=subject,
+            changed=bool(closed),
+            state="disconnected" if closed else "unknown",
+            elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
+            sessions_closed=closed,
+        )
+
     def partner_disconnect(self, partner: str, actor: str, now: datetime, dry_run: bool) -> PartnerReport:
         started = self._ctx.driver.clock.monotonic()
         with self._refusal_audited(actor, "partner.disconnect", f"partner/{partner}", now):
