@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from gateway.cli.admin_client import Remote
-from gateway.cli.common import LocalState, local_actor, open_local, utc_now
+from gateway.cli.common import CliError, LocalState, local_actor, open_local, utc_now
 from gateway.ops.operations import revocation_flag
 from gateway.ops.partners import blast_radius, revoke_partner
 from gateway.ops.quarantine import OpsError, quarantine_unit, release_unit
 from gateway.ops.status import unit_statuses
 from gateway.stores.audit_log import AuditRecord
+from gateway.stores.broker_store import SqliteBrokerStore
 from pki.names import CLIENT_KINDS
+from pki.records import CertificateRecord
 
 POLL_SECONDS = 0.25
 
@@ -34,8 +37,11 @@ class Backend(Protocol):
     def quarantine(self, unit_id: str, reason: str) -> dict[str, Any]: ...
     def release(self, unit_id: str) -> dict[str, Any]: ...
     def status(self, unit_id: str | None) -> list[dict[str, Any]]: ...
+    def show(self, unit_id: str) -> dict[str, Any]: ...
     def revoke(self, kind: str, ident: str, reason: str) -> dict[str, Any]: ...
     def partner_disconnect(self, partner: str, dry_run: bool) -> dict[str, Any]: ...
+    def sessions(self) -> list[dict[str, Any]]: ...
+    def kick(self, client_id: str, reason: str, confirm: bool) -> dict[str, Any]: ...
     def events(self, since: int | None, follow: bool) -> Iterator[dict[str, Any]]: ...
 
 
@@ -57,6 +63,9 @@ class RemoteBackend:
             return [dict(self.remote.call("GET", f"/api/units/{quote(unit_id, safe='')}"))]
         return list(self.remote.call("GET", "/api/units")["units"])
 
+    def show(self, unit_id: str) -> dict[str, Any]:
+        return dict(self.remote.call("GET", f"/api/units/{quote(unit_id, safe='')}"))
+
     def revoke(self, kind: str, ident: str, reason: str) -> dict[str, Any]:
         body = {"reason": reason, "confirm": True}
         return dict(
@@ -71,6 +80,13 @@ class RemoteBackend:
                 "POST", f"/api/partners/{quote(partner, safe='')}/disconnect", {"dry_run": dry_run}
             )
         )
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self.remote.call("GET", "/api/sessions")["sessions"])
+
+    def kick(self, client_id: str, reason: str, confirm: bool) -> dict[str, Any]:
+        body = {"reason": reason, "confirm": confirm}
+        return dict(self.remote.call("POST", f"/api/sessions/{quote(client_id, safe='')}/kick", body))
 
     def events(self, since: int | None, follow: bool) -> Iterator[dict[str, Any]]:
         if not follow:
@@ -140,9 +156,28 @@ class LocalBackend:
             rows = unit_statuses(state.registry, None, {}, utc_now(), only=unit_id)
         if unit_id is not None and not rows:
             raise OpsError(
-                "unknown_unit", f"there is no unit {unit_id}; check the id with `fleetgate status`", 404
+                "unknown_unit", f"there is no unit {unit_id}; check the id with `fleetgate unit list`", 404
             )
         return [row.as_dict() for row in rows]
+
+    def show(self, unit_id: str) -> dict[str, Any]:
+        """The status row, and what only the data dir has: metadata and every certificate."""
+        [row] = self.status(unit_id)
+        with open_local(self.data_dir) as state:
+            record = state.registry.get_identity("unit", unit_id)
+            certs = state.registry.list_certificates(kind="unit", ident=unit_id)
+            latest = state.registry.latest_certificate("unit", unit_id)
+        if record is None:  # removed between the two reads
+            raise OpsError("unknown_unit", f"there is no unit {unit_id}; see `fleetgate unit list`", 404)
+        return {
+            **row,
+            "metadata": record.metadata,
+            "created_at": record.created_at.isoformat(),
+            "updated_at": record.updated_at.isoformat(),
+            "serial": format(latest.serial, "x") if latest else None,  # the newest, whatever its status
+            "not_after": latest.not_after.isoformat() if latest else None,
+            "certificates": [certificate_row(c) for c in certs],
+        }
 
     def revoke(self, kind: str, ident: str, reason: str) -> dict[str, Any]:
         if kind not in CLIENT_KINDS:
@@ -201,6 +236,35 @@ class LocalBackend:
             )
         return report
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """The sessions the data dir stores (persistent ones, and those live when last written);
+        whether each is connected only the running gateway knows."""
+        with open_local(self.data_dir) as state:
+            stored = SqliteBrokerStore(state.conn).stored_sessions()
+        return [
+            {
+                "client_id": record.client_id,
+                "identity": identity_label(record.identity),
+                "address": None,
+                "connected": None,
+                "since": None
+                if record.disconnected_at is None
+                else datetime.fromtimestamp(record.disconnected_at, UTC).isoformat(timespec="seconds"),
+                "subscriptions": [s.options.topic_filter for s in record.subscriptions],
+                "queued": queued,
+                "inflight": None,
+                "expiry_interval": record.expiry_interval,
+                "certificate_serial": None,
+            }
+            for record, queued in stored
+        ]
+
+    def kick(self, client_id: str, reason: str, confirm: bool) -> dict[str, Any]:
+        raise CliError(
+            "only the running gateway holds live sessions; pass --profile (or --server, --cert and --key) "
+            "to kick one through its admin API"
+        )
+
     def events(self, since: int | None, follow: bool) -> Iterator[dict[str, Any]]:
         with open_local(self.data_dir) as state:
             head = state.audit.head()[0]
@@ -214,3 +278,25 @@ class LocalBackend:
                     return
                 if not batch:
                     time.sleep(POLL_SECONDS)
+
+
+def certificate_row(r: CertificateRecord) -> dict[str, str]:
+    """One certificate as `cert list` and `unit show` print it."""
+    return {
+        "serial": format(r.serial, "x"),
+        "identity": f"{r.kind}/{r.id}",
+        "status": r.status,
+        "not_before": r.not_before.isoformat(),
+        "not_after": r.not_after.isoformat(),
+        "fingerprint": r.fingerprint,
+        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",
+        "renewed_from": "" if r.renewed_from is None else format(r.renewed_from, "x"),
+    }
+
+
+def identity_label(spiffe_uri: str | None) -> str | None:
+    """`unit/TRK-1` for `spiffe://fleet.local/unit/TRK-1`, as the admin API names identities."""
+    if spiffe_uri is None:
+        return None
+    kind, _, ident = spiffe_uri.removeprefix("spiffe://").partition("/")[2].partition("/")
+    return f"{kind}/{ident}" if ident else spiffe_uri

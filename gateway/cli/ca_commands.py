@@ -10,12 +10,13 @@ import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from gateway.cli.backends import certificate_row
+from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
     CliError,
     data_option,
@@ -122,9 +123,9 @@ def init(
 # --- units --------------------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=OrderedGroup)
 def unit() -> None:
-    """Register and inspect telematics units."""
+    """Register, enroll, watch, contain and cut off telematics units."""
 
 
 @unit.command("add")
@@ -203,63 +204,6 @@ def unit_token(unit_id: str, data_dir: Path | None, ttl_hours: float | None, as_
         click.echo(token)
 
 
-@unit.command("list")
-@data_option
-@json_option
-@friendly_errors
-def unit_list(data_dir: Path | None, as_json: bool) -> None:
-    """List registered units with their state and newest certificate."""
-    with open_local(data_dir) as state:
-        rows = [_unit_summary(state.registry, record.id) for record in state.registry.list_identities("unit")]
-    if as_json:
-        emit_json(rows)
-        return
-    table(
-        "units",
-        ["unit", "state", "certificate expires", "serial"],
-        [[r["unit"], r["state"], r["not_after"] or "-", r["serial"] or "-"] for r in rows],
-    )
-
-
-def _unit_summary(registry: Registry, unit_id: str) -> dict[str, Any]:
-    record = registry.get_identity("unit", unit_id)
-    if record is None:
-        raise CliError(f"no unit {unit_id!r} is registered; see `fleetgate unit list`")
-    latest = registry.latest_certificate("unit", unit_id)
-    return {
-        "unit": unit_id,
-        "state": record.state,
-        "metadata": record.metadata,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "serial": format(latest.serial, "x") if latest else None,
-        "not_after": latest.not_after.isoformat() if latest else None,
-    }
-
-
-@unit.command("show")
-@click.argument("unit_id")
-@data_option
-@json_option
-@friendly_errors
-def unit_show(unit_id: str, data_dir: Path | None, as_json: bool) -> None:
-    """Show one unit and its certificates."""
-    with open_local(data_dir) as state:
-        summary = _unit_summary(state.registry, unit_id)
-        certs = [_cert_row(c) for c in state.registry.list_certificates(kind="unit", ident=unit_id)]
-    summary["certificates"] = certs
-    if as_json:
-        emit_json(summary)
-        return
-    for key in ("unit", "state", "metadata", "created_at", "updated_at"):
-        click.echo(f"{key:>12}: {printable(summary[key])}")
-    table(
-        "certificates",
-        ["serial", "status", "not before", "not after"],
-        [[c["serial"], c["status"], c["not_before"], c["not_after"]] for c in certs],
-    )
-
-
 @unit.command("remove")
 @click.argument("unit_id")
 @data_option
@@ -290,19 +234,6 @@ def unit_remove(unit_id: str, data_dir: Path | None, force: bool, as_json: bool)
 # --- certificates -------------------------------------------------------------------------------
 
 
-def _cert_row(r: CertificateRecord) -> dict[str, str]:
-    return {
-        "serial": format(r.serial, "x"),
-        "identity": f"{r.kind}/{r.id}",
-        "status": r.status,
-        "not_before": r.not_before.isoformat(),
-        "not_after": r.not_after.isoformat(),
-        "fingerprint": r.fingerprint,
-        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",
-        "renewed_from": "" if r.renewed_from is None else format(r.renewed_from, "x"),
-    }
-
-
 def _lineage(registry: Registry, record: CertificateRecord) -> dict[str, list[str]]:
     """Where a certificate comes from and what was renewed from it (what revoking it also revokes)."""
     return {
@@ -319,21 +250,21 @@ def parse_serial(text: str) -> int:
         raise CliError(f"{text!r} is not a hexadecimal serial number; see `fleetgate cert list`") from None
 
 
-@click.group()
+@click.group(cls=OrderedGroup)
 def cert() -> None:
     """List, show and revoke issued certificates."""
 
 
 @cert.command("list")
 @data_option
-@click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None)
+@click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None, help="Only this kind's certificates.")
 @click.option("--id", "ident", default=None, help="Only this identity's certificates.")
 @json_option
 @friendly_errors
 def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_json: bool) -> None:
     """List issued certificates."""
     with open_local(data_dir) as state:
-        rows = [_cert_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
+        rows = [certificate_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
     if as_json:
         emit_json(rows)
         return
@@ -357,7 +288,7 @@ def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> N
         if record is None:
             raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
         lineage = _lineage(state.registry, record)
-    row: dict[str, object] = {**_cert_row(record), **lineage}
+    row: dict[str, object] = {**certificate_row(record), **lineage}
     if pem:
         click.echo(record.pem, nl=False)
     elif as_json:
@@ -396,7 +327,7 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
         if record.kind == "unit" and not force:
             raise CliError(
                 f"revoking unit {record.id}'s certificate cuts its whole session, vehicle control included; "
-                "use `fleetgate quarantine` to contain it, or add --force to revoke"
+                "use `fleetgate unit quarantine` to contain it, or add --force to revoke"
             )
         if record.kind == "unit":
             warn(f"unit {record.id} loses its vehicle-control session too")
@@ -436,7 +367,12 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
 @click.command()
 @data_option
 @click.option("--der", is_flag=True, help="Write DER instead of PEM.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write it to this file instead of printing it.",
+)
 @friendly_errors
 def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
     """Print (or write) the current certificate revocation list."""

@@ -84,7 +84,13 @@ def _save(
     help="The fleet root certificate, if you have it.",
 )
 @click.option("--ca-sha256", default=None, help="Or the root's SHA-256 fingerprint (from `unit add`).")
-@click.option("--key-type", type=click.Choice(["p256", "p384", "rsa2048", "rsa3072"]), default="p256")
+@click.option(
+    "--key-type",
+    type=click.Choice(["p256", "p384", "rsa2048", "rsa3072"]),
+    default="p256",
+    show_default=True,
+    help="Key algorithm of the key made on this device (ECDSA P-256/P-384 or RSA).",
+)
 @json_option
 @friendly_errors
 def enroll(
@@ -97,7 +103,7 @@ def enroll(
     key_type: str,
     as_json: bool,
 ) -> None:
-    """Make a key on this device, enroll it over EST with a one-time token, save the certificate."""
+    """Enroll this device over EST: a key made here, a one-time token, the certificate saved."""
     validate_id("unit", unit_id)
     est = bootstrap(server, ca_file=ca_file, ca_sha256=ca_sha256)
     key = generate_private_key(key_type)
@@ -111,13 +117,27 @@ def enroll(
 
 @click.command()
 @click.option(
-    "--cert", "cert_file", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+    "--cert",
+    "cert_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The current certificate (PEM), e.g. TRK-00042/TRK-00042.crt; replaced in place.",
 )
 @click.option(
-    "--key", "key_file", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Its private key; a fresh key replaces it.",
 )
 @click.option("--server", default=None, help="Gateway HTTPS URL (default: from enrollment.json).")
-@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The fleet root certificate (default: ca.crt beside the certificate).",
+)
 @json_option
 @friendly_errors
 def renew(cert_file: Path, key_file: Path, server: str | None, ca_file: Path | None, as_json: bool) -> None:

@@ -1,4 +1,6 @@
-"""Fleet operations from the command line: quarantine, release, status, events, revoke, partner disconnect.
+"""Fleet operations from the command line: `unit quarantine|release|revoke|list|show`, `KIND revoke`,
+`events`, `partner disconnect`; and the spellings they replace (`quarantine`, `release`, `revoke
+KIND/ID`, `status`), kept as deprecated aliases.
 
 Each command talks to a running gateway's admin API when a server is given (`--server/--cert/--key
 [--ca]`, or `--profile FILE` / $FLEETGATE_PROFILE), else acts on the data dir (`--data`) directly.
@@ -22,6 +24,7 @@ import click
 
 from gateway.cli.admin_client import error_for, resolve_remote
 from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
+from gateway.cli.command_groups import deprecated_alias, deprecation_note
 from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
 from gateway.ops.quarantine import OpsError
 from gateway.render.safe_text import printable
@@ -32,7 +35,7 @@ EXIT_CODES = (
 )
 
 
-def where_options(fn: F) -> F:
+def _where(fn: F, *, changes: bool) -> F:
     path = click.Path(dir_okay=False, path_type=Path)
     options = [
         click.option(
@@ -47,18 +50,32 @@ def where_options(fn: F) -> F:
             default=None,
             help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
         ),
-        click.option(
-            "--totp",
-            default=None,
-            metavar="CODE",
-            help="TOTP code from your authenticator, for sensitive actions (release, revoke, disconnect).",
-        ),
         data_option,
         json_option,
     ]
+    if changes:  # reads never need a second factor, so they do not offer the option
+        options.insert(
+            5,
+            click.option(
+                "--totp",
+                default=None,
+                metavar="CODE",
+                help="TOTP code from your authenticator, for sensitive actions (release, revoke, ...).",
+            ),
+        )
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def where_options(fn: F) -> F:
+    """Where a changing command acts (admin API or data dir), with --totp for sensitive actions."""
+    return _where(fn, changes=True)
+
+
+def read_where_options(fn: F) -> F:
+    """Where a reading command looks (admin API or data dir)."""
+    return _where(fn, changes=False)
 
 
 def backend(where: dict[str, Any]) -> Backend:
@@ -68,11 +85,11 @@ def backend(where: dict[str, Any]) -> Backend:
     return RemoteBackend(remote) if remote is not None else LocalBackend(where["data_dir"])
 
 
-def _split(where: dict[str, Any]) -> tuple[Backend, bool]:
+def split_where(where: dict[str, Any]) -> tuple[Backend, bool]:
     return backend(where), bool(where["as_json"])
 
 
-def _ops_errors(fn: F) -> F:
+def ops_errors(fn: F) -> F:
     """OpsError (local backend) → the same exit codes the API's answers get."""
 
     @wraps(fn)
@@ -85,7 +102,7 @@ def _ops_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _done(result: dict[str, Any], as_json: bool, text: str) -> None:
+def done(result: dict[str, Any], as_json: bool, text: str) -> None:
     if as_json:
         emit_json(result)
     else:
@@ -96,31 +113,86 @@ def _local_note(b: Backend) -> str:
     return " A running gateway applies it within ~0.2 s." if isinstance(b, LocalBackend) else ""
 
 
-@click.command(epilog=EXIT_CODES)
+# --- units: contain, release, cut off ------------------------------------------------------------
+
+
+@click.command("quarantine", epilog=EXIT_CODES)
 @click.argument("unit_id")
 @click.option("--reason", required=True, help="Why (shown to the unit in its mode command and audited).")
 @where_options
 @friendly_errors
-@_ops_errors
-def quarantine(unit_id: str, reason: str, **where: Any) -> None:
+@ops_errors
+def unit_quarantine(unit_id: str, reason: str, **where: Any) -> None:
     """Put UNIT_ID in diagnostic-only mode: its data stops, diagnostics and vehicle control keep flowing."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     result = b.quarantine(unit_id, reason)
     already = "" if result["changed"] else " (it already was; the first reason stands)"
-    _done(result, as_json, f"Unit {unit_id} is quarantined{already}.{_local_note(b)}")
+    done(result, as_json, f"Unit {unit_id} is quarantined{already}.{_local_note(b)}")
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command("release", epilog=EXIT_CODES)
 @click.argument("unit_id")
 @where_options
 @friendly_errors
-@_ops_errors
-def release(unit_id: str, **where: Any) -> None:
+@ops_errors
+def unit_release(unit_id: str, **where: Any) -> None:
     """End UNIT_ID's quarantine; the unit is told mode normal and its data flows again."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     result = b.release(unit_id)
     text = f"Unit {unit_id} is released." if result["changed"] else f"Unit {unit_id} was not quarantined."
-    _done(result, as_json, text + (_local_note(b) if result["changed"] else ""))
+    done(result, as_json, text + (_local_note(b) if result["changed"] else ""))
+
+
+REVOKE_REASON = "Why; an RFC 5280 name (keyCompromise, ...) also goes into the CRL."
+
+
+@click.command("revoke", epilog=EXIT_CODES)
+@click.argument("unit_id")
+@click.option("--reason", required=True, help=REVOKE_REASON)
+@click.option("--force", is_flag=True, help="Required: revoking a unit cuts its vehicle control too.")
+@where_options
+@friendly_errors
+@ops_errors
+def unit_revoke(unit_id: str, reason: str, force: bool, **where: Any) -> None:
+    """Revoke every certificate and token of UNIT_ID and cut its whole session, vehicle control included."""
+    _revoke("unit", unit_id, reason, force, where)
+
+
+def identity_revoke(kind: str) -> click.Command:
+    """`fleetgate KIND revoke NAME` for the role identities (operator, service, partner)."""
+
+    @click.command("revoke", epilog=EXIT_CODES)
+    @click.argument("name")
+    @click.option("--reason", required=True, help=REVOKE_REASON)
+    @where_options
+    @friendly_errors
+    @ops_errors
+    def revoke_command(name: str, reason: str, **where: Any) -> None:
+        _revoke(kind, name, reason, True, where)
+
+    revoke_command.help = (
+        f"Revoke every certificate and token of {kind} NAME and close its live sessions at once."
+    )
+    return revoke_command
+
+
+def _revoke(kind: str, ident: str, reason: str, force: bool, where: dict[str, Any]) -> None:
+    if kind == "unit" and not force:
+        raise CliError(
+            f"revoking unit {ident} cuts its whole session, vehicle control included; "
+            f"use `fleetgate unit quarantine {ident}` to contain it, or add --force to revoke"
+        )
+    if kind == "unit":
+        warn(f"unit {ident} loses its vehicle-control session too")
+    b, as_json = split_where(where)
+    result = b.revoke(kind, ident, reason)
+    closed = result.get("sessions_closed")
+    text = f"Revoked {kind}/{ident}: {len(result.get('revoked_serials') or [])} certificate(s)"
+    text += f", {closed} live session(s) closed." if closed is not None else "." + _local_note(b)
+    done(result, as_json, text)
+
+
+# --- units: what they are doing -------------------------------------------------------------------
 
 
 def _when(text: str | None) -> str:
@@ -132,19 +204,10 @@ def _when(text: str | None) -> str:
         return text
 
 
-@click.command(epilog=EXIT_CODES)
-@click.argument("unit_id", required=False)
-@where_options
-@friendly_errors
-@_ops_errors
-def status(unit_id: str | None, **where: Any) -> None:
-    """Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
-    b, as_json = _split(where)
-    rows = b.status(unit_id)
-    if as_json:
-        emit_json(rows)
-        return
-    online = {True: "yes", False: "no", None: "?"}
+ONLINE = {True: "yes", False: "no", None: "?"}
+
+
+def _status_table(b: Backend, rows: list[dict[str, Any]]) -> None:
     table(
         f"units ({b.where})",
         ["unit", "state", "online", "last seen", "cert expires", "quarantined since", "why", "by"],
@@ -152,7 +215,7 @@ def status(unit_id: str | None, **where: Any) -> None:
             [
                 r["unit"],
                 r["state"],
-                online[r["online"]],
+                ONLINE[r["online"]],
                 _when(r["last_seen"]),
                 _when(r["cert_not_after"]),
                 _when(r["quarantined_since"]),
@@ -166,17 +229,80 @@ def status(unit_id: str | None, **where: Any) -> None:
         click.echo("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
 
 
+@click.command("list", epilog=EXIT_CODES)
+@read_where_options
+@friendly_errors
+@ops_errors
+def unit_list(**where: Any) -> None:
+    """Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
+    b, as_json = split_where(where)
+    rows = b.status(None)
+    if as_json:
+        emit_json(rows)
+        return
+    _status_table(b, rows)
+
+
+@click.command("show", epilog=EXIT_CODES)
+@click.argument("unit_id")
+@read_where_options
+@friendly_errors
+@ops_errors
+def unit_show(unit_id: str, **where: Any) -> None:
+    """One unit: its status, and (on the data dir) its metadata and certificates."""
+    b, as_json = split_where(where)
+    shown = b.show(unit_id)
+    if as_json:
+        emit_json(shown)
+        return
+    for key, value in _show_fields(shown):
+        click.echo(f"{key:>18}: {printable(value)}")
+    certs = shown.get("certificates")
+    if certs:
+        table(
+            "certificates",
+            ["serial", "status", "not before", "not after", "renewed from"],
+            [
+                [c["serial"], c["status"], c["not_before"], c["not_after"], c["renewed_from"] or "-"]
+                for c in certs
+            ],
+        )
+
+
+def _show_fields(shown: dict[str, Any]) -> list[tuple[str, str]]:
+    fields = [
+        ("unit", shown["unit"]),
+        ("state", shown["state"]),
+        ("online", ONLINE[shown["online"]]),
+        ("last seen", _when(shown["last_seen"])),
+        ("certificate", shown["cert_serial"] or "-"),
+        ("expires", _when(shown["cert_not_after"])),
+    ]
+    if shown.get("quarantined_since"):
+        fields += [
+            ("quarantined since", _when(shown["quarantined_since"])),
+            ("why", shown["quarantine_reason"] or "-"),
+            ("by", shown["quarantined_by"] or "-"),
+        ]
+    for key, value in sorted((shown.get("metadata") or {}).items()):
+        fields.append((key, value))  # vin, released_at, ...: one line each, never a Python repr
+    return fields
+
+
+# --- the audit feed and partners ------------------------------------------------------------------
+
+
 @click.command(epilog=EXIT_CODES)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they are appended.")
 @click.option(
     "--since", type=click.IntRange(min=0), default=None, help="Start after this audit sequence number."
 )
-@where_options
+@read_where_options
 @friendly_errors
-@_ops_errors
+@ops_errors
 def events(follow: bool, since: int | None, **where: Any) -> None:
     """Audit records as they happen (the admin API's live stream, or the local log)."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     try:
         for record in b.events(since, follow):
             if as_json:
@@ -201,44 +327,15 @@ def event_line(record: dict[str, Any]) -> str:
     )
 
 
-@click.command(epilog=EXIT_CODES)
-@click.argument("target", metavar="KIND/ID")
-@click.option(
-    "--reason", required=True, help="Why; an RFC 5280 name (keyCompromise, ...) also goes into the CRL."
-)
-@click.option("--force", is_flag=True, help="Needed for a unit: revoking it cuts its vehicle control too.")
-@where_options
-@friendly_errors
-@_ops_errors
-def revoke(target: str, reason: str, force: bool, **where: Any) -> None:
-    """Revoke every certificate and token of an identity (unit/TRK-1, partner/acme, ...) and cut it off."""
-    kind, sep, ident = target.partition("/")
-    if not sep or not kind or not ident:
-        raise click.BadParameter(f"{target!r} is not KIND/ID, e.g. unit/TRK-00042", param_hint="KIND/ID")
-    if kind == "unit" and not force:
-        raise CliError(
-            f"revoking unit {ident} cuts its whole session, vehicle control included; "
-            "use `fleetgate quarantine` to contain it, or add --force to revoke"
-        )
-    if kind == "unit":
-        warn(f"unit {ident} loses its vehicle-control session too")
-    b, as_json = _split(where)
-    result = b.revoke(kind, ident, reason)
-    closed = result.get("sessions_closed")
-    text = f"Revoked {kind}/{ident}: {len(result.get('revoked_serials') or [])} certificate(s)"
-    text += f", {closed} live session(s) closed." if closed is not None else "." + _local_note(b)
-    _done(result, as_json, text)
-
-
 @click.command("disconnect", epilog=EXIT_CODES)
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Only report what would be cut off; change nothing.")
 @where_options
 @friendly_errors
-@_ops_errors
+@ops_errors
 def partner_disconnect(name: str, dry_run: bool, **where: Any) -> None:
     """Cut partner NAME off at once: revoke every certificate and token, close its sessions."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     report = b.partner_disconnect(name, dry_run)
     if as_json:
         emit_json(report)
@@ -256,3 +353,46 @@ def partner_disconnect(name: str, dry_run: bool, **where: Any) -> None:
         )
         + f" in {report['elapsed_ms']:.1f} ms."
     )
+
+
+# --- the spellings before noun-verb, for one release --------------------------------------------
+
+
+@click.command("revoke", epilog=EXIT_CODES, short_help="Deprecated: use `fleetgate KIND revoke ID`.")
+@click.argument("target", metavar="KIND/ID")
+@click.option("--reason", required=True, help=REVOKE_REASON)
+@click.option("--force", is_flag=True, help="Needed for a unit: revoking it cuts its vehicle control too.")
+@where_options
+@friendly_errors
+@ops_errors
+def revoke(target: str, reason: str, force: bool, **where: Any) -> None:
+    """Deprecated: use `fleetgate KIND revoke ID` (unit, operator, service, partner).
+
+    Revoke every certificate and token of an identity (unit/TRK-1, partner/acme, ...) and cut it off."""
+    kind, sep, ident = target.partition("/")
+    if not sep or not kind or not ident:
+        raise click.BadParameter(f"{target!r} is not KIND/ID, e.g. unit/TRK-00042", param_hint="KIND/ID")
+    deprecation_note("revoke KIND/ID", f"{kind} revoke {ident}")
+    _revoke(kind, ident, reason, force, where)
+
+
+@click.command("status", epilog=EXIT_CODES, short_help="Deprecated: use `fleetgate unit list|show`.")
+@click.argument("unit_id", required=False)
+@read_where_options
+@friendly_errors
+@ops_errors
+def status(unit_id: str | None, **where: Any) -> None:
+    """Deprecated: use `fleetgate unit list` (or `fleetgate unit show UNIT_ID`).
+
+    Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
+    deprecation_note("status", "unit list" if unit_id is None else "unit show UNIT_ID")
+    b, as_json = split_where(where)
+    rows = b.status(unit_id)
+    if as_json:
+        emit_json(rows)
+        return
+    _status_table(b, rows)
+
+
+quarantine = deprecated_alias(unit_quarantine, "quarantine", "unit quarantine")
+release = deprecated_alias(unit_release, "release", "unit release")

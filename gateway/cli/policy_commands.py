@@ -60,7 +60,13 @@ def check(file: Path | None, as_json: bool) -> None:
 
 @policy.command("explain", short_help="Show the decision and rule for one publish or subscribe.")
 @click.option("--id", "ident", required=True, help="The identity's id, e.g. TRK-00042 or dispatch.")
-@click.option("--kind", type=click.Choice(CLIENT_KINDS), default="unit", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(CLIENT_KINDS),
+    default="unit",
+    show_default=True,
+    help="The identity's kind.",
+)
 @click.option("--tier", type=click.IntRange(min=1), default=None, help="A partner's tier.")
 @click.option("--quarantined", is_flag=True, help="Judge as if the identity were quarantined.")
 @click.option("--publish", "topic", default=None, metavar="TOPIC", help="Ask about publishing TOPIC.")

@@ -1,4 +1,4 @@
-"""What operations answer: an operation's result, `fleetgate status` rows (`GET /api/units`), the
+"""What operations answer: an operation's result, `fleetgate unit list` rows (`GET /api/units`), the
 partner blast radius, and a session as the admin API shows it.
 
 Built from the registry (state, certificates, quarantine facts) and, when a gateway is asking, its
