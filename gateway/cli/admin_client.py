@@ -20,30 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError
+from gateway.cli.common import CliError, error_for
 
 PROFILE_ENV = "FLEETGATE_PROFILE"
-EXIT_REFUSED = 3  # the API refused the certificate or the role (401/403)
-EXIT_NOT_FOUND = 4  # no such unit, identity or partner (404)
-
-
-class RefusedError(CliError):
-    """The admin API refused the certificate or its role (401/403)."""
-
-    exit_code = EXIT_REFUSED
-
-
-class NotFoundError(CliError):
-    """No such unit, identity or partner (404)."""
-
-    exit_code = EXIT_NOT_FOUND
-
-
-def error_for(status: int, message: str) -> CliError:
-    """The CLI error for an API (or local) refusal with this HTTP status."""
-    if status in (401, 403):
-        return RefusedError(message)
-    return NotFoundError(message) if status == 404 else CliError(message)
 
 
 @dataclass(frozen=True)
@@ -85,11 +64,16 @@ class Remote:
             if isinstance(reason, ssl.SSLCertVerificationError):
                 raise CliError(
                     f"cannot verify the gateway at {self.server} ({reason.verify_message}); "
-                    "pass the fleet root with --ca or in the profile"
+                    "pass the fleet root with --ca or in the profile",
+                    "gateway_unverified",
                 ) from None
-            raise CliError(f"cannot reach the gateway at {self.server} ({reason}); is it running?") from None
+            raise CliError(
+                f"cannot reach the gateway at {self.server} ({reason}); is it running?", "gateway_unreachable"
+            ) from None
         except (TimeoutError, ConnectionError) as exc:
-            raise CliError(f"the gateway at {self.server} did not answer ({exc}); try again") from None
+            raise CliError(
+                f"the gateway at {self.server} did not answer ({exc}); try again", "gateway_unreachable"
+            ) from None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
         with self._open(method, path, body, timeout) as response:
@@ -114,10 +98,10 @@ class Remote:
 def _api_error(exc: urllib.error.HTTPError) -> CliError:
     try:
         payload = json.loads(exc.read().decode())
-        message = str(payload.get("error", ""))
+        message, code = str(payload.get("error", "")), str(payload.get("code", ""))
     except (ValueError, AttributeError, OSError):
-        message = ""
-    return error_for(exc.code, message or f"the gateway answered HTTP {exc.code}")
+        message, code = "", ""
+    return error_for(exc.code, message or f"the gateway answered HTTP {exc.code}", code or f"http_{exc.code}")
 
 
 def _from_profile(path: Path) -> dict[str, str]:

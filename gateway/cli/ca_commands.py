@@ -19,6 +19,7 @@ from gateway.cli.backends import certificate_row
 from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
     CliError,
+    NotFoundError,
     data_option,
     emit_json,
     friendly_errors,
@@ -26,12 +27,11 @@ from gateway.cli.common import (
     local_actor,
     open_local,
     passphrase,
-    table,
     utc_now,
     warn,
 )
+from gateway.cli.output import Column, output_option, show_object, show_rows
 from gateway.config import load_config
-from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import DataDir
@@ -259,47 +259,56 @@ def cert() -> None:
 @data_option
 @click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None, help="Only this kind's certificates.")
 @click.option("--id", "ident", default=None, help="Only this identity's certificates.")
-@json_option
+@output_option
 @friendly_errors
-def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_json: bool) -> None:
-    """List issued certificates."""
+def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, output: str) -> None:
+    """List issued certificates (-o wide: validity, fingerprint, revocation reason)."""
     with open_local(data_dir) as state:
         rows = [certificate_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
-    if as_json:
-        emit_json(rows)
-        return
-    table(
-        "certificates",
-        ["serial", "identity", "status", "not after", "renewed from"],
-        [[r["serial"], r["identity"], r["status"], r["not_after"], r["renewed_from"] or "-"] for r in rows],
+    columns = (
+        Column("serial", "serial"),
+        Column("identity", "identity"),
+        Column("status", "status"),
+        Column("not before", "not_before", wide=True),
+        Column("not after", "not_after"),
+        Column("renewed from", "renewed_from"),
+        Column("revocation", "revocation_reason", wide=True),
+        Column("sha256", "fingerprint", wide=True),
     )
+    show_rows(rows, columns, output, title="certificates", name="serial")
 
 
 @cert.command("show")
 @click.argument("serial")
 @data_option
-@click.option("--pem", is_flag=True, help="Print the certificate itself.")
-@json_option
+@click.option("--pem", is_flag=True, help="Print the certificate itself (PEM) instead.")
+@output_option
 @friendly_errors
-def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> None:
+def cert_show(serial: str, data_dir: Path | None, pem: bool, output: str) -> None:
     """Show one certificate by serial (hex), with its renewal lineage."""
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
         if record is None:
-            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+            raise _no_certificate(serial)
         lineage = _lineage(state.registry, record)
     row: dict[str, object] = {**certificate_row(record), **lineage}
     if pem:
         click.echo(record.pem, nl=False)
-    elif as_json:
-        emit_json(row)
-    else:
-        for key, value in row.items():
-            if key == "lineage":
-                value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
-            elif isinstance(value, list):
-                value = ", ".join(value) or "-"
-            click.echo(f"{key:>18}: {printable(value or '-')}")
+        return
+    fields: list[tuple[str, object]] = []
+    for key, value in row.items():
+        if key == "lineage":
+            value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        fields.append((key, value))
+    show_object(row, fields, output, name="serial")
+
+
+def _no_certificate(serial: str) -> NotFoundError:
+    return NotFoundError(
+        f"no certificate with serial {serial}; see `fleetgate cert list`", "unknown_certificate"
+    )
 
 
 @cert.command("revoke")
@@ -323,7 +332,7 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
         if record is None:
-            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+            raise _no_certificate(serial)
         if record.kind == "unit" and not force:
             raise CliError(
                 f"revoking unit {record.id}'s certificate cuts its whole session, vehicle control included; "
@@ -373,11 +382,15 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
     default=None,
     help="Write it to this file instead of printing it.",
 )
+@json_option
 @friendly_errors
-def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
-    """Print (or write) the current certificate revocation list."""
+def crl(data_dir: Path | None, der: bool, out: Path | None, as_json: bool) -> None:
+    """Print (or write) the current certificate revocation list (--json: what it says, as JSON)."""
     with open_local(data_dir) as state:
         current = state.ca.current_crl(utc_now())
+    if as_json and out is None:
+        emit_json(crl_summary(current))
+        return
     encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
     body = current.public_bytes(encoding)
     if out is not None:
@@ -385,5 +398,31 @@ def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
         click.echo(f"Wrote {out}.")
     elif der:
         sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
     else:
         click.echo(body.decode(), nl=False)
+
+
+def crl_summary(current: x509.CertificateRevocationList) -> dict[str, object]:
+    """The CRL's contents, for scripts: who issued it, its number and validity, what it revokes."""
+    number = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    revoked = []
+    for entry in current:
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        revoked.append(
+            {
+                "serial": format(entry.serial_number, "x"),
+                "revoked_at": entry.revocation_date_utc.isoformat(),
+                "reason": reason,
+            }
+        )
+    return {
+        "issuer": current.issuer.rfc4514_string(),
+        "crl_number": number,
+        "this_update": current.last_update_utc.isoformat(),
+        "next_update": current.next_update_utc.isoformat() if current.next_update_utc else None,
+        "revoked": revoked,
+    }

@@ -44,6 +44,10 @@ class OrderedGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+class PipeClosed(Exception):
+    """The reader of stdout went away (`fleetgate unit list | head -1`)."""
+
+
 class SectionedGroup(OrderedGroup):
     """The top-level group: commands in named sections; anything not placed lands in "Other commands",
     so a command registered later is never missing from the help."""
@@ -51,6 +55,14 @@ class SectionedGroup(OrderedGroup):
     def __init__(self, *args: Any, sections: tuple[tuple[str, tuple[str, ...]], ...] = (), **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.sections = sections
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Raised as another exception on purpose: click turns a broken pipe into exit status 1,
+            # while a reader closing the pipe early is no failure of ours (the entry point exits 0).
+            raise PipeClosed from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         placed: set[str] = set()

@@ -4,9 +4,8 @@ KIND/ID`, `status`), kept as deprecated aliases.
 
 Each command talks to a running gateway's admin API when a server is given (`--server/--cert/--key
 [--ca]`, or `--profile FILE` / $FLEETGATE_PROFILE), else acts on the data dir (`--data`) directly.
-
-Exit codes: 0 done; 1 failed (the error says why in one sentence); 2 bad usage; 3 the admin API
-refused the certificate or its role; 4 no such unit, identity or partner.
+Reading commands take `-o table|wide|json|name` (gateway/cli/output.py); changing ones `--json`.
+Exit codes: gateway/cli/common.py (EXIT_*).
 """
 
 from __future__ import annotations
@@ -15,24 +14,32 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from gateway.cli.admin_client import error_for, resolve_remote
+from gateway.cli.admin_client import resolve_remote
 from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
 from gateway.cli.command_groups import deprecated_alias, deprecation_note
-from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
-from gateway.ops.quarantine import OpsError
+from gateway.cli.common import (
+    EXIT_CODES,
+    CliError,
+    data_option,
+    emit_json,
+    error_for,
+    friendly_errors,
+    hint,
+    json_option,
+    warn,
+)
+from gateway.cli.output import Column, output_option, show_object, show_rows
+from gateway.ops.quarantine import BY_KEY, REASON_KEY, SINCE_KEY, OpsError
 from gateway.render.safe_text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_CODES = (
-    "Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused by the admin API (certificate, role), 4 not found."
-)
 
 
 def _where(fn: F, *, changes: bool) -> F:
@@ -51,7 +58,7 @@ def _where(fn: F, *, changes: bool) -> F:
             help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
         ),
         data_option,
-        json_option,
+        json_option if changes else output_option,
     ]
     if changes:  # reads never need a second factor, so they do not offer the option
         options.insert(
@@ -86,7 +93,13 @@ def backend(where: dict[str, Any]) -> Backend:
 
 
 def split_where(where: dict[str, Any]) -> tuple[Backend, bool]:
+    """A changing command's backend, and whether it prints JSON."""
     return backend(where), bool(where["as_json"])
+
+
+def read_where(where: dict[str, Any]) -> tuple[Backend, str]:
+    """A reading command's backend, and its output format (-o)."""
+    return backend(where), str(where["output"])
 
 
 def ops_errors(fn: F) -> F:
@@ -97,7 +110,7 @@ def ops_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OpsError as exc:
-            raise error_for(exc.status, str(exc)) from None
+            raise error_for(exc.status, str(exc), exc.code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -195,38 +208,37 @@ def _revoke(kind: str, ident: str, reason: str, force: bool, where: dict[str, An
 # --- units: what they are doing -------------------------------------------------------------------
 
 
-def _when(text: str | None) -> str:
+def _when(text: str | None) -> str | None:
+    """An ISO time as `2026-03-01T12:00:00Z`: one token (awk counts columns by spaces), UTC said."""
     if not text:
-        return "-"
+        return None
     try:
-        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return text
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment.utcoffset() == timedelta(0) else moment.isoformat()
 
 
 ONLINE = {True: "yes", False: "no", None: "?"}
+QUARANTINE_KEYS = (REASON_KEY, SINCE_KEY, BY_KEY)
+UNIT_COLUMNS = (
+    Column("unit", "unit"),
+    Column("state", "state"),
+    Column("online", lambda r: ONLINE[r["online"]]),
+    Column("last seen", lambda r: _when(r["last_seen"])),
+    Column("cert expires", lambda r: _when(r["cert_not_after"])),
+    Column("serial", "cert_serial", wide=True),
+    Column("address", "address", wide=True),
+    Column("quarantined since", lambda r: _when(r["quarantined_since"])),
+    Column("why", "quarantine_reason", wide=True),
+    Column("by", "quarantined_by", wide=True),
+)
 
 
-def _status_table(b: Backend, rows: list[dict[str, Any]]) -> None:
-    table(
-        f"units ({b.where})",
-        ["unit", "state", "online", "last seen", "cert expires", "quarantined since", "why", "by"],
-        [
-            [
-                r["unit"],
-                r["state"],
-                ONLINE[r["online"]],
-                _when(r["last_seen"]),
-                _when(r["cert_not_after"]),
-                _when(r["quarantined_since"]),
-                r["quarantine_reason"] or "-",
-                r["quarantined_by"] or "-",
-            ]
-            for r in rows
-        ],
-    )
-    if isinstance(b, LocalBackend):
-        click.echo("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
+def _show_units(b: Backend, rows: list[dict[str, Any]], output: str) -> None:
+    show_rows(rows, UNIT_COLUMNS, output, title=f"units ({b.where})", name="unit")
+    if isinstance(b, LocalBackend) and output in ("table", "wide"):
+        hint("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
 
 
 @click.command("list", epilog=EXIT_CODES)
@@ -234,13 +246,19 @@ def _status_table(b: Backend, rows: list[dict[str, Any]]) -> None:
 @friendly_errors
 @ops_errors
 def unit_list(**where: Any) -> None:
-    """Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
-    b, as_json = split_where(where)
-    rows = b.status(None)
-    if as_json:
-        emit_json(rows)
-        return
-    _status_table(b, rows)
+    """Units: state, online, last seen, certificate expiry, and since when quarantined (-o wide: why)."""
+    b, output = read_where(where)
+    _show_units(b, b.status(None), output)
+
+
+CERT_COLUMNS = (
+    Column("serial", "serial"),
+    Column("status", "status"),
+    Column("not before", lambda r: _when(r["not_before"]), wide=True),
+    Column("not after", lambda r: _when(r["not_after"])),
+    Column("renewed from", "renewed_from"),
+    Column("revocation", "revocation_reason", wide=True),
+)
 
 
 @click.command("show", epilog=EXIT_CODES)
@@ -250,42 +268,34 @@ def unit_list(**where: Any) -> None:
 @ops_errors
 def unit_show(unit_id: str, **where: Any) -> None:
     """One unit: its status, and (on the data dir) its metadata and certificates."""
-    b, as_json = split_where(where)
+    b, output = read_where(where)
     shown = b.show(unit_id)
-    if as_json:
-        emit_json(shown)
-        return
-    for key, value in _show_fields(shown):
-        click.echo(f"{key:>18}: {printable(value)}")
+    show_object(shown, _show_fields(shown), output, name="unit")
     certs = shown.get("certificates")
-    if certs:
-        table(
-            "certificates",
-            ["serial", "status", "not before", "not after", "renewed from"],
-            [
-                [c["serial"], c["status"], c["not_before"], c["not_after"], c["renewed_from"] or "-"]
-                for c in certs
-            ],
-        )
+    if certs and output in ("table", "wide"):
+        click.echo("")
+        show_rows(certs, CERT_COLUMNS, output, title="certificates", name="serial")
 
 
-def _show_fields(shown: dict[str, Any]) -> list[tuple[str, str]]:
-    fields = [
+def _show_fields(shown: dict[str, Any]) -> list[tuple[str, object]]:
+    fields: list[tuple[str, object]] = [
         ("unit", shown["unit"]),
         ("state", shown["state"]),
         ("online", ONLINE[shown["online"]]),
         ("last seen", _when(shown["last_seen"])),
-        ("certificate", shown["cert_serial"] or "-"),
+        ("address", shown.get("address")),
+        ("certificate", shown["cert_serial"]),
         ("expires", _when(shown["cert_not_after"])),
     ]
     if shown.get("quarantined_since"):
         fields += [
             ("quarantined since", _when(shown["quarantined_since"])),
-            ("why", shown["quarantine_reason"] or "-"),
-            ("by", shown["quarantined_by"] or "-"),
+            ("why", shown["quarantine_reason"]),
+            ("by", shown["quarantined_by"]),
         ]
     for key, value in sorted((shown.get("metadata") or {}).items()):
-        fields.append((key, value))  # vin, released_at, ...: one line each, never a Python repr
+        if key not in QUARANTINE_KEYS:  # shown above in words
+            fields.append((key, value))  # vin, released_at, ...: one line each, never a Python repr
     return fields
 
 
@@ -301,12 +311,16 @@ def _show_fields(shown: dict[str, Any]) -> list[tuple[str, str]]:
 @friendly_errors
 @ops_errors
 def events(follow: bool, since: int | None, **where: Any) -> None:
-    """Audit records as they happen (the admin API's live stream, or the local log)."""
-    b, as_json = split_where(where)
+    """Audit records as they happen (the admin API's live stream, or the local log).
+
+    One record per line: -o json gives JSON lines, -o name the sequence numbers."""
+    b, output = read_where(where)
     try:
         for record in b.events(since, follow):
-            if as_json:
+            if output == "json":
                 click.echo(json.dumps(record, sort_keys=True))
+            elif output == "name":
+                click.echo(str(record["seq"]))
             else:
                 click.echo(event_line(record))
             sys.stdout.flush()
@@ -386,12 +400,8 @@ def status(unit_id: str | None, **where: Any) -> None:
 
     Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
     deprecation_note("status", "unit list" if unit_id is None else "unit show UNIT_ID")
-    b, as_json = split_where(where)
-    rows = b.status(unit_id)
-    if as_json:
-        emit_json(rows)
-        return
-    _status_table(b, rows)
+    b, output = read_where(where)
+    _show_units(b, b.status(unit_id), "wide" if output == "table" else output)  # its columns before
 
 
 quarantine = deprecated_alias(unit_quarantine, "quarantine", "unit quarantine")

@@ -14,18 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from gateway.admin.auth import ROLE_RIGHTS
 from gateway.admin.totp_store import enroll as enroll_totp
 from gateway.admin.totp_store import mark_enrolled
-from gateway.cli.admin_client import NotFoundError
 from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
+    NotFoundError,
     data_option,
     emit_json,
     friendly_errors,
     json_option,
     local_actor,
     open_local,
-    table,
     utc_now,
 )
+from gateway.cli.output import Column, output_option, show_rows
 from gateway.config import load_config
 from pki.est import build_csr
 from pki.keys import generate_private_key, write_private_key, write_public_file
@@ -242,33 +242,31 @@ def _article(kind: str) -> str:
 
 # --- list, remove, set-role ---------------------------------------------------------------------
 
-FACTS = ("role", "tier", "org", "totp")  # the metadata worth a column, by kind
+FACTS = ("role", "tier", "org", "totp")  # the metadata worth a column
+FACTS_BY_KIND = {"operator": ("role", "totp"), "partner": ("tier", "org")}
 
 
 def identity_list(kind: str) -> click.Command:
     @click.command("list")
     @data_option
-    @json_option
+    @output_option
     @friendly_errors
-    def list_command(data_dir: Path | None, as_json: bool) -> None:
+    def list_command(data_dir: Path | None, output: str) -> None:
         with open_local(data_dir) as state:
             rows = [identity_row(state.registry, record) for record in state.registry.list_identities(kind)]
-        if as_json:
-            emit_json(rows)
-            return
-        facts = [f for f in FACTS if any(r.get(f) for r in rows)]
-        table(
-            f"{kind}s",
-            ["name", "state", *facts, "certificate expires", "serial"],
-            [[r["name"], r["state"], *(r.get(f) or "-" for f in facts), *_cert_cells(r)] for r in rows],
-        )
+        facts = [Column(f, f) for f in FACTS_BY_KIND.get(kind, ())]
+        columns = [
+            Column("name", "name"),
+            Column("state", "state"),
+            *facts,
+            Column("cert expires", "not_after"),
+            Column("serial", "serial", wide=True),
+            Column("created", "created_at", wide=True),
+        ]
+        show_rows(rows, columns, output, title=f"{kind}s", name="name")
 
     list_command.help = f"List {kind} identities: state, {_facts_text(kind)}newest certificate."
     return list_command
-
-
-def _cert_cells(row: dict[str, Any]) -> list[str]:
-    return [row["not_after"] or "-", row["serial"] or "-"]
 
 
 def _facts_text(kind: str) -> str:
@@ -335,7 +333,9 @@ def operator_set_role(name: str, role: str, data_dir: Path | None, as_json: bool
         with state.registry.transaction():
             record = state.registry.get_identity("operator", name)
             if record is None:
-                raise NotFoundError(f"there is no operator {name}; see `fleetgate operator list`")
+                raise NotFoundError(
+                    f"there is no operator {name}; see `fleetgate operator list`", "unknown_identity"
+                )
             before = record.metadata.get("role", "")
             state.registry.update_metadata("operator", name, {**record.metadata, "role": role}, now)
         state.audit.append(

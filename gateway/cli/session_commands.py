@@ -9,21 +9,21 @@ it needs the running gateway: nothing else holds a live session.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import click
 
 from gateway.cli.command_groups import OrderedGroup
-from gateway.cli.common import emit_json, friendly_errors, table
+from gateway.cli.common import EXIT_CODES, friendly_errors, hint
 from gateway.cli.ops_commands import (
-    EXIT_CODES,
     done,
     ops_errors,
+    read_where,
     read_where_options,
     split_where,
     where_options,
 )
+from gateway.cli.output import Column, show_rows
 
 CONNECTED = {True: "yes", False: "no", None: "?"}
 
@@ -45,30 +45,24 @@ def session() -> None:
 @friendly_errors
 @ops_errors
 def session_list(identity: str | None, kind: str | None, **where: Any) -> None:
-    """MQTT sessions: client id, identity, connected, address, subscriptions, queued messages."""
-    b, as_json = split_where(where)
+    """MQTT sessions: client id, identity, connected, address, queued messages (-o wide: subscriptions)."""
+    b, output = read_where(where)
     rows = [r for r in b.sessions() if _wanted(r, identity, kind)]
-    if as_json:
-        emit_json(rows)
-        return
-    table(
-        f"sessions ({b.where})",
-        ["client id", "identity", "connected", "address", "since", "subscriptions", "queued"],
-        [
-            [
-                r["client_id"],
-                r["identity"] or "-",
-                CONNECTED[r["connected"]],
-                r["address"] or "-",
-                _when(r["since"]),
-                str(len(r["subscriptions"])),
-                str(r["queued"]),
-            ]
-            for r in rows
-        ],
+    columns = (
+        Column("client id", "client_id"),
+        Column("identity", "identity"),
+        Column("connected", lambda r: CONNECTED[r["connected"]]),
+        Column("address", "address"),
+        Column("since", "since"),
+        Column("subscriptions", lambda r: len(r["subscriptions"])),
+        Column("queued", "queued"),
+        Column("inflight", "inflight", wide=True),
+        Column("serial", "certificate_serial", wide=True),
+        Column("filters", lambda r: " ".join(r["subscriptions"]), wide=True),
     )
-    if rows and rows[0]["connected"] is None:
-        click.echo("connected: ? — ask a running gateway (--server or --profile) to know who is connected.")
+    show_rows(rows, columns, output, title=f"sessions ({b.where})", name="client_id")
+    if rows and rows[0]["connected"] is None and output in ("table", "wide"):
+        hint("connected: ? — ask a running gateway (--server or --profile) to know who is connected.")
 
 
 def _wanted(row: dict[str, Any], identity: str | None, kind: str | None) -> bool:
@@ -78,15 +72,6 @@ def _wanted(row: dict[str, Any], identity: str | None, kind: str | None) -> bool
     if kind == "lab":
         return not label
     return kind is None or label.startswith(f"{kind}/")
-
-
-def _when(text: str | None) -> str:
-    if not text:
-        return "-"
-    try:
-        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return text
 
 
 @session.command("kick", epilog=EXIT_CODES)
