@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
@@ -30,6 +30,7 @@ from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.ops.mode_publisher import ModePublisher
 from gateway.ops.partners import blast_radius, revoke_partner
+from gateway.ops.provisioning import BulkReport, UnitRequest, audit_registrations, register_units
 from gateway.ops.quarantine import (
     BY_KEY,
     REASON_KEY,
@@ -262,6 +263,63 @@ class Operations:
             now=now,
         )
         return report
+
+    # --- provisioning -----------------------------------------------------------------------------
+
+    def register_units(
+        self,
+        requests: list[UnitRequest],
+        actor: str,
+        now: datetime,
+        token_ttl: timedelta,
+        skip_existing: bool,
+    ) -> BulkReport:
+        """Register many units, all or nothing (gateway/ops/provisioning.py); audited per unit."""
+        report = register_units(self._ctx.ca, requests, now, token_ttl, skip_existing=skip_existing)
+        audit_registrations(self._ctx.audit, report, actor, now)
+        if not report.ok:
+            refused = [r for r in report.results if r.status == "refused"]
+            self._ctx.audit.append(
+                actor=actor,
+                action="unit.add",
+                subject=f"unit/{refused[0].unit}" if refused else "units",
+                outcome="refused",
+                reason=refused[0].code if refused else "batch_refused",
+                details={"rows": len(requests), "refused": len(refused)},
+                now=now,
+            )
+        return report
+
+    def new_token(
+        self, unit_id: str, actor: str, now: datetime, ttl: timedelta, replace_box: bool
+    ) -> dict[str, object]:
+        """A new one-time token for a unit (its older tokens void). `replace_box`: a new box takes
+        over, so the certificates of the old one are revoked too (superseded), in the same
+        transaction, and its live session is cut; the unit keeps its state (a quarantine stays)."""
+        with self._refusal_audited(actor, "unit.token", f"unit/{unit_id}", now):
+            if self._ctx.registry.get_identity("unit", unit_id) is None:
+                raise OpsError("unknown_unit", f"there is no unit {unit_id}; see GET /api/units", 404)
+        serials: list[int] = []
+        with self._ctx.registry.transaction():
+            token = self._ctx.ca.new_token(unit_id, now, ttl)
+            if replace_box:
+                serials = self._ctx.ca.revoke_identity_certificates(
+                    "unit", unit_id, x509.ReasonFlags.superseded, now
+                )
+        if serials:
+            self._ctx.ca.write_crl(now)
+            self._cut_off(set(), set(serials), "unit replaced", now)
+        hexed = [format(s, "x") for s in serials]
+        self._ctx.audit.append(
+            actor=actor,
+            action="unit.token",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"expires_at": (now + ttl).isoformat(), "revoked_serials": hexed},
+            now=now,
+        )
+        expires = (now + ttl).isoformat()
+        return {"unit": unit_id, "token": token, "expires_at": expires, "revoked_serials": hexed}
 
     # --- views ------------------------------------------------------------------------------------
 
