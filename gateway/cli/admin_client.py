@@ -79,6 +79,14 @@ class Remote:
         with self._open(method, path, body, timeout) as response:
             return json.loads(response.read().decode())
 
+    def call_with_report(self, method: str, path: str, body: dict[str, Any], timeout: float = 120) -> Any:
+        """Like `call`, but a 422 that carries a per-row report (`results`) is returned, not raised:
+        the report says which rows to fix."""
+        try:
+            return self.call(method, path, body, timeout)
+        except _Unprocessable as exc:
+            return exc.payload
+
     def events(self, path: str, timeout: float = 120) -> Iterator[tuple[str, str]]:
         """(event, data) pairs of a Server-Sent Events stream, until the server ends it."""
         with self._open("GET", path, None, timeout) as response:
@@ -95,12 +103,22 @@ class Remote:
                     data.append(line[5:].strip())
 
 
+class _Unprocessable(CliError):
+    """A 422 answer with a per-row report (see `Remote.call_with_report`)."""
+
+    def __init__(self, message: str, code: str, payload: dict[str, Any]) -> None:
+        super().__init__(message, code)
+        self.payload = payload
+
+
 def _api_error(exc: urllib.error.HTTPError) -> CliError:
     try:
         payload = json.loads(exc.read().decode())
         message, code = str(payload.get("error", "")), str(payload.get("code", ""))
     except (ValueError, AttributeError, OSError):
-        message, code = "", ""
+        payload, message, code = None, "", ""
+    if exc.code == 422 and isinstance(payload, dict) and "results" in payload:
+        return _Unprocessable(message, code, payload)
     return error_for(exc.code, message or f"the gateway answered HTTP {exc.code}", code or f"http_{exc.code}")
 
 

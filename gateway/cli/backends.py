@@ -12,23 +12,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+
+from cryptography import x509
 
 from gateway.cli.admin_client import Remote
 from gateway.cli.common import CliError, LocalState, local_actor, open_local, utc_now
+from gateway.config import load_config
 from gateway.ops.operations import revocation_flag
 from gateway.ops.partners import blast_radius, revoke_partner
+from gateway.ops.provisioning import UnitRequest, audit_registrations, register_units
 from gateway.ops.quarantine import OpsError, quarantine_unit, release_unit
-from gateway.ops.status import unit_statuses
+from gateway.ops.status import UnitFilter, unit_statuses
 from gateway.stores.audit_log import AuditRecord
 from gateway.stores.broker_store import SqliteBrokerStore
 from pki.names import CLIENT_KINDS
 from pki.records import CertificateRecord
 
 POLL_SECONDS = 0.25
+MAX_PAGE = 1000  # units per GET /api/units page
+BATCH = 500  # units per POST /api/units
 
 
 class Backend(Protocol):
@@ -37,6 +43,11 @@ class Backend(Protocol):
     def quarantine(self, unit_id: str, reason: str) -> dict[str, Any]: ...
     def release(self, unit_id: str) -> dict[str, Any]: ...
     def status(self, unit_id: str | None) -> list[dict[str, Any]]: ...
+    def units(self, wanted: UnitFilter) -> list[dict[str, Any]]: ...
+    def register(
+        self, requests: list[UnitRequest], ttl: timedelta | None, skip_existing: bool
+    ) -> dict[str, Any]: ...
+    def new_token(self, unit_id: str, ttl: timedelta | None, replace_box: bool) -> dict[str, Any]: ...
     def show(self, unit_id: str) -> dict[str, Any]: ...
     def revoke(self, kind: str, ident: str, reason: str) -> dict[str, Any]: ...
     def partner_disconnect(self, partner: str, dry_run: bool) -> dict[str, Any]: ...
@@ -61,7 +72,52 @@ class RemoteBackend:
     def status(self, unit_id: str | None) -> list[dict[str, Any]]:
         if unit_id is not None:
             return [dict(self.remote.call("GET", f"/api/units/{quote(unit_id, safe='')}"))]
-        return list(self.remote.call("GET", "/api/units")["units"])
+        return self.units(UnitFilter())
+
+    def units(self, wanted: UnitFilter) -> list[dict[str, Any]]:
+        """Every page of `GET /api/units` with these filters."""
+        query: list[tuple[str, str]] = [("per_page", str(MAX_PAGE))]
+        query += [("state", state) for state in sorted(wanted.states or ())]
+        if wanted.online is not None:
+            query.append(("online", "true" if wanted.online else "false"))
+        if wanted.expiring_within is not None:
+            query.append(("expiring", f"{int(wanted.expiring_within.total_seconds())}s"))
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.remote.call("GET", "/api/units?" + urlencode([*query, ("page", str(page))]))
+            rows += answer["units"]
+            if page >= int(answer.get("pages", 1)):
+                return rows
+            page += 1
+
+    def register(
+        self, requests: list[UnitRequest], ttl: timedelta | None, skip_existing: bool
+    ) -> dict[str, Any]:
+        """`POST /api/units` in batches of at most 500 (each all or nothing); stops at a refused one."""
+        merged: dict[str, Any] = {"results": []}
+        for start in range(0, len(requests), BATCH):
+            batch = requests[start : start + BATCH]
+            body: dict[str, Any] = {
+                "units": [{"unit": r.unit, **({"vin": r.vin} if r.vin else {})} for r in batch],
+                "skip_existing": skip_existing,
+            }
+            if ttl is not None:
+                body["ttl_hours"] = ttl.total_seconds() / 3600
+            answer = self.remote.call_with_report("POST", "/api/units", body)
+            for result in answer["results"]:  # rows are numbered within the batch: number them in the file
+                merged["results"].append({**result, "row": result["row"] + start})
+            if "error" in answer:
+                merged["error"], merged["code"] = answer["error"], answer["code"]
+                merged["results"] += [_unsent(r) for r in requests[start + len(batch) :]]
+                break
+        return merged
+
+    def new_token(self, unit_id: str, ttl: timedelta | None, replace_box: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"replace": replace_box}
+        if ttl is not None:
+            body["ttl_hours"] = ttl.total_seconds() / 3600
+        return dict(self.remote.call("POST", f"/api/units/{quote(unit_id, safe='')}/token", body))
 
     def show(self, unit_id: str) -> dict[str, Any]:
         return dict(self.remote.call("GET", f"/api/units/{quote(unit_id, safe='')}"))
@@ -159,6 +215,60 @@ class LocalBackend:
                 "unknown_unit", f"there is no unit {unit_id}; check the id with `fleetgate unit list`", 404
             )
         return [row.as_dict() for row in rows]
+
+    def units(self, wanted: UnitFilter) -> list[dict[str, Any]]:
+        if wanted.online is not None:
+            raise CliError(
+                "who is online only the running gateway knows; pass --profile (or --server, --cert, --key)",
+                "online_unknown",
+            )
+        now = utc_now()
+        with open_local(self.data_dir) as state:
+            rows = unit_statuses(state.registry, None, {}, now)
+        return [row.as_dict() for row in wanted.apply(rows, now)]
+
+    def register(
+        self, requests: list[UnitRequest], ttl: timedelta | None, skip_existing: bool
+    ) -> dict[str, Any]:
+        now = utc_now()
+        with open_local(self.data_dir) as state:
+            lifetime = ttl or timedelta(hours=load_config().certificates.token_ttl_hours)
+            report = register_units(state.ca, requests, now, lifetime, skip_existing=skip_existing)
+            audit_registrations(state.audit, report, local_actor(), now)
+        answer: dict[str, Any] = {"results": [r.as_dict() for r in report.results]}
+        refused = [r for r in report.results if r.status == "refused"]
+        if refused:
+            answer["error"] = (
+                f"nothing was registered: row {refused[0].row} ({refused[0].unit}): {refused[0].error}"
+            )
+            answer["code"] = refused[0].code
+        return answer
+
+    def new_token(self, unit_id: str, ttl: timedelta | None, replace_box: bool) -> dict[str, Any]:
+        now = utc_now()
+        with open_local(self.data_dir) as state:
+            lifetime = ttl or timedelta(hours=load_config().certificates.token_ttl_hours)
+            if state.registry.get_identity("unit", unit_id) is None:
+                raise OpsError("unknown_unit", f"there is no unit {unit_id}; see `fleetgate unit list`", 404)
+            serials: list[int] = []
+            with state.registry.transaction():
+                token = state.ca.new_token(unit_id, now, lifetime)
+                if replace_box:  # a new box takes over: the old one's certificates go (superseded)
+                    serials = state.ca.revoke_identity_certificates(
+                        "unit", unit_id, x509.ReasonFlags.superseded, now
+                    )
+            if serials:
+                state.ca.write_crl(now)
+            hexed = [format(s, "x") for s in serials]
+            expires = (now + lifetime).isoformat()
+            self._audit(
+                state,
+                "unit.token",
+                f"unit/{unit_id}",
+                "ok",
+                details={"expires_at": expires, "revoked_serials": hexed},
+            )
+        return {"unit": unit_id, "token": token, "expires_at": expires, "revoked_serials": hexed}
 
     def show(self, unit_id: str) -> dict[str, Any]:
         """The status row, and what only the data dir has: metadata and every certificate."""
@@ -300,3 +410,16 @@ def identity_label(spiffe_uri: str | None) -> str | None:
         return None
     kind, _, ident = spiffe_uri.removeprefix("spiffe://").partition("/")[2].partition("/")
     return f"{kind}/{ident}" if ident else spiffe_uri
+
+
+def _unsent(request: UnitRequest) -> dict[str, Any]:
+    because = "not sent: an earlier batch was refused"
+    return {
+        "row": request.row,
+        "unit": request.unit,
+        "status": "not_registered",
+        "code": "batch_refused",
+        "error": because,
+        "token": None,
+        "expires_at": None,
+    }

@@ -10,12 +10,14 @@ import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gateway.cli.backends import certificate_row
+from gateway.cli.backends import LocalBackend, certificate_row
+from gateway.cli.bulk_units import add_from_csv, add_one_remotely
 from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
     CliError,
@@ -29,6 +31,13 @@ from gateway.cli.common import (
     passphrase,
     utc_now,
     warn,
+)
+from gateway.cli.ops_commands import (
+    backend,
+    ops_errors,
+    remote_options,
+    split_where,
+    where_options,
 )
 from gateway.cli.output import Column, output_option, show_object, show_rows
 from gateway.config import load_config
@@ -129,16 +138,57 @@ def unit() -> None:
 
 
 @unit.command("add")
-@click.argument("unit_id")
+@click.argument("unit_id", required=False)
 @data_option
 @click.option("--vin", default=None, help="Vehicle identification number (metadata).")
 @click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
+@click.option(
+    "--from-csv",
+    "csv_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Register every unit of this CSV file (header `unit,vin`), all or nothing, with a report per row.",
+)
+@click.option(
+    "--tokens-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --from-csv: write unit,token,expires_at here (0600; JSON if it ends in .json, else CSV).",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="With --from-csv: report units registered already as `exists` instead of refusing the file.",
+)
+@remote_options
 @json_option
 @friendly_errors
 def unit_add(
-    unit_id: str, data_dir: Path | None, vin: str | None, ttl_hours: float | None, as_json: bool
+    unit_id: str | None,
+    data_dir: Path | None,
+    vin: str | None,
+    ttl_hours: float | None,
+    as_json: bool,
+    csv_file: Path | None = None,
+    tokens_out: Path | None = None,
+    skip_existing: bool = False,
+    **remote: Any,
 ) -> None:
-    """Register UNIT_ID and print its one-time enrollment token."""
+    """Register UNIT_ID (or every unit of a CSV file) and print its one-time enrollment token.
+
+    On the data dir, or through the admin API with --profile (POST /api/units; an integrator's role
+    may do this and nothing more)."""
+    if (csv_file is None) == (unit_id is None):
+        raise click.UsageError("give one UNIT_ID, or --from-csv FILE")
+    ttl = timedelta(hours=ttl_hours) if ttl_hours is not None else None
+    where = backend({**remote, "data_dir": data_dir})
+    if csv_file is not None:
+        add_from_csv(where, csv_file, tokens_out, ttl, skip_existing, as_json)
+        return
+    assert unit_id is not None
+    if not isinstance(where, LocalBackend):
+        add_one_remotely(where, unit_id, vin, ttl, as_json)
+        return
     with open_local(data_dir) as state:
         make_identity("unit", unit_id, state.trust_domain)
         now = utc_now()
@@ -173,35 +223,34 @@ def unit_add(
 
 @unit.command("token")
 @click.argument("unit_id")
-@data_option
 @click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
-@json_option
+@click.option(
+    "--replace",
+    "replace_box",
+    is_flag=True,
+    help="A new box replaces the unit's: also revoke the old box's certificates (superseded).",
+)
+@where_options
 @friendly_errors
-def unit_token(unit_id: str, data_dir: Path | None, ttl_hours: float | None, as_json: bool) -> None:
-    """Give an existing unit a new one-time enrollment token (new device, lost key, restored backup).
+@ops_errors
+def unit_token(unit_id: str, ttl_hours: float | None, replace_box: bool, **where: Any) -> None:
+    """Give an existing unit a new one-time enrollment token (new box, lost token, restored backup).
 
-    Its older tokens expire; its certificates stay as they are (revoke them if the key was lost).
+    Its older tokens become void. Its certificates stay as they are, unless --replace: then the old
+    box's certificates are revoked in the same step and its live session is cut, while the unit keeps
+    its state (a quarantine stays) and the new box enrolls with the token and a key of its own.
     """
-    with open_local(data_dir) as state:
-        now = utc_now()
-        ttl = timedelta(
-            hours=ttl_hours if ttl_hours is not None else load_config().certificates.token_ttl_hours
-        )
-        token = state.ca.new_token(unit_id, now, ttl)
-        state.audit.append(
-            actor=local_actor(),
-            action="unit.token",
-            subject=f"unit/{unit_id}",
-            outcome="ok",
-            details={"expires_at": (now + ttl).isoformat()},
-            now=now,
-        )
+    b, as_json = split_where(where)
+    ttl = timedelta(hours=ttl_hours) if ttl_hours is not None else None
+    result = b.new_token(unit_id, ttl, replace_box)
     if as_json:
-        emit_json({"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat()})
-    else:
-        hours = ttl.total_seconds() / 3600
-        click.echo(f"New one-time enrollment token for unit {unit_id} (valid {hours:g} h):")
-        click.echo(token)
+        emit_json(result)
+        return
+    click.echo(f"New one-time enrollment token for unit {unit_id} (until {result['expires_at']}):")
+    click.echo(result["token"])
+    revoked = result.get("revoked_serials") or []
+    if revoked:
+        click.echo(f"Revoked the old box's {len(revoked)} certificate(s): {', '.join(revoked)}.")
 
 
 @unit.command("remove")

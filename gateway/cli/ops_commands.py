@@ -37,12 +37,13 @@ from gateway.cli.common import (
 )
 from gateway.cli.output import Column, output_option, show_object, show_rows
 from gateway.ops.quarantine import BY_KEY, REASON_KEY, SINCE_KEY, OpsError
+from gateway.ops.status import UNIT_STATES, UnitFilter, parse_duration
 from gateway.render.safe_text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _where(fn: F, *, changes: bool) -> F:
+def _where(fn: F, *, changes: bool, data_and_output: bool = True) -> F:
     path = click.Path(dir_okay=False, path_type=Path)
     options = [
         click.option(
@@ -57,9 +58,9 @@ def _where(fn: F, *, changes: bool) -> F:
             default=None,
             help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
         ),
-        data_option,
-        json_option if changes else output_option,
     ]
+    if data_and_output:
+        options += [data_option, json_option if changes else output_option]
     if changes:  # reads never need a second factor, so they do not offer the option
         options.insert(
             5,
@@ -78,6 +79,12 @@ def _where(fn: F, *, changes: bool) -> F:
 def where_options(fn: F) -> F:
     """Where a changing command acts (admin API or data dir), with --totp for sensitive actions."""
     return _where(fn, changes=True)
+
+
+def remote_options(fn: F) -> F:
+    """--server/--cert/--key/--ca/--profile/--totp for a command that has --data and --json already
+    and acts on the data dir unless a server is given."""
+    return _where(fn, changes=True, data_and_output=False)
 
 
 def read_where_options(fn: F) -> F:
@@ -242,13 +249,39 @@ def _show_units(b: Backend, rows: list[dict[str, Any]], output: str) -> None:
 
 
 @click.command("list", epilog=EXIT_CODES)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(UNIT_STATES),
+    help="Only units in this state (repeatable).",
+)
+@click.option(
+    "--online/--offline",
+    default=None,
+    help="Only units connected now, or only the others (asks the running gateway).",
+)
+@click.option(
+    "--expiring",
+    metavar="DURATION",
+    default=None,
+    help="Only units whose certificate ends within DURATION (7d, 12h, 30m) or has ended.",
+)
 @read_where_options
 @friendly_errors
 @ops_errors
-def unit_list(**where: Any) -> None:
+def unit_list(states: tuple[str, ...], online: bool | None, expiring: str | None, **where: Any) -> None:
     """Units: state, online, last seen, certificate expiry, and since when quarantined (-o wide: why)."""
+    try:
+        wanted = UnitFilter(
+            states=frozenset(states) or None,
+            online=online,
+            expiring_within=parse_duration(expiring) if expiring else None,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expiring") from None
     b, output = read_where(where)
-    _show_units(b, b.status(None), output)
+    _show_units(b, b.units(wanted), output)
 
 
 CERT_COLUMNS = (
