@@ -12,11 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.admin.auth import ROLE_RIGHTS
+from gateway.admin.totp_store import Enrollment, mark_enrolled
 from gateway.admin.totp_store import enroll as enroll_totp
-from gateway.admin.totp_store import mark_enrolled
 from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
     NotFoundError,
+    console,
     data_option,
     emit_json,
     friendly_errors,
@@ -110,7 +111,7 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             if enrollment is not None:
                 click.echo("TOTP enrolled; add it to your authenticator app now (shown only once):")
                 click.echo(f"    {enrollment.uri}")
-                click.echo(f"    QR code: {enrollment.qr_png}")
+                _show_qr(enrollment)
 
     if with_tier:
         add = click.option(
@@ -145,6 +146,12 @@ def _role_command(kind: str, with_tier: bool) -> click.Command:
             help="Partner organisation this identity belongs to (`partner disconnect ORG` cuts them all).",
         )(add)
     return add
+
+
+def _show_qr(enrollment: Enrollment) -> None:
+    click.echo(f"    QR code: {enrollment.qr_png} (0600; delete it once scanned)")
+    if console.is_terminal:  # over SSH the PNG is out of reach: scan the terminal instead
+        click.echo(enrollment.qr_text, nl=False)
 
 
 def write_profile(path: Path, server: str | None, paths: dict[str, Path]) -> Path:
@@ -213,7 +220,7 @@ def operator_totp(name: str, data_dir: Path | None, out: Path | None, as_json: b
         return
     click.echo(f"TOTP enrolled for {identity}; add it to the authenticator app now (shown only once):")
     click.echo(f"    {enrollment.uri}")
-    click.echo(f"    QR code: {enrollment.qr_png}")
+    _show_qr(enrollment)
 
 
 GROUP_HELP = {
