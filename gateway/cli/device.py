@@ -10,17 +10,26 @@ Files written (DIR defaults to ./UNIT-ID):
 from __future__ import annotations
 
 import json
+import random
+import signal
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from gateway.cli.common import CliError, emit_json, friendly_errors, json_option
+from gateway.cli.common import CliError, emit_json, friendly_errors, json_option, utc_now, warn
+from gateway.cli.renew_daemon import Daemon, RenewalStopped, run_exec
+from gateway.ops.status import parse_duration
 from pki.est_client import EstServer, bootstrap, cacerts, simpleenroll, simplereenroll
 from pki.keys import PrivateKey, generate_private_key, load_private_key, write_private_key, write_public_file
 from pki.names import validate_id
+from pki.renewal import Validity, should_renew
 
 METADATA = "enrollment.json"
 
@@ -138,26 +147,197 @@ def enroll(
     default=None,
     help="The fleet root certificate (default: ca.crt beside the certificate).",
 )
+@click.option(
+    "--expires-in",
+    metavar="DURATION",
+    default=None,
+    help="Renew only when the certificate ends within DURATION (10d, 12h); with --daemon, renew that "
+    "long before its end instead of at 2/3 of its life.",
+)
+@click.option(
+    "--daemon",
+    is_flag=True,
+    help="Keep running: renew each certificate at 2/3 of its life (with jitter), retry failures, stop "
+    "only when renewing cannot work any more.",
+)
+@click.option(
+    "--jitter",
+    metavar="DURATION",
+    default=None,
+    help="With --daemon: renew up to this much earlier, at random, so a fleet does not renew at once "
+    "(default: 1/20 of the certificate's life, at most 6h).",
+)
+@click.option(
+    "--exec",
+    "exec_command",
+    metavar="COMMAND",
+    default=None,
+    help="Run COMMAND through the shell after each renewal (e.g. reload the MQTT client).",
+)
 @json_option
 @friendly_errors
-def renew(cert_file: Path, key_file: Path, server: str | None, ca_file: Path | None, as_json: bool) -> None:
-    """Renew this device's certificate over mTLS with a fresh key (simplereenroll)."""
-    meta = _metadata(cert_file.parent)
-    url = server or meta.get("server")
-    ca = ca_file or (cert_file.parent / meta["ca"] if "ca" in meta else None)
-    if not url or ca is None:
-        raise CliError("no server known for this certificate; pass --server URL and --ca ROOT")
-    load_private_key(key_file)  # fail early, clearly, on a missing or loose key file
-    current = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    unit_id = str(current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-    est = bootstrap(url, ca_file=ca)
-    key = generate_private_key()
-    cert = simplereenroll(est, cert_file, key_file, device_csr(key, unit_id))
-    paths = _save(cert_file.parent.absolute(), unit_id, key, cert, est)
+def renew(
+    cert_file: Path,
+    key_file: Path,
+    server: str | None,
+    ca_file: Path | None,
+    expires_in: str | None,
+    daemon: bool,
+    jitter: str | None,
+    exec_command: str | None,
+    as_json: bool,
+) -> None:
+    """Renew this device's certificate over mTLS with a fresh key (simplereenroll).
+
+    Once (now, or with --expires-in only when that little is left), or --daemon: keep renewing at
+    2/3 of each certificate's life with jitter, retrying failures, as an init system would run it.
+    --exec runs a command after each renewal (FLEETGATE_CERT, FLEETGATE_KEY, FLEETGATE_SERIAL set)."""
+    within, spread = _duration(expires_in, "--expires-in"), _duration(jitter, "--jitter")
+    if spread is not None and not daemon:
+        raise click.UsageError("--jitter spreads the renewals of --daemon; add --daemon")
+    renewer = Renewer(cert_file, key_file, server, ca_file)
+    if daemon:
+        _run_daemon(renewer, within, spread, exec_command, as_json)
+        return
+    validity = renewer.validity()
+    if not should_renew(validity, utc_now(), within):
+        left = validity.left(utc_now())
+        if as_json:
+            emit_json(
+                {"unit": renewer.unit_id, "renewed": False, "not_after": validity.not_after.isoformat()}
+            )
+        else:
+            click.echo(
+                f"Not renewed: {renewer.unit_id}'s certificate is valid until "
+                f"{validity.not_after.isoformat()} ({_span(left)} left, more than --expires-in {expires_in})."
+            )
+        return
+    paths = renewer.renew()
+    if exec_command:
+        status = run_exec(exec_command, renewer.exec_env())
+        if status != 0:
+            warn(f"--exec {exec_command!r} exited with status {status}")
     if as_json:
-        emit_json({"unit": unit_id, **paths})
+        emit_json({"unit": renewer.unit_id, "renewed": True, **paths})
     else:
-        click.echo(f"Renewed {unit_id}: certificate {paths['cert']} valid until {paths['not_after']}.")
+        click.echo(
+            f"Renewed {renewer.unit_id}: certificate {paths['cert']} valid until {paths['not_after']}."
+        )
+
+
+class Renewer:
+    """One device's certificate files and the EST server that renews them."""
+
+    def __init__(self, cert_file: Path, key_file: Path, server: str | None, ca_file: Path | None) -> None:
+        meta = _metadata(cert_file.parent)
+        url = server or meta.get("server")
+        ca = ca_file or (cert_file.parent / meta["ca"] if "ca" in meta else None)
+        if not url or ca is None:
+            raise CliError("no server known for this certificate; pass --server URL and --ca ROOT")
+        load_private_key(key_file)  # fail early, clearly, on a missing or loose key file
+        self.cert_file, self.key_file, self.url, self.ca = cert_file, key_file, url, ca
+        current = self.current()
+        self.unit_id = str(current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+    def current(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+
+    def validity(self) -> Validity:
+        current = self.current()
+        return Validity(current.not_valid_before_utc, current.not_valid_after_utc)
+
+    def renew(self) -> dict[str, str]:
+        est = bootstrap(self.url, ca_file=self.ca)
+        key = generate_private_key()
+        cert = simplereenroll(est, self.cert_file, self.key_file, device_csr(key, self.unit_id))
+        return _save(self.cert_file.parent.absolute(), self.unit_id, key, cert, est)
+
+    def exec_env(self) -> dict[str, str]:
+        return {
+            "FLEETGATE_CERT": str(self.cert_file.absolute()),
+            "FLEETGATE_KEY": str(self.key_file.absolute()),
+            "FLEETGATE_SERIAL": format(self.current().serial_number, "x"),
+        }
+
+
+def _run_daemon(
+    renewer: Renewer,
+    within: timedelta | None,
+    spread: timedelta | None,
+    exec_command: str | None,
+    as_json: bool,
+) -> None:
+    def report(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps({"unit": renewer.unit_id, **event}, sort_keys=True))
+        else:
+            click.echo(_event_line(renewer.unit_id, event), err=event["event"] in ("failed", "exec_failed"))
+        sys.stdout.flush()
+
+    def renew_once() -> Validity:
+        renewer.renew()
+        return renewer.validity()
+
+    daemon = Daemon(
+        renew_once=renew_once,
+        read_validity=renewer.validity,
+        clock=utc_now,
+        sleep=time.sleep,
+        rng=random.SystemRandom(),
+        report=report,
+        expires_in=within,
+        jitter=spread,
+        exec_command=exec_command,
+        exec_env=renewer.exec_env,
+    )
+    signal.signal(signal.SIGTERM, _stop)  # systemctl stop: end between steps, status 0
+    try:
+        daemon.run()
+    except RenewalStopped as exc:
+        raise CliError(str(exc), "renewal_stopped") from None
+    except (KeyboardInterrupt, _Stopped):
+        return
+
+
+class _Stopped(Exception):
+    """SIGTERM."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def _event_line(unit_id: str, event: dict[str, Any]) -> str:
+    kind = event["event"]
+    if kind == "planned":
+        return (
+            f"{unit_id}: next renewal at {event['at']} (the certificate is valid until {event['not_after']})"
+        )
+    if kind == "renewed":
+        return f"{unit_id}: renewed; the new certificate is valid until {event['not_after']}"
+    if kind == "failed":
+        return (
+            f"{unit_id}: renewal failed ({event['error']}); attempt {event['attempt']}, "
+            f"next at {event['retry_at']}"
+        )
+    return f"{unit_id}: --exec {event['command']!r} exited with status {event['status']}"
+
+
+def _duration(text: str | None, option: str) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+    if value <= timedelta(0):
+        raise click.BadParameter("must be longer than nothing", param_hint=option)
+    return value
+
+
+def _span(left: timedelta) -> str:
+    days, seconds = left.days, left.seconds
+    return f"{days}d {seconds // 3600}h" if days else f"{seconds // 3600}h {seconds % 3600 // 60}m"
 
 
 def _metadata(directory: Path) -> dict[str, str]:
