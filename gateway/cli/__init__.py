@@ -13,6 +13,7 @@ from gateway.cli.ca_commands import cert, crl, init, unit
 from gateway.cli.command_groups import PipeClosed, SectionedGroup
 from gateway.cli.common import (
     ERRORS,
+    EXIT_CODES_TEXT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -57,6 +58,7 @@ SECTIONS = (
     cls=SectionedGroup,
     sections=SECTIONS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_CODES_TEXT,
 )
 @click.version_option(package_name="fleetgate")
 def cli() -> None:

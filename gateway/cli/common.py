@@ -38,9 +38,13 @@ EXIT_REFUSED = 3  # the admin API refused the certificate or its role (401/403)
 EXIT_NOT_FOUND = 4  # no such unit, identity, partner, certificate or session (404)
 EXIT_DENIED = 5  # `policy explain`: the policy denies the action asked about (not an error)
 EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (128 + SIGINT, as shells report it)
-EXIT_CODES = (
-    "Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused by the admin API (certificate, role), 4 not found."
+EXIT_CODES_TEXT = (  # `fleetgate --help` shows it; every other command points there
+    f"Exit codes: {EXIT_OK} done, {EXIT_FAILED} failed (the error says why), {EXIT_USAGE} bad usage, "
+    f"{EXIT_REFUSED} refused by the admin API (certificate, role), {EXIT_NOT_FOUND} not found, "
+    f"{EXIT_DENIED} the policy denies (policy explain), {EXIT_INTERRUPTED} interrupted. With -o json or "
+    '--json an error is {"error": ..., "code": ...} on stderr.'
 )
+EXIT_CODES = "Exit codes: see `fleetgate --help`."
 
 console = Console()
 err_console = Console(stderr=True)
