@@ -9,8 +9,17 @@ import click
 
 from gateway.cli.admin_client import resolve_remote
 from gateway.cli.common import CliError, console, data_option, emit_json, friendly_errors
+from gateway.cli.output import plain_table
 from gateway.context.flows import FlowMap, FlowRow, ProtectEntry
-from gateway.render.flows_render import to_mermaid, to_svg, to_table
+from gateway.render.flows_render import (
+    TABLE_HEADERS,
+    protect_caption,
+    table_rows,
+    to_mermaid,
+    to_svg,
+    to_table,
+)
+from gateway.render.safe_text import printable
 
 
 def flowmap_from_dict(data: dict[str, Any]) -> FlowMap:
@@ -102,4 +111,10 @@ def flows(
     if mermaid:
         click.echo(to_mermaid(flow_map))
     if svg is None and not mermaid:
-        console.print(to_table(flow_map))
+        if console.is_terminal:
+            console.print(to_table(flow_map))
+        else:  # a pipe: plain columns, one flow a line (gateway/cli/output.py)
+            plain_table(
+                list(TABLE_HEADERS), [[printable(c) or "-" for c in row] for row in table_rows(flow_map)]
+            )
+            click.echo(printable(protect_caption(flow_map)))

@@ -23,7 +23,7 @@ from rich.table import Table
 from gateway.context.flows import FlowMap, FlowRow
 from gateway.render.safe_text import cell, printable
 
-__all__ = ["flowmap_to_dict", "to_json", "to_mermaid", "to_svg", "to_table"]
+__all__ = ["flowmap_to_dict", "protect_caption", "table_rows", "to_json", "to_mermaid", "to_svg", "to_table"]
 
 Color = tuple[int, int, int]
 WHITE: Color = (255, 255, 255)
@@ -76,30 +76,48 @@ def to_json(flows: FlowMap) -> str:
     return json.dumps(flowmap_to_dict(flows), indent=2, ensure_ascii=False)
 
 
-def to_table(flows: FlowMap) -> Table:
-    table = Table(title=f"Data flows, last {flows.window:g} s", title_justify="left")
-    for name, justify in [
-        ("group", "left"),
-        ("action", "left"),
-        ("topic template", "left"),
-        ("msgs", "right"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for name in ("rate/s", "denied", "ids", "bytes"):
-        table.add_column(name, justify="right")
-    table.add_column("data classes")
+TABLE_HEADERS = (
+    "group",
+    "action",
+    "topic template",
+    "msgs",
+    "rate/s",
+    "denied",
+    "ids",
+    "bytes",
+    "data classes",
+)
+
+
+def table_rows(flows: FlowMap) -> list[list[str]]:
+    """The table's cells, for rich (`to_table`) and for plain columns in a pipe alike."""
+    rows = []
     for r in flows.rows:
-        style = "bold dark_orange" if r.protect else ("red" if r.denied and not r.messages else None)
         classes = ", ".join(sorted(r.data_classes)) + ("  ◀ protect surface" if r.protect else "")
         denied = str(r.denied) if r.denied else ""
-        cells = [r.group, r.action, r.template, str(r.messages), f"{r.rate:.2f}", denied, str(r.identities)]
-        # Topics are what units chose: shown literally (escaped, never read as rich markup).
-        table.add_row(*(cell(c) for c in (*cells, str(r.bytes), classes)), style=style)
+        rows.append(
+            [r.group, r.action, r.template, str(r.messages), f"{r.rate:.2f}", denied, str(r.identities),
+             str(r.bytes), classes]
+        )  # fmt: skip
+    return rows
+
+
+def protect_caption(flows: FlowMap) -> str:
     if flows.protect_surface:
         who = "; ".join(f"{e.group} ({', '.join(sorted(e.classes))})" for e in flows.protect_surface)
-        table.caption = cell(f"Protect surface: {who}")
-    else:
-        table.caption = f"Protect surface: nobody received {' or '.join(sorted(flows.sensitive))} data"
+        return f"Protect surface: {who}"
+    return f"Protect surface: nobody received {' or '.join(sorted(flows.sensitive))} data"
+
+
+def to_table(flows: FlowMap) -> Table:
+    table = Table(title=f"Data flows, last {flows.window:g} s", title_justify="left")
+    for index, name in enumerate(TABLE_HEADERS):
+        table.add_column(name, justify="right" if 3 <= index <= 7 else "left")
+    for r, cells in zip(flows.rows, table_rows(flows), strict=True):
+        style = "bold dark_orange" if r.protect else ("red" if r.denied and not r.messages else None)
+        # Topics are what units chose: shown literally (escaped, never read as rich markup).
+        table.add_row(*(cell(c) for c in cells), style=style)
+    table.caption = cell(protect_caption(flows))
     return table
 
 
