@@ -1,78 +1,25 @@
 """Device-side commands: enroll and renew over EST. The private key is made here and never leaves.
 
-Files written (DIR defaults to ./UNIT-ID):
-    DIR/UNIT.key   the unit's private key (0600)
-    DIR/UNIT.crt   its certificate followed by the issuing CA (what MQTT clients present)
-    DIR/ca.crt     the fleet root (what MQTT clients trust the gateway with)
-    DIR/enrollment.json   server URL and file names, so `renew` needs nothing else
+The files they keep: gateway/cli/device_files.py; renewing on a schedule: gateway/cli/renew_daemon.py.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import signal
-import sys
-import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 
-from gateway.cli.common import CliError, emit_json, friendly_errors, json_option, utc_now, warn
-from gateway.cli.renew_daemon import Daemon, RenewalStopped, run_exec
+from gateway.cli.common import emit_json, friendly_errors, json_option, utc_now, warn
+from gateway.cli.device_files import device_csr, save_device_files
+from gateway.cli.renew_daemon import Renewer, run_daemon, run_exec
 from gateway.ops.status import parse_duration
-from pki.est_client import EstServer, bootstrap, cacerts, simpleenroll, simplereenroll
-from pki.keys import PrivateKey, generate_private_key, load_private_key, write_private_key, write_public_file
+from pki.est_client import bootstrap, simpleenroll
+from pki.keys import generate_private_key
 from pki.names import validate_id
-from pki.renewal import Validity, should_renew
+from pki.renewal import should_renew
 
-METADATA = "enrollment.json"
-
-
-def device_csr(key: PrivateKey, unit_id: str) -> x509.CertificateSigningRequest:
-    # The device does not need to know the trust domain: the CA writes the SAN from its own records.
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, unit_id)])
-    )
-    return builder.sign(key, hashes.SHA256())
-
-
-def _pem(certs: list[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def _issuing_chain(server: EstServer) -> list[x509.Certificate]:
-    return [c for c in cacerts(server) if c.issuer != c.subject]
-
-
-def _save(
-    out: Path, unit_id: str, key: PrivateKey, cert: x509.Certificate, server: EstServer
-) -> dict[str, str]:
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_path, cert_path, ca_path = out / f"{unit_id}.key", out / f"{unit_id}.crt", out / "ca.crt"
-    write_private_key(key_path, key)
-    write_public_file(cert_path, _pem([cert, *_issuing_chain(server)]))
-    write_public_file(ca_path, server.ca_pem)
-    meta = {
-        "server": server.url,
-        "unit": unit_id,
-        "cert": cert_path.name,
-        "key": key_path.name,
-        "ca": ca_path.name,
-    }
-    write_public_file(out / METADATA, json.dumps(meta, indent=2).encode())
-    return {
-        "cert": str(cert_path),
-        "key": str(key_path),
-        "ca": str(ca_path),
-        "serial": format(cert.serial_number, "x"),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-    }
+__all__ = ["device_csr", "enroll", "renew"]  # device_csr: tests and tools build a unit's CSR with it
 
 
 @click.command()
@@ -117,7 +64,7 @@ def enroll(
     est = bootstrap(server, ca_file=ca_file, ca_sha256=ca_sha256)
     key = generate_private_key(key_type)
     cert = simpleenroll(est, unit_id, token, device_csr(key, unit_id))
-    paths = _save((out or Path(unit_id)).absolute(), unit_id, key, cert, est)
+    paths = save_device_files((out or Path(unit_id)).absolute(), unit_id, key, cert, est)
     if as_json:
         emit_json({"unit": unit_id, **paths})
     else:
@@ -197,7 +144,7 @@ def renew(
         raise click.UsageError("--jitter spreads the renewals of --daemon; add --daemon")
     renewer = Renewer(cert_file, key_file, server, ca_file)
     if daemon:
-        _run_daemon(renewer, within, spread, exec_command, as_json)
+        run_daemon(renewer, within, spread, exec_command, as_json)
         return
     validity = renewer.validity()
     if not should_renew(validity, utc_now(), within):
@@ -225,104 +172,6 @@ def renew(
         )
 
 
-class Renewer:
-    """One device's certificate files and the EST server that renews them."""
-
-    def __init__(self, cert_file: Path, key_file: Path, server: str | None, ca_file: Path | None) -> None:
-        meta = _metadata(cert_file.parent)
-        url = server or meta.get("server")
-        ca = ca_file or (cert_file.parent / meta["ca"] if "ca" in meta else None)
-        if not url or ca is None:
-            raise CliError("no server known for this certificate; pass --server URL and --ca ROOT")
-        load_private_key(key_file)  # fail early, clearly, on a missing or loose key file
-        self.cert_file, self.key_file, self.url, self.ca = cert_file, key_file, url, ca
-        current = self.current()
-        self.unit_id = str(current.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
-    def current(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
-
-    def validity(self) -> Validity:
-        current = self.current()
-        return Validity(current.not_valid_before_utc, current.not_valid_after_utc)
-
-    def renew(self) -> dict[str, str]:
-        est = bootstrap(self.url, ca_file=self.ca)
-        key = generate_private_key()
-        cert = simplereenroll(est, self.cert_file, self.key_file, device_csr(key, self.unit_id))
-        return _save(self.cert_file.parent.absolute(), self.unit_id, key, cert, est)
-
-    def exec_env(self) -> dict[str, str]:
-        return {
-            "FLEETGATE_CERT": str(self.cert_file.absolute()),
-            "FLEETGATE_KEY": str(self.key_file.absolute()),
-            "FLEETGATE_SERIAL": format(self.current().serial_number, "x"),
-        }
-
-
-def _run_daemon(
-    renewer: Renewer,
-    within: timedelta | None,
-    spread: timedelta | None,
-    exec_command: str | None,
-    as_json: bool,
-) -> None:
-    def report(event: dict[str, Any]) -> None:
-        if as_json:
-            click.echo(json.dumps({"unit": renewer.unit_id, **event}, sort_keys=True))
-        else:
-            click.echo(_event_line(renewer.unit_id, event), err=event["event"] in ("failed", "exec_failed"))
-        sys.stdout.flush()
-
-    def renew_once() -> Validity:
-        renewer.renew()
-        return renewer.validity()
-
-    daemon = Daemon(
-        renew_once=renew_once,
-        read_validity=renewer.validity,
-        clock=utc_now,
-        sleep=time.sleep,
-        rng=random.SystemRandom(),
-        report=report,
-        expires_in=within,
-        jitter=spread,
-        exec_command=exec_command,
-        exec_env=renewer.exec_env,
-    )
-    signal.signal(signal.SIGTERM, _stop)  # systemctl stop: end between steps, status 0
-    try:
-        daemon.run()
-    except RenewalStopped as exc:
-        raise CliError(str(exc), "renewal_stopped") from None
-    except (KeyboardInterrupt, _Stopped):
-        return
-
-
-class _Stopped(Exception):
-    """SIGTERM."""
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise _Stopped
-
-
-def _event_line(unit_id: str, event: dict[str, Any]) -> str:
-    kind = event["event"]
-    if kind == "planned":
-        return (
-            f"{unit_id}: next renewal at {event['at']} (the certificate is valid until {event['not_after']})"
-        )
-    if kind == "renewed":
-        return f"{unit_id}: renewed; the new certificate is valid until {event['not_after']}"
-    if kind == "failed":
-        return (
-            f"{unit_id}: renewal failed ({event['error']}); attempt {event['attempt']}, "
-            f"next at {event['retry_at']}"
-        )
-    return f"{unit_id}: --exec {event['command']!r} exited with status {event['status']}"
-
-
 def _duration(text: str | None, option: str) -> timedelta | None:
     if text is None:
         return None
@@ -338,14 +187,3 @@ def _duration(text: str | None, option: str) -> timedelta | None:
 def _span(left: timedelta) -> str:
     days, seconds = left.days, left.seconds
     return f"{days}d {seconds // 3600}h" if days else f"{seconds // 3600}h {seconds % 3600 // 60}m"
-
-
-def _metadata(directory: Path) -> dict[str, str]:
-    path = directory / METADATA
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from gateway.cli.device import Renewer
-from gateway.cli.renew_daemon import Daemon, RenewalStopped
+from gateway.cli.renew_daemon import Daemon, RenewalStopped, Renewer
 from pki.est_client import EstClientError
 from pki.renewal import Validity
 from tests.harness import FLEETGATE, GatewayProcess, run_cli
