@@ -9,7 +9,7 @@ import click
 
 from gateway.cli.admin_client import resolve_remote
 from gateway.cli.common import CliError, console, data_option, emit_json, friendly_errors
-from gateway.cli.output import plain_table
+from gateway.cli.output import output_option, plain_table
 from gateway.context.flows import FlowMap, FlowRow, ProtectEntry
 from gateway.render.flows_render import (
     TABLE_HEADERS,
@@ -65,7 +65,7 @@ def flowmap_from_dict(data: dict[str, Any]) -> FlowMap:
     default=None,
     help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
 )
-@click.option("--json", "as_json", is_flag=True, help="The map as JSON.")
+@output_option
 @click.option("--mermaid", is_flag=True, help="The map as a Mermaid flowchart.")
 @click.option(
     "--svg",
@@ -83,7 +83,7 @@ def flows(
     key: Path | None,
     ca: Path | None,
     profile: Path | None,
-    as_json: bool,
+    output: str,
     mermaid: bool,
     svg: Path | None,
     png: str | None,
@@ -101,8 +101,12 @@ def flows(
             "the flow map lives in the running gateway: pass --profile (or --server, --cert, --key)"
         )
     data = remote.call("GET", "/api/flows")
-    if as_json:
+    if output == "json":
         emit_json(data)
+        return
+    if output == "name":  # who took part: one group a line
+        for group in sorted({row["group"] for row in data["rows"]}):
+            click.echo(printable(group))
         return
     flow_map = flowmap_from_dict(data)
     if svg is not None:

@@ -38,7 +38,7 @@ def _listing_commands() -> list[tuple[str, click.Command]]:
         if isinstance(command, click.Group):
             for name, sub in command.commands.items():
                 walk(sub, (*path, name))
-        elif path[-1] in ("list", "show", "tail", "events", "status"):
+        elif path[-1] in ("list", "show", "tail", "events", "status", "flows"):
             found.append((" ".join(path), command))
 
     walk(cli, ())
