@@ -304,7 +304,12 @@ def attack(
 @click.option("--protocol", type=click.Choice(["3.1.1", "5.0"]), default="5.0", show_default=True)
 @click.option("--subscriber", default="analytics", show_default=True, help="The measuring service.")
 @click.option("--broker-pid", type=int, default=None, help="Sample this process's CPU and RSS.")
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a chart.")
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a chart of throughput and latency (PNG; SVG if it ends in .svg; needs fleetgate[sim]).",
+)
 @_data_option(required=False)
 @json_option
 def load(
@@ -357,7 +362,10 @@ def load(
     else:
         report.print_table(console)
     if png is not None:
-        report.write_png(png)
+        try:
+            report.write_png(png)
+        except RuntimeError as exc:  # matplotlib is not installed: say what to install
+            raise click.ClickException(str(exc)) from None
 
 
 # --- demo -----------------------------------------------------------------------------------

@@ -38,14 +38,32 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-ensure_venv() {  # $1: pip extras spec, e.g. ".[dev]" or "."
-  local spec="$1"
+ensure_venv() {  # $1: "." (what the demo needs) or ".[dev]" (tests and benchmarks too)
+  local lock
+  case "$1" in
+    ".") lock=requirements/base.txt ;;
+    ".[dev]") lock=requirements/dev.txt ;;
+    *) echo "fleetgate: no lock file for '$1'; use '.' or '.[dev]'" >&2; return 1 ;;
+  esac
   if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+  # Exactly the versions in the lock, each file checked against its SHA-256 (scripts/lock makes the
+  # lock from pyproject.toml); then the project itself, with nothing more fetched to build it.
+  quiet_pip install --require-hashes -r "$lock" || {
+    echo "fleetgate: installing $lock failed (see above); after changing pyproject.toml, run scripts/lock" >&2
+    return 1; }
+  quiet_pip install --no-deps --no-build-isolation -e . || {
+    echo "fleetgate: installing fleetgate itself failed (see above)" >&2; return 1; }
   .venv/bin/python -c "import gateway, pki, device_sim" || {
     echo "fleetgate: installing the Python packages failed (see above)" >&2; return 1; }
+}
+
+quiet_pip() {  # pip with its output shown only when it fails (minus a harmless warning of some hosts)
+  local out
+  if ! out="$(.venv/bin/python -m pip "$@" -q --disable-pip-version-check 2>&1)"; then
+    printf '%s\n' "$out" | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+    return 1
+  fi
 }

@@ -3,7 +3,7 @@
     3. a fleet enrolls over EST (keys made on each unit) and connects, half MQTT 3.1.1, half 5.0
     4. it drives: GPS, engine, fuel, diagnostics; dispatch sends control messages and gets acks
     5. one unit is compromised: it probes other units' topics and floods
-    6. the gateway contains it: `fleetgate quarantine` when this gateway has it, else its detectors;
+    6. the gateway contains it: `fleetgate unit quarantine` when this gateway has it, else its detectors;
        failing both, its refusals and cut sessions are all there is, and the summary says so
     7. while contained, dispatch's control messages to the unit and the unit's acks still flow
     8. a summary a person can read in thirty seconds
@@ -47,7 +47,7 @@ class DemoOptions:
     units: int = 50
     seconds: float = 30.0
     seed: int = 1
-    quarantine: bool = False  # this gateway has `fleetgate quarantine`
+    quarantine: bool = False  # this gateway has `fleetgate unit quarantine`
     flood_messages: int = 3000
     flood_seconds: float = 3.0
     contain_wait: float = 8.0  # seconds to wait for quarantine to reach the unit
@@ -61,7 +61,8 @@ class DemoOptions:
 def quarantine_available() -> bool:
     from gateway.cli import cli
 
-    return "quarantine" in getattr(cli, "commands", {})
+    unit = getattr(cli, "commands", {}).get("unit")
+    return "quarantine" in getattr(unit, "commands", {})
 
 
 def _median(values: list[float]) -> float | None:
@@ -329,8 +330,8 @@ class Story:
 
     def _uncontained(self) -> str:
         return (
-            f"no quarantine: this gateway has no `fleetgate quarantine` and no detector quarantined the unit "
-            f"within {DETECTOR_GRACE:g} s; its refusals and the cut session were the whole response"
+            "no quarantine: this gateway has no `fleetgate unit quarantine` and no detector quarantined the "
+            f"unit within {DETECTOR_GRACE:g} s; its refusals and the cut session were the whole response"
         )
 
     async def _quarantine(self, unit_id: str) -> tuple[str, str]:
@@ -342,22 +343,24 @@ class Story:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(
-                None, lambda: fleetgate(o.data, "quarantine", unit_id, *reason, *remote)
+                None, lambda: fleetgate(o.data, "unit", "quarantine", unit_id, *reason, *remote)
             )
-            return "`fleetgate quarantine` through the admin API (operator certificate)", ""
+            return "`fleetgate unit quarantine` through the admin API (operator certificate)", ""
         except RuntimeError as remote_error:
             try:
-                await loop.run_in_executor(None, lambda: fleetgate(o.data, "quarantine", unit_id, *reason))
-                return "`fleetgate quarantine` on the data dir", f"the admin API refused: {remote_error}"
+                await loop.run_in_executor(
+                    None, lambda: fleetgate(o.data, "unit", "quarantine", unit_id, *reason)
+                )
+                return "`fleetgate unit quarantine` on the data dir", f"the admin API refused: {remote_error}"
             except RuntimeError as exc:
-                return "none", f"`fleetgate quarantine` failed: {exc}"
+                return "none", f"`fleetgate unit quarantine` failed: {exc}"
 
     async def release(self, unit: SimUnit, dispatch: Dispatch) -> None:
         """End the quarantine and show the unit's telemetry flowing again."""
         o = self.o
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, lambda: fleetgate(o.data, "release", unit.unit_id))
+            await loop.run_in_executor(None, lambda: fleetgate(o.data, "unit", "release", unit.unit_id))
         except RuntimeError as exc:
             self.summary["release"] = {"error": str(exc)}
             return

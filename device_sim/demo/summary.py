@@ -70,7 +70,7 @@ def summary_table(s: dict[str, Any]) -> Table:
     release = s.get("release")
     if release:
         table.add_row(
-            "after `fleetgate release`",
+            "after `fleetgate unit release`",
             release.get("error")
             or f"mode {release['mode']}, {release['telemetry_after_release']} telemetry messages in 3 s",
         )

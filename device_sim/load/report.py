@@ -1,4 +1,4 @@
-"""What a load run measured: percentiles, the report value, a terminal table, JSON and a PNG chart."""
+"""What a load run measured: percentiles, the report value, a terminal table, JSON and a chart."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from device_sim.load.chart import BLUE, ORANGE, RED, Series, write_chart
+from device_sim.load.chart import BLUE, ORANGE, RED, Panel, Series, build_chart, save_chart
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PERCENTILES = (50, 95, 99)
 
@@ -124,24 +127,34 @@ class LoadReport:
             table.add_row(key, value)
         (console or Console()).print(table)
 
-    def write_png(self, path: Path) -> None:
-        """Throughput and latency over time (pure-Python PNG; see chart.py)."""
+    def chart(self) -> Figure:
+        """Throughput and latency over time (matplotlib; see chart.py)."""
         rate = [(s.t, s.delivered_per_s) for s in self.series]
         offered = [(0.0, self.offered_rate), (self.duration_s, self.offered_rate)] if self.series else []
-        write_chart(
-            path,
+        return build_chart(
             [
-                ("delivered msg/s", [Series("delivered", rate, BLUE), Series("offered", offered, ORANGE)]),
-                (
-                    "latency ms",
+                Panel(
+                    "Throughput: messages delivered to the subscriber",
+                    "msg/s",
+                    [Series("delivered", rate, BLUE), Series("offered", offered, ORANGE)],
+                ),
+                Panel(
+                    "Latency, publish to delivery",
+                    "ms",
                     [
                         Series("p50", [(s.t, s.p50_ms) for s in self.series], BLUE),
                         Series("p99", [(s.t, s.p99_ms) for s in self.series], RED),
                     ],
                 ),
             ],
+            title=f"Load run: {self.units_connected} units on {self.broker}, "
+            f"MQTT {self.protocol}, QoS {self.qos}",
             x_range=(0.0, max([self.duration_s, *(s.t for s in self.series)])),
         )
+
+    def write_png(self, path: Path) -> None:
+        """The chart as PNG (or SVG when `path` ends in .svg)."""
+        save_chart(self.chart(), path)
 
 
 def _stats(values: dict[str, float], unit: str) -> str:

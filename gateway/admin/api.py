@@ -2,9 +2,13 @@
 
 Routes, and the right each needs (roles in gateway/admin/auth.py, described in gateway/admin/openapi.py):
 
-    GET  /api/units                           units.read
+    GET  /api/units?state=&online=&expiring=&page=&per_page=
+                                              units.read            paged, filtered
+    POST /api/units                           units.register        {"units": [{"unit", "vin"}, ...]}
     GET  /api/units/{id}                      units.read
+    POST /api/units/{id}/token                units.token           {"ttl_hours": 24, "replace": false}
     GET  /api/sessions                        sessions.read
+    POST /api/sessions/{client_id}/kick       sessions.kick         {"reason": "...", "confirm": true}
     POST /api/units/{id}/quarantine           units.quarantine      {"reason": "..."}
     POST /api/units/{id}/release              units.release
     POST /api/identities/{kind}/{id}/revoke   identities.revoke     {"reason": "...", "confirm": true}
@@ -52,7 +56,8 @@ from gateway.admin.totp_store import HEADER as TOTP_HEADER
 from gateway.broker import SessionInfo
 from gateway.context.flows import FlowMap
 from gateway.ops.operations import Operations, OpsError
-from gateway.ops.status import session_view
+from gateway.ops.provisioning import requests_from_json
+from gateway.ops.status import UnitFilter, page_of, parse_duration, session_view
 from gateway.policy.rules import Policy
 from gateway.policy.second_factor import DEFAULT_SENSITIVE
 from gateway.render.flows_render import flowmap_to_dict
@@ -61,6 +66,9 @@ from pki.errors import NotFoundError, PkiError
 from pki.store import Registry
 
 MAX_AUDIT_PAGE = 1000
+MAX_UNIT_PAGE, DEFAULT_UNIT_PAGE = 1000, 100
+MAX_UNITS_PER_REQUEST = 500  # ~30 KiB of JSON in and out, inside the HTTPS body limit (64 KiB)
+MAX_TOKEN_HOURS = 24 * 30
 log = logging.getLogger("fleetgate.admin")
 
 
@@ -80,6 +88,7 @@ class AdminContext:
     body_timeout: float = 10.0  # limits.https_request_timeout: seconds a client has to send its body
     refused: RefusalSink | None = None  # None: each refusal is its own audit record (tests)
     metrics: Callable[[], bytes] | None = None  # the Prometheus exposition, for GET /metrics
+    token_ttl: timedelta = timedelta(hours=24)  # certificates.token_ttl_hours: enrollment tokens
 
 
 class BadRequest(Exception):
@@ -326,7 +335,58 @@ def _number(request: web.Request, name: str, low: float, high: float) -> float |
 
 
 async def list_units(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
-    return web.json_response({"units": [s.as_dict() for s in ctx.ops.status(ctx.clock())]})
+    now = ctx.clock()
+    wanted = _unit_filter(request)
+    page = int(_number(request, "page", 1, 2**31) or 1)
+    per_page = int(_number(request, "per_page", 1, MAX_UNIT_PAGE) or DEFAULT_UNIT_PAGE)
+    rows = wanted.apply(ctx.ops.status(now), now)
+    return web.json_response(page_of(rows, page, per_page).as_dict())
+
+
+def _unit_filter(request: web.Request) -> UnitFilter:
+    query = request.query
+    states = query.getall("state", [])
+    online = query.get("online")
+    if online not in (None, "true", "false"):
+        raise BadRequest("query parameter online must be true or false")
+    try:
+        expiring = parse_duration(query["expiring"]) if "expiring" in query else None
+        return UnitFilter(
+            states=frozenset(s for value in states for s in value.split(",") if s) or None,
+            online=None if online is None else online == "true",
+            expiring_within=expiring,
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def register_units(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    body = await _body(request, ctx.body_timeout)
+    requests = requests_from_json(body.get("units"), MAX_UNITS_PER_REQUEST)
+    ttl = _ttl(body, ctx.token_ttl)
+    report = ctx.ops.register_units(requests, who.actor, ctx.clock(), ttl, _flag(body, "skip_existing"))
+    answer: dict[str, Any] = {**report.summary(), "results": [r.as_dict() for r in report.results]}
+    if report.ok:
+        return web.json_response(answer)
+    refused = next(r for r in report.results if r.status == "refused")
+    message = f"nothing was registered: row {refused.row} ({refused.unit}): {refused.error}"
+    return web.json_response({"error": message, "code": refused.code, **answer}, status=422)
+
+
+def _ttl(body: dict[str, Any], default: timedelta) -> timedelta:
+    hours = body.get("ttl_hours")
+    if hours is None:
+        return default
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours <= MAX_TOKEN_HOURS:
+        raise BadRequest(f'"ttl_hours" must be a number of hours above 0 and at most {MAX_TOKEN_HOURS}')
+    return timedelta(hours=hours)
+
+
+async def new_token(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    body = await _body(request, ctx.body_timeout)
+    ttl = _ttl(body, ctx.token_ttl)
+    result = ctx.ops.new_token(request.match_info["id"], who.actor, ctx.clock(), ttl, _flag(body, "replace"))
+    return web.json_response(result)
 
 
 async def show_unit(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
@@ -339,6 +399,16 @@ async def show_unit(request: web.Request, ctx: AdminContext, who: Operator) -> w
 
 async def list_sessions(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
     return web.json_response({"sessions": [session_view(s) for s in ctx.sessions()]})
+
+
+async def kick_session(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
+    body = await _body(request, ctx.body_timeout)
+    reason = body.get("reason") or "closed by an operator"
+    if not isinstance(reason, str):
+        raise BadRequest('"reason" must be a string')
+    confirm = _flag(body, "confirm")
+    result = ctx.ops.kick(request.match_info["client_id"], reason, who.actor, ctx.clock(), confirm)
+    return web.json_response(result.as_dict())
 
 
 async def quarantine(request: web.Request, ctx: AdminContext, who: Operator) -> web.StreamResponse:
@@ -416,8 +486,11 @@ async def openapi(request: web.Request, ctx: AdminContext, who: Operator) -> web
 
 ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("GET", "/api/units", "units.read", list_units),
+    ("POST", "/api/units", "units.register", register_units),
     ("GET", "/api/units/{id}", "units.read", show_unit),
+    ("POST", "/api/units/{id}/token", "units.token", new_token),
     ("GET", "/api/sessions", "sessions.read", list_sessions),
+    ("POST", "/api/sessions/{client_id}/kick", "sessions.kick", kick_session),
     ("POST", "/api/units/{id}/quarantine", "units.quarantine", quarantine),
     ("POST", "/api/units/{id}/release", "units.release", release),
     ("POST", "/api/identities/{kind}/{id}/revoke", "identities.revoke", revoke),

@@ -35,6 +35,7 @@ OPS_RIGHTS = frozenset(
         "sessions.read",
         "units.quarantine",
         "units.release",
+        "sessions.kick",
         "docs.read",
         "flows.read",
         "metrics.read",
@@ -44,20 +45,28 @@ READ_RIGHTS = frozenset(
     {"units.read", "sessions.read", "audit.read", "events.read", "docs.read", "flows.read", "metrics.read"}
 )
 SECURITY_RIGHTS = OPS_RIGHTS | READ_RIGHTS | {"identities.revoke", "partners.disconnect", "policy.reload"}
+# An integrator's backend or factory line: registers units and gives them tokens, reads their status.
+PROVISIONING_RIGHTS = frozenset({"units.register", "units.token"})
+INTEGRATOR_RIGHTS = PROVISIONING_RIGHTS | {"units.read", "docs.read"}
 
 # The roles table (docs/operations.md repeats it): ops contain units, security may also cut off and
-# change policy, auditors only read, and a metrics identity (a Prometheus scraper) reads /metrics only.
+# change policy, auditors only read, integrators register units and read their status, and a metrics
+# identity (a Prometheus scraper) reads /metrics only.
 ROLE_RIGHTS: dict[str, frozenset[str]] = {
-    "ops": OPS_RIGHTS,
-    "security": SECURITY_RIGHTS,
+    "ops": OPS_RIGHTS | PROVISIONING_RIGHTS,
+    "security": SECURITY_RIGHTS | PROVISIONING_RIGHTS,
+    "integrator": INTEGRATOR_RIGHTS,
     "auditor": READ_RIGHTS,
     "metrics": frozenset({"metrics.read"}),
 }
 RIGHT_TEXT = {
     "units.read": "read unit status",
     "sessions.read": "list sessions",
+    "sessions.kick": "close live sessions",
     "units.quarantine": "quarantine units",
     "units.release": "release units",
+    "units.register": "register units",
+    "units.token": "give units new enrollment tokens",
     "identities.revoke": "revoke identities",
     "partners.disconnect": "disconnect partners",
     "policy.reload": "reload the policy",

@@ -50,7 +50,75 @@ SCHEMAS: dict[str, Any] = {
         },
         ("unit", "state", "online"),
     ),
-    "UnitList": _object({"units": {"type": "array", "items": _ref("UnitStatus")}}, ("units",)),
+    "UnitList": _object(
+        {
+            "units": {"type": "array", "items": _ref("UnitStatus")},
+            "page": {"type": "integer", "description": "This page, from 1."},
+            "per_page": {"type": "integer"},
+            "total": {"type": "integer", "description": "Units matching the filters, on all pages."},
+            "pages": {"type": "integer"},
+        },
+        ("units", "page", "per_page", "total", "pages"),
+    ),
+    "RegisterUnitsRequest": _object(
+        {
+            "units": {
+                "type": "array",
+                "maxItems": 500,
+                "items": _object(
+                    {"unit": _string("Unit id."), "vin": _string("Vehicle id (metadata).")}, ("unit",)
+                ),
+            },
+            "ttl_hours": {"type": "number", "description": "Token lifetime (default: the gateway's)."},
+            "skip_existing": {
+                "type": "boolean",
+                "default": False,
+                "description": "Report units registered already as `exists` instead of refusing the batch.",
+            },
+        },
+        ("units",),
+    ),
+    "RowResult": _object(
+        {
+            "row": {"type": "integer", "description": "1-based position in the request's list."},
+            "unit": _string(),
+            "status": _string(enum=["registered", "exists", "refused", "not_registered"]),
+            "code": _string("Why refused (invalid_id, duplicate_in_batch, already_exists, ...)."),
+            "error": _string("One sentence."),
+            "token": _nullable("string", "The one-time enrollment token (registered rows; shown once)."),
+            "expires_at": _nullable("string"),
+        },
+        ("row", "unit", "status"),
+    ),
+    "BulkReport": _object(
+        {
+            "registered": {"type": "integer"},
+            "exists": {"type": "integer"},
+            "refused": {"type": "integer"},
+            "not_registered": {"type": "integer"},
+            "results": {"type": "array", "items": _ref("RowResult")},
+        },
+        ("registered", "results"),
+    ),
+    "TokenRequest": _object(
+        {
+            "ttl_hours": {"type": "number"},
+            "replace": {
+                "type": "boolean",
+                "default": False,
+                "description": "A new box replaces the unit's: also revoke its certificates (superseded).",
+            },
+        }
+    ),
+    "NewToken": _object(
+        {
+            "unit": _string(),
+            "token": _string("One-time enrollment token; older ones are void."),
+            "expires_at": _string(),
+            "revoked_serials": {"type": "array", "items": _string()},
+        },
+        ("unit", "token", "expires_at"),
+    ),
     "Session": _object(
         {
             "client_id": _string(),
@@ -77,10 +145,20 @@ SCHEMAS: dict[str, Any] = {
         },
         ("reason", "confirm"),
     ),
+    "KickRequest": _object(
+        {
+            "reason": _string("Why; sent to a 5.0 client as the DISCONNECT reason string and audited."),
+            "confirm": {
+                "type": "boolean",
+                "default": False,
+                "description": "Must be true for a unit: its session carries vehicle control.",
+            },
+        }
+    ),
     "PartnerDisconnectRequest": _object({"dry_run": {"type": "boolean", "default": False}}),
     "OpResult": _object(
         {
-            "action": _string(enum=["quarantine", "release", "revoke"]),
+            "action": _string(enum=["quarantine", "release", "revoke", "kick"]),
             "subject": _string(),
             "changed": {"type": "boolean"},
             "state": _string(),
@@ -159,7 +237,7 @@ def _op(
                 400: "Bad input.",
                 404: "No such unit or partner.",
                 409: "The identity's state forbids it.",
-                422: "The policy file cannot be loaded.",
+                422: "The policy file cannot be loaded, or (units) a row was refused: nothing was done.",
             }[status]
         )
     operation: dict[str, Any] = {
@@ -173,7 +251,7 @@ def _op(
     }
     if body is not None:
         operation["requestBody"] = {
-            "required": body != "PartnerDisconnectRequest",
+            "required": body not in ("PartnerDisconnectRequest", "KickRequest", "TokenRequest"),
             "content": {JSON: {"schema": _ref(body)}},
         }
     return operation
@@ -204,9 +282,37 @@ PATHS: dict[str, Any] = {
     "/api/units": {
         "get": _op(
             "listUnits",
-            "Every unit: state, online, last seen, certificate, quarantine.",
+            "Units, a page at a time, in id order: state, online, last seen, certificate, quarantine.",
             "units.read",
             "UnitList",
+            params=(
+                _query("state", "Only units in this state (repeat, or comma-separated).", "string"),
+                _query("online", "true: only connected units; false: only the others.", "boolean"),
+                _query("expiring", "Only units whose certificate ends within this (7d, 12h, 30m).", "string"),
+                _query("page", "Page number, from 1 (default 1)."),
+                _query("per_page", "Units per page, 1-1000 (default 100)."),
+            ),
+        ),
+        "post": _op(
+            "registerUnits",
+            "Register up to 500 units at once, all or nothing; one-time tokens in the answer "
+            "(422 with the per-row results when a row is refused).",
+            "units.register",
+            "BulkReport",
+            "RegisterUnitsRequest",
+            errors=(422,),
+        ),
+    },
+    "/api/units/{id}/token": {
+        "post": _op(
+            "newUnitToken",
+            "A new one-time enrollment token for a unit (a new box, a lost token); replace: true also "
+            "revokes the old box's certificates.",
+            "units.token",
+            "NewToken",
+            "TokenRequest",
+            (UNIT,),
+            (404, 409),
         )
     },
     "/api/units/{id}": {
@@ -216,6 +322,17 @@ PATHS: dict[str, Any] = {
     },
     "/api/sessions": {
         "get": _op("listSessions", "MQTT sessions held, live or persistent.", "sessions.read", "SessionList")
+    },
+    "/api/sessions/{client_id}/kick": {
+        "post": _op(
+            "kickSession",
+            "Close one live session (5.0: DISCONNECT 0x98); the client may reconnect, nothing is revoked.",
+            "sessions.kick",
+            "OpResult",
+            "KickRequest",
+            (_path("client_id", "The session's MQTT client id (a unit's id, an operator's name...)."),),
+            (404,),
+        )
     },
     "/api/units/{id}/quarantine": {
         "post": _op(
@@ -322,7 +439,7 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": "Operate a fleetgate gateway: unit status, quarantine, revocation, partner "
             "disconnect, policy reload, audit. Authenticate with an operator certificate over mTLS; the "
-            "role in the registry (ops, security, auditor) decides what it may do.",
+            "role in the registry (ops, security, auditor, integrator, metrics) decides what it may do.",
         },
         "servers": [{"url": "https://localhost:8443"}],
         "security": [{"mutualTLS": []}],

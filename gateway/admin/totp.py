@@ -1,7 +1,7 @@
 """Operator second factor: TOTP (RFC 6238 over RFC 4226 HOTP), single-use and rate-limited.
 
 Enrollment gives the operator a random secret as an `otpauth://totp/...` URI, which authenticator apps
-scan from a QR code (`provisioning_qr_png` in gateway/admin/qr.py, no imaging dependency) or accept by
+scan from a QR code (`provisioning_qr` in gateway/admin/totp_store.py, drawn by segno) or accept by
 manual entry of the base32 secret. Verification, per operator:
 
 - a code is exactly `digits` ASCII digits; it is compared in constant time against the steps

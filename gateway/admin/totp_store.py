@@ -4,7 +4,8 @@ Secrets live in DATA/totp/ (directory 0700, one file per operator, 0600, base32)
 (`fleetgate operator totp NAME`, or `operator add NAME --totp`) in its own process and the gateway
 reads the file when a code is checked, so enrollment needs no restart. A secret is never logged,
 audited or printed, except once at enrollment as the provisioning URI (and its QR PNG) for the
-operator's authenticator app.
+operator's authenticator app: a QR code drawn by segno, written as a PNG (0600) and, for an operator
+enrolling over SSH, as text a terminal shows (Unicode half blocks).
 
 Enrollment is recorded twice, on purpose: the secret file, and `totp: enrolled` in the operator's
 registry metadata. The registry is what says an operator *has* a second factor, so a secret file that
@@ -21,6 +22,7 @@ error (TotpStoreError): the admin API answers 503 and the operator is not let th
 from __future__ import annotations
 
 import binascii
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from gateway.admin.qr import provisioning_qr_png
+import segno
+
 from gateway.admin.totp import (
     OperatorState,
     TotpResult,
@@ -73,6 +76,14 @@ def _write_private(path: Path, text: str) -> None:
 class Enrollment:
     uri: str  # otpauth://totp/... : shown once
     qr_png: Path  # the same URI as a QR code, 0600 beside the operator's files
+    qr_text: str  # and as lines of Unicode half blocks, for a terminal (light modules drawn, as
+    # terminals draw light text on a dark background)
+
+
+def provisioning_qr(uri: str) -> segno.QRCode:
+    """The URI as a QR code at error correction level M (15 % of it may be unreadable), which an
+    authenticator app reads off a screen or a photo of one; segno picks the smallest version."""
+    return segno.make(uri, error="m", micro=False)
 
 
 def enroll(root: Path, operator_id: str, issuer: str, qr_dir: Path) -> Enrollment:
@@ -85,11 +96,14 @@ def enroll(root: Path, operator_id: str, issuer: str, qr_dir: Path) -> Enrollmen
     for stale in (f"{operator_id}.step", f"{operator_id}.state"):  # a new secret starts clean
         (directory / stale).unlink(missing_ok=True)
     uri = provisioning_uri(secret, operator_id, issuer)
-    qr = qr_dir / f"{operator_id}.totp.png"
-    fd = os.open(qr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    code = provisioning_qr(uri)
+    png = qr_dir / f"{operator_id}.totp.png"
+    fd = os.open(png, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(provisioning_qr_png(uri))
-    return Enrollment(uri, qr)
+        code.save(out, kind="png", scale=6, border=4)
+    text = io.StringIO()
+    code.terminal(out=text, compact=True)
+    return Enrollment(uri, png, text.getvalue())
 
 
 def mark_enrolled(registry: Registry, operator_id: str, now: datetime) -> dict[str, str]:

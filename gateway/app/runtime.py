@@ -568,6 +568,7 @@ class Gateway:
                 clock_skew=self.clock_skew,
                 clock=self.clock.wall,
                 body_timeout=self.config.limits.https_request_timeout,
+                token_ttl=timedelta(hours=self.config.certificates.token_ttl_hours),
                 refused=self.http_refusals,
                 metrics=lambda: render(registry),
             ),

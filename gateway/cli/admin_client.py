@@ -20,30 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError
+from gateway.cli.common import CliError, error_for
 
 PROFILE_ENV = "FLEETGATE_PROFILE"
-EXIT_REFUSED = 3  # the API refused the certificate or the role (401/403)
-EXIT_NOT_FOUND = 4  # no such unit, identity or partner (404)
-
-
-class RefusedError(CliError):
-    """The admin API refused the certificate or its role (401/403)."""
-
-    exit_code = EXIT_REFUSED
-
-
-class NotFoundError(CliError):
-    """No such unit, identity or partner (404)."""
-
-    exit_code = EXIT_NOT_FOUND
-
-
-def error_for(status: int, message: str) -> CliError:
-    """The CLI error for an API (or local) refusal with this HTTP status."""
-    if status in (401, 403):
-        return RefusedError(message)
-    return NotFoundError(message) if status == 404 else CliError(message)
 
 
 @dataclass(frozen=True)
@@ -85,15 +64,28 @@ class Remote:
             if isinstance(reason, ssl.SSLCertVerificationError):
                 raise CliError(
                     f"cannot verify the gateway at {self.server} ({reason.verify_message}); "
-                    "pass the fleet root with --ca or in the profile"
+                    "pass the fleet root with --ca or in the profile",
+                    "gateway_unverified",
                 ) from None
-            raise CliError(f"cannot reach the gateway at {self.server} ({reason}); is it running?") from None
+            raise CliError(
+                f"cannot reach the gateway at {self.server} ({reason}); is it running?", "gateway_unreachable"
+            ) from None
         except (TimeoutError, ConnectionError) as exc:
-            raise CliError(f"the gateway at {self.server} did not answer ({exc}); try again") from None
+            raise CliError(
+                f"the gateway at {self.server} did not answer ({exc}); try again", "gateway_unreachable"
+            ) from None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
         with self._open(method, path, body, timeout) as response:
             return json.loads(response.read().decode())
+
+    def call_with_report(self, method: str, path: str, body: dict[str, Any], timeout: float = 120) -> Any:
+        """Like `call`, but a 422 that carries a per-row report (`results`) is returned, not raised:
+        the report says which rows to fix."""
+        try:
+            return self.call(method, path, body, timeout)
+        except _Unprocessable as exc:
+            return exc.payload
 
     def events(self, path: str, timeout: float = 120) -> Iterator[tuple[str, str]]:
         """(event, data) pairs of a Server-Sent Events stream, until the server ends it."""
@@ -111,13 +103,23 @@ class Remote:
                     data.append(line[5:].strip())
 
 
+class _Unprocessable(CliError):
+    """A 422 answer with a per-row report (see `Remote.call_with_report`)."""
+
+    def __init__(self, message: str, code: str, payload: dict[str, Any]) -> None:
+        super().__init__(message, code)
+        self.payload = payload
+
+
 def _api_error(exc: urllib.error.HTTPError) -> CliError:
     try:
         payload = json.loads(exc.read().decode())
-        message = str(payload.get("error", ""))
+        message, code = str(payload.get("error", "")), str(payload.get("code", ""))
     except (ValueError, AttributeError, OSError):
-        message = ""
-    return error_for(exc.code, message or f"the gateway answered HTTP {exc.code}")
+        payload, message, code = None, "", ""
+    if exc.code == 422 and isinstance(payload, dict) and "results" in payload:
+        return _Unprocessable(message, code, payload)
+    return error_for(exc.code, message or f"the gateway answered HTTP {exc.code}", code or f"http_{exc.code}")
 
 
 def _from_profile(path: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from gateway.cli.common import (
     friendly_errors,
     json_option,
     open_local,
-    table,
 )
+from gateway.cli.output import Column, output_option, show_rows
 from gateway.stores.audit_anchor import (
     AnchorError,
     anchors_path,
@@ -125,13 +126,15 @@ def _check_anchor(expect_head: str, hashes: dict[int, str]) -> str:
 
 @audit.command("export")
 @data_option
-@click.option("--jsonl", "jsonl", is_flag=True, default=True, help="One JSON object per line (the default).")
+@click.option(
+    "--json", "--jsonl", "jsonl", is_flag=True, help="Accepted for scripts; the export is JSON lines."
+)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout)."
 )
 @friendly_errors
 def audit_export(data_dir: Path | None, jsonl: bool, out: Path | None) -> None:
-    """Export every audit record as JSON lines, oldest first."""
+    """Export every audit record as JSON lines (one object per line), oldest first."""
     with open_local(data_dir) as state:
         if out is None:
             state.audit.export_jsonl(sys.stdout)
@@ -144,18 +147,26 @@ def audit_export(data_dir: Path | None, jsonl: bool, out: Path | None) -> None:
 @audit.command("tail")
 @data_option
 @click.option("-n", "count", type=int, default=20, show_default=True, help="How many of the newest records.")
-@json_option
+@output_option
 @friendly_errors
-def audit_tail(data_dir: Path | None, count: int, as_json: bool) -> None:
-    """Show the newest audit records."""
+def audit_tail(data_dir: Path | None, count: int, output: str) -> None:
+    """Show the newest audit records (-o wide: their details and hashes)."""
     with open_local(data_dir) as state:
         head, _ = state.audit.head()
         records = state.audit.records(since_seq=max(0, head - count))
-    if as_json:
-        emit_json([r.as_dict() for r in records])
-        return
-    table(
-        "audit",
-        ["seq", "at", "actor", "action", "subject", "outcome", "reason"],
-        [[str(r.seq), r.at, r.actor, r.action, r.subject, r.outcome, r.reason] for r in records],
+    columns = (
+        Column("seq", "seq"),
+        Column("at", "at"),
+        Column("actor", "actor"),
+        Column("action", "action"),
+        Column("subject", "subject"),
+        Column("outcome", "outcome"),
+        Column("reason", "reason"),
+        Column(
+            "details",
+            lambda r: json.dumps(r["details"], sort_keys=True) if r.get("details") else None,
+            wide=True,
+        ),
+        Column("hash", "hash", wide=True),
     )
+    show_rows([r.as_dict() for r in records], columns, output, title="audit", name="seq")

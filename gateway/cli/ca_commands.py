@@ -16,8 +16,12 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from gateway.cli.backends import LocalBackend, certificate_row
+from gateway.cli.bulk_units import add_from_csv, add_one_remotely
+from gateway.cli.command_groups import OrderedGroup
 from gateway.cli.common import (
     CliError,
+    NotFoundError,
     data_option,
     emit_json,
     friendly_errors,
@@ -25,13 +29,19 @@ from gateway.cli.common import (
     local_actor,
     new_passphrase,
     open_local,
-    table,
     utc_now,
     warn,
     write_client_ca_bundle,
 )
+from gateway.cli.ops_commands import (
+    backend,
+    ops_errors,
+    remote_options,
+    split_where,
+    where_options,
+)
+from gateway.cli.output import Column, output_option, show_object, show_rows
 from gateway.config import load_config
-from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, ca_passphrase
@@ -165,22 +175,63 @@ def _init_passphrase(insecure_unencrypted_keys: bool) -> bytes | None:
 # --- units --------------------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=OrderedGroup)
 def unit() -> None:
-    """Register and inspect telematics units."""
+    """Register, enroll, watch, contain and cut off telematics units."""
 
 
 @unit.command("add")
-@click.argument("unit_id")
+@click.argument("unit_id", required=False)
 @data_option
 @click.option("--vin", default=None, help="Vehicle identification number (metadata).")
 @click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
+@click.option(
+    "--from-csv",
+    "csv_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Register every unit of this CSV file (header `unit,vin`), all or nothing, with a report per row.",
+)
+@click.option(
+    "--tokens-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --from-csv: write unit,token,expires_at here (0600; JSON if it ends in .json, else CSV).",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="With --from-csv: report units registered already as `exists` instead of refusing the file.",
+)
+@remote_options
 @json_option
 @friendly_errors
 def unit_add(
-    unit_id: str, data_dir: Path | None, vin: str | None, ttl_hours: float | None, as_json: bool
+    unit_id: str | None,
+    data_dir: Path | None,
+    vin: str | None,
+    ttl_hours: float | None,
+    as_json: bool,
+    csv_file: Path | None = None,
+    tokens_out: Path | None = None,
+    skip_existing: bool = False,
+    **remote: Any,
 ) -> None:
-    """Register UNIT_ID and print its one-time enrollment token."""
+    """Register UNIT_ID (or every unit of a CSV file) and print its one-time enrollment token.
+
+    On the data dir, or through the admin API with --profile (POST /api/units; an integrator's role
+    may do this and nothing more)."""
+    if (csv_file is None) == (unit_id is None):
+        raise click.UsageError("give one UNIT_ID, or --from-csv FILE")
+    ttl = timedelta(hours=ttl_hours) if ttl_hours is not None else None
+    where = backend({**remote, "data_dir": data_dir})
+    if csv_file is not None:
+        add_from_csv(where, csv_file, tokens_out, ttl, skip_existing, as_json)
+        return
+    assert unit_id is not None
+    if not isinstance(where, LocalBackend):
+        add_one_remotely(where, unit_id, vin, ttl, as_json)
+        return
     with open_local(data_dir) as state:
         make_identity("unit", unit_id, state.trust_domain)
         now = utc_now()
@@ -215,92 +266,34 @@ def unit_add(
 
 @unit.command("token")
 @click.argument("unit_id")
-@data_option
 @click.option("--ttl-hours", type=float, default=None, help="Token lifetime (default from config: 24 h).")
-@json_option
+@click.option(
+    "--replace",
+    "replace_box",
+    is_flag=True,
+    help="A new box replaces the unit's: also revoke the old box's certificates (superseded).",
+)
+@where_options
 @friendly_errors
-def unit_token(unit_id: str, data_dir: Path | None, ttl_hours: float | None, as_json: bool) -> None:
-    """Give an existing unit a new one-time enrollment token (new device, lost key, restored backup).
+@ops_errors
+def unit_token(unit_id: str, ttl_hours: float | None, replace_box: bool, **where: Any) -> None:
+    """Give an existing unit a new one-time enrollment token (new box, lost token, restored backup).
 
-    Its older tokens expire; its certificates stay as they are (revoke them if the key was lost).
+    Its older tokens become void. Its certificates stay as they are, unless --replace: then the old
+    box's certificates are revoked in the same step and its live session is cut, while the unit keeps
+    its state (a quarantine stays) and the new box enrolls with the token and a key of its own.
     """
-    with open_local(data_dir) as state:
-        now = utc_now()
-        ttl = timedelta(
-            hours=ttl_hours if ttl_hours is not None else load_config().certificates.token_ttl_hours
-        )
-        token = state.ca.new_token(unit_id, now, ttl)
-        state.audit.append(
-            actor=local_actor(),
-            action="unit.token",
-            subject=f"unit/{unit_id}",
-            outcome="ok",
-            details={"expires_at": (now + ttl).isoformat()},
-            now=now,
-        )
+    b, as_json = split_where(where)
+    ttl = timedelta(hours=ttl_hours) if ttl_hours is not None else None
+    result = b.new_token(unit_id, ttl, replace_box)
     if as_json:
-        emit_json({"unit": unit_id, "token": token, "expires_at": (now + ttl).isoformat()})
-    else:
-        hours = ttl.total_seconds() / 3600
-        click.echo(f"New one-time enrollment token for unit {unit_id} (valid {hours:g} h):")
-        click.echo(token)
-
-
-@unit.command("list")
-@data_option
-@json_option
-@friendly_errors
-def unit_list(data_dir: Path | None, as_json: bool) -> None:
-    """List registered units with their state and newest certificate."""
-    with open_local(data_dir) as state:
-        rows = [_unit_summary(state.registry, record.id) for record in state.registry.list_identities("unit")]
-    if as_json:
-        emit_json(rows)
+        emit_json(result)
         return
-    table(
-        "units",
-        ["unit", "state", "certificate expires", "serial"],
-        [[r["unit"], r["state"], r["not_after"] or "-", r["serial"] or "-"] for r in rows],
-    )
-
-
-def _unit_summary(registry: Registry, unit_id: str) -> dict[str, Any]:
-    record = registry.get_identity("unit", unit_id)
-    if record is None:
-        raise CliError(f"no unit {unit_id!r} is registered; see `fleetgate unit list`")
-    latest = registry.latest_certificate("unit", unit_id)
-    return {
-        "unit": unit_id,
-        "state": record.state,
-        "metadata": record.metadata,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "serial": format(latest.serial, "x") if latest else None,
-        "not_after": latest.not_after.isoformat() if latest else None,
-    }
-
-
-@unit.command("show")
-@click.argument("unit_id")
-@data_option
-@json_option
-@friendly_errors
-def unit_show(unit_id: str, data_dir: Path | None, as_json: bool) -> None:
-    """Show one unit and its certificates."""
-    with open_local(data_dir) as state:
-        summary = _unit_summary(state.registry, unit_id)
-        certs = [_cert_row(c) for c in state.registry.list_certificates(kind="unit", ident=unit_id)]
-    summary["certificates"] = certs
-    if as_json:
-        emit_json(summary)
-        return
-    for key in ("unit", "state", "metadata", "created_at", "updated_at"):
-        click.echo(f"{key:>12}: {printable(summary[key])}")
-    table(
-        "certificates",
-        ["serial", "status", "not before", "not after"],
-        [[c["serial"], c["status"], c["not_before"], c["not_after"]] for c in certs],
-    )
+    click.echo(f"New one-time enrollment token for unit {unit_id} (until {result['expires_at']}):")
+    click.echo(result["token"])
+    revoked = result.get("revoked_serials") or []
+    if revoked:
+        click.echo(f"Revoked the old box's {len(revoked)} certificate(s): {', '.join(revoked)}.")
 
 
 @unit.command("remove")
@@ -333,19 +326,6 @@ def unit_remove(unit_id: str, data_dir: Path | None, force: bool, as_json: bool)
 # --- certificates -------------------------------------------------------------------------------
 
 
-def _cert_row(r: CertificateRecord) -> dict[str, str]:
-    return {
-        "serial": format(r.serial, "x"),
-        "identity": f"{r.kind}/{r.id}",
-        "status": r.status,
-        "not_before": r.not_before.isoformat(),
-        "not_after": r.not_after.isoformat(),
-        "fingerprint": r.fingerprint,
-        "revocation_reason": r.revocation_reason.name if r.revocation_reason else "",
-        "renewed_from": "" if r.renewed_from is None else format(r.renewed_from, "x"),
-    }
-
-
 def _lineage(registry: Registry, record: CertificateRecord) -> dict[str, list[str]]:
     """Where a certificate comes from and what was renewed from it (what revoking it also revokes)."""
     return {
@@ -362,56 +342,65 @@ def parse_serial(text: str) -> int:
         raise CliError(f"{text!r} is not a hexadecimal serial number; see `fleetgate cert list`") from None
 
 
-@click.group()
+@click.group(cls=OrderedGroup)
 def cert() -> None:
     """List, show and revoke issued certificates."""
 
 
 @cert.command("list")
 @data_option
-@click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None)
+@click.option("--kind", type=click.Choice(CLIENT_KINDS), default=None, help="Only this kind's certificates.")
 @click.option("--id", "ident", default=None, help="Only this identity's certificates.")
-@json_option
+@output_option
 @friendly_errors
-def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, as_json: bool) -> None:
-    """List issued certificates."""
+def cert_list(data_dir: Path | None, kind: str | None, ident: str | None, output: str) -> None:
+    """List issued certificates (-o wide: validity, fingerprint, revocation reason)."""
     with open_local(data_dir) as state:
-        rows = [_cert_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
-    if as_json:
-        emit_json(rows)
-        return
-    table(
-        "certificates",
-        ["serial", "identity", "status", "not after", "renewed from"],
-        [[r["serial"], r["identity"], r["status"], r["not_after"], r["renewed_from"] or "-"] for r in rows],
+        rows = [certificate_row(c) for c in state.registry.list_certificates(kind=kind, ident=ident)]
+    columns = (
+        Column("serial", "serial"),
+        Column("identity", "identity"),
+        Column("status", "status"),
+        Column("not before", "not_before", wide=True),
+        Column("not after", "not_after"),
+        Column("renewed from", "renewed_from"),
+        Column("revocation", "revocation_reason", wide=True),
+        Column("sha256", "fingerprint", wide=True),
     )
+    show_rows(rows, columns, output, title="certificates", name="serial")
 
 
 @cert.command("show")
 @click.argument("serial")
 @data_option
-@click.option("--pem", is_flag=True, help="Print the certificate itself.")
-@json_option
+@click.option("--pem", is_flag=True, help="Print the certificate itself (PEM) instead.")
+@output_option
 @friendly_errors
-def cert_show(serial: str, data_dir: Path | None, pem: bool, as_json: bool) -> None:
+def cert_show(serial: str, data_dir: Path | None, pem: bool, output: str) -> None:
     """Show one certificate by serial (hex), with its renewal lineage."""
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
         if record is None:
-            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+            raise _no_certificate(serial)
         lineage = _lineage(state.registry, record)
-    row: dict[str, object] = {**_cert_row(record), **lineage}
+    row: dict[str, object] = {**certificate_row(record), **lineage}
     if pem:
         click.echo(record.pem, nl=False)
-    elif as_json:
-        emit_json(row)
-    else:
-        for key, value in row.items():
-            if key == "lineage":
-                value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
-            elif isinstance(value, list):
-                value = ", ".join(value) or "-"
-            click.echo(f"{key:>18}: {printable(value or '-')}")
+        return
+    fields: list[tuple[str, object]] = []
+    for key, value in row.items():
+        if key == "lineage":
+            value = " -> ".join(lineage["lineage"])  # the first issued first, this one last
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        fields.append((key, value))
+    show_object(row, fields, output, name="serial")
+
+
+def _no_certificate(serial: str) -> NotFoundError:
+    return NotFoundError(
+        f"no certificate with serial {serial}; see `fleetgate cert list`", "unknown_certificate"
+    )
 
 
 @cert.command("revoke")
@@ -435,11 +424,11 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
     with open_local(data_dir) as state:
         record = state.registry.get_certificate(parse_serial(serial))
         if record is None:
-            raise CliError(f"no certificate with serial {serial}; see `fleetgate cert list`")
+            raise _no_certificate(serial)
         if record.kind == "unit" and not force:
             raise CliError(
                 f"revoking unit {record.id}'s certificate cuts its whole session, vehicle control included; "
-                "use `fleetgate quarantine` to contain it, or add --force to revoke"
+                "use `fleetgate unit quarantine` to contain it, or add --force to revoke"
             )
         if record.kind == "unit":
             warn(f"unit {record.id} loses its vehicle-control session too")
@@ -479,16 +468,25 @@ def cert_revoke(serial: str, reason: str, force: bool, data_dir: Path | None, as
 @click.command()
 @data_option
 @click.option("--der", is_flag=True, help="The current issuing CA's CRL alone, in DER.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write it to this file instead of printing it.",
+)
+@json_option
 @friendly_errors
-def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
-    """Print (or write) the certificate revocation lists.
+def crl(data_dir: Path | None, der: bool, out: Path | None, as_json: bool) -> None:
+    """Print (or write) the certificate revocation lists (--json: what they say, as JSON).
 
     PEM holds one CRL per trusted issuing CA (the current one first), each signed by its own CA,
     which is what `openssl verify -CRLfile` and Mosquitto's crlfile take.
     """
     with open_local(data_dir) as state:
         crls = state.ca.current_crls(utc_now())
+    if as_json and out is None:
+        emit_json([crl_summary(c) for c in crls])
+        return
     if der:
         body = crls[0].public_bytes(serialization.Encoding.DER)
     else:
@@ -498,5 +496,31 @@ def crl(data_dir: Path | None, der: bool, out: Path | None) -> None:
         click.echo(f"Wrote {out}.")
     elif der:
         sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
     else:
         click.echo(body.decode(), nl=False)
+
+
+def crl_summary(current: x509.CertificateRevocationList) -> dict[str, object]:
+    """The CRL's contents, for scripts: who issued it, its number and validity, what it revokes."""
+    number = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    revoked = []
+    for entry in current:
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        revoked.append(
+            {
+                "serial": format(entry.serial_number, "x"),
+                "revoked_at": entry.revocation_date_utc.isoformat(),
+                "reason": reason,
+            }
+        )
+    return {
+        "issuer": current.issuer.rfc4514_string(),
+        "crl_number": number,
+        "this_update": current.last_update_utc.isoformat(),
+        "next_update": current.next_update_utc.isoformat() if current.next_update_utc else None,
+        "revoked": revoked,
+    }

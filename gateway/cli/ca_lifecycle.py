@@ -33,10 +33,10 @@ from gateway.cli.common import (
     new_passphrase,
     open_local,
     passphrase_source,
-    table,
     utc_now,
     write_client_ca_bundle,
 )
+from gateway.cli.output import output_option, table
 from gateway.cli.server_cert import replace_server_certificate, served_hostnames
 from gateway.config import load_config
 from gateway.stores.datadir import ROOT_PASSPHRASE_ENV
@@ -71,9 +71,9 @@ def _common_name(cert: x509.Certificate) -> str:
 
 @ca_group.command("status")
 @data_option
-@json_option
+@output_option
 @friendly_errors
-def status(data_dir: Path | None, as_json: bool) -> None:
+def status(data_dir: Path | None, output: str) -> None:
     """The root and the issuing CAs: validity, and how many certificates each issued are in use."""
     with open_local(data_dir) as state:
         authority = state.ca.authority
@@ -108,8 +108,13 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         "key": key_state,
     }
     result = {"root": root, "issuing": issuing}
-    if as_json:
+    if output == "json":
         emit_json(result)
+        return
+    if output == "name":  # the trusted issuing CAs, one per line
+        for row in issuing:
+            if row["state"] != "retired":
+                click.echo(row.get("name", row["generation"]))
         return
     click.echo(f"root: {root['subject']}, valid until {root['not_after']}, key {key_state}")
     table(

@@ -1,7 +1,9 @@
-"""What every fleetgate command shares: the data dir, --json output, and one-sentence errors.
+"""What every fleetgate command shares: the data dir, --json output, one-sentence errors, exit codes.
 
 No command ever shows a traceback to a user: known failures (PkiError, StoreError, ConfigError,
-IdentityError, OSError, ...) become `error: <what was wrong; what to do>` and exit status 1.
+IdentityError, OSError, ...) become `error: <what was wrong; what to do>` and exit status 1; with
+`-o json` (or `--json`) the error is the admin API's `{"error": ..., "code": ...}` instead, on stderr.
+Exit codes mean one thing each: the EXIT_* constants below (docs/operations.md lists them too).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
-from rich.table import Table
 
-from gateway.render.safe_text import cell, printable
+from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, remembered
 from pki.authority import CertificateAuthority
@@ -35,15 +36,77 @@ from pki.store import Registry, open_database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_OK = 0  # done
+EXIT_FAILED = 1  # failed; the error says why in one sentence
+EXIT_USAGE = 2  # bad usage: an unknown option, a missing argument (click)
+EXIT_REFUSED = 3  # the admin API refused the certificate or its role (401/403)
+EXIT_NOT_FOUND = 4  # no such unit, identity, partner, certificate or session (404)
+EXIT_DENIED = 5  # `policy explain`: the policy denies the action asked about (not an error)
+EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (128 + SIGINT, as shells report it)
+EXIT_CODES_TEXT = (  # `fleetgate --help` shows it; every other command points there
+    f"Exit codes: {EXIT_OK} done, {EXIT_FAILED} failed (the error says why), {EXIT_USAGE} bad usage, "
+    f"{EXIT_REFUSED} refused by the admin API (certificate, role), {EXIT_NOT_FOUND} not found, "
+    f"{EXIT_DENIED} the policy denies (policy explain), {EXIT_INTERRUPTED} interrupted. With -o json or "
+    '--json an error is {"error": ..., "code": ...} on stderr.'
+)
+EXIT_CODES = "Exit codes: see `fleetgate --help`."
+
 console = Console()
 err_console = Console(stderr=True)
 
 
+class _ErrorFormat:
+    """How errors are shown in this process: one sentence, or JSON when the command line asked for
+    JSON output. Set once by the entry point from the command line, before anything can fail."""
+
+    json = False
+
+
+ERRORS = _ErrorFormat()
+
+
+def report_error(message: str, code: str) -> None:
+    if ERRORS.json:
+        # json.dumps escapes every control and non-ASCII character itself: one line, nothing raw
+        click.echo(json.dumps({"error": message, "code": code}, sort_keys=True), err=True)
+    else:
+        click.echo(f"error: {printable(message)}", err=True)
+
+
 class CliError(click.ClickException):
-    """A failure explained in one sentence; exit status 1."""
+    """A failure explained in one sentence; exit status 1. `code` is the stable reason a script can
+    test (the admin API's `code` when the API refused)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {printable(self.message)}", err=True)
+        report_error(self.message, self.code)
+
+
+class RefusedError(CliError):
+    """The admin API refused the certificate or its role (401/403)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class NotFoundError(CliError):
+    """No such unit, identity, partner, certificate or session (404)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+    def __init__(self, message: str, code: str = "not_found") -> None:
+        super().__init__(message, code)
+
+
+def error_for(status: int, message: str, code: str) -> CliError:
+    """The CLI error for an API (or local) refusal with this HTTP status and reason code."""
+    if status in (401, 403):
+        return RefusedError(message, code)
+    return NotFoundError(message, code) if status == 404 else CliError(message, code)
 
 
 def data_option(fn: F) -> F:
@@ -161,10 +224,11 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise  # a closed pipe is the reader's choice (`| head`): the entry point ends quietly
         except Exception as exc:
-            raise CliError(describe_error(exc)) from None
+            reason = getattr(exc, "reason", None)  # PkiError and friends carry a stable reason
+            raise CliError(describe_error(exc), reason if isinstance(reason, str) else "failed") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -180,21 +244,12 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
-def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A rich table whose cells are shown literally: control characters escaped, markup not parsed
-    (cells hold what clients chose: ids, topics, reasons, request paths)."""
-    out = Table(title=cell(title), title_justify="left")
-    for column in columns:
-        out.add_column(cell(column), overflow="fold")
-    for row in rows:
-        out.add_row(*(cell(value) for value in row))
-    console.print(out)
+def hint(message: str) -> None:
+    """A note for a person at a terminal, on stderr; nothing at all when stdout goes to a pipe or a
+    file: a script wants its output and a clean stderr (`fleetgate unit list | head -1`)."""
+    if console.is_terminal:
+        click.echo(printable(message), err=True)
 
 
 def warn(message: str) -> None:
     click.echo(f"warning: {printable(message)}", err=True)
-
-
-def exit_with(message: str, code: int = 1) -> None:
-    click.echo(f"error: {printable(message)}", err=True)
-    sys.exit(code)

@@ -9,8 +9,17 @@ import click
 
 from gateway.cli.admin_client import resolve_remote
 from gateway.cli.common import CliError, console, data_option, emit_json, friendly_errors
+from gateway.cli.output import output_option, plain_table
 from gateway.context.flows import FlowMap, FlowRow, ProtectEntry
-from gateway.render.flows_render import to_mermaid, to_png, to_table
+from gateway.render.flows_render import (
+    TABLE_HEADERS,
+    protect_caption,
+    table_rows,
+    to_mermaid,
+    to_svg,
+    to_table,
+)
+from gateway.render.safe_text import printable
 
 
 def flowmap_from_dict(data: dict[str, Any]) -> FlowMap:
@@ -56,11 +65,16 @@ def flowmap_from_dict(data: dict[str, Any]) -> FlowMap:
     default=None,
     help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
 )
-@click.option("--json", "as_json", is_flag=True, help="The map as JSON.")
+@output_option
 @click.option("--mermaid", is_flag=True, help="The map as a Mermaid flowchart.")
 @click.option(
-    "--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Draw it here."
+    "--svg",
+    "svg",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Draw it into this SVG file (any browser shows it).",
 )
+@click.option("--png", "png", hidden=True, default=None, help="Replaced by --svg.")
 @data_option  # accepted like every command's; the map itself lives in the running gateway
 @friendly_errors
 def flows(
@@ -69,27 +83,42 @@ def flows(
     key: Path | None,
     ca: Path | None,
     profile: Path | None,
-    as_json: bool,
+    output: str,
     mermaid: bool,
-    png: Path | None,
+    svg: Path | None,
+    png: str | None,
     data_dir: Path | None = None,
 ) -> None:
     """Who published and subscribed what, who received which data classes; the protect surface
     (receivers of pii or commercial data) is marked. Reads the running gateway's map (GET /api/flows)."""
+    if png is not None:
+        raise click.UsageError(
+            "the flow map is drawn as SVG now: use --svg FILE (rsvg-convert makes a PNG of it if needed)"
+        )
     remote = resolve_remote(server, cert, key, ca, profile)
     if remote is None:
         raise CliError(
             "the flow map lives in the running gateway: pass --profile (or --server, --cert, --key)"
         )
     data = remote.call("GET", "/api/flows")
-    if as_json:
+    if output == "json":
         emit_json(data)
         return
+    if output == "name":  # who took part: one group a line
+        for group in sorted({row["group"] for row in data["rows"]}):
+            click.echo(printable(group))
+        return
     flow_map = flowmap_from_dict(data)
-    if png is not None:
-        png.write_bytes(to_png(flow_map))
-        click.echo(f"Wrote {png} ({len(flow_map.rows)} flows).")
+    if svg is not None:
+        svg.write_text(to_svg(flow_map), encoding="utf-8")
+        click.echo(f"Wrote {svg} ({len(flow_map.rows)} flows).")
     if mermaid:
         click.echo(to_mermaid(flow_map))
-    if png is None and not mermaid:
-        console.print(to_table(flow_map))
+    if svg is None and not mermaid:
+        if console.is_terminal:
+            console.print(to_table(flow_map))
+        else:  # a pipe: plain columns, one flow a line (gateway/cli/output.py)
+            plain_table(
+                list(TABLE_HEADERS), [[printable(c) or "-" for c in row] for row in table_rows(flow_map)]
+            )
+            click.echo(printable(protect_caption(flow_map)))

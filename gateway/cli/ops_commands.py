@@ -1,10 +1,11 @@
-"""Fleet operations from the command line: quarantine, release, status, events, revoke, partner disconnect.
+"""Fleet operations from the command line: `unit quarantine|release|revoke|list|show`, `KIND revoke`,
+`events`, `partner disconnect`; and the spellings they replace (`quarantine`, `release`, `revoke
+KIND/ID`, `status`), kept as deprecated aliases.
 
 Each command talks to a running gateway's admin API when a server is given (`--server/--cert/--key
 [--ca]`, or `--profile FILE` / $FLEETGATE_PROFILE), else acts on the data dir (`--data`) directly.
-
-Exit codes: 0 done; 1 failed (the error says why in one sentence); 2 bad usage; 3 the admin API
-refused the certificate or its role; 4 no such unit, identity or partner.
+Reading commands take `-o table|wide|json|name` (gateway/cli/output.py); changing ones `--json`.
+Exit codes: gateway/cli/common.py (EXIT_*).
 """
 
 from __future__ import annotations
@@ -13,26 +14,36 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from gateway.cli.admin_client import error_for, resolve_remote
+from gateway.cli.admin_client import resolve_remote
 from gateway.cli.backends import Backend, LocalBackend, RemoteBackend
-from gateway.cli.common import CliError, data_option, emit_json, friendly_errors, json_option, table, warn
-from gateway.ops.quarantine import OpsError
+from gateway.cli.command_groups import deprecated_alias, deprecation_note
+from gateway.cli.common import (
+    EXIT_CODES,
+    CliError,
+    data_option,
+    emit_json,
+    error_for,
+    friendly_errors,
+    hint,
+    json_option,
+    warn,
+)
+from gateway.cli.output import Column, output_option, show_object, show_rows
+from gateway.ops.quarantine import BY_KEY, REASON_KEY, SINCE_KEY, OpsError
+from gateway.ops.status import UNIT_STATES, UnitFilter, parse_duration
 from gateway.render.safe_text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_CODES = (
-    "Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused by the admin API (certificate, role), 4 not found."
-)
 
 
-def where_options(fn: F) -> F:
+def _where(fn: F, *, changes: bool, data_and_output: bool = True) -> F:
     path = click.Path(dir_okay=False, path_type=Path)
     options = [
         click.option(
@@ -47,18 +58,38 @@ def where_options(fn: F) -> F:
             default=None,
             help="JSON file with server/cert/key/ca (or $FLEETGATE_PROFILE).",
         ),
-        click.option(
-            "--totp",
-            default=None,
-            metavar="CODE",
-            help="TOTP code from your authenticator, for sensitive actions (release, revoke, disconnect).",
-        ),
-        data_option,
-        json_option,
     ]
+    if data_and_output:
+        options += [data_option, json_option if changes else output_option]
+    if changes:  # reads never need a second factor, so they do not offer the option
+        options.insert(
+            5,
+            click.option(
+                "--totp",
+                default=None,
+                metavar="CODE",
+                help="TOTP code from your authenticator, for sensitive actions (release, revoke, ...).",
+            ),
+        )
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def where_options(fn: F) -> F:
+    """Where a changing command acts (admin API or data dir), with --totp for sensitive actions."""
+    return _where(fn, changes=True)
+
+
+def remote_options(fn: F) -> F:
+    """--server/--cert/--key/--ca/--profile/--totp for a command that has --data and --json already
+    and acts on the data dir unless a server is given."""
+    return _where(fn, changes=True, data_and_output=False)
+
+
+def read_where_options(fn: F) -> F:
+    """Where a reading command looks (admin API or data dir)."""
+    return _where(fn, changes=False)
 
 
 def backend(where: dict[str, Any]) -> Backend:
@@ -68,11 +99,17 @@ def backend(where: dict[str, Any]) -> Backend:
     return RemoteBackend(remote) if remote is not None else LocalBackend(where["data_dir"])
 
 
-def _split(where: dict[str, Any]) -> tuple[Backend, bool]:
+def split_where(where: dict[str, Any]) -> tuple[Backend, bool]:
+    """A changing command's backend, and whether it prints JSON."""
     return backend(where), bool(where["as_json"])
 
 
-def _ops_errors(fn: F) -> F:
+def read_where(where: dict[str, Any]) -> tuple[Backend, str]:
+    """A reading command's backend, and its output format (-o)."""
+    return backend(where), str(where["output"])
+
+
+def ops_errors(fn: F) -> F:
     """OpsError (local backend) → the same exit codes the API's answers get."""
 
     @wraps(fn)
@@ -80,12 +117,12 @@ def _ops_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OpsError as exc:
-            raise error_for(exc.status, str(exc)) from None
+            raise error_for(exc.status, str(exc), exc.code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _done(result: dict[str, Any], as_json: bool, text: str) -> None:
+def done(result: dict[str, Any], as_json: bool, text: str) -> None:
     if as_json:
         emit_json(result)
     else:
@@ -96,74 +133,206 @@ def _local_note(b: Backend) -> str:
     return " A running gateway applies it within ~0.2 s." if isinstance(b, LocalBackend) else ""
 
 
-@click.command(epilog=EXIT_CODES)
+# --- units: contain, release, cut off ------------------------------------------------------------
+
+
+@click.command("quarantine", epilog=EXIT_CODES)
 @click.argument("unit_id")
 @click.option("--reason", required=True, help="Why (shown to the unit in its mode command and audited).")
 @where_options
 @friendly_errors
-@_ops_errors
-def quarantine(unit_id: str, reason: str, **where: Any) -> None:
+@ops_errors
+def unit_quarantine(unit_id: str, reason: str, **where: Any) -> None:
     """Put UNIT_ID in diagnostic-only mode: its data stops, diagnostics and vehicle control keep flowing."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     result = b.quarantine(unit_id, reason)
     already = "" if result["changed"] else " (it already was; the first reason stands)"
-    _done(result, as_json, f"Unit {unit_id} is quarantined{already}.{_local_note(b)}")
+    done(result, as_json, f"Unit {unit_id} is quarantined{already}.{_local_note(b)}")
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command("release", epilog=EXIT_CODES)
 @click.argument("unit_id")
 @where_options
 @friendly_errors
-@_ops_errors
-def release(unit_id: str, **where: Any) -> None:
+@ops_errors
+def unit_release(unit_id: str, **where: Any) -> None:
     """End UNIT_ID's quarantine; the unit is told mode normal and its data flows again."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     result = b.release(unit_id)
     text = f"Unit {unit_id} is released." if result["changed"] else f"Unit {unit_id} was not quarantined."
-    _done(result, as_json, text + (_local_note(b) if result["changed"] else ""))
+    done(result, as_json, text + (_local_note(b) if result["changed"] else ""))
 
 
-def _when(text: str | None) -> str:
-    if not text:
-        return "-"
-    try:
-        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return text
+REVOKE_REASON = "Why; an RFC 5280 name (keyCompromise, ...) also goes into the CRL."
 
 
-@click.command(epilog=EXIT_CODES)
-@click.argument("unit_id", required=False)
+@click.command("revoke", epilog=EXIT_CODES)
+@click.argument("unit_id")
+@click.option("--reason", required=True, help=REVOKE_REASON)
+@click.option("--force", is_flag=True, help="Required: revoking a unit cuts its vehicle control too.")
 @where_options
 @friendly_errors
-@_ops_errors
-def status(unit_id: str | None, **where: Any) -> None:
-    """Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
-    b, as_json = _split(where)
-    rows = b.status(unit_id)
-    if as_json:
-        emit_json(rows)
-        return
-    online = {True: "yes", False: "no", None: "?"}
-    table(
-        f"units ({b.where})",
-        ["unit", "state", "online", "last seen", "cert expires", "quarantined since", "why", "by"],
-        [
-            [
-                r["unit"],
-                r["state"],
-                online[r["online"]],
-                _when(r["last_seen"]),
-                _when(r["cert_not_after"]),
-                _when(r["quarantined_since"]),
-                r["quarantine_reason"] or "-",
-                r["quarantined_by"] or "-",
-            ]
-            for r in rows
-        ],
+@ops_errors
+def unit_revoke(unit_id: str, reason: str, force: bool, **where: Any) -> None:
+    """Revoke every certificate and token of UNIT_ID and cut its whole session, vehicle control included."""
+    _revoke("unit", unit_id, reason, force, where)
+
+
+def identity_revoke(kind: str) -> click.Command:
+    """`fleetgate KIND revoke NAME` for the role identities (operator, service, partner)."""
+
+    @click.command("revoke", epilog=EXIT_CODES)
+    @click.argument("name")
+    @click.option("--reason", required=True, help=REVOKE_REASON)
+    @where_options
+    @friendly_errors
+    @ops_errors
+    def revoke_command(name: str, reason: str, **where: Any) -> None:
+        _revoke(kind, name, reason, True, where)
+
+    revoke_command.help = (
+        f"Revoke every certificate and token of {kind} NAME and close its live sessions at once."
     )
-    if isinstance(b, LocalBackend):
-        click.echo("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
+    return revoke_command
+
+
+def _revoke(kind: str, ident: str, reason: str, force: bool, where: dict[str, Any]) -> None:
+    if kind == "unit" and not force:
+        raise CliError(
+            f"revoking unit {ident} cuts its whole session, vehicle control included; "
+            f"use `fleetgate unit quarantine {ident}` to contain it, or add --force to revoke"
+        )
+    if kind == "unit":
+        warn(f"unit {ident} loses its vehicle-control session too")
+    b, as_json = split_where(where)
+    result = b.revoke(kind, ident, reason)
+    closed = result.get("sessions_closed")
+    text = f"Revoked {kind}/{ident}: {len(result.get('revoked_serials') or [])} certificate(s)"
+    text += f", {closed} live session(s) closed." if closed is not None else "." + _local_note(b)
+    done(result, as_json, text)
+
+
+# --- units: what they are doing -------------------------------------------------------------------
+
+
+def _when(text: str | None) -> str | None:
+    """An ISO time as `2026-03-01T12:00:00Z`: one token (awk counts columns by spaces), UTC said."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment.utcoffset() == timedelta(0) else moment.isoformat()
+
+
+ONLINE = {True: "yes", False: "no", None: "?"}
+QUARANTINE_KEYS = (REASON_KEY, SINCE_KEY, BY_KEY)
+UNIT_COLUMNS = (
+    Column("unit", "unit"),
+    Column("state", "state"),
+    Column("online", lambda r: ONLINE[r["online"]]),
+    Column("last seen", lambda r: _when(r["last_seen"])),
+    Column("cert expires", lambda r: _when(r["cert_not_after"])),
+    Column("serial", "cert_serial", wide=True),
+    Column("address", "address", wide=True),
+    Column("quarantined since", lambda r: _when(r["quarantined_since"])),
+    Column("why", "quarantine_reason", wide=True),
+    Column("by", "quarantined_by", wide=True),
+)
+
+
+def _show_units(b: Backend, rows: list[dict[str, Any]], output: str) -> None:
+    show_rows(rows, UNIT_COLUMNS, output, title=f"units ({b.where})", name="unit")
+    if isinstance(b, LocalBackend) and output in ("table", "wide"):
+        hint("online: ? — ask a running gateway (--server or --profile) to know who is connected.")
+
+
+@click.command("list", epilog=EXIT_CODES)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(UNIT_STATES),
+    help="Only units in this state (repeatable).",
+)
+@click.option(
+    "--online/--offline",
+    default=None,
+    help="Only units connected now, or only the others (asks the running gateway).",
+)
+@click.option(
+    "--expiring",
+    metavar="DURATION",
+    default=None,
+    help="Only units whose certificate ends within DURATION (7d, 12h, 30m) or has ended.",
+)
+@read_where_options
+@friendly_errors
+@ops_errors
+def unit_list(states: tuple[str, ...], online: bool | None, expiring: str | None, **where: Any) -> None:
+    """Units: state, online, last seen, certificate expiry, and since when quarantined (-o wide: why)."""
+    try:
+        wanted = UnitFilter(
+            states=frozenset(states) or None,
+            online=online,
+            expiring_within=parse_duration(expiring) if expiring else None,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expiring") from None
+    b, output = read_where(where)
+    _show_units(b, b.units(wanted), output)
+
+
+CERT_COLUMNS = (
+    Column("serial", "serial"),
+    Column("status", "status"),
+    Column("not before", lambda r: _when(r["not_before"]), wide=True),
+    Column("not after", lambda r: _when(r["not_after"])),
+    Column("renewed from", "renewed_from"),
+    Column("revocation", "revocation_reason", wide=True),
+)
+
+
+@click.command("show", epilog=EXIT_CODES)
+@click.argument("unit_id")
+@read_where_options
+@friendly_errors
+@ops_errors
+def unit_show(unit_id: str, **where: Any) -> None:
+    """One unit: its status, and (on the data dir) its metadata and certificates."""
+    b, output = read_where(where)
+    shown = b.show(unit_id)
+    show_object(shown, _show_fields(shown), output, name="unit")
+    certs = shown.get("certificates")
+    if certs and output in ("table", "wide"):
+        click.echo("")
+        show_rows(certs, CERT_COLUMNS, output, title="certificates", name="serial")
+
+
+def _show_fields(shown: dict[str, Any]) -> list[tuple[str, object]]:
+    fields: list[tuple[str, object]] = [
+        ("unit", shown["unit"]),
+        ("state", shown["state"]),
+        ("online", ONLINE[shown["online"]]),
+        ("last seen", _when(shown["last_seen"])),
+        ("address", shown.get("address")),
+        ("certificate", shown["cert_serial"]),
+        ("expires", _when(shown["cert_not_after"])),
+    ]
+    if shown.get("quarantined_since"):
+        fields += [
+            ("quarantined since", _when(shown["quarantined_since"])),
+            ("why", shown["quarantine_reason"]),
+            ("by", shown["quarantined_by"]),
+        ]
+    for key, value in sorted((shown.get("metadata") or {}).items()):
+        if key not in QUARANTINE_KEYS:  # shown above in words
+            fields.append((key, value))  # vin, released_at, ...: one line each, never a Python repr
+    return fields
+
+
+# --- the audit feed and partners ------------------------------------------------------------------
 
 
 @click.command(epilog=EXIT_CODES)
@@ -171,16 +340,20 @@ def status(unit_id: str | None, **where: Any) -> None:
 @click.option(
     "--since", type=click.IntRange(min=0), default=None, help="Start after this audit sequence number."
 )
-@where_options
+@read_where_options
 @friendly_errors
-@_ops_errors
+@ops_errors
 def events(follow: bool, since: int | None, **where: Any) -> None:
-    """Audit records as they happen (the admin API's live stream, or the local log)."""
-    b, as_json = _split(where)
+    """Audit records as they happen (the admin API's live stream, or the local log).
+
+    One record per line: -o json gives JSON lines, -o name the sequence numbers."""
+    b, output = read_where(where)
     try:
         for record in b.events(since, follow):
-            if as_json:
+            if output == "json":
                 click.echo(json.dumps(record, sort_keys=True))
+            elif output == "name":
+                click.echo(str(record["seq"]))
             else:
                 click.echo(event_line(record))
             sys.stdout.flush()
@@ -201,44 +374,15 @@ def event_line(record: dict[str, Any]) -> str:
     )
 
 
-@click.command(epilog=EXIT_CODES)
-@click.argument("target", metavar="KIND/ID")
-@click.option(
-    "--reason", required=True, help="Why; an RFC 5280 name (keyCompromise, ...) also goes into the CRL."
-)
-@click.option("--force", is_flag=True, help="Needed for a unit: revoking it cuts its vehicle control too.")
-@where_options
-@friendly_errors
-@_ops_errors
-def revoke(target: str, reason: str, force: bool, **where: Any) -> None:
-    """Revoke every certificate and token of an identity (unit/TRK-1, partner/acme, ...) and cut it off."""
-    kind, sep, ident = target.partition("/")
-    if not sep or not kind or not ident:
-        raise click.BadParameter(f"{target!r} is not KIND/ID, e.g. unit/TRK-00042", param_hint="KIND/ID")
-    if kind == "unit" and not force:
-        raise CliError(
-            f"revoking unit {ident} cuts its whole session, vehicle control included; "
-            "use `fleetgate quarantine` to contain it, or add --force to revoke"
-        )
-    if kind == "unit":
-        warn(f"unit {ident} loses its vehicle-control session too")
-    b, as_json = _split(where)
-    result = b.revoke(kind, ident, reason)
-    closed = result.get("sessions_closed")
-    text = f"Revoked {kind}/{ident}: {len(result.get('revoked_serials') or [])} certificate(s)"
-    text += f", {closed} live session(s) closed." if closed is not None else "." + _local_note(b)
-    _done(result, as_json, text)
-
-
 @click.command("disconnect", epilog=EXIT_CODES)
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Only report what would be cut off; change nothing.")
 @where_options
 @friendly_errors
-@_ops_errors
+@ops_errors
 def partner_disconnect(name: str, dry_run: bool, **where: Any) -> None:
     """Cut partner NAME off at once: revoke every certificate and token, close its sessions."""
-    b, as_json = _split(where)
+    b, as_json = split_where(where)
     report = b.partner_disconnect(name, dry_run)
     if as_json:
         emit_json(report)
@@ -256,3 +400,42 @@ def partner_disconnect(name: str, dry_run: bool, **where: Any) -> None:
         )
         + f" in {report['elapsed_ms']:.1f} ms."
     )
+
+
+# --- the spellings before noun-verb, for one release --------------------------------------------
+
+
+@click.command("revoke", epilog=EXIT_CODES, short_help="Deprecated: use `fleetgate KIND revoke ID`.")
+@click.argument("target", metavar="KIND/ID")
+@click.option("--reason", required=True, help=REVOKE_REASON)
+@click.option("--force", is_flag=True, help="Needed for a unit: revoking it cuts its vehicle control too.")
+@where_options
+@friendly_errors
+@ops_errors
+def revoke(target: str, reason: str, force: bool, **where: Any) -> None:
+    """Deprecated: use `fleetgate KIND revoke ID` (unit, operator, service, partner).
+
+    Revoke every certificate and token of an identity (unit/TRK-1, partner/acme, ...) and cut it off."""
+    kind, sep, ident = target.partition("/")
+    if not sep or not kind or not ident:
+        raise click.BadParameter(f"{target!r} is not KIND/ID, e.g. unit/TRK-00042", param_hint="KIND/ID")
+    deprecation_note("revoke KIND/ID", f"{kind} revoke {ident}")
+    _revoke(kind, ident, reason, force, where)
+
+
+@click.command("status", epilog=EXIT_CODES, short_help="Deprecated: use `fleetgate unit list|show`.")
+@click.argument("unit_id", required=False)
+@read_where_options
+@friendly_errors
+@ops_errors
+def status(unit_id: str | None, **where: Any) -> None:
+    """Deprecated: use `fleetgate unit list` (or `fleetgate unit show UNIT_ID`).
+
+    Units: state, online, last seen, certificate expiry, and since when and why quarantined."""
+    deprecation_note("status", "unit list" if unit_id is None else "unit show UNIT_ID")
+    b, output = read_where(where)
+    _show_units(b, b.status(unit_id), "wide" if output == "table" else output)  # its columns before
+
+
+quarantine = deprecated_alias(unit_quarantine, "quarantine", "unit quarantine")
+release = deprecated_alias(unit_release, "release", "unit release")

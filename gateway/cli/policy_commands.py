@@ -4,8 +4,8 @@ Neither command needs a data directory or a running gateway: they read a policy 
 embedded one) and run the same validation, proofs and engine the gateway runs.
 
 Exit status: 0 valid / allowed; 1 the policy (or an argument) is wrong, with the reason in one
-sentence; 2 usage error (click); 3 `explain` says the action would be denied — so scripts can assert
-on a decision without parsing output.
+sentence; 2 usage error (click); 5 `explain` says the action would be denied — so scripts can assert
+on a decision without parsing output (3 is the admin API's refusal everywhere else).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli.common import EXIT_DENIED as EXIT_POLICY_DENIES
 from gateway.cli.common import CliError, emit_json, json_option
 from gateway.mqtt.errors import TopicNameInvalid
 from gateway.policy.explain import explain, render_explanation, render_summary, summarize
@@ -24,7 +25,7 @@ from pki.names import CLIENT_KINDS, IdentityError, make_identity
 
 __all__ = ["EXIT_DENIED", "policy"]
 
-EXIT_DENIED = 3
+EXIT_DENIED = EXIT_POLICY_DENIES
 _EXPLAIN_TRUST_DOMAIN = "fleet.local"  # grants do not depend on the trust domain
 
 
@@ -60,7 +61,13 @@ def check(file: Path | None, as_json: bool) -> None:
 
 @policy.command("explain", short_help="Show the decision and rule for one publish or subscribe.")
 @click.option("--id", "ident", required=True, help="The identity's id, e.g. TRK-00042 or dispatch.")
-@click.option("--kind", type=click.Choice(CLIENT_KINDS), default="unit", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(CLIENT_KINDS),
+    default="unit",
+    show_default=True,
+    help="The identity's kind.",
+)
 @click.option("--tier", type=click.IntRange(min=1), default=None, help="A partner's tier.")
 @click.option(
     "--role",
@@ -96,7 +103,7 @@ def explain_command(
 ) -> None:
     """Show what the policy decides for one publish or subscribe, and which rule decides it.
 
-    Exit status 0 if allowed, 3 if denied, 1 if the policy or the topic is invalid.
+    Exit status 0 if allowed, 5 if denied, 1 if the policy or the topic is invalid.
     """
     if (topic is None) == (topic_filter is None):
         raise click.UsageError("give exactly one of --publish TOPIC or --subscribe FILTER")

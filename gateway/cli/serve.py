@@ -53,7 +53,13 @@ def install_event_loop() -> str:
     default=None,
     help="LOOPBACK:PORT for an anonymous plaintext lab listener (protocol test suites only).",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log records written (audit records are logged at info).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(FORMATS),

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
@@ -31,6 +31,7 @@ from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.ops.mode_publisher import ModePublisher
 from gateway.ops.partners import blast_radius, revoke_partner
+from gateway.ops.provisioning import BulkReport, UnitRequest, audit_registrations, register_units
 from gateway.ops.quarantine import (
     BY_KEY,
     REASON_KEY,
@@ -187,6 +188,49 @@ class Operations:
         )
         return closed
 
+    def kick(self, client_id: str, reason: str, actor: str, now: datetime, confirm: bool) -> OpResult:
+        """Close one live session (DISCONNECT 0x98 for 5.0); the client may reconnect at once, its
+        certificate and state untouched. A unit's session carries vehicle control, so closing one
+        needs `confirm`, as revoking does."""
+        started = self._ctx.driver.clock.monotonic()
+        subject = f"session/{client_id}"
+        with self._refusal_audited(actor, "session.kick", subject, now):
+            live = [s for s in self._ctx.driver.sessions() if s.client_id == client_id and s.connected]
+            if not live or live[0].peer is None:
+                message = f"no client {client_id} is connected; see `fleetgate session list`"
+                raise OpsError("unknown_session", message, 404)
+            peer = live[0].peer
+            identity = peer.identity
+            if identity is not None and identity.kind == "unit" and not confirm:
+                raise OpsError(
+                    "confirm_required",
+                    f"kicking unit {identity.id} closes its vehicle-control session until it reconnects; "
+                    "confirm it (CLI: --force)",
+                )
+        closed = self._ctx.driver.disconnect_where(
+            lambda p: p.address == peer.address and p.identity == identity,
+            ReasonCode.ADMINISTRATIVE_ACTION,
+            reason,
+            now.timestamp(),
+        )
+        self._ctx.audit.append(
+            actor=actor,
+            action="session.kick",
+            subject=subject,
+            outcome="ok" if closed else "unchanged",
+            reason=reason,
+            details={"identity": str(identity) if identity else "", "sessions_closed": closed},
+            now=now,
+        )
+        return OpResult(
+            action="kick",
+            subject=subject,
+            changed=bool(closed),
+            state="disconnected" if closed else "unknown",
+            elapsed_ms=round((self._ctx.driver.clock.monotonic() - started) * 1000, 3),
+            sessions_closed=closed,
+        )
+
     def partner_disconnect(self, partner: str, actor: str, now: datetime, dry_run: bool) -> PartnerReport:
         started = self._ctx.driver.clock.monotonic()
         with self._refusal_audited(actor, "partner.disconnect", f"partner/{partner}", now):
@@ -226,6 +270,63 @@ class Operations:
             now=now,
         )
         return report
+
+    # --- provisioning -----------------------------------------------------------------------------
+
+    def register_units(
+        self,
+        requests: list[UnitRequest],
+        actor: str,
+        now: datetime,
+        token_ttl: timedelta,
+        skip_existing: bool,
+    ) -> BulkReport:
+        """Register many units, all or nothing (gateway/ops/provisioning.py); audited per unit."""
+        report = register_units(self._ctx.ca, requests, now, token_ttl, skip_existing=skip_existing)
+        audit_registrations(self._ctx.audit, report, actor, now)
+        if not report.ok:
+            refused = [r for r in report.results if r.status == "refused"]
+            self._ctx.audit.append(
+                actor=actor,
+                action="unit.add",
+                subject=f"unit/{refused[0].unit}" if refused else "units",
+                outcome="refused",
+                reason=refused[0].code if refused else "batch_refused",
+                details={"rows": len(requests), "refused": len(refused)},
+                now=now,
+            )
+        return report
+
+    def new_token(
+        self, unit_id: str, actor: str, now: datetime, ttl: timedelta, replace_box: bool
+    ) -> dict[str, object]:
+        """A new one-time token for a unit (its older tokens void). `replace_box`: a new box takes
+        over, so the certificates of the old one are revoked too (superseded), in the same
+        transaction, and its live session is cut; the unit keeps its state (a quarantine stays)."""
+        with self._refusal_audited(actor, "unit.token", f"unit/{unit_id}", now):
+            if self._ctx.registry.get_identity("unit", unit_id) is None:
+                raise OpsError("unknown_unit", f"there is no unit {unit_id}; see GET /api/units", 404)
+        serials: list[int] = []
+        with self._ctx.registry.transaction():
+            token = self._ctx.ca.new_token(unit_id, now, ttl)
+            if replace_box:
+                serials = self._ctx.ca.revoke_identity_certificates(
+                    "unit", unit_id, x509.ReasonFlags.superseded, now
+                )
+        if serials:
+            self._ctx.ca.write_crl(now)
+            self._cut_off(set(), set(serials), "unit replaced", now)
+        hexed = [format(s, "x") for s in serials]
+        self._ctx.audit.append(
+            actor=actor,
+            action="unit.token",
+            subject=f"unit/{unit_id}",
+            outcome="ok",
+            details={"expires_at": (now + ttl).isoformat(), "revoked_serials": hexed},
+            now=now,
+        )
+        expires = (now + ttl).isoformat()
+        return {"unit": unit_id, "token": token, "expires_at": expires, "revoked_serials": hexed}
 
     # --- views ------------------------------------------------------------------------------------
 

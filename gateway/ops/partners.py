@@ -44,7 +44,7 @@ def partner_members(registry: Registry, partner: str) -> list[IdentityRecord]:
     if not members:
         raise OpsError(
             "unknown_partner",
-            f"there is no partner {partner}; check the name with `fleetgate cert list`",
+            f"there is no partner {partner}; check the name with `fleetgate partner list`",
             404,
         )
     return members

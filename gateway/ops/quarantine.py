@@ -66,7 +66,7 @@ def require_unit(registry: Registry, unit_id: str) -> IdentityRecord:
     record = registry.get_identity("unit", unit_id)
     if record is None:
         raise OpsError(
-            "unknown_unit", f"there is no unit {unit_id}; check the id with `fleetgate status`", 404
+            "unknown_unit", f"there is no unit {unit_id}; check the id with `fleetgate unit list`", 404
         )
     return record
 

@@ -1,4 +1,4 @@
-"""What operations answer: an operation's result, `fleetgate status` rows (`GET /api/units`), the
+"""What operations answer: an operation's result, `fleetgate unit list` rows (`GET /api/units`), the
 partner blast radius, and a session as the admin API shows it.
 
 Built from the registry (state, certificates, quarantine facts) and, when a gateway is asking, its
@@ -8,8 +8,9 @@ unknown (None), not "offline", because nobody asked the process that knows.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.broker import SessionInfo
@@ -138,3 +139,75 @@ def session_view(info: SessionInfo) -> dict[str, Any]:
         if peer and peer.certificate_serial
         else None,
     }
+
+
+# --- asking for some units: filters and pages (`unit list --state ...`, `GET /api/units?...`) ----
+
+UNIT_STATES = ("registered", "enrolled", "quarantined", "revoked")
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`7d`, `12h`, `30m`, `90s`, `2w`, or combined (`1d12h`)."""
+    cleaned = text.strip().lower()
+    parts = _DURATION.findall(cleaned)
+    if not parts or "".join(n + u for n, u in parts) != cleaned:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 7d, 12h, 30m or 1d12h")
+    return sum((timedelta(**{_UNITS[unit]: int(number)}) for number, unit in parts), timedelta(0))
+
+
+@dataclass(frozen=True)
+class UnitFilter:
+    """Which units a listing wants; None means any."""
+
+    states: frozenset[str] | None = None
+    online: bool | None = None
+    expiring_within: timedelta | None = None  # its newest certificate ends within this (or has ended)
+
+    def __post_init__(self) -> None:
+        unknown = sorted((self.states or frozenset()) - set(UNIT_STATES))
+        if unknown:
+            raise ValueError(f"state {unknown[0]!r} is not one of {', '.join(UNIT_STATES)}")
+
+    def matches(self, row: UnitStatus, now: datetime) -> bool:
+        if self.states is not None and row.state not in self.states:
+            return False
+        if self.online is not None and row.online != self.online:  # unknown (None) is neither
+            return False
+        if self.expiring_within is not None:
+            if row.cert_not_after is None:
+                return False
+            if datetime.fromisoformat(row.cert_not_after) > now + self.expiring_within:
+                return False
+        return True
+
+    def apply(self, rows: list[UnitStatus], now: datetime) -> list[UnitStatus]:
+        return [row for row in rows if self.matches(row, now)]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[UnitStatus]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "units": [row.as_dict() for row in self.items],
+            "page": self.page,
+            "per_page": self.per_page,
+            "total": self.total,
+            "pages": self.pages,
+        }
+
+
+def page_of(rows: list[UnitStatus], page: int, per_page: int) -> Page:
+    """Page `page` (from 1) of rows already in id order: pages are stable while units are added."""
+    start = (page - 1) * per_page
+    return Page(rows[start : start + per_page], page, per_page, len(rows))

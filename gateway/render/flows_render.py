@@ -1,4 +1,4 @@
-"""Render a FlowMap (gateway/context/flows.py): a rich table, JSON, Mermaid text and a PNG diagram. Pure.
+"""Render a FlowMap (gateway/context/flows.py): a rich table, JSON, Mermaid text and an SVG diagram. Pure.
 
 The diagram reads left to right: senders -> topic templates -> receivers (a group that does both is
 drawn in both columns). Solid edges are data that flowed; dashed red edges are attempts the policy
@@ -6,8 +6,8 @@ denied; receivers of a sensitive class (the protect surface) are orange, as are 
 them that data. Allowed subscriptions are in the table and JSON only: the diagram shows data, not
 intent, so a subscription appears once something is received through it.
 
-The PNG is drawn without any imaging library (none is a dependency): an RGB raster, lines, boxes, a
-built-in 5x7 bitmap font, and the PNG container (signature, IHDR, one zlib IDAT, IEND, CRC-32 each).
+The diagram is SVG, written here as text: vector shapes and real text, which any browser or wiki shows
+and a test can read back; the canvas is as wide as its widest part, the legend included.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import escape
 
 from rich.table import Table
 
 from gateway.context.flows import FlowMap, FlowRow
-from gateway.render.png import encode_png
-from gateway.render.safe_text import cell
+from gateway.render.safe_text import cell, printable
 
-__all__ = ["encode_png", "flowmap_to_dict", "to_json", "to_mermaid", "to_png", "to_table"]
+__all__ = ["flowmap_to_dict", "protect_caption", "table_rows", "to_json", "to_mermaid", "to_svg", "to_table"]
 
 Color = tuple[int, int, int]
 WHITE: Color = (255, 255, 255)
@@ -76,30 +76,48 @@ def to_json(flows: FlowMap) -> str:
     return json.dumps(flowmap_to_dict(flows), indent=2, ensure_ascii=False)
 
 
-def to_table(flows: FlowMap) -> Table:
-    table = Table(title=f"Data flows, last {flows.window:g} s", title_justify="left")
-    for name, justify in [
-        ("group", "left"),
-        ("action", "left"),
-        ("topic template", "left"),
-        ("msgs", "right"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for name in ("rate/s", "denied", "ids", "bytes"):
-        table.add_column(name, justify="right")
-    table.add_column("data classes")
+TABLE_HEADERS = (
+    "group",
+    "action",
+    "topic template",
+    "msgs",
+    "rate/s",
+    "denied",
+    "ids",
+    "bytes",
+    "data classes",
+)
+
+
+def table_rows(flows: FlowMap) -> list[list[str]]:
+    """The table's cells, for rich (`to_table`) and for plain columns in a pipe alike."""
+    rows = []
     for r in flows.rows:
-        style = "bold dark_orange" if r.protect else ("red" if r.denied and not r.messages else None)
         classes = ", ".join(sorted(r.data_classes)) + ("  ◀ protect surface" if r.protect else "")
         denied = str(r.denied) if r.denied else ""
-        cells = [r.group, r.action, r.template, str(r.messages), f"{r.rate:.2f}", denied, str(r.identities)]
-        # Topics are what units chose: shown literally (escaped, never read as rich markup).
-        table.add_row(*(cell(c) for c in (*cells, str(r.bytes), classes)), style=style)
+        rows.append(
+            [r.group, r.action, r.template, str(r.messages), f"{r.rate:.2f}", denied, str(r.identities),
+             str(r.bytes), classes]
+        )  # fmt: skip
+    return rows
+
+
+def protect_caption(flows: FlowMap) -> str:
     if flows.protect_surface:
         who = "; ".join(f"{e.group} ({', '.join(sorted(e.classes))})" for e in flows.protect_surface)
-        table.caption = cell(f"Protect surface: {who}")
-    else:
-        table.caption = f"Protect surface: nobody received {' or '.join(sorted(flows.sensitive))} data"
+        return f"Protect surface: {who}"
+    return f"Protect surface: nobody received {' or '.join(sorted(flows.sensitive))} data"
+
+
+def to_table(flows: FlowMap) -> Table:
+    table = Table(title=f"Data flows, last {flows.window:g} s", title_justify="left")
+    for index, name in enumerate(TABLE_HEADERS):
+        table.add_column(name, justify="right" if 3 <= index <= 7 else "left")
+    for r, cells in zip(flows.rows, table_rows(flows), strict=True):
+        style = "bold dark_orange" if r.protect else ("red" if r.denied and not r.messages else None)
+        # Topics are what units chose: shown literally (escaped, never read as rich markup).
+        table.add_row(*(cell(c) for c in cells), style=style)
+    table.caption = cell(protect_caption(flows))
     return table
 
 
@@ -165,133 +183,87 @@ def _drawn(flows: FlowMap) -> list[tuple[FlowRow, bool]]:
     return out
 
 
-# ------------------------------------------------------------------------------------------- PNG
+# ------------------------------------------------------------------------------------------- SVG
+# A picture a browser, an image viewer or a wiki shows as it is, and text a test can read: boxes,
+# edges with arrow heads, and the labels as text (monospace, so their width is known here).
 
-# Printable ASCII from " " to "~", 7 rows of 5 pixels per glyph; each row is one base-32 digit.
-_FONT = (
-    "00000004444404aaa0000aavavaa4fke5u4op248j3cik8lidc4800002488842842224804lel40044v4400000c48000v000"
-    "00000cc01248g0ehjlphe4c4444eeh1248vv2421he26aiv22vgu11he68guhhev124888ehhehheehhf12c0cc0cc00cc0c48"
-    "248g84200v0v008421248eh12404eh1dlleehhvhhhuhhuhhuehggghesihhhisvgguggvvggugggehgnhhfhhhvhhhe44444e"
-    "72222ichikokihggggggvhrllhhhhhpljhhehhhhheuhhugggehhhliduhhukihfgge11uv444444hhhhhhehhhhha4hhhllla"
-    "hha4ahhhha4444v1248gve88888e0g84210e22222e4ah0000000000v842000000e1fhfggmphhu00egghe11djhhf00ehvge"
-    "698s888ehhf11eggmphhh40c444e20622icggikokic44444e00qllhh00mphhh00ehhhemphpmggdjhjd1100mpggg00ege1u"
-    "88s889600hhhjd00hhha400hhlla00ha4ahhhhjd1e00v248v688g8864444444c22122c008l200"
-)
-GLYPH_W, GLYPH_H = 6, 9  # advance per character and line height (7 rows + 2 of descender)
-_DESCENDERS = frozenset("gpqy")  # drawn two rows lower: their tails hang below the baseline
+FONT_SIZE, CHAR_W = 12, 7.3  # px; monospace advance at 12 px is 0.6 em, rounded up
+BOX_H, ROW_GAP, COL_GAP, MARGIN, MAX_NODES = 24, 12, 150, 20, 150
+DENIED_OFFSET = 5  # px: a denied attempt is drawn beside the data edge of the same path, not over it
 
 
-def _glyph(ch: str) -> list[int]:
-    code = ord(ch) if 32 <= ord(ch) < 127 else ord("?")
-    return [int(d, 32) for d in _FONT[(code - 32) * 7 : (code - 31) * 7]]
+def _text_width(text: str, size: float = FONT_SIZE) -> float:
+    return len(text) * CHAR_W * size / FONT_SIZE
 
 
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.pixels = bytearray(bytes(WHITE) * (width * height))
-
-    def dot(self, x: int, y: int, color: Color) -> None:
-        if 0 <= x < self.width and 0 <= y < self.height:
-            at = (y * self.width + x) * 3
-            self.pixels[at : at + 3] = bytes(color)
-
-    def fill(self, x: int, y: int, w: int, h: int, color: Color) -> None:
-        row = bytes(color) * max(0, min(w, self.width - x))
-        for yy in range(max(y, 0), min(y + h, self.height)):
-            at = (yy * self.width + max(x, 0)) * 3
-            self.pixels[at : at + len(row)] = row
-
-    def box(self, x: int, y: int, w: int, h: int, fill: Color, border: Color, thick: int = 1) -> None:
-        self.fill(x, y, w, h, border)
-        self.fill(x + thick, y + thick, w - 2 * thick, h - 2 * thick, fill)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, color: Color, thick: int = 1, dash: int = 0) -> None:
-        """Bresenham; `dash` > 0 draws `dash` pixels on, `dash` off."""
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err, step = dx + dy, 0
-        while True:
-            if not dash or (step // dash) % 2 == 0:
-                for t in range(thick):
-                    self.dot(x0, y0 + t, color)
-            if x0 == x1 and y0 == y1:
-                return
-            step += 1
-            e2 = 2 * err
-            if e2 >= dy:
-                err, x0 = err + dy, x0 + sx
-            if e2 <= dx:
-                err, y0 = err + dx, y0 + sy
-
-    def arrow_head(self, x0: int, y0: int, x1: int, y1: int, color: Color, size: int = 8) -> None:
-        """A filled triangle at (x1, y1) pointing along (x0, y0) -> (x1, y1)."""
-        length = max(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, 1.0)
-        ux, uy = (x1 - x0) / length, (y1 - y0) / length
-        bx, by = x1 - ux * size, y1 - uy * size
-        corners = [
-            (x1, y1),
-            (bx - uy * size / 2, by + ux * size / 2),
-            (bx + uy * size / 2, by - ux * size / 2),
-        ]
-        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-        for y in range(int(min(ys)), int(max(ys)) + 1):
-            for x in range(int(min(xs)), int(max(xs)) + 1):
-                if _inside(x + 0.5, y + 0.5, corners):
-                    self.dot(x, y, color)
-
-    def text(self, x: int, y: int, text: str, color: Color, scale: int = 1) -> None:
-        for i, ch in enumerate(text):
-            drop = 2 if ch in _DESCENDERS else 0
-            for row, bits in enumerate(_glyph(ch)):
-                for col in range(5):
-                    if bits & (16 >> col):
-                        self.fill(
-                            x + (i * GLYPH_W + col) * scale, y + (row + drop) * scale, scale, scale, color
-                        )
-
-    def png(self) -> bytes:
-        return encode_png(self.width, self.height, bytes(self.pixels))
-
-
-def _inside(px: float, py: float, tri: list[tuple[float, float]]) -> bool:
-    (ax, ay), (bx, by), (cx, cy) = tri
-    d1 = (px - bx) * (ay - by) - (ax - bx) * (py - by)
-    d2 = (px - cx) * (by - cy) - (bx - cx) * (py - cy)
-    d3 = (px - ax) * (cy - ay) - (cx - ax) * (py - ay)
-    return not ((d1 < 0 or d2 < 0 or d3 < 0) and (d1 > 0 or d2 > 0 or d3 > 0))
+def _css(color: Color) -> str:
+    return "#" + _hex(color)
 
 
 @dataclass(frozen=True, slots=True)
 class _Node:
     label: str
-    x: int
-    y: int
-    w: int
+    x: float
+    y: float
+    w: float
     fill: Color
     border: Color
 
 
-BOX_H, ROW_GAP, COL_GAP, MARGIN, MAX_NODES = 22, 12, 150, 20, 150
+class _Svg:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def add(self, element: str, /, content: str | None = None, **attrs: object) -> None:
+        rendered = " ".join(f'{k.rstrip("_").replace("_", "-")}="{_attr(v)}"' for k, v in attrs.items())
+        if content is None:
+            self.parts.append(f"<{element} {rendered}/>")
+        else:
+            self.parts.append(f"<{element} {rendered}>{escape(printable(content))}</{element}>")
+
+    def document(self, width: float, height: float, title: str) -> str:
+        head = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="monospace" font-size="{FONT_SIZE}">'
+        )
+        markers = "".join(
+            f'<marker id="arrow-{name}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+            f'markerHeight="7" orient="auto-start-reverse">'
+            f'<path d="M0,0 L10,5 L0,10 z" fill="{_css(color)}"/></marker>'
+            for name, color in (("data", EDGE), ("protect", PROTECT), ("denied", DENIED))
+        )
+        background = f'<rect x="0" y="0" width="{width:.0f}" height="{height:.0f}" fill="{_css(WHITE)}"/>'
+        return "\n".join(
+            [head, f"<title>{escape(printable(title))}</title>", f"<defs>{markers}</defs>", background,
+             *self.parts, "</svg>", ""]
+        )  # fmt: skip
 
 
-def to_png(flows: FlowMap) -> bytes:
+def _attr(value: object) -> str:
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    return escape(printable(text), {'"': "&quot;"})
+
+
+def to_svg(flows: FlowMap) -> str:
+    """The map as an SVG document (UTF-8 text)."""
     drawn = _drawn(flows)
     protect = {e.group for e in flows.protect_surface}
     senders = sorted({r.group for r, _ in drawn if r.action == "publish"})[:MAX_NODES]
     topics = sorted({r.template for r, _ in drawn})[:MAX_NODES]
     receivers = sorted({r.group for r, _ in drawn if r.action != "publish"})[:MAX_NODES]
-    columns, x = [], MARGIN
+    columns: list[tuple[list[str], float, float]] = []
+    x: float = MARGIN
     for labels in (senders, topics, receivers):
-        width = max([len(s) for s in labels] + [8]) * GLYPH_W + 16
+        width = max(_text_width(s) for s in [*labels, "--------"]) + 16
         columns.append((labels, x, width))
         x += width + COL_GAP
-    top = MARGIN + 40
+    top = MARGIN + 44
     rows = max(len(senders), len(topics), len(receivers), 1)
-    canvas = _Canvas(x - COL_GAP + MARGIN, top + rows * (BOX_H + ROW_GAP) + 60)
+    legend_y = top + rows * (BOX_H + ROW_GAP) + 24
+    svg = _Svg()
     when = datetime.fromtimestamp(flows.generated_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    canvas.text(MARGIN, MARGIN, "fleetgate data flows", INK, scale=2)
-    canvas.text(MARGIN, MARGIN + 20, f"window {flows.window:g} s, at {when}", EDGE)
+    svg.add("text", "fleetgate data flows", x=MARGIN, y=MARGIN + 14, font_size=18, font_weight="bold")
+    svg.add("text", f"window {flows.window:g} s, at {when}", x=MARGIN, y=MARGIN + 34, fill=_css(EDGE))
     placed: dict[tuple[int, str], _Node] = {}
     for col, (labels, cx, width) in enumerate(columns):
         for i, label in enumerate(labels):
@@ -300,37 +272,56 @@ def to_png(flows: FlowMap) -> bytes:
             node = _Node(label, cx, top + i * (BOX_H + ROW_GAP), width, fill, PROTECT if hot else EDGE)
             placed[(col, label)] = node
     for r, denied in drawn:
-        if r.action == "publish":
-            a, b = placed.get((0, r.group)), placed.get((1, r.template))
-        else:
-            a, b = placed.get((1, r.template)), placed.get((2, r.group))
+        ends = (
+            (placed.get((0, r.group)), placed.get((1, r.template)))
+            if r.action == "publish"
+            else (placed.get((1, r.template)), placed.get((2, r.group)))
+        )
+        a, b = ends
         if a is None or b is None:
             continue
         hot = not denied and r.action == "receive" and bool(r.data_classes & flows.sensitive)
-        color = DENIED if denied else (PROTECT if hot else EDGE)
-        x0, y0, x1, y1 = a.x + a.w, a.y + BOX_H // 2, b.x - 2, b.y + BOX_H // 2
-        canvas.line(x0, y0, x1, y1, color, thick=3 if hot else 2, dash=6 if denied else 0)
-        canvas.arrow_head(x0, y0, x1, y1, color)
+        kind = "denied" if denied else ("protect" if hot else "data")
+        shift = DENIED_OFFSET if denied else 0
+        svg.add(
+            "line",
+            x1=a.x + a.w, y1=a.y + BOX_H / 2 + shift, x2=b.x - 2, y2=b.y + BOX_H / 2 + shift,
+            stroke=_css({"denied": DENIED, "protect": PROTECT, "data": EDGE}[kind]),
+            stroke_width=3 if hot else 2, stroke_dasharray="6 4" if denied else "none",
+            marker_end=f"url(#arrow-{kind})", class_=f"edge {kind}",
+        )  # fmt: skip
     for node in placed.values():
-        canvas.box(
-            node.x, node.y, node.w, BOX_H, node.fill, node.border, thick=2 if node.border == PROTECT else 1
-        )
-        canvas.text(node.x + 8, node.y + (BOX_H - GLYPH_H) // 2, node.label, INK)
+        svg.add(
+            "rect",
+            x=node.x, y=node.y, width=node.w, height=BOX_H, rx=4,
+            fill=_css(node.fill), stroke=_css(node.border), stroke_width=2 if node.border == PROTECT else 1,
+            class_="node protect" if node.border == PROTECT else "node",
+        )  # fmt: skip
+        svg.add("text", node.label, x=node.x + 8, y=node.y + BOX_H / 2 + FONT_SIZE * 0.35, fill=_css(INK))
     if not drawn:
-        canvas.text(MARGIN, top, "no flows in the window", EDGE)
-    _legend(canvas, canvas.height - 30)
-    return canvas.png()
+        svg.add("text", "no flows in the window", x=MARGIN, y=top + FONT_SIZE, fill=_css(EDGE))
+    legend_end = _legend(svg, legend_y)
+    width = max(x - COL_GAP + MARGIN, legend_end + MARGIN)  # the legend is never cut off at the edge
+    return svg.document(width, legend_y + 24, "fleetgate data flows")
 
 
-def _legend(canvas: _Canvas, y: int) -> None:
-    x = MARGIN
-    for color, dash, label in (
-        (EDGE, 0, "data"),
-        (PROTECT, 0, "sensitive data"),
-        (DENIED, 6, "denied attempt"),
-    ):
-        canvas.line(x, y + 3, x + 30, y + 3, color, thick=2, dash=dash)
-        canvas.text(x + 38, y, label, INK)
-        x += 38 + len(label) * GLYPH_W + 24
-    canvas.box(x, y - 4, 14, 14, PROTECT_FILL, PROTECT, thick=2)
-    canvas.text(x + 22, y, "protect surface (receives sensitive classes)", INK)
+LEGEND = (
+    (EDGE, "none", "data"),
+    (PROTECT, "none", "sensitive data"),
+    (DENIED, "6 4", "denied attempt"),
+)
+PROTECT_LABEL = "protect surface (receives sensitive classes)"
+
+
+def _legend(svg: _Svg, y: float) -> float:
+    """Draws the legend on one line from the left margin; returns where it ends (x)."""
+    x: float = MARGIN
+    for color, dash, label in LEGEND:
+        svg.add("line", x1=x, y1=y - 4, x2=x + 30, y2=y - 4, stroke=_css(color), stroke_width=2,
+                stroke_dasharray=dash)  # fmt: skip
+        svg.add("text", label, x=x + 38, y=y, fill=_css(INK), class_="legend")
+        x += 38 + _text_width(label) + 24
+    svg.add("rect", x=x, y=y - 11, width=14, height=14, fill=_css(PROTECT_FILL), stroke=_css(PROTECT),
+            stroke_width=2)  # fmt: skip
+    svg.add("text", PROTECT_LABEL, x=x + 22, y=y, fill=_css(INK), class_="legend")
+    return x + 22 + _text_width(PROTECT_LABEL)

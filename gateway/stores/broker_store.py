@@ -113,6 +113,19 @@ class SqliteBrokerStore:
             self._load_deliveries(conn, state)
         return state
 
+    def stored_sessions(self) -> list[tuple[SessionRecord, int]]:
+        """Every stored session with how many messages are queued for it, by client id; reads only
+        (`load` also sweeps), so another process may call it while a gateway serves."""
+        rows = self._conn.execute(
+            "SELECT s.client_id, s.identity, s.expiry_interval, s.disconnected_at, s.subscriptions, "
+            "(SELECT COUNT(*) FROM broker_deliveries d WHERE d.client_id = s.client_id) "
+            "FROM broker_sessions s ORDER BY s.client_id"
+        ).fetchall()
+        return [
+            (SessionRecord(cid, ident, expiry, gone, subscriptions_from_json(subs)), int(queued))
+            for cid, ident, expiry, gone, subs, queued in rows
+        ]
+
     @staticmethod
     def _load_deliveries(conn: sqlite3.Connection, state: StoredState) -> None:
         for client_id, seq, mid, qos, retain, sub_ids, packet_id, released in conn.execute(

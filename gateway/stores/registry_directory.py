@@ -3,7 +3,7 @@
 The engine asks `state_of` on every connect and after every invalidation, so answers come from a
 cache. The cache is kept honest by `refresh`, which the runtime calls a few times a second: it
 reads what changed in the registry since the last call — including changes made by another
-process, such as `fleetgate cert revoke` or `fleetgate quarantine` run while the gateway serves —
+process, such as `fleetgate cert revoke` or `fleetgate unit quarantine` run while the gateway serves —
 and reports them, so the runtime can invalidate the engine and re-decide live sessions.
 
 Known serials (`certificate_refusal`): MQTT admits only certificates this CA recorded, with the

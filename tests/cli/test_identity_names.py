@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.harness import INSECURE_KEYS, run_cli
@@ -12,7 +13,7 @@ def test_unit_add_refuses_an_id_with_a_trailing_newline(tmp_path: Path) -> None:
     run_cli("init", "--hostname", "localhost", *INSECURE_KEYS, data=data, check=True)
     refused = run_cli("unit", "add", "TRK-9\n", "--json", data=data)
     assert refused.code != 0
-    assert "TRK-9\\n" in refused.stderr  # the message shows the id as typed, newline escaped
+    assert "TRK-9\\n" in json.loads(refused.stderr)["error"]  # the id as typed, newline escaped
     listed = run_cli("unit", "list", "--json", data=data, check=True)
     assert "TRK-9" not in listed.stdout
     assert run_cli("unit", "add", "TRK-9", "--json", data=data).code == 0  # the plain id is fine

@@ -108,9 +108,9 @@ class TestExplain:
         assert "rule:   unit/publish/0" in result.stdout
         assert "grant:  fleet/{id}/telemetry/#  (for this identity: fleet/TRK-1/telemetry/#)" in result.stdout
 
-    def test_quarantined_telemetry_is_denied_with_exit_3(self) -> None:
+    def test_quarantined_telemetry_is_denied_with_exit_5(self) -> None:
         result = invoke("explain", "--id", "TRK-1", "--quarantined", "--publish", "fleet/TRK-1/telemetry/gps")
-        assert result.exit_code == EXIT_DENIED == 3
+        assert result.exit_code == EXIT_DENIED == 5  # 3 is the admin API's refusal
         assert "reason: quarantined" in result.stdout
         assert "fleet/TRK-1/diag/#" in result.stdout  # what it may still publish
 
@@ -132,7 +132,7 @@ class TestExplain:
     def test_partner_subscription_as_json(self) -> None:
         args = ("explain", "--id", "ACME", "--kind", "partner", "--tier", "3", "--json")
         result = invoke(*args, "--subscribe", "views/+/#")
-        assert result.exit_code == 3
+        assert result.exit_code == EXIT_DENIED
         out = json.loads(result.stdout)
         assert (out["verdict"], out["reason"], out["rule"]) == (
             "deny",
@@ -146,7 +146,7 @@ class TestExplain:
         result = invoke(
             "explain", "--id", "ACME", "--kind", "partner", "--subscribe", "fleet/+/telemetry/eta"
         )
-        assert result.exit_code == 3
+        assert result.exit_code == EXIT_DENIED
         assert "reason: partner_without_tier" in result.stdout
 
     @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ class TestExplain:
         [
             (None, 0, "operator/ops/publish/0"),
             ("security", 0, "operator/security/publish/0"),
-            ("auditor", 3, ""),
+            ("auditor", EXIT_DENIED, ""),
         ],
     )
     def test_an_operator_is_judged_by_its_admin_role(self, role: str | None, code: int, rule: str) -> None:
@@ -179,14 +179,14 @@ class TestExplain:
     def test_nobody_may_publish_the_mode_command(self) -> None:
         args = ("explain", "--id", "dispatch", "--kind", "service", "--publish", "fleet/TRK-1/cmd/mode")
         result = invoke(*args)
-        assert result.exit_code == 3
+        assert result.exit_code == EXIT_DENIED
         assert "reason: reserved_for_gateway" in result.stdout
 
     def test_judges_the_given_policy_file(self, tmp_path: Path) -> None:
         path = write_policy(tmp_path, lambda d: d["roles"]["unit"]["publish"].remove("fleet/{id}/state"))
         args = ("explain", "--id", "TRK-1", "--publish", "fleet/TRK-1/state")
         assert invoke(*args).exit_code == 0
-        assert invoke(*args, "--policy", str(path)).exit_code == 3
+        assert invoke(*args, "--policy", str(path)).exit_code == EXIT_DENIED
 
     @pytest.mark.parametrize(
         ("args", "code", "words"),
@@ -208,5 +208,5 @@ def test_through_the_real_fleetgate_command() -> None:
     assert check.code == 0, check.stderr
     assert json.loads(check.stdout)["valid"] is True
     denied = run_cli("policy", "explain", "--id", "TRK-1", "--publish", "fleet/TRK-2/telemetry/gps")
-    assert denied.code == 3
+    assert denied.code == EXIT_DENIED
     assert "reason: topic_outside_namespace" in denied.stdout

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
-import zlib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.mosquitto import acl_from_policy, load_policy
-from device_sim.load.chart import Canvas, Series, write_chart
+from device_sim.load.chart import Panel, Series, build_chart
 from device_sim.load.client import LatencySink, LeanClient, PublishTemplate
 from device_sim.load.procstat import cpu_percent, sample
 from device_sim.load.report import LoadReport, interval_series, percentiles
@@ -148,45 +147,62 @@ def test_report_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "198 (99 msg/s)" in capsys.readouterr().out
 
 
-# --- the PNG chart ------------------------------------------------------------------------------
+# --- the chart ----------------------------------------------------------------------------------
 
 
-def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    out, pos = [], 8
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", png[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + data)
-        out.append((kind, data))
-        pos += 12 + length
-    return out
-
-
-def test_the_chart_is_a_valid_png_with_ink_on_it(tmp_path: Path) -> None:
-    path = tmp_path / "run.png"
-    write_chart(path, [("delivered msg/s", [Series("a", [(0, 1.0), (1, 3.0), (2, 2.0)], (255, 0, 0))])])
-    chunks = _chunks(path.read_bytes())
-    assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    width, height = struct.unpack(">II", chunks[0][1][:8])
-    raw = zlib.decompress(chunks[1][1])
-    assert len(raw) == height * (1 + 3 * width)
-    assert b"\xff\x00\x00" in raw  # the series was drawn
-
-
-def test_report_png(tmp_path: Path) -> None:
+def _chart_report() -> LoadReport:
     from device_sim.load.report import IntervalStats
 
-    report = _report(series=[IntervalStats(1.0, 100.0, 1.0, 2.0), IntervalStats(2.0, 98.0, 1.5, 3.0)])
-    report.write_png(tmp_path / "r.png")
-    assert _chunks((tmp_path / "r.png").read_bytes())
+    series = [IntervalStats(float(t), 6380.0 - t, 1.0 + t / 10, 2.0 + t / 5) for t in range(1, 11)]
+    return _report(series=series, duration_s=10.0, offered=64000, delivered=63800)
 
 
-def test_canvas_lines_stay_inside() -> None:
-    canvas = Canvas(10, 10)
-    canvas.line(-5, -5, 20, 20, (0, 0, 0))  # clipped, not an IndexError
-    assert canvas.pixels[:3] == b"\x00\x00\x00"
+def test_the_chart_says_what_it_shows_in_real_text() -> None:
+    figure = _chart_report().chart()
+    assert figure.get_suptitle() == "Load run: 10 units on fleetgate, MQTT 5.0, QoS 0"
+    top, bottom = figure.axes
+    assert top.get_title(loc="left") == "Throughput: messages delivered to the subscriber"
+    assert (top.get_ylabel(), bottom.get_ylabel()) == ("msg/s", "ms")  # "msg/s", not "m59/5"
+    assert bottom.get_title(loc="left") == "Latency, publish to delivery"
+    assert bottom.get_xlabel() == "time since the first message (s)"
+    legend = top.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["delivered", "offered"]
+    bottom_legend = bottom.get_legend()
+    assert bottom_legend is not None and [t.get_text() for t in bottom_legend.get_texts()] == ["p50", "p99"]
+    figure.canvas.draw()  # tick labels exist once drawn
+    ticks = [t.get_text() for t in top.get_yticklabels() if t.get_text()]
+    assert ticks and all(len(t) <= 5 for t in ticks) and any(t.endswith("k") for t in ticks)  # "6k", not 6380
+    assert top.get_xlim() == (0.0, 10.0)
+
+
+def test_the_chart_as_png_and_as_svg(tmp_path: Path) -> None:
+    from PIL import Image
+
+    report = _chart_report()
+    report.write_png(tmp_path / "run.png")
+    with Image.open(tmp_path / "run.png") as image:
+        assert image.format == "PNG" and image.size == (800, 600)  # 8 x 6 inches at 100 dpi
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is not None and len(colours) > 10  # lines, text and grid, not a blank page
+    report.write_png(tmp_path / "run.svg")
+    root = ET.fromstring((tmp_path / "run.svg").read_text(encoding="utf-8"))
+    texts = {"".join(t.itertext()).strip() for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"msg/s", "ms", "delivered", "p99", "time since the first message (s)"} <= texts
+
+
+def test_without_matplotlib_a_chart_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(RuntimeError, match=r"pip install 'fleetgate\[sim\]'"):
+        build_chart([Panel("t", "u", [Series("s", [(0, 1.0)], "#000000")])], title="t")
 
 
 # --- /proc sampling -----------------------------------------------------------------------------

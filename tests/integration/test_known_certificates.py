@@ -42,7 +42,7 @@ def test_a_certificate_signed_by_the_ca_key_but_not_recorded_is_refused(
     )
     # Not in the registry, so it cannot be looked up or revoked by serial either; the genuine one can.
     shown = gateway.cli("cert", "show", serial_of(forged))
-    assert shown.code == 1 and "no certificate with serial" in shown.stderr
+    assert shown.code == 4 and "no certificate with serial" in shown.stderr  # 4: not found
     assert connack(gateway, genuine) == 0
 
 

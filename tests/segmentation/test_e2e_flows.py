@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from device_sim.fleet.unit import UnitProfile
 from tests.clients import V5, Paho
 from tests.harness import GatewayProcess
 from tests.ops.helpers import api
-from tests.segmentation.png_check import colours, read_png
 
 FAST = UnitProfile(gps_interval=0.25, engine_interval=0.5, fuel_interval=1.0, diag_interval=1.0)
 
@@ -80,7 +80,7 @@ def test_flows_json_lists_every_role_and_marks_the_protect_surface(
     assert any(r["group"] == "gateway/views" and r["action"] == "publish" for r in data["rows"])
 
 
-def test_flows_table_mermaid_and_png(
+def test_flows_table_mermaid_and_svg(
     gateway: GatewayProcess, fleet_ran: dict[str, Any], tmp_path: Path
 ) -> None:
     profile = str(fleet_ran["profile"])
@@ -88,11 +88,14 @@ def test_flows_table_mermaid_and_png(
     assert table.code == 0 and "Protect surface" in table.stdout and "service/dispatch" in table.stdout
     mermaid = gateway.cli("flows", "--mermaid", "--profile", profile)
     assert mermaid.code == 0 and mermaid.stdout.startswith("flowchart") and "flow-p1" in mermaid.stdout
-    png_path = tmp_path / "flows.png"
-    drawn = gateway.cli("flows", "--png", str(png_path), "--profile", profile)
+    svg_path = tmp_path / "flows.svg"
+    drawn = gateway.cli("flows", "--svg", str(svg_path), "--profile", profile)
     assert drawn.code == 0, drawn.stderr
-    png = read_png(png_path.read_bytes())  # strict: CRCs, IHDR, IDAT
-    assert png.width > 200 and png.height > 100 and len(colours(png)) > 3  # drawn, not blank
+    root = ET.fromstring(svg_path.read_text(encoding="utf-8"))
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert "service/dispatch" in texts and int(root.get("width", 0)) > 200  # drawn, with its labels
+    old = gateway.cli("flows", "--png", str(tmp_path / "flows.png"), "--profile", profile)
+    assert old.code == 2 and "--svg" in old.stderr
 
 
 def test_api_flows_is_for_operators_roles(gateway: GatewayProcess, fleet_ran: dict[str, Any]) -> None:

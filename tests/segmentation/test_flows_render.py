@@ -1,28 +1,29 @@
-"""Flow map renderers: JSON, the rich table, Mermaid by shape, and a PNG that is valid and not blank."""
+"""Flow map renderers: JSON, the rich table, Mermaid by shape, and an SVG read back as XML: its boxes,
+edges and labels, and a canvas that holds all of them, the legend included."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
+import xml.etree.ElementTree as ET
 
-import pytest
 from rich.console import Console
 
 from gateway.context.flows import FlowMap, FlowRecorder
 from gateway.render.flows_render import (
+    CHAR_W,
     DENIED,
     PROTECT,
-    PROTECT_FILL,
-    WHITE,
-    encode_png,
+    PROTECT_LABEL,
     flowmap_to_dict,
     to_json,
     to_mermaid,
-    to_png,
+    to_svg,
     to_table,
 )
-from tests.segmentation.png_check import colours, read_png, rgb_at
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def demo_map() -> FlowMap:
@@ -112,24 +113,65 @@ class TestMermaid:
         assert nodes == {} and edges == []
 
 
-class TestPng:
-    def test_valid_png_with_the_expected_colours(self) -> None:
-        png = read_png(to_png(demo_map()))
-        assert png.bit_depth == 8 and png.color_type == 2 and png.chunks == [b"IHDR", b"IDAT", b"IEND"]
-        assert 400 < png.width < 2000 and 150 < png.height < 1000
-        seen = colours(png)
-        assert {WHITE, DENIED, PROTECT, PROTECT_FILL} <= seen  # denied edges, protect surface box
-        ink = sum(1 for row in png.rows for i in range(0, len(row), 3) if row[i : i + 3] != b"\xff\xff\xff")
-        assert ink > png.width * png.height // 50  # not blank
+def _hex(color: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*color)
 
-    def test_empty_map_renders_a_message(self) -> None:
-        png = read_png(to_png(FlowRecorder().snapshot(0)))
-        assert len(colours(png)) > 1
 
-    def test_encoder(self) -> None:
-        pixels = bytes([10, 20, 30]) * 6 + bytes([200, 100, 0]) * 6
-        png = read_png(encode_png(6, 2, pixels))
-        assert (png.width, png.height) == (6, 2)
-        assert rgb_at(png, 0, 0) == (10, 20, 30) and rgb_at(png, 5, 1) == (200, 100, 0)
-        with pytest.raises(ValueError, match="expected 6x2 RGB pixels"):
-            encode_png(6, 2, pixels[:-1])
+class TestSvg:
+    def parse(self, text: str) -> ET.Element:
+        root = ET.fromstring(text)  # well-formed XML, or this raises
+        assert root.tag == f"{SVG}svg"
+        return root
+
+    def test_boxes_edges_and_labels_are_there_to_read(self) -> None:
+        root = self.parse(to_svg(demo_map()))
+        texts = [t.text for t in root.iter(f"{SVG}text")]
+        assert texts[0] == "fleetgate data flows" and texts[1].startswith("window 60 s, at ")
+        for label in (
+            "unit",
+            "service/dispatch",
+            "partner/acme",
+            "partner/evil",
+            "fleet/{unit}/telemetry/gps",
+        ):
+            assert label in texts, label
+        assert 'fleet/{unit}/x"y|z' in texts  # quotes and bars are text, never markup
+        edges = [e for e in root.iter(f"{SVG}line") if "edge" in e.get("class", "")]
+        kinds = [e.get("class") for e in edges]
+        assert "edge denied" in kinds and "edge protect" in kinds and "edge data" in kinds
+        for edge in edges:
+            if edge.get("class") == "edge denied":
+                assert edge.get("stroke") == _hex(DENIED) and edge.get("stroke-dasharray") != "none"
+        protect = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "node protect"]
+        assert len(protect) == 1 and protect[0].get("stroke") == _hex(PROTECT)
+
+    def test_a_denied_attempt_is_drawn_beside_the_data_on_the_same_path(self) -> None:
+        root = self.parse(to_svg(demo_map()))
+        edges = [e for e in root.iter(f"{SVG}line") if "edge" in e.get("class", "")]
+        data = {(e.get("x1"), e.get("y1")) for e in edges if e.get("class") != "edge denied"}
+        denied = {(e.get("x1"), e.get("y1")) for e in edges if e.get("class") == "edge denied"}
+        assert denied and not denied & data
+
+    def test_the_canvas_holds_everything_the_legend_included(self) -> None:
+        for flows in (demo_map(), FlowRecorder().snapshot(0)):
+            root = self.parse(to_svg(flows))
+            width, height = float(root.get("width", 0)), float(root.get("height", 0))
+            assert root.get("viewBox") == f"0 0 {width:.0f} {height:.0f}"
+            for text in root.iter(f"{SVG}text"):
+                x, y = float(text.get("x", 0)), float(text.get("y", 0))
+                assert x >= 0 and x + len(text.text or "") * CHAR_W <= width, text.text
+                assert 0 < y <= height, text.text
+            legend = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "legend"]
+            assert legend == ["data", "sensitive data", "denied attempt", PROTECT_LABEL]
+
+    def test_empty_map_says_so(self) -> None:
+        root = self.parse(to_svg(FlowRecorder().snapshot(0)))
+        assert "no flows in the window" in [t.text for t in root.iter(f"{SVG}text")]
+
+    def test_control_characters_in_a_label_are_escaped_not_written(self) -> None:
+        r = FlowRecorder(window=60)
+        r.record("unit", "TRK-1", "unit", "publish", "fleet/TRK-1/\x1b[31m\x00", set(), False, 1, 1.0)
+        text = to_svg(r.snapshot(1.0))
+        assert "\x1b" not in text and "\x00" not in text
+        assert "\\x1b" in text  # shown, escaped
+        self.parse(text)
