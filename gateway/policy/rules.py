@@ -72,11 +72,11 @@ __all__ = [
 
 # The admin roles of operators (`fleetgate operator add NAME --role ...`, kept in the registry). The
 # admin API gives each its rights (gateway/admin/auth.py); on MQTT each is a profile under
-# roles.operator. An auditor only reads: the loader refuses a publish grant for it. A `metrics`
-# operator (a Prometheus scraper) reads /metrics and nothing else: it has no MQTT profile, so it is
-# granted nothing there unless the policy gives it one (subscriptions only).
-OPERATOR_ROLES = ("ops", "security", "auditor", "metrics")
-READ_ONLY_ROLES = frozenset({"auditor", "metrics"})
+# roles.operator. An auditor only reads: the loader refuses a publish grant for it. `metrics` (a
+# Prometheus scraper) and `integrator` (a provisioning backend) work through HTTPS only: they have no
+# MQTT profile, so they are granted nothing there unless the policy gives them one (subscriptions only).
+OPERATOR_ROLES = ("ops", "security", "auditor", "metrics", "integrator")
+READ_ONLY_ROLES = frozenset({"auditor", "metrics", "integrator"})
 
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _TIER_KEY = re.compile(r"tier([1-9][0-9]?)")  # fullmatch: no trailing newline
