@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.broker import flow
 from gateway.broker.events import (
     ClientConnected,
     ClientDisconnected,
@@ -218,6 +219,7 @@ def drop_connection(st: BrokerState, conn: Connection, reason: str, *, socket_go
     conn.protocol.close()
     st.connections.pop(conn.conn_id, None)
     st.timers.cancel(("conn", conn.conn_id))
+    flow.connection_closed(st, conn)
     st.metrics.connections_closed[reason] += 1
     if not socket_gone:
         st.out.close(conn.conn_id, reason)
@@ -244,6 +246,7 @@ def end_connection(
     st.events.append(ClientDisconnected(conn.peer, session.client_id, reason))
     session.conn = None
     session.since = now
+    flow.session_offline(st, session)
     if will and conn.will is not None:
         _schedule_will(st, session, conn.will, conn.peer, now)
     if session.expiry_interval == 0:
@@ -280,6 +283,7 @@ def end_session(st: BrokerState, session: MqttSession, now: float) -> None:
     for sub in session.subscriptions.values():
         st.index.remove(client_id, sub)
     st.timers.cancel(("expiry", client_id))
+    flow.stop_holding(st, session)
     st.unpersist_session(session)
     session.inflight.clear()
     session.clear_queue()
