@@ -35,7 +35,11 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "DeliveryDenied": ("mqtt.deliver", True),
     "ProtocolViolation": ("mqtt.protocol", True),
     "ClientConnected": ("mqtt.connect", False),
+    # Once per session that starts dropping acknowledged messages at its queue bound, not per message.
+    "QueueOverflow": ("mqtt.queue", False),
 }
+
+_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "QueueOverflow": "dropped"}
 
 
 def _snake(name: str) -> str:
@@ -84,9 +88,7 @@ class EventRecorder:
                 actor=actor, action=action, subject=subject, reason=reason, now_monotonic=mono, wall=wall
             )
             return
-        outcome = (
-            "ok" if name == "ClientConnected" else ("suspicious" if name == "SessionTakenOver" else "refused")
-        )
+        outcome = _OUTCOMES.get(name, "refused")
         details = {k: _plain(v) for k, v in fields.items() if k not in ("peer", "reason")}
         self.audit.append(
             actor=actor,
