@@ -16,8 +16,10 @@ asyncio Protocol per unit (device_sim.load.client). Phases:
      close everyone; what has not arrived by then counts as lost.
 Each payload starts with the send time (perf_counter_ns, same process as the subscriber), so the
 subscriber measures end-to-end latency. Drops are counted by where they happened: not sent because the
-unit was disconnected or its QoS 1 window was full, refused by the broker (5.0 PUBACK >= 0x80), or
-sent and never delivered.
+unit was disconnected or its QoS 1 window was full (a broker that holds publishers back fills it),
+refused by the broker (5.0 PUBACK >= 0x80), or sent and never delivered. At QoS 1 the report also
+says how many PUBLISHes the broker acknowledged and how much of that reached the subscriber: a
+broker may be slow, but what it acknowledged it must deliver (`acknowledged_not_delivered`).
 
 Works against any MQTT broker with mTLS (fleetgate, Mosquitto): give it the port, the CA and the
 certificates. With `broker_pid` it also samples the broker's CPU and RSS from /proc.
@@ -31,6 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -44,6 +47,7 @@ from device_sim.load.client import (
     open_client,
 )
 from device_sim.load.report import LoadReport, interval_series, ns_to_ms, percentiles
+from device_sim.load.subscriber import RemoteSubscriber, SubscriberSpec
 from device_sim.load.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
 from device_sim.load.swarm import protocol_version as parse_protocol
 from gateway.mqtt.packets import ProtocolVersion
@@ -79,6 +83,9 @@ class LoadOptions:
     drain_limit: float | None = None  # seconds the drain may last at most (None: as long as it delivers)
     tick: float = 0.005  # scheduler period, seconds
     server_hostname: str | None = None  # TLS name to verify (default: host)
+    # The subscriber in a process of its own (device_sim.load.subscriber): at QoS 1 and tens of
+    # thousands of msg/s its acknowledgements must not wait behind the publishers' event loop.
+    subscriber_process: bool = False
 
 
 @dataclass
@@ -161,13 +168,22 @@ async def run_load(options: LoadOptions) -> LoadReport:
     ensure_fd_limit(options.units + 256)  # one socket per unit, plus files, the subscriber and slack
     creds = _credentials(options)
     version = parse_protocol(options.protocol)
-    sink = LatencySink()
+    sink: LatencySink | RemoteSubscriber = LatencySink()
     ssl_contexts = contexts(creds.units, creds.ca)
     subscriber: LeanClient | None = None
+    remote: RemoteSubscriber | None = None
     clients: list[LeanClient] = []
     with _Progress(options.progress) as progress:
         try:
-            if creds.subscriber is not None:
+            if creds.subscriber is not None and options.subscriber_process:
+                spec = SubscriberSpec(
+                    options.host, options.port, creds.ca, creds.subscriber, options.subscribe_filter,
+                    options.qos, options.protocol, options.keep_alive, options.server_hostname,
+                )  # fmt: skip
+                sink = remote = RemoteSubscriber(spec)
+                await remote.start()
+            elif creds.subscriber is not None:
+                assert isinstance(sink, LatencySink)
                 subscriber, _ = await open_client(
                     options.host,
                     options.port,
@@ -199,18 +215,24 @@ async def run_load(options: LoadOptions) -> LoadReport:
             by_ident = {c.ident: c for c in clients}
             units = [by_ident.get(i.ident) for i in creds.units]
             result = await _publish(options, version, units, subscriber, sink, progress)
+            if remote is not None:
+                await remote.finish()
+                result.subscriber_lost = remote.lost
         finally:
             await close_all([*clients, *([subscriber] if subscriber else [])])
     lat = sink.latencies
     result_drops = result.drops
     delivered = min(sink.count, result.sent)
     refused = sum(c.refused for c in clients)
+    acked = sum(c.acked - c.refused for c in clients) if options.qos else 0
     result_drops["refused_by_broker"] = refused
     lost = max(0, result.sent - refused - delivered)
     if result.subscriber_lost and lost:
         result_drops["subscriber_disconnected"] = lost  # not the broker's loss: nobody was listening
     else:
         result_drops["lost_in_broker"] = lost
+    if options.qos:
+        result_drops["acknowledged_not_delivered"] = max(0, acked - delivered)
     return LoadReport(
         broker=options.broker_label,
         units_requested=options.units,
@@ -236,6 +258,7 @@ async def run_load(options: LoadOptions) -> LoadReport:
         generator_cpu_percent=_round(result.generator_cpu),
         generator_max_lag_ms=round(result.max_lag_s * 1000, 1),
         series=interval_series(lat, sink.marks, result.start_ns),
+        acked=acked,
     )
 
 
@@ -252,12 +275,19 @@ class _PublishResult:
     subscriber_lost: bool  # the measuring subscriber's connection went away during the run
 
 
+class _Counted(Protocol):
+    """Where deliveries are counted: a LatencySink, or a subscriber process's live count."""
+
+    @property
+    def count(self) -> int: ...
+
+
 async def _publish(
     opts: LoadOptions,
     version: ProtocolVersion,
     units: Sequence[LeanClient | None],
     subscriber: LeanClient | None,
-    sink: LatencySink,
+    sink: _Counted,
     progress: _Progress,
 ) -> _PublishResult:
     n = len(units)
@@ -328,14 +358,16 @@ async def _publish(
 
 
 async def _drain(
-    sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
+    sink: _Counted, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
 ) -> None:
-    """Wait until everything sent arrived (or was refused), nothing arrived for `timeout` seconds, or
-    `limit` seconds have passed."""
+    """Wait until everything sent arrived (or was refused) and was acknowledged (QoS 1), nothing arrived
+    for `timeout` seconds, or `limit` seconds have passed."""
     last, idle_since = sink.count, time.monotonic()
     end = idle_since + (limit if limit is not None else float("inf"))
     while time.monotonic() - idle_since < timeout and time.monotonic() < end:
-        if sink.count + sum(u.refused for u in units if u is not None) >= sent:
+        live = [u for u in units if u is not None]
+        acked = not any(u.inflight for u in live if u.transport is not None)
+        if sink.count + sum(u.refused for u in live) >= sent and acked:
             return
         await asyncio.sleep(0.02)
         if sink.count != last:
