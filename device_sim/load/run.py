@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -47,7 +46,6 @@ from device_sim.load.client import (
     open_client,
 )
 from device_sim.load.report import LoadReport, interval_series, ns_to_ms, percentiles
-from device_sim.load.subscriber import RemoteSubscriber, SubscriberSpec
 from device_sim.load.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
 from device_sim.load.swarm import protocol_version as parse_protocol
 from gateway.mqtt.packets import ProtocolVersion
@@ -83,9 +81,6 @@ class LoadOptions:
     drain_limit: float | None = None  # seconds the drain may last at most (None: as long as it delivers)
     tick: float = 0.005  # scheduler period, seconds
     server_hostname: str | None = None  # TLS name to verify (default: host)
-    # The subscriber in a process of its own (device_sim.load.subscriber): at QoS 1 and tens of
-    # thousands of msg/s its acknowledgements must not wait behind the publishers' event loop.
-    subscriber_process: bool = False
 
 
 @dataclass
@@ -168,22 +163,13 @@ async def run_load(options: LoadOptions) -> LoadReport:
     ensure_fd_limit(options.units + 256)  # one socket per unit, plus files, the subscriber and slack
     creds = _credentials(options)
     version = parse_protocol(options.protocol)
-    sink: LatencySink | RemoteSubscriber = LatencySink()
+    sink = LatencySink()
     ssl_contexts = contexts(creds.units, creds.ca)
     subscriber: LeanClient | None = None
-    remote: RemoteSubscriber | None = None
     clients: list[LeanClient] = []
     with _Progress(options.progress) as progress:
         try:
-            if creds.subscriber is not None and options.subscriber_process:
-                spec = SubscriberSpec(
-                    options.host, options.port, creds.ca, creds.subscriber, options.subscribe_filter,
-                    options.qos, options.protocol, options.keep_alive, options.server_hostname,
-                )  # fmt: skip
-                sink = remote = RemoteSubscriber(spec)
-                await remote.start()
-            elif creds.subscriber is not None:
-                assert isinstance(sink, LatencySink)
+            if creds.subscriber is not None:
                 subscriber, _ = await open_client(
                     options.host,
                     options.port,
@@ -215,9 +201,6 @@ async def run_load(options: LoadOptions) -> LoadReport:
             by_ident = {c.ident: c for c in clients}
             units = [by_ident.get(i.ident) for i in creds.units]
             result = await _publish(options, version, units, subscriber, sink, progress)
-            if remote is not None:
-                await remote.finish()
-                result.subscriber_lost = remote.lost
         finally:
             await close_all([*clients, *([subscriber] if subscriber else [])])
     lat = sink.latencies
@@ -275,19 +258,12 @@ class _PublishResult:
     subscriber_lost: bool  # the measuring subscriber's connection went away during the run
 
 
-class _Counted(Protocol):
-    """Where deliveries are counted: a LatencySink, or a subscriber process's live count."""
-
-    @property
-    def count(self) -> int: ...
-
-
 async def _publish(
     opts: LoadOptions,
     version: ProtocolVersion,
     units: Sequence[LeanClient | None],
     subscriber: LeanClient | None,
-    sink: _Counted,
+    sink: LatencySink,
     progress: _Progress,
 ) -> _PublishResult:
     n = len(units)
@@ -358,7 +334,7 @@ async def _publish(
 
 
 async def _drain(
-    sink: _Counted, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
+    sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
 ) -> None:
     """Wait until everything sent arrived (or was refused) and was acknowledged (QoS 1), nothing arrived
     for `timeout` seconds, or `limit` seconds have passed."""
