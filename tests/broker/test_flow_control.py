@@ -368,3 +368,36 @@ def test_a_byte_bound_counts_payload_bytes() -> None:
     assert lab.broker.metrics.drops["queue_full_qos1"] == 2  # 3 x 31 bytes fit in 100, the 4th does not
     back = persistent_subscriber(lab)
     assert [p[-1] for p in drain(lab, back)] == [0, 1, 2]
+
+
+def test_qos2_is_held_with_its_pubrec_and_a_311_retransmission_is_not_routed_twice() -> None:
+    lab = Lab(limits=LIMITS)
+    sub = slow_subscriber(lab)
+    unit = lab.connect("TRK-1", version=V311)
+    publish_many(unit, 6)  # behind: holding
+    packet_id = unit.client.publish("fleet/TRK-1/telemetry/gps", telemetry("TRK-1", 6), qos=2)
+    lab.pump()
+    assert lab.broker.metrics.held == 1 and not unit.client.released  # no PUBREC yet
+    unit.client.resend_pending()  # 3.1.1 may resend with DUP while it waits
+    lab.pump()
+    assert lab.broker.metrics.held == 1
+    payloads = drain(lab, sub)
+    assert payloads == [telemetry("TRK-1", n) for n in range(7)]  # once
+    assert packet_id not in unit.client.pending  # PUBREC, PUBREL, PUBCOMP went through on release
+
+
+def test_acks_released_by_a_call_whose_commit_fails_are_withheld_too() -> None:
+    from tests.broker.test_broker_sessions import FailingStore
+
+    store = FailingStore()
+    lab = Lab(limits=LIMITS, store=store)
+    sub = persistent_subscriber(lab)  # its deliveries are written: releasing them writes
+    unit = lab.connect("TRK-1")
+    publish_many(unit, 8)
+    assert acked(unit) == 6
+    store.fail = True
+    sub.client.ack(sub.messages[0])
+    sub.client.ack(sub.messages[1])
+    lab.pump()  # the subscriber's call releases TRK-1's held messages, and cannot commit
+    assert acked(unit) == 6 and unit.closed == "store_error"  # no PUBACK that is not durable
+    assert lab.broker.metrics.held == 0
