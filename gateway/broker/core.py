@@ -149,6 +149,7 @@ class Broker:
 
     def flush_store(self) -> None:
         self._commit(None, 0.0)
+        self._released.clear()
 
     # --- the gateway's entry points -------------------------------------------------------------
 
@@ -414,7 +415,7 @@ class Broker:
             self._release_ready(now)
         if not self._defer_commit:
             self._commit(conn, now)
-        self._released.clear()
+            self._released.clear()  # deferred: flush_store commits, and closes these if it fails
         out = st.out
         st.out = Outbox()
         st.metrics.bytes_out += out.nbytes
