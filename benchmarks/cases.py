@@ -4,7 +4,8 @@ Every case uses the same topics under both brokers and stays inside fleetgate's 
 - throughput 1→1: `dispatch` publishes vehicle-control messages `fleet/TRK-00001/control/bench`
   to unit TRK-00001, subscribed to `fleet/TRK-00001/control/#` (a service: no per-unit rate limit);
 - fan-in: units publish `fleet/<unit>/telemetry/gps`, service `analytics` subscribes
-  `fleet/+/telemetry/#` (a load run, device_sim.load.run);
+  `fleet/+/telemetry/#` (a load run, device_sim.load.run); at QoS 0 (`fanin`), and at QoS 1 offered
+  beyond what a broker on this machine routes (`fanin_qos1`: is what was acknowledged delivered?);
 - fan-out, true 1→N: `dispatch` publishes one message on `fleet/TRK-00001/cmd/notice`; N operator
   consoles subscribed to `fleet/+/cmd/#` each get a copy;
 - dispatch broadcast: N units each subscribed to their own `fleet/<unit>/control/#`; `dispatch` sends
@@ -201,6 +202,45 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
 
 
 # --- 3. fan-out --------------------------------------------------------------------------------------
+
+
+async def fanin_qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """QoS 1 fan-in under overload: `fanin_qos1` = (units, msg/s each, seconds), 100-byte payloads,
+    one QoS 1 subscriber on `fleet/+/telemetry/#`. A broker may be slower than the offer (then its
+    units' QoS 1 windows fill and the generator skips sends: `held_back_pct`), but what it
+    acknowledged it must deliver: `delivered_of_acked_pct` must be 100. The drain waits (bounded)
+    for every PUBACK and every delivery. Mosquitto in the same run shows what the same generator
+    offers and takes (`sent_per_s`, `delivered_per_s`, `generator_lag_ms`): a fleetgate figure below
+    those is fleetgate's, not the generator's."""
+    units, rate, seconds = scale.fanin_qos1
+    report = await run_load(
+        LoadOptions(
+            port=broker.port, ca=lab.ca,
+            identities={i.ident: i for i in (*lab.units[:units], lab.analytics)},
+            unit_ids=[u.ident for u in lab.units[:units]], units=units, rate_per_unit=rate, duration=seconds,
+            qos=1, payload_size=100, protocol=lab.protocol, broker_pid=broker.pid, broker_label=broker.name,
+            progress=False, drain_timeout=5.0, drain_limit=max(5.0, seconds),
+        )
+    )  # fmt: skip
+    lat = report.latency_ms
+    drops = report.drops
+    return {
+        "offered_per_s": round(report.offered_rate),
+        "sent_per_s": round(report.sent / seconds),
+        "acked": report.acked,
+        "delivered": report.delivered,
+        "delivered_of_acked_pct": round(report.delivered_of_acked_pct, 3),
+        "acked_not_delivered": drops.get("acknowledged_not_delivered", 0),
+        "delivered_per_s": round(report.delivered_rate),
+        "latency_p50_ms": lat.get("p50", 0.0),
+        "latency_p99_ms": lat.get("p99", 0.0),
+        "held_back_pct": round(100 * drops.get("not_sent_window_full", 0) / max(1, report.offered), 2),
+        "refused": drops.get("refused_by_broker", 0),
+        "units_connected": report.units_connected,
+        "broker_cpu_pct": report.broker_cpu_percent,
+        "generator_cpu_pct": report.generator_cpu_percent,
+        "generator_lag_ms": report.generator_max_lag_ms,
+    }
 
 
 async def fanout(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
@@ -430,6 +470,7 @@ CASES: dict[str, Case] = {
     "qos1": qos1,
     "qos0_batched": qos0_batched,
     "fanin": fanin,
+    "fanin_qos1": fanin_qos1,
     "fanout": fanout,
     "broadcast": broadcast,
     "storm": storm,

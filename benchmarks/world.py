@@ -38,6 +38,8 @@ class Scale:
     contain_units: int
     settle_seconds: float = 1.0  # idle sessions: time for buffers to settle before reading RSS
     observe_seconds: float = 2.0  # Mosquitto containment: how long to watch for the session to go
+    # QoS 1 fan-in under overload: units, msg/s per unit, seconds
+    fanin_qos1: tuple[int, float, float] = (200, 100.0, 10.0)
 
     @staticmethod
     def full() -> Scale:
@@ -45,11 +47,12 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3)
+        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
 
     @property
     def units_needed(self) -> int:
-        return max(self.fanin_units, self.broadcast_units, self.storm_units, *self.memory_sessions, 2)
+        units = (self.fanin_units, self.fanin_qos1[0], self.broadcast_units, self.storm_units)
+        return max(*units, *self.memory_sessions, 2)
 
 
 @dataclass

@@ -98,7 +98,13 @@ class LimitsConfig:
     max_packet_size: int = 256 * 1024
     receive_maximum: int = 100
     max_inflight: int = 100
-    max_queued_messages: int = 1000
+    # Per-session queue bounds (memory; the store for persistent sessions), and the high-water mark at
+    # which a connected subscriber holds back its QoS 1/2 publishers (broker/queues.py, broker/flow.py).
+    max_queued_messages: int = 100_000
+    max_queued_bytes: int = 64 * 1024 * 1024
+    queue_high_water: int = 1000
+    queue_high_water_bytes: int = 4 * 1024 * 1024
+    subscriber_stall_timeout: float = 60.0
     max_subscriptions: int = 100
     max_topic_alias: int = 32
     max_keep_alive: int = 600
@@ -309,6 +315,24 @@ def _coerce(source: str, where: str, type_name: Any, value: Any) -> Any:
     raise ConfigError(f"{source}: {where} has an unsupported type")  # pragma: no cover - programming error
 
 
+def _check_queues(src: str, limits: LimitsConfig) -> None:
+    for name in ("max_queued_messages", "max_queued_bytes", "queue_high_water", "queue_high_water_bytes"):
+        if getattr(limits, name) < 1:
+            raise ConfigError(f"{src}: limits.{name} must be at least 1")
+    for mark, bound in (
+        ("queue_high_water", "max_queued_messages"),
+        ("queue_high_water_bytes", "max_queued_bytes"),
+    ):
+        if getattr(limits, mark) > getattr(limits, bound):
+            raise ConfigError(
+                f"{src}: limits.{mark} ({getattr(limits, mark)}) is above limits.{bound} "
+                f"({getattr(limits, bound)}): subscribers would reach their bound, and drop acknowledged "
+                f"messages, before they hold any publisher back; lower {mark} or raise {bound}"
+            )
+    if limits.subscriber_stall_timeout <= 0:
+        raise ConfigError(f"{src}: limits.subscriber_stall_timeout must be above 0 seconds")
+
+
 def _check(config: GatewayConfig) -> None:
     src = config.source
     plain = config.listen.insecure_plaintext
@@ -325,6 +349,7 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"{src}: limits.max_packet_size must be at least 1024 bytes")
     if not 1 <= config.limits.receive_maximum <= 65535:
         raise ConfigError(f"{src}: limits.receive_maximum must be from 1 to 65535")
+    _check_queues(src, config.limits)
     for kind, mode in config.certificates.self_renewal.as_mapping().items():
         if mode not in SELF_RENEWAL_MODES:
             raise ConfigError(

@@ -66,6 +66,15 @@ class LoadReport:
     generator_cpu_percent: float | None = None
     generator_max_lag_ms: float = 0.0
     series: list[IntervalStats] = field(default_factory=list)
+    acked: int = 0  # QoS 1: messages the broker acknowledged as accepted (PUBACK < 0x80)
+
+    @property
+    def delivered_of_acked_pct(self) -> float:
+        """QoS 1: how much of what the broker acknowledged reached the subscriber (100 unless it lost some).
+        Counted, not matched: a message delivered after its PUBACK was lost on the way back would count
+        once in `delivered` and never in `acked`; the drain waits for every PUBACK, so that cannot hide
+        a loss at the end of a run."""
+        return 100.0 * min(self.delivered, self.acked) / self.acked if self.acked else 100.0
 
     # --- derived ----------------------------------------------------------------------------------
 
@@ -88,6 +97,8 @@ class LoadReport:
         data["connect_rate"] = round(self.connect_rate, 1)
         data["offered_rate"] = round(self.offered_rate, 1)
         data["delivered_rate"] = round(self.delivered_rate, 1)
+        if self.qos:
+            data["delivered_of_acked_pct"] = round(self.delivered_of_acked_pct, 3)
         return data
 
     def to_json(self) -> str:
@@ -108,6 +119,11 @@ class LoadReport:
             ("messages", f"QoS {self.qos}, {self.payload_size} B payload, MQTT {self.protocol}"),
             ("offered", f"{self.offered:,} ({self.offered_rate:,.0f} msg/s over {self.duration_s:.1f} s)"),
             ("delivered", f"{self.delivered:,} ({self.delivered_rate:,.0f} msg/s)"),
+            *(
+                [("acknowledged", f"{self.acked:,} ({self.delivered_of_acked_pct:.2f} % of them delivered)")]
+                if self.qos
+                else []
+            ),
             ("latency", _stats(lat, "ms")),
             ("drops", drops),
             ("broker CPU", "n/a" if self.broker_cpu_percent is None else f"{self.broker_cpu_percent:.0f} %"),

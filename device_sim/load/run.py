@@ -16,8 +16,10 @@ asyncio Protocol per unit (device_sim.load.client). Phases:
      close everyone; what has not arrived by then counts as lost.
 Each payload starts with the send time (perf_counter_ns, same process as the subscriber), so the
 subscriber measures end-to-end latency. Drops are counted by where they happened: not sent because the
-unit was disconnected or its QoS 1 window was full, refused by the broker (5.0 PUBACK >= 0x80), or
-sent and never delivered.
+unit was disconnected or its QoS 1 window was full (a broker that holds publishers back fills it),
+refused by the broker (5.0 PUBACK >= 0x80), or sent and never delivered. At QoS 1 the report also
+says how many PUBLISHes the broker acknowledged and how much of that reached the subscriber: a
+broker may be slow, but what it acknowledged it must deliver (`acknowledged_not_delivered`).
 
 Works against any MQTT broker with mTLS (fleetgate, Mosquitto): give it the port, the CA and the
 certificates. With `broker_pid` it also samples the broker's CPU and RSS from /proc.
@@ -205,12 +207,15 @@ async def run_load(options: LoadOptions) -> LoadReport:
     result_drops = result.drops
     delivered = min(sink.count, result.sent)
     refused = sum(c.refused for c in clients)
+    acked = sum(c.acked - c.refused for c in clients) if options.qos else 0
     result_drops["refused_by_broker"] = refused
     lost = max(0, result.sent - refused - delivered)
     if result.subscriber_lost and lost:
         result_drops["subscriber_disconnected"] = lost  # not the broker's loss: nobody was listening
     else:
         result_drops["lost_in_broker"] = lost
+    if options.qos:
+        result_drops["acknowledged_not_delivered"] = max(0, acked - delivered)
     return LoadReport(
         broker=options.broker_label,
         units_requested=options.units,
@@ -236,6 +241,7 @@ async def run_load(options: LoadOptions) -> LoadReport:
         generator_cpu_percent=_round(result.generator_cpu),
         generator_max_lag_ms=round(result.max_lag_s * 1000, 1),
         series=interval_series(lat, sink.marks, result.start_ns),
+        acked=acked,
     )
 
 
@@ -330,12 +336,14 @@ async def _publish(
 async def _drain(
     sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
 ) -> None:
-    """Wait until everything sent arrived (or was refused), nothing arrived for `timeout` seconds, or
-    `limit` seconds have passed."""
+    """Wait until everything sent arrived (or was refused) and was acknowledged (QoS 1), nothing arrived
+    for `timeout` seconds, or `limit` seconds have passed."""
     last, idle_since = sink.count, time.monotonic()
     end = idle_since + (limit if limit is not None else float("inf"))
     while time.monotonic() - idle_since < timeout and time.monotonic() < end:
-        if sink.count + sum(u.refused for u in units if u is not None) >= sent:
+        live = [u for u in units if u is not None]
+        acked = not any(u.inflight for u in live if u.transport is not None)
+        if sink.count + sum(u.refused for u in live) >= sent and acked:
             return
         await asyncio.sleep(0.02)
         if sink.count != last:

@@ -36,7 +36,11 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "DeliveryDenied": ("mqtt.deliver", True),
     "ProtocolViolation": ("mqtt.protocol", True),
     "ClientConnected": ("mqtt.connect", False),
+    # Once per session that starts dropping acknowledged messages at its queue bound, not per message.
+    "QueueOverflow": ("mqtt.queue", False),
 }
+
+_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "QueueOverflow": "dropped"}
 
 
 _OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "CertificateExpired": "disconnected"}

@@ -126,6 +126,28 @@ class GatewayCollector(Collector):
         yield _counter("bytes_in", "MQTT bytes received.", m.bytes_in)
         yield _counter("bytes_out", "MQTT bytes sent.", m.bytes_out)
         yield _labelled("drops", "Messages dropped, by reason.", "reason", dict(m.drops))
+        yield _gauge("queued", "Deliveries queued over all sessions (memory and store).", m.queued)
+        yield _gauge("publishes_held_now", "Client PUBLISHes held unacknowledged now (flow control).", m.held)
+        yield _counter(
+            "publishes_held",
+            "Client PUBLISHes whose acknowledgement was withheld until a slow subscriber caught up.",
+            m.publishes_held,
+        )
+        yield _gauge(
+            "sessions_holding",
+            "Subscribers far enough behind to hold their publishers back now.",
+            m.sessions_holding,
+        )
+        yield _counter(
+            "reads_paused",
+            "Connections paused for sending past the Receive Maximum while held.",
+            m.reads_paused,
+        )
+        yield _counter(
+            "subscribers_stalled",
+            "Subscribers that held publishers back and acknowledged nothing for subscriber_stall_timeout.",
+            m.subscribers_stalled,
+        )
         yield _labelled(
             "protocol_errors",
             "Connections closed for protocol errors, by reason.",

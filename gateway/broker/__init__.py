@@ -1,6 +1,6 @@
 """The broker: a pure routing core driven by the transport (bytes, losses, ticks in; actions out)."""
 
-from gateway.broker.actions import Action, Close, Send
+from gateway.broker.actions import Action, Close, PauseReading, ResumeReading, Send
 from gateway.broker.core import Broker
 from gateway.broker.events import (
     BrokerEvent,
@@ -11,6 +11,7 @@ from gateway.broker.events import (
     DeliveryDenied,
     ProtocolViolation,
     PublishDenied,
+    QueueOverflow,
     SessionDiscarded,
     SessionTakenOver,
     SubscribeDenied,
@@ -33,8 +34,11 @@ __all__ = [
     "ConnectRefused",
     "DeliveryDenied",
     "InMemoryStore",
+    "PauseReading",
     "ProtocolViolation",
     "PublishDenied",
+    "QueueOverflow",
+    "ResumeReading",
     "Send",
     "SessionDiscarded",
     "SessionInfo",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.broker import flow
 from gateway.broker.events import (
     ClientConnected,
     ClientDisconnected,
@@ -245,6 +246,7 @@ def drop_connection(st: BrokerState, conn: Connection, reason: str, *, socket_go
     st.connections.pop(conn.conn_id, None)
     st.timers.cancel(("conn", conn.conn_id))
     st.timers.cancel(("cert", conn.conn_id))
+    flow.connection_closed(st, conn)
     st.metrics.connections_closed[reason] += 1
     if not socket_gone:
         st.out.close(conn.conn_id, reason)
@@ -272,6 +274,7 @@ def end_connection(
     session.conn = None
     session.since = now
     session.peer = offline_peer(session.peer)
+    flow.session_offline(st, session)
     if will and conn.will is not None:
         _schedule_will(st, session, conn.will, conn.peer, now)
     if session.expiry_interval == 0:
@@ -308,6 +311,7 @@ def end_session(st: BrokerState, session: MqttSession, now: float) -> None:
     for sub in session.subscriptions.values():
         st.index.remove(client_id, sub)
     st.timers.cancel(("expiry", client_id))
+    flow.stop_holding(st, session)
     st.unpersist_session(session)
     session.inflight.clear()
     session.clear_queue()

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
-from gateway.broker.inbound import accept, handle_publish, handle_pubrel
+from gateway.broker.flow import session_offline, unpause_if_room
+from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
@@ -74,6 +75,7 @@ class Broker:
         self._st = BrokerState(policy, limits, store, allow_server_assigned_ids)
         self._defer_commit = defer_commit
         self._unarmed: list[MqttSession] = []  # loaded sessions whose disconnect time is unknown
+        self._released: list[Connection] = []  # connections whose held PUBLISHes this call acknowledged
         if store is not None:
             self._unarmed = load_state(self._st, store.load())
 
@@ -105,6 +107,11 @@ class Broker:
             return []  # closed by us; the socket may still deliver a few bytes
         self._arm(now)
         st.metrics.bytes_in += len(data)
+        if connection.paused:
+            # Its sender is held back (flow.py) and the edge stopped reading; what was already on its
+            # way waits, unparsed, until the connection is resumed.
+            connection.protocol.receive_data(data, now)
+            return []
         try:
             self._process(connection, data, now)
         except Exception:
@@ -142,6 +149,7 @@ class Broker:
 
     def flush_store(self) -> None:
         self._commit(None, 0.0)
+        self._released.clear()
 
     # --- the gateway's entry points -------------------------------------------------------------
 
@@ -236,6 +244,9 @@ class Broker:
         m.retained_messages = len(st.retained)
         m.sessions = len(st.sessions)
         m.connected = sum(1 for c in st.connections.values() if c.session is not None)
+        m.held = sum(len(c.held) for c in st.connections.values() if c.held)
+        m.sessions_holding = len(st.holding)
+        m.queued = sum(s.queued for s in st.sessions.values())
         return m
 
     @property
@@ -252,10 +263,13 @@ class Broker:
                 s.peer,
                 s.connected,
                 tuple(s.subscriptions),
-                len(s.queue),
+                s.queued,
                 len(s.inflight),
                 s.since,
                 s.expiry_interval,
+                s.queued_bytes,
+                s.dropped,
+                s.holding,
             )
             for s in self._st.sessions.values()
         ]
@@ -266,7 +280,7 @@ class Broker:
         st = self._st
         protocol = conn.protocol
         protocol.receive_data(data, now)
-        while conn.conn_id in st.connections:
+        while conn.conn_id in st.connections and not conn.paused:  # paused: the rest waits in the reader
             event = protocol.next_event()
             if event is None:
                 break
@@ -282,7 +296,8 @@ class Broker:
                 violation = Violation(reason_of(exc), exc.reason_code, conn.session is None)
                 close_for_violation(st, conn, violation, now)
                 break
-        protocol.acks_flushed()  # this call's PUBACKs go out with its actions
+        # This call's PUBACKs go out with its actions; the PUBLISHes it holds stay unacknowledged.
+        protocol.acks_flushed(len(conn.held) if conn.held else 0)
 
     def _dispatch(self, conn: Connection, packet: Packet, now: float) -> None:
         st = self._st
@@ -341,6 +356,7 @@ class Broker:
         session.conn = None
         session.since = now
         session.peer = offline_peer(session.peer)
+        session_offline(st, session)
         if session.expiry_interval > 0:
             st.timers.set(("expiry", session.client_id), now + session.expiry_interval)
             return
@@ -369,16 +385,38 @@ class Broker:
                 store.rollback()
             except Exception as rollback_exc:
                 log.error("rolling back broker state failed too (%s)", rollback_exc)
-            if conn is not None:
-                # Its acks are not durable: they must not go out. The client resends after reconnecting.
-                st.out.discard_sends(conn.conn_id)
-                st.out.close(conn.conn_id, "store_error")
-                self._force_close(conn, now)
+            # Their acks are not durable: they must not go out. The clients resend after reconnecting.
+            for culprit in ([] if conn is None else [conn]) + self._released:
+                if culprit.conn_id in st.connections:
+                    st.out.discard_sends(culprit.conn_id)
+                    st.out.close(culprit.conn_id, "store_error")
+                    self._force_close(culprit, now)
+
+    def _release_ready(self, now: float) -> None:
+        """Connections held back by a subscriber that caught up (flow.py): route and acknowledge what
+        they hold, in the order they were held, and go on with what a paused one has buffered."""
+        st = self._st
+        while st.ready:
+            conn_id = next(iter(st.ready))
+            del st.ready[conn_id]
+            connection = st.connections.get(conn_id)
+            if connection is None:
+                continue
+            try:
+                release_held(st, connection, now)
+                self._released.append(connection)
+                if unpause_if_room(st, connection, now):
+                    self._process(connection, b"", now)
+            except Exception:
+                self._internal_error(connection, now)
 
     def _finish(self, now: float, conn: Connection | None = None) -> list[Action]:
         st = self._st
+        if st.ready:
+            self._release_ready(now)
         if not self._defer_commit:
             self._commit(conn, now)
+            self._released.clear()  # deferred: flush_store commits, and closes these if it fails
         out = st.out
         st.out = Outbox()
         st.metrics.bytes_out += out.nbytes

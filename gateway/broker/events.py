@@ -113,6 +113,22 @@ class ProtocolViolation:
     reason_code: int
 
 
+@dataclass(frozen=True, slots=True)
+class QueueOverflow:
+    """A session's queue is at its bound and a QoS 1/2 message for it was dropped: acknowledged to its
+    publisher, never to be delivered. Reported once when a session starts dropping (again after its
+    queue was back under the low-water mark), not per message: drops{queue_full_qos1} counts those."""
+
+    peer: Peer  # the session's live or last peer
+    client_id: str
+    connected: bool
+    queued: int
+    queued_bytes: int
+    max_messages: int
+    max_bytes: int
+    reason: str = "queue_full"
+
+
 BrokerEvent = (
     ClientConnected
     | ClientDisconnected
@@ -125,4 +141,5 @@ BrokerEvent = (
     | SubscribeDenied
     | DeliveryDenied
     | ProtocolViolation
+    | QueueOverflow
 )

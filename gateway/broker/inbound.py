@@ -11,16 +11,20 @@ acknowledged so that the client does not retransmit it forever: 5.0 clients get 
 can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). Denials that are
 violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
 policy's violation limit, after which the connection is closed (5.0: DISCONNECT 0x87; lifecycle.py).
+
+Flow control: an allowed QoS 1/2 PUBLISH that would go to a subscriber too far behind is held,
+unacknowledged, and routed and acknowledged when that subscriber has caught up (flow.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.broker import flow
 from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
-from gateway.broker.state import BrokerState, Connection, message_record
+from gateway.broker.state import BrokerState, Connection, Held, message_record
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
@@ -60,6 +64,26 @@ def handle_publish(
             return True
         retain = False
     wire = conn.protocol.forwardable(publish) if retain == publish.retain else None
+    if publish.qos and (st.holding or conn.held_topics):
+        on = flow.blocker(st, conn, publish.topic, session.client_id)
+        if on is not None:
+            if publish.qos == 2 and publish.dup and _held_id(conn, packet_id):
+                return True  # a 3.1.1 retransmission of a PUBLISH already held: it is acked when released
+            flow.hold(st, conn, publish, retain, wire, on)
+            return True
+    _route_and_ack(st, conn, session, publish, retain, wire, now)
+    return True
+
+
+def _route_and_ack(
+    st: BrokerState,
+    conn: Connection,
+    session: MqttSession,
+    publish: Publish,
+    retain: bool,
+    wire: bytes | None,
+    now: float,
+) -> None:
     accept(
         st,
         publish.topic,
@@ -74,11 +98,52 @@ def handle_publish(
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
     if publish.qos == 2:
+        packet_id = publish.packet_id
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
         if session.persistent and st.store is not None:
             st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
     _ack(st, conn, publish, ReasonCode.SUCCESS)
-    return True
+
+
+def _held_id(conn: Connection, packet_id: int | None) -> bool:
+    return conn.held is not None and any(h.publish.packet_id == packet_id for h in conn.held)
+
+
+def release_held(st: BrokerState, conn: Connection, now: float) -> None:
+    """Route and acknowledge what `conn` holds, oldest first, until a message still has a subscriber
+    too far behind (the connection then waits on it again)."""
+    held = conn.held
+    session = conn.session
+    if not held or session is None or conn.conn_id not in st.connections:
+        return
+    while held:
+        head = held[0]
+        on = flow.holders(st, head.publish.topic, session.client_id) if st.holding else ()
+        if on:
+            flow.wait(st, on, conn.conn_id)
+            break
+        held.popleft()
+        flow.unheld(conn, head)
+        _release(st, conn, session, head, now)
+    conn.protocol.acks_flushed(len(held))
+
+
+def _release(st: BrokerState, conn: Connection, session: MqttSession, head: Held, now: float) -> None:
+    publish = head.publish
+    # Authorised again without spending rate tokens (the check a will gets when it fires): the unit
+    # may have been quarantined, or lost a grant in a reload, while its message waited.
+    decision = st.counted(
+        "held",
+        st.policy.decide_will(conn.peer, publish.topic, len(publish.payload), publish.qos, head.retain, now),
+    )
+    if decision.verdict is not _ALLOW:
+        st.metrics.drops["publish_denied"] += 1
+        st.events.append(
+            PublishDenied(conn.peer, session.client_id, publish.topic, decision.reason, decision.rule)
+        )
+        _ack(st, conn, publish, ReasonCode.NOT_AUTHORIZED if conn.protocol.is_v5 else ReasonCode.SUCCESS)
+        return
+    _route_and_ack(st, conn, session, publish, head.retain, head.wire, now)
 
 
 def _may_retain(st: BrokerState, topic: str, client_id: str) -> bool:
@@ -185,8 +250,13 @@ def route(
             send_qos0(st, conn, form, topic, cache)
             continue
         deliver(st, session, Delivery(message, qos, retain, ids), cache, now)
+    holding = st.holding
     for group in groups:
-        picked = group.pick(st.is_connected, lambda cid: st.may_deliver(sessions[cid], topic, now))
+        # A member far behind counts as offline: another connected member takes the message if one can.
+        picked = group.pick(
+            (lambda cid: cid not in holding and st.is_connected(cid)) if holding else st.is_connected,
+            lambda cid: st.may_deliver(sessions[cid], topic, now),
+        )
         if picked is None:
             st.metrics.drops["no_shared_member"] += 1
             continue

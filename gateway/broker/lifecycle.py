@@ -8,12 +8,15 @@ DISCONNECT 0x87). The limit is the policy's (`violation_limit()`, the policy fil
 violations.max_denied_before_disconnect), asked at each count so that a policy reload applies to live
 connections at once; BrokerLimits.max_violations stands in for a policy that has none.
 
-Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily, see timers.py), the end of a
-live connection's certificate, delayed wills, session expiry and retained-message expiry.
+Timers fire here: the CONNECT timeout and keep-alive (re-armed lazily, see timers.py; not while the
+broker itself stopped reading the connection), the end of a live connection's certificate, delayed
+wills, session expiry, retained-message expiry, and the stall check of a subscriber holding
+publishers back (flow.py).
 """
 
 from __future__ import annotations
 
+from gateway.broker import flow
 from gateway.broker.connect import end_connection, end_session, fire_pending_will
 from gateway.broker.events import CertificateExpired, ProtocolViolation
 from gateway.broker.sessions import MqttSession
@@ -95,6 +98,9 @@ def fire_timer(st: BrokerState, key: TimerKey, now: float) -> None:
         conn = st.connections.get(ident)
         if conn is None:
             return
+        if conn.paused:  # we stopped reading it (flow.py): its silence is ours, not a dead client's
+            st.timers.set(key, now + max(1.0, float(conn.protocol.keep_alive)))
+            return
         violation = conn.protocol.check_timeout(now)
         if violation is not None:
             close_for_violation(st, conn, violation, now)
@@ -111,6 +117,8 @@ def fire_timer(st: BrokerState, key: TimerKey, now: float) -> None:
         if session is not None and session.conn is None:
             st.metrics.sessions_expired += 1
             end_session(st, session, now)
+    elif kind == "stall" and isinstance(ident, str):
+        flow.fire_stall(st, ident, now)
     elif kind == "retained" and isinstance(ident, str):
         message = st.retained.get(ident)
         if message is not None and message.expired(now):

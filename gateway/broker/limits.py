@@ -18,7 +18,17 @@ class BrokerLimits:
     max_packet_size: int = 256 * 1024
     receive_maximum: int = 100  # told to 5.0 clients and enforced on their inbound QoS>0
     max_inflight: int = 100  # outbound unacked QoS>0 per session
-    max_queued_messages: int = 1000  # per session: oldest QoS 0 dropped first, then new ones refused
+    # Per session, wherever the queue is held (memory; the store for persistent sessions): at the bound
+    # the oldest QoS 0 goes first, then new messages are refused and counted (queues.py).
+    max_queued_messages: int = 100_000
+    max_queued_bytes: int = 64 * 1024 * 1024  # payload bytes
+    # A connected subscriber this far behind holds back the QoS>0 publishers that feed it (their
+    # acknowledgements are withheld) until it is back under half of it; QoS 0 for it is dropped (flow.py).
+    queue_high_water: int = 1000
+    queue_high_water_bytes: int = 4 * 1024 * 1024
+    # A subscriber holding publishers back that acknowledges nothing for this long is stalled: it stops
+    # holding anyone back, and its queue runs into its bound instead.
+    subscriber_stall_timeout: float = 60.0
     max_subscriptions: int = 100  # per session
     max_topic_alias: int = 32
     max_keep_alive: int = 600  # cap; 5.0 clients are told (server keep alive), 3.1.1 ones just held to it
@@ -33,6 +43,14 @@ class BrokerLimits:
     # Denied publishes/subscribes per connection before it is disconnected, for a policy that does not
     # say (the engine does: violations.max_denied_before_disconnect, followed across reloads).
     max_violations: int = 20
+
+    @property
+    def high_water(self) -> int:
+        return max(1, min(self.queue_high_water, self.max_queued_messages))
+
+    @property
+    def high_water_bytes(self) -> int:
+        return max(1, min(self.queue_high_water_bytes, self.max_queued_bytes))
 
 
 @dataclass
@@ -52,7 +70,13 @@ class BrokerMetrics:
     publishes_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    drops: Counter[str] = field(default_factory=Counter)  # by reason: queue_full, delivery_denied, ...
+    drops: Counter[str] = field(default_factory=Counter)  # by reason: queue_full_qos1, delivery_denied, ...
+    publishes_held: int = 0  # client PUBLISHes whose acknowledgement was withheld (flow control)
+    reads_paused: int = 0  # connections whose reading was paused: their held PUBLISHes reached the cap
+    subscribers_stalled: int = 0  # holding subscribers that stopped acknowledging (flow.py)
+    held: int = 0  # gauge: client PUBLISHes held unacknowledged now
+    sessions_holding: int = 0  # gauge: subscribers holding publishers back now
+    queued: int = 0  # gauge: deliveries queued over all sessions (memory and store)
     decisions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, verdict, reason)
     protocol_errors: Counter[str] = field(default_factory=Counter)  # by reason
     wills_published: int = 0
@@ -75,7 +99,10 @@ class SessionInfo:
     peer: Peer | None  # the live (or last known) peer
     connected: bool
     subscriptions: tuple[str, ...]
-    queued: int
+    queued: int  # in memory and, for persistent sessions, in the store
     inflight: int
     since: float  # connected since, or disconnected since
     expiry_interval: int
+    queued_bytes: int = 0
+    dropped: int = 0  # deliveries dropped at its queue bound
+    holding: bool = False  # holding publishers back (flow control)

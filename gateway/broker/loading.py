@@ -2,8 +2,9 @@
 
 Every loaded session starts offline. Its expiry counts from the moment it was disconnected; a session
 that was still connected when the broker stopped has no such moment, so it starts counting when the
-broker first learns the time (Broker._arm). Messages are shared again between the deliveries that point
-at them, so a fan-out persisted once is loaded once.
+broker first learns the time (Broker._arm). In-flight messages are loaded (shared again between the
+deliveries that point at them); queued ones stay in the store, counted, and are paged in when their
+session comes back and drains (queues.py), so a restart with long offline queues costs no memory.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def load_state(st: BrokerState, state: StoredState) -> list[MqttSession]:
         mid: Message(r.topic, r.payload, r.qos, r.retain, r.properties, r.expires_at, message_id=mid)
         for mid, r in state.messages.items()
     }
-    st.next_message_id = max(messages, default=0) + 1
+    st.next_message_id = max(state.max_message_id, *messages, 0) + 1
     unarmed: list[MqttSession] = []
     for srec in state.sessions:
         identity = identity_from_text(srec.identity)
@@ -48,6 +49,10 @@ def load_state(st: BrokerState, state: StoredState) -> list[MqttSession]:
         )
         _load_subscriptions(st, session, srec.subscriptions)
         _load_deliveries(session, state, messages)
+        session.last_seq = max(session.last_seq, state.last_seq.get(srec.client_id, 0))
+        count, size = state.queued.get(srec.client_id, (0, 0))
+        session.queued = session.stored_queued = count
+        session.queued_bytes = size
         session.inbound_qos2 = set(state.inbound_qos2.get(srec.client_id, ()))
         st.sessions[session.client_id] = session
         if srec.disconnected_at is None:
@@ -99,4 +104,4 @@ def _load_deliveries(session: MqttSession, state: StoredState, messages: dict[in
             session.last_packet_id = max(session.last_packet_id, record.packet_id)
         else:
             delivery.packet_id = None
-            session.queue.append(delivery)
+            session.push(delivery)

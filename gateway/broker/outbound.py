@@ -9,17 +9,20 @@ A 5.0 client that accepts topic aliases gets them (ServerSession.aliased): the s
 rewritten for that one recipient at the last moment, so the encode-once path stays as it is.
 
 Flow control (§4.9): at most min(client's Receive Maximum, BrokerLimits.max_inflight) QoS>0 messages
-are unacknowledged per session; the rest waits in the session queue, which is bounded (sessions.py
-says what is dropped first). QoS 0 is sent at once to a connected client. Unacknowledged messages are
-resent, with DUP set, only when a session is resumed (§4.4); PUBREL is resent for QoS 2 messages the
-client already acknowledged with PUBREC. Expiry (§3.3.2.3.3) applies to messages that have not been
-sent yet: they are dropped when they reach the head of the queue too late.
+are unacknowledged per session; the rest waits in the session queue, which is bounded (queues.py says
+what is dropped first, and where a persistent session's queue is held); a subscriber far behind
+holds back the publishers that feed it (flow.py). QoS 0 is sent at once to a connected client.
+Unacknowledged messages are resent, with DUP set, only when a session is resumed (§4.4); PUBREL is
+resent for QoS 2 messages the client already acknowledged with PUBREC. Expiry (§3.3.2.3.3) applies to
+messages that have not been sent yet: they are dropped when they reach the head of the queue too late.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.broker import flow
+from gateway.broker.queues import PAGE, queue_delivery
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection
 from gateway.mqtt.codec import encode_publish, with_topic_alias
@@ -112,7 +115,7 @@ def deliver(
     """Hand one (already authorised) delivery to a session: send it now, or queue it."""
     conn = st.connection_of(session)
     if conn is not None and (
-        delivery.qos == 0 or (not session.queue and len(session.inflight) < window(st, conn))
+        delivery.qos == 0 or (not session.queued and len(session.inflight) < window(st, conn))
     ):
         if delivery.qos:
             delivery.packet_id = session.allocate_packet_id()
@@ -120,12 +123,7 @@ def deliver(
             st.persist_delivery(session, delivery)
         transmit(st, conn, session, delivery, cache or EncodeCache(delivery.message, now))
         return
-    dropped = session.enqueue(delivery, st.limits.max_queued_messages)
-    if dropped is not delivery:
-        st.persist_delivery(session, delivery)
-    if dropped is not None:
-        st.metrics.drops["queue_full"] += 1
-        st.forget_delivery(session, dropped)
+    queue_delivery(st, session, delivery, now)
     if conn is not None and len(session.inflight) < window(st, conn):
         pump(st, session, now)  # a slot freed without an ack (e.g. an oversized message was skipped)
 
@@ -174,10 +172,17 @@ def pump(st: BrokerState, session: MqttSession, now: float) -> None:
         return
     limit = window(st, conn)
     queue = session.queue
-    while queue:
+    while True:
+        if not queue:
+            if not session.stored_queued:
+                break
+            st.page_in(session, PAGE)  # the rest of a persistent session's queue is in the store
+            queue = session.queue
+            if not queue:
+                break
         delivery = queue[0]
         if delivery.qos and len(session.inflight) >= limit:
-            return
+            break
         session.pop_queued()
         if delivery.message.expired(now):
             st.metrics.drops["message_expired"] += 1
@@ -191,6 +196,8 @@ def pump(st: BrokerState, session: MqttSession, now: float) -> None:
             session.inflight[delivery.packet_id] = delivery
             st.persist_delivery(session, delivery)
         transmit(st, conn, session, delivery, EncodeCache(delivery.message, now))
+    if session.holding or session.dropping:
+        flow.note_drained(st, session)
 
 
 def resume(st: BrokerState, session: MqttSession, now: float) -> None:
@@ -207,6 +214,7 @@ def resume(st: BrokerState, session: MqttSession, now: float) -> None:
             del session.inflight[packet_id]
             st.forget_delivery(session, delivery)
     pump(st, session, now)
+    flow.note_queued(st, session, now)  # back far behind: it holds its publishers back from now
 
 
 # --- the client's acknowledgements of our PUBLISHes ---------------------------------------------------
@@ -218,6 +226,7 @@ def on_puback(st: BrokerState, session: MqttSession, packet: Puback, now: float)
         return  # late or stray ack: nothing to release
     del session.inflight[packet.packet_id]
     st.forget_delivery(session, delivery)
+    flow.note_progress(st, session, now)
     pump(st, session, now)
 
 
@@ -232,6 +241,7 @@ def on_pubrec(st: BrokerState, conn: Connection, session: MqttSession, packet: P
     if packet.reason_code >= 0x80:  # the client refused it: the flow ends here (§4.3.3)
         del session.inflight[packet.packet_id]
         st.forget_delivery(session, delivery)
+        flow.note_progress(st, session, now)
         pump(st, session, now)
         return
     if not delivery.released:
@@ -246,4 +256,5 @@ def on_pubcomp(st: BrokerState, session: MqttSession, packet: Pubcomp, now: floa
         return
     del session.inflight[packet.packet_id]
     st.forget_delivery(session, delivery)
+    flow.note_progress(st, session, now)
     pump(st, session, now)

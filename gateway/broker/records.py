@@ -52,13 +52,20 @@ class DeliveryRecord:
 
 @dataclass
 class StoredState:
-    """Everything a store holds, as loaded at broker start."""
+    """What a broker loads at start: everything but the queued deliveries, which stay in the store
+    (counted in `queued`) and are paged in when their session drains its queue (`load_queued`)."""
 
     retained: list[MessageRecord] = field(default_factory=list)
     sessions: list[SessionRecord] = field(default_factory=list)
-    messages: dict[int, MessageRecord] = field(default_factory=dict)
-    deliveries: dict[str, list[tuple[int, DeliveryRecord]]] = field(default_factory=dict)  # by seq
+    messages: dict[int, MessageRecord] = field(default_factory=dict)  # those the in-flight ones point at
+    deliveries: dict[str, list[tuple[int, DeliveryRecord]]] = field(default_factory=dict)  # in flight, by seq
     inbound_qos2: dict[str, set[int]] = field(default_factory=dict)
+    queued: dict[str, tuple[int, int]] = field(default_factory=dict)  # client id → (count, payload bytes)
+    max_message_id: int = 0  # over every message row, loaded or not: new ids start above it
+    last_seq: dict[str, int] = field(default_factory=dict)  # client id → its highest delivery seq
+
+
+QueuedRecord = tuple[int, DeliveryRecord, MessageRecord]  # (seq, delivery, its message): one page entry
 
 
 # ------------------------------------------------------------------------------------ text forms

@@ -6,6 +6,10 @@ come back (`queue`), the inbound QoS 2 packet ids awaiting PUBREL, the will that
 its expiry. Connection-level state (topic aliases, keep-alive, receive-maximum accounting) is not here:
 it dies with the connection, in gateway.mqtt.session.
 
+The queue is counted as a whole (`queued`, `queued_bytes`) wherever its deliveries are held: the
+`queue` deque holds its head in memory, and a persistent session may hold the rest only in the store
+(`stored_queued` of them, all later than anything in the deque; queues.py says when and why).
+
 A routed application message is one `Message` object shared by every recipient; each recipient gets a
 small `Delivery` pointing at it with its own QoS, RETAIN flag and subscription identifiers, so a fan-out
 copies no payload.
@@ -33,7 +37,9 @@ class Message:
     properties: Properties
     expires_at: float | None = None  # absolute (epoch seconds), from the message expiry interval
     message_id: int = 0  # key in the store once persisted for some session; 0 = never persisted
-    refs: int = 0  # persisted deliveries pointing at it: the store row goes when this drops to 0
+    # Persisted deliveries held in memory that point at this object. While it is above 0 the store's
+    # row for `message_id` surely exists (the store deletes a message with its last delivery).
+    refs: int = 0
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -107,7 +113,20 @@ class MqttSession:
     last_packet_id: int = 0
     last_seq: int = 0
     stored: bool = False  # the store holds a row for it
+    queued: int = 0  # deliveries queued: in `queue` plus those held only in the store
+    queued_bytes: int = 0  # their payload bytes
     queued_qos0: int = 0  # QoS 0 deliveries in `queue`: a full queue of QoS>0 is refused without a scan
+    stored_queued: int = 0  # queued deliveries held only in the store, paged back in as the queue drains
+    stored_after: int = 0  # page cursor: every store-only delivery has a seq above it
+    # Flow control (flow.py): more than the high-water mark behind while connected, so the publishers
+    # that feed it are held back (`waiting`, in the order they were held); `stalled` when it stopped
+    # acknowledging for `subscriber_stall_timeout` (no hold-back then); `progress_at` its last ack.
+    holding: bool = False
+    stalled: bool = False
+    progress_at: float = 0.0
+    waiting: dict[int, None] | None = None
+    dropping: bool = False  # dropping QoS>0 messages at its bound; reported once per episode
+    dropped: int = 0  # deliveries dropped at its queue bound (QoS 0 and QoS>0)
 
     @property
     def persistent(self) -> bool:
@@ -133,32 +152,33 @@ class MqttSession:
         self.last_seq += 1
         return self.last_seq
 
-    def enqueue(self, delivery: Delivery, limit: int) -> Delivery | None:
-        """Queue a delivery; return the one dropped to respect `limit` (maybe `delivery` itself).
-
-        A full queue evicts its oldest QoS 0 message first (at-most-once is allowed to be lost); if it
-        holds none, a new QoS>0 message is refused rather than evicting one already promised.
-        """
-        queue = self.queue
-        if len(queue) >= limit:
-            if not self.queued_qos0:
-                return delivery
-            evicted = next(d for d in queue if d.qos == 0)
-            queue.remove(evicted)
-            self.queued_qos0 -= 1
-        else:
-            evicted = None
-        queue.append(delivery)
+    def push(self, delivery: Delivery) -> None:
+        """Append to the in-memory queue (the caller checked the bounds: queues.py)."""
+        self.queue.append(delivery)
+        self.queued += 1
+        self.queued_bytes += len(delivery.message.payload)
         if delivery.qos == 0:
             self.queued_qos0 += 1
-        return evicted
 
     def pop_queued(self) -> Delivery:
         delivery = self.queue.popleft()
+        self.queued -= 1
+        self.queued_bytes -= len(delivery.message.payload)
         if delivery.qos == 0:
             self.queued_qos0 -= 1
         return delivery
 
+    def evict_qos0(self) -> Delivery | None:
+        """Remove the oldest queued QoS 0 delivery (at-most-once may be lost), if there is one."""
+        if not self.queued_qos0:
+            return None
+        evicted = next(d for d in self.queue if d.qos == 0)
+        self.queue.remove(evicted)
+        self.queued -= 1
+        self.queued_bytes -= len(evicted.message.payload)
+        self.queued_qos0 -= 1
+        return evicted
+
     def clear_queue(self) -> None:
         self.queue.clear()
-        self.queued_qos0 = 0
+        self.queued = self.queued_bytes = self.queued_qos0 = self.stored_queued = self.stored_after = 0

@@ -8,7 +8,9 @@ no-op without a store, for clean sessions, and for QoS 0).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.broker.actions import Outbox
@@ -26,7 +28,7 @@ from gateway.broker.records import (
 from gateway.broker.routing import RetainedStore, SubscriptionIndex
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.timers import TimerQueue
-from gateway.mqtt.packets import Connect, Will
+from gateway.mqtt.packets import Connect, Publish, Will
 from gateway.mqtt.session import ServerSession
 from gateway.policy.access import AccessPolicy, Peer, identity_scope
 from gateway.policy.decision import Decision, Verdict
@@ -34,15 +36,37 @@ from gateway.policy.decision import Decision, Verdict
 _ALLOW = Verdict.ALLOW
 _TALLY_LIMIT = 64  # distinct decision objects counted per kind before they are folded into the metrics
 
-# ("conn", conn_id) | ("cert", conn_id) | ("will", client_id) | ("expiry", client_id) | ("retained", topic)
+# ("conn", conn_id) | ("cert", conn_id) | ("will", client_id) | ("expiry", client_id)
+# | ("retained", topic) | ("stall", client_id)
 TimerKey = tuple[str, Hashable]
+
+
+@dataclass(slots=True)
+class Held:
+    """A client PUBLISH received and judged but neither routed nor acknowledged yet: a subscriber it
+    goes to is too far behind (flow.py)."""
+
+    publish: Publish
+    retain: bool  # the RETAIN it is routed with (3.1.1 over the retained quota: cleared)
+    wire: bytes | None  # the bytes it arrived as, when they can be forwarded as they are
 
 
 class Connection:
     """One network connection as the broker sees it."""
 
     __slots__ = (
-        "client_id", "conn_id", "connect", "opened_at", "peer", "protocol", "session", "violations", "will"
+        "client_id",
+        "conn_id",
+        "connect",
+        "held",
+        "held_topics",
+        "opened_at",
+        "paused",
+        "peer",
+        "protocol",
+        "session",
+        "violations",
+        "will",
     )
 
     def __init__(self, conn_id: int, peer: Peer, protocol: ServerSession, opened_at: float = 0.0) -> None:
@@ -55,6 +79,12 @@ class Connection:
         self.will: Will | None = None  # discarded on DISCONNECT 0x00, moved to the session otherwise
         self.client_id = ""
         self.violations = 0  # denied publishes and subscribes on this connection
+        # Flow control (flow.py), created on first use: PUBLISHes held unacknowledged in arrival order,
+        # their topics (a later message on a held topic waits behind them), and whether reading from
+        # the connection is paused (held messages reached the cap; the edge stops reading the socket).
+        self.held: deque[Held] | None = None
+        self.held_topics: dict[str, int] | None = None
+        self.paused = False
 
 
 PublishObserver = Callable[[Peer, str, bytes, float], None]
@@ -83,6 +113,9 @@ class BrokerState:
         # Sees every accepted client PUBLISH (continuous evaluation: rates, GPS fixes); must be cheap.
         self.publish_observer: PublishObserver | None = None
         self.out = Outbox()
+        # Sessions holding publishers back (flow.py); empty (nearly always) keeps the publish path short.
+        self.holding: dict[str, None] = {}
+        self.ready: dict[int, None] = {}  # held-back connections to try again before this call ends
         self._tallies: dict[str, dict[int, list[Any]]] = {}  # kind → id(decision) → [decision, count]
         self.next_conn_id = 1
         self.next_message_id = 1
@@ -154,28 +187,37 @@ class BrokerState:
             store.save_session(session_record(session))
             session.stored = True
         elif session.stored:
+            self.page_in(session, session.stored_queued)  # it goes on without the store: all in memory
             self.unpersist_session(session)
 
     def unpersist_session(self, session: MqttSession) -> None:
-        """Drop the session from the store (its rows go with it; unreferenced messages too)."""
+        """Drop the session from the store (its rows go with it, and messages only it pointed at)."""
         for delivery in (*session.inflight.values(), *session.queue):
-            self._unref(delivery)
+            if delivery.seq:
+                delivery.seq = 0
+                delivery.message.refs -= 1
         if self.store is not None and session.stored:
             self.store.delete_session(session.client_id)
         session.stored = False
 
-    def persist_delivery(self, session: MqttSession, delivery: Delivery) -> None:
+    def persist_delivery(self, session: MqttSession, delivery: Delivery, *, kept: bool = True) -> None:
+        """Write a QoS>0 delivery of a persistent session (insert, or update its packet id / PUBREL
+        state). `kept=False`: the delivery will be held only in the store (queues.py)."""
         store = self.store
         if store is None or delivery.qos == 0 or not session.persistent:
             return
         message = delivery.message
-        if message.message_id == 0:
-            message.message_id = self.next_message_id
-            self.next_message_id += 1
-            store.save_message(message.message_id, message_record(message))
         if delivery.seq == 0:
+            if message.message_id == 0:
+                message.message_id = self.next_message_id
+                self.next_message_id += 1
+            if message.refs == 0:
+                # No delivery held in memory vouches for the row: it may never have been written, or
+                # been deleted with its last delivery since. Write it (again: insert or replace).
+                store.save_message(message.message_id, message_record(message))
             delivery.seq = session.allocate_seq()
-            message.refs += 1
+            if kept:
+                message.refs += 1
         store.save_delivery(
             session.client_id,
             delivery.seq,
@@ -191,20 +233,52 @@ class BrokerState:
 
     def forget_delivery(self, session: MqttSession, delivery: Delivery) -> None:
         """A delivery is done (acked, dropped or expired): remove it from the store."""
-        if delivery.seq and self.store is not None:
-            self.store.delete_delivery(session.client_id, delivery.seq)
-        self._unref(delivery)
-
-    def _unref(self, delivery: Delivery) -> None:
         if not delivery.seq:
             return
-        delivery.seq = 0
         message = delivery.message
+        if self.store is not None:
+            self.store.delete_delivery(session.client_id, delivery.seq, message.message_id)
+        delivery.seq = 0
         message.refs -= 1
-        if message.refs <= 0 and message.message_id and self.store is not None:
-            self.store.delete_message(message.message_id)
-            message.message_id = 0
-            message.refs = 0
+
+    # --- queues held in the store (queues.py says when) ----------------------------------------
+
+    def spill_queue(self, session: MqttSession) -> None:
+        """Keep a persistent session's queued QoS>0 deliveries only in the store (it went offline)."""
+        if self.store is None or not session.stored or not session.queue:
+            return
+        kept: deque[Delivery] = deque()
+        moved = 0
+        for delivery in session.queue:
+            if delivery.seq:
+                delivery.message.refs -= 1
+                moved += 1
+            else:
+                kept.append(delivery)  # QoS 0: never written to the store
+        if moved:
+            session.queue = kept
+            session.stored_queued += moved
+            session.stored_after = 0  # every queued row of the session is store-only now
+
+    def page_in(self, session: MqttSession, limit: int) -> None:
+        """Move up to `limit` store-only queued deliveries, oldest first, to the in-memory queue."""
+        store = self.store
+        asked = min(limit, session.stored_queued)
+        if store is None or asked <= 0:
+            return
+        rows = store.load_queued(session.client_id, session.stored_after, asked)
+        for seq, record, m in rows:
+            message = Message(
+                m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, record.message_id, 1
+            )
+            ids = record.subscription_ids
+            session.queue.append(Delivery(message, record.qos, record.retain, ids, seq=seq))
+            session.stored_after = seq
+        session.stored_queued -= len(rows)
+        if len(rows) < asked:  # fewer rows than counted (none should be): the store is the truth
+            session.queued -= session.stored_queued
+            session.stored_queued = 0
+            session.queued_bytes = sum(len(d.message.payload) for d in session.queue)
 
 
 def message_record(message: Message, owner: str | None = None) -> MessageRecord:

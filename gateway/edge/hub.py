@@ -1,8 +1,9 @@
 """Listeners, the connection hub, timers and graceful shutdown.
 
 The hub is the only place that maps broker connection ids to sockets. It applies the broker's
-actions (Send, Close), runs one ticker for every timer the broker has (keep-alive, will delay,
-session expiry), counts handshakes, and cuts off clients that stop reading. Every task it starts
+actions (Send, Close, and PauseReading/ResumeReading for a sender the broker holds back), runs one
+ticker for every timer the broker has (keep-alive, will delay, session expiry), counts handshakes,
+and cuts off clients that stop reading. Every task it starts
 is owned by it and cancelled at shutdown. It also holds every listener's gate (admission.py): each
 accepted socket of MQTT, HTTPS or the lab listener asks it first, and refusals are logged aggregated.
 
@@ -27,7 +28,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.broker import Action, Broker, Close, Send
+from gateway.broker import Action, Broker, Close, PauseReading, ResumeReading, Send
 from gateway.broker.histogram import Histogram
 from gateway.edge.accept import AcceptLoop, format_address, stream_server
 from gateway.edge.admission import ConnectionGate, Slot, SourceAdmission
@@ -171,6 +172,16 @@ class ConnectionHub:
                 transport = self._transports.get(conn)
                 if transport is not None:
                     transport.close()  # flushes what was written, then connection_lost → broker
+            elif type(action) is PauseReading:
+                # The broker holds this sender back (its acknowledgements are withheld and it ignores
+                # the Receive Maximum): the kernel's buffers and TCP's window then slow it down.
+                transport = self._transports.get(conn)
+                if transport is not None and not transport.is_closing():
+                    transport.pause_reading()
+            elif type(action) is ResumeReading:
+                transport = self._transports.get(conn)
+                if transport is not None and not transport.is_closing():
+                    transport.resume_reading()
 
     def _schedule_flush(self) -> None:
         try:

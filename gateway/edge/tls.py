@@ -42,7 +42,7 @@ class TlsTransport:
     """What the application protocol writes to: plaintext in, TLS records out to the TCP transport.
 
     The subset of asyncio.Transport the gateway uses (write, close, abort, is_closing,
-    get_write_buffer_size, get_extra_info)."""
+    get_write_buffer_size, get_extra_info, pause_reading, resume_reading)."""
 
     __slots__ = ("_closing", "_outgoing", "_sslobj", "_tcp")
 
@@ -88,6 +88,17 @@ class TlsTransport:
 
     def is_closing(self) -> bool:
         return self._closing or self._tcp.is_closing()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket. Records already read were decrypted and handed on in the same
+        data_received (nothing waits in the TLS layer), so this takes effect at once."""
+        self._tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tcp.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._tcp.is_reading()
 
     def get_write_buffer_size(self) -> int:
         return self._tcp.get_write_buffer_size() + self._outgoing.pending

@@ -7,7 +7,8 @@ A `ServerSession` lives exactly as long as one network connection. Bytes go in w
 connection. The broker answers through `encode` (bytes the transport writes) and tells the machine
 about the few facts it cannot see by itself (`attach` for the inbound QoS 2 ids of the MQTT session,
 `acks_flushed` when a batch of PUBACKs went out). Nothing here reads a clock, touches a socket or knows
-about subscriptions: time comes in as `now`, MQTT session state (§4.1) is the broker's.
+about subscriptions: time comes in as `now`, MQTT session state (§4.1) is the broker's. The broker may
+stop taking events mid-read (it holds a client back); what is left stays in the reader until asked.
 
     AWAIT_CONNECT --CONNECT--> CONNECTED --DISCONNECT--> CLOSED
           |                        |
@@ -204,9 +205,16 @@ class ServerSession:
         """The MQTT session's inbound QoS 2 ids (awaiting PUBREL) count against our Receive Maximum."""
         self._inbound_qos2 = inbound_qos2
 
-    def acks_flushed(self) -> None:
-        """Every QoS 1 PUBLISH received so far has been acknowledged."""
-        self._qos1_unacked = 0
+    def acks_flushed(self, withheld: int = 0) -> None:
+        """Every QoS 1 PUBLISH received so far has been acknowledged, but for `withheld` QoS 1/2
+        PUBLISHes the broker holds back unacknowledged (they still count against our Receive Maximum;
+        a held QoS 2 id is not among the session's inbound QoS 2 ids until it is released)."""
+        self._qos1_unacked = withheld
+
+    def heard(self, now: float) -> None:
+        """Count the connection as heard from now: the broker resumed reading it after a pause of its
+        own making, which must not pass for a silent client at the next keep-alive check."""
+        self.last_packet_at = max(self.last_packet_at, now)
 
     def fits(self, size: int) -> bool:
         """May a packet of `size` bytes be sent to this client (its Maximum Packet Size, §3.1.2.11.4)?"""

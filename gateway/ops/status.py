@@ -132,8 +132,11 @@ def session_view(info: SessionInfo) -> dict[str, Any]:
         "connected": info.connected,
         "since": _iso(info.since),
         "subscriptions": list(info.subscriptions),
-        "queued": info.queued,
+        "queued": info.queued,  # in memory and, for a persistent session, on disk
+        "queued_bytes": info.queued_bytes,
         "inflight": info.inflight,
+        "holding": info.holding,  # far enough behind to hold back its publishers (flow control)
+        "dropped": info.dropped,  # deliveries dropped at its queue bound
         "expiry_interval": info.expiry_interval,
         "certificate_serial": format(peer.certificate_serial, "x")
         if peer and peer.certificate_serial

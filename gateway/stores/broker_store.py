@@ -10,6 +10,7 @@ import sqlite3
 from gateway.broker.records import (
     DeliveryRecord,
     MessageRecord,
+    QueuedRecord,
     SessionRecord,
     StoredState,
     properties_from_json,
@@ -64,7 +65,18 @@ CREATE TABLE broker_inbound_qos2 (
 # v2: who owns each retained message, so the per-client retained quota survives a restart.
 _SCHEMA_V2 = "ALTER TABLE broker_retained ADD COLUMN owner TEXT;"
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: a message row goes with the last delivery that points at it (delete_delivery, delete_session);
+# finding whether one still does must not scan the table.
+_SCHEMA_V3 = "CREATE INDEX broker_deliveries_message ON broker_deliveries (message_id);"
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+
+_QUEUED_PAGE = (
+    "SELECT d.seq, d.message_id, d.qos, d.retain, d.subscription_ids, "
+    "m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at "
+    "FROM broker_deliveries d JOIN broker_messages m ON m.id = d.message_id "
+    "WHERE d.client_id = ? AND d.seq > ? AND d.packet_id IS NULL ORDER BY d.seq LIMIT ?"
+)
 
 
 class SqliteBrokerStore:
@@ -83,8 +95,8 @@ class SqliteBrokerStore:
 
     def load(self) -> StoredState:
         with transaction(self._conn) as conn:
-            # Messages no delivery points at any more (the broker deletes them as it goes; this sweeps
-            # what a crash between two commits could have left).
+            # Messages no delivery points at any more (deleted with their last delivery as the broker
+            # goes; this sweeps what an older version or an interrupted write could have left).
             conn.execute(
                 "DELETE FROM broker_messages WHERE id NOT IN (SELECT message_id FROM broker_deliveries)"
             )
@@ -105,12 +117,15 @@ class SqliteBrokerStore:
                     SessionRecord(client_id, identity, expiry, disconnected_at, subscriptions_from_json(subs))
                 )
             for mid, topic, payload, qos, retain, props, expires_at in conn.execute(
-                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM broker_messages"
+                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM broker_messages "
+                "WHERE id IN (SELECT message_id FROM broker_deliveries WHERE packet_id IS NOT NULL)"
             ):
                 state.messages[mid] = MessageRecord(
                     topic, bytes(payload), qos, bool(retain), properties_from_json(props), expires_at
                 )
             self._load_deliveries(conn, state)
+            top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM broker_messages").fetchone()
+            state.max_message_id = int(top[0])
         return state
 
     def stored_sessions(self) -> list[tuple[SessionRecord, int]]:
@@ -128,15 +143,34 @@ class SqliteBrokerStore:
 
     @staticmethod
     def _load_deliveries(conn: sqlite3.Connection, state: StoredState) -> None:
+        """The in-flight deliveries; the queued ones only counted (they are paged in: load_queued)."""
         for client_id, seq, mid, qos, retain, sub_ids, packet_id, released in conn.execute(
             "SELECT client_id, seq, message_id, qos, retain, subscription_ids, packet_id, released "
-            "FROM broker_deliveries ORDER BY client_id, seq"
+            "FROM broker_deliveries WHERE packet_id IS NOT NULL ORDER BY client_id, seq"
         ):
-            ids = tuple(int(x) for x in sub_ids.split(",")) if sub_ids else ()
-            record = DeliveryRecord(mid, qos, bool(retain), ids, packet_id, bool(released))
+            record = DeliveryRecord(mid, qos, bool(retain), _ids(sub_ids), packet_id, bool(released))
             state.deliveries.setdefault(client_id, []).append((seq, record))
+        for client_id, count, size in conn.execute(
+            "SELECT d.client_id, COUNT(*), COALESCE(SUM(length(m.payload)), 0) FROM broker_deliveries d "
+            "JOIN broker_messages m ON m.id = d.message_id WHERE d.packet_id IS NULL GROUP BY d.client_id"
+        ):
+            state.queued[client_id] = (count, size)
+        for client_id, last_seq in conn.execute(
+            "SELECT client_id, MAX(seq) FROM broker_deliveries GROUP BY client_id"
+        ):
+            state.last_seq[client_id] = last_seq
         for client_id, packet_id in conn.execute("SELECT client_id, packet_id FROM broker_inbound_qos2"):
             state.inbound_qos2.setdefault(client_id, set()).add(packet_id)
+
+    def load_queued(self, client_id: str, after_seq: int, limit: int) -> list[QueuedRecord]:
+        out: list[QueuedRecord] = []
+        for row in self._conn.execute(_QUEUED_PAGE, (client_id, after_seq, limit)):
+            seq, mid, qos, retain, sub_ids, topic, payload, mqos, mretain, props, expires_at = row
+            message = MessageRecord(
+                topic, bytes(payload), mqos, bool(mretain), properties_from_json(props), expires_at
+            )
+            out.append((seq, DeliveryRecord(mid, qos, bool(retain), _ids(sub_ids)), message))
+        return out
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -179,6 +213,13 @@ class SqliteBrokerStore:
 
     def delete_session(self, client_id: str) -> None:
         self._execute("DELETE FROM broker_sessions WHERE client_id = ?", (client_id,))
+        self._execute(
+            "DELETE FROM broker_messages WHERE id IN "
+            "(SELECT message_id FROM broker_deliveries WHERE client_id = ?1) AND NOT EXISTS "
+            "(SELECT 1 FROM broker_deliveries d "
+            "WHERE d.message_id = broker_messages.id AND d.client_id != ?1)",
+            (client_id,),
+        )
         self._execute("DELETE FROM broker_deliveries WHERE client_id = ?", (client_id,))
         self._execute("DELETE FROM broker_inbound_qos2 WHERE client_id = ?", (client_id,))
 
@@ -197,9 +238,6 @@ class SqliteBrokerStore:
             ),
         )
 
-    def delete_message(self, message_id: int) -> None:
-        self._execute("DELETE FROM broker_messages WHERE id = ?", (message_id,))
-
     def save_delivery(self, client_id: str, seq: int, record: DeliveryRecord) -> None:
         self._execute(
             "INSERT OR REPLACE INTO broker_deliveries "
@@ -217,8 +255,13 @@ class SqliteBrokerStore:
             ),
         )
 
-    def delete_delivery(self, client_id: str, seq: int) -> None:
+    def delete_delivery(self, client_id: str, seq: int, message_id: int) -> None:
         self._execute("DELETE FROM broker_deliveries WHERE client_id = ? AND seq = ?", (client_id, seq))
+        self._execute(
+            "DELETE FROM broker_messages WHERE id = ?1 AND NOT EXISTS "
+            "(SELECT 1 FROM broker_deliveries WHERE message_id = ?1)",
+            (message_id,),
+        )
 
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._execute(
@@ -247,3 +290,7 @@ class SqliteBrokerStore:
             self._open = False
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",")) if text else ()

@@ -2,14 +2,16 @@
 
 `Lab.connect()` opens a connection, sends CONNECT and pumps bytes until both sides are quiet. Every
 action the broker returns is applied here the way the transport would: Send bytes go to that client's
-core, Close marks the link closed (with its reason) and nothing more reaches it.
+core, Close marks the link closed (with its reason) and nothing more reaches it, PauseReading keeps
+what the client sends in its own buffer (as a socket the gateway stops reading would) until
+ResumeReading.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.broker import Action, Broker, BrokerLimits, BrokerStore, Close, Send
+from gateway.broker import Action, Broker, BrokerLimits, BrokerStore, Close, PauseReading, ResumeReading, Send
 from gateway.mqtt.client import ClientEvent, MqttClient, PublishDone
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import Connack, Disconnect, ProtocolVersion, Publish, Suback, Unsuback
@@ -46,6 +48,7 @@ class Link:
         self.events: list[ClientEvent] = []
         self.received = bytearray()  # every byte the broker sent, for wire-level assertions
         self.closed: str | None = None
+        self.paused = False  # the broker asked the edge to stop reading this connection
         self.client_error: MqttError | None = None
 
     def feed(self, data: bytes) -> None:
@@ -181,11 +184,17 @@ class Lab:
                 link.feed(action.data)
             elif isinstance(action, Close):
                 link.closed = action.reason
+            elif isinstance(action, PauseReading):
+                link.paused = True
+            elif isinstance(action, ResumeReading):
+                link.paused = False
 
     def pump(self, rounds: int = 50) -> None:
         for _ in range(rounds):
             busy = False
             for link in list(self.links.values()):
+                if link.paused:
+                    continue  # its bytes wait on its side, like unread bytes in a socket
                 data = link.client.data_to_send()
                 if data and link.closed is None:
                     busy = True

@@ -128,13 +128,18 @@ def test_packet_id_patching() -> None:
             assert with_packet_id(template, 4242, dup=True) == expected
 
 
-def test_session_queue_bound_and_packet_ids() -> None:
+def test_session_queue_accounting_and_packet_ids() -> None:
     session = MqttSession("c", None, Peer("", None))
     m = msg("t")
     q0, q1, q1b = Delivery(m, 0, False), Delivery(m, 1, False), Delivery(m, 1, False)
-    assert session.enqueue(q0, 2) is None and session.enqueue(q1, 2) is None
-    assert session.enqueue(q1b, 2) is q0  # evicts the QoS 0
-    assert session.enqueue(Delivery(m, 1, False), 2) is not None  # refused
+    for delivery in (q1, q0, q1b):
+        session.push(delivery)
+    size = len(m.payload)
+    assert (session.queued, session.queued_bytes, session.queued_qos0) == (3, 3 * size, 1)
+    assert session.evict_qos0() is q0 and session.evict_qos0() is None  # only QoS 0 is ever evicted
+    assert session.pop_queued() is q1 and (session.queued, session.queued_bytes) == (1, size)
+    session.clear_queue()
+    assert (session.queued, session.queued_bytes, session.queued_qos0, list(session.queue)) == (0, 0, 0, [])
     session.inflight[1] = q1
     assert session.allocate_packet_id() == 2
     session.last_packet_id = 65535

@@ -48,6 +48,9 @@ async def test_every_offered_message_reaches_the_subscriber(
     assert report.units_connected == 5 and not report.connect_failures
     assert report.offered == 100 and report.sent == 100 and report.delivered == 100
     assert report.drops["lost_in_broker"] == 0
+    if qos:
+        assert report.acked == 100 and report.delivered_of_acked_pct == 100.0
+        assert report.drops["acknowledged_not_delivered"] == 0
     assert report.latency_ms["p50"] > 0 and report.connack_ms["p99"] > 0
     assert report.broker_rss_mb["end"] > 0 and report.broker_cpu_percent is not None
     report.write_png(tmp_path / "run.png")

@@ -42,6 +42,9 @@ def test_shipped_defaults_equal_the_built_in_defaults() -> None:
         ("certificates:\n  self_renewal:\n    unit: refuse\n", "units always renew"),
         ("certificates:\n  self_renewal:\n    robot: refuse\n", "unknown key certificates.self_renewal.rob"),
         ("certificates:\n  self_renewal: refuse\n", "certificates.self_renewal must be a mapping"),
+        ("limits:\n  max_queued_messages: 500\n", "limits.queue_high_water (1000) is above"),
+        ("limits:\n  queue_high_water_bytes: 0\n", "limits.queue_high_water_bytes must be at least 1"),
+        ("limits:\n  subscriber_stall_timeout: 0\n", "subscriber_stall_timeout must be above 0"),
     ],
 )
 def test_broken_config_files_name_the_file_the_key_and_the_problem(
