@@ -7,6 +7,7 @@ client-side), role identities, and the ports. Nothing here reaches into the gate
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -29,10 +30,34 @@ FLEETGATE = [sys.executable, "-m", "gateway"]
 INSECURE_KEYS = ("--insecure-unencrypted-keys",)  # `fleetgate init` for a throwaway test CA
 
 
+# Ports for the gateways the tests start: below the kernel's ephemeral range (32768 and up on Linux,
+# where clients' own outgoing ports come from), in a band of its own per pytest-xdist worker, so two
+# workers never hand out the same port and no client can be sitting on one between pick and bind.
+_PORT_BAND = 1500
+_PORT_BASE = 18000
+_next_port = itertools.count()
+
+
+def _port_band() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw3" under `pytest -n`, unset without it
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = _PORT_BASE + (index % 9) * _PORT_BAND
+    return range(start, start + _PORT_BAND)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, from this worker's band (in turn, so a port just released
+    by a stopped gateway is not handed out again at once)."""
+    band = _port_band()
+    for _ in range(len(band)):
+        port = band[next(_next_port) % len(band)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (a gateway of an earlier test still closing, or another program)
+            return port
+    raise RuntimeError(f"no free loopback port in {band.start}-{band.stop - 1}")
 
 
 @dataclass(frozen=True)
