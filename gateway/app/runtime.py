@@ -402,9 +402,8 @@ class Gateway:
             details={"sha256": fingerprint, "mode_commands_signed_again": republished},
             now=now,
         )
-        log.info(
-            "serving the new server certificate %s; %d mode command(s) signed again", fingerprint, republished
-        )
+        log.info("serving the new server certificate %s; %d mode command(s) signed again", fingerprint,
+                 republished)
         return True
 
     def _server_fingerprint(self) -> str:
