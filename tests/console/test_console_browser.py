@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from gateway.admin.console import CSP
 from gateway.cli.device import device_csr
 from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key
@@ -46,6 +48,7 @@ pytestmark = pytest.mark.skipif(browser.available() is not None, reason=str(brow
 C1, C2, C3 = "TRK-C1", "TRK-C2", "TRK-C3"
 PLACES = {C1: (51.9225, 4.47917), C2: (52.37403, 4.88969), C3: (52.09083, 5.12222)}  # R'dam, A'dam, Utrecht
 DESKTOP, PHONE = (1280, 800), (390, 844)
+HOSTILE_REASON = "tampering suspected <img src=x onerror=alert(1)>"
 
 
 @dataclass
@@ -100,6 +103,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             fix = {"lat": lat, "lon": lon, "speed_kmh": 62.5, "driver_name": "Ada Lovelace"}
             assert units[unit].client.publish(f"fleet/{unit}/telemetry/gps", json.dumps(fix).encode(), 1) == 0
         watches += units.values()
+        units[C2].client.subscribe("#", 1)  # overreach: refused, and the detector fires (alert only)
         dispatch = Watch(gw, gw.issue("service", "dispatch"), "fleet/+/control/#")
         watches.append(dispatch)
         gw.issue("partner", "acme", "--tier", "2")
@@ -148,14 +152,15 @@ def test_ops_quarantines_a_unit_in_the_page_and_its_control_channel_stays_alive(
     assert f"fleet/{C1}/control/brake/ack from unit/{C1}" in _text(page, "#control")
     assert "Ada Lovelace" in _text(page, "table.messages")  # ops may see PII
 
-    page.find_element(By.ID, "reason").send_keys("tampering suspected by the browser test")
+    page.find_element(By.ID, "reason").send_keys(HOSTILE_REASON)
     page.find_element(By.ID, "totp").send_keys(totp_code(console.ops))
     page.find_element(By.CSS_SELECTOR, "button[data-action=quarantine]").click()
     clicked = time.monotonic()
     # The issue's promise: within a second the page shows the unit diagnostic-only.
     _wait(page, lambda d: "diagnostic-only" in _text(d, "#mode"), timeout=1.0)
     assert time.monotonic() - clicked < 1.0
-    assert "tampering suspected by the browser test" in _text(page, "main")
+    assert HOSTILE_REASON in _text(page, "main")  # shown as text: never markup
+    assert "&lt;img src=x onerror=" in page.page_source
 
     # Meanwhile the real unit got its mode command and still receives and acknowledges control.
     mode = console.units[C1].wait_for(_diagnostic_only)
@@ -197,6 +202,11 @@ def test_an_auditor_sees_the_pages_without_buttons_and_a_forged_action_is_refuse
     messages = _text(page, "table.messages")
     assert "[redacted: pii]" in messages and "Ada Lovelace" not in messages
     assert "52.37403" in messages  # the position itself is not PII
+
+    page.refresh()  # the detector's record arrives with the next event tick
+    _wait(page, lambda d: "subscription_overreach" in _text(d, "main") or bool(d.refresh()))
+    fired = _text(page, "section[aria-labelledby=det]")
+    assert "detector.fired" in fired and '"evidence"' in fired and "alert" in fired, fired
 
     status, answer = _fetch(page, f"/api/units/{C2}/quarantine", {"reason": "forged"})
     assert (status, answer["code"]) == (403, "role_lacks_right")
@@ -259,6 +269,21 @@ def test_another_origin_and_a_browser_without_certificate_get_nothing(console: C
         nobody.get(console.url(path))
         assert "no_client_certificate" in nobody.page_source
         assert C1 not in nobody.page_source and "fleetgate</span>" not in nobody.page_source
+
+    # What the browser was told: a strict CSP and no framing on pages, assets and refusals alike.
+    for path, creds in (
+        ("/console", console.ops),
+        ("/console/assets/console.js", console.ops),
+        ("/console", None),
+    ):
+        request = urllib.request.Request(console.url(path))
+        try:
+            with urllib.request.urlopen(request, context=context(console.gw, creds), timeout=15) as answer:
+                headers = answer.headers
+        except urllib.error.HTTPError as refused:
+            headers = refused.headers
+        assert headers["Content-Security-Policy"] == CSP and headers["X-Frame-Options"] == "DENY"
+        assert "Set-Cookie" not in headers
 
     _Site.target = console.gw.https_url
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Site)
