@@ -37,6 +37,7 @@ NAV = (
     ("/console/audit", "Audit", "audit.read"),
     ("/console/flows", "Flows", "flows.read"),
 )
+EVENT_REPLAY = 500  # audit records replayed into the fleet page's feed when it opens
 EVENT_ACTIONS = "detector.fired unit.quarantine unit.release identity.revoke cert.revoke partner.disconnect"
 
 
@@ -181,10 +182,11 @@ def _event_feed(cc: ConsoleContext, who: Operator) -> str:
             "not follow the event stream (right events.read); the auditor and security roles do."
             "</p></section>"
         )
+    since = max(0, cc.admin.audit.head()[0] - EVENT_REPLAY)  # the recent past first, then live
     return (
         '<section aria-labelledby="ev"><h2 id="ev">Live events</h2>'
         f'<p class="note" id="ev-state" role="status">connecting…</p>'
-        f'<ol id="events" class="events" aria-live="polite" data-stream="/api/events" '
+        f'<ol id="events" class="events" aria-live="polite" data-stream="/api/events?since={since}" '
         f'data-actions="{EVENT_ACTIONS}"></ol></section>'
     )
 

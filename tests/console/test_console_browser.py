@@ -65,13 +65,13 @@ class Console:
     def url(self, path: str) -> str:
         return self.gw.https_url + path
 
-    def control_round(self, tag: str) -> None:
+    def control_round(self, tag: str, unit: str = C1) -> None:
         """dispatch → unit command, unit → dispatch ack; each side waits for the other's message."""
-        cmd = (f"fleet/{C1}/control/brake", f"cmd-{tag}".encode())
-        ack = (f"fleet/{C1}/control/brake/ack", f"ack-{tag}".encode())
+        cmd = (f"fleet/{unit}/control/brake", f"cmd-{tag}".encode())
+        ack = (f"fleet/{unit}/control/brake/ack", f"ack-{tag}".encode())
         assert self.dispatch.client.publish(cmd[0], cmd[1], qos=1) == 0
-        self.units[C1].wait_for(message_is(*cmd))
-        assert self.units[C1].client.publish(ack[0], ack[1], qos=1) == 0
+        self.units[unit].wait_for(message_is(*cmd))
+        assert self.units[unit].client.publish(ack[0], ack[1], qos=1) == 0
         self.dispatch.wait_for(message_is(*ack))
 
 
@@ -344,6 +344,7 @@ def test_every_page_fits_desktop_and_phone_and_every_control_is_labelled_and_rea
     out = os.environ.get("FLEETGATE_CONSOLE_SCREENSHOTS")
     shots = Path(out) if out else console.tmp / "shots"
     shots.mkdir(parents=True, exist_ok=True)
+    console.control_round("quarantined", C3)  # the unit page shows a quarantined unit's live control
     for role in ("ops", "auditor"):
         page = console.browsers[role]
         for name, path in PAGES:
@@ -359,7 +360,7 @@ def test_every_page_fits_desktop_and_phone_and_every_control_is_labelled_and_rea
                 assert overflow <= 1, f"{name} scrolls sideways at {width}px for {role}"
                 unlabelled = page.execute_script(_UNLABELLED)
                 assert unlabelled == [], f"{name}: controls without a label: {unlabelled}"
-                if role == "ops" or name in ("unit", "audit"):  # the auditor's: no buttons, redacted
+                if role == "ops" or name in ("fleet", "unit", "audit"):  # auditor: events, no buttons
                     page.save_screenshot(str(shots / f"{name}-{label}-{role}.png"))
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 

@@ -58,7 +58,10 @@ function events() {
   const source = new EventSource(list.dataset.stream);
   source.onopen = () => { state.textContent = "following the gateway's events"; };
   source.onerror = () => { state.textContent = "reconnecting…"; };
+  const seen = new Set();  // a reconnect replays from the page's start: show each record once
   source.addEventListener("audit", (e) => {
+    if (seen.has(e.lastEventId)) return;
+    seen.add(e.lastEventId);
     const r = JSON.parse(e.data);
     const denial = r.outcome === "denied" || r.outcome === "refused";
     if (!wanted.has(r.action) && !(denial && !r.action.startsWith("admin."))) return;
