@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if story.ops_files is not None:
                 hint = console_hint(story.ops_files, "ops", https_port, data)
-                console.print(hint, markup=False, highlight=False, soft_wrap=True)  # commands to copy: never wrapped
+                # Commands to copy: never wrapped, never read as markup.
+                console.print(hint, markup=False, highlight=False, soft_wrap=True)
             gateway.wait()
     except KeyboardInterrupt:
         pass
