@@ -32,7 +32,7 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from gateway.admin.console import CSP
 from gateway.cli.device import device_csr
@@ -57,6 +57,8 @@ class Console:
     ops: Credentials
     oscar: Credentials  # a second ops operator for API-side quarantines: its own authenticator's codes
     auditor: Credentials
+    security: Credentials
+    partner: Watch
     units: dict[str, Watch]
     dispatch: Watch
     browsers: dict[str, WebDriver]
@@ -96,6 +98,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         ops = issue_operator(gw, "olivia", "ops")
         oscar = issue_operator(gw, "oscar", "ops")
         auditor = issue_operator(gw, "arthur", "auditor")
+        security = issue_operator(gw, "sam", "security")
         units = {}
         for unit, creds in _enroll_units(gw, oscar, list(PLACES)).items():
             lat, lon = PLACES[unit]
@@ -106,12 +109,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         units[C2].client.subscribe("#", 1)  # overreach: refused, and the detector fires (alert only)
         dispatch = Watch(gw, gw.issue("service", "dispatch"), "fleet/+/control/#")
         watches.append(dispatch)
-        gw.issue("partner", "acme", "--tier", "2")
+        partner = Watch(gw, gw.issue("partner", "acme", "--tier", "2"))
+        watches.append(partner)
         with browser.managed_policy(f"https://localhost:{gw.https_port}", browser.issuer_cn(ops)):
-            holders: dict[str, Credentials | None] = {"ops": ops, "auditor": auditor, "nobody": None}
+            holders: dict[str, Credentials | None] = {
+                "ops": ops, "auditor": auditor, "security": security, "nobody": None
+            }  # fmt: skip
             for name, holder in holders.items():
                 drivers[name] = browser.start(browser.nss_home(tmp / name, gw.root_ca, holder), *DESKTOP)
-            yield Console(gw, ops, oscar, auditor, units, dispatch, drivers, tmp)
+            yield Console(gw, ops, oscar, auditor, security, partner, units, dispatch, drivers, tmp)
     finally:
         for driver in drivers.values():
             driver.quit()
@@ -211,6 +217,11 @@ def test_an_auditor_sees_the_pages_without_buttons_and_a_forged_action_is_refuse
     status, answer = _fetch(page, f"/api/units/{C2}/quarantine", {"reason": "forged"})
     assert (status, answer["code"]) == (403, "role_lacks_right")
     assert api(console.gw, console.ops, "GET", f"/api/units/{C2}")[1]["state"] != "quarantined"
+
+    page.get(console.url("/console/partners"))
+    assert (
+        "acme" in _text(page, "table") and page.find_elements(By.CSS_SELECTOR, "button[data-partner]") == []
+    )
 
     page.get(console.url("/console/audit"))
     assert "Hash chain intact" in _text(page, ".chain")
@@ -321,6 +332,42 @@ def test_the_map_shows_the_units_where_they_reported_and_highlights_quarantine(c
     assert len(page.find_elements(By.CSS_SELECTOR, "circle.ring")) == 1
 
 
+def test_the_fleet_list_filters_by_name_and_state(console: Console) -> None:
+    quarantine(console, C3, "to be found by the filter")
+    page = console.browsers["ops"]
+    page.get(console.url("/console"))
+    assert _text(page, "[data-count=quarantined]") == "1" and _text(page, "[data-count=online]") == "3"
+    page.find_element(By.ID, "q").send_keys("trk-c")
+    Select(page.find_element(By.ID, "state")).select_by_value("quarantined")
+    page.find_element(By.ID, "q").send_keys(Keys.ENTER)
+    _wait(page, lambda d: "state=quarantined" in d.current_url)
+    rows = [r.text.split()[0] for r in page.find_elements(By.CSS_SELECTOR, "table.units tbody tr")]
+    assert rows == [C3]
+
+
+def test_a_partner_cut_shows_its_blast_radius_first_then_cuts(console: Console) -> None:
+    page = console.browsers["security"]
+    _viewport(page, *DESKTOP)
+    page.get(console.url("/console/partners"))
+    cells = [c.text for c in page.find_elements(By.CSS_SELECTOR, "table tbody tr:first-child td")]
+    assert cells[:2] == ["acme", "2"] and cells[3] == "1"  # tier 2, one live session
+    page.find_element(By.CSS_SELECTOR, "button[data-partner=acme]").click()
+    page.find_element(By.ID, "cut-totp").send_keys(totp_code(console.security))
+    page.find_element(By.ID, "cut-dry").click()
+    _wait(page, lambda d: "Would revoke and close" in _text(d, "#cut-result"))
+    radius = _text(page, "#cut-result")
+    assert "partner/acme" in radius and "live sessions: 1" in radius
+    assert console.partner.client.disconnects.empty()  # a dry run: nothing happened yet
+    page.save_screenshot(str(_shots(console) / "partners-cut-desktop-security.png"))
+    assert api(console.gw, console.security, "GET", "/api/sessions")[1]["sessions"]
+
+    page.find_element(By.ID, "cut-totp").send_keys(totp_code(console.security))
+    page.find_element(By.ID, "cut-go").click()
+    _wait(page, lambda d: "Done" in _text(d, "#cut-result"))
+    console.partner.client.disconnects.get(timeout=5)  # the partner's live session was closed
+    _wait(page, lambda d: "revoked" in _text(d, "table tbody tr"))
+
+
 PAGES = (
     ("fleet", "/console"),
     ("unit", f"/console/units/{C3}"),
@@ -329,6 +376,13 @@ PAGES = (
     ("audit", "/console/audit"),
     ("flows", "/console/flows"),
 )
+
+
+def _shots(console: Console) -> Path:
+    out = os.environ.get("FLEETGATE_CONSOLE_SCREENSHOTS")
+    shots = Path(out) if out else console.tmp / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
 
 
 def _viewport(driver: WebDriver, width: int, height: int) -> None:
@@ -341,9 +395,7 @@ def _viewport(driver: WebDriver, width: int, height: int) -> None:
 def test_every_page_fits_desktop_and_phone_and_every_control_is_labelled_and_reachable(
     console: Console,
 ) -> None:
-    out = os.environ.get("FLEETGATE_CONSOLE_SCREENSHOTS")
-    shots = Path(out) if out else console.tmp / "shots"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _shots(console)
     console.control_round("quarantined", C3)  # the unit page shows a quarantined unit's live control
     for role in ("ops", "auditor"):
         page = console.browsers[role]
