@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.admin.api import AdminContext
 from gateway.admin.auth import ROLE_RIGHTS, Operator
+from gateway.admin.console_chain import ChainCheck
 from gateway.context.unit_watch import UnitWatch
 from gateway.policy.engine import PolicyEngine
 from pki.names import Identity
@@ -16,6 +17,7 @@ class ConsoleContext:
     admin: AdminContext
     watch: UnitWatch
     engine: PolicyEngine
+    chain: ChainCheck = field(default_factory=ChainCheck)
 
     def rights(self, who: Operator) -> frozenset[str]:
         return ROLE_RIGHTS.get(who.role, frozenset())
