@@ -38,7 +38,9 @@ from gateway.admin import console_html as html
 from gateway.admin.api import _audit_refusal, _request_refusal, error
 from gateway.admin.auth import Operator, Refusal, authenticate
 from gateway.admin.console_context import ConsoleContext
+from gateway.admin.sse import DEFAULT_HEARTBEAT, stream_events
 from gateway.render.flows_render import to_svg
+from gateway.stores.audit_log import AuditRecord
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -53,6 +55,16 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+FLEET_ACTIONS = frozenset(
+    {
+        "detector.fired",
+        "unit.quarantine",
+        "unit.release",
+        "identity.revoke",
+        "cert.revoke",
+        "partner.disconnect",
+    }
+)
 ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
@@ -70,38 +82,68 @@ def _cross_site(request: web.Request) -> Refusal | None:
     return None
 
 
+def _admit(cc: ConsoleContext, request: web.Request, right: str, audited: bool) -> Operator | web.Response:
+    """The operator, or the refusal to send (audited like the API's)."""
+    ctx = cc.admin
+    who = (
+        _request_refusal(request)
+        or _cross_site(request)
+        or authenticate(request, ctx.registry, ctx.trust_domain, right, ctx.clock(), ctx.clock_skew)
+    )
+    if isinstance(who, Refusal):
+        _audit_refusal(ctx, request, who, right)
+        refusal = error(who.status, who.message, who.reason)
+        refusal.headers.update(SECURITY_HEADERS)
+        return refusal
+    if audited:
+        ctx.audit.append(
+            actor=who.actor,
+            action="admin.console",
+            subject=request.path_qs,
+            outcome="ok",
+            details={"role": who.role, "right": right},
+            now=ctx.clock(),
+        )
+    return who
+
+
 def _guarded(
     cc: ConsoleContext,
     right: str,
     answer: Callable[[web.Request, Operator], web.StreamResponse],
     audited: bool,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    ctx = cc.admin
-
     async def handle(request: web.Request) -> web.StreamResponse:
-        response: web.StreamResponse
-        who = (
-            _request_refusal(request)
-            or _cross_site(request)
-            or authenticate(request, ctx.registry, ctx.trust_domain, right, ctx.clock(), ctx.clock_skew)
-        )
-        if isinstance(who, Refusal):
-            _audit_refusal(ctx, request, who, right)
-            response = error(who.status, who.message, who.reason)
-        else:
-            if audited:
-                ctx.audit.append(
-                    actor=who.actor,
-                    action="admin.console",
-                    subject=request.path_qs,
-                    outcome="ok",
-                    details={"role": who.role, "right": right},
-                    now=ctx.clock(),
-                )
-            response = answer(request, who)
+        who = _admit(cc, request, right, audited)
+        if isinstance(who, web.Response):
+            return who
+        response = answer(request, who)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
+
+    return handle
+
+
+def fleet_event(record: AuditRecord) -> bool:
+    """What the fleet page's feed shows anyone who may read units: what happened to units and
+    partners (detector firings, quarantines, releases, revocations, partner cuts) and units'
+    denials; not operators' requests, handshakes from addresses or the rest of the audit log."""
+    if record.action in FLEET_ACTIONS:
+        return record.subject.startswith(("unit/", "partner/")) or record.action == "partner.disconnect"
+    return record.outcome in ("denied", "refused") and record.actor.startswith("unit/")
+
+
+def _fleet_events(cc: ConsoleContext) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        who = _admit(cc, request, "units.read", audited=True)
+        if isinstance(who, web.Response):
+            return who
+        text = request.query.get("since", "")
+        last_id = request.headers.get("Last-Event-ID", "")
+        since = int(last_id) if last_id.isdigit() else (int(text) if text.isdigit() else None)
+        ctx = cc.admin
+        return await stream_events(request, ctx.audit, ctx.feed, since, DEFAULT_HEARTBEAT, fleet_event)
 
     return handle
 
@@ -158,3 +200,4 @@ def add_console_routes(app: web.Application, cc: ConsoleContext) -> None:
     app.router.add_get("/console/", _page(cc, "units.read", html.fleet_page))
     app.router.add_get("/console/assets/{name}", _asset(cc))
     app.router.add_get("/console/flows.svg", _flows_svg(cc))
+    app.router.add_get("/console/events", _fleet_events(cc))

@@ -337,6 +337,10 @@ def test_the_fleet_list_filters_by_name_and_state(console: Console) -> None:
     page = console.browsers["ops"]
     page.get(console.url("/console"))
     assert _text(page, "[data-count=quarantined]") == "1" and _text(page, "[data-count=online]") == "3"
+    # ops follows the fleet's events (not the whole audit log: no operators' requests, no handshakes)
+    _wait(page, lambda d: f"unit.quarantine unit/{C3}" in _text(d, "#events"))
+    events = _text(page, "#events")
+    assert "detector.fired unit/TRK-C2" in events and "admin." not in events and "tls." not in events
     page.find_element(By.ID, "q").send_keys("trk-c")
     Select(page.find_element(By.ID, "state")).select_by_value("quarantined")
     page.find_element(By.ID, "q").send_keys(Keys.ENTER)
