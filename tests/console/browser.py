@@ -48,11 +48,12 @@ def available() -> str | None:
     """Why the browser tests cannot run here, or None."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     missing += [t for t in ("certutil", "pk12util") if shutil.which(t) is None]
-    return (
-        f"missing {', '.join(missing)} (apt-get install chromium chromium-driver libnss3-tools)"
-        if missing
-        else None
-    )
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install chromium chromium-driver libnss3-tools)"
+    writable = POLICY_DIR if POLICY_DIR.exists() else next(p for p in POLICY_DIR.parents if p.exists())
+    if not os.access(writable, os.W_OK):
+        return f"cannot write {POLICY_DIR} for the certificate policy (run as root, or make it writable)"
+    return None
 
 
 @contextmanager
@@ -60,6 +61,10 @@ def managed_policy(origin: str, issuer_cn: str) -> Iterator[Path]:
     """Chromium's AutoSelectCertificateForUrls for one origin and issuer, for as long as the block runs."""
     rule = json.dumps({"pattern": origin, "filter": {"ISSUER": {"CN": issuer_cn}}})
     POLICY_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in POLICY_DIR.glob("fleetgate-test-*.json"):  # left by a test process that was killed
+        pid = stale.stem.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
     path = POLICY_DIR / f"fleetgate-test-{os.getpid()}.json"
     path.write_text(json.dumps({"AutoSelectCertificateForUrls": [rule]}))
     try:
