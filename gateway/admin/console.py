@@ -125,6 +125,17 @@ def _guarded(
     return handle
 
 
+def _unit_live(cc: ConsoleContext) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def answer(request: web.Request, who: Operator) -> web.StreamResponse:
+        live = html.unit_live(cc, request.match_info["id"])
+        if live is None:
+            return error(404, f"there is no unit {request.match_info['id']}", "unknown_unit")
+        return web.json_response(live)
+
+    # Polled every second by an open unit page: the page view was audited, its refreshes are not.
+    return _guarded(cc, "units.read", answer, audited=False)
+
+
 def fleet_event(record: AuditRecord) -> bool:
     """What the fleet page's feed shows anyone who may read units: what happened to units and
     partners (detector firings, quarantines, releases, revocations, partner cuts) and units'
@@ -201,3 +212,4 @@ def add_console_routes(app: web.Application, cc: ConsoleContext) -> None:
     app.router.add_get("/console/assets/{name}", _asset(cc))
     app.router.add_get("/console/flows.svg", _flows_svg(cc))
     app.router.add_get("/console/events", _fleet_events(cc))
+    app.router.add_get("/console/units/{id}/live", _unit_live(cc))

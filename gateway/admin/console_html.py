@@ -234,11 +234,28 @@ def _control(cc: ConsoleContext, unit: str, now: float) -> str:
             f'last control message <span data-since="{at:.3f}">{_ago(at, now)}</span>: '
             f"{esc(traffic.control_topic)} from {esc(traffic.control_sender)}"
         )
+    live = _url(f"/console/units/{unit}/live")
     return (
         '<section aria-labelledby="ctl"><h2 id="ctl">Control channel</h2>'
-        f'<p id="control" class="control">{text}. Quarantine and posture restriction never touch it; '
-        "only a revoke or a partner cut ends it.</p></section>"
+        f'<p id="control" class="control" data-live="{live}"><span id="control-last">{text}</span>. '
+        "Quarantine and posture restriction never touch it; only a revoke or a partner cut ends it."
+        "</p></section>"
     )
+
+
+def unit_live(cc: ConsoleContext, unit: str) -> dict[str, object] | None:
+    """What the unit page refreshes every second without a reload: its state and control liveness."""
+    found = cc.admin.ops.status(cc.admin.clock(), unit)
+    if not found:
+        return None
+    traffic = cc.watch.traffic(unit)
+    return {
+        "state": found[0].state,
+        "online": found[0].online,
+        "control_at": traffic.control_at if traffic else None,
+        "control_topic": traffic.control_topic if traffic else "",
+        "control_sender": traffic.control_sender if traffic else "",
+    }
 
 
 def _actions(cc: ConsoleContext, unit: str, row: UnitStatus, rights: frozenset[str]) -> str:

@@ -171,8 +171,10 @@ def test_ops_quarantines_a_unit_in_the_page_and_its_control_channel_stays_alive(
     # Meanwhile the real unit got its mode command and still receives and acknowledges control.
     mode = console.units[C1].wait_for(_diagnostic_only)
     assert "tampering suspected" in mode.payload.decode()
+    before = _since(page)
     console.control_round("during")
-    page.refresh()
+    # ...and the open page shows that control traffic live (refreshed each second, no reload).
+    _wait(page, lambda d: _since(d) > before)
     assert "diagnostic-only" in _text(page, "#mode")
     assert f"fleet/{C1}/control/brake/ack from unit/{C1}" in _text(page, "#control")
     status, body = api(console.gw, console.ops, "GET", f"/api/units/{C1}")
@@ -183,6 +185,12 @@ def test_ops_quarantines_a_unit_in_the_page_and_its_control_channel_stays_alive(
     page.find_element(By.CSS_SELECTOR, "button[data-action=release]").click()
     _wait(page, lambda d: _text(d, "#mode") == "normal")
     console.control_round("after")
+
+
+def _since(driver: WebDriver) -> float:
+    return float(
+        driver.find_element(By.CSS_SELECTOR, "#control-last [data-since]").get_attribute("data-since") or 0
+    )
 
 
 def _diagnostic_only(message: Any) -> bool:

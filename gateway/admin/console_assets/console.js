@@ -10,15 +10,34 @@ function post(url, body, totp) {
     .then((r) => r.json().then((data) => ({ ok: r.ok, status: r.status, data })));
 }
 
+function ago(since) {
+  const seconds = Math.max(0, Date.now() / 1000 - since);
+  return seconds < 120 ? `${seconds.toFixed(0)} s ago` : `${(seconds / 60).toFixed(0)} min ago`;
+}
+
 function ticking() {
-  const spans = document.querySelectorAll("[data-since]");
-  if (!spans.length) return;
   setInterval(() => {
-    const now = Date.now() / 1000;
-    spans.forEach((s) => {
-      const seconds = Math.max(0, now - parseFloat(s.dataset.since));
-      s.textContent = seconds < 120 ? `${seconds.toFixed(0)} s ago` : `${(seconds / 60).toFixed(0)} min ago`;
-    });
+    document.querySelectorAll("[data-since]").forEach((s) => { s.textContent = ago(parseFloat(s.dataset.since)); });
+  }, 1000);
+}
+
+// The unit page: state and control liveness refreshed every second; a changed state (a detector or
+// another operator acted) reloads the page so its facts and buttons match.
+function unitLive() {
+  const control = document.getElementById("control");
+  const mode = document.getElementById("mode");
+  if (!control || !mode) return;
+  const last = document.getElementById("control-last");
+  setInterval(() => {
+    fetch(control.dataset.live, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null)).then((live) => {
+      if (!live) return;
+      if (live.state !== mode.dataset.mode) { window.location.reload(); return; }
+      if (live.control_at === null) return;
+      const span = document.createElement("span");
+      span.dataset.since = live.control_at.toFixed(3);
+      span.textContent = ago(live.control_at);
+      last.replaceChildren("last control message ", span, `: ${live.control_topic} from ${live.control_sender}`);
+    }, () => {});
   }, 1000);
 }
 
@@ -100,4 +119,4 @@ function partnerCut() {
   go.addEventListener("click", () => send(false));
 }
 
-document.addEventListener("DOMContentLoaded", () => { ticking(); unitActions(); events(); partnerCut(); });
+document.addEventListener("DOMContentLoaded", () => { ticking(); unitLive(); unitActions(); events(); partnerCut(); });
