@@ -289,6 +289,14 @@ def test_another_origin_and_a_browser_without_certificate_get_nothing(console: C
         assert "no_client_certificate" in nobody.page_source
         assert C1 not in nobody.page_source and "fleetgate</span>" not in nobody.page_source
 
+    # Roles hold on every page, whatever a browser shows: metrics reads nothing here, ops no audit.
+    for creds, path in ((console.gw.metrics_reader(), "/console"), (console.ops, "/console/audit")):
+        try:
+            urllib.request.urlopen(console.url(path), context=context(console.gw, creds), timeout=15)
+            raise AssertionError(f"{path} answered {creds.ident}")
+        except urllib.error.HTTPError as refused:
+            assert (refused.code, json.loads(refused.read())["code"]) == (403, "role_lacks_right")
+
     # What the browser was told: a strict CSP and no framing on pages, assets and refusals alike.
     for path, creds in (
         ("/console", console.ops),
