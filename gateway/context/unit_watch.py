@@ -31,6 +31,8 @@ from gateway.policy.data_classes import PII, DataClasses, normal_key
 PER_UNIT = 10
 MAX_PAYLOAD = 512
 REDACTED = "[redacted: pii]"
+UNKNOWN_RECHECK = 10.0  # seconds before an unknown unit id is looked up again
+MAX_UNKNOWN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,9 @@ class UnitWatch:
     per_unit: int = PER_UNIT
     max_payload: int = MAX_PAYLOAD
     units: dict[str, UnitTraffic] = field(default_factory=dict)
+    # Unit ids the registry did not know, and when it was asked: a service publishing to unknown
+    # units costs one registry lookup per id per UNKNOWN_RECHECK seconds, not one per message.
+    unknown: dict[str, float] = field(default_factory=dict)
 
     def observe(self, peer: Peer, topic: str, payload: bytes, now: float) -> None:
         levels = topic.split("/", 3)
@@ -72,8 +77,15 @@ class UnitWatch:
         unit = levels[1]
         traffic = self.units.get(unit)
         if traffic is None:
-            if not self.known(unit):
+            asked = self.unknown.get(unit)
+            if asked is not None and now - asked < UNKNOWN_RECHECK:
                 return
+            if not self.known(unit):
+                if len(self.unknown) >= MAX_UNKNOWN:
+                    self.unknown.clear()
+                self.unknown[unit] = now
+                return
+            self.unknown.pop(unit, None)
             traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
         sender = str(peer.identity) if peer.identity is not None else "lab"
         traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], sender))

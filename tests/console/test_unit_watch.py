@@ -89,3 +89,22 @@ def test_the_map_projection_keeps_north_up_and_east_right() -> None:
     assert project({}) == {}
     ((x, y),) = project({"only": Fix(10, 10, 0)}).values()  # one unit: in the middle, no division by zero
     assert 0 < x < 960 and 0 < y < 600
+
+
+def test_an_unknown_unit_id_is_looked_up_once_per_interval_not_per_message() -> None:
+    registered: set[str] = set()
+    asked: list[str] = []
+
+    def known(unit: str) -> bool:
+        asked.append(unit)
+        return unit in registered
+
+    w = UnitWatch(known=known)
+    for t in (0.0, 1.0, 2.0):
+        w.observe(DISPATCH, "fleet/TRK-NEW/control/brake", b"x", t)
+    assert asked == ["TRK-NEW"] and w.traffic("TRK-NEW") is None
+    registered.add("TRK-NEW")  # `fleetgate unit add` meanwhile
+    w.observe(DISPATCH, "fleet/TRK-NEW/control/brake", b"x", 5.0)  # still within the interval
+    assert w.traffic("TRK-NEW") is None
+    w.observe(DISPATCH, "fleet/TRK-NEW/control/brake", b"x", 10.5)
+    assert len(asked) == 2 and w.traffic("TRK-NEW") is not None
