@@ -14,6 +14,7 @@ import html
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
@@ -198,6 +199,7 @@ def unit_page(request: web.Request, cc: ConsoleContext, who: Operator) -> str:
     summary = _dl(
         {
             "Mode": f'<strong id="mode" data-mode="{esc(row.state)}">{esc(mode)}</strong>',
+            "Identity": f"<code>{esc(f'spiffe://{cc.admin.trust_domain}/unit/{unit}')}</code>",
             "Registry state": esc(row.state),
             "Connection": ("online" if row.online else "offline")
             + (f" from {esc(row.address)}" if row.address else ""),
@@ -374,27 +376,78 @@ def _records_table(caption: str, records: Sequence[AuditRecord]) -> str:
 MAP_W, MAP_H, MARGIN = 960.0, 600.0, 40.0
 
 
-def project(fixes: dict[str, Fix]) -> dict[str, tuple[float, float]]:
-    """Equirectangular positions in the SVG box, scaled to the fleet's extent, north up."""
+@dataclass(frozen=True)
+class Frame:
+    """An equirectangular frame fitted to the fleet's extent: north up, east right, metres alike."""
+
+    lat0: float
+    lon0: float
+    mid: float  # cos(mean latitude): a degree of longitude is this much shorter than one of latitude
+    scale: float  # SVG units per degree of latitude
+    x0: float
+    y0: float
+
+    def xy(self, lat: float, lon: float) -> tuple[float, float]:
+        return self.x0 + (lon - self.lon0) * self.mid * self.scale, MAP_H - (
+            self.y0 + (lat - self.lat0) * self.scale
+        )
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(south, north, west, east) of the whole drawing."""
+        south = self.lat0 - self.y0 / self.scale
+        west = self.lon0 - self.x0 / (self.mid * self.scale)
+        return south, south + MAP_H / self.scale, west, west + MAP_W / (self.mid * self.scale)
+
+
+def frame(fixes: dict[str, Fix]) -> Frame | None:
     if not fixes:
-        return {}
+        return None
     lats = [f.lat for f in fixes.values()]
     lons = [f.lon for f in fixes.values()]
-    mid = math.cos(math.radians((max(lats) + min(lats)) / 2))
+    mid = max(math.cos(math.radians((max(lats) + min(lats)) / 2)), 0.01)
     width = max((max(lons) - min(lons)) * mid, 1e-3)
     height = max(max(lats) - min(lats), 1e-3)
     scale = min((MAP_W - 2 * MARGIN) / width, (MAP_H - 2 * MARGIN) / height)
-    x0 = (MAP_W - width * scale) / 2
-    y0 = (MAP_H - height * scale) / 2
-    return {
-        unit: (x0 + (f.lon - min(lons)) * mid * scale, MAP_H - (y0 + (f.lat - min(lats)) * scale))
-        for unit, f in fixes.items()
-    }
+    return Frame(min(lats), min(lons), mid, scale, (MAP_W - width * scale) / 2, (MAP_H - height * scale) / 2)
+
+
+def project(fixes: dict[str, Fix]) -> dict[str, tuple[float, float]]:
+    """Positions in the SVG box for each unit's fix."""
+    box = frame(fixes)
+    return {} if box is None else {unit: box.xy(f.lat, f.lon) for unit, f in fixes.items()}
+
+
+GRID_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 45.0)
+
+
+def graticule(box: Frame) -> str:
+    """Parallels and meridians with their degrees, so the drawing has a scale without map tiles."""
+    south, north, west, east = box.bounds()
+    step = next((s for s in GRID_STEPS if (north - south) / s <= 8 and (east - west) / s <= 10), 90.0)
+    lines = []
+    for i in range(math.ceil(south / step), math.floor(north / step) + 1):
+        lat = i * step
+        y = box.xy(lat, west)[1]
+        lines.append(
+            f'<line class="grid" x1="0" y1="{y:.1f}" x2="{MAP_W:.0f}" y2="{y:.1f}"/>'
+            f'<text class="grid" x="4" y="{y - 3:.1f}">'
+            f"{round(abs(lat), 4):g}°{'N' if lat >= 0 else 'S'}</text>"
+        )
+    for i in range(math.ceil(west / step), math.floor(east / step) + 1):
+        lon = i * step
+        x = box.xy(south, lon)[0]
+        lines.append(
+            f'<line class="grid" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{MAP_H:.0f}"/>'
+            f'<text class="grid" x="{x + 3:.1f}" y="{MAP_H - 4:.0f}">'
+            f"{round(abs(lon), 4):g}°{'E' if lon >= 0 else 'W'}</text>"
+        )
+    return "".join(lines)
 
 
 def map_page(request: web.Request, cc: ConsoleContext, who: Operator) -> str:
     rows = {r.unit: r for r in cc.admin.ops.status(cc.admin.clock())}
     fixes = {u: f for u, f in cc.watch.fixes().items() if u in rows}
+    box = frame(fixes)
     points = project(fixes)
     marks = []
     for unit, (x, y) in sorted(points.items()):
@@ -409,9 +462,10 @@ def map_page(request: web.Request, cc: ConsoleContext, who: Operator) -> str:
             f'<text x="{x + 10:.1f}" y="{y + 4:.1f}">{esc(unit)}</text></a>'
         )
     svg = (
-        f'<svg class="map" viewBox="0 0 {MAP_W:.0f} {MAP_H:.0f}" role="img" aria-labelledby="map-t">'
+        f'<svg class="map" viewBox="0 0 {MAP_W:.0f} {MAP_H:.0f}" role="group" aria-labelledby="map-t">'
         f'<title id="map-t">Last known positions of {len(points)} units</title>'
-        f'<rect class="sea" width="{MAP_W:.0f}" height="{MAP_H:.0f}"/>{"".join(marks)}</svg>'
+        f'<rect class="sea" width="{MAP_W:.0f}" height="{MAP_H:.0f}"/>'
+        f"{graticule(box) if box else ''}{''.join(marks)}</svg>"
     )
     legend = "".join(f'<li><span class="dot state-{s}"></span>{s}</li>' for s in STATES)
     table = _table(

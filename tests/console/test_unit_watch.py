@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.admin.console_html import esc, project
+from gateway.admin.console_html import esc, frame, graticule, project
 from gateway.context.unit_watch import REDACTED, Fix, UnitWatch, parse_fix, redacted
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
@@ -108,3 +108,12 @@ def test_an_unknown_unit_id_is_looked_up_once_per_interval_not_per_message() -> 
     assert w.traffic("TRK-NEW") is None
     w.observe(DISPATCH, "fleet/TRK-NEW/control/brake", b"x", 10.5)
     assert len(asked) == 2 and w.traffic("TRK-NEW") is not None
+
+
+def test_the_graticule_labels_whole_steps_around_the_fleet() -> None:
+    box = frame({"R": Fix(51.92, 4.48, 0), "A": Fix(52.37, 4.89, 0), "U": Fix(52.09, 5.12, 0)})
+    assert box is not None
+    drawn = graticule(box)
+    assert "52.2°N" in drawn and "5°E" in drawn and "e-" not in drawn  # 0.1° steps, no float noise
+    south, north, west, east = box.bounds()
+    assert south < 51.92 and north > 52.37 and west < 4.48 and east > 5.12
