@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -107,6 +111,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             assert units[unit].client.publish(f"fleet/{unit}/telemetry/gps", json.dumps(fix).encode(), 1) == 0
         watches += units.values()
         units[C2].client.subscribe("#", 1)  # overreach: refused, and the detector fires (alert only)
+        # C2 runs old firmware (the policy's minimum is 1.4.0): admitted, restricted.
+        assert units[C2].client.publish(f"fleet/{C2}/state", json.dumps({"firmware": "1.2.0"}), 1) == 0
         dispatch = Watch(gw, gw.issue("service", "dispatch"), "fleet/+/control/#")
         watches.append(dispatch)
         partner = Watch(gw, gw.issue("partner", "acme", "--tier", "2"))
@@ -142,7 +148,8 @@ def _enroll_units(gw: GatewayProcess, operator: Credentials, names: list[str]) -
 
 def _wait(driver: WebDriver, check: Any, timeout: float = 10.0) -> Any:
     # The page reloads under the check (after an action): a vanished element just means "not yet".
-    stale = (StaleElementReferenceException, NoSuchElementException)
+    # (Chromium may also answer "Node ... does not belong to the document" while a page replaces itself.)
+    stale = (StaleElementReferenceException, NoSuchElementException, WebDriverException)
     return WebDriverWait(driver, timeout, poll_frequency=0.02, ignored_exceptions=stale).until(check)
 
 
@@ -212,6 +219,7 @@ def test_an_auditor_sees_the_pages_without_buttons_and_a_forged_action_is_refuse
     page = console.browsers["auditor"]
     page.get(console.url(f"/console/units/{C2}"))
     assert _text(page, "h1") == f"Unit {C2}"
+    assert _text(page, "#mode").startswith("restricted") and "1.2.0" in _text(page, ".facts")
     assert page.find_elements(By.CSS_SELECTOR, "button[data-action], #reason, #totp") == []
     messages = _text(page, "table.messages")
     assert "[redacted: pii]" in messages and "Ada Lovelace" not in messages
@@ -352,7 +360,8 @@ def test_the_fleet_list_filters_by_name_and_state(console: Console) -> None:
     quarantine(console, C3, "to be found by the filter")
     page = console.browsers["ops"]
     page.get(console.url("/console"))
-    assert _text(page, "[data-count=quarantined]") == "1" and _text(page, "[data-count=online]") == "3"
+    counts = {s: _text(page, f"[data-count={s}]") for s in ("online", "offline", "quarantined", "restricted")}
+    assert counts == {"online": "3", "offline": "0", "quarantined": "1", "restricted": "1"}
     # ops follows the fleet's events (not the whole audit log: no operators' requests, no handshakes)
     _wait(page, lambda d: f"unit.quarantine unit/{C3}" in _text(d, "#events"))
     events = _text(page, "#events")
