@@ -40,7 +40,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from gateway.admin.console import CSP
 from gateway.cli.device import device_csr
-from pki.est_client import bootstrap, simpleenroll
+from pki.est_client import bootstrap, simpleenroll, simplereenroll
 from pki.keys import generate_private_key
 from tests.console import browser
 from tests.harness import Credentials, GatewayProcess
@@ -143,6 +143,10 @@ def _enroll_units(gw: GatewayProcess, operator: Credentials, names: list[str]) -
         key = generate_private_key()
         cert = simpleenroll(server, row["unit"], row["token"], device_csr(key, row["unit"]))
         enrolled[row["unit"]] = gw._save(row["unit"], key, [cert])
+    # C1 has renewed once (a new key, over mTLS with its first certificate): a lineage to show.
+    first, key = enrolled[C1], generate_private_key()
+    renewed = simplereenroll(server, first.cert, first.key, device_csr(key, C1))
+    enrolled[C1] = gw._save(C1, key, [renewed])
     return enrolled
 
 
@@ -164,6 +168,9 @@ def test_ops_quarantines_a_unit_in_the_page_and_its_control_channel_stays_alive(
     assert _text(page, "#mode") == "normal"
     assert f"fleet/{C1}/control/brake/ack from unit/{C1}" in _text(page, "#control")
     assert "Ada Lovelace" in _text(page, "table.messages")  # ops may see PII
+    lineage = [r.text for r in page.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=cert] tbody tr")]
+    assert len(lineage) == 2 and "renewed from" in lineage[0] and "first enrollment" in lineage[1]
+    assert lineage[0].split()[-1] == lineage[1].split()[0]  # renewed from the first one's serial
 
     page.find_element(By.ID, "reason").send_keys(HOSTILE_REASON)
     page.find_element(By.ID, "totp").send_keys(totp_code(console.ops))
