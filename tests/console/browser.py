@@ -60,6 +60,7 @@ def available() -> str | None:
 def managed_policy(origin: str, issuer_cn: str) -> Iterator[Path]:
     """Chromium's AutoSelectCertificateForUrls for one origin and issuer, for as long as the block runs."""
     rule = json.dumps({"pattern": origin, "filter": {"ISSUER": {"CN": issuer_cn}}})
+    created = [d for d in (POLICY_DIR.parent, POLICY_DIR) if not d.exists()]
     POLICY_DIR.mkdir(parents=True, exist_ok=True)
     for stale in POLICY_DIR.glob("fleetgate-test-*.json"):  # left by a test process that was killed
         pid = stale.stem.rsplit("-", 1)[-1]
@@ -71,6 +72,9 @@ def managed_policy(origin: str, issuer_cn: str) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+        for made in reversed(created):  # leave /etc as it was found
+            if not any(made.iterdir()):
+                made.rmdir()
 
 
 def issuer_cn(creds: Credentials) -> str:
