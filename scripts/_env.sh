@@ -22,13 +22,17 @@ ensure_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-ensure_test_packages() {  # what only the test suite needs: promtool and systemd-analyze check deploy/
+ensure_test_packages() {  # what only the test suite needs: promtool and systemd-analyze check deploy/,
+  # chromium, its driver and NSS's tools run the console's browser tests (tests/console)
   local missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  command -v pk12util >/dev/null || missing+=(libnss3-tools)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
-    echo "fleetgate: please install ${missing[*]} (the deploy/ checks use them; they are skipped otherwise)" >&2
+    echo "fleetgate: please install ${missing[*]} (the deploy/ and console checks use them; skipped otherwise)" >&2
     return 0
   fi
   local sudo=""

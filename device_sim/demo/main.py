@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from device_sim.demo.console_hint import console_hint
 from device_sim.demo.story import DemoOptions, Story, quarantine_available
 from device_sim.fleet.enroll import fleetgate
 
@@ -140,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         quarantine=quarantine_available(),
     )
+    story = Story(options, console)
     try:
-        summary = asyncio.run(Story(options, console).run())
+        summary = asyncio.run(story.run())
         if args.summary is not None:
             args.summary.write_text(json.dumps(summary, indent=2, default=str))
         if args.keep_running:
@@ -152,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--est https://localhost:{https_port}\n"
                 "Ctrl-C stops it."
             )
+            if story.ops_files is not None:
+                hint = console_hint(story.ops_files, "ops", https_port, data)
+                # Commands to copy: never wrapped, never read as markup.
+                console.print(hint, markup=False, highlight=False, soft_wrap=True)
             gateway.wait()
     except KeyboardInterrupt:
         pass

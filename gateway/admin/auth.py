@@ -39,6 +39,7 @@ OPS_RIGHTS = frozenset(
         "docs.read",
         "flows.read",
         "metrics.read",
+        "units.messages_pii",
     }
 )
 READ_RIGHTS = frozenset(
@@ -75,6 +76,7 @@ RIGHT_TEXT = {
     "docs.read": "read the API document",
     "flows.read": "read the data-flow map",
     "metrics.read": "read the metrics",
+    "units.messages_pii": "see PII in a unit's recent messages (the console)",
 }
 
 

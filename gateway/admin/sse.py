@@ -94,9 +94,16 @@ def _frame(record: AuditRecord) -> bytes:
 
 
 async def stream_events(
-    request: web.Request, audit: AuditLog, feed: AuditFeed, since: int | None, heartbeat: float
+    request: web.Request,
+    audit: AuditLog,
+    feed: AuditFeed,
+    since: int | None,
+    heartbeat: float,
+    keep: Callable[[AuditRecord], bool] | None = None,
 ) -> web.StreamResponse:
-    """Serve one client: replay after `since` from the log, then follow the feed until it goes away."""
+    """Serve one client: replay after `since` from the log, then follow the feed until it goes away.
+
+    With `keep`, only the records it accepts are sent (the console's fleet events)."""
     sub = feed.subscribe()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -108,11 +115,12 @@ async def stream_events(
         while since is not None:  # catch up in bounded batches
             batch = audit.tail_after(last, limit=REPLAY_BATCH)
             for record in batch:
-                await response.write(_frame(record))
+                if keep is None or keep(record):
+                    await response.write(_frame(record))
                 last = record.seq
             if len(batch) < REPLAY_BATCH:
                 break
-        await _follow(response, sub, last, heartbeat, feed.clock)
+        await _follow(response, sub, last, heartbeat, feed.clock, keep)
     except ConnectionResetError:
         pass  # the client went away
     finally:
@@ -126,6 +134,7 @@ async def _follow(
     last: int,
     heartbeat: float,
     clock: Callable[[], datetime],
+    keep: Callable[[AuditRecord], bool] | None = None,
 ) -> None:
     while True:
         try:
@@ -141,5 +150,6 @@ async def _follow(
         if record is None:
             return
         if record.seq > last:  # the replay may already have sent it
-            await response.write(_frame(record))
+            if keep is None or keep(record):
+                await response.write(_frame(record))
             last = record.seq

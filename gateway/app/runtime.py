@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.admin.api import AdminContext, add_admin_routes
 from gateway.admin.auth import RIGHT_TEXT
+from gateway.admin.console import add_console_routes
+from gateway.admin.console_context import ConsoleContext
 from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
@@ -40,6 +42,7 @@ from gateway.config import GatewayConfig
 from gateway.context.flow_feed import FlowFeed
 from gateway.context.partner_views import PartnerViews
 from gateway.context.posture_watch import PostureWatch
+from gateway.context.unit_watch import UnitWatch
 from gateway.detection.continuous import wire as wire_continuous
 from gateway.edge.accept import AcceptLoop
 from gateway.edge.admission import listener_gates
@@ -225,11 +228,14 @@ class Gateway:
         if unknown:
             log.warning("second_factor.sensitive names unknown admin rights: %s", ", ".join(unknown))
         self.posture = PostureWatch(self.engine, self.driver, self.audit)
+        # The console's per-unit view: last messages, last GPS fix, control liveness (bounded).
+        self.unit_watch = UnitWatch(known=lambda unit: self.registry.get_identity("unit", unit) is not None)
         self.observers = PublishFanout(
             self.continuous.evaluator.observe_publish,
             self.views.observe,
             self.posture.observe,
             self.flows.observe,
+            self.unit_watch.observe,
         )
         self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit, self.clock.wall)
@@ -557,26 +563,25 @@ class Gateway:
                 loop_time=lambda: asyncio.get_running_loop().time(),
             ),
         )
-        add_admin_routes(
-            app,
-            AdminContext(
-                ops=self.ops,
-                audit=self.audit,
-                registry=self.registry,
-                trust_domain=self.trust_domain,
-                sessions=self.broker.sessions,
-                reload_policy=self.reload_policy,
-                feed=self.feed,
-                totp=self.totp,
-                flows=lambda: self.flows.snapshot(self.clock.now()),
-                clock_skew=self.clock_skew,
-                clock=self.clock.wall,
-                body_timeout=self.config.limits.https_request_timeout,
-                token_ttl=timedelta(hours=self.config.certificates.token_ttl_hours),
-                refused=self.http_refusals,
-                metrics=lambda: render(registry),
-            ),
+        admin = AdminContext(
+            ops=self.ops,
+            audit=self.audit,
+            registry=self.registry,
+            trust_domain=self.trust_domain,
+            sessions=self.broker.sessions,
+            reload_policy=self.reload_policy,
+            feed=self.feed,
+            totp=self.totp,
+            flows=lambda: self.flows.snapshot(self.clock.now()),
+            clock_skew=self.clock_skew,
+            clock=self.clock.wall,
+            body_timeout=self.config.limits.https_request_timeout,
+            token_ttl=timedelta(hours=self.config.certificates.token_ttl_hours),
+            refused=self.http_refusals,
+            metrics=lambda: render(registry),
         )
+        add_admin_routes(app, admin)
+        add_console_routes(app, ConsoleContext(admin, self.unit_watch, self.engine))
         return app
 
     async def start(self) -> None:

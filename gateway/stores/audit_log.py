@@ -150,6 +150,11 @@ def _hash_of(record: AuditRecord) -> str:
     return hashlib.sha256(_canonical(record)).hexdigest()
 
 
+def record_hash(record: AuditRecord) -> str:
+    """The hash a record must carry (for checks that walk part of the chain, e.g. the console's)."""
+    return _hash_of(record)
+
+
 def _utc_text(now: datetime) -> str:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("audit time must be timezone-aware (e.g. datetime.now(UTC))")

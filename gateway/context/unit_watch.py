@@ -1,0 +1,143 @@
+"""What the console shows of each unit's traffic: its last messages, last GPS fix, control liveness.
+
+A publish observer (gateway/app/observers.py) like the flow feed: it sees every client PUBLISH the
+policy accepted, in the middle of routing, so it only appends to bounded structures and never parses
+more than a GPS fix. Per unit (the `{unit}` level of `fleet/{unit}/...`):
+
+- the last `per_unit` messages on its topics (topic, time, size, the first `max_payload` bytes), in a
+  deque, so memory is bounded by units x per_unit x max_payload (defaults: 10 x 512 B per unit);
+- the last GPS fix from `fleet/{unit}/telemetry/gps` (`lat`, `lon` numbers in a JSON object);
+- when a control message last went to or from it (`fleet/{unit}/control/...`), and which way:
+  the console shows this as the control channel's liveness, which quarantine must never touch.
+
+Units are keyed by the topic, not the publisher: a dispatch service's control message to TRK-1 is
+TRK-1's. Only units the registry knows are kept (`known` decides), so a stranger's topics cannot grow
+the map. Redaction for readers who may not see PII happens when the console asks (`redacted`), not
+here: the buffer keeps what was sent, as briefly as the deque holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.policy.access import Peer
+from gateway.policy.data_classes import PII, DataClasses, normal_key
+
+PER_UNIT = 10
+MAX_PAYLOAD = 512
+REDACTED = "[redacted: pii]"
+UNKNOWN_RECHECK = 10.0  # seconds before an unknown unit id is looked up again
+MAX_UNKNOWN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    topic: str
+    at: float  # epoch seconds
+    size: int
+    payload: bytes  # at most MAX_PAYLOAD bytes of it
+    sender: str  # the publisher's identity, e.g. "service/dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    lat: float
+    lon: float
+    at: float
+
+
+@dataclass(slots=True)
+class UnitTraffic:
+    messages: deque[Seen]
+    fix: Fix | None = None
+    control_at: float | None = None
+    control_topic: str = ""
+    control_sender: str = ""
+
+
+@dataclass
+class UnitWatch:
+    known: Callable[[str], bool]  # whether the registry knows this unit id
+    per_unit: int = PER_UNIT
+    max_payload: int = MAX_PAYLOAD
+    units: dict[str, UnitTraffic] = field(default_factory=dict)
+    # Unit ids the registry did not know, and when it was asked: a service publishing to unknown
+    # units costs one registry lookup per id per UNKNOWN_RECHECK seconds, not one per message.
+    unknown: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, peer: Peer, topic: str, payload: bytes, now: float) -> None:
+        levels = topic.split("/", 3)
+        if len(levels) < 3 or levels[0] != "fleet":
+            return
+        unit = levels[1]
+        traffic = self.units.get(unit)
+        if traffic is None:
+            asked = self.unknown.get(unit)
+            if asked is not None and now - asked < UNKNOWN_RECHECK:
+                return
+            if not self.known(unit):
+                if len(self.unknown) >= MAX_UNKNOWN:
+                    self.unknown.clear()
+                self.unknown[unit] = now
+                return
+            self.unknown.pop(unit, None)
+            traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
+        sender = str(peer.identity) if peer.identity is not None else "lab"
+        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], sender))
+        if levels[2] == "control":
+            traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
+        elif topic == f"fleet/{unit}/telemetry/gps":
+            traffic.fix = parse_fix(payload, now) or traffic.fix
+
+    def traffic(self, unit: str) -> UnitTraffic | None:
+        return self.units.get(unit)
+
+    def fixes(self) -> dict[str, Fix]:
+        return {unit: t.fix for unit, t in self.units.items() if t.fix is not None}
+
+
+def parse_fix(payload: bytes, now: float) -> Fix | None:
+    """A GPS fix from `{"lat": .., "lon": ..}`; anything else (or an impossible position) is ignored."""
+    if len(payload) > 4096:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    lat, lon = obj.get("lat"), obj.get("lon")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lat, lon)):
+        return None
+    assert isinstance(lat, int | float) and isinstance(lon, int | float)
+    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return Fix(float(lat), float(lon), now)
+
+
+def redacted(topic: str, payload: bytes, classes: DataClasses) -> str:
+    """The payload as text for a reader without the `pii` class: PII fields (at any depth, by the
+    class's names) become REDACTED, and a topic that is PII as a whole shows nothing."""
+    if PII in classes.topic_classes(topic):
+        return REDACTED
+    pii = classes.classes.get(PII)
+    names = {normal_key(p.rsplit(".", 1)[-1]) for p in pii.fields} if pii is not None else set()
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        # Not JSON: nothing to walk, so nothing is known to be safe.
+        return REDACTED if names else payload.decode("utf-8", "replace")
+    return json.dumps(_scrub(obj, names), ensure_ascii=False)
+
+
+def _scrub(value: Any, names: Iterable[str] | set[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if normal_key(str(k)) in names else _scrub(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, names) for v in value]
+    return value
