@@ -105,6 +105,14 @@ def parse_revocation_reason(text: str) -> x509.ReasonFlags:
     )
 
 
+def revocation_flag(reason: str) -> x509.ReasonFlags:
+    """An RFC 5280 reason if the operator's text names one ("keyCompromise"), else unspecified."""
+    try:
+        return parse_revocation_reason(reason)
+    except PkiError:
+        return x509.ReasonFlags.unspecified
+
+
 def _write_pem(path: Path, cert: x509.Certificate) -> None:
     write_public_file(path, cert.public_bytes(Encoding.PEM))
 

@@ -47,9 +47,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.admin.auth import RIGHT_TEXT, Operator, Refusal, authenticate
+from gateway.admin.auth import Operator, Refusal, authenticate
 from gateway.admin.est import RefusalSink, request_source, storage_failure
 from gateway.admin.openapi import openapi_document
+from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import DEFAULT_HEARTBEAT, AuditFeed, stream_events
 from gateway.admin.totp_store import ENROLLED, METADATA_KEY, TotpStore, TotpStoreError
 from gateway.admin.totp_store import HEADER as TOTP_HEADER

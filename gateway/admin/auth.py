@@ -24,60 +24,11 @@ from datetime import datetime, timedelta
 from aiohttp import web
 from cryptography import x509
 
+from gateway.admin.rights import RIGHT_TEXT, ROLE_RIGHTS
 from pki.errors import VerificationError
 from pki.names import Identity, IdentityError, identity_from_certificate
 from pki.store import Registry
 from pki.verify import check_validity
-
-OPS_RIGHTS = frozenset(
-    {
-        "units.read",
-        "sessions.read",
-        "units.quarantine",
-        "units.release",
-        "sessions.kick",
-        "docs.read",
-        "flows.read",
-        "metrics.read",
-        "units.messages_pii",
-    }
-)
-READ_RIGHTS = frozenset(
-    {"units.read", "sessions.read", "audit.read", "events.read", "docs.read", "flows.read", "metrics.read"}
-)
-SECURITY_RIGHTS = OPS_RIGHTS | READ_RIGHTS | {"identities.revoke", "partners.disconnect", "policy.reload"}
-# An integrator's backend or factory line: registers units and gives them tokens, reads their status.
-PROVISIONING_RIGHTS = frozenset({"units.register", "units.token"})
-INTEGRATOR_RIGHTS = PROVISIONING_RIGHTS | {"units.read", "docs.read"}
-
-# The roles table (docs/operations.md repeats it): ops contain units, security may also cut off and
-# change policy, auditors only read, integrators register units and read their status, and a metrics
-# identity (a Prometheus scraper) reads /metrics only.
-ROLE_RIGHTS: dict[str, frozenset[str]] = {
-    "ops": OPS_RIGHTS | PROVISIONING_RIGHTS,
-    "security": SECURITY_RIGHTS | PROVISIONING_RIGHTS,
-    "integrator": INTEGRATOR_RIGHTS,
-    "auditor": READ_RIGHTS,
-    "metrics": frozenset({"metrics.read"}),
-}
-RIGHT_TEXT = {
-    "units.read": "read unit status",
-    "sessions.read": "list sessions",
-    "sessions.kick": "close live sessions",
-    "units.quarantine": "quarantine units",
-    "units.release": "release units",
-    "units.register": "register units",
-    "units.token": "give units new enrollment tokens",
-    "identities.revoke": "revoke identities",
-    "partners.disconnect": "disconnect partners",
-    "policy.reload": "reload the policy",
-    "audit.read": "read the audit log",
-    "events.read": "follow the event stream",
-    "docs.read": "read the API document",
-    "flows.read": "read the data-flow map",
-    "metrics.read": "read the metrics",
-    "units.messages_pii": "see PII in a unit's recent messages (the console)",
-}
 
 
 @dataclass(frozen=True)

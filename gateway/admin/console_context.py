@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.admin.api import AdminContext
-from gateway.admin.auth import ROLE_RIGHTS, Operator
+from gateway.admin.auth import Operator
 from gateway.admin.console_chain import ChainCheck
+from gateway.admin.rights import ROLE_RIGHTS
 from gateway.context.unit_watch import UnitWatch
 from gateway.policy.engine import PolicyEngine
 from pki.names import Identity

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.admin.auth import ROLE_RIGHTS
+from gateway.admin.rights import ROLE_RIGHTS
 
 JSON = "application/json"
 

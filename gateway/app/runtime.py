@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.admin.api import AdminContext, add_admin_routes
-from gateway.admin.auth import RIGHT_TEXT
 from gateway.admin.console import add_console_routes
 from gateway.admin.console_context import ConsoleContext
 from gateway.admin.est import EstContext, add_est_routes
+from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals

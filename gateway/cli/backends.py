@@ -22,13 +22,13 @@ from cryptography import x509
 from gateway.cli.admin_client import Remote
 from gateway.cli.common import CliError, LocalState, local_actor, open_local, utc_now
 from gateway.config import load_config
-from gateway.ops.operations import revocation_flag
 from gateway.ops.partners import blast_radius, revoke_partner
 from gateway.ops.provisioning import UnitRequest, audit_registrations, register_units
 from gateway.ops.quarantine import OpsError, quarantine_unit, release_unit
 from gateway.ops.status import UnitFilter, unit_statuses
 from gateway.stores.audit_log import AuditRecord
 from gateway.stores.broker_store import SqliteBrokerStore
+from pki.authority import revocation_flag
 from pki.names import CLIENT_KINDS
 from pki.records import CertificateRecord
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,9 +22,12 @@ WIDTH = 100
 
 
 def _help(command: click.Command, path: list[str], parent: click.Context | None) -> tuple[str, click.Context]:
-    ctx = click.Context(
-        command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
-    )
+    # The command's own context settings (the root's `-h, --help`, inherited below it), as the CLI
+    # builds them: click caches a command's help option the first time it is made, so a context built
+    # without them would render differently depending on what ran before in this process.
+    settings: dict[str, Any] = {**command.context_settings}
+    settings.update(terminal_width=WIDTH, max_content_width=WIDTH)
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     return command.get_help(ctx), ctx
 
 

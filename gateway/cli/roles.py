@@ -11,7 +11,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.admin.auth import ROLE_RIGHTS
+from gateway.admin.rights import ROLE_RIGHTS
 from gateway.admin.totp_store import Enrollment, mark_enrolled
 from gateway.admin.totp_store import enroll as enroll_totp
 from gateway.cli.command_groups import OrderedGroup

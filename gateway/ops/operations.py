@@ -45,8 +45,7 @@ from gateway.ops.status import OpResult, PartnerReport, UnitStatus, unit_statuse
 from gateway.policy.engine import PolicyEngine
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.registry_directory import RegistryDirectory
-from pki.authority import parse_revocation_reason
-from pki.errors import PkiError
+from pki.authority import revocation_flag
 from pki.names import CLIENT_KINDS, Identity, make_identity
 from pki.records import IdentityRecord
 from pki.service import FleetCA
@@ -80,14 +79,6 @@ class OpsContext:
     # Signs mode commands: the gateway's TLS server key, which units verify with the certificate
     # they saw in their handshake.
     mode_signer: JsonSigner
-
-
-def revocation_flag(reason: str) -> x509.ReasonFlags:
-    """An RFC 5280 reason if the operator's text names one ("keyCompromise"), else unspecified."""
-    try:
-        return parse_revocation_reason(reason)
-    except PkiError:
-        return x509.ReasonFlags.unspecified
 
 
 class Operations:

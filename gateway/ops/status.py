@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.broker import SessionInfo
 from gateway.ops.quarantine import BY_KEY, REASON_KEY, SINCE_KEY
 from pki.records import CertificateRecord
 from pki.store import Registry
+
+if TYPE_CHECKING:  # annotations only: the CLI reads statuses without loading the broker
+    from gateway.broker import SessionInfo
 
 
 def _iso(epoch: float | None) -> str | None:

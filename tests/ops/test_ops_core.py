@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes
 
-from gateway.admin.auth import ROLE_RIGHTS
+from gateway.admin.rights import ROLE_RIGHTS
 from gateway.admin.sse import AuditFeed, stream_events
 from gateway.mqtt.packets import Properties
 from gateway.ops.partners import partner_members

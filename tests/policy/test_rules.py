@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.admin.auth import ROLE_RIGHTS
+from gateway.admin.rights import ROLE_RIGHTS
 from gateway.policy.rules import OPERATOR_ROLES, policy_from_mapping
 from gateway.policy.schema import PolicyError
 from gateway.stores.policy_file import EMBEDDED_SOURCE, load_policy
