@@ -205,6 +205,7 @@ class TlsServerProtocol(asyncio.Protocol):
         chunks: list[bytes] = []
         closed_by_peer = False
         read = self._sslobj.read
+        incoming = self._incoming
         try:
             while True:
                 chunk = read(_READ_SIZE)
@@ -212,6 +213,10 @@ class TlsServerProtocol(asyncio.Protocol):
                     closed_by_peer = True
                     break
                 chunks.append(chunk)
+                if not incoming.pending:
+                    # Every record that arrived was read whole (OpenSSL reads no further ahead than
+                    # the record it decrypts): no need for the read that would raise SSLWantReadError.
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
