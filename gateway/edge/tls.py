@@ -197,8 +197,9 @@ class TlsServerProtocol(asyncio.Protocol):
     # --- data -----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._app_transport is not None and self._app_transport.is_closing():
-            return  # we closed: the peer's last bytes are dropped while it catches up
+        app_transport = self._app_transport
+        if app_transport is not None and (app_transport._closing or app_transport._tcp.is_closing()):
+            return  # we closed (TlsTransport.is_closing, inlined): the peer's last bytes are dropped
         self._incoming.write(data)
         if self._app is None and (self._done or not self._handshake()):
             return  # still shaking hands, or it failed
