@@ -86,7 +86,7 @@ class GatewayCollector(Collector):
         )
         yield _histogram(
             "broker_receive_seconds",
-            "One broker call for what one read carried: decode, decide, route, encode, commit.",
+            "One broker call for the reads of one loop iteration: decode, decide, route, encode, commit.",
             h.receive_seconds,
         )
         if self._containment is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.broker.actions import Action, Outbox
@@ -116,7 +116,39 @@ class Broker:
             self._process(connection, data, now)
         except Exception:
             self._internal_error(connection, now)
-        return self._finish(now, connection)
+        return self._finish(now, (connection,))
+
+    def receive_batch(self, reads: list[tuple[int, bytes]], now: float) -> list[Action]:
+        """What many connections' reads carried, in one entry (the edge hands it everything that
+        arrived in one event-loop iteration): one arming of the timers, one release pass, one commit
+        and one list of actions for all of them.
+
+        Each (conn, data) is handled exactly as `receive` would, in the order given, so one
+        connection's bytes keep their order; a connection that sends garbage or trips a bug is
+        closed alone, as in `receive`. If the one commit fails, the connections handled from the
+        first staged store write on are treated as `receive` treats its one: their sends are
+        discarded and they are closed (their acknowledgements may not be durable)."""
+        st = self._st
+        self._arm(now)
+        connections = st.connections
+        metrics = st.metrics
+        store = st.store
+        staged: list[Connection] = []  # handled while the store had writes to commit
+        for conn_id, data in reads:
+            connection = connections.get(conn_id)
+            if connection is None:
+                continue  # closed by us (maybe earlier in this batch); its socket may still deliver
+            metrics.bytes_in += len(data)
+            if connection.paused:
+                connection.protocol.receive_data(data, now)
+                continue
+            try:
+                self._process(connection, data, now)
+            except Exception:
+                self._internal_error(connection, now)
+            if store is not None and store.pending:
+                staged.append(connection)
+        return self._finish(now, staged)
 
     def connection_lost(self, conn: int, now: float) -> list[Action]:
         st = self._st
@@ -148,7 +180,7 @@ class Broker:
         return self._st.timers.next_deadline()
 
     def flush_store(self) -> None:
-        self._commit(None, 0.0)
+        self._commit((), 0.0)
         self._released.clear()
 
     # --- the gateway's entry points -------------------------------------------------------------
@@ -365,7 +397,7 @@ class Broker:
         for sub in session.subscriptions.values():
             st.index.remove(session.client_id, sub)
 
-    def _commit(self, conn: Connection | None, now: float) -> None:
+    def _commit(self, culprits: Sequence[Connection], now: float) -> None:
         st = self._st
         store = st.store
         if store is None or not store.pending:
@@ -386,7 +418,7 @@ class Broker:
             except Exception as rollback_exc:
                 log.error("rolling back broker state failed too (%s)", rollback_exc)
             # Their acks are not durable: they must not go out. The clients resend after reconnecting.
-            for culprit in ([] if conn is None else [conn]) + self._released:
+            for culprit in [*culprits, *self._released]:
                 if culprit.conn_id in st.connections:
                     st.out.discard_sends(culprit.conn_id)
                     st.out.close(culprit.conn_id, "store_error")
@@ -410,12 +442,12 @@ class Broker:
             except Exception:
                 self._internal_error(connection, now)
 
-    def _finish(self, now: float, conn: Connection | None = None) -> list[Action]:
+    def _finish(self, now: float, culprits: Sequence[Connection] = ()) -> list[Action]:
         st = self._st
         if st.ready:
             self._release_ready(now)
         if not self._defer_commit:
-            self._commit(conn, now)
+            self._commit(culprits, now)
             self._released.clear()  # deferred: flush_store commits, and closes these if it fails
         out = st.out
         st.out = Outbox()

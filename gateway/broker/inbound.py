@@ -25,6 +25,7 @@ from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection, Held, message_record
+from gateway.mqtt.codec import puback_success
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
@@ -157,6 +158,9 @@ def _may_retain(st: BrokerState, topic: str, client_id: str) -> bool:
 
 def _ack(st: BrokerState, conn: Connection, publish: Publish, code: int) -> None:
     if publish.packet_id is None:
+        return
+    if publish.qos == 1 and code == ReasonCode.SUCCESS:  # the common case: fixed bytes, any version
+        st.out.send(conn.conn_id, puback_success(publish.packet_id))
         return
     ack = Puback(publish.packet_id, code) if publish.qos == 1 else Pubrec(publish.packet_id, code)
     st.out.send(conn.conn_id, conn.protocol.encode(ack))

@@ -25,7 +25,7 @@ from gateway.broker import flow
 from gateway.broker.queues import PAGE, queue_delivery
 from gateway.broker.sessions import Delivery, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection
-from gateway.mqtt.codec import encode_publish, with_topic_alias
+from gateway.mqtt.codec import encode_publish, publish_at_qos0, with_topic_alias
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel
 from gateway.mqtt.reason_codes import ReasonCode
 
@@ -40,7 +40,7 @@ class EncodeCache:
     (ServerSession.forwardable decides that): then a 1→1 or same-version fan-out encodes nothing.
     """
 
-    __slots__ = ("_aliased", "_forms", "_message", "_now")
+    __slots__ = ("_aliased", "_forms", "_message", "_now", "_wire")
 
     def __init__(
         self, message: Message, now: float, wire: tuple[ProtocolVersion, bytes] | None = None
@@ -49,6 +49,7 @@ class EncodeCache:
         self._now = now
         self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] = {}
         self._aliased: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
+        self._wire = wire
         if wire is not None:
             self._forms[(wire[0], message.qos, False, ())] = wire[1]
 
@@ -65,7 +66,13 @@ class EncodeCache:
         key = (version, qos, retain, ids)
         template = self._forms.get(key)
         if template is None:
-            template = self._forms[key] = encode_publish(self._build(version, qos, retain, ids), version)
+            wire = self._wire
+            if wire is not None and not qos and not retain and not ids and wire[0] == version:
+                # A QoS 1/2 message as it came, to a QoS 0 subscription: the same bytes less the id.
+                template = publish_at_qos0(wire[1])
+            else:
+                template = encode_publish(self._build(version, qos, retain, ids), version)
+            self._forms[key] = template
         return template
 
     def with_alias(self, data: bytes, alias: int, *, send_topic: bool) -> bytes:

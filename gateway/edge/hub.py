@@ -7,6 +7,12 @@ and cuts off clients that stop reading. Every task it starts
 is owned by it and cancelled at shutdown. It also holds every listener's gate (admission.py): each
 accepted socket of MQTT, HTTPS or the lab listener asks it first, and refusals are logged aggregated.
 
+Read path: a connection's bytes (one data_received) are kept until the event loop has handed over
+every read of the iteration; then one call_soon callback (`run_reads`) gives them all to the broker
+in one `Broker.receive_batch` (one clock read, one commit, one list of actions) and writes the
+results at once. Per connection the order of reads is kept; a connection lost runs what is pending
+first, so its last bytes go before its loss.
+
 Write path: Sends are collected per connection and written once per event-loop iteration (a
 call_soon flush), so a subscriber fed by a thousand publishers whose packets arrived in the same
 iteration gets one write, one TLS record batch and one syscall instead of a thousand. A Close first
@@ -54,8 +60,11 @@ class HubCounters:
     handshake_seconds_total: float = 0.0
     accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
     handshake_seconds: Histogram = field(default_factory=Histogram)  # completed TLS handshakes
-    # One Broker.receive call: decode, decide, route, encode and commit what one read carried.
+    # One Broker.receive_batch call: decode, decide, route, encode and commit what every read of one
+    # event-loop iteration carried.
     receive_seconds: Histogram = field(default_factory=Histogram)
+    read_batches: int = 0  # receive_batch calls
+    reads: int = 0  # connection reads they carried
 
 
 class NotLoopback(RuntimeError):
@@ -91,6 +100,7 @@ class ConnectionHub:
         self._clock = clock
         self._transports: dict[int, asyncio.Transport] = {}
         self._pending: dict[int, list[bytes]] = {}  # conn → bytes to write at the end of this iteration
+        self._reads: list[tuple[int, bytes]] = []  # (conn, bytes) read in this iteration, in order
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -124,12 +134,39 @@ class ConnectionHub:
         return conn
 
     def received(self, conn: int, data: bytes) -> None:
+        """A connection's read: kept until the event loop has handed over every read of this
+        iteration, then all of them go to the broker in one call (`run_reads`)."""
+        reads = self._reads
+        reads.append((conn, data))
+        if len(reads) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside the event loop (a test): at once
+                self.run_reads()
+                return
+            loop.call_soon(self.run_reads)
+
+    def run_reads(self) -> None:
+        """Every read since the last call, in one broker entry: one clock read, one commit, one list
+        of actions, and one write per connection right after."""
+        reads = self._reads
+        if not reads:
+            return
+        self._reads = []
         started = time.perf_counter()
-        actions = self.broker.receive(conn, data, self._clock())
+        actions = self.broker.receive_batch(reads, self._clock())
         self.counters.receive_seconds.observe(time.perf_counter() - started)
-        self.apply(actions)
+        self.counters.read_batches += 1
+        self.counters.reads += len(reads)
+        self._flush_scheduled = True  # written below, not on the next iteration
+        try:
+            self.apply(actions)
+        finally:
+            self.flush_writes()
 
     def lost(self, conn: int) -> None:
+        if self._reads:
+            self.run_reads()  # what it (or anyone) sent before the loss goes first
         self._transports.pop(conn, None)
         self.apply(self.broker.connection_lost(conn, self._clock()))
 
@@ -234,6 +271,7 @@ class ConnectionHub:
 
     async def shutdown(self, drain_timeout: float = 5.0) -> None:
         self._accepting = False
+        self.run_reads()
         for gate in self.gates.values():
             gate.closed = True
         self.apply(self.broker.shutdown(self._clock()))

@@ -197,14 +197,16 @@ class TlsServerProtocol(asyncio.Protocol):
     # --- data -----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._app_transport is not None and self._app_transport.is_closing():
-            return  # we closed: the peer's last bytes are dropped while it catches up
+        app_transport = self._app_transport
+        if app_transport is not None and (app_transport._closing or app_transport._tcp.is_closing()):
+            return  # we closed (TlsTransport.is_closing, inlined): the peer's last bytes are dropped
         self._incoming.write(data)
         if self._app is None and (self._done or not self._handshake()):
             return  # still shaking hands, or it failed
         chunks: list[bytes] = []
         closed_by_peer = False
         read = self._sslobj.read
+        incoming = self._incoming
         try:
             while True:
                 chunk = read(_READ_SIZE)
@@ -212,6 +214,10 @@ class TlsServerProtocol(asyncio.Protocol):
                     closed_by_peer = True
                     break
                 chunks.append(chunk)
+                if not incoming.pending:
+                    # Every record that arrived was read whole (OpenSSL reads no further ahead than
+                    # the record it decrypts): no need for the read that would raise SSLWantReadError.
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:

@@ -78,7 +78,15 @@ from .wire import (
     encode_varint,
 )
 
-__all__ = ["PacketReader", "decode_packet", "encode", "encode_publish", "with_topic_alias"]
+__all__ = [
+    "PacketReader",
+    "decode_packet",
+    "encode",
+    "encode_publish",
+    "puback_success",
+    "publish_at_qos0",
+    "with_topic_alias",
+]
 
 _V5 = ProtocolVersion.MQTT_5
 _T = PacketType
@@ -314,6 +322,30 @@ def encode_publish(publish: Publish, version: ProtocolVersion) -> bytes:
     else:
         raise PacketTooLarge("The PUBLISH is longer than MQTT allows.", peer_at_fault=False)
     return b"".join((head, topic_bytes, pid, prop_bytes, payload))
+
+
+def publish_at_qos0(data: bytes) -> bytes:
+    """The QoS 0 form of a PUBLISH's bytes without RETAIN or DUP (as encode_publish makes them, or as a
+    client sent them): the same topic, properties and payload, without the packet identifier. So a
+    QoS 1 message forwarded to a QoS 0 subscription is rewritten, not decoded and encoded again."""
+    first = data[0]
+    if not first & 0x06:
+        return data
+    if first & 0x09:
+        raise ProtocolError("Only a PUBLISH without RETAIN or DUP has a QoS 0 form.", peer_at_fault=False)
+    size, body = decode_varint(data, 1, len(data))
+    topic_end = body + 2 + (data[body] << 8 | data[body + 1])
+    return b"".join((bytes((0x30,)), encode_varint(size - 2), data[body:topic_end], data[topic_end + 2 :]))
+
+
+_PUBACK_SUCCESS = bytes((0x40, 2))
+
+
+def puback_success(packet_id: int) -> bytes:
+    """PUBACK with reason 0x00 and no properties: the same bytes in 3.1.1 and 5.0 (§3.4.2.1)."""
+    if not 0 < packet_id <= 0xFFFF:
+        raise ProtocolError(f"Packet identifier {packet_id!r} is not in 1..65535.", peer_at_fault=False)
+    return _PUBACK_SUCCESS + U16.pack(packet_id)
 
 
 def with_topic_alias(data: bytes, alias: int, *, send_topic: bool) -> bytes:

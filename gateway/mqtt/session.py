@@ -236,9 +236,12 @@ class ServerSession:
             return None
         if self._pending is not None:
             return self._fail(self._pending)
+        reader = self._reader
+        if reader._error is None and len(reader._buf) - reader._pos < 2:
+            return None  # what next_packet() would say (no packet can be complete), without the call
         during_connect = self.state is ConnectionState.AWAIT_CONNECT
         try:
-            packet = self._reader.next_packet()
+            packet = reader.next_packet()
             if packet is None:
                 return None
             if type(packet) is Publish and self.state is ConnectionState.CONNECTED:

@@ -231,8 +231,8 @@ class TravelDetector:
         self.fixes = self.malformed = self.out_of_order = self.glitches = 0
 
     def parse(self, payload: bytes, now: float) -> Fix | None:
-        if len(payload) > MAX_FIX_BYTES:
-            return None
+        if len(payload) > MAX_FIX_BYTES or payload.lstrip()[:1] != b"{":
+            return None  # a fix is a JSON object: anything else is malformed without asking json
         try:
             body = json.loads(payload.decode())  # decoding first skips json's encoding sniffing
         except (ValueError, UnicodeDecodeError, RecursionError):

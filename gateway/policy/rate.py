@@ -39,19 +39,16 @@ class TokenBucket:
     def unlimited(self) -> bool:
         return self.rate == math.inf
 
-    def _refill(self, now: float) -> None:
-        elapsed = now - self._last
-        if elapsed > 0:
-            # min() before storing keeps the bucket from ever holding more than one burst, however
-            # long the session was idle.
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-            self._last = now
-
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend `cost` tokens if the bucket holds them now; return whether it did."""
         if self.rate == math.inf:  # checked first: inf * 0 elapsed would be NaN
             return True
-        self._refill(now)
+        elapsed = now - self._last
+        if elapsed > 0:
+            # Refill. min() before storing keeps the bucket from ever holding more than one burst,
+            # however long the session was idle.
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._last = now
         if self._tokens >= cost:
             self._tokens -= cost
             return True
