@@ -60,6 +60,7 @@ def resume(gw: GatewayProcess, creds: Credentials, collector: Collector) -> obje
     return client
 
 
+@pytest.mark.timeout(300)  # CPU-bound (a loaded gateway, restarted): slow when the suite runs in parallel
 @pytest.mark.parametrize("subscriber", ["offline", "online"])
 def test_kill_9_under_load_loses_nothing_acknowledged(gw: GatewayProcess, subscriber: str) -> None:
     sub = gw.issue("service", "dispatch")
