@@ -26,6 +26,7 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
   local missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)  # the cluster tests (tests/pg.py)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
     echo "fleetgate: please install ${missing[*]} (the deploy/ checks use them; they are skipped otherwise)" >&2
