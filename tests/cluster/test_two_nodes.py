@@ -5,7 +5,7 @@ Each trial measures, on the unit's or partner's own MQTT client connected to nod
 change took to arrive: for the API, from just before the request to node A was sent (so it includes
 the HTTP round trip); for the CLI, from the moment the CLI stamped the change in the registry
 (`updated_at`, `revoked_at`: its clock before the commit) (so the process start-up is not counted).
-The suite runs TRIALS each with a generous bound; `FLEETGATE_CLUSTER_TRIALS=50` gives the numbers in
+The suite runs TRIALS each with a generous bound; `CLUSTER_BENCH_TRIALS=50` gives the numbers in
 docs/benchmarks.md (they are printed, run with -s).
 """
 
@@ -33,7 +33,7 @@ from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import api
 from tests.pg import PgCluster
 
-TRIALS = int(os.environ.get("FLEETGATE_CLUSTER_TRIALS", "2"))
+TRIALS = int(os.environ.get("CLUSTER_BENCH_TRIALS", "2"))
 GENEROUS_S = 2.0  # the suite's bound; the measured p99 is what docs/benchmarks.md reports
 
 
