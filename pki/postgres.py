@@ -63,10 +63,13 @@ def describe_url(url: str) -> str:
 
 
 def unreachable(url: str, exc: BaseException) -> sqlite3.OperationalError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    # psycopg says "connection failed: connection to server at "h", port p failed: Connection refused"
+    # (and more lines); the host and port are in our own sentence, the cause is the last clause.
+    cause = text.splitlines()[0].rsplit("failed:", 1)[-1].strip() if text else type(exc).__name__
     return sqlite3.OperationalError(
-        f"PostgreSQL at {describe_url(url)} is unreachable ({first}); nothing was changed, try again when it "
-        "is back"
+        f"PostgreSQL at {describe_url(url)} is unreachable ({cause}); nothing was changed, try again when "
+        "it is back"
     )
 
 

@@ -53,28 +53,39 @@ class PgCluster:
         if os.geteuid() == 0:
             shutil.chown(root, AS_USER)
             os.chmod(root, 0o755)
-            for parent in root.parents:  # the server user must reach its own directory
-                if str(parent).startswith("/tmp") and parent != Path("/tmp"):
-                    os.chmod(parent, os.stat(parent).st_mode | 0o011)
+            self._reachable()
         subprocess.run(
             _as_owner([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                        "--no-sync", "-E", "UTF8"]),
             check=True, capture_output=True, timeout=120,
         )
 
+    def _reachable(self) -> None:
+        """The server user must reach its own directory (pytest makes its temp dirs 0700, again and
+        again, so this runs before every start)."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.root.parents:
+            if str(parent).startswith("/tmp") and parent != Path("/tmp"):
+                os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        self._reachable()
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        subprocess.run(
+        done = subprocess.run(
             _as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                        str(self.root / "server.log"), "-w", "-t", "60", "start"]),
-            check=True, capture_output=True, timeout=90,
+            check=False, capture_output=True, text=True, timeout=90,
         )
+        if done.returncode != 0:
+            log = (self.root / "server.log").read_text()[-2000:]
+            raise AssertionError(f"PostgreSQL did not start: {done.stdout}{done.stderr}\n{log}")
 
     def stop(self) -> None:
         subprocess.run(

@@ -242,6 +242,8 @@ def describe_error(exc: BaseException) -> str:
         return f"permission denied: {exc.filename or text}; run as the user that owns the data directory"
     if isinstance(exc, FileNotFoundError):
         return f"no such file: {exc.filename or text}"
+    if isinstance(exc, sqlite3.OperationalError) and text.startswith("PostgreSQL at "):
+        return text  # already one sentence with the fix (pki/postgres.unreachable)
     if isinstance(exc, sqlite3.DatabaseError):
         return f"the database cannot be used ({text}); check the data directory or restore a backup"
     return text
