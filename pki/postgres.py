@@ -160,8 +160,9 @@ def open_postgres(url: str) -> PgConnection:
 class Listener:
     """LISTEN on the registry channel, on a connection of its own; `fileno()` for the event loop.
 
-    `drain()` returns how many notifications arrived since the last call (0 when none); a broken
-    connection raises sqlite3.OperationalError and is reopened by the next `drain()`.
+    `drain()` returns the payloads of the notifications that arrived since the last call (empty when
+    none; [""] after a reopening, which may have missed some); a broken connection raises
+    sqlite3.OperationalError and is reopened by the next `drain()`.
     """
 
     def __init__(self, url: str, channel: str = NOTIFY_CHANNEL) -> None:
@@ -187,24 +188,29 @@ class Listener:
         assert self._conn is not None
         return self._conn.fileno()
 
-    def drain(self) -> int:
+    def drain(self) -> list[str]:
         if not self.connected:
             self.close()
             self.open()
-            return 1  # we may have missed some while away: the caller catches up in full
+            return [""]  # we may have missed some while away: the caller catches up in full
         assert self._conn is not None
         try:
-            count = sum(1 for _ in self._conn.notifies(timeout=0))
+            payloads = [notify.payload for notify in self._conn.notifies(timeout=0)]
         except psycopg.Error as exc:
             self.close()
             raise unreachable(self.url, exc) from None
-        self.received += count
-        return count
+        self.received += len(payloads)
+        return payloads
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
+
+
+def notify(conn: object, payload: str, channel: str = NOTIFY_CHANNEL) -> None:
+    """Send one notification on `conn` (a PgConnection), delivered to every listener at commit."""
+    conn.execute("SELECT pg_notify(?, ?)", (channel, payload))  # type: ignore[attr-defined]
 
 
 @contextmanager

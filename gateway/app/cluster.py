@@ -12,6 +12,9 @@ Theory of operation
   full every second (REGISTRY_REFRESH_SECONDS), notification or not. A notification lost with a
   dropped connection therefore costs at most a second, and a reconnect counts as a change, so the
   node catches up with everything it missed while the database was away.
+- A policy reload (SIGHUP or the admin API) on one node NOTIFYs `policy:<node>`; every other node
+  reloads its own copy of the policy file (provisioned alike to every node) and re-decides its live
+  sessions, as if it had been sent SIGHUP.
 - PostgreSQL unreachable: the listener's socket closes; the reader is removed and `data_version`
   (called by the follower's step) reopens it at most once a second; its reopening is reported as a
   change, so the first step after the database returns reads every feed since the last good read.
@@ -31,6 +34,7 @@ from pki.postgres import Listener
 log = logging.getLogger("fleetgate.cluster")
 
 RECONNECT_EVERY_S = 1.0
+POLICY_PREFIX = "policy:"  # a node reloaded its policy: "policy:<node>"
 
 
 def node_name(configured: str) -> str:
@@ -40,11 +44,13 @@ def node_name(configured: str) -> str:
 class RegistryNotifications:
     """LISTEN/NOTIFY for the registry follower: `data_version` for its step, `attach` for the push."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node: str = "") -> None:
+        self.node = node
         self._listener = Listener(url)
         self._version = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_change: Callable[[], None] | None = None
+        self._on_policy: Callable[[str], None] | None = None
         self._watched: int | None = None
         self._next_try = 0.0
         self.pushed = 0  # follower runs started by a notification (for tests and metrics)
@@ -57,10 +63,23 @@ class RegistryNotifications:
     def connected(self) -> bool:
         return self._listener.connected
 
-    def attach(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[], None]) -> None:
-        """Run `on_change` on the loop as soon as a notification arrives."""
-        self._loop, self._on_change = loop, on_change
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[], None],
+        on_policy: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run `on_change` on the loop as soon as a notification arrives; `on_policy(node)` when
+        another node reloaded its policy (each node reloads its own copy of the file)."""
+        self._loop, self._on_change, self._on_policy = loop, on_change, on_policy
         self._watch()
+
+    def _policy_reloads(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            if payload.startswith(POLICY_PREFIX) and self._on_policy is not None:
+                origin = payload[len(POLICY_PREFIX):]
+                if origin != self.node:
+                    self._on_policy(origin)
 
     def _watch(self) -> None:
         if self._loop is None or not self._listener.connected or self._watched is not None:
@@ -75,7 +94,7 @@ class RegistryNotifications:
 
     def _readable(self) -> None:
         try:
-            count = self._listener.drain()
+            payloads = self._listener.drain()
         except sqlite3.OperationalError as exc:
             self._unwatch()
             log.warning("registry notifications stopped: %s", exc)
@@ -83,8 +102,9 @@ class RegistryNotifications:
         if not self._listener.connected:  # the server closed the socket
             self._unwatch()
             return
-        if count and self._on_change is not None:
-            self._version += count
+        self._policy_reloads(payloads)
+        if payloads and self._on_change is not None:
+            self._version += len(payloads)
             self.pushed += 1
             try:
                 self._on_change()
@@ -95,7 +115,9 @@ class RegistryNotifications:
         """For RegistryFollower.step: moves whenever a notification arrived or the listener came back."""
         if self._listener.connected:
             if self._watched is None:  # no loop attached (tests, CLI): drain here
-                self._version += self._listener.drain()
+                payloads = self._listener.drain()
+                self._policy_reloads(payloads)
+                self._version += len(payloads)
             return self._version
         self._unwatch()
         now = time.monotonic()

@@ -29,9 +29,10 @@ from gateway.admin.est import EstContext, add_est_routes
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
-from gateway.app.cluster import RegistryNotifications, node_name
+from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
+from gateway.app.log_format import set_node
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
@@ -68,7 +69,7 @@ from pki.authority import CertificateAuthority
 from pki.errors import PkiError, VerificationError
 from pki.keys import PassphraseSource
 from pki.names import IdentityError, identity_from_certificate
-from pki.postgres import describe_url, is_postgres_url
+from pki.postgres import describe_url, is_postgres_url, notify
 from pki.service import FleetCA
 from pki.signed_json import JsonSigner
 from pki.sqlite import open_store
@@ -159,6 +160,8 @@ class Gateway:
         self.node = node_name(config.cluster.node_name)
         self.database = shared_database(data, config.storage.url)
         self.clustered = is_postgres_url(self.database)
+        if self.clustered:
+            set_node(self.node)  # every log line names this node from now on
         try:
             self._registry_db = open_store(self.database, synchronous=sync)
         except sqlite3.OperationalError as exc:
@@ -172,7 +175,7 @@ class Gateway:
             refuse_lab_on_production(data, self.registry)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
         self.audit = AuditLog(self._registry_db, node=self.node if self.clustered else None)
-        self._notifications = RegistryNotifications(self.database) if self.clustered else None
+        self._notifications = RegistryNotifications(self.database, self.node) if self.clustered else None
         self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
         self._anchored: tuple[int, str] | None = None  # the head the last anchor recorded
         self.directory = RegistryDirectory(self.registry, self.trust_domain, self.clock.wall())
@@ -491,7 +494,15 @@ class Gateway:
         self.driver.reauthorize()
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
+        if self.clustered and not actor.startswith("cluster/"):
+            try:  # every other node reloads its copy (gateway/app/cluster.py)
+                notify(self._registry_db, f"{POLICY_PREFIX}{self.node}")
+            except sqlite3.Error as exc:
+                log.warning("the other nodes were not told of this policy reload (%s); SIGHUP them", exc)
         return policy
+
+    def _follow_policy_reload(self, origin: str) -> None:
+        self.reload_policy(actor=f"cluster/{origin}")
 
     def anchor_audit(self, event: str) -> None:
         """Export the audit head, MACed, to DATA/audit-anchors.log and the log (stores/audit_anchor.py).
@@ -573,6 +584,7 @@ class Gateway:
             audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
+            node=self.node if self.clustered else None,
         )
 
     def _units_by_state(self) -> dict[str, int]:
@@ -684,7 +696,11 @@ class Gateway:
         self.hub.spawn(self.feed.run())
         self.hub.spawn(supervise(self.heartbeat, HEARTBEAT_SECONDS, self._heartbeat_health))
         if self._notifications is not None:
-            self._notifications.attach(asyncio.get_running_loop(), self.follower.apply_changes)
+            self._notifications.attach(
+                asyncio.get_running_loop(),
+                self.follower.apply_changes,
+                lambda origin: self._follow_policy_reload(origin),
+            )
         self.audit.append(
             actor="system",
             action="gateway.start",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -175,6 +176,17 @@ def test_one_audit_chain_for_both_nodes(cluster: Cluster) -> None:
     assert {"node-a", "node-b"} <= nodes  # both appended (their starts, at least) to one chain
     result = cluster.b.cli("audit", "verify")
     assert result.code == 0, result.stdout + result.stderr
+
+
+def test_a_policy_reload_on_node_a_reloads_node_b(cluster: Cluster) -> None:
+    assert cluster.a.proc is not None
+    cluster.a.proc.send_signal(signal.SIGHUP)
+    sql = "SELECT count(*) FROM audit_log WHERE action = 'policy.reload' AND actor = 'cluster/node-a'"
+    deadline = time.monotonic() + 10
+    while _query(cluster.url, sql)[0][0] == 0:
+        assert time.monotonic() < deadline, "node B did not follow node A's policy reload"
+        time.sleep(0.05)
+    assert "[node-b] fleetgate: policy reloaded" in cluster.b.log()  # each log line names its node
 
 
 def test_report(cluster: Cluster) -> None:
