@@ -19,6 +19,9 @@ import time
 
 import pytest
 
+from gateway.cli.device import device_csr
+from pki.est_client import EstClientError, bootstrap, simpleenroll
+from pki.keys import generate_private_key
 from tests.clients import Paho
 from tests.harness import GatewayProcess
 from tests.pg import PgCluster, skip_without_postgres
@@ -40,6 +43,7 @@ def test_a_database_outage_under_traffic(tmp_path_factory: pytest.TempPathFactor
         gw.init()
         gw.start()
         known, other = gw.enroll_unit("TRK-LIVE"), gw.enroll_unit("TRK-OTHER")
+        late_token = gw.add_unit("TRK-LATE")  # registered now, enrolling during the outage
         analytics = Paho(gw.mqtt_port, gw.issue("service", "analytics"))
         assert analytics.connect()[0] == 0
         assert analytics.subscribe("fleet/+/telemetry/#", 1) == [1]
@@ -64,6 +68,11 @@ def test_a_database_outage_under_traffic(tmp_path_factory: pytest.TempPathFactor
             assert code != 0  # never reached: the socket is closed before any MQTT byte
         assert unit.publish("fleet/TRK-LIVE/telemetry/gps", f"fix-{acked}") == 0
         acked += 1
+        with pytest.raises(EstClientError) as est:
+            key = generate_private_key()
+            simpleenroll(bootstrap(gw.https_url, ca_file=gw.root_ca), "TRK-LATE", late_token,
+                         device_csr(key, "TRK-LATE"))
+        assert est.value.status == 503 and "nothing was changed" in str(est.value)
         refused = gw.cli("unit", "quarantine", "TRK-LIVE", "--reason", "during the outage")
         assert refused.code != 0
         assert "PostgreSQL at 127.0.0.1" in refused.stderr and "unreachable" in refused.stderr
@@ -81,8 +90,11 @@ def test_a_database_outage_under_traffic(tmp_path_factory: pytest.TempPathFactor
         assert unit.publish("fleet/TRK-LIVE/telemetry/gps", b"late") in (0, 0x87)  # quarantined now
         verify = gw.cli("audit", "verify")
         assert verify.code == 0, verify.stdout + verify.stderr
+        late = simpleenroll(bootstrap(gw.https_url, ca_file=gw.root_ca), "TRK-LATE", late_token,
+                            device_csr(generate_private_key(), "TRK-LATE"))  # the token was not burnt
+        assert late.serial_number > 0
         print(f"outage {OUTAGE_S:.0f}s: {acked} QoS 1 messages acknowledged and delivered; "
-              f"CLI refused with: {refused.stderr.strip()}")
+              f"EST refused with: {est.value}; CLI refused with: {refused.stderr.strip()}")
     finally:
         gw.stop()
         pg.stop()
