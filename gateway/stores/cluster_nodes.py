@@ -66,15 +66,16 @@ class ClusterNodes:
         listeners: str,
         healthy: bool,
     ) -> None:
-        with transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT INTO cluster_nodes (name, started_at, seen_at, sessions, units_online, listeners, "
-                "healthy) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "started_at = excluded.started_at, seen_at = excluded.seen_at, sessions = excluded.sessions, "
-                "units_online = excluded.units_online, listeners = excluded.listeners, "
-                "healthy = excluded.healthy",
-                (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy)),
-            )
+        # One statement on its own (autocommit), not under the write lock: a node's heartbeat touches
+        # only its own row and must never queue behind, or delay, a change another node is making.
+        self._conn.execute(
+            "INSERT INTO cluster_nodes (name, started_at, seen_at, sessions, units_online, listeners, "
+            "healthy) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "started_at = excluded.started_at, seen_at = excluded.seen_at, sessions = excluded.sessions, "
+            "units_online = excluded.units_online, listeners = excluded.listeners, "
+            "healthy = excluded.healthy",
+            (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy)),
+        )
 
     def nodes(self, now: datetime) -> list[NodeRow]:
         rows = self._conn.execute(
@@ -83,8 +84,14 @@ class ClusterNodes:
         ).fetchall()
         return [
             NodeRow(
-                str(name), str(started), str(seen), int(sessions), int(online), str(listeners),
-                bool(healthy), now - from_text(str(seen)) <= STALE_AFTER,
+                str(name),
+                str(started),
+                str(seen),
+                int(sessions),
+                int(online),
+                str(listeners),
+                bool(healthy),
+                now - from_text(str(seen)) <= STALE_AFTER,
             )
             for name, started, seen, sessions, online, listeners, healthy in rows
         ]

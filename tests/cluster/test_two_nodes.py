@@ -31,7 +31,7 @@ from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key
 from tests.clients import Paho
 from tests.harness import Credentials, GatewayProcess
-from tests.ops.helpers import api
+from tests.ops.helpers import api, issue_operator
 from tests.pg import PgCluster
 
 TRIALS = int(os.environ.get("CLUSTER_BENCH_TRIALS", "2"))
@@ -141,6 +141,25 @@ def test_quarantine_through_node_a_api_reaches_node_b(cluster: Cluster) -> None:
         assert status == 200, body
         cluster.record("quarantine (API on A)", client.next_mode("diagnostic-only") - sent)
         client.disconnect()
+
+
+def test_revoke_and_partner_cut_through_node_a_api_reach_node_b(cluster: Cluster) -> None:
+    """Sensitive API rights need a fresh TOTP code each (two per 30 s step): one trial of each here;
+    the 50-trial numbers for these two come from the CLI path, which node B follows the same way."""
+    security = issue_operator(cluster.a, "sec1", "security")
+    unit = cluster.name("TRK-RA")
+    client = cluster.on_b(cluster.enroll(unit))
+    sent = time.time()
+    status, body = api(cluster.a, security, "POST", f"/api/identities/unit/{unit}/revoke",
+                       {"reason": "keyCompromise", "confirm": True})
+    assert status == 200, body
+    cluster.record("revoke (API on A)", client.cut_at.get(timeout=5) - sent)
+    partner = cluster.name("acme").lower()
+    client = cluster.on_b(cluster.a.issue("partner", partner, "--tier", "1"))
+    sent = time.time()
+    status, body = api(cluster.a, security, "POST", f"/api/partners/{partner}/disconnect", {})
+    assert status == 200, body
+    cluster.record("partner cut (API on A)", client.cut_at.get(timeout=5) - sent)
 
 
 def test_cli_quarantine_release_revoke_reach_node_b(cluster: Cluster) -> None:
