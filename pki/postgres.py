@@ -34,6 +34,7 @@ picks by `conn.dialect`); PostgreSQL gets its own version numbers (it starts at 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,7 +46,11 @@ from psycopg.pq import TransactionStatus
 
 # One key for the whole database: pg_advisory_xact_lock(WRITE_LOCK) is SQLite's write lock.
 WRITE_LOCK = 0x666C6565  # "flee"
-CONNECT_TIMEOUT_S = 3
+CONNECT_TIMEOUT_S = 1
+# After a failed connect, statements fail at once for this long instead of connecting again: the
+# stores are called on the event loop, and a host that drops packets would otherwise stall it for a
+# connect timeout at every statement (docs/cluster.md, "What each failure costs").
+RETRY_AFTER_S = 5.0
 NOTIFY_CHANNEL = "fleetgate_registry"
 DATABASE_URL_ENV = "FLEETGATE_DATABASE_URL"
 
@@ -106,6 +111,7 @@ class PgConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection[Any] | None = connect(url)
+        self._failed: tuple[float, sqlite3.OperationalError] | None = None
 
     def _live(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -113,7 +119,14 @@ class PgConnection:
             if conn is not None and not conn.closed:
                 conn.close()
             self._conn = None
-            self._conn = conn = connect(self.url)
+            if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER_S:
+                raise self._failed[1]
+            try:
+                self._conn = conn = connect(self.url)
+            except sqlite3.OperationalError as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
         return conn
 
     @property

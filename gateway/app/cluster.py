@@ -33,7 +33,7 @@ from pki.postgres import Listener
 
 log = logging.getLogger("fleetgate.cluster")
 
-RECONNECT_EVERY_S = 1.0
+RECONNECT_EVERY_S = 5.0  # a connect may stall the loop up to its timeout (1 s): not more often
 POLICY_PREFIX = "policy:"  # a node reloaded its policy: "policy:<node>"
 
 

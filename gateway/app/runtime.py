@@ -581,16 +581,26 @@ class Gateway:
             self.views.counters,
             gates=lambda: self.hub.gates,
             open_files=self.open_files.soft,
-            audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
+            audit=self._audit_counters,
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
             node=self.node if self.clustered else None,
         )
 
+    def _audit_counters(self) -> tuple[int, int, int]:
+        try:
+            head = self.audit.head()[0]
+        except sqlite3.Error:  # the cluster's database away: the last head this node anchored
+            head = self._anchored[0] if self._anchored is not None else 0
+        return (self.audit.appended, self.audit.appended_bytes, head)
+
     def _units_by_state(self) -> dict[str, int]:
         """The registry's states (registered, enrolled, quarantined, revoked …), plus `online` (live
         unit sessions) and `restricted` (held to diagnostic-only by their posture)."""
-        counts = self.registry.count_by_state("unit")
+        try:
+            counts = self.registry.count_by_state("unit")
+        except sqlite3.Error:  # the cluster's database away: /metrics still answers with what is live
+            counts = {}
         identities = (s.peer.identity for s in self.broker.sessions() if s.connected and s.peer is not None)
         counts["online"] = sum(1 for who in identities if who is not None and who.kind == "unit")
         counts["restricted"] = self.engine.restricted_count()
@@ -694,8 +704,10 @@ class Gateway:
         interval = self.config.storage.audit_anchor_interval
         self.hub.spawn(supervise(lambda: self.anchor_audit("periodic"), interval, anchoring))
         self.hub.spawn(self.feed.run())
-        self.hub.spawn(supervise(self.heartbeat, HEARTBEAT_SECONDS, self._heartbeat_health))
         if self._notifications is not None:
+            # Only a cluster's nodes report (a single node on SQLite must not write once a second: a
+            # CLI holding the file's write lock would stall its event loop for the busy timeout).
+            self.hub.spawn(supervise(self.heartbeat, HEARTBEAT_SECONDS, self._heartbeat_health))
             self._notifications.attach(
                 asyncio.get_running_loop(),
                 self.follower.apply_changes,

@@ -33,13 +33,16 @@ def cluster() -> None:
 @output_option
 @friendly_errors
 def cluster_status(data_dir: Path | None, output: str) -> None:
-    """Every node that shares this database: up or down, its live sessions and units online, its
-    listeners and whether it follows the registry (each node reports once a second)."""
+    """Every node that shares the cluster's PostgreSQL ($FLEETGATE_DATABASE_URL): up or down, its live
+    sessions and units online, its listeners and whether it follows the registry (each node reports
+    once a second)."""
     data = DataDir.resolve(data_dir)
     target = shared_database(data)
-    if not is_postgres_url(target) and not Path(target).exists():
+    if not is_postgres_url(target):
         raise CliError(
-            f"{data.root} has no fleetgate database; run `fleetgate init --data {data.root}` first"
+            f"{data.root} is a single node on SQLite, not a cluster; set FLEETGATE_DATABASE_URL to the "
+            "cluster's PostgreSQL (docs/cluster.md)",
+            "not_a_cluster",
         )
     conn = open_store(target)
     try:

@@ -3,11 +3,11 @@
 Every node writes its row once a second (`heartbeat`): name, when it started, when it last wrote,
 its live sessions and units online, its listeners and whether its registry follower is healthy.
 `fleetgate cluster status` reads them all; a node whose row is older than STALE_AFTER is shown as
-down (it stopped, lost the database or its host). A single SQLite node keeps its own row the same
-way, so the command answers alike for one node and for a cluster.
+down (it stopped, lost the database or its host). Only a cluster's nodes report (PostgreSQL).
 
-`cluster_meta` holds what every node must agree on before it serves: the SHA-256 of the issuing CA
-that signs (`ca`), written by the first node (or `fleetgate migrate`) and checked by every later one,
+`cluster_meta` holds what every node must agree on before it serves: the SHA-256 of the root CA
+(`root_ca_sha256`), written by the first node (or `fleetgate cluster migrate`) and checked by every
+later one,
 so a node provisioned with another CA's files refuses to start instead of issuing certificates the
 others do not trust.
 """
