@@ -26,7 +26,7 @@ from tests.clients import Paho
 from tests.harness import GatewayProcess
 from tests.pg import PgCluster, skip_without_postgres
 
-OUTAGE_S = float(os.environ.get("OUTAGE_S", "5"))
+OUTAGE_S = float(os.environ.get("OUTAGE_S", "4"))
 CACHE_S = 3  # cluster.cache_max_age for this node: known units are admitted for this long, then none
 
 
