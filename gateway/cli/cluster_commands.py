@@ -95,4 +95,4 @@ def cluster_migrate(data_dir: Path | None, url: str, as_json: bool) -> None:
     click.echo(f"migrated {data.root} into {report.target}")
     for check in report.checks:
         click.echo(f"  ok  {check}")
-    click.echo(f"next: start each node with storage.url (or FLEETGATE_DATABASE_URL) set to {report.target}")
+    click.echo("next: start each node with FLEETGATE_DATABASE_URL (or storage.url) set to that --to URL")
