@@ -138,6 +138,18 @@ class StorageConfig:
     # Seconds between exports of the audit head to DATA/audit-anchors.log and the log (when it moved);
     # also exported at every start and stop.
     audit_anchor_interval: float = 60.0
+    # Where the shared state lives: "" is the SQLite file in the data directory (one node); a
+    # `postgresql://` URL is a cluster's (docs/cluster.md). $FLEETGATE_DATABASE_URL sets it too.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # This node's name in logs, metrics, audit records and `fleetgate status`; "" is the host name.
+    node_name: str = ""
+    # While PostgreSQL is unreachable, certificates and identities this node already knows are admitted
+    # from its cache for at most this many seconds after its last good read; unknown ones are refused.
+    cache_max_age: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,7 @@ class GatewayConfig:
     certificates: CertificateConfig = field(default_factory=CertificateConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     policy_file: Path | None = None  # None: the embedded default policy
     source: str = "<embedded defaults>"
 
@@ -157,10 +170,12 @@ _SECTIONS: dict[str, type] = {
     "certificates": CertificateConfig,
     "limits": LimitsConfig,
     "storage": StorageConfig,
+    "cluster": ClusterConfig,
 }
 
 
 ENV_PREFIX = "FLEETGATE_"
+DATABASE_URL_ENV = "FLEETGATE_DATABASE_URL"  # the usual name for storage.url (FLEETGATE_STORAGE_URL wins)
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -168,7 +183,10 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     environment variables `FLEETGATE_<SECTION>_<KEY>` (e.g. FLEETGATE_LIMITS_MAX_PACKET_SIZE=65536;
     `env` defaults to the process environment)."""
     data = _read_yaml(path) if path is not None else {}
-    overrides = environment_overrides(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    overrides = environment_overrides(env)
+    if env.get(DATABASE_URL_ENV) and ("storage", "url") not in overrides:
+        overrides[("storage", "url")] = env[DATABASE_URL_ENV].strip()
     if not overrides and path is None:
         return GatewayConfig()
     for (section, key), value in overrides.items():
@@ -369,6 +387,13 @@ def _check(config: GatewayConfig) -> None:
             raise ConfigError(f"{src}: limits.{key} must be greater than 0")
     if not config.storage.audit_anchor_interval >= 1:
         raise ConfigError(f"{src}: storage.audit_anchor_interval must be at least 1 second")
+    url = config.storage.url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{src}: storage.url must be empty (SQLite in the data directory) or a postgresql:// URL"
+        )
+    if not config.cluster.cache_max_age >= 0:
+        raise ConfigError(f"{src}: cluster.cache_max_age must be 0 or more seconds")
 
 
 def embedded_defaults_text() -> str:

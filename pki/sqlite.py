@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from pki.errors import StoreError
 
@@ -54,6 +55,20 @@ def open_database(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connect
         conn.close()
         raise _open_error(path, exc) from None
     return conn
+
+
+def open_store(target: Path | str, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """The shared stores' database: a `postgresql://` URL opens PostgreSQL (pki/postgres.py), anything
+    else is the SQLite file at that path. The one place the engine is chosen.
+
+    A PgConnection offers the sqlite3.Connection subset the stores use and raises sqlite3's
+    exceptions, so it is typed as one: the stores keep a single signature and a single implementation.
+    """
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        from pki.postgres import open_postgres  # psycopg only where PostgreSQL is configured
+
+        return cast(sqlite3.Connection, open_postgres(target))
+    return open_database(Path(target), synchronous=synchronous)
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
@@ -124,11 +139,32 @@ def schema_version(conn: sqlite3.Connection, component: str) -> int:
     return int(row[0]) if row else 0
 
 
-def apply_migrations(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> int:
-    """Bring ``component``'s schema up to ``len(steps)``; returns the resulting version."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-    )
+_VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+
+
+def apply_migrations(
+    conn: sqlite3.Connection,
+    component: str,
+    steps: Sequence[str],
+    postgres: Sequence[str] | None = None,
+) -> int:
+    """Bring ``component``'s schema up to ``len(steps)``; returns the resulting version.
+
+    On PostgreSQL (pki/postgres.PgConnection) the component's ``postgres`` steps are applied instead,
+    each as one script, and the table of versions is created under the write lock (two nodes
+    starting at once must not race on CREATE TABLE).
+    """
+    on_postgres = getattr(conn, "dialect", "sqlite") == "postgresql"
+    if on_postgres:
+        if postgres is None:
+            raise StoreError("unsupported_backend", f"the {component} store has no PostgreSQL schema")
+        steps = postgres
+        with transaction(conn):
+            conn.execute(_VERSIONS_TABLE)
+    else:
+        conn.execute(_VERSIONS_TABLE)
     while True:
         with transaction(conn):
             # Re-read under the write lock: another process may have migrated meanwhile.
@@ -141,8 +177,11 @@ def apply_migrations(conn: sqlite3.Connection, component: str, steps: Sequence[s
                 )
             if current == len(steps):
                 return current
-            for statement in _statements(steps[current]):
-                conn.execute(statement)
+            if on_postgres:
+                conn.executescript_pg(steps[current])  # type: ignore[attr-defined]
+            else:
+                for statement in _statements(steps[current]):
+                    conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
                 "ON CONFLICT (component) DO UPDATE SET version = excluded.version",

@@ -102,6 +102,45 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# PostgreSQL (pki/postgres.py): the shape the SQLite steps above end at, in one step. `rowid` is a
+# column here (SQLite has it built in): the order certificates were recorded in. Every change to an
+# identity or a certificate notifies the registry channel (in the writer's transaction, so delivered
+# at its commit), which is how every node's follower hears of it at once (gateway/app/cluster.py).
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE pki_identities (
+        kind TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, metadata TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (kind, id));
+    CREATE INDEX pki_identities_by_update ON pki_identities (updated_at);
+    CREATE TABLE pki_tokens (
+        token_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, unit_id TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT,
+        FOREIGN KEY (kind, unit_id) REFERENCES pki_identities (kind, id) ON DELETE CASCADE);
+    CREATE INDEX pki_tokens_by_identity ON pki_tokens (kind, unit_id);
+    CREATE TABLE pki_certificates (
+        rowid BIGSERIAL UNIQUE,
+        serial TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL,
+        not_before TEXT NOT NULL, not_after TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('valid', 'revoked')),
+        fingerprint TEXT NOT NULL UNIQUE, pem TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        revoked_at TEXT, revocation_reason TEXT, renewed_from TEXT,
+        issuing_ca BIGINT NOT NULL DEFAULT 1);
+    CREATE INDEX pki_certificates_by_identity ON pki_certificates (kind, id);
+    CREATE INDEX pki_certificates_by_status ON pki_certificates (status);
+    CREATE INDEX pki_certificates_by_revocation ON pki_certificates (revoked_at);
+    CREATE INDEX pki_certificates_by_record ON pki_certificates (recorded_at);
+    CREATE INDEX pki_certificates_by_predecessor ON pki_certificates (renewed_from);
+    CREATE INDEX pki_certificates_by_issuing_ca ON pki_certificates (issuing_ca, status, not_after);
+    CREATE TABLE pki_crl_state (id INTEGER PRIMARY KEY CHECK (id = 1), last_number BIGINT NOT NULL);
+    CREATE FUNCTION pki_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_notify('fleetgate_registry', TG_TABLE_NAME); RETURN NULL; END $$;
+    CREATE TRIGGER pki_identities_notify AFTER INSERT OR UPDATE OR DELETE ON pki_identities
+        FOR EACH STATEMENT EXECUTE FUNCTION pki_notify_change();
+    CREATE TRIGGER pki_certificates_notify AFTER INSERT OR UPDATE ON pki_certificates
+        FOR EACH STATEMENT EXECUTE FUNCTION pki_notify_change();
+    """,
+)
+
 # A certificate is *in use* while it is valid, unexpired, and the newest valid certificate of its
 # identity: one renewed into a newer one (or re-issued by an operator) has been replaced, whichever
 # issuing CA signed the newer one.
@@ -130,7 +169,7 @@ class Registry:
         self.conn = conn
         self._lock = threading.RLock()
         with self._lock:
-            self.schema_version = apply_migrations(conn, COMPONENT, MIGRATIONS)
+            self.schema_version = apply_migrations(conn, COMPONENT, MIGRATIONS, POSTGRES_MIGRATIONS)
 
     @classmethod
     def open(cls, path: Path, *, synchronous: str = "NORMAL") -> Registry:

@@ -30,6 +30,7 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   command -v pk12util >/dev/null || missing+=(libnss3-tools)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)  # the cluster tests (tests/pg.py)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
     echo "fleetgate: please install ${missing[*]} (the deploy/ and console checks use them; skipped otherwise)" >&2

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import GatewayProcess
+from tests.pg import pg_cluster, pg_url  # noqa: F401  (shared PostgreSQL fixtures)
 
 
 @pytest.fixture(scope="module")

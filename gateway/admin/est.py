@@ -89,7 +89,9 @@ def storage_failure(exc: sqlite3.DatabaseError) -> str:
     The transaction was rolled back (pki.sqlite.transaction), so the caller may retry as is: a token is
     not burnt, a quarantine is not half applied. Logged without a traceback: it is an operating
     condition for the operator to fix (free disk space), not a bug."""
-    message = STORAGE_UNAVAILABLE.format(str(exc).strip() or type(exc).__name__)
+    text = str(exc).strip() or type(exc).__name__
+    # A cluster's PostgreSQL away (pki/postgres.unreachable) already says it all in one sentence.
+    message = text if text.startswith("PostgreSQL at ") else STORAGE_UNAVAILABLE.format(text)
     log.error("state change refused: %s", message)
     return message
 

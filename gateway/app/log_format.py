@@ -16,6 +16,12 @@ from gateway.render.safe_text import printable
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_NODE: list[str] = []  # a cluster node's name (set once by the runtime); a single node has none
+
+
+def set_node(name: str) -> None:
+    """Name this node in every log line from now on: `[name]` before the logger (text), `node` (JSON)."""
+    _NODE[:] = [name]
 
 
 class SafeFormatter(logging.Formatter):
@@ -25,7 +31,10 @@ class SafeFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)
-        return super().formatMessage(record)
+        line = super().formatMessage(record)
+        if _NODE:
+            line = line.replace(f" {record.name}: ", f" [{printable(_NODE[0])}] {record.name}: ", 1)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,6 +45,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if _NODE:
+            entry["node"] = _NODE[0]
         audit = getattr(record, "audit", None)
         if audit is not None:
             entry["audit"] = audit

@@ -61,7 +61,9 @@ class GatewayCollector(Collector):
         audit: Callable[[], tuple[int, int, int]] | None = None,
         containment: Callable[[], dict[str, Histogram]] | None = None,
         units: Callable[[], dict[str, int]] | None = None,
+        node: str | None = None,
     ) -> None:
+        self._node = node  # this node's name in a cluster (docs/cluster.md)
         self._containment = containment
         self._units = units
         self._audit = audit  # (records appended by this process, their bytes, the head's seq)
@@ -76,6 +78,12 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Any]:
         m, h = self._broker(), self._hub()
         yield _build_info()
+        if self._node is not None:
+            info = GaugeMetricFamily(
+                f"{PREFIX}_node_info", "This gateway node's name in its cluster.", labels=["node"]
+            )
+            info.add_metric([self._node], 1.0)
+            yield info
         yield _histogram(
             "tls_handshake_seconds", "Completed TLS handshakes, by duration.", h.handshake_seconds
         )

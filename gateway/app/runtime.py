@@ -31,8 +31,10 @@ from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
+from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
+from gateway.app.log_format import set_node
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
@@ -59,7 +61,8 @@ from gateway.stores.audit_anchor import append_anchor, make_anchor
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.broker_store import SqliteBrokerStore
-from gateway.stores.datadir import DataDir, passphrase_from_env, remembered
+from gateway.stores.cluster_nodes import ClusterNodes
+from gateway.stores.datadir import DataDir, passphrase_from_env, remembered, shared_database
 from gateway.stores.policy_file import load_policy
 from gateway.stores.registry_directory import RegistryDirectory
 from gateway.stores.serving_lock import hold as hold_serving_lock
@@ -69,14 +72,17 @@ from pki.authority import CertificateAuthority
 from pki.errors import PkiError, VerificationError
 from pki.keys import PassphraseSource
 from pki.names import IdentityError, identity_from_certificate
+from pki.postgres import describe_url, is_postgres_url, notify
 from pki.service import FleetCA
 from pki.signed_json import JsonSigner
+from pki.sqlite import open_store
 from pki.store import Registry, open_database
 from pki.verify import check_validity
 
 log = logging.getLogger("fleetgate")
 
 EVENT_TICK_SECONDS = 0.25  # broker events drained into audit, detectors, views and the flow map
+HEARTBEAT_SECONDS = 1.0  # this node's row in the nodes table (gateway/stores/cluster_nodes.py)
 UNRECORDED_LIMIT = 100_000  # events (and failed handshakes) kept for the audit log while it fails
 # After answering a request whose body was not read (413, 408), how long aiohttp reads and drops what
 # the client still sends before closing (its default, 10 s, is a long time to hold a slow client).
@@ -155,13 +161,28 @@ class Gateway:
         self.authority.unlock()  # every issuing CA key now: better refuse to start than fail later
         self.trust_domain = self.authority.trust_domain
         sync = config.storage.synchronous
-        self._registry_db = open_database(data.database, synchronous=sync)
+        # The shared state (registry, audit chain, nodes) in the data dir's SQLite file, or in a
+        # cluster's PostgreSQL (storage.url, docs/cluster.md); the broker's retained messages and
+        # persistent sessions stay in this node's own file either way.
+        self.node = node_name(config.cluster.node_name)
+        self.database = shared_database(data, config.storage.url)
+        self.clustered = is_postgres_url(self.database)
+        if self.clustered:
+            set_node(self.node)  # every log line names this node from now on
+        try:
+            self._registry_db = open_store(self.database, synchronous=sync)
+        except sqlite3.OperationalError as exc:
+            raise GatewayStartupError(f"cannot start: {exc}") from None
         self._broker_db = open_database(data.database, synchronous=sync)
         self.registry = Registry(self._registry_db)
+        self.nodes = ClusterNodes(self._registry_db)
+        self._started_at = self.clock.wall()
+        self._refuse_another_ca()
         if config.listen.insecure_plaintext is not None:
             refuse_lab_on_production(data, self.registry)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
-        self.audit = AuditLog(self._registry_db)
+        self.audit = AuditLog(self._registry_db, node=self.node if self.clustered else None)
+        self._notifications = RegistryNotifications(self.database, self.node) if self.clustered else None
         self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
         self._anchored: tuple[int, str] | None = None  # the head the last anchor recorded
         self.directory = RegistryDirectory(self.registry, self.trust_domain, self.clock.wall())
@@ -194,7 +215,11 @@ class Gateway:
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
-            self.directory, self.engine, self.driver, self.trust_domain, self._data_version
+            self.directory,
+            self.engine,
+            self.driver,
+            self.trust_domain,
+            self._data_version if self._notifications is None else self._notifications.data_version,
         )
         self.ops = Operations(
             OpsContext(
@@ -239,6 +264,7 @@ class Gateway:
         )
         self.broker.observe_publishes(self.observers)
         self.feed = AuditFeed(self.audit, self.clock.wall)
+        self._heartbeat_health = LoopHealth("reporting to the cluster")
         self.loops = {
             name: LoopHealth(name)
             for name in ("following the registry", "draining broker events", "anchoring the audit log")
@@ -251,6 +277,36 @@ class Gateway:
         self._http: web.AppRunner | None = None
         self._serving_lock: int | None = None
         self.bound: dict[str, tuple[str, int]] = {}
+
+    def _refuse_another_ca(self) -> None:
+        """Every node of a cluster must hold the same CA (files provisioned to each node)."""
+        mine = hashes.Hash(hashes.SHA256())
+        mine.update(self.authority.root.public_bytes(Encoding.DER))
+        ours = mine.finalize().hex()
+        recorded = self.nodes.agree("root_ca_sha256", ours)
+        if recorded != ours:
+            raise GatewayStartupError(
+                f"the CA in {self.data.ca_dir} is not the CA of the database {self._where()} (root "
+                f"{ours[:16]}…, recorded {recorded[:16]}…); provision this node with the cluster's ca/ files"
+            )
+
+    def _where(self) -> str:
+        return describe_url(self.database) if self.clustered else str(self.data.database)
+
+    def heartbeat(self) -> None:
+        """This node's row in the nodes table (`fleetgate cluster status`), once a second."""
+        peers = [s.peer for s in self.broker.sessions() if s.connected and s.peer is not None]
+        units = sum(1 for peer in peers if peer.identity is not None and peer.identity.kind == "unit")
+        follower = self.loops["following the registry"]
+        self.nodes.heartbeat(
+            self.node,
+            self._started_at,
+            self.clock.wall(),
+            sessions=len(peers),
+            units_online=units,
+            listeners=" ".join(f"{k}={h}:{p}" for k, (h, p) in sorted(self.bound.items())),
+            healthy=not follower.failing,
+        )
 
     # --- admission ----------------------------------------------------------------------------
 
@@ -268,10 +324,18 @@ class Gateway:
             identity = identity_from_certificate(cert, self.trust_domain)
         except IdentityError as exc:
             return exc.reason
-        refusal = self.directory.certificate_refusal(cert)  # revoked, or not recorded by this CA
-        if refusal is not None:
-            return refusal
-        state = self.directory.state_of(identity)
+        # Zero trust when the registry is away: what this node's cache already knows is admitted for
+        # at most cluster.cache_max_age after its last good read; anything it must ask about is refused.
+        age = (self.clock.wall() - self.directory.last_good).total_seconds()
+        if age > self.config.cluster.cache_max_age:
+            return "registry_unreachable"
+        try:
+            refusal = self.directory.certificate_refusal(cert)  # revoked, or not recorded by this CA
+            if refusal is not None:
+                return refusal
+            state = self.directory.state_of(identity)
+        except sqlite3.Error:
+            return "registry_unreachable"
         if state is None:
             return "unknown_identity"
         if state.is_revoked:
@@ -440,7 +504,15 @@ class Gateway:
         self.driver.reauthorize()
         self.audit.append(actor=actor, action="policy.reload", subject=subject, outcome="ok", now=now)
         log.info("policy reloaded from %s", subject)
+        if self.clustered and not actor.startswith("cluster/"):
+            try:  # every other node reloads its copy (gateway/app/cluster.py)
+                notify(self._registry_db, f"{POLICY_PREFIX}{self.node}")
+            except sqlite3.Error as exc:
+                log.warning("the other nodes were not told of this policy reload (%s); SIGHUP them", exc)
         return policy
+
+    def _follow_policy_reload(self, origin: str) -> None:
+        self.reload_policy(actor=f"cluster/{origin}")
 
     def anchor_audit(self, event: str) -> None:
         """Export the audit head, MACed, to DATA/audit-anchors.log and the log (stores/audit_anchor.py).
@@ -519,15 +591,26 @@ class Gateway:
             self.views.counters,
             gates=lambda: self.hub.gates,
             open_files=self.open_files.soft,
-            audit=lambda: (self.audit.appended, self.audit.appended_bytes, self.audit.head()[0]),
+            audit=self._audit_counters,
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
+            node=self.node if self.clustered else None,
         )
+
+    def _audit_counters(self) -> tuple[int, int, int]:
+        try:
+            head = self.audit.head()[0]
+        except sqlite3.Error:  # the cluster's database away: the last head this node anchored
+            head = self._anchored[0] if self._anchored is not None else 0
+        return (self.audit.appended, self.audit.appended_bytes, head)
 
     def _units_by_state(self) -> dict[str, int]:
         """The registry's states (registered, enrolled, quarantined, revoked …), plus `online` (live
         unit sessions) and `restricted` (held to diagnostic-only by their posture)."""
-        counts = self.registry.count_by_state("unit")
+        try:
+            counts = self.registry.count_by_state("unit")
+        except sqlite3.Error:  # the cluster's database away: /metrics still answers with what is live
+            counts = {}
         identities = (s.peer.identity for s in self.broker.sessions() if s.connected and s.peer is not None)
         counts["online"] = sum(1 for who in identities if who is not None and who.kind == "unit")
         counts["restricted"] = self.engine.restricted_count()
@@ -558,7 +641,7 @@ class Gateway:
             ReadinessProbe(
                 listeners=lambda: set(self.bound),
                 required_listeners=frozenset({"mqtt", "https"}),
-                database=self._registry_db,
+                database=self._broker_db,  # this node's own file (the shared one may be PostgreSQL)
                 follower=self.loops["following the registry"],
                 loop_time=lambda: asyncio.get_running_loop().time(),
             ),
@@ -630,6 +713,15 @@ class Gateway:
         interval = self.config.storage.audit_anchor_interval
         self.hub.spawn(supervise(lambda: self.anchor_audit("periodic"), interval, anchoring))
         self.hub.spawn(self.feed.run())
+        if self._notifications is not None:
+            # Only a cluster's nodes report (a single node on SQLite must not write once a second: a
+            # CLI holding the file's write lock would stall its event loop for the busy timeout).
+            self.hub.spawn(supervise(self.heartbeat, HEARTBEAT_SECONDS, self._heartbeat_health))
+            self._notifications.attach(
+                asyncio.get_running_loop(),
+                self.follower.apply_changes,
+                lambda origin: self._follow_policy_reload(origin),
+            )
         self.audit.append(
             actor="system",
             action="gateway.start",
@@ -653,11 +745,15 @@ class Gateway:
             self.http_refusals.flush(force=True)
         except sqlite3.DatabaseError as exc:  # e.g. a full disk: the stop goes on
             log.error("cannot write the last audit summaries at stop (%s)", exc)
-        self.audit.append(
-            actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
-        )
+        if self._notifications is not None:
+            self._notifications.close()
         try:
+            self.audit.append(
+                actor="system", action="gateway.stop", subject="gateway", outcome="ok", now=self.clock.wall()
+            )
             self.anchor_audit("stop")
+        except sqlite3.DatabaseError as exc:  # PostgreSQL away at stop: the stop goes on
+            log.error("cannot record the stop in the audit log (%s)", exc)
         except OSError as exc:  # e.g. a full disk: the stop goes on; the next start anchors again
             log.error("cannot write the audit anchor at stop (%s); the next start writes one", exc)
         self._broker_db.close()

@@ -11,6 +11,7 @@ from gateway.cli.audit_commands import audit
 from gateway.cli.backup_commands import backup, restore
 from gateway.cli.ca_commands import cert, crl, init, unit
 from gateway.cli.ca_lifecycle import ca_group
+from gateway.cli.cluster_commands import cluster
 from gateway.cli.command_groups import PipeClosed, SectionedGroup
 from gateway.cli.common import (
     ERRORS,
@@ -43,7 +44,7 @@ from gateway.cli.server_cert import server_cert
 from gateway.cli.session_commands import session
 
 SECTIONS = (
-    ("Set up and run a gateway", ("init", "serve", "server-cert", "backup", "restore")),
+    ("Set up and run a gateway", ("init", "serve", "server-cert", "backup", "restore", "cluster")),
     ("Register and enroll units", ("unit", "enroll", "renew")),
     (
         "Operators, services, partners and certificates",
@@ -77,7 +78,7 @@ for command in (unit_list, unit_show, unit_quarantine, unit_release, unit_revoke
     unit.add_command(command)
 unit.commands["remove"] = unit.commands.pop("remove")  # forgetting a unit comes last
 
-for command in (init, serve, server_cert, backup, restore, unit, enroll, renew):
+for command in (init, serve, server_cert, backup, restore, cluster, unit, enroll, renew):
     cli.add_command(command)
 cli.add_command(role_group("operator", extra=(identity_revoke("operator"),)))
 cli.add_command(role_group("service", extra=(identity_revoke("service"),)))

@@ -27,12 +27,13 @@ from rich.console import Console
 
 from gateway.render.safe_text import printable
 from gateway.stores.audit_log import AuditLog
-from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, remembered
+from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, remembered, shared_database
 from pki.authority import CertificateAuthority
 from pki.errors import KeyFileError
 from pki.keys import PassphraseSource, write_public_file
 from pki.service import FleetCA
-from pki.store import Registry, open_database
+from pki.sqlite import open_store
+from pki.store import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -164,7 +165,9 @@ def open_local(data_dir: Path | None) -> Iterator[LocalState]:
     # Keys are read only when the command signs (pki/authority.py): `status` needs no passphrase.
     source = passphrase_source()
     authority = CertificateAuthority.load(data.ca_dir, source)
-    conn = open_database(data.database)
+    # The data dir's SQLite file, or a cluster's PostgreSQL ($FLEETGATE_DATABASE_URL, docs/cluster.md):
+    # operations run against the database every node follows.
+    conn = open_store(shared_database(data))
     try:
         registry = Registry(conn)
         ca = FleetCA(authority, registry, data.crl_dir)
@@ -239,6 +242,8 @@ def describe_error(exc: BaseException) -> str:
         return f"permission denied: {exc.filename or text}; run as the user that owns the data directory"
     if isinstance(exc, FileNotFoundError):
         return f"no such file: {exc.filename or text}"
+    if isinstance(exc, sqlite3.OperationalError) and text.startswith("PostgreSQL at "):
+        return text  # already one sentence with the fix (pki/postgres.unreachable)
     if isinstance(exc, sqlite3.DatabaseError):
         return f"the database cannot be used ({text}); check the data directory or restore a backup"
     return text

@@ -18,6 +18,8 @@ the same message. The gateway never publishes anywhere else, least of all on con
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ from pki.records import IdentityRecord
 from pki.service import FleetCA
 from pki.signed_json import JsonSigner
 from pki.store import Registry
+
+log = logging.getLogger("fleetgate.ops")
 
 __all__ = [
     "OpResult",
@@ -356,17 +360,34 @@ class Operations:
         self._seen[identity] = key
         payload = self._modes.publish(record, now) if identity.kind == "unit" else None
         if payload is not None:
-            self._ctx.audit.append(
-                actor="system",
-                action="unit.mode_command",
-                subject=str(identity),
-                outcome="ok",
-                reason=json.loads(payload)["mode"],
-                details={"topic": mode_topic(identity.id)},
-                now=now,
-            )
+            mode = json.loads(payload)["mode"]
+
+            def audit() -> None:
+                self._ctx.audit.append(
+                    actor="system",
+                    action="unit.mode_command",
+                    subject=str(identity),
+                    outcome="ok",
+                    reason=mode,
+                    details={"topic": mode_topic(identity.id)},
+                    now=now,
+                )
+
+            # The command is on its way to the unit already (the hub writes at the end of this loop
+            # iteration); its audit record is a database write that, in a cluster, may wait for the
+            # write lock another node holds, so it follows on the next iteration instead of delaying
+            # the unit's command. Without a running loop (tests driving the core) it is written now.
+            if not self._ctx.driver.later(lambda: self._audit_later(audit)):
+                audit()
         if record.state == "revoked":
             self._cut_off({identity}, set(), "identity revoked", now)
+
+    @staticmethod
+    def _audit_later(append: Callable[[], None]) -> None:
+        try:
+            append()
+        except sqlite3.Error as exc:
+            log.error("the audit record of a mode command could not be written (%s)", exc)
 
     def use_mode_signer(self, signer: JsonSigner) -> None:
         """Sign mode commands with this key from now on (the server certificate was re-issued);

@@ -91,6 +91,33 @@ _MIGRATIONS: Sequence[str] = (
     """,
 )
 
+# PostgreSQL (pki/postgres.py): the same tables and the same refusals, as plpgsql triggers. One chain
+# for the whole cluster: every node appends under the database's write lock (BEGIN IMMEDIATE there).
+_POSTGRES_MIGRATIONS: Sequence[str] = (
+    f"""
+    CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
+    INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');
+    CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+    CREATE FUNCTION audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN IF NEW.seq <= OLD.seq THEN RAISE EXCEPTION 'the audit head only moves forward'; END IF;
+    RETURN NEW; END $$;
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_refuse('the audit log is append-only');
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_refuse('the audit log is append-only');
+    CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+        FOR EACH ROW EXECUTE FUNCTION audit_head_forward();
+    CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+        FOR EACH ROW EXECUTE FUNCTION audit_refuse('the audit head cannot be deleted');
+    """,
+)
+
 _COLUMNS = "seq, at, actor, action, subject, outcome, reason, details, prev_hash, hash"
 
 
@@ -258,13 +285,17 @@ class AuditLog:
     (e.g. through a `pki.store.Registry`), pass the lock they serialise on as `lock`.
     """
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, lock: threading.RLock | None = None, *, node: str | None = None
+    ) -> None:
         self._conn = conn
+        # In a cluster every node appends to one chain: each record names the node that wrote it.
+        self.node = node
         self._lock = threading.RLock() if lock is None else lock
         self.appended = 0  # records this AuditLog appended
         self.appended_bytes = 0  # and their size (canonical JSON and hash), which is what they cost on disk
         with self._lock:
-            apply_migrations(conn, "audit", _MIGRATIONS)
+            apply_migrations(conn, "audit", _MIGRATIONS, _POSTGRES_MIGRATIONS)
 
     def append(
         self,
@@ -290,6 +321,8 @@ class AuditLog:
             bounded(v, MAX_FIELD) for v in (actor, action, subject, outcome, reason)
         )
         at = _utc_text(now)
+        if self.node and not (details and "node" in details):
+            details = {**(details or {}), "node": self.node}
         clean, details_text = _normalised_details(details)
         with self._lock, transaction(self._conn) as conn:
             head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
@@ -332,7 +365,7 @@ class AuditLog:
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (since_seq, -1 if limit is None else limit),
+                (since_seq, 2**62 if limit is None else limit),
             ).fetchall()
         return [_from_row(row) for row in rows]
 

@@ -23,6 +23,9 @@ DEFAULT_DATA_DIR = "var"
 DATA_ENV = "FLEETGATE_DATA"
 PASSPHRASE_ENV = "FLEETGATE_CA_PASSPHRASE"  # the CA keys on the host (root while there, issuing)
 ROOT_PASSPHRASE_ENV = "FLEETGATE_ROOT_KEY_PASSPHRASE"  # the root key's offline copy
+# A cluster's shared state (docs/cluster.md); also storage.url in gateway.yaml (FLEETGATE_STORAGE_URL).
+DATABASE_URL_ENVS = ("FLEETGATE_STORAGE_URL", "FLEETGATE_DATABASE_URL")
+
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,12 @@ def remembered(source: PassphraseSource) -> PassphraseSource:
         return answers[0]
 
     return ask
+
+
+def shared_database(data: DataDir, url: str = "") -> str:
+    """Where the registry and the audit log live: `url` (storage.url), else $FLEETGATE_STORAGE_URL or
+    $FLEETGATE_DATABASE_URL, else the SQLite file in the data directory. For pki.sqlite.open_store."""
+    for candidate in (url, *(os.environ.get(name, "") for name in DATABASE_URL_ENVS)):
+        if candidate.strip():
+            return candidate.strip()
+    return str(data.database)

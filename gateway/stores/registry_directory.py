@@ -75,6 +75,9 @@ class RegistryDirectory:
         self._known: dict[int, Known] = _known(registry.valid_fingerprints(expiring_after=now))
         self._since = now - OVERLAP
         self._pruned = now
+        # When the registry last answered a full refresh: while the database is unreachable, this
+        # cache is what admits known certificates, for as long as the runtime's bound allows.
+        self.last_good = now
 
     def state_of(self, identity: Identity) -> IdentityState | None:
         if identity not in self._states:
@@ -111,7 +114,9 @@ class RegistryDirectory:
 
     def refresh(self, now: datetime) -> Changes:
         """What changed in the registry since the last refresh, applied to the cache."""
-        since, self._since = self._since, now - OVERLAP
+        # The window moves only once every feed was read: a refresh that fails (the database is
+        # unreachable) leaves it where it was, so the next good one catches up with all it missed.
+        since = self._since
         changes = Changes()
         # Issued first, then revoked: a certificate revoked between the two reads is dropped again
         # by the second (and the revoked set is asked first in any case).
@@ -132,6 +137,7 @@ class RegistryDirectory:
                 changes.identities.add(identity)
             if identity in self._states:
                 self._states[identity] = state
+        self._since, self.last_good = now - OVERLAP, now
         return changes
 
     def forget(self, identity: Identity) -> None:

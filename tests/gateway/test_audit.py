@@ -23,7 +23,7 @@ from gateway.stores.audit_log import (
     AuditLogCorrupt,
     AuditRecord,
 )
-from pki.sqlite import open_database, transaction
+from pki.sqlite import open_database, open_store, transaction
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 N = 6  # records in the `filled` fixture
@@ -34,9 +34,14 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "fleetgate.db"
 
 
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = open_database(db_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def conn(request: pytest.FixtureRequest, db_path: Path) -> Iterator[sqlite3.Connection]:
+    """Every test that takes the log runs against both engines (pki/postgres.py)."""
+    connection = (
+        open_database(db_path)
+        if request.param == "sqlite"
+        else open_store(request.getfixturevalue("pg_url"))
+    )
     yield connection
     connection.close()
 
@@ -58,9 +63,13 @@ def filled(log: AuditLog) -> AuditLog:
 
 def tamper(conn: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) -> None:
     """What an attacker with write access to the file does: drop the guards, then edit."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        conn.execute("ALTER TABLE audit_head DISABLE TRIGGER USER")
     for trigger in ("audit_log_no_update", "audit_log_no_delete", "audit_head_forward_only",
                     "audit_head_no_delete"):
-        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        if getattr(conn, "dialect", "sqlite") == "sqlite":
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     conn.execute(sql, params)
 
 

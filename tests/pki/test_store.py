@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,12 +19,27 @@ from pki.enrollment import TokenRecord, hash_token
 from pki.errors import AlreadyExistsError, NotFoundError, PkiError, StoreError
 from pki.keys import PrivateKey
 from pki.names import make_identity
-from pki.sqlite import apply_migrations, open_database, schema_version, transaction
+from pki.sqlite import apply_migrations, open_database, open_store, schema_version, transaction
 from pki.store import IDENTITY_STATES, MIGRATIONS, Registry
 
 from .conftest import NOW, TD, make_csr
 
 UNIT = make_identity("unit", "TRK-1", TD)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the registry lives: the registry's tests run against both engines (pki/postgres.py)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "db" / "fleetgate.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def registry(target: str) -> Iterator[Registry]:
+    conn = open_store(target)
+    yield Registry(conn)
+    conn.close()
 
 
 # ------------------------------------------------------------------------------------------ sqlite
@@ -215,12 +231,11 @@ def test_revoke_tokens_expires_only_pending_ones(registry: Registry) -> None:
     assert used is not None and used.expires_at == NOW + timedelta(hours=24)
 
 
-def test_consume_token_wins_exactly_once_across_connections(tmp_path: Path) -> None:
-    path = tmp_path / "db"
-    setup = Registry(open_database(path))
+def test_consume_token_wins_exactly_once_across_connections(target: str) -> None:
+    setup = Registry(open_store(target))
     setup.add_identity("unit", "TRK-1", NOW)
     setup.add_token(token())
-    contenders = [Registry(open_database(path)) for _ in range(8)]
+    contenders = [Registry(open_store(target)) for _ in range(8)]
     barrier = threading.Barrier(len(contenders))
     results: list[bool] = []
 
@@ -307,11 +322,10 @@ def test_crl_numbers_always_increase(registry: Registry) -> None:
     assert fourth == int((NOW + timedelta(hours=1)).timestamp())
 
 
-def test_writes_are_durable_before_return(tmp_path: Path) -> None:
-    path = tmp_path / "db"
-    writer = Registry(open_database(path))
+def test_writes_are_durable_before_return(target: str) -> None:
+    writer = Registry(open_store(target))
     writer.add_identity("unit", "TRK-1", NOW)
-    reader = Registry(open_database(path))
+    reader = Registry(open_store(target))
     assert reader.get_identity("unit", "TRK-1") is not None
     assert not writer.conn.in_transaction
 

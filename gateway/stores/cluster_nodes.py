@@ -1,0 +1,106 @@
+"""Which gateway nodes share this database, and what each one last said about itself.
+
+Every node writes its row once a second (`heartbeat`): name, when it started, when it last wrote,
+its live sessions and units online, its listeners and whether its registry follower is healthy.
+`fleetgate cluster status` reads them all; a node whose row is older than STALE_AFTER is shown as
+down (it stopped, lost the database or its host). Only a cluster's nodes report (PostgreSQL).
+
+`cluster_meta` holds what every node must agree on before it serves: the SHA-256 of the root CA
+(`root_ca_sha256`), written by the first node (or `fleetgate cluster migrate`) and checked by every
+later one,
+so a node provisioned with another CA's files refuses to start instead of issuing certificates the
+others do not trust.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pki.records import from_text, to_text
+from pki.sqlite import apply_migrations, transaction
+
+STALE_AFTER = timedelta(seconds=5)
+
+_SCHEMA = """
+CREATE TABLE cluster_nodes (
+    name TEXT PRIMARY KEY, started_at TEXT NOT NULL, seen_at TEXT NOT NULL,
+    sessions INTEGER NOT NULL, units_online INTEGER NOT NULL, listeners TEXT NOT NULL,
+    healthy INTEGER NOT NULL);
+CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_MIGRATIONS = (_SCHEMA,)
+_POSTGRES_MIGRATIONS = (_SCHEMA.replace("INTEGER", "BIGINT"),)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    started_at: str
+    seen_at: str
+    sessions: int
+    units_online: int
+    listeners: str
+    healthy: bool
+    up: bool  # seen within STALE_AFTER of the moment asked
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ClusterNodes:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        apply_migrations(conn, "cluster", _MIGRATIONS, _POSTGRES_MIGRATIONS)
+
+    def heartbeat(
+        self,
+        name: str,
+        started: datetime,
+        now: datetime,
+        *,
+        sessions: int,
+        units_online: int,
+        listeners: str,
+        healthy: bool,
+    ) -> None:
+        # One statement on its own (autocommit), not under the write lock: a node's heartbeat touches
+        # only its own row and must never queue behind, or delay, a change another node is making.
+        self._conn.execute(
+            "INSERT INTO cluster_nodes (name, started_at, seen_at, sessions, units_online, listeners, "
+            "healthy) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "started_at = excluded.started_at, seen_at = excluded.seen_at, sessions = excluded.sessions, "
+            "units_online = excluded.units_online, listeners = excluded.listeners, "
+            "healthy = excluded.healthy",
+            (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy)),
+        )
+
+    def nodes(self, now: datetime) -> list[NodeRow]:
+        rows = self._conn.execute(
+            "SELECT name, started_at, seen_at, sessions, units_online, listeners, healthy "
+            "FROM cluster_nodes ORDER BY name"
+        ).fetchall()
+        return [
+            NodeRow(
+                str(name),
+                str(started),
+                str(seen),
+                int(sessions),
+                int(online),
+                str(listeners),
+                bool(healthy),
+                now - from_text(str(seen)) <= STALE_AFTER,
+            )
+            for name, started, seen, sessions, online, listeners, healthy in rows
+        ]
+
+    def agree(self, key: str, value: str) -> str:
+        """Record `value` under `key` if nobody did; return what is recorded (compare it with yours)."""
+        with transaction(self._conn) as conn:
+            row = conn.execute("SELECT value FROM cluster_meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            conn.execute("INSERT INTO cluster_meta (key, value) VALUES (?, ?)", (key, value))
+        return value
