@@ -1,5 +1,6 @@
-"""A throwaway nats-server (Debian's nats-server package) for the cluster's backbone tests: one server
-on loopback, a port from this worker's band, no JetStream (the first slice uses core NATS).
+"""Throwaway nats-servers (Debian's nats-server package) for the cluster's backbone tests: three
+servers clustered with routes on loopback (the production shape; each fleetgate node may connect to
+a different one), ports from this worker's band, no JetStream (the first slice uses core NATS).
 
 Outside CI a machine without the binary skips these tests with that reason; `.ci/run` installs the
 package, so CI never skips them.
@@ -32,15 +33,26 @@ def skip_without_nats() -> None:
 
 
 class NatsServer:
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.log = root / "nats.log"
+    def __init__(
+        self, root: Path, *, port: int | None = None, cluster: tuple[int, list[int]] | None = None
+    ) -> None:
+        """`cluster`: this server's route port and every server's route port (its own included)."""
+        self.port = port or free_port()
+        self.log = root / f"nats-{self.port}.log"
         root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-l", str(self.log)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-l", str(self.log)]
+        if cluster is not None:
+            own, routes = cluster
+            others = ",".join(f"nats://127.0.0.1:{p}" for p in routes if p != own)
+            args += [
+                "--cluster_name",
+                "fleetgate-test",
+                "--cluster",
+                f"nats://127.0.0.1:{own}",
+                "--routes",
+                others,
+            ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -65,8 +77,17 @@ class NatsServer:
 
 
 @pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServer]]:
+    """Three servers with routes between them; the fixture returns once each accepts clients (a
+    subscription's interest then reaches the others within milliseconds)."""
     skip_without_nats()
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
-    yield server
-    server.stop()
+    root = tmp_path_factory.mktemp("nats")
+    routes = [free_port() for _ in range(3)]
+    servers: list[NatsServer] = []
+    try:
+        for own in routes:
+            servers.append(NatsServer(root, cluster=(own, routes)))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

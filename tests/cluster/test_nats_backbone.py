@@ -1,5 +1,6 @@
 """The cluster's data plane, first slice (docs/cluster.md, part 2): two `fleetgate serve` nodes on one
-PostgreSQL and one nats-server (core NATS), real paho clients over mTLS. A unit on node A publishes;
+PostgreSQL and a cluster of three nats-servers (core NATS; node A on the first, node B on the second,
+so every message crosses a route), real paho clients over mTLS. A unit on node A publishes;
 a service on node B receives what the unit's grants allow, exactly once, and nothing else; a
 quarantine made through node B stops the unit's telemetry on both nodes while its control topic keeps
 flowing across them."""
@@ -20,7 +21,7 @@ from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key
 from tests.clients import Paho, Received
 from tests.harness import Credentials, GatewayProcess
-from tests.nats import NatsServer, nats_server  # noqa: F401  (the module's nats-server)
+from tests.nats import NatsServer, nats_cluster  # noqa: F401  (the module's nats-servers)
 from tests.ops.helpers import api
 from tests.pg import PgCluster
 
@@ -40,13 +41,16 @@ def _node(root: Path, url: str, name: str, nats: str) -> GatewayProcess:
 
 @pytest.fixture(scope="module")
 def nodes(
-    pg_cluster: PgCluster, nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+    pg_cluster: PgCluster,
+    nats_cluster: list[NatsServer],  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Nodes]:
     url = pg_cluster.new_database()
     root = tmp_path_factory.mktemp("backbone")
-    a = _node(root / "a", url, "node-a", nats_server.url)
+    first, second, _ = (server.url for server in nats_cluster)  # A and B meet only through the routes
+    a = _node(root / "a", url, "node-a", first)
     a.init()
-    b = _node(root / "b", url, "node-b", nats_server.url)
+    b = _node(root / "b", url, "node-b", second)
     shutil.copytree(a.data, b.data)
     a.start()
     b.start()
