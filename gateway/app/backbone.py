@@ -58,6 +58,7 @@ class BackboneCounters:
     duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # by reason
     subjects: int = 0  # gauge: NATS subscriptions held
+    connected: bool = False
 
 
 def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:
@@ -131,7 +132,6 @@ class NatsBackbone:
         self._subs: dict[str, Any] = {}
         self._subs_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.connected = False
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class NatsBackbone:
                     )
                     announced = True
                 await asyncio.sleep(RECONNECT_WAIT_S)
-        self.connected = True
+        self.counters.connected = True
         log.info(
             "cluster backbone: connected to NATS at %s",
             self._nc.connected_url.netloc if self._nc.connected_url else self.servers,
@@ -195,11 +195,11 @@ class NatsBackbone:
                 await self._nc.close()
 
     async def _disconnected(self) -> None:
-        self.connected = False
+        self.counters.connected = False
         log.warning("cluster backbone: NATS connection lost; reconnecting")
 
     async def _reconnected(self) -> None:
-        self.connected = True
+        self.counters.connected = True
         log.info("cluster backbone: NATS connection back")
 
     async def _error(self, exc: Exception) -> None:

@@ -31,7 +31,7 @@ from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
-from gateway.app.backbone import NatsBackbone
+from gateway.app.backbone import BackboneCounters, NatsBackbone
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
@@ -603,7 +603,12 @@ class Gateway:
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
             node=self.node if self.clustered else None,
+            backbone=None if self.backbone is None else self._backbone_counters,
         )
+
+    def _backbone_counters(self) -> BackboneCounters:
+        assert self.backbone is not None
+        return self.backbone.counters
 
     def _audit_counters(self) -> tuple[int, int, int]:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pki.keys import generate_private_key
 from tests.clients import Paho, Received
 from tests.harness import Credentials, GatewayProcess
 from tests.nats import NatsServer, nats_cluster  # noqa: F401  (the module's nats-servers)
-from tests.ops.helpers import api
+from tests.ops.helpers import api, metrics_text
 from tests.pg import PgCluster
 
 
@@ -120,6 +121,24 @@ def test_telemetry_crosses_nodes_exactly_once_at_qos_0_and_1(nodes: Nodes) -> No
     assert [m.payload for m in got if m.qos == 1] == [p for p, q in sent if q == 1]  # in order
     truck.disconnect()
     service.disconnect()
+    metrics = _metrics(metrics_text(nodes.b))
+    assert metrics["fleetgate_backbone_connected"] == 1
+    assert metrics["fleetgate_backbone_received_total"] >= 30
+    assert metrics["fleetgate_backbone_duplicates_total"] >= 30  # the overlapping NATS subscriptions
+    assert _metrics(metrics_text(nodes.a))["fleetgate_backbone_sent_total"] >= 30
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run([promtool, "check", "metrics"], input=metrics_text(nodes.b), text=True,
+                               capture_output=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _metrics(text: str) -> dict[str, float]:
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("fleetgate_backbone_") and "{" not in line
+    }
 
 
 def test_a_topic_outside_the_units_grants_never_reaches_the_other_node(nodes: Nodes) -> None:
