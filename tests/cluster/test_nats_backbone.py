@@ -33,6 +33,7 @@ class Nodes:
     b: GatewayProcess
     ops: Credentials
     dispatch: Credentials
+    nats: list[NatsServer]
 
 
 def _node(root: Path, url: str, name: str, nats: str) -> GatewayProcess:
@@ -57,7 +58,7 @@ def nodes(
     b.start()
     ops = a.issue("operator", "ops1", "--role", "ops")
     dispatch = a.issue("service", "dispatch")
-    yield Nodes(a, b, ops, dispatch)
+    yield Nodes(a, b, ops, dispatch, nats_cluster)
     for node in (a, b):
         node.stop()
 
@@ -183,3 +184,21 @@ def test_quarantine_through_node_b_drops_telemetry_on_both_nodes_control_keeps_f
     assert not [m for m in _drain(watcher_a, 0.2) if b"while-quarantined" in m.payload]
     for client in (truck, dispatch_b, watcher_a):
         client.disconnect()
+
+
+def test_node_b_moves_to_another_nats_server_when_its_own_stops(nodes: Nodes) -> None:
+    """Node B was told of one NATS server only; it learnt the others from the cluster (NATS advertises
+    them), reconnects to one of them when its server stops, and its NATS subscriptions come back. What
+    was published while it was away is lost for its subscribers (core NATS; docs/cluster.md). Last in
+    the module: it stops a server."""
+    unit = "TRK-NATS-5"
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service)
+    nodes.nats[1].stop()  # node B's server
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service, timeout=15)
+    truck.publish(f"fleet/{unit}/telemetry/gps", b"after-failover", qos=1)
+    assert [m.payload for m in _drain(service, 1.0)] == [b"after-failover"]
+    assert "cluster backbone: NATS connection back" in nodes.b.log()
+    truck.disconnect()
+    service.disconnect()
