@@ -30,6 +30,7 @@ import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.broker.core import RemoteMessage
 from gateway.broker.sessions import Message, StoredSubscription
@@ -163,15 +164,14 @@ class NatsBackbone:
             except Exception as exc:
                 if not announced:
                     log.warning(
-                        "NATS at %s unreachable (%s); retrying, messages stay on this node", self.servers, exc
+                        "NATS at %s unreachable (%s); retrying, messages stay on this node",
+                        self.where,
+                        exc,
                     )
                     announced = True
                 await asyncio.sleep(RECONNECT_WAIT_S)
         self.counters.connected = True
-        log.info(
-            "cluster backbone: connected to NATS at %s",
-            self._nc.connected_url.netloc if self._nc.connected_url else self.servers,
-        )
+        log.info("cluster backbone: connected to NATS (%s)", self.where)
         self._tasks = [
             asyncio.get_running_loop().create_task(self._keep_subscriptions()),
             asyncio.get_running_loop().create_task(self._send()),
@@ -203,7 +203,15 @@ class NatsBackbone:
         log.info("cluster backbone: NATS connection back")
 
     async def _error(self, exc: Exception) -> None:
-        log.warning("cluster backbone: NATS error: %s", exc)
+        if self._nc is not None:  # before the first connection, run() says it once
+            log.warning("cluster backbone: NATS error: %s", exc)
+
+    @property
+    def where(self) -> str:
+        """The configured servers without any credentials in their URLs (for logs)."""
+        return ", ".join(
+            urlsplit(s)._replace(netloc=urlsplit(s).netloc.rpartition("@")[2]).geturl() for s in self.servers
+        )
 
     # --- out ----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gateway.app.backbone import H_PROPS, message_from, message_headers
+from gateway.app.backbone import H_PROPS, NatsBackbone, message_from, message_headers
 from gateway.broker.sessions import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.mqtt.packets import Properties
@@ -38,3 +38,11 @@ def test_a_message_crosses_with_its_qos_retain_publisher_and_5_0_properties() ->
 def test_the_single_gateway_never_imports_nats() -> None:
     code = "import sys, gateway.app.runtime, gateway.cli; assert 'nats' not in sys.modules, 'nats imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_logs_name_the_nats_servers_without_their_credentials() -> None:
+    class Driver:
+        broker = None
+
+    backbone = NatsBackbone("nats://fleet:secret@nats-1:4222, tls://nats-2:4222", "node-a", Driver())  # type: ignore[arg-type]
+    assert backbone.where == "nats://nats-1:4222, tls://nats-2:4222"
