@@ -120,6 +120,8 @@ def test_telemetry_crosses_nodes_exactly_once_at_qos_0_and_1(nodes: Nodes) -> No
     assert sorted(m.payload for m in got) == sorted(p for p, _ in sent)  # each once, none twice
     assert {m.payload: m.qos for m in got} == dict(sent)  # QoS kept (the subscription allows 1)
     assert [m.payload for m in got if m.qos == 1] == [p for p, q in sent if q == 1]  # in order
+    assert truck.publish(f"fleet/{unit}/telemetry/gps", b"fix-q2", qos=2) == 0  # at most once across
+    assert [(m.payload, m.qos) for m in _drain(service, 1.0)] == [(b"fix-q2", 1)]  # the subscription's QoS
     truck.disconnect()
     service.disconnect()
     metrics = _metrics(metrics_text(nodes.b))
