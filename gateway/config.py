@@ -150,6 +150,9 @@ class ClusterConfig:
     # While PostgreSQL is unreachable, certificates and identities this node already knows are admitted
     # from its cache for at most this many seconds after its last good read; unknown ones are refused.
     cache_max_age: float = 300.0
+    # The NATS server(s) carrying accepted messages between the nodes (docs/cluster.md, part 2):
+    # "" keeps every message on the node it arrived at; "nats://host:4222" (several: comma-separated).
+    nats: str = ""
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,11 @@ def _check(config: GatewayConfig) -> None:
         )
     if not config.cluster.cache_max_age >= 0:
         raise ConfigError(f"{src}: cluster.cache_max_age must be 0 or more seconds")
+    servers = [s.strip() for s in config.cluster.nats.split(",") if s.strip()]
+    if config.cluster.nats.strip() and (
+        not servers or not all(s.startswith(("nats://", "tls://")) for s in servers)
+    ):
+        raise ConfigError(f"{src}: cluster.nats must be empty or nats:// (or tls://) URLs, comma-separated")
 
 
 def embedded_defaults_text() -> str:

@@ -31,6 +31,7 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
   [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   command -v pk12util >/dev/null || missing+=(libnss3-tools)
   [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)  # the cluster tests (tests/pg.py)
+  command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)  # tests/nats.py
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
     echo "fleetgate: please install ${missing[*]} (the deploy/ and console checks use them; skipped otherwise)" >&2

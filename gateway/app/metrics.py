@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.app.backbone import BackboneCounters
 from gateway.broker import BrokerMetrics
 from gateway.broker.histogram import Histogram
 from gateway.context.partner_views import ViewCounters
@@ -62,8 +63,10 @@ class GatewayCollector(Collector):
         containment: Callable[[], dict[str, Histogram]] | None = None,
         units: Callable[[], dict[str, int]] | None = None,
         node: str | None = None,
+        backbone: Callable[[], BackboneCounters] | None = None,
     ) -> None:
         self._node = node  # this node's name in a cluster (docs/cluster.md)
+        self._backbone = backbone  # the NATS data plane's counters (cluster.nats set)
         self._containment = containment
         self._units = units
         self._audit = audit  # (records appended by this process, their bytes, the head's seq)
@@ -84,6 +87,8 @@ class GatewayCollector(Collector):
             )
             info.add_metric([self._node], 1.0)
             yield info
+        if self._backbone is not None:
+            yield from _backbone_families(self._backbone())
         yield _histogram(
             "tls_handshake_seconds", "Completed TLS handshakes, by duration.", h.handshake_seconds
         )
@@ -292,3 +297,20 @@ def metrics_registry(collector: GatewayCollector) -> CollectorRegistry:
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def _backbone_families(b: BackboneCounters) -> Iterator[Any]:
+    yield _gauge(
+        "backbone_connected", "1 while this node is connected to NATS (cluster.nats).", float(b.connected)
+    )
+    yield _counter("backbone_sent", "Accepted messages this node published on NATS.", b.sent)
+    yield _counter(
+        "backbone_received", "Messages from other nodes received on NATS and routed here.", b.received
+    )
+    yield _counter(
+        "backbone_duplicates", "Second copies from overlapping NATS subscriptions, routed once.", b.duplicates
+    )
+    yield _labelled(
+        "backbone_dropped", "Messages that did not cross NATS, by reason.", "reason", dict(b.dropped)
+    )
+    yield _gauge("backbone_subjects", "NATS subject filters this node subscribes to.", b.subjects)

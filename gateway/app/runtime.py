@@ -31,6 +31,7 @@ from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
+from gateway.app.backbone import BackboneCounters, NatsBackbone
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
@@ -212,6 +213,12 @@ class Gateway:
             gates=listener_gates(config.limits, mqtt=plan.mqtt, https=plan.https, lab=plan.lab),
         )
         self.driver = BrokerDriver(self.broker, self.hub, self.clock)
+        # The nodes' backbone for messages (docs/cluster.md, part 2): only with cluster.nats, and only
+        # then is nats imported; otherwise the broker's backbone hooks stay None and cost nothing.
+        self.backbone: NatsBackbone | None = None
+        if config.cluster.nats.strip():
+            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver)
+            self.backbone.attach()
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
@@ -470,8 +477,9 @@ class Gateway:
             details={"sha256": fingerprint, "mode_commands_signed_again": republished},
             now=now,
         )
-        log.info("serving the new server certificate %s; %d mode command(s) signed again", fingerprint,
-                 republished)
+        log.info(
+            "serving the new server certificate %s; %d mode command(s) signed again", fingerprint, republished
+        )
         return True
 
     def _server_fingerprint(self) -> str:
@@ -595,7 +603,12 @@ class Gateway:
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
             node=self.node if self.clustered else None,
+            backbone=None if self.backbone is None else self._backbone_counters,
         )
+
+    def _backbone_counters(self) -> BackboneCounters:
+        assert self.backbone is not None
+        return self.backbone.counters
 
     def _audit_counters(self) -> tuple[int, int, int]:
         try:
@@ -675,6 +688,8 @@ class Gateway:
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
         self._log_open_files()
+        if self.backbone is not None:
+            self.hub.spawn(self.backbone.run())  # connects in the background; clients are served anyway
         listen = self.config.listen
         self._mqtt_live = self._live(self._mqtt_context())
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
@@ -737,6 +752,8 @@ class Gateway:
         for listener in self._listeners:
             listener.close()
         await self.hub.shutdown()
+        if self.backbone is not None:
+            await self.backbone.close()
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()

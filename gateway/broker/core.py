@@ -21,14 +21,15 @@ from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.flow import session_offline, unpause_if_room
-from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held
+from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held, route
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
 from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
 from gateway.broker.persistence import BrokerStore
-from gateway.broker.sessions import MqttSession, offline_peer
-from gateway.broker.state import BrokerState, Connection, PublishObserver
+from gateway.broker.routing import IndexWatcher
+from gateway.broker.sessions import Message, MqttSession, offline_peer
+from gateway.broker.state import BackboneSink, BrokerState, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import (
@@ -37,6 +38,7 @@ from gateway.mqtt.packets import (
     Packet,
     Pingreq,
     Pingresp,
+    Properties,
     Puback,
     Pubcomp,
     Publish,
@@ -51,6 +53,11 @@ from gateway.mqtt.topics import validate_topic_name
 from gateway.policy.access import AccessPolicy, Peer
 
 log = logging.getLogger("fleetgate.broker")
+
+
+# A message another node accepted: topic, payload, QoS, retain flag, its 5.0 properties, the
+# publisher's client id (no-local).
+RemoteMessage = tuple[str, bytes, int, bool, Properties, str | None]
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,46 @@ class Broker:
     def observe_publishes(self, observer: PublishObserver | None) -> None:
         """Call `observer(peer, topic, payload, now)` for every client PUBLISH the policy accepted."""
         self._st.publish_observer = observer
+
+    def forward_accepted(self, sink: BackboneSink | None) -> None:
+        """Call `sink(message, client_id, peer)` for every client PUBLISH and will accepted and routed
+        here: a cluster's node sends it to the other nodes (gateway/app/backbone.py). Messages the
+        gateway publishes itself (publish_internal) and messages from other nodes (route_remote) are
+        not given to it: every node publishes its own, and nothing goes back out."""
+        self._st.backbone = sink
+
+    def watch_subscriptions(self, watcher: IndexWatcher | None) -> None:
+        """Tell `watcher(added, client_id, subscription)` of every subscription in the index now
+        (sessions loaded from the store) and of every one added or removed from now on."""
+        index = self._st.index
+        index.watcher = watcher
+        if watcher is None:
+            return
+        for session in self._st.sessions.values():
+            for sub in session.subscriptions.values():
+                watcher(True, session.client_id, sub)
+
+    def route_remote(self, messages: Sequence[RemoteMessage], now: float) -> list[Action]:
+        """Messages another node accepted (after every check at its edge), routed to this node's
+        subscribers through the same delivery decisions as a local message (decide_delivery per
+        recipient, no-local against the publisher's client id). Not retained here and not given to
+        the backbone again. A message whose topic is not a valid topic name is dropped and counted."""
+        st = self._st
+        self._arm(now)
+        for topic, payload, qos, retain, properties, origin in messages:
+            try:
+                validate_topic_name(topic)
+                if qos not in (0, 1, 2):
+                    raise ValueError(qos)
+                props = replace(properties, topic_alias=None, subscription_identifiers=())
+                interval = props.message_expiry_interval
+                expires = None if interval is None else now + interval
+                route(st, Message(topic, payload, qos, retain, props, expires), origin, now)
+                st.metrics.remote_in += 1
+            except Exception:
+                log.exception("routing a message from another node on %r failed", topic)
+                st.metrics.internal_errors += 1
+        return self._finish(now)
 
     def publish_internal(self, publish: Publish, now: float) -> list[Action]:
         """The gateway's own message: routed and retained like any other, without decide_publish (the

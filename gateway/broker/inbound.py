@@ -85,7 +85,7 @@ def _route_and_ack(
     wire: bytes | None,
     now: float,
 ) -> None:
-    accept(
+    message = accept(
         st,
         publish.topic,
         publish.payload,
@@ -96,6 +96,8 @@ def _route_and_ack(
         now,
         None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
     )
+    if st.backbone is not None:  # a cluster's node: the other nodes' subscribers get it too
+        st.backbone(message, session.client_id, conn.peer)
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
     if publish.qos == 2:
@@ -287,4 +289,6 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
         return
     st.metrics.wills_published += 1
     properties = replace(will.properties, will_delay_interval=None)
-    accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)
+    message = accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)
+    if st.backbone is not None:
+        st.backbone(message, client_id, peer)

@@ -80,6 +80,7 @@ class BrokerMetrics:
     decisions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, verdict, reason)
     protocol_errors: Counter[str] = field(default_factory=Counter)  # by reason
     wills_published: int = 0
+    remote_in: int = 0  # messages from other nodes (the cluster's backbone) routed here
     subscriptions_revoked: int = 0  # dropped by re-authorization
     internal_errors: int = 0
     store_errors: int = 0

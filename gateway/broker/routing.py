@@ -74,6 +74,10 @@ class SharedGroup:
 
 Match = tuple[dict[str, Target], list[SharedGroup]]
 
+# Told of every subscription added to or removed from the index (added, client id, subscription): the
+# cluster's backbone subscribes on NATS to what local subscribers can match (gateway/app/backbone.py).
+IndexWatcher = Callable[[bool, str, StoredSubscription], None]
+
 MATCH_CACHE_SIZE = 8192  # distinct (topic, publisher) answers kept; a fleet's units repeat their topics
 
 
@@ -85,7 +89,7 @@ class SubscriptionIndex:
     a cached answer is always what a fresh trie walk would say). Callers must not modify an answer.
     """
 
-    __slots__ = ("_cache", "_direct", "_groups", "_shared", "version")
+    __slots__ = ("_cache", "_direct", "_groups", "_shared", "version", "watcher")
 
     def __init__(self) -> None:
         self._direct: SubscriptionTrie[str, StoredSubscription] = SubscriptionTrie()
@@ -93,6 +97,7 @@ class SubscriptionIndex:
         self._groups: dict[tuple[str | None, str, str], SharedGroup] = {}
         self._cache: dict[tuple[str, str | None], Match] = {}
         self.version = 0  # bumped by every add and remove: lets observers skip unchanged snapshots
+        self.watcher: IndexWatcher | None = None  # None (a single node): nothing more per subscribe
 
     def __len__(self) -> int:
         return len(self._direct) + sum(len(g.members) for g in self._groups.values())
@@ -100,6 +105,8 @@ class SubscriptionIndex:
     def add(self, client_id: str, sub: StoredSubscription) -> None:
         self._cache.clear()
         self.version += 1
+        if self.watcher is not None:
+            self.watcher(True, client_id, sub)
         if sub.group is None:
             self._direct.add(sub.plain_filter, client_id, sub)
             return
@@ -115,6 +122,8 @@ class SubscriptionIndex:
     def remove(self, client_id: str, sub: StoredSubscription) -> None:
         self._cache.clear()
         self.version += 1
+        if self.watcher is not None:
+            self.watcher(False, client_id, sub)
         if sub.group is None:
             self._direct.remove(sub.plain_filter, client_id)
             return

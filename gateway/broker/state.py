@@ -88,6 +88,9 @@ class Connection:
 
 
 PublishObserver = Callable[[Peer, str, bytes, float], None]
+# Sees every accepted client PUBLISH and will, after local routing, with the publisher's client id and
+# peer: the cluster's backbone sends it to the other nodes (gateway/app/backbone.py). Must be cheap.
+BackboneSink = Callable[[Message, str, Peer], None]
 
 
 class BrokerState:
@@ -112,6 +115,7 @@ class BrokerState:
         self.events: list[BrokerEvent] = []
         # Sees every accepted client PUBLISH (continuous evaluation: rates, GPS fixes); must be cheap.
         self.publish_observer: PublishObserver | None = None
+        self.backbone: BackboneSink | None = None  # None unless cluster.nats is set
         self.out = Outbox()
         # Sessions holding publishers back (flow.py); empty (nearly always) keeps the publish path short.
         self.holding: dict[str, None] = {}

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
-from gateway.broker.core import DiscardedSessions
+from gateway.broker.core import DiscardedSessions, RemoteMessage
 from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.reason_codes import ReasonCode
@@ -48,6 +48,10 @@ class BrokerDriver:
     def publish_internal(self, publish: Publish, now: float | None = None) -> None:
         """A message from the gateway itself (mode commands, partner views)."""
         self.hub.apply(self.broker.publish_internal(publish, self.clock.now() if now is None else now))
+
+    def route_remote(self, messages: Sequence[RemoteMessage]) -> None:
+        """Messages other nodes accepted (the cluster's backbone), to this node's subscribers."""
+        self.hub.apply(self.broker.route_remote(messages, self.clock.now()))
 
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""

@@ -1,0 +1,319 @@
+"""The cluster's data plane, first slice: accepted messages between the nodes over core NATS.
+
+Only when `cluster.nats` is set (docs/cluster.md, "Part 2"); a single gateway never imports this.
+
+Out: every client PUBLISH and will this node accepted (after every check at its edge) and routed to
+its own subscribers is given here by the broker (`Broker.forward_accepted`) and published once on
+NATS, on its topic's subject (gateway/broker/subjects.py), with headers saying which node and which
+client sent it, its QoS, retain flag and the 5.0 properties that travel with a message. The broker
+call stays synchronous: the message is appended to a list and one sender task publishes in order.
+
+In: this node subscribes on NATS to the union of its local subscriptions' filters, mapped, refcounted
+(one NATS subscription per distinct subject filter however many local subscriptions share it; gone
+with the last one). What arrives is handed to `Broker.route_remote` in batches (one broker call per
+event-loop iteration), which delivers through the same decisions as a local message and never gives
+it back to the backbone. The connection is made with no_echo (NATS does not send a node its own
+messages) and the origin header is checked too; overlapping NATS subscriptions (`a.>` and `a.b`)
+would each receive a message, so messages carry an id and a node routes each id once.
+
+Guarantees today (core NATS, at most once between nodes): see docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.broker.core import RemoteMessage
+from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, subject_to_topic, topic_to_subject
+from gateway.edge.driver import BrokerDriver
+from gateway.mqtt.packets import Properties
+from gateway.policy.access import Peer
+
+log = logging.getLogger("fleetgate.cluster")
+
+H_NODE = "Fg-Node"
+H_ID = "Fg-Id"
+H_CLIENT = "Fg-Client"
+H_IDENTITY = "Fg-Identity"
+H_QOS = "Fg-Qos"
+H_RETAIN = "Fg-Retain"
+H_PROPS = "Fg-Props"  # JSON (ASCII): no header injection whatever a content type holds
+SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
+RECONNECT_WAIT_S = 0.5
+
+
+@dataclass
+class BackboneCounters:
+    sent: int = 0
+    received: int = 0
+    duplicates: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    subjects: int = 0  # gauge: NATS subscriptions held
+    connected: bool = False
+
+
+def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:
+    p = message.properties
+    props: dict[str, Any] = {}
+    if p.payload_format_indicator is not None:
+        props["pfi"] = p.payload_format_indicator
+    if message.expires_at is not None and p.message_expiry_interval is not None:
+        props["exp"] = p.message_expiry_interval  # the interval as received; 0 s spent on this node
+    if p.content_type is not None:
+        props["ct"] = p.content_type
+    if p.response_topic is not None:
+        props["rt"] = p.response_topic
+    if p.correlation_data is not None:
+        props["cd"] = base64.b64encode(p.correlation_data).decode("ascii")
+    if p.user_properties:
+        props["up"] = [list(pair) for pair in p.user_properties]
+    headers = {
+        H_NODE: node,
+        H_ID: msg_id,
+        H_CLIENT: json.dumps(client_id),
+        H_QOS: str(message.qos),
+        H_RETAIN: "1" if message.retain else "0",
+    }
+    if peer.identity is not None:
+        headers[H_IDENTITY] = json.dumps(str(peer.identity))
+    if props:
+        headers[H_PROPS] = json.dumps(props, separators=(",", ":"))
+    return headers
+
+
+def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str) -> RemoteMessage:
+    """Raises ValueError (or KeyError) for anything a fleetgate node did not send."""
+    topic = subject_to_topic(subject, prefix)
+    props = json.loads(headers.get(H_PROPS, "{}"))
+    properties = Properties(
+        payload_format_indicator=props.get("pfi"),
+        message_expiry_interval=props.get("exp"),
+        content_type=props.get("ct"),
+        response_topic=props.get("rt"),
+        correlation_data=None if "cd" not in props else base64.b64decode(props["cd"]),
+        user_properties=tuple((str(k), str(v)) for k, v in props.get("up", ())),
+    )
+    client = json.loads(headers[H_CLIENT])
+    return topic, data, int(headers[H_QOS]), headers.get(H_RETAIN) == "1", properties, str(client)
+
+
+class NatsBackbone:
+    def __init__(
+        self,
+        servers: str,
+        node: str,
+        driver: BrokerDriver,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self.node = node
+        self.prefix = prefix
+        self._driver = driver
+        self._broker = driver.broker
+        self.counters = BackboneCounters()
+        self._nc: Any = None
+        self._out: list[tuple[str, bytes, dict[str, str]]] = []
+        self._out_ready = asyncio.Event()
+        self._in: list[RemoteMessage] = []
+        self._seq = 0
+        self._incarnation = os.urandom(4).hex()  # a restarted node's ids never repeat its old ones
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._keys: dict[tuple[str, str | None, str | None, str], tuple[str, ...]] = {}
+        self._refs: Counter[str] = Counter()
+        self._subs: dict[str, Any] = {}
+        self._subs_dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the broker's hooks; call before serving (sessions loaded from the store included)."""
+        self._broker.watch_subscriptions(self.subscription_changed)
+        self._broker.forward_accepted(self.accepted)
+
+    async def run(self) -> None:
+        """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then
+        keep the NATS subscriptions current and send what the broker accepted."""
+        import nats  # only a cluster's node with cluster.nats pays for the import
+
+        announced = False
+        while self._nc is None:
+            try:
+                self._nc = await nats.connect(
+                    servers=self.servers,
+                    name=f"fleetgate-{self.node}",
+                    no_echo=True,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT_S,
+                    connect_timeout=2,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+            except Exception as exc:
+                if not announced:
+                    log.warning(
+                        "NATS at %s unreachable (%s); retrying, messages stay on this node",
+                        self.where,
+                        exc,
+                    )
+                    announced = True
+                await asyncio.sleep(RECONNECT_WAIT_S)
+        self.counters.connected = True
+        log.info("cluster backbone: connected to NATS (%s)", self.where)
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._keep_subscriptions()),
+            asyncio.get_running_loop().create_task(self._send()),
+        ]
+        self._subs_dirty.set()
+        self._out_ready.set()
+        await asyncio.gather(*self._tasks)
+
+    async def close(self) -> None:
+        self._broker.forward_accepted(None)
+        self._broker.watch_subscriptions(None)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=1)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    async def _disconnected(self) -> None:
+        self.counters.connected = False
+        log.warning("cluster backbone: NATS connection lost; reconnecting")
+
+    async def _reconnected(self) -> None:
+        self.counters.connected = True
+        log.info("cluster backbone: NATS connection back")
+
+    async def _error(self, exc: Exception) -> None:
+        if self._nc is not None:  # before the first connection, run() says it once
+            log.warning("cluster backbone: NATS error: %s", exc)
+
+    @property
+    def where(self) -> str:
+        """The configured servers without any credentials in their URLs (for logs)."""
+        return ", ".join(
+            urlsplit(s)._replace(netloc=urlsplit(s).netloc.rpartition("@")[2]).geturl() for s in self.servers
+        )
+
+    # --- out ----------------------------------------------------------------------------------
+
+    def accepted(self, message: Message, client_id: str, peer: Peer) -> None:
+        """The broker's hook (inside its call): queue it for the sender, nothing more."""
+        if self._nc is None:
+            self.counters.dropped["not_connected"] += 1
+            return
+        self._seq += 1
+        headers = message_headers(
+            self.node, f"{self.node}:{self._incarnation}:{self._seq}", message, client_id, peer
+        )
+        self._out.append((topic_to_subject(message.topic, self.prefix), message.payload, headers))
+        self._out_ready.set()
+
+    async def _send(self) -> None:
+        nc = self._nc
+        while True:
+            await self._out_ready.wait()
+            self._out_ready.clear()
+            batch, self._out = self._out, []
+            for subject, payload, headers in batch:
+                try:
+                    await nc.publish(subject, payload, headers=headers)
+                    self.counters.sent += 1
+                except Exception as exc:  # too large for NATS's max_payload, connection closed…
+                    self.counters.dropped[type(exc).__name__] += 1
+                    log.warning("cluster backbone: publishing on %s failed: %s", subject, exc)
+
+    # --- subscriptions --------------------------------------------------------------------------
+
+    def subscription_changed(self, added: bool, client_id: str, sub: StoredSubscription) -> None:
+        """The broker's index hook: one key per (client, group, scope, filter), so re-adding the same
+        subscription or removing one twice leaves the counts right."""
+        key = (client_id, sub.group, sub.scope, sub.plain_filter)
+        if added:
+            if key in self._keys:
+                return
+            subjects = filter_to_subjects(sub.plain_filter, self.prefix)
+            self._keys[key] = subjects
+            for s in subjects:
+                self._refs[s] += 1
+        else:
+            gone = self._keys.pop(key, None)
+            if gone is None:
+                return
+            for s in gone:
+                self._refs[s] -= 1
+                if self._refs[s] <= 0:
+                    del self._refs[s]
+        self._subs_dirty.set()
+
+    async def _keep_subscriptions(self) -> None:
+        nc = self._nc
+        while True:
+            await self._subs_dirty.wait()
+            self._subs_dirty.clear()
+            wanted = set(self._refs)
+            for subject in [s for s in self._subs if s not in wanted]:
+                with contextlib.suppress(Exception):
+                    await self._subs.pop(subject).unsubscribe()
+            for subject in [s for s in wanted if s not in self._subs]:
+                try:
+                    self._subs[subject] = await nc.subscribe(subject, cb=self._on_message)
+                except Exception as exc:
+                    log.warning("cluster backbone: subscribing to %s failed: %s", subject, exc)
+            self.counters.subjects = len(self._subs)
+
+    def subjects(self) -> list[str]:
+        """The NATS subject filters this node holds now (tests, status)."""
+        return sorted(self._subs)
+
+    # --- in -----------------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = msg.headers or {}
+        if headers.get(H_NODE) == self.node:
+            return  # our own (no_echo already keeps them away)
+        msg_id = headers.get(H_ID)
+        if msg_id is None:
+            self.counters.dropped["not_ours"] += 1
+            return
+        seen = self._seen
+        if msg_id in seen:
+            self.counters.duplicates += 1  # a second NATS subscription of ours matched it
+            return
+        seen[msg_id] = None
+        if len(seen) > SEEN_IDS:
+            seen.popitem(last=False)
+        try:
+            remote = message_from(msg.subject, msg.data, headers, self.prefix)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.counters.dropped["malformed"] += 1
+            log.warning("cluster backbone: dropped a message on %s: %s", msg.subject, exc)
+            return
+        self.counters.received += 1
+        pending = self._in
+        pending.append(remote)
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_soon(self._route)
+
+    def _route(self) -> None:
+        batch, self._in = self._in, []
+        if batch:
+            self._driver.route_remote(batch)

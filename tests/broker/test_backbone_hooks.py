@@ -1,0 +1,79 @@
+"""The broker's hooks for the cluster's backbone (docs/cluster.md, part 2): what is forwarded, what
+comes back in, and what the subscription watcher is told."""
+
+from __future__ import annotations
+
+from gateway.broker.sessions import Message, StoredSubscription
+from gateway.mqtt.packets import Properties, Publish
+from gateway.policy.access import Peer
+from gateway.policy.directory import InMemoryDirectory
+from gateway.policy.engine import PolicyEngine
+from gateway.stores.policy_file import load_policy
+from pki.names import Identity
+from tests.broker.lab import TRUST_DOMAIN, Lab
+
+
+def _lab() -> tuple[Lab, list[tuple[str, str, int]], list[tuple[bool, str, str]]]:
+    directory = InMemoryDirectory()
+    for unit in ("TRK-1", "TRK-2"):
+        directory.enroll(Identity("unit", unit, TRUST_DOMAIN))
+    lab = Lab(PolicyEngine(load_policy(None), directory))
+    forwarded: list[tuple[str, str, int]] = []
+    watched: list[tuple[bool, str, str]] = []
+
+    def sink(message: Message, client_id: str, peer: Peer) -> None:
+        forwarded.append((message.topic, client_id, message.qos))
+
+    def watcher(added: bool, client_id: str, sub: StoredSubscription) -> None:
+        watched.append((added, client_id, sub.plain_filter))
+
+    lab.broker.forward_accepted(sink)
+    lab.broker.watch_subscriptions(watcher)
+    return lab, forwarded, watched
+
+
+def test_accepted_client_publishes_are_forwarded_once_denied_and_internal_ones_not() -> None:
+    lab, forwarded, _ = _lab()
+    truck = lab.connect("TRK-1")
+    truck.publish("fleet/TRK-1/telemetry/gps", b"ok", qos=1)
+    truck.publish("fleet/TRK-2/telemetry/gps", b"forged", qos=1)  # outside its grants: denied
+    lab.apply(lab.broker.publish_internal(Publish("fleet/TRK-1/cmd/mode", b"m", qos=1, retain=True), lab.now))
+    assert forwarded == [("fleet/TRK-1/telemetry/gps", "TRK-1", 1)]
+
+
+def test_remote_messages_reach_local_subscribers_through_delivery_decisions_and_go_no_further() -> None:
+    lab, forwarded, watched = _lab()
+    other = lab.connect("TRK-2")
+    other.subscribe("fleet/TRK-2/cmd/#", qos=1)
+    assert watched == [(True, "TRK-2", "fleet/TRK-2/cmd/#")]
+    props = Properties(content_type="text/plain", user_properties=(("k", "v"),), message_expiry_interval=60)
+    lab.apply(
+        lab.broker.route_remote(
+            [
+                ("fleet/TRK-2/cmd/reboot", b"now", 1, False, props, "ops-1"),
+                ("fleet/TRK-2/cmd/bad/#", b"x", 1, False, Properties(), "ops-1"),  # not a topic name
+            ],
+            lab.now,
+        )
+    )
+    lab.pump()
+    got = other.messages
+    assert [(m.topic, m.payload, m.qos) for m in got] == [("fleet/TRK-2/cmd/reboot", b"now", 1)]
+    assert got[0].properties.content_type == "text/plain"
+    assert got[0].properties.user_properties == (("k", "v"),)
+    assert forwarded == []  # never back out to the backbone
+    assert lab.broker.metrics.remote_in == 1
+    other.unsubscribe("fleet/TRK-2/cmd/#")
+    assert watched[-1] == (False, "TRK-2", "fleet/TRK-2/cmd/#")
+
+
+def test_without_a_backbone_nothing_is_forwarded_and_the_watcher_sees_existing_subscriptions() -> None:
+    lab, forwarded, _ = _lab()
+    lab.broker.forward_accepted(None)
+    truck = lab.connect("TRK-1")
+    truck.subscribe("fleet/TRK-1/cmd/#", qos=1)
+    truck.publish("fleet/TRK-1/telemetry/gps", b"ok", qos=1)
+    assert forwarded == []
+    replayed: list[str] = []
+    lab.broker.watch_subscriptions(lambda on, cid, sub: replayed.append(f"{on} {cid} {sub.plain_filter}"))
+    assert replayed == ["True TRK-1 fleet/TRK-1/cmd/#"]

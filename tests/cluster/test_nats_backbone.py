@@ -1,0 +1,206 @@
+"""The cluster's data plane, first slice (docs/cluster.md, part 2): two `fleetgate serve` nodes on one
+PostgreSQL and a cluster of three nats-servers (core NATS; node A on the first, node B on the second,
+so every message crosses a route), real paho clients over mTLS. A unit on node A publishes;
+a service on node B receives what the unit's grants allow, exactly once, and nothing else; a
+quarantine made through node B stops the unit's telemetry on both nodes while its control topic keeps
+flowing across them."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.cli.device import device_csr
+from pki.est_client import bootstrap, simpleenroll
+from pki.keys import generate_private_key
+from tests.clients import Paho, Received
+from tests.harness import Credentials, GatewayProcess
+from tests.nats import NatsServer, nats_cluster  # noqa: F401  (the module's nats-servers)
+from tests.ops.helpers import api, metrics_text
+from tests.pg import PgCluster
+
+
+@dataclass
+class Nodes:
+    a: GatewayProcess
+    b: GatewayProcess
+    ops: Credentials
+    dispatch: Credentials
+    nats: list[NatsServer]
+
+
+def _node(root: Path, url: str, name: str, nats: str) -> GatewayProcess:
+    env = {"FLEETGATE_DATABASE_URL": url, "FLEETGATE_CLUSTER_NODE_NAME": name, "FLEETGATE_CLUSTER_NATS": nats}
+    return GatewayProcess(root, env=env)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    pg_cluster: PgCluster,
+    nats_cluster: list[NatsServer],  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Nodes]:
+    url = pg_cluster.new_database()
+    root = tmp_path_factory.mktemp("backbone")
+    first, second, _ = (server.url for server in nats_cluster)  # A and B meet only through the routes
+    a = _node(root / "a", url, "node-a", first)
+    a.init()
+    b = _node(root / "b", url, "node-b", second)
+    shutil.copytree(a.data, b.data)
+    a.start()
+    b.start()
+    ops = a.issue("operator", "ops1", "--role", "ops")
+    dispatch = a.issue("service", "dispatch")
+    yield Nodes(a, b, ops, dispatch, nats_cluster)
+    for node in (a, b):
+        node.stop()
+
+
+def _enroll(gw: GatewayProcess, unit: str) -> Credentials:
+    token = gw.add_unit(unit)
+    server = bootstrap(gw.https_url, ca_file=gw.root_ca)
+    key = generate_private_key()
+    return gw._save(unit, key, [simpleenroll(server, unit, token, device_csr(key, unit))])
+
+
+def _client(gw: GatewayProcess, creds: Credentials, *filters: str) -> Paho:
+    client = Paho(gw.mqtt_port, creds)
+    assert client.connect()[0] == 0
+    for topic_filter in filters:
+        assert client.subscribe(topic_filter, 1) == [1]
+    return client
+
+
+def _drain(client: Paho, settle: float = 0.3) -> list[Received]:
+    got = []
+    while True:
+        try:
+            got.append(client.messages.get(timeout=settle))
+        except queue.Empty:
+            return got
+
+
+def _until_arrives(publisher: Paho, topic: str, receiver: Paho, timeout: float = 10.0) -> None:
+    """Publish on `topic` until `receiver` gets one: its node's NATS subscription is in place (a
+    subscription made on one node reaches NATS a moment after its SUBACK; docs/cluster.md)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publisher.publish(topic, b"probe", qos=1)
+        try:
+            while True:
+                message = receiver.messages.get(timeout=0.2)
+                if message.topic == topic:
+                    _drain(receiver, 0.2)
+                    return
+        except queue.Empty:
+            continue
+    raise AssertionError(f"nothing on {topic} crossed to the other node within {timeout}s")
+
+
+def test_telemetry_crosses_nodes_exactly_once_at_qos_0_and_1(nodes: Nodes) -> None:
+    unit = "TRK-NATS-1"
+    # Two overlapping filters on node B: NATS holds two subscriptions there, the client gets one copy.
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#", f"fleet/{unit}/telemetry/gps")
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service)
+    sent = []
+    for i in range(30):
+        qos = i % 2
+        payload = f"fix-{i}-q{qos}".encode()
+        assert truck.publish(f"fleet/{unit}/telemetry/gps", payload, qos=qos) == 0
+        sent.append((payload, qos))
+    got = _drain(service, 1.0)
+    assert sorted(m.payload for m in got) == sorted(p for p, _ in sent)  # each once, none twice
+    assert {m.payload: m.qos for m in got} == dict(sent)  # QoS kept (the subscription allows 1)
+    assert [m.payload for m in got if m.qos == 1] == [p for p, q in sent if q == 1]  # in order
+    assert truck.publish(f"fleet/{unit}/telemetry/gps", b"fix-q2", qos=2) == 0  # at most once across
+    assert [(m.payload, m.qos) for m in _drain(service, 1.0)] == [(b"fix-q2", 1)]  # the subscription's QoS
+    truck.disconnect()
+    service.disconnect()
+    metrics = _metrics(metrics_text(nodes.b))
+    assert metrics["fleetgate_backbone_connected"] == 1
+    assert metrics["fleetgate_backbone_received_total"] >= 30
+    assert metrics["fleetgate_backbone_duplicates_total"] >= 30  # the overlapping NATS subscriptions
+    assert _metrics(metrics_text(nodes.a))["fleetgate_backbone_sent_total"] >= 30
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run([promtool, "check", "metrics"], input=metrics_text(nodes.b), text=True,
+                               capture_output=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _metrics(text: str) -> dict[str, float]:
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("fleetgate_backbone_") and "{" not in line
+    }
+
+
+def test_a_topic_outside_the_units_grants_never_reaches_the_other_node(nodes: Nodes) -> None:
+    unit, other = "TRK-NATS-2", "TRK-NATS-3"
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service)
+    truck.publish(f"fleet/{other}/telemetry/gps", b"forged", qos=1)  # another unit's topic: denied at A
+    truck.publish(f"fleet/{unit}/telemetry/gps", b"after", qos=1)
+    payloads = [m.payload for m in _drain(service, 1.0)]
+    assert payloads == [b"after"]  # the later, allowed one arrived; the forged one never did
+    truck.disconnect()
+    service.disconnect()
+
+
+def test_quarantine_through_node_b_drops_telemetry_on_both_nodes_control_keeps_flowing(nodes: Nodes) -> None:
+    unit = "TRK-NATS-4"
+    dispatch_b = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#", f"fleet/{unit}/control/#")
+    watcher_a = _client(nodes.a, nodes.ops, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit), f"fleet/{unit}/control/#", f"fleet/{unit}/cmd/#")
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", dispatch_b)
+    _drain(watcher_a, 0.2)
+    _drain(truck, 0.2)
+
+    status, body = api(nodes.b, nodes.ops, "POST", f"/api/units/{unit}/quarantine", {"reason": "t"})
+    assert status == 200, body
+    deadline = time.monotonic() + 10  # node A follows the registry, and tells the unit
+    while not any(m.topic.endswith("/cmd/mode") and b"diagnostic-only" in m.payload for m in _drain(truck)):
+        assert time.monotonic() < deadline, "node A did not follow the quarantine made through node B"
+
+    truck.publish(f"fleet/{unit}/telemetry/gps", b"while-quarantined", qos=1)
+    # Control across the nodes, both ways: dispatch on B commands the unit on A, the unit acks.
+    assert dispatch_b.publish(f"fleet/{unit}/control/brake", b"engage", qos=1) == 0
+    got = truck.expect(1)
+    assert (got[0].topic, got[0].payload) == (f"fleet/{unit}/control/brake", b"engage")
+    assert truck.publish(f"fleet/{unit}/control/brake/ack", b"done", qos=1) == 0
+    seen_b = _drain(dispatch_b, 1.0)
+    assert [(m.topic, m.payload) for m in seen_b] == [
+        (f"fleet/{unit}/control/brake", b"engage"),  # dispatch's own subscription matches it (local)
+        (f"fleet/{unit}/control/brake/ack", b"done"),
+    ]
+    assert not [m for m in _drain(watcher_a, 0.2) if b"while-quarantined" in m.payload]
+    for client in (truck, dispatch_b, watcher_a):
+        client.disconnect()
+
+
+def test_node_b_moves_to_another_nats_server_when_its_own_stops(nodes: Nodes) -> None:
+    """Node B was told of one NATS server only; it learnt the others from the cluster (NATS advertises
+    them), reconnects to one of them when its server stops, and its NATS subscriptions come back. What
+    was published while it was away is lost for its subscribers (core NATS; docs/cluster.md). Last in
+    the module: it stops a server."""
+    unit = "TRK-NATS-5"
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service)
+    nodes.nats[1].stop()  # node B's server
+    _until_arrives(truck, f"fleet/{unit}/telemetry/gps", service, timeout=15)
+    truck.publish(f"fleet/{unit}/telemetry/gps", b"after-failover", qos=1)
+    assert [m.payload for m in _drain(service, 1.0)] == [b"after-failover"]
+    assert "cluster backbone: NATS connection back" in nodes.b.log()
+    truck.disconnect()
+    service.disconnect()
