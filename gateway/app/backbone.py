@@ -16,6 +16,13 @@ it back to the backbone. The connection is made with no_echo (NATS does not send
 messages) and the origin header is checked too; overlapping NATS subscriptions (`a.>` and `a.b`)
 would each receive a message, so messages carry an id and a node routes each id once.
 
+Authenticated: every message carries an HMAC-SHA256 (`Fg-Mac`) under the cluster's backbone key
+(gateway/stores/backbone_key.py, in the shared database) over its subject, its headers and its
+payload, and the time it was sent (`Fg-Time`). A node routes nothing whose MAC does not verify, or
+that is older than FRESH_S (a replay), so a process that can reach NATS but is not a node cannot
+inject a message, least of all a command on a unit's control topic. (Confidentiality is NATS's TLS:
+use tls:// URLs across machines.)
+
 Guarantees today (core NATS, at most once between nodes): see docs/cluster.md.
 """
 
@@ -24,9 +31,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +58,9 @@ H_IDENTITY = "Fg-Identity"
 H_QOS = "Fg-Qos"
 H_RETAIN = "Fg-Retain"
 H_PROPS = "Fg-Props"  # JSON (ASCII): no header injection whatever a content type holds
+H_TIME = "Fg-Time"  # unix milliseconds when the origin node sent it
+H_MAC = "Fg-Mac"
+FRESH_S = 30.0  # older (or this far in the future: clocks disagree) is refused as a replay
 SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
 RECONNECT_WAIT_S = 0.5
 
@@ -91,6 +104,33 @@ def message_headers(node: str, msg_id: str, message: Message, client_id: str, pe
     return headers
 
 
+def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> str:
+    """HMAC-SHA256 over the subject, every header but the MAC (sorted) and the payload, each part
+    length-prefixed so no two messages share an encoding."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    parts = [subject.encode()]
+    for name in sorted(headers):
+        if name != H_MAC:
+            parts += [name.encode(), headers[name].encode()]
+    parts.append(payload)
+    for part in parts:
+        mac.update(len(part).to_bytes(4, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes, now: float) -> str | None:
+    """None when the message was signed with `key` and is fresh, else why it is refused."""
+    given = headers.get(H_MAC)
+    if given is None or not hmac.compare_digest(given, sign(key, subject, headers, payload)):
+        return "unauthenticated"
+    try:
+        sent = int(headers[H_TIME]) / 1000
+    except (KeyError, ValueError):
+        return "unauthenticated"
+    return None if abs(now - sent) <= FRESH_S else "stale"
+
+
 def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str) -> RemoteMessage:
     """Raises ValueError (or KeyError) for anything a fleetgate node did not send."""
     topic = subject_to_topic(subject, prefix)
@@ -113,8 +153,10 @@ class NatsBackbone:
         servers: str,
         node: str,
         driver: BrokerDriver,
+        key: bytes,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        self._key = key
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.node = node
         self.prefix = prefix
@@ -128,6 +170,7 @@ class NatsBackbone:
         self._seq = 0
         self._incarnation = os.urandom(4).hex()  # a restarted node's ids never repeat its old ones
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._refusal_logged = -60.0
         self._keys: dict[tuple[str, str | None, str | None, str], tuple[str, ...]] = {}
         self._refs: Counter[str] = Counter()
         self._subs: dict[str, Any] = {}
@@ -224,7 +267,10 @@ class NatsBackbone:
         headers = message_headers(
             self.node, f"{self.node}:{self._incarnation}:{self._seq}", message, client_id, peer
         )
-        self._out.append((topic_to_subject(message.topic, self.prefix), message.payload, headers))
+        subject = topic_to_subject(message.topic, self.prefix)
+        headers[H_TIME] = str(int(time.time() * 1000))
+        headers[H_MAC] = sign(self._key, subject, headers, message.payload)
+        self._out.append((subject, message.payload, headers))
         self._out_ready.set()
 
     async def _send(self) -> None:
@@ -288,6 +334,19 @@ class NatsBackbone:
 
     async def _on_message(self, msg: Any) -> None:
         headers = msg.headers or {}
+        refused = authentic(self._key, msg.subject, headers, msg.data, time.time())
+        if refused is not None:  # not from a node of this cluster, or a replay: never routed
+            self.counters.dropped[refused] += 1
+            now = time.monotonic()
+            if now - self._refusal_logged >= 60:
+                self._refusal_logged = now
+                log.warning(
+                    "cluster backbone: refused a message on %s (%s); counted in "
+                    "fleetgate_backbone_dropped_total, logged once a minute",
+                    msg.subject,
+                    refused,
+                )
+            return
         if headers.get(H_NODE) == self.node:
             return  # our own (no_echo already keeps them away)
         msg_id = headers.get(H_ID)

@@ -61,6 +61,7 @@ from gateway.policy.rules import Policy, PolicyError
 from gateway.stores.audit_anchor import append_anchor, make_anchor
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
+from gateway.stores.backbone_key import backbone_key
 from gateway.stores.broker_store import SqliteBrokerStore
 from gateway.stores.cluster_nodes import ClusterNodes
 from gateway.stores.datadir import DataDir, passphrase_from_env, remembered, shared_database
@@ -217,7 +218,8 @@ class Gateway:
         # then is nats imported; otherwise the broker's backbone hooks stay None and cost nothing.
         self.backbone: NatsBackbone | None = None
         if config.cluster.nats.strip():
-            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver)
+            key = backbone_key(self._registry_db)  # the same in every node's (shared) database
+            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver, key)
             self.backbone.attach()
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)

@@ -44,5 +44,7 @@ def test_logs_name_the_nats_servers_without_their_credentials() -> None:
     class Driver:
         broker = None
 
-    backbone = NatsBackbone("nats://fleet:secret@nats-1:4222, tls://nats-2:4222", "node-a", Driver())  # type: ignore[arg-type]
+    backbone = NatsBackbone(
+        "nats://fleet:secret@nats-1:4222, tls://nats-2:4222", "node-a", Driver(), b"k" * 32
+    )  # type: ignore[arg-type]
     assert backbone.where == "nats://nats-1:4222, tls://nats-2:4222"

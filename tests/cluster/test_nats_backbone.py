@@ -7,6 +7,7 @@ flowing across them."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import shutil
 import subprocess
@@ -15,8 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
+import psycopg
 import pytest
 
+from gateway.app.backbone import H_CLIENT, H_ID, H_MAC, H_NODE, H_QOS, H_RETAIN, H_TIME, sign
+from gateway.broker.subjects import DEFAULT_PREFIX, topic_to_subject
 from gateway.cli.device import device_csr
 from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key
@@ -34,6 +39,7 @@ class Nodes:
     ops: Credentials
     dispatch: Credentials
     nats: list[NatsServer]
+    url: str
 
 
 def _node(root: Path, url: str, name: str, nats: str) -> GatewayProcess:
@@ -58,7 +64,7 @@ def nodes(
     b.start()
     ops = a.issue("operator", "ops1", "--role", "ops")
     dispatch = a.issue("service", "dispatch")
-    yield Nodes(a, b, ops, dispatch, nats_cluster)
+    yield Nodes(a, b, ops, dispatch, nats_cluster, url)
     for node in (a, b):
         node.stop()
 
@@ -131,8 +137,13 @@ def test_telemetry_crosses_nodes_exactly_once_at_qos_0_and_1(nodes: Nodes) -> No
     assert _metrics(metrics_text(nodes.a))["fleetgate_backbone_sent_total"] >= 30
     promtool = shutil.which("promtool")
     if promtool is not None:
-        check = subprocess.run([promtool, "check", "metrics"], input=metrics_text(nodes.b), text=True,
-                               capture_output=True, check=False)
+        check = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=metrics_text(nodes.b),
+            text=True,
+            capture_output=True,
+            check=False,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -186,6 +197,57 @@ def test_quarantine_through_node_b_drops_telemetry_on_both_nodes_control_keeps_f
     assert not [m for m in _drain(watcher_a, 0.2) if b"while-quarantined" in m.payload]
     for client in (truck, dispatch_b, watcher_a):
         client.disconnect()
+
+
+def _inject(server: str, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+    """Publish on NATS as a process that reached the NATS servers but is no fleetgate node."""
+
+    async def run() -> None:
+        nc = await nats.connect(server)
+        await nc.publish(subject, payload, headers=headers)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(run())
+
+
+def _dropped(gw: GatewayProcess, reason: str) -> float:
+    line = f'fleetgate_backbone_dropped_total{{reason="{reason}"}}'
+    return sum(float(x.split()[-1]) for x in metrics_text(gw).splitlines() if x.startswith(line))
+
+
+def test_nothing_injected_into_nats_reaches_a_units_control_channel(nodes: Nodes) -> None:
+    """NATS carries only what a node accepted and signed: a forged command, one signed with another
+    key, and a genuine message replayed later are all refused by node B, and counted; a command from
+    dispatch through node A still arrives."""
+    unit = "TRK-NATS-6"
+    truck = _client(nodes.b, _enroll(nodes.b, unit), f"fleet/{unit}/control/#")
+    dispatch_a = _client(nodes.a, nodes.dispatch)
+    _until_arrives(dispatch_a, f"fleet/{unit}/control/probe", truck)
+    subject = topic_to_subject(f"fleet/{unit}/control/brake", DEFAULT_PREFIX)
+    server = nodes.nats[1].url  # node B's own server
+    headers = {H_NODE: "node-a", H_ID: "forged:1", H_CLIENT: '"dispatch"', H_QOS: "1", H_RETAIN: "0",
+               H_TIME: str(int(time.time() * 1000))}  # fmt: skip
+    _inject(server, subject, b"release-brakes", None)  # no headers at all
+    _inject(server, subject, b"release-brakes", {**headers, H_MAC: sign(b"k" * 32, subject, headers, b"x")})
+    stale = {**headers, H_ID: "forged:2", H_TIME: str(int((time.time() - 600) * 1000))}
+    key = bytes.fromhex(_query(nodes, "SELECT value FROM cluster_secrets WHERE name = 'backbone'"))
+    _inject(
+        server, subject, b"release-brakes", {**stale, H_MAC: sign(key, subject, stale, b"release-brakes")}
+    )
+    assert dispatch_a.publish(f"fleet/{unit}/control/brake", b"engage", qos=1) == 0
+    got = [(m.topic, m.payload) for m in _drain(truck, 1.0)]
+    assert got == [(f"fleet/{unit}/control/brake", b"engage")]  # dispatch's command, and only it
+    assert _dropped(nodes.b, "unauthenticated") >= 2 and _dropped(nodes.b, "stale") >= 1
+    truck.disconnect()
+    dispatch_a.disconnect()
+
+
+def _query(nodes: Nodes, sql: str) -> str:
+    with psycopg.connect(nodes.url) as conn:
+        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return str(row[0])
 
 
 def test_node_b_moves_to_another_nats_server_when_its_own_stops(nodes: Nodes) -> None:
