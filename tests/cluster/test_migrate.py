@@ -9,11 +9,13 @@ PostgreSQL and every unit connects with the certificate it already had; `audit v
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from tests.clients import Paho
-from tests.harness import GatewayProcess
+from tests.harness import Credentials, GatewayProcess
 from tests.pg import PgCluster
 
 
@@ -52,5 +54,41 @@ def test_migrate_a_data_directory_and_serve_it_from_postgresql(
         status = node.cli("cluster", "status", "--json")
         assert status.code == 0, status.stderr
         assert [(n["name"], n["up"]) for n in json.loads(status.stdout)] == [("n1", True)]
+    finally:
+        node.stop()
+
+
+def test_the_demos_data_directory_moves_to_postgresql_and_its_units_connect(
+    pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What `scripts/demo` leaves behind (its CA, its fleet, the unit it contained, their files in
+    sim/units) moves into PostgreSQL, and every unit of it connects to the PostgreSQL-backed node with
+    the certificate it enrolled for on SQLite."""
+    url = pg_cluster.new_database()
+    root = tmp_path_factory.mktemp("demo")
+    demo = subprocess.run(
+        [sys.executable, "-m", "device_sim.demo.main", "--units", "4", "--seconds", "2",
+         "--data", str(root / "data"), "--mqtt-port", "0", "--https-port", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    moved = GatewayProcess(root).cli("cluster", "migrate", "--to", url, "--json")  # from its SQLite
+    assert moved.code == 0, moved.stderr
+    node = GatewayProcess(root, env={"FLEETGATE_DATABASE_URL": url, "FLEETGATE_CLUSTER_NODE_NAME": "n1"})
+    units_dir = node.data / "sim" / "units"
+    units = sorted(path.stem for path in units_dir.glob("*.key"))
+    assert len(units) == 4, units
+    node.start()
+    try:
+        for unit in units:
+            creds = Credentials(
+                unit, units_dir / f"{unit}.crt", units_dir / f"{unit}.key", units_dir / "ca.crt"
+            )
+            client = Paho(node.mqtt_port, creds)
+            assert client.connect()[0] == 0, unit  # the contained one too: quarantine is not a cut
+            client.disconnect()
+        listed = node.cli("unit", "list", "--json")
+        assert listed.code == 0, listed.stderr
+        assert {row["id"] for row in json.loads(listed.stdout)} >= set(units)
     finally:
         node.stop()
