@@ -89,6 +89,6 @@ def test_the_demos_data_directory_moves_to_postgresql_and_its_units_connect(
             client.disconnect()
         listed = node.cli("unit", "list", "--json")
         assert listed.code == 0, listed.stderr
-        assert {row["id"] for row in json.loads(listed.stdout)} >= set(units)
+        assert {row["unit"] for row in json.loads(listed.stdout)} >= set(units)
     finally:
         node.stop()
