@@ -34,6 +34,7 @@ picks by `conn.dialect`); PostgreSQL gets its own version numbers (it starts at 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +113,15 @@ class PgConnection:
         self.url = url
         self._conn: psycopg.Connection[Any] | None = connect(url)
         self._failed: tuple[float, sqlite3.OperationalError] | None = None
+        # Set by the serving gateway (reconnect_in_background): a lost connection is then reopened
+        # by a thread, never by the statement that found it lost, because statements run on the
+        # event loop and a host that drops packets holds a connect for CONNECT_TIMEOUT_S.
+        self._background = False
+        self._reconnecting: threading.Thread | None = None
+        self._reopened: psycopg.Connection[Any] | None = None
+
+    def reconnect_in_background(self) -> None:
+        self._background = True
 
     def _live(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -119,6 +129,8 @@ class PgConnection:
             if conn is not None and not conn.closed:
                 conn.close()
             self._conn = None
+            if self._background:
+                return self._adopt_reopened()
             if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER_S:
                 raise self._failed[1]
             try:
@@ -128,6 +140,29 @@ class PgConnection:
                 raise
             self._failed = None
         return conn
+
+    def _adopt_reopened(self) -> psycopg.Connection[Any]:
+        """The connection the reconnecting thread made, or the outage's one sentence at once (and a
+        reconnecting thread started, one at a time, RETRY_AFTER_S after the last failed one)."""
+        reopened, self._reopened = self._reopened, None
+        if reopened is not None:
+            self._conn, self._failed = reopened, None
+            return reopened
+        failed = self._failed
+        running = self._reconnecting is not None and self._reconnecting.is_alive()
+        if not running and (failed is None or time.monotonic() - failed[0] >= RETRY_AFTER_S):
+            self._reconnecting = threading.Thread(target=self._reconnect, name="pg-reconnect", daemon=True)
+            self._reconnecting.start()
+        raise failed[1] if failed is not None else sqlite3.OperationalError(
+            f"PostgreSQL at {describe_url(self.url)} is unreachable (reconnecting); nothing was changed, "
+            "try again when it is back"
+        )
+
+    def _reconnect(self) -> None:
+        try:
+            self._reopened = connect(self.url)  # handed over whole: one attribute, under the GIL
+        except sqlite3.OperationalError as exc:
+            self._failed = (time.monotonic(), exc)
 
     @property
     def in_transaction(self) -> bool:

@@ -16,16 +16,21 @@ Theory of operation
   reloads its own copy of the policy file (provisioned alike to every node) and re-decides its live
   sessions, as if it had been sent SIGHUP.
 - PostgreSQL unreachable: the listener's socket closes; the reader is removed and `data_version`
-  (called by the follower's step) reopens it at most once a second; its reopening is reported as a
-  change, so the first step after the database returns reads every feed since the last good read.
+  (called by the follower's step) has a thread reopen it, at most once every RECONNECT_EVERY_S (a
+  connect to a host that drops packets would hold the event loop for its timeout); the reopening is
+  reported as a change, so the first step after the database returns reads every feed since the
+  last good read. The stores' own connection reopens the same way (PgConnection, in the serving
+  process): statements during an outage fail at once with its one sentence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,7 +38,7 @@ from pki.postgres import Listener
 
 log = logging.getLogger("fleetgate.cluster")
 
-RECONNECT_EVERY_S = 5.0  # a connect may stall the loop up to its timeout (1 s): not more often
+RECONNECT_EVERY_S = 5.0  # between reopening attempts (each in a thread, never on the loop)
 POLICY_PREFIX = "policy:"  # a node reloaded its policy: "policy:<node>"
 
 
@@ -53,6 +58,7 @@ class RegistryNotifications:
         self._on_policy: Callable[[str], None] | None = None
         self._watched: int | None = None
         self._next_try = 0.0
+        self._reopening: threading.Thread | None = None
         self.pushed = 0  # follower runs started by a notification (for tests and metrics)
         try:
             self._listener.open()
@@ -113,6 +119,15 @@ class RegistryNotifications:
 
     def data_version(self) -> int:
         """For RegistryFollower.step: moves whenever a notification arrived or the listener came back."""
+        if self._reopening is not None:  # a thread is reopening the listener (never the event loop)
+            if self._reopening.is_alive():
+                return self._version
+            self._reopening = None
+            if self._listener.connected:
+                log.info("registry notifications are back; catching up with the registry")
+                self._version += 1
+                self._watch()
+            return self._version
         if self._listener.connected:
             if self._watched is None:  # no loop attached (tests, CLI): drain here
                 payloads = self._listener.drain()
@@ -123,14 +138,15 @@ class RegistryNotifications:
         now = time.monotonic()
         if now >= self._next_try:
             self._next_try = now + RECONNECT_EVERY_S
-            try:
-                self._listener.drain()  # reopens
-            except sqlite3.OperationalError:
-                return self._version
-            log.info("registry notifications are back; catching up with the registry")
-            self._version += 1
-            self._watch()
+            self._listener.close()
+            self._reopening = threading.Thread(target=self._reopen, name="pg-listen", daemon=True)
+            self._reopening.start()
         return self._version
+
+    def _reopen(self) -> None:
+        """In a thread: a connect to a host that drops packets takes CONNECT_TIMEOUT_S."""
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._listener.open()
 
     def close(self) -> None:
         self._unwatch()

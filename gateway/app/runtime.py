@@ -173,6 +173,9 @@ class Gateway:
             set_node(self.node)  # every log line names this node from now on
         try:
             self._registry_db = open_store(self.database, synchronous=sync)
+            reconnect = getattr(self._registry_db, "reconnect_in_background", None)
+            if reconnect is not None:  # PostgreSQL: never reconnect on the event loop while serving
+                reconnect()
         except sqlite3.OperationalError as exc:
             raise GatewayStartupError(f"cannot start: {exc}") from None
         self._broker_db = open_database(data.database, synchronous=sync)
