@@ -223,3 +223,23 @@ class Lab:
         self.now += seconds
         self.apply(self.broker.tick(self.now))
         self.pump()
+
+
+class RecordingTransport:
+    """The part of an asyncio transport the hub uses, keeping every write (hub tests without sockets)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0

@@ -18,7 +18,7 @@ from gateway.mqtt.codec import PacketReader, encode_publish
 from gateway.mqtt.packets import Properties, Publish, Subscription
 from gateway.mqtt.session import ServerSession
 from gateway.policy.access import CertificateOnlyPolicy
-from tests.broker.lab import V5, V311, VERSIONS, Lab, service_peer, unit_peer
+from tests.broker.lab import V5, V311, VERSIONS, Lab, RecordingTransport, service_peer, unit_peer
 
 # --- forwarding the bytes a PUBLISH arrived as ---------------------------------------------------
 
@@ -226,27 +226,9 @@ def test_bytes_out_matches_what_was_sent() -> None:
 # --- the hub writes once per connection per loop iteration -------------------------------------
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 async def test_hub_coalesces_sends_until_the_iteration_ends_and_flushes_before_close() -> None:
     hub = ConnectionHub(Broker(CertificateOnlyPolicy()))
-    a, b = _Transport(), _Transport()
+    a, b = RecordingTransport(), RecordingTransport()
     hub._transports.update({1: a, 2: b})  # type: ignore[dict-item]
     hub.apply([Send(1, b"x"), Send(2, b"y")])
     hub.apply([Send(1, b"z")])
@@ -260,7 +242,7 @@ async def test_hub_coalesces_sends_until_the_iteration_ends_and_flushes_before_c
 
 def test_hub_outside_a_loop_writes_at_once() -> None:
     hub = ConnectionHub(Broker(CertificateOnlyPolicy()))
-    a = _Transport()
+    a = RecordingTransport()
     hub._transports[1] = a  # type: ignore[assignment]
     hub.apply([Send(1, b"x")])
     assert a.writes == [b"x"]

@@ -20,7 +20,7 @@ from gateway.mqtt.codec import encode_publish
 from gateway.mqtt.packets import Publish
 from gateway.policy.access import CertificateOnlyPolicy, Peer
 from gateway.policy.decision import Decision
-from tests.broker.lab import Lab, Link, unit_peer
+from tests.broker.lab import Lab, Link, RecordingTransport, unit_peer
 
 TOPIC = "fleet/{unit}/telemetry/gps"
 
@@ -149,24 +149,6 @@ def test_held_back_publishers_in_batches_lose_nothing_and_keep_their_order() -> 
     assert not any(link.closed for link in lab.links.values())
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 class _CountingBroker(Broker):
     def __init__(self) -> None:
         super().__init__(CertificateOnlyPolicy())
@@ -177,12 +159,14 @@ class _CountingBroker(Broker):
         return super().receive_batch(reads, now)
 
 
-def _hub_with_units(count: int) -> tuple[ConnectionHub, _CountingBroker, list[tuple[int, Any, _Transport]]]:
+def _hub_with_units(
+    count: int,
+) -> tuple[ConnectionHub, _CountingBroker, list[tuple[int, Any, RecordingTransport]]]:
     broker = _CountingBroker()
     hub = ConnectionHub(broker)
     links = []
     for i in range(count):
-        transport = _Transport()
+        transport = RecordingTransport()
         conn = hub.register(None, transport, unit_peer(f"TRK-{i}"))  # type: ignore[arg-type]
         client = MqttClient(f"TRK-{i}")
         client.connect()
@@ -198,7 +182,7 @@ async def test_the_hub_gives_the_broker_one_call_per_loop_iteration() -> None:
     await asyncio.sleep(0)
     assert [len(b) for b in broker.batches] == [5]
     assert [c for c, _ in broker.batches[0]] == [conn for conn, _, _ in links]  # in arrival order
-    assert all(transport.written for _, _, transport in links)  # CONNACKs written in that same call
+    assert all(transport.writes for _, _, transport in links)  # CONNACKs written in that same call
     assert (hub.counters.read_batches, hub.counters.reads) == (1, 5)
 
 
@@ -209,7 +193,7 @@ async def test_a_lost_connection_s_last_reads_go_before_its_loss() -> None:
     conn, client, transport = links[0]
     hub.lost(conn)  # in the same iteration as its CONNECT
     assert [len(b) for b in broker.batches] == [2]
-    assert transport.written  # its CONNECT was handled (CONNACK) before the loss
+    assert transport.writes  # its CONNECT was handled (CONNACK) before the loss
     await asyncio.sleep(0)
     assert len(broker.batches) == 1
 
@@ -219,4 +203,4 @@ def test_outside_a_loop_the_hub_hands_each_read_over_at_once() -> None:
     for conn, client, _ in links:
         hub.received(conn, client.data_to_send())
     assert [len(b) for b in broker.batches] == [1, 1]
-    assert all(t.written for _, _, t in links)  # each CONNACK written at once
+    assert all(t.writes for _, _, t in links)  # each CONNACK written at once
