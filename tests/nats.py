@@ -118,7 +118,9 @@ def nats_js_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[N
     yield from _three_servers(tmp_path_factory, jetstream=True)
 
 
-def _three_servers(tmp_path_factory: pytest.TempPathFactory, *, jetstream: bool) -> Iterator[list[NatsServer]]:
+def _three_servers(
+    tmp_path_factory: pytest.TempPathFactory, *, jetstream: bool
+) -> Iterator[list[NatsServer]]:
     skip_without_nats()
     root = tmp_path_factory.mktemp("nats")
     routes = [free_port() for _ in range(3)]
