@@ -64,6 +64,12 @@ class EventRecorder:
 
     def record(self, events: Iterable[object], failures: Iterable[HandshakeFailure], wall: datetime) -> None:
         mono = time.monotonic()
+        with self.audit.batch():  # one commit per tick: all of the tick's records, or none of them
+            self._record_ticks(events, failures, mono, wall)
+
+    def _record_ticks(
+        self, events: Iterable[object], failures: Iterable[HandshakeFailure], mono: float, wall: datetime
+    ) -> None:
         for event in events:
             self._record_event(event, mono, wall)
         for failure in failures:

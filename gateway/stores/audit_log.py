@@ -9,7 +9,9 @@ Theory of operation
   moved forward in the same transaction as every append; `verify` compares it with the chain's end.
   New records are chained from the head, not from the last row, so a cut tail stays a visible gap.
 - Each append is its own BEGIN IMMEDIATE transaction (or joins the caller's, so a state change and its
-  audit record commit together). The write lock is taken before the head is read, which is what lets
+  audit record commit together; `batch()` groups a tick's records into one commit, which is what a
+  reconnect storm on a synchronous PostgreSQL is bounded by: one fsync per tick, not per record).
+  The write lock is taken before the head is read, which is what lets
   the CLI and a running gateway append to one file concurrently without forking the chain. Committed
   WAL transactions survive `kill -9` of the process.
 - Triggers refuse UPDATE and DELETE on records, and any head change that does not move it forward, so
@@ -36,7 +38,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -191,8 +193,19 @@ def _utc_text(now: datetime) -> str:
 # Words that make a details key look like it holds a secret. "token"/"key" only as the last word, so
 # "token_hash" and "key_fingerprint" (what callers should record) stay allowed.
 _SECRET_WORDS = frozenset(
-    {"password", "passwd", "passphrase", "secret", "private", "privkey", "privatekey", "apikey",
-     "credential", "credentials", "bearer"}
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "private",
+        "privkey",
+        "privatekey",
+        "apikey",
+        "credential",
+        "credentials",
+        "bearer",
+    }
 )
 _SECRET_LAST_WORDS = frozenset({"token", "key"})
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -294,6 +307,8 @@ class AuditLog:
         self._lock = threading.RLock() if lock is None else lock
         self.appended = 0  # records this AuditLog appended
         self.appended_bytes = 0  # and their size (canonical JSON and hash), which is what they cost on disk
+        self._batched: list[tuple[AuditRecord, int]] | None = None  # inside batch(): not yet committed
+        self._batch_stack: ExitStack | None = None  # holds the batch's transaction once begun
         with self._lock:
             apply_migrations(conn, "audit", _MIGRATIONS, _POSTGRES_MIGRATIONS)
 
@@ -324,6 +339,8 @@ class AuditLog:
         if self.node and not (details and "node" in details):
             details = {**(details or {}), "node": self.node}
         clean, details_text = _normalised_details(details)
+        if self._batch_stack is not None and not self._conn.in_transaction:
+            self._batch_stack.enter_context(transaction(self._conn))  # the batch's, committed at its end
         with self._lock, transaction(self._conn) as conn:
             head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
             if head is None:
@@ -336,8 +353,18 @@ class AuditLog:
             try:
                 conn.execute(
                     f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.seq, at, actor, action, subject, outcome, reason, details_text,
-                     record.prev_hash, record.hash),
+                    (
+                        record.seq,
+                        at,
+                        actor,
+                        action,
+                        subject,
+                        outcome,
+                        reason,
+                        details_text,
+                        record.prev_hash,
+                        record.hash,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise AuditLogCorrupt(
@@ -345,8 +372,33 @@ class AuditLog:
                     "run `fleetgate audit verify`"
                 ) from None
             conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (record.seq, record.hash))
+        if self._batched is not None:
+            self._batched.append((record, len(canonical) + len(record.hash)))
+        else:
+            self._committed(record, len(canonical) + len(record.hash))
+        return record
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every append inside commits at once, or none does (the exception propagates): one write
+        transaction, begun at the first append (a batch with none costs nothing), and one commit. The
+        records reach the metrics and the log stream only once committed. Re-entrant."""
+        if self._batched is not None:
+            yield
+            return
+        with self._lock, ExitStack() as stack:
+            self._batched = []
+            self._batch_stack = stack
+            try:
+                yield
+            finally:
+                done, self._batched, self._batch_stack = self._batched, None, None
+        for record, size in done:  # reached only when the commit (the stack's exit) succeeded
+            self._committed(record, size)
+
+    def _committed(self, record: AuditRecord, size: int) -> None:
         self.appended += 1  # for the audit-growth metrics; counts what this process wrote
-        self.appended_bytes += len(canonical) + len(record.hash)
+        self.appended_bytes += size
         # Mirrored to the log stream, for whoever ingests logs rather than this database (a SIEM):
         # the message is a short summary (the log formatters escape what a client put in it), the
         # record itself rides along for the JSON format.
@@ -358,7 +410,6 @@ class AuditLog:
             record.actor,
             extra={"audit": record.as_dict()},
         )
-        return record
 
     def records(self, since_seq: int = 0, limit: int | None = None) -> list[AuditRecord]:
         """Records with seq > since_seq, oldest first, at most `limit` of them."""
@@ -506,8 +557,13 @@ class AggregatingAuditor:
         if run is None:
             self._runs[key] = _Window(now_monotonic, 0, subject)
             return self._log.append(
-                actor=key[0], action=action, subject=subject, outcome=outcome, reason=reason,
-                details={**(details or {}), "count": 1, "window_s": self.window}, now=wall,
+                actor=key[0],
+                action=action,
+                subject=subject,
+                outcome=outcome,
+                reason=reason,
+                details={**(details or {}), "count": 1, "window_s": self.window},
+                now=wall,
             )
         run.pending += 1
         run.subject = subject
@@ -531,6 +587,11 @@ class AggregatingAuditor:
     def _summarise(self, key: tuple[str, str, str, str], run: _Window, wall: datetime) -> AuditRecord:
         actor, action, reason, outcome = key
         return self._log.append(
-            actor=actor, action=action, subject=run.subject, outcome=outcome, reason=reason,
-            details={**(run.details or {}), "count": run.pending, "window_s": self.window}, now=wall,
+            actor=actor,
+            action=action,
+            subject=run.subject,
+            outcome=outcome,
+            reason=reason,
+            details={**(run.details or {}), "count": run.pending, "window_s": self.window},
+            now=wall,
         )

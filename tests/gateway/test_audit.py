@@ -38,9 +38,7 @@ def db_path(tmp_path: Path) -> Path:
 def conn(request: pytest.FixtureRequest, db_path: Path) -> Iterator[sqlite3.Connection]:
     """Every test that takes the log runs against both engines (pki/postgres.py)."""
     connection = (
-        open_database(db_path)
-        if request.param == "sqlite"
-        else open_store(request.getfixturevalue("pg_url"))
+        open_database(db_path) if request.param == "sqlite" else open_store(request.getfixturevalue("pg_url"))
     )
     yield connection
     connection.close()
@@ -55,8 +53,13 @@ def log(conn: sqlite3.Connection) -> AuditLog:
 def filled(log: AuditLog) -> AuditLog:
     for i in range(1, N + 1):
         log.append(
-            actor="operator/alice", action="unit.add", subject=f"unit/TRK-{i}", outcome="ok",
-            reason="", details={"serial": f"{i:x}", "n": i}, now=T0 + timedelta(seconds=i),
+            actor="operator/alice",
+            action="unit.add",
+            subject=f"unit/TRK-{i}",
+            outcome="ok",
+            reason="",
+            details={"serial": f"{i:x}", "n": i},
+            now=T0 + timedelta(seconds=i),
         )
     return log
 
@@ -66,8 +69,12 @@ def tamper(conn: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) 
     if getattr(conn, "dialect", "sqlite") == "postgresql":
         conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
         conn.execute("ALTER TABLE audit_head DISABLE TRIGGER USER")
-    for trigger in ("audit_log_no_update", "audit_log_no_delete", "audit_head_forward_only",
-                    "audit_head_no_delete"):
+    for trigger in (
+        "audit_log_no_update",
+        "audit_log_no_delete",
+        "audit_head_forward_only",
+        "audit_head_no_delete",
+    ):
         if getattr(conn, "dialect", "sqlite") == "sqlite":
             conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     conn.execute(sql, params)
@@ -90,8 +97,12 @@ def test_append_chains_and_verifies(filled: AuditLog) -> None:
 
 def test_append_returns_what_is_stored(log: AuditLog) -> None:
     record = log.append(
-        actor="unit/TRK-1", action="connect.refused", subject="unit/TRK-1", outcome="refused",
-        reason="client_id_mismatch", details={"ids": ("a", "b"), "nested": {"x": 1.5}},
+        actor="unit/TRK-1",
+        action="connect.refused",
+        subject="unit/TRK-1",
+        outcome="refused",
+        reason="client_id_mismatch",
+        details={"ids": ("a", "b"), "nested": {"x": 1.5}},
         now=datetime(2025, 3, 1, 13, 0, 0, 7, tzinfo=UTC),
     )
     assert record == log.records()[0]
@@ -150,8 +161,15 @@ def test_append_rejects_bad_input(log: AuditLog, kwargs: dict[str, object]) -> N
 @pytest.mark.parametrize(
     "details",
     [
-        {"token": "abc"}, {"password": "x"}, {"key": "x"}, {"private_key": "x"}, {"secret": "x"},
-        {"enrollment_token": "x"}, {"apiKey": "x"}, {"Client-Secret": "x"}, {"db_password_hash": "x"},
+        {"token": "abc"},
+        {"password": "x"},
+        {"key": "x"},
+        {"private_key": "x"},
+        {"secret": "x"},
+        {"enrollment_token": "x"},
+        {"apiKey": "x"},
+        {"Client-Secret": "x"},
+        {"db_password_hash": "x"},
         {"outer": {"inner": [{"token": "x"}]}},
     ],
 )
@@ -163,8 +181,13 @@ def test_secret_looking_keys_are_rejected(log: AuditLog, details: dict[str, obje
 
 def test_fingerprints_and_hashes_are_fine(log: AuditLog) -> None:
     details: dict[str, object] = {
-        "token_hash": "ab", "key_fingerprint": "cd", "serial": "1f", "public_key_sha256": "ef",
-        "keyword": "k", "monkey": 1, "expires_at": "2025-01-01T00:00:00Z",
+        "token_hash": "ab",
+        "key_fingerprint": "cd",
+        "serial": "1f",
+        "public_key_sha256": "ef",
+        "keyword": "k",
+        "monkey": 1,
+        "expires_at": "2025-01-01T00:00:00Z",
     }
     assert log.append(actor="system", action="a", subject="s", outcome="ok", details=details, now=T0)
 
@@ -185,6 +208,47 @@ def test_joins_the_callers_transaction(filled: AuditLog, conn: sqlite3.Connectio
         filled.append(actor="system", action="a", subject="s", outcome="ok", now=T0)
         raise RuntimeError("boom")
     assert filled.head() == head and len(filled.records()) == N and filled.verify().ok
+
+
+def test_a_batch_commits_its_records_at_once(
+    filled: AuditLog, conn: sqlite3.Connection, db_path: Path
+) -> None:
+    """A tick's records in one commit: none visible to another reader before the batch ends, all
+    after, chained on; the metrics count them once committed."""
+    url = getattr(conn, "url", None)  # PgConnection's; the SQLite log is the file at db_path
+    reader = open_store(url) if isinstance(url, str) else open_database(db_path)
+    before = filled.appended
+    with filled.batch():
+        for i in range(5):
+            filled.append(actor="system", action="mqtt.connect", subject=f"TRK-{i}", outcome="ok", now=T0)
+        assert filled.appended == before  # not committed yet
+        assert reader.execute("SELECT seq FROM audit_head").fetchone()[0] == N
+    assert reader.execute("SELECT seq FROM audit_head").fetchone()[0] == N + 5
+    reader.close()
+    assert filled.appended == before + 5
+    assert filled.head()[0] == N + 5 and filled.verify().ok
+    assert [r.subject for r in filled.records(since_seq=N)] == [f"TRK-{i}" for i in range(5)]
+
+
+def test_a_failed_batch_leaves_nothing(filled: AuditLog) -> None:
+    head, appended = filled.head(), filled.appended
+    with pytest.raises(RuntimeError, match="disk"), filled.batch():
+        filled.append(actor="system", action="mqtt.connect", subject="TRK-1", outcome="ok", now=T0)
+        raise RuntimeError("disk full")
+    assert filled.head() == head and filled.appended == appended and filled.verify().ok
+    filled.append(actor="system", action="mqtt.connect", subject="TRK-2", outcome="ok", now=T0)
+    assert filled.head()[0] == N + 1 and filled.verify().ok
+
+
+def test_an_empty_batch_takes_no_write_lock(db_path: Path) -> None:
+    """The gateway opens a batch every event tick; a tick with nothing to record must not hold the
+    database's write lock (the CLI writes meanwhile)."""
+    log = AuditLog(open_database(db_path))
+    cli = open_database(db_path)
+    cli.execute("PRAGMA busy_timeout = 0")
+    with log.batch():
+        cli.execute("BEGIN IMMEDIATE")  # would raise "database is locked" if the batch held it
+        cli.execute("ROLLBACK")
 
 
 # ----------------------------------------------------------------------------------------- tamper
@@ -258,7 +322,11 @@ def test_deleting_a_middle_record(filled: AuditLog, conn: sqlite3.Connection) ->
     tamper(conn, "DELETE FROM audit_log WHERE seq = 3")
     result = filled.verify()
     assert (result.ok, result.first_bad_seq, result.problem, result.checked) == (
-        False, 3, "record 3 is missing", 2)
+        False,
+        3,
+        "record 3 is missing",
+        2,
+    )
 
 
 def test_deleting_the_first_record(filled: AuditLog, conn: sqlite3.Connection) -> None:
@@ -309,8 +377,18 @@ def test_record_inserted_behind_the_logs_back(filled: AuditLog, conn: sqlite3.Co
     forged = AuditRecord(**{**forged.as_dict(), "hash": _hash_of(forged)})
     conn.execute(
         "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (forged.seq, forged.at, forged.actor, forged.action, forged.subject, forged.outcome, forged.reason,
-         "{}", forged.prev_hash, forged.hash),
+        (
+            forged.seq,
+            forged.at,
+            forged.actor,
+            forged.action,
+            forged.subject,
+            forged.outcome,
+            forged.reason,
+            "{}",
+            forged.prev_hash,
+            forged.hash,
+        ),
     )
     result = filled.verify()
     problem = f"record {N + 1} was not written through the audit log"
@@ -379,8 +457,12 @@ def test_a_flood_becomes_one_record_plus_one_summary_per_window(log: AuditLog) -
     for i in range(10_000):  # 10,000 denials over 300 s
         now = i * 0.03
         record = auditor.note_denial(
-            actor="unit/TRK-1", action="mqtt.publish", subject=f"fleet/TRK-2/cmd/{i % 7}",
-            reason="topic_outside_namespace", now_monotonic=now, wall=T0 + timedelta(seconds=now),
+            actor="unit/TRK-1",
+            action="mqtt.publish",
+            subject=f"fleet/TRK-2/cmd/{i % 7}",
+            reason="topic_outside_namespace",
+            now_monotonic=now,
+            wall=T0 + timedelta(seconds=now),
         )
         if record is not None:
             written.append(record)
@@ -392,7 +474,8 @@ def test_a_flood_becomes_one_record_plus_one_summary_per_window(log: AuditLog) -
     assert written[0].details == {"count": 1, "window_s": 60.0}
     assert sum(int(r.details["count"]) for r in written) == 10_000  # type: ignore[call-overload]
     assert {(r.actor, r.action, r.reason, r.outcome) for r in written} == {
-        ("unit/TRK-1", "mqtt.publish", "topic_outside_namespace", "denied")}
+        ("unit/TRK-1", "mqtt.publish", "topic_outside_namespace", "denied")
+    }
     assert log.verify().ok
 
 
@@ -434,8 +517,9 @@ def test_flush_leaves_running_windows_alone(log: AuditLog) -> None:
 def test_many_sources_fold_into_one_run(log: AuditLog) -> None:
     auditor = AggregatingAuditor(log, window=60.0, max_keys=3)
     for i in range(1000):
-        auditor.note_denial(f"address/10.0.{i // 256}.{i % 256}", "tls.handshake", "x", "bad_cert", 1.0, T0,
-                            outcome="refused")
+        auditor.note_denial(
+            f"address/10.0.{i // 256}.{i % 256}", "tls.handshake", "x", "bad_cert", 1.0, T0, outcome="refused"
+        )
     records = log.records() + auditor.flush(2.0, T0, force=True)
     assert len(records) == 5  # three sources, then "various": first + summary
     assert records[3].actor == "various"
