@@ -153,9 +153,5 @@ class ClusterRetained:
         topic, payload, qos, _retain, properties, origin = remote
         interval = properties.message_expiry_interval
         expires = None if interval is None else sent + interval
-        driver = self._driver
-        now = driver.clock.now()
-        driver.hub.apply(
-            driver.broker.retained_elsewhere(topic, payload, qos, properties, expires, origin or "", now)
-        )
+        self._driver.retained_elsewhere(topic, payload, qos, properties, expires, origin or "")
         self.stored += 1

@@ -90,10 +90,7 @@ class ClusterSessions:
         except (ValueError, KeyError, TypeError):
             log.warning("cluster sessions: a malformed announcement on %s", msg.subject)
             return
-        broker = self._driver.broker
-        now = self._driver.clock.now()
-        old, actions = broker.connected_elsewhere(client_id, identity, (at, node), self.node, now)
-        self._driver.hub.apply(actions)
+        old = self._driver.connected_elsewhere(client_id, identity, (at, node), self.node)
         if old is None:
             return
         self.taken_here += 1
@@ -124,7 +121,7 @@ class ClusterSessions:
         except (ValueError, KeyError, TypeError):
             log.warning("cluster sessions: a malformed takeover reply on %s", msg.subject)
             return
-        self._driver.broker.taken_over_elsewhere(client_id, old, self._driver.clock.now())
+        self._driver.taken_over_elsewhere(client_id, old)
 
     async def _on_fix(self, msg: Any) -> None:
         headers = self._link.verified(msg)

@@ -116,7 +116,6 @@ class ClusterShared:
                 log.warning("cluster shared: dropped a message on %s: %s", msg.subject, exc)
                 return
             self.received += 1
-            driver = self._driver
-            driver.hub.apply(driver.broker.route_to_group(remote, key, driver.clock.now()))
+            self._driver.route_to_group(remote, key)
 
         return on_message

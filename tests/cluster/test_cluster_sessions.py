@@ -71,7 +71,8 @@ def cluster(
     ops = [nodes[0].issue("operator", f"ops{i}", "--role", "ops") for i in range(3)]
     dispatch = nodes[0].issue("service", "dispatch")
     for node in nodes:
-        _wait_for(lambda n=node: "cluster retained: following stream" in n.log(), "the retained stream", timeout=40)
+        following = "cluster retained: following stream"
+        _wait_for(lambda n=node: following in n.log(), "the retained stream", timeout=40)
     yield Cluster(nodes, ops, dispatch, url)
     for node in nodes:
         node.stop()
