@@ -70,8 +70,8 @@ def cluster(
         node.start()
     ops = [nodes[0].issue("operator", f"ops{i}", "--role", "ops") for i in range(3)]
     dispatch = nodes[0].issue("service", "dispatch")
+    following = "cluster retained: following stream"
     for node in nodes:
-        following = "cluster retained: following stream"
         _wait_for(lambda n=node: following in n.log(), "the retained stream", timeout=40)
     yield Cluster(nodes, ops, dispatch, url)
     for node in nodes:
