@@ -7,7 +7,9 @@ server N, so everything crosses routes), real paho clients over mTLS.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from gateway.config import ENV_PREFIX
+from gateway.mqtt.client import MqttClient
+from gateway.mqtt.packets import Connack, Disconnect
 from tests.clients import Paho, Received
 from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _until_arrives
 from tests.harness import Credentials, GatewayProcess
@@ -26,6 +30,7 @@ from tests.pg import PgCluster
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "policy.yaml"
 SHARED = "$share/ops-watch/fleet/+/telemetry/#"
+TRIALS = int(os.environ.get("CLUSTER_BENCH_TRIALS", "1"))  # 50 for the figures in docs/cluster.md
 
 
 @dataclass
@@ -158,6 +163,55 @@ def test_two_connects_at_once_on_two_nodes_leave_exactly_one(cluster: Cluster) -
     watcher.disconnect()
 
 
+def test_how_long_a_takeover_across_nodes_takes(cluster: Cluster) -> None:
+    """The old connection is a plain blocking TLS socket with the project's sans-IO client, so the
+    moment its DISCONNECT arrives is when it is read (paho's loop may sit on TLS bytes for up to a
+    second). Printed (run with -s) for docs/cluster.md; the assertion is only that it happened."""
+    n1, n2, _ = cluster.nodes
+    unit = "TRK-TAKE-TIMED"
+    creds = _enroll(n1, unit)
+    for _trial in range(TRIALS):
+        old = _RawSession(n1, creds)
+        new = Paho(n2.mqtt_port, creds)
+        started = time.monotonic()
+        assert new.connect()[0] == 0
+        connacked = time.monotonic()
+        cut = old.wait_for_disconnect()
+        assert cut is not None and cut[0] == 0x8E
+        print(
+            f"\ntakeover across nodes: new CONNACK {1000 * (connacked - started):.0f} ms after its "
+            f"connect began, old DISCONNECT 0x8E read {1000 * (cut[1] - started):.0f} ms after it"
+        )
+        new.disconnect()
+        time.sleep(0.3)
+
+
+class _RawSession:
+    def __init__(self, node: GatewayProcess, creds: Credentials) -> None:
+        raw = socket.create_connection(("localhost", node.mqtt_port), timeout=10)
+        self.sock = node.client_context(creds).wrap_socket(raw, server_hostname="localhost")
+        self.client = MqttClient(creds.ident)
+        self.client.connect()
+        self.sock.sendall(self.client.data_to_send())
+        assert any(isinstance(e, Connack) and e.reason_code == 0 for e in self._read())
+
+    def _read(self) -> list[object]:
+        data = self.sock.recv(65536)
+        return [] if not data else list(self.client.receive_data(data))
+
+    def wait_for_disconnect(self) -> tuple[int, float] | None:
+        try:
+            while True:
+                events = self._read()
+                for event in events:
+                    if isinstance(event, Disconnect):
+                        return event.reason_code, time.monotonic()
+                if not events:
+                    return None
+        finally:
+            self.sock.close()
+
+
 # --- 2. retained messages stored once ------------------------------------------------------------
 
 
@@ -220,6 +274,7 @@ def test_a_shared_subscription_splits_across_nodes_without_duplicates_or_loss(cl
     for i in range(count):
         assert truck.publish(f"fleet/{unit}/telemetry/gps", str(i).encode(), qos=1) == 0
     got = [[int(m.payload) for m in _drain(member, 1.0)] for member in members]
+    print(f"\nshare group across nodes: node 1 took {len(got[0])}, node 2 took {len(got[1])} of {count}")
     assert sorted(got[0] + got[1]) == list(range(count))  # every one, once
     assert got[0] and got[1]  # both nodes took a share
     for client in (*members, truck):
