@@ -175,6 +175,11 @@ class GatewayCollector(Collector):
         yield decisions
         yield _counter("takeovers", "Sessions taken over by a second connection.", m.takeovers)
         yield _counter(
+            "sessions_taken_elsewhere",
+            "Live connections here ended because their client id connected on another node.",
+            m.sessions_taken_elsewhere,
+        )
+        yield _counter(
             "certificates_expired",
             "Live connections ended because their certificate expired.",
             m.certificates_expired,

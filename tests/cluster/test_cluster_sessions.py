@@ -26,6 +26,7 @@ from tests.clients import Paho, Received
 from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _until_arrives
 from tests.harness import Credentials, GatewayProcess
 from tests.nats import NatsServer, nats_js_cluster  # noqa: F401  (the module's nats-servers)
+from tests.ops.helpers import metrics_text
 from tests.pg import PgCluster
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "defaults" / "policy.yaml"
@@ -99,6 +100,10 @@ def _audit(cluster: Cluster, action: str, subject: str) -> list[dict[str, object
     return [{"outcome": o, "reason": r, **json.loads(d)} for o, r, d in rows]
 
 
+def _counter(node: GatewayProcess, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics_text(node).splitlines() if line.startswith(name))
+
+
 def _disconnect_reason(client: Paho, timeout: float = 10.0) -> int:
     reason = client.disconnects.get(timeout=timeout)
     client.client.loop_stop()  # no reconnect: the device that lost its session stays away
@@ -138,6 +143,7 @@ def test_a_connect_on_another_node_takes_the_session_over(
     records = _audit(cluster, "mqtt.takeover", unit)
     assert len(records) == 1, records
     assert records[0]["outcome"] == "suspicious" and records[0]["node"] == "node-2"
+    assert _counter(n1, "fleetgate_sessions_taken_elsewhere_total") >= 1
     for client in (new, watcher, dispatch):
         client.disconnect()
 
