@@ -240,16 +240,14 @@ def route(
     origin: str | None,
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
-    *,
-    groups_here: bool = True,
 ) -> None:
     """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4).
 
-    `groups_here=False`: share groups are left out (a cluster's backbone gives them the message on
-    the one node NATS picks: `route_to_group`)."""
+    A client's message (`origin` set) is not given to share groups while a cluster's backbone
+    balances them across nodes: NATS picks one node per message, which calls `route_to_group`."""
     topic = message.topic
     targets, groups = st.index.match(topic, origin)
-    if not groups_here or (origin is not None and _groups_elsewhere(st)):
+    if groups and origin is not None and _groups_elsewhere(st):
         groups = []
     if not targets and not groups:
         return
