@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ TRIALS = int(os.environ.get("CLUSTER_BENCH_TRIALS", "1"))  # 50 for the figures 
 @dataclass
 class Cluster:
     nodes: list[GatewayProcess]
-    ops: list[Credentials]  # three ops operators: one profile, so they may share `ops-watch`
+    ops: list[Credentials]  # two ops operators: one profile, so they may share `ops-watch`
     dispatch: Credentials
     url: str
 
@@ -72,10 +73,14 @@ def cluster(
     nodes[0].init()
     for node in nodes[1:]:
         shutil.copytree(nodes[0].data, node.data)
-    for node in nodes:
-        node.start()
-    ops = [nodes[0].issue("operator", f"ops{i}", "--role", "ops") for i in range(3)]
-    dispatch = nodes[0].issue("service", "dispatch")
+    nodes[0].start()  # the first creates the schema; the others start side by side
+    with ThreadPoolExecutor(4) as pool:
+        started = [pool.submit(node.start) for node in nodes[1:]]
+        issued = [pool.submit(nodes[0].issue, "operator", f"ops{i}", "--role", "ops") for i in range(2)]
+        dispatch = pool.submit(nodes[0].issue, "service", "dispatch").result()
+        ops = [future.result() for future in issued]
+        for future in started:
+            future.result()
     following = "cluster retained: following stream"
     for node in nodes:
         _wait_for(lambda n=node: following in n.log(), "the retained stream", timeout=40)
