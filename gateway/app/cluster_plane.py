@@ -8,6 +8,7 @@ messages, shared subscriptions and wills across nodes".
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from gateway.app.backbone import NatsBackbone
 from gateway.app.cluster_link import ClusterLink
@@ -16,6 +17,18 @@ from gateway.app.cluster_sessions import ClusterSessions
 from gateway.app.cluster_shared import ClusterShared
 from gateway.detection.continuous import ContinuousEvaluator
 from gateway.edge.driver import BrokerDriver
+
+
+@dataclass
+class ClusterPlaneCounters:
+    """What /metrics reports of it (fleetgate_cluster_*; docs/operations.md)."""
+
+    control_connected: bool
+    control_refused: dict[str, int] = field(default_factory=dict)  # by reason: not signed, stale ...
+    retained_following: bool = False
+    retained_published: int = 0
+    retained_applied: int = 0
+    shared_received: int = 0
 
 
 class ClusterPlane:
@@ -33,6 +46,16 @@ class ClusterPlane:
         self.sessions.attach()
         self.retained.attach()
         self.shared.attach()
+
+    def counters(self) -> ClusterPlaneCounters:
+        return ClusterPlaneCounters(
+            self.link.counters.connected,
+            dict(self.link.counters.refused),
+            self.retained.ready,
+            self.retained.published,
+            self.retained.stored,
+            self.shared.received,
+        )
 
     def observe_events(self, events: Iterable[object]) -> None:
         self.sessions.observe_events(events)

@@ -620,6 +620,7 @@ class Gateway:
             units=self._units_by_state,
             node=self.node if self.clustered else None,
             backbone=None if self.backbone is None else self._backbone_counters,
+            cluster_plane=None if self.cluster_plane is None else self.cluster_plane.counters,
         )
 
     def _backbone_counters(self) -> BackboneCounters:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -244,6 +245,8 @@ def test_a_retained_message_set_via_node_3_reaches_a_new_subscriber_on_node_1(cl
     while not (got := _retained(n1, cluster.dispatch, f"fleet/{unit}/state")):
         assert time.monotonic() < deadline, "node 1 never had the retained message"
     assert [(m.topic, m.payload) for m in got] == [(f"fleet/{unit}/state", b"online")]
+    assert _counter(n1, "fleetgate_cluster_retained_following") == 1
+    assert _counter(n3, "fleetgate_cluster_retained_published_total") >= 1
     # Delivery of the stored copy is judged per subscriber, as on one node: a unit may not read it.
     other = _enroll(n1, "TRK-RET-OTHER")
     probe = Paho(n1.mqtt_port, other)
@@ -288,6 +291,16 @@ def test_a_shared_subscription_splits_across_nodes_without_duplicates_or_loss(cl
     print(f"\nshare group across nodes: node 1 took {len(got[0])}, node 2 took {len(got[1])} of {count}")
     assert sorted(got[0] + got[1]) == list(range(count))  # every one, once
     assert got[0] and got[1]  # both nodes took a share
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # the new families pass Prometheus's own check
+        check = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=metrics_text(n1),
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
     for client in (*members, truck):
         client.disconnect()
 
