@@ -154,7 +154,7 @@ def test_a_connect_on_another_node_takes_the_session_over(
         client.disconnect()
 
 
-def test_two_connects_at_once_on_two_nodes_leave_exactly_one(cluster: Cluster) -> None:
+def test_connects_in_quick_succession_on_three_nodes_leave_the_last(cluster: Cluster) -> None:
     """Connects on nodes 1, 2 and 3 one after the other in quick succession: the last one is the
     session everywhere, the others are taken over."""
     unit = "TRK-RACE"
