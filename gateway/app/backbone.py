@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.broker.core import RemoteMessage
+from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, StoredSubscription
 from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, subject_to_topic, topic_to_subject
 from gateway.edge.driver import BrokerDriver
@@ -176,6 +177,9 @@ class NatsBackbone:
         self._subs: dict[str, Any] = {}
         self._subs_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Share-group subscriptions go here instead when the cluster balances them across nodes
+        # (cluster_shared.py: NATS queue groups); set before attach().
+        self.groups: IndexWatcher | None = None
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -292,6 +296,9 @@ class NatsBackbone:
     def subscription_changed(self, added: bool, client_id: str, sub: StoredSubscription) -> None:
         """The broker's index hook: one key per (client, group, scope, filter), so re-adding the same
         subscription or removing one twice leaves the counts right."""
+        if sub.group is not None and self.groups is not None:
+            self.groups(added, client_id, sub)  # a queue group's, not an ordinary NATS subscription
+            return
         key = (client_id, sub.group, sub.scope, sub.plain_filter)
         if added:
             if key in self._keys:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway.app.backbone import BackboneCounters
+from gateway.app.cluster_plane import ClusterPlaneCounters
 from gateway.broker import BrokerMetrics
 from gateway.broker.histogram import Histogram
 from gateway.context.partner_views import ViewCounters
@@ -64,7 +65,9 @@ class GatewayCollector(Collector):
         units: Callable[[], dict[str, int]] | None = None,
         node: str | None = None,
         backbone: Callable[[], BackboneCounters] | None = None,
+        cluster_plane: Callable[[], ClusterPlaneCounters] | None = None,
     ) -> None:
+        self._cluster_plane = cluster_plane  # sessions, retained, share groups across nodes
         self._node = node  # this node's name in a cluster (docs/cluster.md)
         self._backbone = backbone  # the NATS data plane's counters (cluster.nats set)
         self._containment = containment
@@ -89,6 +92,8 @@ class GatewayCollector(Collector):
             yield info
         if self._backbone is not None:
             yield from _backbone_families(self._backbone())
+        if self._cluster_plane is not None:
+            yield from _cluster_plane_families(self._cluster_plane())
         yield _histogram(
             "tls_handshake_seconds", "Completed TLS handshakes, by duration.", h.handshake_seconds
         )
@@ -174,6 +179,11 @@ class GatewayCollector(Collector):
             decisions.add_metric([kind, verdict, reason], value)
         yield decisions
         yield _counter("takeovers", "Sessions taken over by a second connection.", m.takeovers)
+        yield _counter(
+            "sessions_taken_elsewhere",
+            "Live connections here ended because their client id connected on another node.",
+            m.sessions_taken_elsewhere,
+        )
         yield _counter(
             "certificates_expired",
             "Live connections ended because their certificate expired.",
@@ -314,3 +324,37 @@ def _backbone_families(b: BackboneCounters) -> Iterator[Any]:
         "backbone_dropped", "Messages that did not cross NATS, by reason.", "reason", dict(b.dropped)
     )
     yield _gauge("backbone_subjects", "NATS subject filters this node subscribes to.", b.subjects)
+
+
+def _cluster_plane_families(c: ClusterPlaneCounters) -> Iterator[Any]:
+    yield _gauge(
+        "cluster_control_connected",
+        "1 while this node's control connection to NATS is up (cluster.nats).",
+        float(c.control_connected),
+    )
+    yield _labelled(
+        "cluster_control_refused",
+        "Control messages, share-group deliveries and stored retained messages refused, by reason.",
+        "reason",
+        dict(c.control_refused),
+    )
+    yield _gauge(
+        "cluster_retained_following",
+        "1 while this node follows the cluster's retained-message stream (JetStream).",
+        float(c.retained_following),
+    )
+    yield _counter(
+        "cluster_retained_published",
+        "Retained messages set or cleared here, stored in the stream.",
+        c.retained_published,
+    )
+    yield _counter(
+        "cluster_retained_applied",
+        "Retained messages from the stream stored in this node.",
+        c.retained_applied,
+    )
+    yield _counter(
+        "cluster_shared_received",
+        "Messages NATS gave this node for one of its share groups.",
+        c.shared_received,
+    )

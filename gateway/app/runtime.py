@@ -33,6 +33,7 @@ from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
 from gateway.app.backbone import BackboneCounters, NatsBackbone
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
+from gateway.app.cluster_plane import ClusterPlane
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
 from gateway.app.log_format import set_node
@@ -220,10 +221,10 @@ class Gateway:
         # The nodes' backbone for messages (docs/cluster.md, part 2): only with cluster.nats, and only
         # then is nats imported; otherwise the broker's backbone hooks stay None and cost nothing.
         self.backbone: NatsBackbone | None = None
+        backbone_secret = b""
         if config.cluster.nats.strip():
-            key = backbone_key(self._registry_db)  # the same in every node's (shared) database
-            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver, key)
-            self.backbone.attach()
+            backbone_secret = backbone_key(self._registry_db)  # the same in every node's (shared) database
+            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver, backbone_secret)
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
@@ -248,6 +249,14 @@ class Gateway:
         )
         self.follower.on_identity_changed(self.ops.on_identity_changed)
         self.continuous = wire_continuous(self, self.ops)
+        # Sessions, retained messages, share groups and detector state across nodes (cluster_plane.py).
+        self.cluster_plane: ClusterPlane | None = None
+        if self.backbone is not None:
+            self.cluster_plane = ClusterPlane(
+                self.backbone, self.driver, self.continuous.evaluator, backbone_secret
+            )
+            self.cluster_plane.attach()
+            self.backbone.attach()
         # The broker has one publish-observer slot; wire() above took it for the detectors. Everything
         # that watches accepted publishes shares it through one fan-out, the detectors first.
         self.flows = FlowFeed(self.engine.policy.context.data_classes)
@@ -553,6 +562,8 @@ class Gateway:
         except Exception as exc:  # the rest of the tick still runs; the supervisor hears of it after
             audit_failure = exc
         self.continuous.tick(events, failures, self.clock.now())
+        if self.cluster_plane is not None:
+            self.cluster_plane.observe_events(events)  # a unit that left takes its last GPS fix along
         # The session list is O(sessions) to build: only when a subscription came or went.
         sessions = None
         if self.broker.subscriptions_version != self._subscriptions_seen:
@@ -609,6 +620,7 @@ class Gateway:
             units=self._units_by_state,
             node=self.node if self.clustered else None,
             backbone=None if self.backbone is None else self._backbone_counters,
+            cluster_plane=None if self.cluster_plane is None else self.cluster_plane.counters,
         )
 
     def _backbone_counters(self) -> BackboneCounters:
@@ -695,6 +707,8 @@ class Gateway:
         self._log_open_files()
         if self.backbone is not None:
             self.hub.spawn(self.backbone.run())  # connects in the background; clients are served anyway
+        if self.cluster_plane is not None:
+            self.hub.spawn(self.cluster_plane.run())
         listen = self.config.listen
         self._mqtt_live = self._live(self._mqtt_context())
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
@@ -759,6 +773,8 @@ class Gateway:
         await self.hub.shutdown()
         if self.backbone is not None:
             await self.backbone.close()
+        if self.cluster_plane is not None:
+            await self.cluster_plane.close()
         self.events.record(self.broker.drain_events(), self.hub.failures, self.clock.wall())
         if self._http is not None:
             await self._http.cleanup()

@@ -164,6 +164,8 @@ def _accept(
     st.metrics.connects_accepted += 1
     st.metrics.connect_seconds.observe(max(0.0, now - conn.opened_at))
     st.events.append(ClientConnected(conn.peer, client_id, present, int(connect.protocol_version)))
+    if st.cluster.session_started is not None:  # a cluster's node: the others end theirs (cluster_sessions)
+        st.cluster.session_started(client_id, conn.peer, now)
     deadline = conn.protocol.deadline()
     if deadline is None:
         st.timers.cancel(("conn", conn.conn_id))

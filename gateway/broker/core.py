@@ -17,11 +17,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from gateway.broker import elsewhere
 from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.flow import session_offline, unpause_if_room
-from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held, route
+from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held, route, route_to_group
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
@@ -29,7 +30,7 @@ from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, MqttSession, offline_peer
-from gateway.broker.state import BackboneSink, BrokerState, Connection, PublishObserver
+from gateway.broker.state import BackboneSink, BrokerState, ClusterHooks, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import (
@@ -51,6 +52,7 @@ from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.session import ServerSession, Violation, reason_of
 from gateway.mqtt.topics import validate_topic_name
 from gateway.policy.access import AccessPolicy, Peer
+from pki.names import Identity
 
 log = logging.getLogger("fleetgate.broker")
 
@@ -282,6 +284,69 @@ class Broker:
             except Exception:
                 log.exception("routing a message from another node on %r failed", topic)
                 st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    # --- a cluster's other nodes (broker/elsewhere.py) -------------------------------------------
+
+    @property
+    def cluster(self) -> ClusterHooks:
+        """The hooks a cluster's node sets (gateway/app/cluster_*.py); all None on a single gateway."""
+        return self._st.cluster
+
+    def connected_elsewhere(
+        self, client_id: str, identity: Identity | None, announced: tuple[float, str], here: str, now: float
+    ) -> tuple[Peer | None, list[Action]]:
+        """Node `announced[1]` accepted a CONNECT for `client_id` at `announced[0]`: end this node's
+        session of it (and its live connection, if the announced one is later than it; `here` is this
+        node's name, the tiebreak). Returns the peer whose connection was taken over, if any."""
+        self._arm(now)
+        taken = None
+        try:
+            taken = elsewhere.connected_elsewhere(self._st, client_id, identity, announced, here, now)
+        except Exception:
+            log.exception("ending the session of %r taken over on another node failed", client_id)
+            self._st.metrics.internal_errors += 1
+        return taken, self._finish(now)
+
+    def taken_over_elsewhere(self, client_id: str, old_peer: Peer, now: float) -> None:
+        """This node's new connection for `client_id` took over `old_peer`'s on another node."""
+        elsewhere.taken_over_elsewhere(self._st, client_id, old_peer)
+
+    def retained_elsewhere(
+        self, topic: str, payload: bytes, qos: int, properties: Properties, expires_at: float | None,
+        origin: str, now: float,
+    ) -> list[Action]:  # fmt: skip
+        """A retained message set (or, empty, cleared) through another node: stored here, not routed."""
+        self._arm(now)
+        try:
+            validate_topic_name(topic)
+            props = replace(properties, topic_alias=None, subscription_identifiers=())
+            message = Message(topic, payload, qos, True, props, expires_at)
+            elsewhere.retained_elsewhere(self._st, message, origin, now)
+        except Exception:
+            log.exception("storing a retained message from another node on %r failed", topic)
+            self._st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    def route_to_group(
+        self, message: RemoteMessage, group: tuple[str | None, str, str], now: float
+    ) -> list[Action]:
+        """A message NATS gave this node for one share group (scope, name, plain filter): one of
+        the group's members here gets it, through the same decisions as `route`."""
+        st = self._st
+        self._arm(now)
+        topic, payload, qos, retain, properties, _origin = message
+        try:
+            validate_topic_name(topic)
+            if qos not in (0, 1, 2):
+                raise ValueError(qos)
+            props = replace(properties, topic_alias=None, subscription_identifiers=())
+            interval = props.message_expiry_interval
+            expires = None if interval is None else now + interval
+            route_to_group(st, Message(topic, payload, qos, retain, props, expires), group, now)
+        except Exception:
+            log.exception("routing a shared message from the cluster on %r failed", topic)
+            st.metrics.internal_errors += 1
         return self._finish(now)
 
     def publish_internal(self, publish: Publish, now: float) -> list[Action]:

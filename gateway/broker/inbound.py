@@ -205,6 +205,13 @@ def accept(
 
 
 def _retain(st: BrokerState, message: Message, origin: str | None) -> None:
+    if retain_here(st, message, origin) and origin is not None and st.cluster.retained_changed is not None:
+        st.cluster.retained_changed(message, origin)  # stored once for the cluster (cluster_retained)
+
+
+def retain_here(st: BrokerState, message: Message, origin: str | None) -> bool:
+    """Store (or, empty, delete) the topic's retained message in this node's store; False when the
+    store is full and the message was not kept."""
     topic = message.topic
     if not message.payload:  # §3.3.1.3: an empty retained message deletes the topic's retained message
         st.retained_owners.release(topic)
@@ -212,10 +219,10 @@ def _retain(st: BrokerState, message: Message, origin: str | None) -> None:
             st.timers.cancel(("retained", topic))
             if st.store is not None:
                 st.store.delete_retained(topic)
-        return
+        return True
     if topic not in st.retained and len(st.retained) >= st.limits.max_retained_messages:
         st.metrics.drops["retained_limit"] += 1
-        return
+        return False
     st.retained.set(message)
     st.retained_owners.set(topic, origin)
     if message.expires_at is not None:
@@ -224,6 +231,7 @@ def _retain(st: BrokerState, message: Message, origin: str | None) -> None:
         st.timers.cancel(("retained", topic))
     if st.store is not None:
         st.store.save_retained(message_record(message, owner=origin))
+    return True
 
 
 def route(
@@ -233,9 +241,14 @@ def route(
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
 ) -> None:
-    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4)."""
+    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4).
+
+    A client's message (`origin` set) is not given to share groups while a cluster's backbone
+    balances them across nodes: NATS picks one node per message, which calls `route_to_group`."""
     topic = message.topic
     targets, groups = st.index.match(topic, origin)
+    if groups and origin is not None and _groups_elsewhere(st):
+        groups = []
     if not targets and not groups:
         return
     cache = EncodeCache(message, now, wire)
@@ -273,6 +286,39 @@ def route(
             message, min(message.qos, options.qos), message.retain and options.retain_as_published, ids
         )
         deliver(st, sessions[client_id], delivery, cache, now)
+
+
+def _groups_elsewhere(st: BrokerState) -> bool:
+    ask = st.cluster.groups_elsewhere
+    return ask is not None and ask()
+
+
+def route_to_group(st: BrokerState, message: Message, key: tuple[str | None, str, str], now: float) -> bool:
+    """A message NATS gave this node for one share group (scope, group, plain filter): one of its
+    members here gets it, as `route` would pick one. False when the group has no member here that
+    may take it (it left a moment ago, or the policy says no)."""
+    group = st.index.group(key)
+    if group is None:
+        st.metrics.drops["no_shared_member"] += 1
+        return False
+    sessions = st.sessions
+    topic = message.topic
+    holding = st.holding
+    picked = group.pick(
+        (lambda cid: cid not in holding and st.is_connected(cid)) if holding else st.is_connected,
+        lambda cid: st.may_deliver(sessions[cid], topic, now),
+    )
+    if picked is None:
+        st.metrics.drops["no_shared_member"] += 1
+        return False
+    client_id, sub = picked
+    ids = () if sub.identifier is None else (sub.identifier,)
+    options = sub.options
+    delivery = Delivery(
+        message, min(message.qos, options.qos), message.retain and options.retain_as_published, ids
+    )
+    deliver(st, sessions[client_id], delivery, EncodeCache(message, now, None), now)
+    return True
 
 
 def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:

@@ -142,6 +142,10 @@ class SubscriptionIndex:
         elif group.cursor >= len(group.order):
             group.cursor = 0
 
+    def group(self, key: tuple[str | None, str, str]) -> SharedGroup | None:
+        """The share group (scope, group, plain filter), if it has members here."""
+        return self._groups.get(key)
+
     def match(self, topic: str, publisher: str | None) -> Match:
         """Direct targets by client id (no-local applied for `publisher`), and matching share groups."""
         key = (topic, publisher)

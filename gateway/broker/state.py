@@ -93,6 +93,23 @@ PublishObserver = Callable[[Peer, str, bytes, float], None]
 BackboneSink = Callable[[Message, str, Peer], None]
 
 
+@dataclass(slots=True)
+class ClusterHooks:
+    """What a cluster's node adds to the broker (gateway/app/cluster_*.py, docs/cluster.md "Sessions,
+    retained messages, shared subscriptions and wills across nodes"); a single gateway has none.
+
+    `session_started(client_id, peer, now)`: a CONNECT was accepted here (the node announces it, so
+    the other nodes end their session of that client id). `retained_changed(message, client_id)`: a
+    client or will set (or, with an empty payload, cleared) a retained message here (stored once for
+    the cluster). `groups_elsewhere()`: True while the backbone delivers shared subscriptions (NATS
+    queue groups pick one node per message): then a client's message is not given to local share
+    groups by `route`, only by `route_to_group` when NATS picked this node."""
+
+    session_started: Callable[[str, Peer, float], None] | None = None
+    retained_changed: Callable[[Message, str], None] | None = None
+    groups_elsewhere: Callable[[], bool] | None = None
+
+
 class BrokerState:
     def __init__(
         self,
@@ -116,6 +133,7 @@ class BrokerState:
         # Sees every accepted client PUBLISH (continuous evaluation: rates, GPS fixes); must be cheap.
         self.publish_observer: PublishObserver | None = None
         self.backbone: BackboneSink | None = None  # None unless cluster.nats is set
+        self.cluster = ClusterHooks()  # all None unless cluster.nats is set
         self.out = Outbox()
         # Sessions holding publishers back (flow.py); empty (nearly always) keeps the publish path short.
         self.holding: dict[str, None] = {}

@@ -131,6 +131,22 @@ class ContinuousEvaluator:
             travel.observe(payload, now)
         self._dirty[subject] = None
 
+    def last_fix(self, identity: Identity) -> tuple[float, float, float] | None:
+        """The last GPS fix the impossible-travel detector believes for `identity` (a cluster's node
+        hands it to the others when the unit leaves: gateway/app/cluster_sessions.py)."""
+        subject = self._subjects.get(identity)
+        return None if subject is None or subject.travel is None else subject.travel.last_fix
+
+    def adopt_fix(self, identity: Identity, fix: tuple[float, float, float], now: float) -> None:
+        """Another node's last fix for a unit that left it (TravelDetector.adopt)."""
+        travel = self._settings.impossible_travel
+        if not (travel.enabled and identity.kind in travel.kinds):
+            return
+        subject = self._subject(identity, now)
+        if subject.travel is not None:
+            subject.travel.adopt(fix, now)
+            self._dirty[subject] = None
+
     def observe_events(self, events: Iterable[object], now: float) -> None:
         for event in events:
             handler = self._HANDLERS.get(type(event))

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
 from gateway.broker.core import DiscardedSessions, RemoteMessage
 from gateway.edge.hub import ConnectionHub
-from gateway.mqtt.packets import Publish
+from gateway.mqtt.packets import Properties, Publish
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
+from pki.names import Identity
 
 
 class Clock:
@@ -52,6 +53,39 @@ class BrokerDriver:
     def route_remote(self, messages: Sequence[RemoteMessage]) -> None:
         """Messages other nodes accepted (the cluster's backbone), to this node's subscribers."""
         self.hub.apply(self.broker.route_remote(messages, self.clock.now()))
+
+    # --- a cluster's other nodes (gateway/app/cluster_*.py, gateway/broker/elsewhere.py) ----------
+
+    def connected_elsewhere(
+        self, client_id: str, identity: Identity | None, announced: tuple[float, str], here: str
+    ) -> Peer | None:
+        """Another node accepted a CONNECT for `client_id`: this node's session of it ends (its live
+        connection taken over if the announced one is later). The peer taken over, if any."""
+        taken, actions = self.broker.connected_elsewhere(
+            client_id, identity, announced, here, self.clock.now()
+        )
+        self.hub.apply(actions)
+        return taken
+
+    def taken_over_elsewhere(self, client_id: str, old_peer: Peer) -> None:
+        self.broker.taken_over_elsewhere(client_id, old_peer, self.clock.now())
+
+    def retained_elsewhere(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        properties: Properties,
+        expires_at: float | None,
+        origin: str,
+    ) -> None:
+        now = self.clock.now()
+        self.hub.apply(
+            self.broker.retained_elsewhere(topic, payload, qos, properties, expires_at, origin, now)
+        )
+
+    def route_to_group(self, message: RemoteMessage, group: tuple[str | None, str, str]) -> None:
+        self.hub.apply(self.broker.route_to_group(message, group, self.clock.now()))
 
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""

@@ -309,6 +309,24 @@ class TravelDetector:
         rule = "detectors/impossible_travel/max_speed_kmh"
         self._pending = Firing("impossible_travel", self.subject, "impossible_travel", rule, evidence, at=now)
 
+    @property
+    def last_fix(self) -> Fix | None:
+        """The last fix believed (another node of a cluster adopts it when the unit moves there)."""
+        return self._last
+
+    def adopt(self, fix: Fix, now: float) -> None:
+        """The last fix another node believed for this unit, which left it. Newer than ours (or we
+        have none): it is ours now. Older than the fixes we already have (the unit published here
+        before the other node's fix arrived): the jump from it to our first is judged as a late fix
+        is, and fires if far."""
+        last = self._last
+        if last is None or fix[2] >= last[2]:
+            self._last = fix
+            return
+        km, speed = self._speed(fix, last)
+        if speed >= self.settings.max_speed_kmh and km >= self.settings.glitch_km:
+            self._fire(fix, last, now, confirmed=False)
+
     def fired(self, now: float) -> Firing | None:
         pending, self._pending = self._pending, None
         return pending

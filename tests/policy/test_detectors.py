@@ -352,3 +352,20 @@ def test_cloning_threshold_two_needs_two_returns() -> None:
     for i in range(1, len(hosts)):
         detector.observe_takeover(f"{hosts[i - 1]}:1", f"{hosts[i]}:2", T0 + i)
         assert (detector.fired(T0 + i) is not None) is (i == 3)
+
+
+def test_a_fix_handed_over_by_another_node_is_the_start_of_the_track_here() -> None:
+    """A unit that left node A for node B: B adopts A's last fix (gateway/app/cluster_sessions.py).
+    Whether it arrives before B's first fix or after, a jump across the move fires; a drive on does not."""
+    before = TravelDetector(TRK1, TRAVEL)
+    before.adopt((*ROTTERDAM, T0), T0 + 5)
+    before.observe(fix(48.14, 11.58, T0 + 60), T0 + 60)  # Munich a minute later
+    assert before.fired(T0 + 60) is not None
+    after = TravelDetector(TRK1, TRAVEL)
+    after.observe(fix(48.14, 11.58, T0 + 60), T0 + 60)
+    after.adopt((*ROTTERDAM, T0), T0 + 61)  # the older fix arrives late: judged against ours
+    assert after.fired(T0 + 61) is not None
+    calm = TravelDetector(TRK1, TRAVEL)
+    calm.adopt((*ROTTERDAM, T0), T0)
+    drive(calm, T0 + 1, 1, 80.0, *ROTTERDAM)
+    assert calm.last_fix is not None and calm.last_fix[2] > T0

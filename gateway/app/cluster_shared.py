@@ -1,0 +1,121 @@
+"""Shared subscriptions balanced across the nodes: one member of a group gets a message, cluster-wide.
+
+docs/cluster.md, "Sessions, retained messages, shared subscriptions and wills across nodes".
+
+A node with members of a share group (scope, group name, filter) holds one NATS *queue* subscription
+per subject of the filter, on its control connection (cluster_link.py, with echo), in a queue group
+named after the share group. NATS hands each message on a subject to one subscriber of each queue
+group, whichever node it is on and including the node that published it. That node gives the message
+to one of its own members of the group (`Broker.route_to_group`: the local rotation, a connected
+member first, the delivery decision for each), so the group gets it once.
+
+For that to hold, nothing else may give a share group a client's message: while this is in place
+(`groups_elsewhere`: the backbone and this connection are both up) the broker leaves share groups
+out of its routing of client messages and wills (local, or from other nodes on the ordinary
+subscriptions, which no longer include shared filters). The gateway's own messages (mode commands)
+still go to local groups: every node publishes its own. If either NATS connection is down, groups
+are served locally again (each node's members, as on a single gateway).
+
+The balance NATS gives: one share per *node* holding members (not per member), chosen at random per
+message; nats-server prefers a queue subscriber connected to the server the message was published
+on, so a node on the publisher's NATS server gets (nearly) all of that publisher's messages for the
+group. Within a node, members take turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from gateway.app.backbone import H_ID, SEEN_IDS, message_from
+from gateway.app.cluster_link import ClusterLink
+from gateway.broker.sessions import StoredSubscription
+from gateway.broker.subjects import filter_to_subjects
+from gateway.edge.driver import BrokerDriver
+
+log = logging.getLogger("fleetgate.cluster")
+
+GroupKey = tuple[str | None, str, str]  # scope, group name, plain filter
+
+
+def queue_name(key: GroupKey) -> str:
+    """A NATS queue group name for a share group: the same on every node, any characters hashed."""
+    scope, group, plain = key
+    digest = hashlib.sha256(f"{scope}\0{group}\0{plain}".encode()).hexdigest()[:32]
+    return f"fg-share-{digest}"
+
+
+class ClusterShared:
+    def __init__(
+        self, link: ClusterLink, driver: BrokerDriver, prefix: str, backbone_up: Callable[[], bool]
+    ) -> None:
+        self._link = link
+        self._driver = driver
+        self._prefix = prefix
+        self._backbone_up = backbone_up
+        self._members: dict[GroupKey, set[str]] = {}
+        self._refs: Counter[tuple[str, str]] = Counter()  # (subject, queue) → share groups holding it
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (message id, queue)
+        self.received = 0
+
+    def attach(self) -> None:
+        self._driver.broker.cluster.groups_elsewhere = self.active
+
+    def active(self) -> bool:
+        return self._link.connected and self._backbone_up()
+
+    def group_changed(self, added: bool, client_id: str, sub: StoredSubscription) -> None:
+        """The backbone's share-group watcher (NatsBackbone.groups)."""
+        assert sub.group is not None
+        key: GroupKey = (sub.scope, sub.group, sub.plain_filter)
+        members = self._members.get(key)
+        if added:
+            if members is None:
+                members = self._members[key] = set()
+                self._hold(key, +1)
+            members.add(client_id)
+            return
+        if members is None or client_id not in members:
+            return
+        members.discard(client_id)
+        if not members:
+            del self._members[key]
+            self._hold(key, -1)
+
+    def _hold(self, key: GroupKey, delta: int) -> None:
+        queue = queue_name(key)
+        for subject in filter_to_subjects(key[2], self._prefix):
+            ref = (subject, queue)
+            self._refs[ref] += delta
+            if self._refs[ref] <= 0:
+                del self._refs[ref]
+                self._link.unwant(subject, queue)
+            elif delta > 0 and self._refs[ref] == 1:
+                self._link.want(subject, self._handler(key, queue), queue)
+
+    def _handler(self, key: GroupKey, queue: str) -> Callable[[Any], Any]:
+        async def on_message(msg: Any) -> None:
+            headers = self._link.verified(msg)
+            if headers is None:
+                return
+            msg_id = headers.get(H_ID)
+            if msg_id is None:
+                return
+            seen = (msg_id, queue)
+            if seen in self._seen:
+                return
+            self._seen[seen] = None
+            if len(self._seen) > SEEN_IDS:
+                self._seen.popitem(last=False)
+            try:
+                remote = message_from(msg.subject, msg.data, headers, self._prefix)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("cluster shared: dropped a message on %s: %s", msg.subject, exc)
+                return
+            self.received += 1
+            self._driver.route_to_group(remote, key)
+
+        return on_message
