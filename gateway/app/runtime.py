@@ -40,7 +40,7 @@ from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
 from gateway.app.supervisor import LoopHealth, supervise
-from gateway.app.worker_role import WorkerRole
+from gateway.app.worker_role import WorkerRole, arm_stop_deadline
 from gateway.broker import Broker, BrokerLimits
 from gateway.config import GatewayConfig
 from gateway.context.flow_feed import FlowFeed
@@ -824,4 +824,6 @@ class Gateway:
             on_ready.set()
         await stop.wait()
         log.info("shutting down")
+        if self.worker is not None:
+            arm_stop_deadline()
         await self.stop()

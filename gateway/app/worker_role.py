@@ -12,10 +12,16 @@ parent in FLEETGATE_CLUSTER_NODE_NAME), with four differences from a single `fle
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 WORKERS_DIR = "workers"
+# A worker's stop must end even if something in it hangs (the parent, if alive, kills it at 30 s; a
+# worker whose parent died has no one else to do it).
+STOP_DEADLINE_S = 25.0
 
 
 @dataclass(frozen=True)
@@ -30,3 +36,17 @@ class WorkerRole:
 
 def worker_node_name(base: str, index: int) -> str:
     return f"{base}-w{index}"
+
+
+def arm_stop_deadline(seconds: float = STOP_DEADLINE_S) -> threading.Timer:
+    """From the moment a worker starts stopping: exit with status 1 if it is still here `seconds`
+    later (a daemon thread: it never holds the process up)."""
+
+    def give_up() -> None:
+        logging.getLogger("fleetgate").error("the stop did not end within %.0f s; exiting now", seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
