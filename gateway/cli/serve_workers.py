@@ -12,11 +12,13 @@ from gateway.app.worker_role import WORKERS_DIR, worker_node_name
 from gateway.app.workers import WorkerPool, die_with_parent, reserve_port, worker_argv
 from gateway.cli.common import CliError
 from gateway.config import GatewayConfig
+from gateway.policy.rules import PolicyError
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
 from gateway.stores.backbone_key import backbone_key
 from gateway.stores.cluster_nodes import ClusterNodes
 from gateway.stores.datadir import PASSPHRASE_ENV, DataDir, shared_database
+from gateway.stores.policy_file import load_policy
 from gateway.stores.serving_lock import hold as hold_serving_lock
 from gateway.stores.serving_lock import release as release_serving_lock
 from gateway.stores.views_key import load_or_create_key as load_or_create_views_key
@@ -70,6 +72,10 @@ def serve_with_workers(
         raise CliError(
             f"{data.root} is not an initialised data directory; run `fleetgate init --data {data.root}`"
         )
+    try:  # said once here rather than by every worker
+        load_policy(config.policy_file)
+    except PolicyError as exc:
+        raise CliError(f"the policy cannot be used: {exc}") from None
     database = shared_database(data, config.storage.url)
     local_nats = not config.cluster.nats.strip()
     binary = ""
