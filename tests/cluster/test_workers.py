@@ -263,6 +263,8 @@ def test_sigterm_stops_every_worker_and_the_nats_server_exit_0(gw: GatewayProces
     assert gw.stop(signal.SIGTERM) == 0
     assert [pid for pid in children if _alive(pid)] == []
     assert "Traceback" not in gw.log()
+    verified = gw.cli("audit", "verify", check=True)  # both workers appended to one chain all along
+    assert "audit log intact" in verified.stdout
 
 
 def test_workers_and_nats_server_die_with_the_parent(gw: GatewayProcess) -> None:
