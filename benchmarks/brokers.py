@@ -99,9 +99,16 @@ class FleetgateBroker(_ChildProcess):
     """
 
     def __init__(
-        self, data_dir: Path, workdir: Path, *, name: str = "fleetgate", source: Path | None = None
+        self,
+        data_dir: Path,
+        workdir: Path,
+        *,
+        name: str = "fleetgate",
+        source: Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.name = name
+        self.workers = workers  # `serve --workers N` (docs/cluster.md); 1: the single process
         self.data_dir = data_dir
         self.workdir = workdir
         self.log = workdir / f"{name}.log"
@@ -119,6 +126,8 @@ class FleetgateBroker(_ChildProcess):
             "--listen-mqtt", f"127.0.0.1:{self.port}", "--listen-https", f"127.0.0.1:{free_port()}",
             "--log-level", "warning", "--config", str(bench_gateway_config(self.workdir)),
         ]  # fmt: skip
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
         env = dict(os.environ)
         if self.source is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
@@ -128,6 +137,30 @@ class FleetgateBroker(_ChildProcess):
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=cwd)
         wait_listening(self.proc, self.port, 30.0, self.log)
+        if self.workers > 1:
+            self._wait_for_workers(30.0)
+
+    def _wait_for_workers(self, timeout: float) -> None:
+        """The port answers once one worker listens: wait until every worker reports in the nodes
+        table (`fleetgate cluster status`) with this run's port."""
+        import time
+        from datetime import UTC, datetime
+
+        from gateway.stores.cluster_nodes import ClusterNodes
+        from pki.sqlite import open_store
+
+        deadline = time.monotonic() + timeout
+        mine = f"mqtt=127.0.0.1:{self.port}"
+        while time.monotonic() < deadline:
+            conn = open_store(str(self.data_dir / "fleetgate.db"))
+            try:
+                rows = ClusterNodes(conn).nodes(datetime.now(UTC))
+            finally:
+                conn.close()
+            if sum(1 for row in rows if row.up and mine in row.listeners.split()) >= self.workers:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.workers} workers did not all report within {timeout} s; see {self.log}")
 
 
 class MosquittoBroker:

@@ -44,6 +44,7 @@ from device_sim.load.procstat import machine_busy
 from device_sim.load.report import percentiles
 
 BEFORE = "fleetgate-before"  # --compare-tree: the gateway of another checkout, same run
+WORKERS_PREFIX = "fleetgate-w"  # --gateway-workers 1,2: "fleetgate-w2" is `serve --workers 2`, same run
 AMQTT = "amqtt"  # --with-amqtt
 
 # (case, metric, comparison, threshold): what fleetgate must reach against the other brokers, checked
@@ -75,12 +76,24 @@ def raise_fd_limit() -> int:
 
 
 def make_brokers(
-    lab: Lab, compare: Path | None = None, tree: Path | None = None, with_amqtt: bool = False
+    lab: Lab,
+    compare: Path | None = None,
+    tree: Path | None = None,
+    with_amqtt: bool = False,
+    workers: tuple[int, ...] = (1,),
 ) -> dict[str, Broker]:
+    """`workers`: `fleetgate serve --workers` of the "fleetgate" broker, then one more broker
+    "fleetgate-w<N>" per further count (one process and --workers 2 in the same run: 1,2)."""
     policy = load_policy(Path(str(resources.files("gateway") / "defaults" / "policy.yaml")))
     operators = [o.ident for o in lab.operators]
     acl = acl_from_policy(policy, operators=operators)
-    brokers: dict[str, Broker] = {"fleetgate": FleetgateBroker(lab.data, lab.root, source=tree)}
+    first, *more = workers
+    brokers: dict[str, Broker] = {
+        "fleetgate": FleetgateBroker(lab.data, lab.root, source=tree, workers=first)
+    }
+    for count in more:
+        name = f"{WORKERS_PREFIX}{count}"
+        brokers[name] = FleetgateBroker(lab.data, lab.root, name=name, source=tree, workers=count)
     if compare is not None:
         brokers[BEFORE] = FleetgateBroker(lab.data, lab.root, name=BEFORE, source=compare)
     brokers["mosquitto"] = MosquittoBroker(lab.data, lab.root, acl)
@@ -204,6 +217,10 @@ def _add_ratios(row: dict[str, Any]) -> None:
         row["before_ratio"] = round(before / mq, 3)
     if _number(fg) and _number(before) and before:
         row["after_before"] = round(fg / before, 3)
+    for name in [k for k in row if k.startswith(WORKERS_PREFIX)]:
+        value = row[name]
+        if _number(value) and _number(mq) and mq:
+            row[f"ratio_w{name.removeprefix(WORKERS_PREFIX)}"] = round(value / mq, 3)
 
 
 def _combine(key: str, values: list[Any]) -> Any:
@@ -281,7 +298,10 @@ def _columns(summary: dict[str, dict[str, dict[str, Any]]], *, before_ratio: boo
     """The brokers' medians and the ratios, for the brokers that ran (--compare-tree, --with-amqtt)."""
     ran = {key for rows in summary.values() for row in rows.values() for key in row}
     compare, amqtt = BEFORE in ran, AMQTT in ran
-    columns = ["fleetgate", *([BEFORE] if compare else []), "mosquitto", *([AMQTT] if amqtt else []), "ratio"]
+    counts = sorted(int(k.removeprefix(WORKERS_PREFIX)) for k in ran if k.startswith(WORKERS_PREFIX))
+    workers = [f"{WORKERS_PREFIX}{n}" for n in counts]
+    columns = ["fleetgate", *([BEFORE] if compare else []), *workers, "mosquitto"]
+    columns += [*([AMQTT] if amqtt else []), "ratio", *(f"ratio_w{n}" for n in counts)]
     if amqtt:
         columns.append("ratio_amqtt")
     if compare:
@@ -363,6 +383,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tree", type=Path, default=None, help="run fleetgate from this checkout, not the installed one"
     )
     parser.add_argument(
+        "--gateway-workers",
+        default="1",
+        metavar="N[,M...]",
+        help="fleetgate serve --workers N; each further count adds a broker fleetgate-w<M> (e.g. 1,2)",
+    )
+    parser.add_argument(
         "--with-amqtt", action="store_true", help="also run amqtt's broker (all brokers then on MQTT 3.1.1)"
     )
     parser.add_argument(
@@ -385,6 +411,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.with_amqtt and args.protocol == "5.0":
         parser.error("amqtt speaks MQTT 3.1.1 only: --with-amqtt runs every broker on 3.1.1")
     args.protocol = args.protocol or ("3.1.1" if args.with_amqtt else "5.0")
+    try:
+        args.gateway_workers = tuple(int(n) for n in args.gateway_workers.split(","))
+    except ValueError:
+        parser.error("--gateway-workers takes worker counts separated by commas, e.g. 2 or 1,2")
+    counts = args.gateway_workers
+    if any(n < 1 for n in counts) or len(set(counts)) != len(counts):
+        parser.error("--gateway-workers: each count at least 1, none twice")
     return args
 
 
@@ -416,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     lab = prepare_lab(root, scale, args.protocol, echo=not args.quick)
-    brokers = make_brokers(lab, args.compare_tree, args.tree, args.with_amqtt)
+    brokers = make_brokers(lab, args.compare_tree, args.tree, args.with_amqtt, args.gateway_workers)
     if args.only:
         wanted = args.only.split(",")
         unknown = [b for b in wanted if b not in brokers]

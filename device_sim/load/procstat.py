@@ -21,7 +21,32 @@ class ProcSample:
 
 
 def sample(pid: int) -> ProcSample | None:
-    """One reading, or None if the process is gone."""
+    """One reading of the process and its descendants (the workers and nats-server of `fleetgate
+    serve --workers N`: their parent serves nothing), or None if the process is gone."""
+    own = _sample_one(pid)
+    if own is None:
+        return None
+    cpu, rss = own.cpu_seconds, own.rss_bytes
+    for child in _descendants(pid):
+        reading = _sample_one(child)
+        if reading is not None:
+            cpu, rss = cpu + reading.cpu_seconds, rss + reading.rss_bytes
+    return ProcSample(own.at, cpu, rss)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
+            children = [int(c) for c in handle.read().split()]
+    except OSError:
+        return found
+    for child in children:
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _sample_one(pid: int) -> ProcSample | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()

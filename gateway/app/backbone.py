@@ -250,6 +250,12 @@ class NatsBackbone:
         log.info("cluster backbone: NATS connection back")
 
     async def _error(self, exc: Exception) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The node is stopping: nats-py's connect loop retries forever and Python 3.11's wait_for
+            # can swallow the cancellation (when the connect failed at the same instant), so say it
+            # again here, in the loop's own error callback, or the stop would wait forever.
+            raise asyncio.CancelledError
         if self._nc is not None:  # before the first connection, run() says it once
             log.warning("cluster backbone: NATS error: %s", exc)
 

@@ -41,6 +41,7 @@ from gateway.app.metrics import GatewayCollector, metrics_registry, render
 from gateway.app.observers import PublishFanout
 from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFollower
 from gateway.app.supervisor import LoopHealth, supervise
+from gateway.app.worker_role import WorkerRole, arm_stop_deadline
 from gateway.broker import Broker, BrokerLimits
 from gateway.config import GatewayConfig
 from gateway.context.flow_feed import FlowFeed
@@ -150,6 +151,7 @@ class Gateway:
         config: GatewayConfig,
         clock: Clock | None = None,
         passphrase: PassphraseSource = passphrase_from_env,
+        worker: WorkerRole | None = None,
     ) -> None:
         if not data.is_initialised():
             raise GatewayStartupError(
@@ -170,7 +172,11 @@ class Gateway:
         self.node = node_name(config.cluster.node_name)
         self.database = shared_database(data, config.storage.url)
         self.clustered = is_postgres_url(self.database)
-        if self.clustered:
+        # One of `serve --workers N`'s processes (gateway/app/worker_role.py), or a single gateway.
+        self.worker = worker
+        # Whether this node names itself (logs, audit, /metrics) and reports in the nodes table.
+        self.reports_node = self.clustered or worker is not None
+        if self.reports_node:
             set_node(self.node)  # every log line names this node from now on
         try:
             self._registry_db = open_store(self.database, synchronous=sync)
@@ -179,7 +185,9 @@ class Gateway:
                 reconnect()
         except sqlite3.OperationalError as exc:
             raise GatewayStartupError(f"cannot start: {exc}") from None
-        self._broker_db = open_database(data.database, synchronous=sync)
+        broker_file = data.database if worker is None else worker.broker_database
+        broker_file.parent.mkdir(mode=0o700, exist_ok=True)
+        self._broker_db = open_database(broker_file, synchronous=sync)
         self.registry = Registry(self._registry_db)
         self.nodes = ClusterNodes(self._registry_db)
         self._started_at = self.clock.wall()
@@ -187,7 +195,7 @@ class Gateway:
         if config.listen.insecure_plaintext is not None:
             refuse_lab_on_production(data, self.registry)
         self.ca = FleetCA(self.authority, self.registry, data.crl_dir)
-        self.audit = AuditLog(self._registry_db, node=self.node if self.clustered else None)
+        self.audit = AuditLog(self._registry_db, node=self.node if self.reports_node else None)
         self._notifications = RegistryNotifications(self.database, self.node) if self.clustered else None
         self._anchor_key = load_or_create_anchor_key(data.root)  # DATA/audit.key: anchors' MAC key
         self._anchored: tuple[int, str] | None = None  # the head the last anchor recorded
@@ -618,7 +626,7 @@ class Gateway:
             audit=self._audit_counters,
             containment=lambda: self.ops.containment_seconds,
             units=self._units_by_state,
-            node=self.node if self.clustered else None,
+            node=self.node if self.reports_node else None,
             backbone=None if self.backbone is None else self._backbone_counters,
             cluster_plane=None if self.cluster_plane is None else self.cluster_plane.counters,
         )
@@ -700,7 +708,8 @@ class Gateway:
     async def start(self) -> None:
         # Before anyone can connect: retained mode commands match the registry (quarantines made
         # with the CLI while the gateway was down take effect now).
-        self._serving_lock = hold_serving_lock(self.data.root)  # `fleetgate restore` asks it
+        # `fleetgate restore` asks it; the parent of `serve --workers N` holds it for its workers.
+        self._serving_lock = hold_serving_lock(self.data.root) if self.worker is None else None
         reconciled = self.ops.reconcile(self.clock.wall())
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
@@ -711,14 +720,20 @@ class Gateway:
             self.hub.spawn(self.cluster_plane.run())
         listen = self.config.listen
         self._mqtt_live = self._live(self._mqtt_context())
+        shared = self.worker is not None  # SO_REUSEPORT: every worker on the same ports
         mqtt, self.bound["mqtt"] = await start_mqtt_listener(
-            self.hub, listen.mqtt.host, listen.mqtt.port, self._mqtt_live, self.check_certificate
+            self.hub,
+            listen.mqtt.host,
+            listen.mqtt.port,
+            self._mqtt_live,
+            self.check_certificate,
+            reuse_port=shared,
         )
         self._listeners.append(mqtt)
         self._mqtt_listener = mqtt
         if listen.insecure_plaintext is not None:
             lab, self.bound["lab"] = await start_lab_listener(
-                self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port
+                self.hub, listen.insecure_plaintext.host, listen.insecure_plaintext.port, reuse_port=shared
             )
             self._listeners.append(lab)
         # aiohttp serves EST and the admin API, behind our accept loop and admission. Its keep-alive
@@ -738,6 +753,7 @@ class Gateway:
             listen.https.port,
             self._live(self._https_context()),
             self._http.server,
+            reuse_port=shared,
         )
         self._listeners.append(https)
         self.hub.run_ticker()
@@ -747,10 +763,12 @@ class Gateway:
         interval = self.config.storage.audit_anchor_interval
         self.hub.spawn(supervise(lambda: self.anchor_audit("periodic"), interval, anchoring))
         self.hub.spawn(self.feed.run())
-        if self._notifications is not None:
-            # Only a cluster's nodes report (a single node on SQLite must not write once a second: a
-            # CLI holding the file's write lock would stall its event loop for the busy timeout).
+        if self.reports_node:
+            # Only a cluster's nodes and `serve --workers N`'s report (a single node on SQLite must not
+            # write once a second: a CLI holding the file's write lock would stall its event loop for
+            # the busy timeout).
             self.hub.spawn(supervise(self.heartbeat, HEARTBEAT_SECONDS, self._heartbeat_health))
+        if self._notifications is not None:
             self._notifications.attach(
                 asyncio.get_running_loop(),
                 self.follower.apply_changes,
@@ -822,4 +840,6 @@ class Gateway:
             on_ready.set()
         await stop.wait()
         log.info("shutting down")
+        if self.worker is not None:
+            arm_stop_deadline()
         await self.stop()

@@ -33,22 +33,24 @@ def cluster() -> None:
 @output_option
 @friendly_errors
 def cluster_status(data_dir: Path | None, output: str) -> None:
-    """Every node that shares the cluster's PostgreSQL ($FLEETGATE_DATABASE_URL): up or down, its live
-    sessions and units online, its listeners and whether it follows the registry (each node reports
-    once a second)."""
+    """Every node that shares the cluster's PostgreSQL ($FLEETGATE_DATABASE_URL), or every worker of
+    `serve --workers N` on this data dir: up or down, its live sessions and units online, its
+    listeners and whether it follows the registry (each node reports once a second)."""
     data = DataDir.resolve(data_dir)
     target = shared_database(data)
-    if not is_postgres_url(target):
-        raise CliError(
-            f"{data.root} is a single node on SQLite, not a cluster; set FLEETGATE_DATABASE_URL to the "
-            "cluster's PostgreSQL (docs/cluster.md)",
-            "not_a_cluster",
-        )
+    if not is_postgres_url(target) and not data.database.exists():
+        raise CliError(f"{data.root} has no fleetgate database; check --data", "not_a_cluster")
     conn = open_store(target)
     try:
         rows = [node.as_dict() for node in ClusterNodes(conn).nodes(utc_now())]
     finally:
         conn.close()
+    if not rows and not is_postgres_url(target):  # `serve --workers N` reports on SQLite too
+        raise CliError(
+            f"{data.root} is a single node on SQLite, not a cluster; set FLEETGATE_DATABASE_URL to the "
+            "cluster's PostgreSQL, or run `fleetgate serve --workers N` (docs/cluster.md)",
+            "not_a_cluster",
+        )
     for row in rows:
         row["state"] = ("up" if row["healthy"] else "degraded") if row["up"] else "down"
     columns = [

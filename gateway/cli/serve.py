@@ -13,6 +13,7 @@ import click
 
 from gateway.app.log_format import FORMATS, configure_logging
 from gateway.app.preflight import run_preflight
+from gateway.app.worker_role import WorkerRole
 from gateway.cli.common import CliError, data_option, friendly_errors, passphrase_source
 from gateway.config import ConfigError, load_config, parse_endpoint
 from gateway.stores.datadir import DataDir
@@ -68,6 +69,15 @@ def install_event_loop() -> str:
     show_envvar=True,
     help="text lines, or one JSON object per line (security events carry the audit record).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes sharing the listening ports (SO_REUSEPORT), each a node of one cluster, messages "
+    "crossing on NATS (cluster.nats, else a local nats-server); restarted if they die. docs/cluster.md.",
+)
+@click.option("--as-worker", "as_worker", type=int, default=None, hidden=True)  # set by the parent only
 @friendly_errors
 def serve(
     data_dir: Path | None,
@@ -77,7 +87,9 @@ def serve(
     insecure_plaintext_listen: str | None,
     log_level: str,
     log_format: str,
-) -> None:
+    workers: int,
+    as_worker: int | None,
+) -> int:
     """Run the gateway: mTLS MQTT broker, EST enrollment and CRL over HTTPS."""
     config = load_config(config_file)
     listen = config.listen
@@ -97,15 +109,24 @@ def serve(
     from gateway.app.runtime import Gateway  # imported late: the CLI's other commands stay light
 
     data = DataDir.resolve(data_dir)
+    if workers > 1 and as_worker is None:
+        from gateway.cli.serve_workers import serve_with_workers
+
+        options = ["--log-level", log_level, "--log-format", log_format]
+        if config_file is not None:
+            options += ["--config", str(config_file.absolute())]
+        return serve_with_workers(data, config, workers, options, passphrase_source())
     skew = timedelta(seconds=config.tls.clock_skew_tolerance)
     for warning in run_preflight(data, datetime.now(UTC), skew).warnings:
         logging.getLogger("fleetgate").warning(warning)
     loop_kind = install_event_loop()
     logging.getLogger("fleetgate").info("event loop: %s", loop_kind)
-    gateway = Gateway(data, config, passphrase=passphrase_source())  # asked at a terminal, once
+    role = None if as_worker is None else WorkerRole.of(data.root, as_worker)
+    gateway = Gateway(data, config, passphrase=passphrase_source(), worker=role)  # asked at a terminal, once
     try:
         asyncio.run(gateway.run_until_signalled())
     except OSError as exc:
         raise CliError(
             f"cannot listen: {exc.strerror or exc}; is another gateway running on that port?"
         ) from None
+    return 0

@@ -49,9 +49,13 @@ class AcceptLoop:
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
+    ) -> tuple[str, int]:
+        """`reuse_port`: SO_REUSEPORT, so the worker processes of `fleetgate serve --workers N` listen on
+        one port and the kernel spreads new connections over them."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=reuse_port)
         self._sock.setblocking(False)
         self._task = asyncio.get_running_loop().create_task(self._accept_loop(self._sock))
         bound = self._sock.getsockname()

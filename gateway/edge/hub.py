@@ -305,20 +305,22 @@ def _refusal_detail(gate: ConnectionGate, reason: str, address: str) -> str:
 
 
 async def start_mqtt_listener(
-    hub: ConnectionHub, host: str, port: int, context: Any, peer_check: PeerCheck
+    hub: ConnectionHub, host: str, port: int, context: Any, peer_check: PeerCheck, *, reuse_port: bool = False
 ) -> tuple[MtlsListener, tuple[str, int]]:
     listener = MtlsListener(hub, context, peer_check)
-    bound = await listener.start(host, port)
+    bound = await listener.start(host, port, reuse_port=reuse_port)
     return listener, bound
 
 
-async def start_lab_listener(hub: ConnectionHub, host: str, port: int) -> tuple[AcceptLoop, tuple[str, int]]:
+async def start_lab_listener(
+    hub: ConnectionHub, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[AcceptLoop, tuple[str, int]]:
     """The anonymous plaintext listener, behind the same accept loop and admission as the others.
 
     Refuses to serve if the address it actually bound is not loopback (a host name such as
     `localhost` is resolved by the system, and could point anywhere)."""
     listener = AcceptLoop("lab", hub, stream_server(hub, lambda: MqttConnection(hub)))
-    bound = await listener.start(host, port)
+    bound = await listener.start(host, port, reuse_port=reuse_port)
     if not _is_loopback(bound[0]):
         listener.close()
         raise NotLoopback(
@@ -336,12 +338,14 @@ async def start_https_listener(
     port: int,
     context: ssl.SSLContext,
     factory: Callable[[], asyncio.Protocol],
+    *,
+    reuse_port: bool = False,
 ) -> tuple[AcceptLoop, tuple[str, int]]:
     """EST and the admin API: our accept loop and admission in front of aiohttp's protocol, with the
     event loop's TLS bounded by the same handshake timeout as MQTT."""
     serve = stream_server(hub, factory, context=context, handshake_timeout=hub.handshake_timeout)
     listener = AcceptLoop("https", hub, serve)
-    return listener, await listener.start(host, port)
+    return listener, await listener.start(host, port, reuse_port=reuse_port)
 
 
 def _is_loopback(host: str) -> bool:

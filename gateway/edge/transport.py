@@ -111,8 +111,10 @@ class MtlsListener:
         """
         self._context = context
 
-    async def start(self, host: str, port: int, backlog: int = 4096) -> tuple[str, int]:
-        return await self._accept.start(host, port, backlog)
+    async def start(
+        self, host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
+    ) -> tuple[str, int]:
+        return await self._accept.start(host, port, backlog, reuse_port=reuse_port)
 
     def _start_handshake(self, sock: socket.socket, address: str, slot: Slot) -> None:
         self._hub.spawn(self._handshake(sock, address, slot))
