@@ -148,6 +148,16 @@ def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str
     return topic, data, int(headers[H_QOS]), headers.get(H_RETAIN) == "1", properties, str(client)
 
 
+def reraise_if_stopping() -> None:
+    """For a NATS connection's error callback. When the node is stopping, nats-py's connect loop
+    retries forever and Python 3.11's wait_for can swallow the cancellation (when the connect failed
+    at the same instant), so say it again here, in the loop's own error callback, or the stop would
+    wait forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class NatsBackbone:
     def __init__(
         self,
@@ -250,12 +260,7 @@ class NatsBackbone:
         log.info("cluster backbone: NATS connection back")
 
     async def _error(self, exc: Exception) -> None:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # The node is stopping: nats-py's connect loop retries forever and Python 3.11's wait_for
-            # can swallow the cancellation (when the connect failed at the same instant), so say it
-            # again here, in the loop's own error callback, or the stop would wait forever.
-            raise asyncio.CancelledError
+        reraise_if_stopping()
         if self._nc is not None:  # before the first connection, run() says it once
             log.warning("cluster backbone: NATS error: %s", exc)
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.app.backbone import H_MAC, H_NODE, H_TIME, RECONNECT_WAIT_S, authentic, sign
+from gateway.app.backbone import H_MAC, H_NODE, H_TIME, RECONNECT_WAIT_S, authentic, reraise_if_stopping, sign
 
 log = logging.getLogger("fleetgate.cluster")
 
@@ -192,5 +192,6 @@ class ClusterLink:
         self.counters.connected = True
 
     async def _error(self, exc: Exception) -> None:
+        reraise_if_stopping()
         if self.nc is not None:
             log.warning("cluster link: NATS error: %s", exc)
