@@ -3,12 +3,13 @@ HAProxy block of docs/cluster.md ("Behind a load balancer"), so the documented c
 tested one: only the frontend's `bind` address, the servers' addresses (and, if asked, a `source`
 address for the balancer's side) are changed; every other directive is the page's.
 
-    with Haproxy.in_front_of(tmp_path, [("node-a", gw_a.mqtt_port), ("node-b", gw_b.mqtt_port)],
-                             source="127.0.0.2") as balancer:
-        client connects to 127.0.0.1:balancer.port
+    gateways run with FLEETGATE_LISTEN_PROXY_PROTOCOL_FROM=127.0.0.2 (BALANCER_SOURCE)
+    with Haproxy.in_front_of(tmp_path, [("node-a", gw_a.mqtt_port), ("node-b", gw_b.mqtt_port)]) as lb:
+        clients connect to 127.0.0.1:lb.port (paho: Paho(lb.port, creds, ...))
 
-`source` makes HAProxy connect to the nodes from that loopback address, so a test can tell the
-balancer's address from its clients' (clients can bind 127.0.0.3, say).
+HAProxy connects to the nodes from `source` (BALANCER_SOURCE by default), a loopback address of its
+own, so that the gateways can trust it and nothing else (clients and tests connect from 127.0.0.1, or
+bind 127.0.0.3 to be told apart from both).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from tests.harness import free_port
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cluster.md"
 SECTION = "## Behind a load balancer (HAProxy, PROXY v2)"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+BALANCER_SOURCE = "127.0.0.2"  # HAProxy's address towards the gateways: their proxy_protocol_from
 
 
-def _global() -> str:
+def _global(maxconn: int | None) -> str:
     """What the test adds: no daemon, no log target, no user switch (it runs as the test's user), and
-    as many connections as this process's open-file limit allows HAProxy (two descriptors each)."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    maxconn = 20000 if hard == resource.RLIM_INFINITY else max(100, min(20000, (hard - 100) // 2))
+    by default as many connections as the open-file limit allows HAProxy (two descriptors each)."""
+    if maxconn is None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        maxconn = 20000 if hard == resource.RLIM_INFINITY else max(100, min(20000, (hard - 100) // 2))
     return f"global\n    maxconn {maxconn}\n    nbthread 1\n"
 
 
@@ -48,7 +51,12 @@ def documented_config() -> str:
     return match.group(1)
 
 
-def render(frontend_port: int, servers: Sequence[tuple[str, int]], source: str | None = None) -> str:
+def render(
+    frontend_port: int,
+    servers: Sequence[tuple[str, int]],
+    source: str | None = None,
+    maxconn: int | None = None,
+) -> str:
     """The documented configuration with loopback addresses: the frontend on 127.0.0.1:frontend_port,
     one `server` line per (name, port) with the options of the page's first server line."""
     lines: list[str] = []
@@ -67,7 +75,7 @@ def render(frontend_port: int, servers: Sequence[tuple[str, int]], source: str |
         else:
             lines.append(line)
     assert options is not None, "the documented backend has no server line"
-    return _global() + "\n" + "\n".join(lines) + "\n"
+    return _global(maxconn) + "\n" + "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -80,12 +88,20 @@ class Haproxy:
     @classmethod
     @contextmanager
     def in_front_of(
-        cls, directory: Path, servers: Sequence[tuple[str, int]], *, source: str | None = None
+        cls,
+        directory: Path,
+        servers: Sequence[tuple[str, int]],
+        *,
+        source: str | None = BALANCER_SOURCE,
+        maxconn: int | None = None,
     ) -> Iterator[Haproxy]:
+        """HAProxy on 127.0.0.1 and a free port, balancing over `servers` (name, port on 127.0.0.1)
+        with the documented options; stopped when the block ends. `maxconn`: HAProxy's global limit
+        (default: what the open-file limit allows, at most 20,000)."""
         directory.mkdir(parents=True, exist_ok=True)
         port = free_port()
         config = directory / "haproxy.cfg"
-        config.write_text(render(port, servers, source))
+        config.write_text(render(port, servers, source, maxconn))
         checked = subprocess.run([HAPROXY, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
         assert checked.returncode == 0, f"haproxy -c refused {config}:\n{checked.stdout}{checked.stderr}"
         log = directory / "haproxy.log"

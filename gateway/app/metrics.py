@@ -196,7 +196,7 @@ class GatewayCollector(Collector):
         )
         yield _counter(
             "proxy_health_checks",
-            "PROXY v2 LOCAL connections (load balancers' health checks), closed at once.",
+            "Load balancers' health checks (a PROXY v2 LOCAL header, or no byte at all), closed at once.",
             h.proxy_health_checks,
         )
         if self._gates is not None:

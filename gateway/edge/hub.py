@@ -61,7 +61,7 @@ class HubCounters:
     handshake_seconds_total: float = 0.0
     accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
     proxy_refused: Counter[str] = field(default_factory=Counter)  # balancers' sockets closed, by reason
-    proxy_health_checks: int = 0  # PROXY v2 LOCAL headers (a balancer's own checks), answered by a close
+    proxy_health_checks: int = 0  # a balancer's checks (LOCAL header, or no byte), answered by a close
     handshake_seconds: Histogram = field(default_factory=Histogram)  # completed TLS handshakes
     # One Broker.receive_batch call: decode, decide, route, encode and commit what every read of one
     # event-loop iteration carried.

@@ -10,10 +10,12 @@ the logs see, and the per-source limits are charged to it, not to the balancer (
 
 A balancer's socket without a valid header within PROXY_HEADER_TIMEOUT is closed: counted by reason
 and logged once per kind and interval by the hub (`proxy_refused`), never traced back. A LOCAL header
-is the balancer speaking for itself (HAProxy's health checks on a `send-proxy-v2` server): counted
-and closed, nothing audited, since a check has no certificate to show. A socket from anyone else is
-served as before: a PROXY header it sends is the first bytes of its TLS handshake, which fails
-(`not_tls`), so no client can claim another address.
+is the balancer speaking for itself (HAProxy's health checks on a `send-proxy-v2` server), and a
+socket closed before its first byte is a plain TCP check (other balancers'): both counted as health
+checks and closed, nothing audited or logged, since a check has no certificate to show.
+
+A socket from anyone else is served as before: a PROXY header it sends is the first bytes of its TLS
+handshake, which fails (`not_tls`), so no client can claim another address.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("fleetgate.server")
 PROXY_HEADER_TIMEOUT = 5.0
 TIMEOUT = "timeout"
 CLOSED = "closed"  # the balancer closed (or reset) the connection before the header was complete
+EMPTY = "empty"  # ... before sending a byte: a plain TCP health check (a connect, then a close)
 
 
 class ProxyObserver(Protocol):
@@ -97,7 +100,10 @@ async def _after_header(
         header = await read_proxy_header(sock, timeout)
     except ProxyHeaderError as exc:
         _drop(sock, slot)
-        hub.proxy_refused(listener, address, exc.reason, str(exc))
+        if exc.reason == EMPTY:
+            hub.proxy_health_check(listener, address)
+        else:
+            hub.proxy_refused(listener, address, exc.reason, str(exc))
         return
     except BaseException:  # cancelled at shutdown
         _drop(sock, slot)
@@ -124,16 +130,21 @@ async def read_proxy_header(sock: socket.socket, timeout: float) -> ProxyHeader:
     ProxyHeaderError (reason `timeout` or `closed` too)."""
     loop = asyncio.get_running_loop()
     reader = ProxyHeaderReader()
+    received = 0
     try:
         async with asyncio.timeout(timeout):
             while True:
                 data = await loop.sock_recv(sock, reader.wanted())
                 if not data:
-                    raise ProxyHeaderError(CLOSED, "the connection closed before its PROXY header was whole")
+                    break
+                received += len(data)
                 header = reader.feed(data)
                 if header is not None:
                     return header
     except TimeoutError:
         raise ProxyHeaderError(TIMEOUT, f"no complete PROXY header within {timeout:g} s") from None
     except OSError:  # reset by the peer (TimeoutError, an OSError too, is caught above)
-        raise ProxyHeaderError(CLOSED, "the connection was reset before its PROXY header was whole") from None
+        pass
+    if not received:
+        raise ProxyHeaderError(EMPTY, "the connection closed without a byte (a TCP health check)")
+    raise ProxyHeaderError(CLOSED, "the connection closed before its PROXY header was whole")

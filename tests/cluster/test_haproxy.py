@@ -24,11 +24,11 @@ from gateway.edge.proxy_protocol import encode_header
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Connack
 from tests.clients import V5, Paho
-from tests.haproxy import Haproxy, documented_config
+from tests.haproxy import BALANCER_SOURCE, Haproxy, documented_config
 from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import api, eventually, metric
 
-BALANCER = "127.0.0.2"  # HAProxy's source address towards the gateway
+BALANCER = BALANCER_SOURCE  # 127.0.0.2: HAProxy's source address towards the gateway
 CLIENTS = "127.0.0.3"  # where the units connect to HAProxy from
 STRANGER = "127.0.0.1"  # not a balancer
 

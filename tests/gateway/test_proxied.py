@@ -49,6 +49,7 @@ async def test_a_header_in_pieces_then_the_client_hello_left_intact() -> None:
         (b"", False, "timeout"),
         (encode_header(("192.0.2.1", 1), ("192.0.2.2", 2))[:20], False, "timeout"),
         (encode_header(("192.0.2.1", 1), ("192.0.2.2", 2))[:20], True, "closed"),
+        (b"", True, "empty"),  # connected and closed: a TCP health check
         (CLIENT_HELLO, False, "missing"),
         (b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n", False, "version_1"),
     ],
