@@ -62,6 +62,9 @@ class ListenConfig:
     https: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8443))
     # Plaintext, anonymous, loopback only: for running protocol conformance suites. Never in production.
     insecure_plaintext: Endpoint | None = None
+    # Load balancers (addresses or networks, space-separated) whose connections to the MQTT listener
+    # open with a PROXY protocol v2 header naming the client; "" = none (docs/cluster.md).
+    proxy_protocol_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,7 @@ def _check(config: GatewayConfig) -> None:
                 f"{src}: limits.connection_rate_exempt: {item!r} is not an IP address or network "
                 "(e.g. 127.0.0.1 or 10.8.0.0/16)"
             ) from None
+    _check_balancers(src, config.listen.proxy_protocol_from)
     for key in ("https_max_connections", "lab_max_connections", "https_request_timeout"):
         if not getattr(config.limits, key) > 0:
             raise ConfigError(f"{src}: limits.{key} must be greater than 0")
@@ -402,6 +406,22 @@ def _check(config: GatewayConfig) -> None:
         not servers or not all(s.startswith(("nats://", "tls://")) for s in servers)
     ):
         raise ConfigError(f"{src}: cluster.nats must be empty or nats:// (or tls://) URLs, comma-separated")
+
+
+def _check_balancers(src: str, text: str) -> None:
+    for item in text.split():
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: listen.proxy_protocol_from: {item!r} is not an IP address or network "
+                "(e.g. 10.0.0.5 or 10.0.0.0/29)"
+            ) from None
+        if network.prefixlen == 0:
+            raise ConfigError(
+                f"{src}: listen.proxy_protocol_from: {item!r} would let every client name any source "
+                "address; list the load balancers' own addresses"
+            )
 
 
 def embedded_defaults_text() -> str:

@@ -45,8 +45,10 @@ class Paho:
         will: tuple[str, bytes, int, bool] | None = None,
         keepalive: int = 30,
         user_properties: tuple[tuple[str, str], ...] = (),
+        bind_address: str = "",
     ) -> None:
         self.port = port
+        self.bind_address = bind_address  # the local address to connect from ("": the system's choice)
         self.version = version
         self.clean = clean
         self.session_expiry = session_expiry
@@ -113,6 +115,8 @@ class Paho:
         kwargs: dict[str, Any] = {"keepalive": self.keepalive, "properties": properties}
         if self.version == V5:
             kwargs["clean_start"] = self.clean
+        if self.bind_address:
+            kwargs["bind_address"] = self.bind_address
         self.client.connect("localhost", self.port, **kwargs)
         self.client.loop_start()
         return self.connack.get(timeout=timeout)

@@ -100,6 +100,9 @@ class EventRecorder:
             return
         outcome = _OUTCOMES.get(name, "refused")
         details = {k: _plain(v) for k, v in fields.items() if k not in ("peer", "reason")}
+        address = getattr(peer, "address", None)
+        if address and "address" not in details:  # where it connected from (a balancer's PROXY header)
+            details["address"] = address
         self.audit.append(
             actor=actor,
             action=action,

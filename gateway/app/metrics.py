@@ -198,6 +198,17 @@ class GatewayCollector(Collector):
             "listener_errno",
             dict(h.accept_failed),
         )
+        yield _labelled(
+            "proxy_headers_refused",
+            "Load balancers' connections closed for want of a valid PROXY v2 header, by reason.",
+            "reason",
+            dict(h.proxy_refused),
+        )
+        yield _counter(
+            "proxy_health_checks",
+            "Load balancers' health checks (a PROXY v2 LOCAL header, or no byte at all), closed at once.",
+            h.proxy_health_checks,
+        )
         if self._gates is not None:
             yield from _gate_metrics(self._gates())
         if self._audit is not None:

@@ -53,6 +53,7 @@ from gateway.edge.accept import AcceptLoop
 from gateway.edge.admission import listener_gates
 from gateway.edge.driver import BrokerDriver, Clock
 from gateway.edge.hub import ConnectionHub, start_https_listener, start_lab_listener, start_mqtt_listener
+from gateway.edge.proxied import Balancers
 from gateway.edge.reports import HandshakeFailure
 from gateway.edge.tls import tls_server_context
 from gateway.edge.transport import MtlsListener
@@ -218,12 +219,19 @@ class Gateway:
         except FdBudgetError as exc:
             raise GatewayStartupError(str(exc)) from None
         plan = self.connection_plan
+        self.balancers = Balancers(config.listen.proxy_protocol_from)  # PROXY v2 senders (docs/cluster.md)
         self.hub = ConnectionHub(
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
             max_write_buffer=config.limits.max_write_buffer,
             clock=self.clock.now,
-            gates=listener_gates(config.limits, mqtt=plan.mqtt, https=plan.https, lab=plan.lab),
+            gates=listener_gates(
+                config.limits,
+                mqtt=plan.mqtt,
+                https=plan.https,
+                lab=plan.lab,
+                balancers=self.balancers.entries,
+            ),
         )
         self.driver = BrokerDriver(self.broker, self.hub, self.clock)
         # The nodes' backbone for messages (docs/cluster.md, part 2): only with cluster.nats, and only
@@ -727,6 +735,7 @@ class Gateway:
             listen.mqtt.port,
             self._mqtt_live,
             self.check_certificate,
+            self.balancers,
             reuse_port=shared,
         )
         self._listeners.append(mqtt)
@@ -836,6 +845,9 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         log.info("fleetgate is up: %s", ", ".join(f"{k} {h}:{p}" for k, (h, p) in self.bound.items()))
+        if self.balancers:
+            balancers = " ".join(sorted(self.balancers.entries))
+            log.info("mqtt: PROXY v2 headers required from %s (and taken from no one else)", balancers)
         if on_ready is not None:
             on_ready.set()
         await stop.wait()

@@ -247,6 +247,25 @@ class ConnectionGate:
             counters.peak = self.open
         return Slot(self, key)
 
+    def readmit(self, slot: Slot, address: str, now: float) -> str | None:
+        """A connection admitted from a load balancer turns out (its PROXY header) to be `address`'s:
+        the per-source cap and rate are charged to that source now, and `slot` counts as its. None if
+        it may go on, otherwise the reason it may not (the caller closes it and releases `slot`)."""
+        key: str | None = None
+        if source_host(address) not in self.exempt:
+            key = source_key(address)
+            if key == slot._key:
+                return None
+            if self.max_per_source and self._held.get(key, 0) >= self.max_per_source:
+                return self._refuse(SOURCE_FULL)
+            if self.rate is not None and not self.rate.admit_source(key, now):
+                return self._refuse(RATE_LIMITED)
+            self._held[key] = self._held.get(key, 0) + 1
+        if slot._key is not None:  # a balancer that was not exempt: it no longer holds this one
+            self._release_source(slot._key)
+        slot._key = key
+        return None
+
     def _refuse(self, reason: str) -> str:
         self.counters.refused[reason] += 1
         return reason
@@ -254,11 +273,14 @@ class ConnectionGate:
     def _release(self, key: str | None) -> None:
         self.open -= 1
         if key is not None:
-            left = self._held.get(key, 0) - 1
-            if left > 0:
-                self._held[key] = left
-            else:
-                self._held.pop(key, None)
+            self._release_source(key)
+
+    def _release_source(self, key: str) -> None:
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)
 
     def held_by(self, address: str) -> int:
         """Connections the source of `address` holds now (0 for an exempt source)."""
@@ -278,10 +300,14 @@ def admission_from_limits(limits: LimitsConfig) -> SourceAdmission:
     )
 
 
-def listener_gates(limits: LimitsConfig, *, mqtt: int, https: int, lab: int = 0) -> dict[str, ConnectionGate]:
+def listener_gates(
+    limits: LimitsConfig, *, mqtt: int, https: int, lab: int = 0, balancers: frozenset[str] = frozenset()
+) -> dict[str, ConnectionGate]:
     """A gate per listener with the given caps (from the open-file plan) and the configured
     per-source limits; each listener has rate buckets of its own. The lab listener takes loopback
-    clients only, so only its cap matters."""
+    clients only, so only its cap matters. `balancers` (listen.proxy_protocol_from) skip the MQTT
+    listener's per-source limits: the sources their PROXY headers name are charged instead
+    (`ConnectionGate.readmit`)."""
     exempt = frozenset(limits.connection_rate_exempt.split())
     gates = {
         "mqtt": ConnectionGate(
@@ -289,7 +315,7 @@ def listener_gates(limits: LimitsConfig, *, mqtt: int, https: int, lab: int = 0)
             max_connections=mqtt,
             max_per_source=limits.max_connections_per_source,
             rate=admission_from_limits(limits),
-            exempt=exempt,
+            exempt=exempt | balancers,
         ),
         "https": ConnectionGate(
             "https",

@@ -38,6 +38,7 @@ from gateway.broker import Action, Broker, Close, PauseReading, ResumeReading, S
 from gateway.broker.histogram import Histogram
 from gateway.edge.accept import AcceptLoop, format_address, stream_server
 from gateway.edge.admission import ConnectionGate, Slot, SourceAdmission
+from gateway.edge.proxied import Balancers
 from gateway.edge.refusal_log import RefusalLog
 from gateway.edge.reports import HandshakeFailure
 from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck
@@ -59,6 +60,8 @@ class HubCounters:
     slow_consumers_cut: int = 0
     handshake_seconds_total: float = 0.0
     accept_failed: Counter[str] = field(default_factory=Counter)  # "listener errno"
+    proxy_refused: Counter[str] = field(default_factory=Counter)  # balancers' sockets closed, by reason
+    proxy_health_checks: int = 0  # a balancer's checks (LOCAL header, or no byte), answered by a close
     handshake_seconds: Histogram = field(default_factory=Histogram)  # completed TLS handshakes
     # One Broker.receive_batch call: decode, decide, route, encode and commit what every read of one
     # event-loop iteration carried.
@@ -126,6 +129,26 @@ class ConnectionHub:
         self.refusals.note(f"{listener} {reason}", "-", exc.strerror or str(exc), time.monotonic())
         if listener == "mqtt":  # reported like a failed handshake: the detectors and the audit see it
             self.failures.append(HandshakeFailure("listener", reason, self._clock()))
+
+    def readmit(self, listener: str, slot: Slot, address: str) -> bool:
+        """Whether a connection a balancer forwards for `address` (its PROXY header) may go on: the
+        per-source limits are charged to `address` (admission.ConnectionGate.readmit)."""
+        gate = self.gates[listener]
+        now = time.monotonic()
+        verdict = gate.readmit(slot, address, now)
+        if verdict is None:
+            return True
+        self.refusals.note(f"{listener} {verdict}", address, _refusal_detail(gate, verdict, address), now)
+        return False
+
+    def proxy_refused(self, listener: str, address: str, reason: str, detail: str) -> None:
+        """A balancer's socket closed for want of a valid PROXY v2 header (gateway/edge/proxied.py):
+        counted, logged once per kind and interval; not audited (the balancer is ours, no client spoke)."""
+        self.counters.proxy_refused[reason] += 1
+        self.refusals.note(f"{listener} proxy_header_{reason}", address, detail, time.monotonic())
+
+    def proxy_health_check(self, listener: str, address: str) -> None:
+        self.counters.proxy_health_checks += 1
 
     def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int:
         conn = self.broker.open(peer, self._clock())
@@ -247,7 +270,10 @@ class ConnectionHub:
     def _cut_slow_consumer(self, conn: int, transport: asyncio.Transport) -> None:
         # A client that stops reading must not make the gateway buffer without bound.
         self.counters.slow_consumers_cut += 1
-        log.info("cutting off %s: it stopped reading", format_address(transport.get_extra_info("peername")))
+        address = transport.get_extra_info("client_address") or format_address(
+            transport.get_extra_info("peername")
+        )
+        log.info("cutting off %s: it stopped reading", address)
         transport.abort()
 
     def run_ticker(self) -> None:
@@ -305,9 +331,16 @@ def _refusal_detail(gate: ConnectionGate, reason: str, address: str) -> str:
 
 
 async def start_mqtt_listener(
-    hub: ConnectionHub, host: str, port: int, context: Any, peer_check: PeerCheck, *, reuse_port: bool = False
+    hub: ConnectionHub,
+    host: str,
+    port: int,
+    context: Any,
+    peer_check: PeerCheck,
+    balancers: Balancers | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[MtlsListener, tuple[str, int]]:
-    listener = MtlsListener(hub, context, peer_check)
+    listener = MtlsListener(hub, context, peer_check, balancers)
     bound = await listener.start(host, port, reuse_port=reuse_port)
     return listener, bound
 

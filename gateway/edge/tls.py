@@ -44,13 +44,16 @@ class TlsTransport:
     The subset of asyncio.Transport the gateway uses (write, close, abort, is_closing,
     get_write_buffer_size, get_extra_info, pause_reading, resume_reading)."""
 
-    __slots__ = ("_closing", "_outgoing", "_sslobj", "_tcp")
+    __slots__ = ("_address", "_closing", "_outgoing", "_sslobj", "_tcp")
 
-    def __init__(self, tcp: asyncio.Transport, sslobj: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(
+        self, tcp: asyncio.Transport, sslobj: ssl.SSLObject, outgoing: ssl.MemoryBIO, address: str = ""
+    ) -> None:
         self._tcp = tcp
         self._sslobj = sslobj
         self._outgoing = outgoing
         self._closing = False
+        self._address = address  # the client's (behind a balancer: what its PROXY header named)
 
     def write(self, data: bytes) -> None:
         if self._closing or not data:
@@ -110,6 +113,8 @@ class TlsTransport:
             return self._sslobj.cipher()
         if name == "peercert":
             return self._sslobj.getpeercert()
+        if name == "client_address":
+            return self._address or default
         return self._tcp.get_extra_info(name, default)
 
 
@@ -174,7 +179,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._hub.handshake_ok(time.monotonic() - self._started)
         assert self._tcp is not None
         self._app = self._app_factory()
-        self._app_transport = TlsTransport(self._tcp, self._sslobj, self._outgoing)
+        self._app_transport = TlsTransport(self._tcp, self._sslobj, self._outgoing, self._address)
         self._app.connection_made(self._app_transport)  # type: ignore[arg-type]
         return True
 

@@ -19,8 +19,9 @@ from typing import Protocol, cast
 
 from cryptography import x509
 
-from gateway.edge.accept import AcceptLoop, Admitter, format_address
+from gateway.edge.accept import AcceptLoop, Admitter, Serve, format_address
 from gateway.edge.admission import Slot
+from gateway.edge.proxied import Balancers, ProxyObserver, behind_balancers
 from gateway.edge.tls import HandshakeObserver, TlsServerProtocol
 from gateway.policy.access import Peer
 
@@ -28,7 +29,7 @@ from gateway.policy.access import Peer
 PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]
 
 
-class ConnectionSink(HandshakeObserver, Admitter, Protocol):
+class ConnectionSink(HandshakeObserver, Admitter, ProxyObserver, Protocol):
     """What a connection reports to, and asks of (the connection hub satisfies it)."""
 
     def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int: ...
@@ -43,16 +44,19 @@ class ConnectionSink(HandshakeObserver, Admitter, Protocol):
 class MqttConnection(asyncio.Protocol):
     """One client connection, after its TLS handshake (or on the loopback lab listener)."""
 
-    def __init__(self, hub: ConnectionSink, peer_check: PeerCheck | None = None) -> None:
+    def __init__(
+        self, hub: ConnectionSink, peer_check: PeerCheck | None = None, address: str | None = None
+    ) -> None:
         self._hub = hub
         self._peer_check = peer_check  # None on the lab listener: clients there are anonymous
+        self._address = address  # the client's, as the listener knows it (a balancer's PROXY header)
         self._conn: int | None = None
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it, hence the cast.
         stream = cast(asyncio.Transport, transport)
-        address = format_address(stream.get_extra_info("peername"))
+        address = self._address or format_address(stream.get_extra_info("peername"))
         peer = self._admit(stream, address)
         if peer is None:
             stream.abort()
@@ -97,11 +101,20 @@ class MtlsListener:
     failures (EMFILE under a flood) counted and survived rather than logged by the loop.
     """
 
-    def __init__(self, hub: ConnectionSink, context: ssl.SSLContext, peer_check: PeerCheck) -> None:
+    def __init__(
+        self,
+        hub: ConnectionSink,
+        context: ssl.SSLContext,
+        peer_check: PeerCheck,
+        balancers: Balancers | None = None,
+    ) -> None:
         self._hub = hub
         self._context = context
         self._peer_check = peer_check
-        self._accept = AcceptLoop("mqtt", hub, self._start_handshake)
+        serve: Serve = self._start_handshake
+        if balancers:  # listen.proxy_protocol_from: their sockets open with a PROXY v2 header
+            serve = behind_balancers(serve, balancers, hub, "mqtt")
+        self._accept = AcceptLoop("mqtt", hub, serve)
 
     def use_context(self, context: ssl.SSLContext) -> None:
         """Serve new handshakes with `context` (live connections keep the one they were made with).
@@ -125,7 +138,11 @@ class MtlsListener:
         try:
             await loop.connect_accepted_socket(
                 lambda: TlsServerProtocol(
-                    context, hub, address, lambda: MqttConnection(hub, peer_check), on_closed=slot.release
+                    context,
+                    hub,
+                    address,
+                    lambda: MqttConnection(hub, peer_check, address),
+                    on_closed=slot.release,
                 ),
                 sock,
             )

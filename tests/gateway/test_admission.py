@@ -171,3 +171,39 @@ def test_refusals_are_logged_once_per_kind_then_summed_up(caplog: pytest.LogCapt
     assert lines[0].startswith("https listener_full: refusing 10.0.0.0:1 (full)")
     assert "refused 4999 more" in lines[2] and "from 1024+ source(s)" in lines[2]
     assert lines[3].startswith("https listener_full: refusing")  # a new run after a quiet interval
+
+
+def test_a_balancers_connections_count_against_the_sources_their_headers_name() -> None:
+    """listen.proxy_protocol_from: the balancer is exempt at accept; each forwarded connection is then
+    charged to the client its PROXY header names (readmit), and given back from there when it closes."""
+    gate = listener_gates(
+        LimitsConfig(max_connections_per_source=2), mqtt=100, https=10, balancers=frozenset({"10.0.0.5"})
+    )["mqtt"]
+    slots = [gate.admit("10.0.0.5:1000", 0.0) for _ in range(5)]  # past the per-source cap of 2: exempt
+    assert all(isinstance(s, Slot) for s in slots)
+    assert [gate.readmit(s, "203.0.113.9:40000", 0.0) for s in slots[:3]] == [None, None, "source_full"]  # type: ignore[arg-type]
+    assert gate.readmit(slots[3], "198.51.100.1:1", 0.0) is None  # type: ignore[arg-type]  # another client: its own share
+    assert gate.held_by("203.0.113.9:1") == 2 and gate.held_by("10.0.0.5:1") == 0
+    slots[0].release()  # type: ignore[union-attr]
+    assert gate.held_by("203.0.113.9:1") == 1
+    assert gate.readmit(slots[2], "203.0.113.9:40001", 0.0) is None  # type: ignore[arg-type]
+    assert gate.open == 4 and gate.counters.refused["source_full"] == 1
+
+
+def test_readmit_charges_the_named_sources_rate() -> None:
+    gate = ConnectionGate(
+        "mqtt", max_connections=100, rate=SourceAdmission(rate=1, burst=2), exempt=frozenset({"10.0.0.5"})
+    )
+    slots = [gate.admit("10.0.0.5:1", 0.0) for _ in range(3)]
+    verdicts = [gate.readmit(s, "203.0.113.9:1", 0.0) for s in slots]  # type: ignore[arg-type]
+    assert verdicts == [None, None, "rate_limited"]
+
+
+def test_readmit_of_a_non_exempt_balancer_moves_the_count() -> None:
+    gate = ConnectionGate("mqtt", max_connections=100, max_per_source=10, exempt=frozenset())
+    slot = gate.admit("10.0.0.5:1", 0.0)
+    assert isinstance(slot, Slot) and gate.held_by("10.0.0.5:1") == 1
+    assert gate.readmit(slot, "203.0.113.9:1", 0.0) is None
+    assert gate.held_by("10.0.0.5:1") == 0 and gate.held_by("203.0.113.9:1") == 1
+    slot.release()
+    assert gate.sources == 0 and gate.open == 0

@@ -45,6 +45,12 @@ def test_shipped_defaults_equal_the_built_in_defaults() -> None:
         ("limits:\n  max_queued_messages: 500\n", "limits.queue_high_water (1000) is above"),
         ("limits:\n  queue_high_water_bytes: 0\n", "limits.queue_high_water_bytes must be at least 1"),
         ("limits:\n  subscriber_stall_timeout: 0\n", "subscriber_stall_timeout must be above 0"),
+        (
+            "listen:\n  proxy_protocol_from: 10.0.0.5 lb-1\n",
+            "proxy_protocol_from: 'lb-1' is not an IP address",
+        ),
+        ("listen:\n  proxy_protocol_from: 0.0.0.0/0\n", "would let every client name any source address"),
+        ("listen:\n  proxy_protocol_from: [10.0.0.5]\n", "listen.proxy_protocol_from must be a string"),
     ],
 )
 def test_broken_config_files_name_the_file_the_key_and_the_problem(
@@ -79,6 +85,25 @@ def test_serve_with_a_broken_config_exits_with_one_sentence(tmp_path: Path) -> N
     assert result.stderr.startswith("error: ")
     assert "limits.max_packet_size" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_bad_balancer_address_in_the_environment_exits_with_one_sentence(tmp_path: Path) -> None:
+    env = {"FLEETGATE_LISTEN_PROXY_PROTOCOL_FROM": "10.0.0.5 10.0.0.300/29"}
+    result = run_cli("serve", data=tmp_path / "data", env=env, timeout=30)
+    other = run_cli("serve", data=tmp_path / "data", env={"FLEETGATE_TLS_MIN_VERSION": "1.1"}, timeout=30)
+    assert result.code == other.code == 1  # as every other configuration error
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "listen.proxy_protocol_from: '10.0.0.300/29' is not an IP address or network" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_balancers_are_read_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("listen:\n  proxy_protocol_from: 10.0.0.5 2001:db8::/64\n")
+    assert load_config(path, env={}).listen.proxy_protocol_from == "10.0.0.5 2001:db8::/64"
+    env = {"FLEETGATE_LISTEN_PROXY_PROTOCOL_FROM": "192.0.2.8/29"}
+    assert load_config(path, env=env).listen.proxy_protocol_from == "192.0.2.8/29"
+    assert load_config(None, env={}).listen.proxy_protocol_from == ""  # off by default
 
 
 def test_serve_refuses_a_public_plaintext_listener(tmp_path: Path) -> None:
