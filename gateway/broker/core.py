@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from gateway.broker import receipts
 from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
@@ -47,6 +48,7 @@ from gateway.mqtt.packets import (
     Subscribe,
     Unsubscribe,
 )
+from gateway.mqtt.codec import puback_success
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.session import ServerSession, Violation, reason_of
 from gateway.mqtt.topics import validate_topic_name
@@ -284,6 +286,38 @@ class Broker:
                 st.metrics.internal_errors += 1
         return self._finish(now)
 
+    def stored(self, confirmed: Sequence[int], failed: Sequence[int], now: float) -> list[Action]:
+        """The backbone's word on receipts it took (receipts.py): `confirmed` are stored in the
+        cluster, so their PUBACK/PUBREC goes out; `failed` could not be stored, so their connections
+        are closed unacknowledged and the clients resend them."""
+        st = self._st
+        self._arm(now)
+        for receipt in confirmed:
+            settled = receipts.settle(st, receipt)
+            if settled is None:
+                continue
+            entry, conn = settled
+            session = st.sessions.get(entry.client_id)
+            alive = conn is not None and conn.session is session
+            if entry.qos == 2 and session is not None and (alive or (session.persistent and session.conn is None)):
+                session.inbound_qos2.add(entry.packet_id)
+                if session.persistent and st.store is not None:
+                    st.store.add_inbound_qos2(entry.client_id, entry.packet_id)
+            if conn is None or not alive:
+                continue
+            if entry.qos == 1:
+                st.out.send(conn.conn_id, puback_success(entry.packet_id))
+            else:
+                st.out.send(conn.conn_id, conn.protocol.encode(Pubrec(entry.packet_id)))
+            conn.protocol.acks_flushed(receipts.withheld(conn))
+        for receipt in failed:
+            settled = receipts.settle(st, receipt)
+            if settled is None or settled[1] is None:
+                continue
+            conn = settled[1]
+            self._force_close(conn, now, "not_stored")
+        return self._finish(now)
+
     def publish_internal(self, publish: Publish, now: float) -> list[Action]:
         """The gateway's own message: routed and retained like any other, without decide_publish (the
         gateway is the authority) but through decide_delivery for every recipient."""
@@ -376,7 +410,7 @@ class Broker:
                 close_for_violation(st, conn, violation, now)
                 break
         # This call's PUBACKs go out with its actions; the PUBLISHes it holds stay unacknowledged.
-        protocol.acks_flushed(len(conn.held) if conn.held else 0)
+        protocol.acks_flushed(receipts.withheld(conn) if conn.held or conn.awaiting else 0)
 
     def _dispatch(self, conn: Connection, packet: Packet, now: float) -> None:
         st = self._st
@@ -424,11 +458,11 @@ class Broker:
         self._st.metrics.internal_errors += 1
         self._force_close(conn, now)
 
-    def _force_close(self, conn: Connection, now: float) -> None:
+    def _force_close(self, conn: Connection, now: float, reason: str = "internal_error") -> None:
         """Close one connection with the least possible machinery (no will, no routing, no store)."""
         st = self._st
         if conn.conn_id in st.connections:
-            drop_connection(st, conn, "internal_error")
+            drop_connection(st, conn, reason)
         session, conn.session = conn.session, None
         if session is None or session.conn != conn.conn_id:
             return

@@ -12,6 +12,9 @@ can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). 
 violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
 policy's violation limit, after which the connection is closed (5.0: DISCONNECT 0x87; lifecycle.py).
 
+A cluster node with JetStream acknowledges a QoS 1/2 PUBLISH only once the cluster stored it
+(receipts.py).
+
 Flow control: an allowed QoS 1/2 PUBLISH that would go to a subscriber too far behind is held,
 unacknowledged, and routed and acknowledged when that subscriber has caught up (flow.py).
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.broker import flow
+from gateway.broker import flow, receipts
 from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
@@ -44,6 +47,8 @@ def handle_publish(
         # Already routed (method B); a DUP retransmission after a lost PUBREC. Ack, don't route again.
         st.out.send(conn.conn_id, conn.protocol.encode(Pubrec(packet_id)))
         return True
+    if publish.qos == 2 and conn.awaiting and publish.dup and receipts.qos2_awaiting(conn, packet_id):
+        return True  # routed already, its PUBREC waits for the cluster's store (receipts.py)
     decision = st.counted(
         "publish",
         st.policy.decide_publish(
@@ -96,10 +101,13 @@ def _route_and_ack(
         now,
         None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
     )
-    if st.backbone is not None:  # a cluster's node: the other nodes' subscribers get it too
-        st.backbone(message, session.client_id, conn.peer)
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
+    if st.backbone is not None:  # a cluster's node: the other nodes' subscribers get it too
+        receipt = receipts.take_receipt(st) if publish.qos else None
+        if st.backbone(message, session.client_id, conn.peer, receipt) and receipt is not None:
+            receipts.await_store(st, conn, session.client_id, publish, receipt)
+            return  # acknowledged by Broker.stored once the cluster has it
     if publish.qos == 2:
         packet_id = publish.packet_id
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
@@ -128,7 +136,7 @@ def release_held(st: BrokerState, conn: Connection, now: float) -> None:
         held.popleft()
         flow.unheld(conn, head)
         _release(st, conn, session, head, now)
-    conn.protocol.acks_flushed(len(held))
+    conn.protocol.acks_flushed(receipts.withheld(conn))
 
 
 def _release(st: BrokerState, conn: Connection, session: MqttSession, head: Held, now: float) -> None:
@@ -291,4 +299,4 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
     properties = replace(will.properties, will_delay_interval=None)
     message = accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)
     if st.backbone is not None:
-        st.backbone(message, client_id, peer)
+        st.backbone(message, client_id, peer, None)

@@ -53,6 +53,11 @@ class BrokerDriver:
         """Messages other nodes accepted (the cluster's backbone), to this node's subscribers."""
         self.hub.apply(self.broker.route_remote(messages, self.clock.now()))
 
+    def stored(self, confirmed: Sequence[int], failed: Sequence[int] = ()) -> None:
+        """The cluster's store took (or could not take) these receipts' messages: acknowledge them
+        (or close their connections unacknowledged)."""
+        self.hub.apply(self.broker.stored(confirmed, failed, self.clock.now()))
+
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""
         self.hub.apply(self.broker.reauthorize(self.clock.now()))
