@@ -23,7 +23,8 @@ that is older than FRESH_S (a replay), so a process that can reach NATS but is n
 inject a message, least of all a command on a unit's control topic. (Confidentiality is NATS's TLS:
 use tls:// URLs across machines.)
 
-Guarantees today (core NATS, at most once between nodes): see docs/cluster.md.
+QoS 1/2 with JetStream (`cluster.jetstream_replicas` > 0): stored, acknowledged to the client once
+stored, consumed durably: gateway/app/backbone_durable.py. Guarantees: see docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.app import backbone_durable as durable_lane
 from gateway.broker.core import RemoteMessage
 from gateway.broker.sessions import Message, StoredSubscription
 from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, subject_to_topic, topic_to_subject
@@ -73,6 +75,8 @@ class BackboneCounters:
     dropped: Counter[str] = field(default_factory=Counter)  # by reason
     subjects: int = 0  # gauge: NATS subscriptions held
     connected: bool = False
+    store_retries: int = 0  # JetStream stores tried again (backbone_durable.py)
+    store_retries_deduplicated: int = 0  # … that found the message stored already
 
 
 def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:
@@ -155,7 +159,9 @@ class NatsBackbone:
         driver: BrokerDriver,
         key: bytes,
         prefix: str = DEFAULT_PREFIX,
+        durable: durable_lane.DurableSettings | None = None,
     ) -> None:
+        """`durable`: QoS 1/2 through JetStream (backbone_durable.py); None: everything on core NATS."""
         self._key = key
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.node = node
@@ -176,6 +182,11 @@ class NatsBackbone:
         self._subs: dict[str, Any] = {}
         self._subs_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._durable: durable_lane.DurableLane | None = None
+        if durable is not None:
+            self._durable = durable_lane.DurableLane(
+                node, key, prefix, durable, self.counters, driver.stored, driver.route_remote
+            )
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -215,10 +226,10 @@ class NatsBackbone:
                 await asyncio.sleep(RECONNECT_WAIT_S)
         self.counters.connected = True
         log.info("cluster backbone: connected to NATS (%s)", self.where)
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._keep_subscriptions()),
-            asyncio.get_running_loop().create_task(self._send()),
-        ]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep_subscriptions()), loop.create_task(self._send())]
+        if self._durable is not None:
+            self._tasks.append(loop.create_task(self._durable.start(self._nc)))
         self._subs_dirty.set()
         self._out_ready.set()
         await asyncio.gather(*self._tasks)
@@ -226,6 +237,8 @@ class NatsBackbone:
     async def close(self) -> None:
         self._broker.forward_accepted(None)
         self._broker.watch_subscriptions(None)
+        if self._durable is not None:
+            await self._durable.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -258,20 +271,27 @@ class NatsBackbone:
 
     # --- out ----------------------------------------------------------------------------------
 
-    def accepted(self, message: Message, client_id: str, peer: Peer) -> None:
-        """The broker's hook (inside its call): queue it for the sender, nothing more."""
-        if self._nc is None:
+    def accepted(self, message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
+        """The broker's hook (inside its call): queue it for the sender, nothing more. True: the
+        acknowledgement of `receipt` waits for the durable store (QoS 1/2 with JetStream)."""
+        durable = self._durable if message.qos else None
+        if self._nc is None and durable is None:
             self.counters.dropped["not_connected"] += 1
-            return
+            return False
         self._seq += 1
-        headers = message_headers(
-            self.node, f"{self.node}:{self._incarnation}:{self._seq}", message, client_id, peer
-        )
-        subject = topic_to_subject(message.topic, self.prefix)
+        msg_id = f"{self.node}:{self._incarnation}:{self._seq}"
+        headers = message_headers(self.node, msg_id, message, client_id, peer)
+        subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
         headers[H_TIME] = str(int(time.time() * 1000))
+        if durable is not None:
+            headers[durable_lane.MSG_ID] = msg_id  # JetStream's dedupe of retries and replays, signed with the rest
         headers[H_MAC] = sign(self._key, subject, headers, message.payload)
+        if durable is not None:
+            durable.publish(subject, message.payload, headers, receipt)
+            return receipt is not None
         self._out.append((subject, message.payload, headers))
         self._out_ready.set()
+        return False
 
     async def _send(self) -> None:
         nc = self._nc
@@ -324,11 +344,13 @@ class NatsBackbone:
                     self._subs[subject] = await nc.subscribe(subject, cb=self._on_message)
                 except Exception as exc:
                     log.warning("cluster backbone: subscribing to %s failed: %s", subject, exc)
+            if self._durable is not None:
+                await self._durable.keep(wanted)
             self.counters.subjects = len(self._subs)
 
     def subjects(self) -> list[str]:
         """The NATS subject filters this node holds now (tests, status)."""
-        return sorted(self._subs)
+        return sorted(self._subs) + ([] if self._durable is None else self._durable.subjects())
 
     # --- in -----------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
 from gateway.app.backbone import BackboneCounters, NatsBackbone
+from gateway.app.backbone_durable import DurableSettings
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
 from gateway.app.health import ReadinessProbe, add_health_routes
@@ -222,7 +223,17 @@ class Gateway:
         self.backbone: NatsBackbone | None = None
         if config.cluster.nats.strip():
             key = backbone_key(self._registry_db)  # the same in every node's (shared) database
-            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver, key)
+            c = config.cluster
+            durable = None
+            if c.jetstream_replicas > 0:
+                durable = DurableSettings(
+                    replicas=c.jetstream_replicas,
+                    max_age=c.jetstream_max_age,
+                    max_bytes=c.jetstream_max_bytes,
+                    store_timeout=c.jetstream_store_timeout,
+                    consumer_idle=c.jetstream_consumer_idle,
+                )
+            self.backbone = NatsBackbone(c.nats, self.node, self.driver, key, durable=durable)
             self.backbone.attach()
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
