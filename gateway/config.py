@@ -417,7 +417,9 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"{src}: cluster.jetstream_replicas must be 0 (core NATS only) to 5")
     if not 1 <= c.jetstream_store_timeout <= 25:
         raise ConfigError(f"{src}: cluster.jetstream_store_timeout must be 1 to 25 seconds")
-    if not (c.jetstream_max_age >= 180 and c.jetstream_max_bytes >= 1 << 20 and c.jetstream_consumer_idle >= 60):
+    if not (
+        c.jetstream_max_age >= 180 and c.jetstream_max_bytes >= 1 << 20 and c.jetstream_consumer_idle >= 60
+    ):
         raise ConfigError(
             f"{src}: cluster.jetstream_max_age must be at least 180 s, jetstream_max_bytes at least 1 MiB "
             "and jetstream_consumer_idle at least 60 s"

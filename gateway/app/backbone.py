@@ -284,7 +284,9 @@ class NatsBackbone:
         subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
         headers[H_TIME] = str(int(time.time() * 1000))
         if durable is not None:
-            headers[durable_lane.MSG_ID] = msg_id  # JetStream's dedupe of retries and replays, signed with the rest
+            headers[durable_lane.MSG_ID] = (
+                msg_id  # JetStream's dedupe of retries and replays, signed with the rest
+            )
         headers[H_MAC] = sign(self._key, subject, headers, message.payload)
         if durable is not None:
             durable.publish(subject, message.payload, headers, receipt)

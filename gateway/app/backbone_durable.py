@@ -146,7 +146,9 @@ class DurableLane:
                     await self._js.update_stream(config)
                 break
             except Exception as exc:
-                log.warning("cluster backbone: JetStream stream %s not ready (%s); retrying", self.stream, exc)
+                log.warning(
+                    "cluster backbone: JetStream stream %s not ready (%s); retrying", self.stream, exc
+                )
                 await asyncio.sleep(1.0)
         self._ready.set()
         log.info(
@@ -156,21 +158,34 @@ class DurableLane:
 
     # --- out ----------------------------------------------------------------------------------
 
-    def publish(self, topic_subject: str, payload: bytes, headers: dict[str, str], receipt: int | None) -> None:
+    def publish(
+        self, topic_subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+    ) -> None:
         """Store a signed message; `receipt` (a client's PUBLISH) is confirmed or failed to the broker."""
         task = asyncio.get_running_loop().create_task(self._store(topic_subject, payload, headers, receipt))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _store(self, subject: str, payload: bytes, headers: dict[str, str], receipt: int | None) -> None:
+    async def _store(
+        self, subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+    ) -> None:
         deadline = time.monotonic() + self.settings.store_timeout
         while True:
             try:
                 if not self._ready.is_set():
                     await asyncio.wait_for(self._ready.wait(), max(0.05, deadline - time.monotonic()))
                 js = self._js
-                future = await js.publish_async(subject, payload, headers=dict(headers))
-                ack = await asyncio.wait_for(future, min(ATTEMPT_S, max(0.05, deadline - time.monotonic())))
+                wait = min(ATTEMPT_S, max(0.05, deadline - time.monotonic()))
+                attempt = asyncio.ensure_future(
+                    js.publish(subject, payload, timeout=wait, headers=dict(headers))
+                )
+                # Not wait_for: a publish caught in nats-py's reconnection may not end when cancelled,
+                # and this loop must keep its deadline whatever the client library does.
+                await asyncio.wait((attempt,), timeout=wait + 0.1)
+                if not attempt.done():
+                    attempt.cancel()
+                    raise TimeoutError("no PubAck")
+                ack = attempt.result()
                 self.counters.sent += 1
                 if ack.duplicate:
                     self.counters.store_retries_deduplicated += 1

@@ -32,6 +32,7 @@ from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, MqttSession, offline_peer
 from gateway.broker.state import BackboneSink, BrokerState, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
+from gateway.mqtt.codec import puback_success
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import (
     Connect,
@@ -48,7 +49,6 @@ from gateway.mqtt.packets import (
     Subscribe,
     Unsubscribe,
 )
-from gateway.mqtt.codec import puback_success
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.session import ServerSession, Violation, reason_of
 from gateway.mqtt.topics import validate_topic_name
@@ -299,7 +299,11 @@ class Broker:
             entry, conn = settled
             session = st.sessions.get(entry.client_id)
             alive = conn is not None and conn.session is session
-            if entry.qos == 2 and session is not None and (alive or (session.persistent and session.conn is None)):
+            if (
+                entry.qos == 2
+                and session is not None
+                and (alive or (session.persistent and session.conn is None))
+            ):
                 session.inbound_qos2.add(entry.packet_id)
                 if session.persistent and st.store is not None:
                     st.store.add_inbound_qos2(entry.client_id, entry.packet_id)

@@ -35,6 +35,7 @@ class HandshakeObserver(Protocol):
 
     def handshake_failed(self, address: str, reason: str) -> None: ...
 
+
 __all__ = ["TlsServerProtocol", "TlsTransport", "handshake_failure_reason"]
 
 
