@@ -168,7 +168,9 @@ class FlowFeed:
         if len(levels) > 2 and levels[0] == "fleet" and levels[1] in self._units:
             candidates = [*self._others, *self._units[levels[1]]]
         found = [
-            (c.kind, c.ident, c.group) for c in candidates if any(topic_matches(f, topic) for f in c.filters)
+            (c.kind, c.ident, c.group)
+            for c in candidates
+            if any(topic_matches(f, topic) for f in c.filters)
         ]
         if len(self._receivers) >= _RECEIVERS_MEMO:
             self._receivers.clear()

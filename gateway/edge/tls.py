@@ -35,7 +35,6 @@ class HandshakeObserver(Protocol):
 
     def handshake_failed(self, address: str, reason: str) -> None: ...
 
-
 __all__ = ["TlsServerProtocol", "TlsTransport", "handshake_failure_reason"]
 
 

@@ -191,19 +191,8 @@ def _utc_text(now: datetime) -> str:
 # Words that make a details key look like it holds a secret. "token"/"key" only as the last word, so
 # "token_hash" and "key_fingerprint" (what callers should record) stay allowed.
 _SECRET_WORDS = frozenset(
-    {
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "private",
-        "privkey",
-        "privatekey",
-        "apikey",
-        "credential",
-        "credentials",
-        "bearer",
-    }
+    {"password", "passwd", "passphrase", "secret", "private", "privkey", "privatekey", "apikey",
+     "credential", "credentials", "bearer"}
 )
 _SECRET_LAST_WORDS = frozenset({"token", "key"})
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -347,18 +336,8 @@ class AuditLog:
             try:
                 conn.execute(
                     f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.seq,
-                        at,
-                        actor,
-                        action,
-                        subject,
-                        outcome,
-                        reason,
-                        details_text,
-                        record.prev_hash,
-                        record.hash,
-                    ),
+                    (record.seq, at, actor, action, subject, outcome, reason, details_text,
+                     record.prev_hash, record.hash),
                 )
             except sqlite3.IntegrityError:
                 raise AuditLogCorrupt(
@@ -527,13 +506,8 @@ class AggregatingAuditor:
         if run is None:
             self._runs[key] = _Window(now_monotonic, 0, subject)
             return self._log.append(
-                actor=key[0],
-                action=action,
-                subject=subject,
-                outcome=outcome,
-                reason=reason,
-                details={**(details or {}), "count": 1, "window_s": self.window},
-                now=wall,
+                actor=key[0], action=action, subject=subject, outcome=outcome, reason=reason,
+                details={**(details or {}), "count": 1, "window_s": self.window}, now=wall,
             )
         run.pending += 1
         run.subject = subject
@@ -557,11 +531,6 @@ class AggregatingAuditor:
     def _summarise(self, key: tuple[str, str, str, str], run: _Window, wall: datetime) -> AuditRecord:
         actor, action, reason, outcome = key
         return self._log.append(
-            actor=actor,
-            action=action,
-            subject=run.subject,
-            outcome=outcome,
-            reason=reason,
-            details={**(run.details or {}), "count": run.pending, "window_s": self.window},
-            now=wall,
+            actor=actor, action=action, subject=run.subject, outcome=outcome, reason=reason,
+            details={**(run.details or {}), "count": run.pending, "window_s": self.window}, now=wall,
         )

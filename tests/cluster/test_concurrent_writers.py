@@ -42,9 +42,8 @@ def test_two_writers_never_fork_the_chain_nor_repeat_a_serial(pg_url: str, tmp_p
                     registry.add_identity("unit", unit, NOW)
                     cert = ca.issue(csr, identity, NOW, timedelta(days=30))
                     registry.add_certificate(cert, identity, NOW)
-                log.append(
-                    actor=f"system/{name}", action="test.append", subject=str(i), outcome="ok", now=NOW
-                )
+                log.append(actor=f"system/{name}", action="test.append", subject=str(i), outcome="ok",
+                           now=NOW)
         except BaseException as exc:  # reported below, not lost in a thread
             errors.append(exc)
 
@@ -61,5 +60,7 @@ def test_two_writers_never_fork_the_chain_nor_repeat_a_serial(pg_url: str, tmp_p
     result = AuditLog(conn).verify()
     assert result.ok, result
     assert result.checked == 2 * PER_NODE
-    by_node = conn.execute("SELECT actor, count(*) FROM audit_log GROUP BY actor ORDER BY actor").fetchall()
+    by_node = conn.execute(
+        "SELECT actor, count(*) FROM audit_log GROUP BY actor ORDER BY actor"
+    ).fetchall()
     assert [tuple(row) for row in by_node] == [("system/a", PER_NODE), ("system/b", PER_NODE)]

@@ -70,12 +70,8 @@ def test_a_database_outage_under_traffic(tmp_path_factory: pytest.TempPathFactor
         acked += 1
         with pytest.raises(EstClientError) as est:
             key = generate_private_key()
-            simpleenroll(
-                bootstrap(gw.https_url, ca_file=gw.root_ca),
-                "TRK-LATE",
-                late_token,
-                device_csr(key, "TRK-LATE"),
-            )
+            simpleenroll(bootstrap(gw.https_url, ca_file=gw.root_ca), "TRK-LATE", late_token,
+                         device_csr(key, "TRK-LATE"))
         assert est.value.status == 503 and "nothing was changed" in str(est.value)
         refused = gw.cli("unit", "quarantine", "TRK-LIVE", "--reason", "during the outage")
         assert refused.code != 0
@@ -88,26 +84,17 @@ def test_a_database_outage_under_traffic(tmp_path_factory: pytest.TempPathFactor
         assert unit.subscribe("fleet/TRK-LIVE/cmd/#", 1) == [1]
         done = gw.cli("unit", "quarantine", "TRK-LIVE", "--reason", "after the outage")
         assert done.code == 0, done.stderr
-        mode = next(
-            m
-            for m in iter(lambda: unit.messages.get(timeout=10), None)
-            if m.topic.endswith("/mode") and b"diagnostic-only" in m.payload
-        )
+        mode = next(m for m in iter(lambda: unit.messages.get(timeout=10), None) if m.topic.endswith("/mode")
+                    and b"diagnostic-only" in m.payload)
         assert mode.topic == "fleet/TRK-LIVE/cmd/mode"
         assert unit.publish("fleet/TRK-LIVE/telemetry/gps", b"late") in (0, 0x87)  # quarantined now
         verify = gw.cli("audit", "verify")
         assert verify.code == 0, verify.stdout + verify.stderr
-        late = simpleenroll(
-            bootstrap(gw.https_url, ca_file=gw.root_ca),
-            "TRK-LATE",
-            late_token,
-            device_csr(generate_private_key(), "TRK-LATE"),
-        )  # the token was not burnt
+        late = simpleenroll(bootstrap(gw.https_url, ca_file=gw.root_ca), "TRK-LATE", late_token,
+                            device_csr(generate_private_key(), "TRK-LATE"))  # the token was not burnt
         assert late.serial_number > 0
-        print(
-            f"outage {OUTAGE_S:.0f}s: {acked} QoS 1 messages acknowledged and delivered; "
-            f"EST refused with: {est.value}; CLI refused with: {refused.stderr.strip()}"
-        )
+        print(f"outage {OUTAGE_S:.0f}s: {acked} QoS 1 messages acknowledged and delivered; "
+              f"EST refused with: {est.value}; CLI refused with: {refused.stderr.strip()}")
     finally:
         gw.stop()
         pg.stop()
