@@ -185,8 +185,16 @@ class NatsBackbone:
         self._durable: durable_lane.DurableLane | None = None
         if durable is not None:
             self._durable = durable_lane.DurableLane(
-                node, key, prefix, durable, self.counters, driver.stored, driver.route_remote
+                node,
+                key,
+                prefix,
+                durable,
+                self.counters,
+                driver.stored,
+                driver.route_remote_except,
+                driver.deliver_stored,
             )
+        self._session_keys: set[tuple[str, str | None, str | None, str]] = set()
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -194,6 +202,9 @@ class NatsBackbone:
         """Take the broker's hooks; call before serving (sessions loaded from the store included)."""
         self._broker.watch_subscriptions(self.subscription_changed)
         self._broker.forward_accepted(self.accepted)
+        if self._durable is not None:
+            self._broker.watch_deliveries(self._durable.delivered)
+            self._broker.deliver_durably(self._durable.own)
 
     async def run(self) -> None:
         """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then
@@ -238,6 +249,8 @@ class NatsBackbone:
         self._broker.forward_accepted(None)
         self._broker.watch_subscriptions(None)
         if self._durable is not None:
+            self._broker.watch_deliveries(None)
+            self._broker.deliver_durably(())
             await self._durable.close()
         for task in self._tasks:
             task.cancel()
@@ -315,6 +328,18 @@ class NatsBackbone:
         """The broker's index hook: one key per (client, group, scope, filter), so re-adding the same
         subscription or removing one twice leaves the counts right."""
         key = (client_id, sub.group, sub.scope, sub.plain_filter)
+        if self._durable is not None and sub.group is None:
+            # A persistent session's own consumers (backbone_durable.py), one per subject.
+            if added and key not in self._session_keys and self._broker.session_persistent(client_id):
+                self._session_keys.add(key)
+                self._durable.session_subscription(
+                    True, client_id, filter_to_subjects(sub.plain_filter, self.prefix)
+                )
+            elif not added and key in self._session_keys:
+                self._session_keys.discard(key)
+                self._durable.session_subscription(
+                    False, client_id, filter_to_subjects(sub.plain_filter, self.prefix)
+                )
         if added:
             if key in self._keys:
                 return

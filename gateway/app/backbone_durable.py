@@ -36,8 +36,8 @@ import hashlib
 import logging
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ RETRY_S = 0.5  # between attempts to store one message
 ATTEMPT_S = 2.0  # one attempt's wait for the PubAck
 DUPLICATE_WINDOW_S = 120.0  # the stream's Nats-Msg-Id memory: longer than FRESH_S
 MSG_ID = "Nats-Msg-Id"
+SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -92,7 +93,8 @@ class DurableLane:
         settings: DurableSettings,
         counters: core.BackboneCounters,
         stored: Callable[[list[int], list[int]], None],
-        route: Callable[[list[RemoteMessage]], None],
+        route: Callable[[list[RemoteMessage], Container[str]], None],
+        deliver: Callable[[str, list[tuple[RemoteMessage, int]]], None],
     ) -> None:
         self._nc: Any = None
         self._js: Any = None
@@ -105,6 +107,17 @@ class DurableLane:
         self.counters = counters
         self._stored = stored
         self._route_batch = route
+        self._deliver = deliver
+        # Persistent sessions' own consumers: (client id, subject) → subscription; the clients that
+        # have one (skipped by the node's consumers); receipt → the JetStream message to ack once the
+        # session's delivery ended; what arrived for each session in this loop iteration.
+        self._session_subs: dict[tuple[str, str], Any] = {}
+        self._session_wanted: Counter[tuple[str, str]] = Counter()
+        self.own: Counter[str] = Counter()
+        self._receipts: dict[int, Any] = {}
+        self._session_ids: dict[str, OrderedDict[str, int]] = {}
+        self._next_receipt = 1
+        self._for_sessions: dict[str, list[tuple[RemoteMessage, int]]] = {}
         self._confirmed: list[int] = []
         self._failed: list[int] = []
         self._in: list[RemoteMessage] = []
@@ -155,6 +168,7 @@ class DurableLane:
             "cluster backbone: QoS 1/2 through JetStream stream %s (replicas %d)", self.stream, s.replicas
         )
         await self.keep(self._wanted)
+        await self._keep_sessions()
 
     # --- out ----------------------------------------------------------------------------------
 
@@ -254,7 +268,9 @@ class DurableLane:
     def _durable(self, core_subject: str) -> str:
         return self.prefix + core_subject[len(self.prefix) - 2 :]  # `<prefix>.m…` → `<prefix>.q.m…`
 
-    async def _bind(self, subject: str, durable: str) -> Any:
+    async def _bind(
+        self, subject: str, durable: str, cb: Callable[[Any], Awaitable[None]] | None = None
+    ) -> Any:
         from nats.js import api
 
         s = self.settings
@@ -270,7 +286,7 @@ class DurableLane:
             subject,
             durable=durable,
             stream=self.stream,
-            cb=self._on_message,
+            cb=cb or self._on_message,
             manual_ack=True,
             config=config,
             pending_msgs_limit=100_000,
@@ -329,7 +345,11 @@ class DurableLane:
         batch, self._in = self._in, []
         acks, self._to_ack = self._to_ack, []
         if batch:
-            self._route_batch(batch)  # synchronous: in the sessions' queues (and store) when it returns
+            # Synchronous: in the sessions' queues (and store) when it returns.
+            self._route_batch(batch, self.own)
+        for client_id, stored in self._for_sessions.items():
+            self._deliver(client_id, stored)  # their receipts come back through delivered()
+        self._for_sessions = {}
         task = asyncio.get_running_loop().create_task(self._ack(acks))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -340,8 +360,104 @@ class DurableLane:
             with contextlib.suppress(Exception):
                 await nc.publish(msg.reply, b"+ACK")
 
+    # --- persistent sessions: consumers of their own ---------------------------------------------
+
+    def session_subscription(self, added: bool, client_id: str, subjects: tuple[str, ...]) -> None:
+        """A persistent session's subscription came or went (its filter's core subjects)."""
+        for core_subject in subjects:
+            key = (client_id, self._durable(core_subject))
+            self._session_wanted[key] += 1 if added else -1
+            if self._session_wanted[key] <= 0:
+                del self._session_wanted[key]
+        if self._ready.is_set():
+            task = asyncio.get_running_loop().create_task(self._keep_sessions())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _keep_sessions(self) -> None:
+        async with self._keeping:
+            wanted = dict(self._session_wanted)
+            for key in [k for k in self._session_subs if k not in wanted]:
+                client_id, subject = key
+                sub = self._session_subs.pop(key)
+                self.own[client_id] -= 1
+                if self.own[client_id] <= 0:
+                    del self.own[client_id]
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
+                    await self._js.delete_consumer(self.stream, consumer_name(f"s-{client_id}", subject))
+            for key in [k for k in wanted if k not in self._session_subs]:
+                client_id, subject = key
+                try:
+                    self._session_subs[key] = await self._bind(
+                        subject, consumer_name(f"s-{client_id}", subject), self._session_cb(client_id)
+                    )
+                    self.own[client_id] += 1
+                except Exception as exc:
+                    log.warning(
+                        "cluster backbone: the consumer of %s for session %r failed: %s",
+                        subject,
+                        client_id,
+                        exc,
+                    )
+
+    def _session_cb(self, client_id: str) -> Callable[[Any], Awaitable[None]]:
+        async def on_message(msg: Any) -> None:
+            self._on_session_message(client_id, msg)
+
+        return on_message
+
+    def _on_session_message(self, client_id: str, msg: Any) -> None:
+        headers = msg.headers or {}
+        try:
+            stored_at = msg.metadata.timestamp.timestamp()
+        except Exception:
+            stored_at = 0.0
+        refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
+        if refused is not None:
+            self._refuse(msg, refused)
+            return
+        msg_id = headers.get(core.H_ID)
+        if msg_id is None:
+            self._ack_later(msg)
+            return
+        ids = self._session_ids.setdefault(client_id, OrderedDict())
+        known = ids.get(msg_id)
+        if known is not None:  # redelivered: the delivery in the session is still on its way, or done
+            self.counters.duplicates += 1
+            if known in self._receipts:
+                self._receipts[known] = msg  # whichever delivery of it is acked acks it in JetStream
+            else:
+                self._ack_later(msg)
+            return
+        try:
+            remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
+        except (ValueError, KeyError, TypeError):
+            self.counters.dropped["malformed"] += 1
+            self._ack_later(msg)
+            return
+        receipt = self._next_receipt
+        self._next_receipt += 1
+        self._receipts[receipt] = msg
+        ids[msg_id] = receipt
+        if len(ids) > SESSION_IDS:
+            ids.popitem(last=False)
+        self.counters.received += 1
+        if not self._to_ack and not self._in and not self._for_sessions:
+            asyncio.get_running_loop().call_soon(self._route_and_ack)
+        self._for_sessions.setdefault(client_id, []).append((remote, receipt))
+
+    def delivered(self, receipts: list[int]) -> None:
+        """The broker's word (inside its call): these sessions' deliveries ended; ack them."""
+        msgs = [m for m in (self._receipts.pop(r, None) for r in receipts) if m is not None]
+        if msgs:
+            task = asyncio.get_running_loop().create_task(self._ack(msgs))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
     def subjects(self) -> list[str]:
-        return sorted(self._subs)
+        return sorted(self._subs) + sorted(f"{c}:{s}" for c, s in self._session_subs)
 
     async def close(self) -> None:
         for task in list(self._pending):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.broker import receipts
@@ -22,7 +22,7 @@ from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.flow import session_offline, unpause_if_room
-from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held, route
+from gateway.broker.inbound import accept, deliver_stored, handle_publish, handle_pubrel, release_held, route
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
@@ -264,7 +264,46 @@ class Broker:
             for sub in session.subscriptions.values():
                 watcher(True, session.client_id, sub)
 
-    def route_remote(self, messages: Sequence[RemoteMessage], now: float) -> list[Action]:
+    def session_persistent(self, client_id: str) -> bool:
+        """Does `client_id` have a session that outlives its connection (the cluster's backbone gives
+        such sessions durable consumers of their own)?"""
+        session = self._st.sessions.get(client_id)
+        return session is not None and session.persistent
+
+    def deliver_durably(self, clients: Container[str]) -> None:
+        """`clients` (kept up to date by the caller) get client QoS 1/2 messages and wills only
+        through `deliver_stored`: local routing skips them for those."""
+        self._st.durable_sessions = clients
+
+    def watch_deliveries(self, sink: Callable[[list[int]], None] | None) -> None:
+        """Call `sink(receipts)` at the end of a broker call with the receipts (`deliver_stored`) whose
+        deliveries ended: acknowledged by the subscriber, dropped, or sent at QoS 0."""
+        self._st.delivery_sink = sink
+
+    def deliver_stored(
+        self, client_id: str, messages: Sequence[tuple[RemoteMessage, int]], now: float
+    ) -> list[Action]:
+        """Messages from a session's own durable consumer in the cluster's store, for that session
+        only, each with a receipt reported (watch_deliveries) once its delivery ended."""
+        st = self._st
+        self._arm(now)
+        for (topic, payload, qos, retain, properties, origin), receipt in messages:
+            try:
+                validate_topic_name(topic)
+                props = replace(properties, topic_alias=None, subscription_identifiers=())
+                interval = props.message_expiry_interval
+                expires = None if interval is None else now + interval
+                message = Message(topic, payload, qos, retain, props, expires)
+                deliver_stored(st, client_id, message, origin, receipt, now)
+                st.metrics.remote_in += 1
+            except Exception:
+                log.exception("delivering a stored message on %r to %r failed", topic, client_id)
+                st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    def route_remote(
+        self, messages: Sequence[RemoteMessage], now: float, skip: Container[str] = ()
+    ) -> list[Action]:
         """Messages another node accepted (after every check at its edge), routed to this node's
         subscribers through the same delivery decisions as a local message (decide_delivery per
         recipient, no-local against the publisher's client id). Not retained here and not given to
@@ -279,7 +318,7 @@ class Broker:
                 props = replace(properties, topic_alias=None, subscription_identifiers=())
                 interval = props.message_expiry_interval
                 expires = None if interval is None else now + interval
-                route(st, Message(topic, payload, qos, retain, props, expires), origin, now)
+                route(st, Message(topic, payload, qos, retain, props, expires), origin, now, skip=skip)
                 st.metrics.remote_in += 1
             except Exception:
                 log.exception("routing a message from another node on %r failed", topic)
@@ -534,6 +573,10 @@ class Broker:
         if not self._defer_commit:
             self._commit(culprits, now)
             self._released.clear()  # deferred: flush_store commits, and closes these if it fails
+        if st.delivered:
+            done, st.delivered = st.delivered, []
+            if st.delivery_sink is not None:
+                st.delivery_sink(done)
         out = st.out
         st.out = Outbox()
         st.metrics.bytes_out += out.nbytes

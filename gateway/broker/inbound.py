@@ -21,6 +21,7 @@ unacknowledged, and routed and acknowledged when that subscriber has caught up (
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import replace
 
 from gateway.broker import flow, receipts
@@ -100,10 +101,13 @@ def _route_and_ack(
         session.client_id,
         now,
         None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
+        st.durable_sessions if publish.qos else (),
     )
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
-    if st.backbone is not None:  # a cluster's node: the other nodes' subscribers get it too
+    # A cluster's node: the other nodes' subscribers get it too (and the sessions in
+    # st.durable_sessions, skipped above, get it from the cluster's store).
+    if st.backbone is not None:
         receipt = receipts.take_receipt(st) if publish.qos else None
         if st.backbone(message, session.client_id, conn.peer, receipt) and receipt is not None:
             receipts.await_store(st, conn, session.client_id, publish, receipt)
@@ -200,6 +204,7 @@ def accept(
     origin: str | None,
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
+    skip: Container[str] = (),
 ) -> Message:
     """An authorised application message enters the broker: retain it if asked, route it.
 
@@ -208,7 +213,7 @@ def accept(
     message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
     if retain:
         _retain(st, message, origin)
-    route(st, message, origin, now, wire)
+    route(st, message, origin, now, wire, skip)
     return message
 
 
@@ -240,8 +245,10 @@ def route(
     origin: str | None,
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
+    skip: Container[str] = (),
 ) -> None:
-    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4)."""
+    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4),
+    but those in `skip` (sessions the cluster's store delivers to one by one: receipts.py)."""
     topic = message.topic
     targets, groups = st.index.match(topic, origin)
     if not targets and not groups:
@@ -250,6 +257,8 @@ def route(
     sessions = st.sessions
     connections = st.connections
     for client_id, target in targets.items():
+        if skip and client_id in skip:
+            continue
         session = sessions.get(client_id)
         if session is None or not st.may_deliver(session, topic, now):
             continue
@@ -283,6 +292,27 @@ def route(
         deliver(st, sessions[client_id], delivery, cache, now)
 
 
+def deliver_stored(
+    st: BrokerState, client_id: str, message: Message, origin: str | None, receipt: int, now: float
+) -> None:
+    """One message from the cluster's store for one session (its own durable consumer): delivered
+    like route() would deliver it to that session, with `receipt` reported when the delivery ends
+    (PUBACK, PUBCOMP, dropped), or at once when nothing is to be delivered or it goes at QoS 0."""
+    session = st.sessions.get(client_id)
+    target = st.index.match(message.topic, origin)[0].get(client_id) if session is not None else None
+    if session is None or target is None or not st.may_deliver(session, message.topic, now):
+        st.delivered.append(receipt)
+        return
+    qos = min(message.qos, target.qos)
+    retain = message.retain and target.retain_as_published
+    delivery = Delivery(
+        message, qos, retain, tuple(target.subscription_ids), receipt=receipt if qos else None
+    )
+    deliver(st, session, delivery, None, now)
+    if not qos:
+        st.delivered.append(receipt)
+
+
 def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:
     """Publish a will, if the policy lets it be published now. This is the only place a will's
     permission is decided (CONNECT checks only that its topic is valid): the client may have been
@@ -297,6 +327,9 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
         return
     st.metrics.wills_published += 1
     properties = replace(will.properties, will_delay_interval=None)
-    message = accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)
+    skip = st.durable_sessions if will.qos else ()
+    message = accept(
+        st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now, None, skip
+    )
     if st.backbone is not None:
         st.backbone(message, client_id, peer, None)

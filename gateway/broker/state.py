@@ -9,7 +9,7 @@ no-op without a store, for clean sessions, and for QoS 0).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Container, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,11 @@ class BrokerState:
         self.ready: dict[int, None] = {}  # held-back connections to try again before this call ends
         self.awaiting: dict[int, Awaiting] = {}  # receipt → an ack waiting for the cluster's store
         self.next_receipt = 1
+        self.delivered: list[int] = []  # receipts of stored messages whose delivery ended (receipts.py)
+        self.delivery_sink: Callable[[list[int]], None] | None = None
+        # Persistent sessions whose QoS 1/2 messages come only from the cluster's store (their own
+        # durable consumers): local QoS>0 routing skips them (the backbone keeps this up to date).
+        self.durable_sessions: Container[str] = ()
         self._tallies: dict[str, dict[int, list[Any]]] = {}  # kind → id(decision) → [decision, count]
         self.next_conn_id = 1
         self.next_message_id = 1
@@ -254,6 +259,9 @@ class BrokerState:
 
     def forget_delivery(self, session: MqttSession, delivery: Delivery) -> None:
         """A delivery is done (acked, dropped or expired): remove it from the store."""
+        if delivery.receipt is not None:  # the cluster's store may forget it now (receipts.py)
+            self.delivered.append(delivery.receipt)
+            delivery.receipt = None
         if not delivery.seq:
             return
         message = delivery.message

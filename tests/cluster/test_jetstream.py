@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from tests.pg import PgCluster
 class Nodes:
     a: GatewayProcess
     b: GatewayProcess
+    c: GatewayProcess
     dispatch: Credentials
     nats: list[NatsServer]
 
@@ -54,16 +56,18 @@ def nodes(
 ) -> Iterator[Nodes]:
     url = pg_cluster.new_database()
     root = tmp_path_factory.mktemp("jetstream")
-    first, second, _ = (server.url for server in nats_js_cluster)
+    first, second, third = (server.url for server in nats_js_cluster)
     a = _node(root / "a", url, "node-a", first)
     a.init()
     b = _node(root / "b", url, "node-b", second)
+    c = _node(root / "c", url, "node-c", third)
     shutil.copytree(a.data, b.data)
-    a.start()
-    b.start()
+    shutil.copytree(a.data, c.data)
+    for node in (a, b, c):
+        node.start()
     dispatch = a.issue("service", "dispatch")
-    yield Nodes(a, b, dispatch, nats_js_cluster)
-    for node in (a, b):
+    yield Nodes(a, b, c, dispatch, nats_js_cluster)
+    for node in (a, b, c):
         node.stop()
 
 
@@ -153,9 +157,11 @@ class Publisher(threading.Thread):
     """A unit publishing QoS 1 telemetry at a steady rate, one PUBLISH at a time, recording exactly
     which payloads were acknowledged (PUBACK reason 0) and which were not (no PUBACK within 15 s)."""
 
-    def __init__(self, client: Paho, topic: str, rate: float) -> None:
+    def __init__(self, client: Paho, topic: str, rate: float, qos: int = 1, failover: Any = None) -> None:
         super().__init__(daemon=True)
         self.client = client
+        self.qos = qos
+        self.failover = failover  # () -> Paho: a connection to another node, when this one's dies
         self.topic = topic
         self.period = 1 / rate
         self.sent: list[bytes] = []
@@ -170,13 +176,18 @@ class Publisher(threading.Thread):
             payload = f"{self.topic}#{i}".encode()
             self.sent.append(payload)
             try:
-                reason = self.client.publish(self.topic, payload, qos=1, timeout=15)
+                reason = self.client.publish(self.topic, payload, qos=self.qos, timeout=15)
                 if reason == 0:
                     self.acked.add(payload)
                 else:
                     self.outcomes[reason] += 1
-            except TimeoutError:
+            except (TimeoutError, ValueError):
                 self.outcomes["timeout"] += 1
+            if self.failover is not None and not self.client.disconnects.empty():
+                self.outcomes["failover"] += 1
+                self.client.client.loop_stop()
+                self.client = self.failover()
+                self.failover = None
             i += 1
             next_at += self.period
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -188,6 +199,68 @@ def _received_until(service: Paho, wanted: set[bytes], timeout: float) -> list[R
     while time.monotonic() < deadline and not wanted <= {m.payload for m in got}:
         got += _drain(service, 0.3)
     return got
+
+
+def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowledged(nodes: Nodes) -> None:
+    """Node B holds the dispatch service's persistent session (its own JetStream consumer) and two
+    units; node A two more units; all four publish (QoS 1 and 2) to dispatch. Node B is killed (-9):
+    its units go on through node C, dispatch resumes its session on node C, and every message a unit
+    got a PUBACK/PUBREC for reaches dispatch (duplicates allowed, counted)."""
+    topic_filter = "fleet/+/telemetry/#"
+
+    def dispatch_on(node: GatewayProcess) -> Paho:
+        client = Paho(node.mqtt_port, nodes.dispatch, clean=False, session_expiry=600)
+        assert client.connect()[0] == 0
+        assert client.subscribe(topic_filter, 2) == [2]
+        return client
+
+    dispatch = dispatch_on(nodes.b)
+    units = [f"TRK-JS-N{i}" for i in range(4)]
+    creds = [_enroll(nodes.a, unit) for unit in units]
+    homes = [nodes.a, nodes.a, nodes.b, nodes.b]
+    trucks = [_client(home, c) for home, c in zip(homes, creds, strict=True)]
+    for truck, unit in zip(trucks, units, strict=True):
+        _until_ready(truck, f"fleet/{unit}/telemetry/gps", dispatch)
+    _drain(dispatch, 0.3)
+
+    def to_c(c: Credentials) -> Any:
+        return lambda: _client(nodes.c, c)
+
+    publishers = [
+        Publisher(
+            truck,
+            f"fleet/{unit}/telemetry/gps",
+            rate=15,
+            qos=1 + i % 2,
+            failover=to_c(c) if homes[i] is nodes.b else None,
+        )
+        for i, (truck, unit, c) in enumerate(zip(trucks, units, creds, strict=True))
+    ]
+    for p in publishers:
+        p.start()
+    time.sleep(1.5)
+    got = _drain(dispatch, 0.05)
+    nodes.b.stop(signal.SIGKILL)
+    got += _drain(dispatch, 0.2)
+    dispatch.client.loop_stop()
+    dispatch = dispatch_on(nodes.c)  # the session resumes on node C: its consumer holds what was missed
+    time.sleep(3.0)
+    for p in publishers:
+        p.halt.set()
+        p.join()
+    acknowledged = set().union(*(p.acked for p in publishers))
+    got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
+    received = Counter(m.payload for m in got)
+    missing = acknowledged - set(received)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+    assert [p.outcomes["failover"] for p in publishers] == [0, 0, 1, 1]
+    qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
+    duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
+    print(f"acknowledged {len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}")
+    for p in publishers:
+        p.client.disconnect()
+    dispatch.disconnect()
+    nodes.b.start()
 
 
 def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes: Nodes) -> None:
