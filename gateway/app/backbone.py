@@ -337,9 +337,9 @@ class NatsBackbone:
                 )
             elif not added and key in self._session_keys:
                 self._session_keys.discard(key)
-                self._durable.session_subscription(
-                    False, client_id, filter_to_subjects(sub.plain_filter, self.prefix)
-                )
+                still = self._broker.session_persistent(client_id)  # an UNSUBSCRIBE, not the session's end
+                subjects = filter_to_subjects(sub.plain_filter, self.prefix)
+                self._durable.session_subscription(False, client_id, subjects, unsubscribed=still)
         if added:
             if key in self._keys:
                 return

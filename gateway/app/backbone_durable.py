@@ -117,6 +117,7 @@ class DurableLane:
         self._receipts: dict[int, Any] = {}
         self._session_ids: dict[str, OrderedDict[str, int]] = {}
         self._next_receipt = 1
+        self._doomed: set[tuple[str, str]] = set()  # session consumers to delete, not just unbind
         self._for_sessions: dict[str, list[tuple[RemoteMessage, int]]] = {}
         self._confirmed: list[int] = []
         self._failed: list[int] = []
@@ -362,13 +363,20 @@ class DurableLane:
 
     # --- persistent sessions: consumers of their own ---------------------------------------------
 
-    def session_subscription(self, added: bool, client_id: str, subjects: tuple[str, ...]) -> None:
-        """A persistent session's subscription came or went (its filter's core subjects)."""
+    def session_subscription(
+        self, added: bool, client_id: str, subjects: tuple[str, ...], unsubscribed: bool = True
+    ) -> None:
+        """A persistent session's subscription came or went (its filter's core subjects).
+        `unsubscribed`: the client unsubscribed, so its consumers are deleted; otherwise (the session
+        expired, was discarded or taken over by another node) they are only unbound here, and
+        JetStream deletes them after `consumer_idle` unless another node binds them meanwhile."""
         for core_subject in subjects:
             key = (client_id, self._durable(core_subject))
             self._session_wanted[key] += 1 if added else -1
             if self._session_wanted[key] <= 0:
                 del self._session_wanted[key]
+                if not added and unsubscribed:
+                    self._doomed.add(key)
         if self._ready.is_set():
             task = asyncio.get_running_loop().create_task(self._keep_sessions())
             self._pending.add(task)
@@ -385,8 +393,12 @@ class DurableLane:
                     del self.own[client_id]
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-                with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
-                    await self._js.delete_consumer(self.stream, consumer_name(f"s-{client_id}", subject))
+                if self.own.get(client_id, 0) <= 0:
+                    self._session_ids.pop(client_id, None)
+                if key in self._doomed:
+                    self._doomed.discard(key)
+                    with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
+                        await self._js.delete_consumer(self.stream, consumer_name(f"s-{client_id}", subject))
             for key in [k for k in wanted if k not in self._session_subs]:
                 client_id, subject = key
                 try:
