@@ -17,7 +17,6 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,15 +76,10 @@ def _case(
         pub.client.max_inflight_messages_set(65000)
         assert pub.connect()[0] == 0
         sent_at: dict[int, float] = {}
-        acked: list[float] = []
-        lock = threading.Lock()
+        acked_at: dict[int, float] = {}  # no lock shared with paho's thread: matched after the run
 
         def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-            now = time.perf_counter()
-            with lock:
-                start = sent_at.pop(mid, None)
-            if start is not None:
-                acked.append((now - start) * 1000)
+            acked_at[mid] = time.perf_counter()
 
         pub.client.on_publish = on_publish
         # warm up: until messages cross (the receiving node's subscription or consumer is in place)
@@ -95,7 +89,7 @@ def _case(
             time.sleep(0.2)
         time.sleep(1.0)
         sub.latencies.clear()
-        acked.clear()
+        acked_at.clear()
         period = 1 / rate
         count = int(rate * seconds)
         start = time.perf_counter()
@@ -104,10 +98,11 @@ def _case(
             delay = target - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            with lock:
-                info = pub.client.publish("fleet/TRK-B/cmd/bench", f"{time.time_ns()} {i}".encode(), qos=1)
-                sent_at[info.mid] = time.perf_counter()
+            before = time.perf_counter()
+            info = pub.client.publish("fleet/TRK-B/cmd/bench", f"{time.time_ns()} {i}".encode(), qos=1)
+            sent_at[info.mid] = before
         time.sleep(3.0)
+        acked = [(acked_at[m] - t) * 1000 for m, t in sent_at.items() if m in acked_at]
         got = len(sub.latencies)
         line = (
             f"{name:<28} sent {count:>6}  acked {len(acked):>6}  delivered {got:>6}  "

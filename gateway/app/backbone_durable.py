@@ -21,6 +21,15 @@ and not routed again (ids remembered per node). A node that restarts binds its c
 persistent sessions resubscribe) and receives what arrived meanwhile; consumers of a node gone for
 good are deleted by JetStream after `cluster.jetstream_consumer_idle` seconds without a subscriber.
 
+Persistent sessions: per subscribed subject a consumer of their own (`fg_s-<client id>_<hash>`),
+bound by the node that holds the session, delivering to that session only (`Broker.deliver_stored`)
+and acknowledged to JetStream when the session's delivery ended (PUBACK/PUBCOMP, or dropped by the
+broker), not when it was queued: the node's queue is its own SQLite file and dies with it. So a
+session resumed on another node binds the same consumers and gets what it had not acknowledged. The
+node's consumers and local routing skip these sessions for QoS 1/2 (`Broker.deliver_durably`), so
+each message reaches them from one place; message ids are remembered per session, so a redelivery
+of a message still being delivered is not delivered twice.
+
 Replay protection for stored messages: the MAC is checked as for core messages, but freshness is
 measured against the time JetStream stored the message (from the delivery's ack subject), not against
 now: a message redelivered minutes later is legitimate; one signed more than FRESH_S before it was
