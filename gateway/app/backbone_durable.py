@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.app import backbone as core
+from gateway.app import backbone_wire as core
 from gateway.broker.core import RemoteMessage
 
 log = logging.getLogger("fleetgate.cluster")
