@@ -135,3 +135,26 @@ def test_a_qos2_pubrec_waits_for_the_store_and_a_retransmission_meanwhile_is_not
     sender.send_raw(encode(raw, V5))  # its DUP after PUBREC: acknowledged again, not routed again
     assert taken == [1]
     assert sender.closed is None
+
+
+def test_a_stored_message_for_a_session_is_reported_delivered_only_when_the_subscriber_acknowledges() -> None:
+    lab, _ = _deferring_lab()
+    done: list[int] = []
+    lab.broker.watch_deliveries(done.extend)
+    lab.broker.deliver_durably({"TRK-2"})
+    other = lab.connect("TRK-2", auto_ack=False)
+    other.subscribe("fleet/TRK-2/cmd/#", qos=1)
+    remote = ("fleet/TRK-2/cmd/reboot", b"now", 1, False, Properties(), "ops-1")
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(remote, 7)], lab.now))
+    assert [m.payload for m in other.messages] == [b"now"]
+    nobody = ("fleet/TRK-1/cmd/reboot", b"x", 1, False, Properties(), "ops-1")
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(nobody, 8)], lab.now))  # not its subscription
+    assert done == [8]  # nothing to deliver: the store may forget it at once
+    lab.pump()
+    assert done == [8]  # received, not acknowledged yet
+    other.client.ack(other.messages[0])
+    lab.pump()  # the client's PUBACK
+    assert done == [8, 7]
+    truck = lab.connect("TRK-1")
+    truck.publish("fleet/TRK-1/telemetry/gps", b"t", qos=1)  # no one here reads it; nothing reported
+    assert done == [8, 7]
