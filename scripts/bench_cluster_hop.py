@@ -1,8 +1,8 @@
 """What a cross-node hop costs a QoS 1 message: PUBLISH→PUBACK and publish→delivery, p50/p99.
 
-Three cases in one run, each on fresh nodes: both clients on one node (no hop), publisher on node A
+Four cases in one run, each on fresh nodes: both clients on one node (no hop), publisher on node A
 and subscriber on node B over core NATS (`cluster.jetstream_replicas: 0`), and the same over
-JetStream R3 (the default: PUBACK once stored). Three local nats-servers with JetStream, a throwaway
+JetStream R1 and R3 (the default: PUBACK once stored on three servers). Three local nats-servers with JetStream, a throwaway
 PostgreSQL, real paho clients over mTLS (an ops operator publishing QoS 1 commands, another
 receiving them). Run from a checkout:
 
@@ -137,6 +137,7 @@ def main() -> None:
         cases = [
             ("one node (no hop)", "0", False),
             ("cross-node, core NATS", "0", True),
+            ("cross-node, JetStream R1", "1", True),
             ("cross-node, JetStream R3", "3", True),
         ]
         for i, (name, replicas, hop) in enumerate(cases):
