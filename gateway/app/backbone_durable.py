@@ -402,8 +402,9 @@ class DurableLane:
                     del self.own[client_id]
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-                if self.own.get(client_id, 0) <= 0:
-                    self._session_ids.pop(client_id, None)
+                if self.own.get(client_id, 0) <= 0:  # the session is gone from here: forget its ids
+                    for receipt in self._session_ids.pop(client_id, {}).values():
+                        self._receipts.pop(receipt, None)  # not acked: JetStream redelivers it
                 if key in self._doomed:
                     self._doomed.discard(key)
                     with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
