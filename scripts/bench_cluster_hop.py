@@ -2,9 +2,9 @@
 
 Four cases in one run, each on fresh nodes: both clients on one node (no hop), publisher on node A
 and subscriber on node B over core NATS (`cluster.jetstream_replicas: 0`), and the same over
-JetStream R1 and R3 (the default: PUBACK once stored on three servers). Three local nats-servers with JetStream, a throwaway
-PostgreSQL, real paho clients over mTLS (an ops operator publishing QoS 1 commands, another
-receiving them). Run from a checkout:
+JetStream R1 and R3 (the default: PUBACK once stored on three servers). Three local nats-servers
+with JetStream, a throwaway PostgreSQL, real paho clients over mTLS (an ops operator publishing
+QoS 1 commands, another receiving them). Run from a checkout:
 
     PYTHONPATH=. .venv/bin/python scripts/bench_cluster_hop.py --rate 1000 --seconds 10
 

@@ -42,8 +42,10 @@ from gateway.app import backbone_durable as durable_lane
 from gateway.app.backbone_wire import FRESH_S as FRESH_S
 from gateway.app.backbone_wire import H_CLIENT as H_CLIENT
 from gateway.app.backbone_wire import H_ID as H_ID
+from gateway.app.backbone_wire import H_IDENTITY as H_IDENTITY
 from gateway.app.backbone_wire import H_MAC as H_MAC
 from gateway.app.backbone_wire import H_NODE as H_NODE
+from gateway.app.backbone_wire import H_PROPS as H_PROPS
 from gateway.app.backbone_wire import H_QOS as H_QOS
 from gateway.app.backbone_wire import H_RETAIN as H_RETAIN
 from gateway.app.backbone_wire import H_TIME as H_TIME
