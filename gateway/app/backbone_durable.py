@@ -59,6 +59,7 @@ RETRY_S = 0.5  # between attempts to store one message
 ATTEMPT_S = 2.0  # one attempt's wait for the PubAck
 DUPLICATE_WINDOW_S = 120.0  # the stream's Nats-Msg-Id memory: longer than FRESH_S
 MSG_ID = "Nats-Msg-Id"
+REBIND_S = 5.0  # how often consumers that could not be bound are tried again
 SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -179,6 +180,15 @@ class DurableLane:
         )
         await self.keep(self._wanted)
         await self._keep_sessions()
+        while True:  # a bind refused (a session's consumer still bound by its old node) is tried again
+            await asyncio.sleep(REBIND_S)
+            try:
+                if any(s not in self._subs for s in self._mine()):
+                    await self.keep(self._wanted)
+                if any(k not in self._session_subs for k in self._session_wanted):
+                    await self._keep_sessions()
+            except Exception as exc:  # never the end of the backbone: tried again next time
+                log.warning("cluster backbone: binding JetStream consumers failed: %s", exc)
 
     # --- out ----------------------------------------------------------------------------------
 
@@ -259,6 +269,9 @@ class DurableLane:
             return  # start() binds them
         async with self._keeping:
             await self._keep()
+
+    def _mine(self) -> set[str]:
+        return {self._durable(subject) for subject in self._wanted}
 
     async def _keep(self) -> None:
         wanted = self._wanted
