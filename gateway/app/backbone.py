@@ -108,6 +108,7 @@ class NatsBackbone:
                 driver.stored,
                 driver.route_remote_except,
                 driver.deliver_stored,
+                driver.broker.session_presence,
             )
         self._session_keys: set[tuple[str, str | None, str | None, str]] = set()
 

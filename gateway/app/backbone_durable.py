@@ -59,7 +59,8 @@ RETRY_S = 0.5  # between attempts to store one message
 ATTEMPT_S = 2.0  # one attempt's wait for the PubAck
 DUPLICATE_WINDOW_S = 120.0  # the stream's Nats-Msg-Id memory: longer than FRESH_S
 MSG_ID = "Nats-Msg-Id"
-REBIND_S = 5.0  # how often consumers that could not be bound are tried again
+REBIND_S = 5.0  # how often node consumers that could not be bound are tried again
+PRESENCE_S = 0.5  # how often sessions that came or left are looked for (their consumers bound, parked)
 SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -105,6 +106,7 @@ class DurableLane:
         stored: Callable[[list[int], list[int]], None],
         route: Callable[[list[RemoteMessage], Container[str]], None],
         deliver: Callable[[str, list[tuple[RemoteMessage, int]]], None],
+        presence: Callable[[str], tuple[bool, float]] = lambda client_id: (True, 0.0),
     ) -> None:
         self._nc: Any = None
         self._js: Any = None
@@ -128,6 +130,8 @@ class DurableLane:
         self._session_ids: dict[str, OrderedDict[str, int]] = {}
         self._next_receipt = 1
         self._doomed: set[tuple[str, str]] = set()  # session consumers to delete, not just unbind
+        self._claimed: set[tuple[str, str]] = set()  # bound once here: bound now, or parked
+        self._presence = presence  # client id → (connected here, session expiry interval)
         self._for_sessions: dict[str, list[tuple[RemoteMessage, int]]] = {}
         self._confirmed: list[int] = []
         self._failed: list[int] = []
@@ -180,12 +184,14 @@ class DurableLane:
         )
         await self.keep(self._wanted)
         await self._keep_sessions()
-        while True:  # a bind refused (a session's consumer still bound by its old node) is tried again
-            await asyncio.sleep(REBIND_S)
+        rebind_at = time.monotonic() + REBIND_S
+        while True:  # sessions that came or left; binds refused (a consumer bound elsewhere) again
+            await asyncio.sleep(PRESENCE_S)
             try:
-                if any(s not in self._subs for s in self._mine()):
+                if time.monotonic() >= rebind_at and any(s not in self._subs for s in self._mine()):
+                    rebind_at = time.monotonic() + REBIND_S
                     await self.keep(self._wanted)
-                if any(k not in self._session_subs for k in self._session_wanted):
+                if self._sessions_unsettled():
                     await self._keep_sessions()
             except Exception as exc:  # never the end of the backbone: tried again next time
                 log.warning("cluster backbone: binding JetStream consumers failed: %s", exc)
@@ -292,7 +298,11 @@ class DurableLane:
         return self.prefix + core_subject[len(self.prefix) - 2 :]  # `<prefix>.m…` → `<prefix>.q.m…`
 
     async def _bind(
-        self, subject: str, durable: str, cb: Callable[[Any], Awaitable[None]] | None = None
+        self,
+        subject: str,
+        durable: str,
+        cb: Callable[[Any], Awaitable[None]] | None = None,
+        idle: float | None = None,
     ) -> Any:
         from nats.js import api
 
@@ -303,7 +313,7 @@ class DurableLane:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait,
             max_ack_pending=20_000,
-            inactive_threshold=s.consumer_idle,
+            inactive_threshold=s.consumer_idle if idle is None else idle,
         )
         return await self._js.subscribe(
             subject,
@@ -405,30 +415,43 @@ class DurableLane:
             task.add_done_callback(self._pending.discard)
 
     async def _keep_sessions(self) -> None:
+        """Bind the consumers of sessions connected here; park (unbind, keep) those of sessions
+        offline here, so that their messages wait in JetStream for whichever node the client comes
+        back to; unbind (or delete, after an UNSUBSCRIBE) those no longer wanted."""
         async with self._keeping:
             wanted = dict(self._session_wanted)
-            for key in [k for k in self._session_subs if k not in wanted]:
+            here = self._presence
+            for key in [k for k in self._claimed if k not in wanted]:
                 client_id, subject = key
-                sub = self._session_subs.pop(key)
+                self._claimed.discard(key)
                 self.own[client_id] -= 1
                 if self.own[client_id] <= 0:
                     del self.own[client_id]
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-                if self.own.get(client_id, 0) <= 0:  # the session is gone from here: forget its ids
                     for receipt in self._session_ids.pop(client_id, {}).values():
                         self._receipts.pop(receipt, None)  # not acked: JetStream redelivers it
+                sub = self._session_subs.pop(key, None)
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
                 if key in self._doomed:
                     self._doomed.discard(key)
                     with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
                         await self._js.delete_consumer(self.stream, consumer_name(f"s-{client_id}", subject))
+            for key in [k for k in self._session_subs if not here(k[0])[0]]:
+                with contextlib.suppress(Exception):  # parked: its client left this node
+                    await self._session_subs.pop(key).unsubscribe()
             for key in [k for k in wanted if k not in self._session_subs]:
                 client_id, subject = key
+                connected, expiry = here(client_id)
+                if not connected:
+                    continue
                 try:
                     self._session_subs[key] = await self._bind(
-                        subject, consumer_name(f"s-{client_id}", subject), self._session_cb(client_id)
+                        subject,
+                        consumer_name(f"s-{client_id}", subject),
+                        self._session_cb(client_id),
+                        idle=max(self.settings.consumer_idle, expiry + 60.0),
                     )
-                    self.own[client_id] += 1
                 except Exception as exc:
                     log.warning(
                         "cluster backbone: the consumer of %s for session %r failed: %s",
@@ -436,6 +459,15 @@ class DurableLane:
                         client_id,
                         exc,
                     )
+                    continue
+                if key not in self._claimed:
+                    self._claimed.add(key)
+                    self.own[client_id] += 1
+
+    def _sessions_unsettled(self) -> bool:
+        """A session consumer to bind (its client is here) or to park (its client left)."""
+        here = self._presence
+        return any(here(c)[0] != ((c, s) in self._session_subs) for c, s in self._session_wanted)
 
     def _session_cb(self, client_id: str) -> Callable[[Any], Awaitable[None]]:
         async def on_message(msg: Any) -> None:

@@ -270,6 +270,13 @@ class Broker:
         session = self._st.sessions.get(client_id)
         return session is not None and session.persistent
 
+    def session_presence(self, client_id: str) -> tuple[bool, float]:
+        """(connected to this node now, its session expiry interval in seconds)."""
+        session = self._st.sessions.get(client_id)
+        if session is None:
+            return False, 0.0
+        return session.connected, float(session.expiry_interval)
+
     def deliver_durably(self, clients: Container[str]) -> None:
         """`clients` (kept up to date by the caller) get client QoS 1/2 messages and wills only
         through `deliver_stored`: local routing skips them for those."""

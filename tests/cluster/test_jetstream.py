@@ -201,6 +201,50 @@ def _received_until(service: Paho, wanted: set[bytes], timeout: float) -> list[R
     return got
 
 
+def test_a_persistent_session_moved_to_another_live_node_gets_what_was_sent_while_it_moved(
+    nodes: Nodes,
+) -> None:
+    """Dispatch leaves node B (DISCONNECT; its session stays there, offline) and comes back on node C
+    a second later while two units on node A keep publishing: B parks the session's consumer, C binds
+    it, and every acknowledged message reaches dispatch, those sent while it was away included."""
+    topic_filter = "fleet/+/telemetry/#"
+
+    def dispatch_on(node: GatewayProcess) -> Paho:
+        client = Paho(node.mqtt_port, nodes.dispatch, clean=False, session_expiry=600)
+        assert client.connect()[0] == 0
+        assert client.subscribe(topic_filter, 2) == [2]
+        return client
+
+    dispatch = dispatch_on(nodes.b)
+    units = [f"TRK-JS-M{i}" for i in range(2)]
+    trucks = [_client(nodes.a, _enroll(nodes.a, unit)) for unit in units]
+    for truck, unit in zip(trucks, units, strict=True):
+        _until_ready(truck, f"fleet/{unit}/telemetry/gps", dispatch)
+    _drain(dispatch, 0.3)
+    publishers = [
+        Publisher(t, f"fleet/{u}/telemetry/gps", rate=15, qos=1 + i % 2)
+        for i, (t, u) in enumerate(zip(trucks, units, strict=True))
+    ]
+    for p in publishers:
+        p.start()
+    time.sleep(1.0)
+    got = _drain(dispatch, 0.05)
+    dispatch.disconnect()  # its session lives on, offline, on node B
+    time.sleep(1.0)
+    dispatch = dispatch_on(nodes.c)
+    time.sleep(1.0)
+    for p in publishers:
+        p.halt.set()
+        p.join()
+    acknowledged = set().union(*(p.acked for p in publishers))
+    got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
+    missing = acknowledged - {m.payload for m in got}
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+    for truck in trucks:
+        truck.disconnect()
+    dispatch.disconnect()
+
+
 def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowledged(nodes: Nodes) -> None:
     """Node B holds the dispatch service's persistent session (its own JetStream consumer) and two
     units; node A two more units; all four publish (QoS 1 and 2) to dispatch. Node B is killed (-9):
