@@ -28,7 +28,9 @@ broker), not when it was queued: the node's queue is its own SQLite file and die
 session resumed on another node binds the same consumers and gets what it had not acknowledged. The
 node's consumers and local routing skip these sessions for QoS 1/2 (`Broker.deliver_durably`), so
 each message reaches them from one place; message ids are remembered per session, so a redelivery
-of a message still being delivered is not delivered twice.
+of a message still being delivered is not delivered twice. While a session's client is away from
+this node its consumers are parked (unbound, kept: the messages wait in JetStream for whichever node
+it comes back to), and they live as long as the session could (inactive threshold from its expiry).
 
 Replay protection for stored messages: the MAC is checked as for core messages, but freshness is
 measured against the time JetStream stored the message (from the delivery's ack subject), not against
