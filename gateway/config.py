@@ -156,6 +156,16 @@ class ClusterConfig:
     # The NATS server(s) carrying accepted messages between the nodes (docs/cluster.md, part 2):
     # "" keeps every message on the node it arrived at; "nats://host:4222" (several: comma-separated).
     nats: str = ""
+    # QoS 1/2 between the nodes through a JetStream stream with this many replicas (3: survives one
+    # nats-server lost; 1: a one-server dev cluster); 0: core NATS only, at most once between nodes.
+    jetstream_replicas: int = 3
+    jetstream_max_age: float = 86_400.0  # seconds a stored QoS 1/2 message is kept at most
+    jetstream_max_bytes: int = 1 << 30  # the stream's bound in bytes (the oldest go first)
+    # How long a client's PUBACK/PUBREC may wait for JetStream's store before its client is disconnected
+    # unacknowledged (and resends).
+    jetstream_store_timeout: float = 10.0
+    # A node's (or a persistent session's) consumer nobody has bound for this long is deleted.
+    jetstream_consumer_idle: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -406,6 +416,18 @@ def _check(config: GatewayConfig) -> None:
         not servers or not all(s.startswith(("nats://", "tls://")) for s in servers)
     ):
         raise ConfigError(f"{src}: cluster.nats must be empty or nats:// (or tls://) URLs, comma-separated")
+    c = config.cluster
+    if not 0 <= c.jetstream_replicas <= 5:
+        raise ConfigError(f"{src}: cluster.jetstream_replicas must be 0 (core NATS only) to 5")
+    if not 1 <= c.jetstream_store_timeout <= 25:
+        raise ConfigError(f"{src}: cluster.jetstream_store_timeout must be 1 to 25 seconds")
+    if not (
+        c.jetstream_max_age >= 180 and c.jetstream_max_bytes >= 1 << 20 and c.jetstream_consumer_idle >= 60
+    ):
+        raise ConfigError(
+            f"{src}: cluster.jetstream_max_age must be at least 180 s, jetstream_max_bytes at least 1 MiB "
+            "and jetstream_consumer_idle at least 60 s"
+        )
 
 
 def _check_balancers(src: str, text: str) -> None:

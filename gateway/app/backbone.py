@@ -23,129 +23,48 @@ that is older than FRESH_S (a replay), so a process that can reach NATS but is n
 inject a message, least of all a command on a unit's control topic. (Confidentiality is NATS's TLS:
 use tls:// URLs across machines.)
 
-Guarantees today (core NATS, at most once between nodes): see docs/cluster.md.
+QoS 1/2 with JetStream (`cluster.jetstream_replicas` > 0): stored, acknowledged to the client once
+stored, consumed durably: gateway/app/backbone_durable.py. Guarantees: see docs/cluster.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.app import backbone_durable as durable_lane
+from gateway.app.backbone_wire import FRESH_S as FRESH_S
+from gateway.app.backbone_wire import H_CLIENT as H_CLIENT
+from gateway.app.backbone_wire import H_ID as H_ID
+from gateway.app.backbone_wire import H_IDENTITY as H_IDENTITY
+from gateway.app.backbone_wire import H_MAC as H_MAC
+from gateway.app.backbone_wire import H_NODE as H_NODE
+from gateway.app.backbone_wire import H_PROPS as H_PROPS
+from gateway.app.backbone_wire import H_QOS as H_QOS
+from gateway.app.backbone_wire import H_RETAIN as H_RETAIN
+from gateway.app.backbone_wire import H_TIME as H_TIME
+from gateway.app.backbone_wire import SEEN_IDS as SEEN_IDS
+from gateway.app.backbone_wire import BackboneCounters as BackboneCounters
+from gateway.app.backbone_wire import authentic as authentic
+from gateway.app.backbone_wire import message_from as message_from
+from gateway.app.backbone_wire import message_headers as message_headers
+from gateway.app.backbone_wire import sign as sign
 from gateway.broker.core import RemoteMessage
 from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, StoredSubscription
-from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, subject_to_topic, topic_to_subject
+from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, topic_to_subject
 from gateway.edge.driver import BrokerDriver
-from gateway.mqtt.packets import Properties
 from gateway.policy.access import Peer
 
 log = logging.getLogger("fleetgate.cluster")
 
-H_NODE = "Fg-Node"
-H_ID = "Fg-Id"
-H_CLIENT = "Fg-Client"
-H_IDENTITY = "Fg-Identity"
-H_QOS = "Fg-Qos"
-H_RETAIN = "Fg-Retain"
-H_PROPS = "Fg-Props"  # JSON (ASCII): no header injection whatever a content type holds
-H_TIME = "Fg-Time"  # unix milliseconds when the origin node sent it
-H_MAC = "Fg-Mac"
-FRESH_S = 30.0  # older (or this far in the future: clocks disagree) is refused as a replay
-SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
 RECONNECT_WAIT_S = 0.5
-
-
-@dataclass
-class BackboneCounters:
-    sent: int = 0
-    received: int = 0
-    duplicates: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)  # by reason
-    subjects: int = 0  # gauge: NATS subscriptions held
-    connected: bool = False
-
-
-def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:
-    p = message.properties
-    props: dict[str, Any] = {}
-    if p.payload_format_indicator is not None:
-        props["pfi"] = p.payload_format_indicator
-    if message.expires_at is not None and p.message_expiry_interval is not None:
-        props["exp"] = p.message_expiry_interval  # the interval as received; 0 s spent on this node
-    if p.content_type is not None:
-        props["ct"] = p.content_type
-    if p.response_topic is not None:
-        props["rt"] = p.response_topic
-    if p.correlation_data is not None:
-        props["cd"] = base64.b64encode(p.correlation_data).decode("ascii")
-    if p.user_properties:
-        props["up"] = [list(pair) for pair in p.user_properties]
-    headers = {
-        H_NODE: node,
-        H_ID: msg_id,
-        H_CLIENT: json.dumps(client_id),
-        H_QOS: str(message.qos),
-        H_RETAIN: "1" if message.retain else "0",
-    }
-    if peer.identity is not None:
-        headers[H_IDENTITY] = json.dumps(str(peer.identity))
-    if props:
-        headers[H_PROPS] = json.dumps(props, separators=(",", ":"))
-    return headers
-
-
-def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> str:
-    """HMAC-SHA256 over the subject, every header but the MAC (sorted) and the payload, each part
-    length-prefixed so no two messages share an encoding."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    parts = [subject.encode()]
-    for name in sorted(headers):
-        if name != H_MAC:
-            parts += [name.encode(), headers[name].encode()]
-    parts.append(payload)
-    for part in parts:
-        mac.update(len(part).to_bytes(4, "big"))
-        mac.update(part)
-    return mac.hexdigest()
-
-
-def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes, now: float) -> str | None:
-    """None when the message was signed with `key` and is fresh, else why it is refused."""
-    given = headers.get(H_MAC)
-    if given is None or not hmac.compare_digest(given, sign(key, subject, headers, payload)):
-        return "unauthenticated"
-    try:
-        sent = int(headers[H_TIME]) / 1000
-    except (KeyError, ValueError):
-        return "unauthenticated"
-    return None if abs(now - sent) <= FRESH_S else "stale"
-
-
-def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str) -> RemoteMessage:
-    """Raises ValueError (or KeyError) for anything a fleetgate node did not send."""
-    topic = subject_to_topic(subject, prefix)
-    props = json.loads(headers.get(H_PROPS, "{}"))
-    properties = Properties(
-        payload_format_indicator=props.get("pfi"),
-        message_expiry_interval=props.get("exp"),
-        content_type=props.get("ct"),
-        response_topic=props.get("rt"),
-        correlation_data=None if "cd" not in props else base64.b64decode(props["cd"]),
-        user_properties=tuple((str(k), str(v)) for k, v in props.get("up", ())),
-    )
-    client = json.loads(headers[H_CLIENT])
-    return topic, data, int(headers[H_QOS]), headers.get(H_RETAIN) == "1", properties, str(client)
 
 
 def reraise_if_stopping() -> None:
@@ -166,7 +85,9 @@ class NatsBackbone:
         driver: BrokerDriver,
         key: bytes,
         prefix: str = DEFAULT_PREFIX,
+        durable: durable_lane.DurableSettings | None = None,
     ) -> None:
+        """`durable`: QoS 1/2 through JetStream (backbone_durable.py); None: everything on core NATS."""
         self._key = key
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.node = node
@@ -190,6 +111,20 @@ class NatsBackbone:
         # Share-group subscriptions go here instead when the cluster balances them across nodes
         # (cluster_shared.py: NATS queue groups); set before attach().
         self.groups: IndexWatcher | None = None
+        self._durable: durable_lane.DurableLane | None = None
+        if durable is not None:
+            self._durable = durable_lane.DurableLane(
+                node,
+                key,
+                prefix,
+                durable,
+                self.counters,
+                driver.stored,
+                driver.route_remote_except,
+                driver.deliver_stored,
+                driver.broker.session_presence,
+            )
+        self._session_keys: set[tuple[str, str | None, str | None, str]] = set()
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -197,6 +132,9 @@ class NatsBackbone:
         """Take the broker's hooks; call before serving (sessions loaded from the store included)."""
         self._broker.watch_subscriptions(self.subscription_changed)
         self._broker.forward_accepted(self.accepted)
+        if self._durable is not None:
+            self._broker.watch_deliveries(self._durable.delivered)
+            self._broker.deliver_durably(self._durable.own)
 
     async def run(self) -> None:
         """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then
@@ -229,10 +167,10 @@ class NatsBackbone:
                 await asyncio.sleep(RECONNECT_WAIT_S)
         self.counters.connected = True
         log.info("cluster backbone: connected to NATS (%s)", self.where)
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._keep_subscriptions()),
-            asyncio.get_running_loop().create_task(self._send()),
-        ]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep_subscriptions()), loop.create_task(self._send())]
+        if self._durable is not None:
+            self._tasks.append(loop.create_task(self._durable.start(self._nc)))
         self._subs_dirty.set()
         self._out_ready.set()
         await asyncio.gather(*self._tasks)
@@ -240,6 +178,10 @@ class NatsBackbone:
     async def close(self) -> None:
         self._broker.forward_accepted(None)
         self._broker.watch_subscriptions(None)
+        if self._durable is not None:
+            self._broker.watch_deliveries(None)
+            self._broker.deliver_durably(())
+            await self._durable.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -273,20 +215,29 @@ class NatsBackbone:
 
     # --- out ----------------------------------------------------------------------------------
 
-    def accepted(self, message: Message, client_id: str, peer: Peer) -> None:
-        """The broker's hook (inside its call): queue it for the sender, nothing more."""
-        if self._nc is None:
+    def accepted(self, message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
+        """The broker's hook (inside its call): queue it for the sender, nothing more. True: the
+        acknowledgement of `receipt` waits for the durable store (QoS 1/2 with JetStream)."""
+        durable = self._durable if message.qos else None
+        if self._nc is None and durable is None:
             self.counters.dropped["not_connected"] += 1
-            return
+            return False
         self._seq += 1
-        headers = message_headers(
-            self.node, f"{self.node}:{self._incarnation}:{self._seq}", message, client_id, peer
-        )
-        subject = topic_to_subject(message.topic, self.prefix)
+        msg_id = f"{self.node}:{self._incarnation}:{self._seq}"
+        headers = message_headers(self.node, msg_id, message, client_id, peer)
+        subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
         headers[H_TIME] = str(int(time.time() * 1000))
+        if durable is not None:
+            headers[durable_lane.MSG_ID] = (
+                msg_id  # JetStream's dedupe of retries and replays, signed with the rest
+            )
         headers[H_MAC] = sign(self._key, subject, headers, message.payload)
+        if durable is not None:
+            durable.publish(subject, message.payload, headers, receipt)
+            return receipt is not None
         self._out.append((subject, message.payload, headers))
         self._out_ready.set()
+        return False
 
     async def _send(self) -> None:
         nc = self._nc
@@ -311,6 +262,18 @@ class NatsBackbone:
             self.groups(added, client_id, sub)  # a queue group's, not an ordinary NATS subscription
             return
         key = (client_id, sub.group, sub.scope, sub.plain_filter)
+        if self._durable is not None and sub.group is None:
+            # A persistent session's own consumers (backbone_durable.py), one per subject.
+            if added and key not in self._session_keys and self._broker.session_persistent(client_id):
+                self._session_keys.add(key)
+                self._durable.session_subscription(
+                    True, client_id, filter_to_subjects(sub.plain_filter, self.prefix)
+                )
+            elif not added and key in self._session_keys:
+                self._session_keys.discard(key)
+                still = self._broker.session_persistent(client_id)  # an UNSUBSCRIBE, not the session's end
+                subjects = filter_to_subjects(sub.plain_filter, self.prefix)
+                self._durable.session_subscription(False, client_id, subjects, unsubscribed=still)
         if added:
             if key in self._keys:
                 return
@@ -342,11 +305,13 @@ class NatsBackbone:
                     self._subs[subject] = await nc.subscribe(subject, cb=self._on_message)
                 except Exception as exc:
                     log.warning("cluster backbone: subscribing to %s failed: %s", subject, exc)
+            if self._durable is not None:
+                await self._durable.keep(wanted)
             self.counters.subjects = len(self._subs)
 
     def subjects(self) -> list[str]:
         """The NATS subject filters this node holds now (tests, status)."""
-        return sorted(self._subs)
+        return sorted(self._subs) + ([] if self._durable is None else self._durable.subjects())
 
     # --- in -----------------------------------------------------------------------------------
 

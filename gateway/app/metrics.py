@@ -335,6 +335,11 @@ def _backbone_families(b: BackboneCounters) -> Iterator[Any]:
         "backbone_dropped", "Messages that did not cross NATS, by reason.", "reason", dict(b.dropped)
     )
     yield _gauge("backbone_subjects", "NATS subject filters this node subscribes to.", b.subjects)
+    yield _counter(
+        "backbone_store_retries",
+        "JetStream stores of QoS 1/2 messages tried again (the PubAck was late or lost).",
+        b.store_retries,
+    )
 
 
 def _cluster_plane_families(c: ClusterPlaneCounters) -> Iterator[Any]:

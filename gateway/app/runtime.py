@@ -32,6 +32,7 @@ from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
 from gateway.app.backbone import BackboneCounters, NatsBackbone
+from gateway.app.backbone_durable import DurableSettings
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.cluster_plane import ClusterPlane
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
@@ -240,7 +241,17 @@ class Gateway:
         backbone_secret = b""
         if config.cluster.nats.strip():
             backbone_secret = backbone_key(self._registry_db)  # the same in every node's (shared) database
-            self.backbone = NatsBackbone(config.cluster.nats, self.node, self.driver, backbone_secret)
+            c = config.cluster
+            durable = None
+            if c.jetstream_replicas > 0:
+                durable = DurableSettings(
+                    replicas=c.jetstream_replicas,
+                    max_age=c.jetstream_max_age,
+                    max_bytes=c.jetstream_max_bytes,
+                    store_timeout=c.jetstream_store_timeout,
+                    consumer_idle=c.jetstream_consumer_idle,
+                )
+            self.backbone = NatsBackbone(c.nats, self.node, self.driver, backbone_secret, durable=durable)
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(

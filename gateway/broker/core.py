@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, replace
 
-from gateway.broker import elsewhere
+from gateway.broker import elsewhere, receipts
 from gateway.broker.actions import Action, Outbox
 from gateway.broker.connect import drop_connection, end_connection, end_session, handle_connect
 from gateway.broker.events import BrokerEvent
 from gateway.broker.flow import session_offline, unpause_if_room
-from gateway.broker.inbound import accept, handle_publish, handle_pubrel, release_held, route, route_to_group
+from gateway.broker.inbound import (
+    accept,
+    deliver_stored,
+    handle_publish,
+    handle_pubrel,
+    release_held,
+    route,
+    route_to_group,
+)
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
@@ -32,6 +40,7 @@ from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, MqttSession, offline_peer
 from gateway.broker.state import BackboneSink, BrokerState, ClusterHooks, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
+from gateway.mqtt.codec import puback_success
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import (
     Connect,
@@ -264,7 +273,53 @@ class Broker:
             for sub in session.subscriptions.values():
                 watcher(True, session.client_id, sub)
 
-    def route_remote(self, messages: Sequence[RemoteMessage], now: float) -> list[Action]:
+    def session_persistent(self, client_id: str) -> bool:
+        """Does `client_id` have a session that outlives its connection (the cluster's backbone gives
+        such sessions durable consumers of their own)?"""
+        session = self._st.sessions.get(client_id)
+        return session is not None and session.persistent
+
+    def session_presence(self, client_id: str) -> tuple[bool, float]:
+        """(connected to this node now, its session expiry interval in seconds)."""
+        session = self._st.sessions.get(client_id)
+        if session is None:
+            return False, 0.0
+        return session.connected, float(session.expiry_interval)
+
+    def deliver_durably(self, clients: Container[str]) -> None:
+        """`clients` (kept up to date by the caller) get client QoS 1/2 messages and wills only
+        through `deliver_stored`: local routing skips them for those."""
+        self._st.durable_sessions = clients
+
+    def watch_deliveries(self, sink: Callable[[list[int]], None] | None) -> None:
+        """Call `sink(receipts)` at the end of a broker call with the receipts (`deliver_stored`) whose
+        deliveries ended: acknowledged by the subscriber, dropped, or sent at QoS 0."""
+        self._st.delivery_sink = sink
+
+    def deliver_stored(
+        self, client_id: str, messages: Sequence[tuple[RemoteMessage, int]], now: float
+    ) -> list[Action]:
+        """Messages from a session's own durable consumer in the cluster's store, for that session
+        only, each with a receipt reported (watch_deliveries) once its delivery ended."""
+        st = self._st
+        self._arm(now)
+        for (topic, payload, qos, retain, properties, origin), receipt in messages:
+            try:
+                validate_topic_name(topic)
+                props = replace(properties, topic_alias=None, subscription_identifiers=())
+                interval = props.message_expiry_interval
+                expires = None if interval is None else now + interval
+                message = Message(topic, payload, qos, retain, props, expires)
+                deliver_stored(st, client_id, message, origin, receipt, now)
+                st.metrics.remote_in += 1
+            except Exception:
+                log.exception("delivering a stored message on %r to %r failed", topic, client_id)
+                st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    def route_remote(
+        self, messages: Sequence[RemoteMessage], now: float, skip: Container[str] = ()
+    ) -> list[Action]:
         """Messages another node accepted (after every check at its edge), routed to this node's
         subscribers through the same delivery decisions as a local message (decide_delivery per
         recipient, no-local against the publisher's client id). Not retained here and not given to
@@ -279,7 +334,7 @@ class Broker:
                 props = replace(properties, topic_alias=None, subscription_identifiers=())
                 interval = props.message_expiry_interval
                 expires = None if interval is None else now + interval
-                route(st, Message(topic, payload, qos, retain, props, expires), origin, now)
+                route(st, Message(topic, payload, qos, retain, props, expires), origin, now, skip=skip)
                 st.metrics.remote_in += 1
             except Exception:
                 log.exception("routing a message from another node on %r failed", topic)
@@ -347,6 +402,42 @@ class Broker:
         except Exception:
             log.exception("routing a shared message from the cluster on %r failed", topic)
             st.metrics.internal_errors += 1
+        return self._finish(now)
+
+    def stored(self, confirmed: Sequence[int], failed: Sequence[int], now: float) -> list[Action]:
+        """The backbone's word on receipts it took (receipts.py): `confirmed` are stored in the
+        cluster, so their PUBACK/PUBREC goes out; `failed` could not be stored, so their connections
+        are closed unacknowledged and the clients resend them."""
+        st = self._st
+        self._arm(now)
+        for receipt in confirmed:
+            settled = receipts.settle(st, receipt)
+            if settled is None:
+                continue
+            entry, conn = settled
+            session = st.sessions.get(entry.client_id)
+            alive = conn is not None and conn.session is session
+            if (
+                entry.qos == 2
+                and session is not None
+                and (alive or (session.persistent and session.conn is None))
+            ):
+                session.inbound_qos2.add(entry.packet_id)
+                if session.persistent and st.store is not None:
+                    st.store.add_inbound_qos2(entry.client_id, entry.packet_id)
+            if conn is None or not alive:
+                continue
+            if entry.qos == 1:
+                st.out.send(conn.conn_id, puback_success(entry.packet_id))
+            else:
+                st.out.send(conn.conn_id, conn.protocol.encode(Pubrec(entry.packet_id)))
+            conn.protocol.acks_flushed(receipts.withheld(conn))
+        for receipt in failed:
+            settled = receipts.settle(st, receipt)
+            if settled is None or settled[1] is None:
+                continue
+            conn = settled[1]
+            self._force_close(conn, now, "not_stored")
         return self._finish(now)
 
     def publish_internal(self, publish: Publish, now: float) -> list[Action]:
@@ -441,7 +532,7 @@ class Broker:
                 close_for_violation(st, conn, violation, now)
                 break
         # This call's PUBACKs go out with its actions; the PUBLISHes it holds stay unacknowledged.
-        protocol.acks_flushed(len(conn.held) if conn.held else 0)
+        protocol.acks_flushed(receipts.withheld(conn) if conn.held or conn.awaiting else 0)
 
     def _dispatch(self, conn: Connection, packet: Packet, now: float) -> None:
         st = self._st
@@ -489,11 +580,11 @@ class Broker:
         self._st.metrics.internal_errors += 1
         self._force_close(conn, now)
 
-    def _force_close(self, conn: Connection, now: float) -> None:
+    def _force_close(self, conn: Connection, now: float, reason: str = "internal_error") -> None:
         """Close one connection with the least possible machinery (no will, no routing, no store)."""
         st = self._st
         if conn.conn_id in st.connections:
-            drop_connection(st, conn, "internal_error")
+            drop_connection(st, conn, reason)
         session, conn.session = conn.session, None
         if session is None or session.conn != conn.conn_id:
             return
@@ -561,6 +652,10 @@ class Broker:
         if not self._defer_commit:
             self._commit(culprits, now)
             self._released.clear()  # deferred: flush_store commits, and closes these if it fails
+        if st.delivered:
+            done, st.delivered = st.delivered, []
+            if st.delivery_sink is not None:
+                st.delivery_sink(done)
         out = st.out
         st.out = Outbox()
         st.metrics.bytes_out += out.nbytes

@@ -12,15 +12,19 @@ can tell), 3.1.1 clients an ordinary ack (3.1.1 has no way to say no, §3.3.5). 
 violations (Decision.violation: not rate limits, throttles or quarantine drops) count towards the
 policy's violation limit, after which the connection is closed (5.0: DISCONNECT 0x87; lifecycle.py).
 
+A cluster node with JetStream acknowledges a QoS 1/2 PUBLISH only once the cluster stored it
+(receipts.py).
+
 Flow control: an allowed QoS 1/2 PUBLISH that would go to a subscriber too far behind is held,
 unacknowledged, and routed and acknowledged when that subscriber has caught up (flow.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import replace
 
-from gateway.broker import flow
+from gateway.broker import flow, receipts
 from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
@@ -44,6 +48,8 @@ def handle_publish(
         # Already routed (method B); a DUP retransmission after a lost PUBREC. Ack, don't route again.
         st.out.send(conn.conn_id, conn.protocol.encode(Pubrec(packet_id)))
         return True
+    if publish.qos == 2 and conn.awaiting and publish.dup and receipts.qos2_awaiting(conn, packet_id):
+        return True  # routed already, its PUBREC waits for the cluster's store (receipts.py)
     decision = st.counted(
         "publish",
         st.policy.decide_publish(
@@ -95,11 +101,17 @@ def _route_and_ack(
         session.client_id,
         now,
         None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
+        st.durable_sessions if publish.qos else (),
     )
-    if st.backbone is not None:  # a cluster's node: the other nodes' subscribers get it too
-        st.backbone(message, session.client_id, conn.peer)
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
+    # A cluster's node: the other nodes' subscribers get it too (and the sessions in
+    # st.durable_sessions, skipped above, get it from the cluster's store).
+    if st.backbone is not None:
+        receipt = receipts.take_receipt(st) if publish.qos else None
+        if st.backbone(message, session.client_id, conn.peer, receipt) and receipt is not None:
+            receipts.await_store(st, conn, session.client_id, publish, receipt)
+            return  # acknowledged by Broker.stored once the cluster has it
     if publish.qos == 2:
         packet_id = publish.packet_id
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
@@ -128,7 +140,7 @@ def release_held(st: BrokerState, conn: Connection, now: float) -> None:
         held.popleft()
         flow.unheld(conn, head)
         _release(st, conn, session, head, now)
-    conn.protocol.acks_flushed(len(held))
+    conn.protocol.acks_flushed(receipts.withheld(conn))
 
 
 def _release(st: BrokerState, conn: Connection, session: MqttSession, head: Held, now: float) -> None:
@@ -192,6 +204,7 @@ def accept(
     origin: str | None,
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
+    skip: Container[str] = (),
 ) -> Message:
     """An authorised application message enters the broker: retain it if asked, route it.
 
@@ -200,7 +213,7 @@ def accept(
     message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
     if retain:
         _retain(st, message, origin)
-    route(st, message, origin, now, wire)
+    route(st, message, origin, now, wire, skip)
     return message
 
 
@@ -240,8 +253,10 @@ def route(
     origin: str | None,
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
+    skip: Container[str] = (),
 ) -> None:
-    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4).
+    """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4),
+    but those in `skip` (sessions the cluster's store delivers to one by one: receipts.py).
 
     A client's message (`origin` set) is not given to share groups while a cluster's backbone
     balances them across nodes: NATS picks one node per message, which calls `route_to_group`."""
@@ -255,6 +270,8 @@ def route(
     sessions = st.sessions
     connections = st.connections
     for client_id, target in targets.items():
+        if skip and client_id in skip:
+            continue
         session = sessions.get(client_id)
         if session is None or not st.may_deliver(session, topic, now):
             continue
@@ -321,6 +338,27 @@ def route_to_group(st: BrokerState, message: Message, key: tuple[str | None, str
     return True
 
 
+def deliver_stored(
+    st: BrokerState, client_id: str, message: Message, origin: str | None, receipt: int, now: float
+) -> None:
+    """One message from the cluster's store for one session (its own durable consumer): delivered
+    like route() would deliver it to that session, with `receipt` reported when the delivery ends
+    (PUBACK, PUBCOMP, dropped), or at once when nothing is to be delivered or it goes at QoS 0."""
+    session = st.sessions.get(client_id)
+    target = st.index.match(message.topic, origin)[0].get(client_id) if session is not None else None
+    if session is None or target is None or not st.may_deliver(session, message.topic, now):
+        st.delivered.append(receipt)
+        return
+    qos = min(message.qos, target.qos)
+    retain = message.retain and target.retain_as_published
+    delivery = Delivery(
+        message, qos, retain, tuple(target.subscription_ids), receipt=receipt if qos else None
+    )
+    deliver(st, session, delivery, None, now)
+    if not qos:
+        st.delivered.append(receipt)
+
+
 def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:
     """Publish a will, if the policy lets it be published now. This is the only place a will's
     permission is decided (CONNECT checks only that its topic is valid): the client may have been
@@ -335,6 +373,9 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
         return
     st.metrics.wills_published += 1
     properties = replace(will.properties, will_delay_interval=None)
-    message = accept(st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now)
+    skip = st.durable_sessions if will.qos else ()
+    message = accept(
+        st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now, None, skip
+    )
     if st.backbone is not None:
-        st.backbone(message, client_id, peer)
+        st.backbone(message, client_id, peer, None)

@@ -62,6 +62,7 @@ class Delivery:
     packet_id: int | None = None  # assigned when it enters the in-flight window
     released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
     seq: int = 0  # key in the store within the session; 0 = not persisted
+    receipt: int | None = None  # from the cluster's durable store: reported when the delivery is done
 
 
 @dataclass(frozen=True, slots=True)

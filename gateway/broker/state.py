@@ -9,7 +9,7 @@ no-op without a store, for clean sessions, and for QoS 0).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Container, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +51,21 @@ class Held:
     wire: bytes | None  # the bytes it arrived as, when they can be forwarded as they are
 
 
+@dataclass(slots=True)
+class Awaiting:
+    """A client QoS 1/2 PUBLISH whose acknowledgement waits for the cluster's store (receipts.py)."""
+
+    conn_id: int
+    client_id: str
+    packet_id: int
+    qos: int
+
+
 class Connection:
     """One network connection as the broker sees it."""
 
     __slots__ = (
+        "awaiting",
         "client_id",
         "conn_id",
         "connect",
@@ -85,12 +96,16 @@ class Connection:
         self.held: deque[Held] | None = None
         self.held_topics: dict[str, int] | None = None
         self.paused = False
+        # receipt → packet id: PUBLISHes routed but acknowledged only once the cluster stored them
+        self.awaiting: dict[int, int] | None = None
 
 
 PublishObserver = Callable[[Peer, str, bytes, float], None]
 # Sees every accepted client PUBLISH and will, after local routing, with the publisher's client id and
 # peer: the cluster's backbone sends it to the other nodes (gateway/app/backbone.py). Must be cheap.
-BackboneSink = Callable[[Message, str, Peer], None]
+# The fourth argument is a receipt for a client's QoS 1/2 PUBLISH (None for wills and QoS 0); the sink
+# answers True when that PUBLISH's acknowledgement must wait for `Broker.stored` (receipts.py).
+BackboneSink = Callable[[Message, str, Peer, int | None], bool]
 
 
 @dataclass(slots=True)
@@ -138,6 +153,13 @@ class BrokerState:
         # Sessions holding publishers back (flow.py); empty (nearly always) keeps the publish path short.
         self.holding: dict[str, None] = {}
         self.ready: dict[int, None] = {}  # held-back connections to try again before this call ends
+        self.awaiting: dict[int, Awaiting] = {}  # receipt → an ack waiting for the cluster's store
+        self.next_receipt = 1
+        self.delivered: list[int] = []  # receipts of stored messages whose delivery ended (receipts.py)
+        self.delivery_sink: Callable[[list[int]], None] | None = None
+        # Persistent sessions whose QoS 1/2 messages come only from the cluster's store (their own
+        # durable consumers): local QoS>0 routing skips them (the backbone keeps this up to date).
+        self.durable_sessions: Container[str] = ()
         self._tallies: dict[str, dict[int, list[Any]]] = {}  # kind → id(decision) → [decision, count]
         self.next_conn_id = 1
         self.next_message_id = 1
@@ -255,6 +277,9 @@ class BrokerState:
 
     def forget_delivery(self, session: MqttSession, delivery: Delivery) -> None:
         """A delivery is done (acked, dropped or expired): remove it from the store."""
+        if delivery.receipt is not None:  # the cluster's store may forget it now (receipts.py)
+            self.delivered.append(delivery.receipt)
+            delivery.receipt = None
         if not delivery.seq:
             return
         message = delivery.message

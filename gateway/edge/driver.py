@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import UTC, datetime
 
 from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
@@ -86,6 +86,19 @@ class BrokerDriver:
 
     def route_to_group(self, message: RemoteMessage, group: tuple[str | None, str, str]) -> None:
         self.hub.apply(self.broker.route_to_group(message, group, self.clock.now()))
+
+    def route_remote_except(self, messages: Sequence[RemoteMessage], skip: Container[str]) -> None:
+        """As route_remote, but not to the sessions in `skip` (their own consumers deliver to them)."""
+        self.hub.apply(self.broker.route_remote(messages, self.clock.now(), skip))
+
+    def deliver_stored(self, client_id: str, messages: Sequence[tuple[RemoteMessage, int]]) -> None:
+        """Messages from a persistent session's own durable consumer, to that session only."""
+        self.hub.apply(self.broker.deliver_stored(client_id, messages, self.clock.now()))
+
+    def stored(self, confirmed: Sequence[int], failed: Sequence[int] = ()) -> None:
+        """The cluster's store took (or could not take) these receipts' messages: acknowledge them
+        (or close their connections unacknowledged)."""
+        self.hub.apply(self.broker.stored(confirmed, failed, self.clock.now()))
 
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""

@@ -4,13 +4,16 @@ comes back in, and what the subscription watcher is told."""
 from __future__ import annotations
 
 from gateway.broker.sessions import Message, StoredSubscription
-from gateway.mqtt.packets import Properties, Publish
+from gateway.mqtt.codec import encode
+from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
 from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import TRUST_DOMAIN, Lab
+
+V5 = ProtocolVersion.MQTT_5
 
 
 def _lab() -> tuple[Lab, list[tuple[str, str, int]], list[tuple[bool, str, str]]]:
@@ -21,8 +24,9 @@ def _lab() -> tuple[Lab, list[tuple[str, str, int]], list[tuple[bool, str, str]]
     forwarded: list[tuple[str, str, int]] = []
     watched: list[tuple[bool, str, str]] = []
 
-    def sink(message: Message, client_id: str, peer: Peer) -> None:
+    def sink(message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
         forwarded.append((message.topic, client_id, message.qos))
+        return False
 
     def watcher(added: bool, client_id: str, sub: StoredSubscription) -> None:
         watched.append((added, client_id, sub.plain_filter))
@@ -77,3 +81,80 @@ def test_without_a_backbone_nothing_is_forwarded_and_the_watcher_sees_existing_s
     replayed: list[str] = []
     lab.broker.watch_subscriptions(lambda on, cid, sub: replayed.append(f"{on} {cid} {sub.plain_filter}"))
     assert replayed == ["True TRK-1 fleet/TRK-1/cmd/#"]
+
+
+def _deferring_lab() -> tuple[Lab, list[int | None]]:
+    """A node whose backbone (like JetStream's) acknowledges QoS 1/2 only once the cluster stored them."""
+    directory = InMemoryDirectory()
+    for unit in ("TRK-1", "TRK-2"):
+        directory.enroll(Identity("unit", unit, TRUST_DOMAIN))
+    lab = Lab(PolicyEngine(load_policy(None), directory))
+    taken: list[int | None] = []
+
+    def sink(message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
+        taken.append(receipt)
+        return receipt is not None
+
+    lab.broker.forward_accepted(sink)
+    return lab, taken
+
+
+def test_a_qos1_puback_waits_for_the_cluster_store_and_a_failed_store_closes_unacknowledged() -> None:
+    lab, taken = _deferring_lab()
+    truck = lab.connect("TRK-1")
+    truck.publish("fleet/TRK-1/telemetry/gps", b"one", qos=1)
+    truck.publish("fleet/TRK-1/telemetry/gps", b"two", qos=1)
+    truck.publish("fleet/TRK-1/telemetry/gps", b"zero", qos=0)
+    assert taken == [1, 2, None]
+    assert truck.done == []  # routed here, but no PUBACK before the store said yes
+    lab.apply(lab.broker.stored([2], [], lab.now))
+    lab.pump()
+    assert [d.packet_id for d in truck.done] == [2]
+    lab.apply(lab.broker.stored([1, 1], [], lab.now))  # a repeated confirmation is ignored
+    lab.pump()
+    assert sorted(d.packet_id for d in truck.done) == [1, 2]
+    truck.publish("fleet/TRK-1/telemetry/gps", b"three", qos=1)
+    lab.apply(lab.broker.stored([], [3], lab.now))
+    lab.pump()
+    assert truck.closed == "not_stored"
+    assert len(truck.done) == 2  # never acknowledged: the client resends it on its next connection
+
+
+def test_a_qos2_pubrec_waits_for_the_store_and_a_retransmission_meanwhile_is_not_routed_twice() -> None:
+    lab, taken = _deferring_lab()
+    sender = lab.connect("TRK-2")
+    sender.publish("fleet/TRK-2/telemetry/x", b"m", qos=2)
+    assert taken == [1]
+    assert sender.done == []
+    raw = Publish("fleet/TRK-2/telemetry/x", b"m", qos=2, packet_id=1, dup=True)
+    sender.send_raw(encode(raw, V5))  # the client's DUP while the store has not answered
+    assert taken == [1]  # not routed (nor forwarded) again
+    lab.apply(lab.broker.stored([1], [], lab.now))  # PUBREC now; the client's PUBREL is lost
+    sender.drop_output()
+    assert b"\x50" in bytes(sender.received)[-4:]  # a PUBREC (type 5) was the last thing sent
+    sender.send_raw(encode(raw, V5))  # its DUP after PUBREC: acknowledged again, not routed again
+    assert taken == [1]
+    assert sender.closed is None
+
+
+def test_a_stored_message_for_a_session_is_reported_delivered_only_when_the_subscriber_acknowledges() -> None:
+    lab, _ = _deferring_lab()
+    done: list[int] = []
+    lab.broker.watch_deliveries(done.extend)
+    lab.broker.deliver_durably({"TRK-2"})
+    other = lab.connect("TRK-2", auto_ack=False)
+    other.subscribe("fleet/TRK-2/cmd/#", qos=1)
+    remote = ("fleet/TRK-2/cmd/reboot", b"now", 1, False, Properties(), "ops-1")
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(remote, 7)], lab.now))
+    assert [m.payload for m in other.messages] == [b"now"]
+    nobody = ("fleet/TRK-1/cmd/reboot", b"x", 1, False, Properties(), "ops-1")
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(nobody, 8)], lab.now))  # not its subscription
+    assert done == [8]  # nothing to deliver: the store may forget it at once
+    lab.pump()
+    assert done == [8]  # received, not acknowledged yet
+    other.client.ack(other.messages[0])
+    lab.pump()  # the client's PUBACK
+    assert done == [8, 7]
+    truck = lab.connect("TRK-1")
+    truck.publish("fleet/TRK-1/telemetry/gps", b"t", qos=1)  # no one here reads it; nothing reported
+    assert done == [8, 7]

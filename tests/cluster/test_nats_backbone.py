@@ -43,7 +43,12 @@ class Nodes:
 
 
 def _node(root: Path, url: str, name: str, nats: str) -> GatewayProcess:
-    env = {"FLEETGATE_DATABASE_URL": url, "FLEETGATE_CLUSTER_NODE_NAME": name, "FLEETGATE_CLUSTER_NATS": nats}
+    env = {
+        "FLEETGATE_DATABASE_URL": url,
+        "FLEETGATE_CLUSTER_NODE_NAME": name,
+        "FLEETGATE_CLUSTER_NATS": nats,
+        "FLEETGATE_CLUSTER_JETSTREAM_REPLICAS": "0",  # core NATS (test_jetstream.py: JetStream)
+    }
     return GatewayProcess(root, env=env)
 
 

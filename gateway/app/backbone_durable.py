@@ -1,0 +1,536 @@
+"""QoS 1 and 2 between the nodes, durable: a JetStream stream, acknowledged stores, durable consumers.
+
+Only on a cluster node with `cluster.nats` set and `cluster.jetstream_replicas` above 0
+(docs/cluster.md, "QoS 1 and 2 across nodes: JetStream"). QoS 0 stays on core NATS (backbone.py).
+
+Out: a client's QoS 1/2 PUBLISH (and a QoS 1/2 will) accepted on this node is published into one
+stream (`FLEETGATE_QOS` for the default prefix) on its topic's subject under `<prefix>.q`, signed like
+every backbone message, with `Nats-Msg-Id` set to the message's backbone id (signed too) so that a
+retry, or a replay within the stream's duplicate window, is stored once. The broker's PUBACK (PUBREC)
+for it waits (gateway/broker/receipts.py) until JetStream acknowledged the store (PubAck): a retry every
+`RETRY_S` until `cluster.jetstream_store_timeout`, then the receipt is reported failed, the client's
+connection is closed unacknowledged and the client resends; counted (`not_stored`), logged once a
+minute. Confirmations reach the broker in batches (one call per event-loop iteration).
+
+In: for every NATS subject filter this node's subscriptions need, a durable push consumer named from
+the node and the filter (`fg_<node>_<hash>`, one filter subject each: nats-server 2.9), deliver-new,
+explicit acks. A message is acknowledged to JetStream after the broker routed it to the local sessions
+(the same point at which a local QoS 1 message is the gateway's responsibility: in the sessions'
+queues, persisted for persistent sessions); a redelivery of a message already routed is acknowledged
+and not routed again (ids remembered per node). A node that restarts binds its consumers again (its
+persistent sessions resubscribe) and receives what arrived meanwhile; consumers of a node gone for
+good are deleted by JetStream after `cluster.jetstream_consumer_idle` seconds without a subscriber.
+
+Persistent sessions: per subscribed subject a consumer of their own (`fg_s-<client id>_<hash>`),
+bound by the node that holds the session, delivering to that session only (`Broker.deliver_stored`)
+and acknowledged to JetStream when the session's delivery ended (PUBACK/PUBCOMP, or dropped by the
+broker), not when it was queued: the node's queue is its own SQLite file and dies with it. So a
+session resumed on another node binds the same consumers and gets what it had not acknowledged. The
+node's consumers and local routing skip these sessions for QoS 1/2 (`Broker.deliver_durably`), so
+each message reaches them from one place; message ids are remembered per session, so a redelivery
+of a message still being delivered is not delivered twice. While a session's client is away from
+this node its consumers are parked (unbound, kept: the messages wait in JetStream for whichever node
+it comes back to), and they live as long as the session could (inactive threshold from its expiry).
+
+Replay protection for stored messages: the MAC is checked as for core messages, but freshness is
+measured against the time JetStream stored the message (from the delivery's ack subject), not against
+now: a message redelivered minutes later is legitimate; one signed more than FRESH_S before it was
+stored is a replay and refused, and a replay within FRESH_S carries the same signed `Nats-Msg-Id` and
+is dropped by the stream's duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Container
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.app import backbone_wire as core
+from gateway.broker.core import RemoteMessage
+
+log = logging.getLogger("fleetgate.cluster")
+
+RETRY_S = 0.5  # between attempts to store one message
+ATTEMPT_S = 2.0  # one attempt's wait for the PubAck
+DUPLICATE_WINDOW_S = 120.0  # the stream's Nats-Msg-Id memory: longer than FRESH_S
+MSG_ID = "Nats-Msg-Id"
+REBIND_S = 5.0  # how often node consumers that could not be bound are tried again
+PRESENCE_S = 0.5  # how often sessions that came or left are looked for (their consumers bound, parked)
+SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class DurableSettings:
+    replicas: int = 3
+    max_age: float = 86_400.0  # seconds a stored message is kept at most
+    max_bytes: int = 1 << 30  # the stream's size bound (oldest dropped first)
+    store_timeout: float = 10.0  # how long a PUBACK may wait for JetStream before the client resends
+    ack_wait: float = 10.0  # a delivery not acknowledged by its node within this is redelivered
+    consumer_idle: float = 3600.0  # a consumer nobody has bound for this long is deleted
+
+
+def durable_prefix(prefix: str) -> str:
+    """Stored messages' subjects: beside the core subtrees (`<prefix>.m`, `<prefix>.d`), never in them."""
+    return f"{prefix}.q"
+
+
+def stream_name(prefix: str) -> str:
+    return _UNSAFE.sub("_", prefix).upper() + "_QOS"
+
+
+def consumer_name(owner: str, subject: str) -> str:
+    """A durable name for `owner`'s consumer of `subject`: readable, and unique by its hashes."""
+    digest = hashlib.sha256(f"{owner}\n{subject}".encode()).hexdigest()[:20]
+    return f"fg_{_UNSAFE.sub('_', owner)[:40]}_{digest}"
+
+
+def signed_part(headers: dict[str, str]) -> dict[str, str]:
+    """The headers a node signed: ours and the message id (JetStream may add its own)."""
+    return {k: v for k, v in headers.items() if k.startswith("Fg-") or k == MSG_ID}
+
+
+class DurableLane:
+    def __init__(
+        self,
+        node: str,
+        key: bytes,
+        prefix: str,
+        settings: DurableSettings,
+        counters: core.BackboneCounters,
+        stored: Callable[[list[int], list[int]], None],
+        route: Callable[[list[RemoteMessage], Container[str]], None],
+        deliver: Callable[[str, list[tuple[RemoteMessage, int]]], None],
+        presence: Callable[[str], tuple[bool, float]] = lambda client_id: (True, 0.0),
+    ) -> None:
+        self._nc: Any = None
+        self._js: Any = None
+        self._ready = asyncio.Event()  # set once the stream is there
+        self.node = node
+        self._key = key
+        self.prefix = durable_prefix(prefix)
+        self.stream = stream_name(prefix)
+        self.settings = settings
+        self.counters = counters
+        self._stored = stored
+        self._route_batch = route
+        self._deliver = deliver
+        # Persistent sessions' own consumers: (client id, subject) → subscription; the clients that
+        # have one (skipped by the node's consumers); receipt → the JetStream message to ack once the
+        # session's delivery ended; what arrived for each session in this loop iteration.
+        self._session_subs: dict[tuple[str, str], Any] = {}
+        self._session_wanted: Counter[tuple[str, str]] = Counter()
+        self.own: Counter[str] = Counter()
+        self._receipts: dict[int, Any] = {}
+        self._session_ids: dict[str, OrderedDict[str, int]] = {}
+        self._next_receipt = 1
+        self._doomed: set[tuple[str, str]] = set()  # session consumers to delete, not just unbind
+        self._claimed: set[tuple[str, str]] = set()  # bound once here: bound now, or parked
+        self._presence = presence  # client id → (connected here, session expiry interval)
+        self._for_sessions: dict[str, list[tuple[RemoteMessage, int]]] = {}
+        self._confirmed: list[int] = []
+        self._failed: list[int] = []
+        self._in: list[RemoteMessage] = []
+        self._to_ack: list[Any] = []
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._subs: dict[str, Any] = {}
+        self._wanted: set[str] = set()
+        self._keeping = asyncio.Lock()
+        self._failure_logged = -60.0
+        self._refusal_logged = -60.0
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self, nc: Any) -> None:
+        """Create the stream, or bring an existing one to the configured limits. Stores asked for
+        before then wait for it (within their timeout)."""
+        from nats.js import api
+
+        self._nc = nc
+        self._js = nc.jetstream()
+        s = self.settings
+        config = api.StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            max_age=s.max_age,
+            max_bytes=s.max_bytes,
+            discard=api.DiscardPolicy.OLD,
+            duplicate_window=min(DUPLICATE_WINDOW_S, s.max_age),
+        )
+        while True:
+            try:
+                try:
+                    await self._js.add_stream(config)
+                except Exception as exc:
+                    if "already in use" not in str(exc) and "exist" not in str(exc):
+                        raise
+                    await self._js.update_stream(config)
+                break
+            except Exception as exc:
+                log.warning(
+                    "cluster backbone: JetStream stream %s not ready (%s); retrying", self.stream, exc
+                )
+                await asyncio.sleep(1.0)
+        self._ready.set()
+        log.info(
+            "cluster backbone: QoS 1/2 through JetStream stream %s (replicas %d)", self.stream, s.replicas
+        )
+        await self.keep(self._wanted)
+        await self._keep_sessions()
+        rebind_at = time.monotonic() + REBIND_S
+        while True:  # sessions that came or left; binds refused (a consumer bound elsewhere) again
+            await asyncio.sleep(PRESENCE_S)
+            try:
+                if time.monotonic() >= rebind_at and any(s not in self._subs for s in self._mine()):
+                    rebind_at = time.monotonic() + REBIND_S
+                    await self.keep(self._wanted)
+                if self._sessions_unsettled():
+                    await self._keep_sessions()
+            except Exception as exc:  # never the end of the backbone: tried again next time
+                log.warning("cluster backbone: binding JetStream consumers failed: %s", exc)
+
+    # --- out ----------------------------------------------------------------------------------
+
+    def publish(
+        self, topic_subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+    ) -> None:
+        """Store a signed message; `receipt` (a client's PUBLISH) is confirmed or failed to the broker."""
+        task = asyncio.get_running_loop().create_task(self._store(topic_subject, payload, headers, receipt))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _store(
+        self, subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+    ) -> None:
+        deadline = time.monotonic() + self.settings.store_timeout
+        while True:
+            try:
+                if not self._ready.is_set():
+                    await asyncio.wait_for(self._ready.wait(), max(0.05, deadline - time.monotonic()))
+                js = self._js
+                wait = min(ATTEMPT_S, max(0.05, deadline - time.monotonic()))
+                attempt = asyncio.ensure_future(
+                    js.publish(subject, payload, timeout=wait, headers=dict(headers))
+                )
+                # Not wait_for: a publish caught in nats-py's reconnection may not end when cancelled,
+                # and this loop must keep its deadline whatever the client library does.
+                await asyncio.wait((attempt,), timeout=wait + 0.1)
+                if not attempt.done():
+                    attempt.cancel()
+                    raise TimeoutError("no PubAck")
+                ack = attempt.result()
+                self.counters.sent += 1
+                if ack.duplicate:
+                    self.counters.store_retries_deduplicated += 1
+                self._settle(receipt, True)
+                return
+            except Exception as exc:
+                if time.monotonic() + RETRY_S >= deadline:
+                    self._give_up(subject, exc)
+                    self._settle(receipt, False)
+                    return
+                self.counters.store_retries += 1
+                await asyncio.sleep(RETRY_S)
+
+    def _give_up(self, subject: str, exc: Exception) -> None:
+        self.counters.dropped["not_stored"] += 1
+        now = time.monotonic()
+        if now - self._failure_logged >= 60:
+            self._failure_logged = now
+            log.warning(
+                "cluster backbone: JetStream did not store a message on %s within %.0f s (%s); its "
+                "client was not acknowledged and resends it; counted in fleetgate_backbone_dropped_total"
+                '{reason="not_stored"}, logged once a minute',
+                subject,
+                self.settings.store_timeout,
+                exc or type(exc).__name__,
+            )
+
+    def _settle(self, receipt: int | None, ok: bool) -> None:
+        if receipt is None:
+            return
+        if not self._confirmed and not self._failed:
+            asyncio.get_running_loop().call_soon(self._report)
+        (self._confirmed if ok else self._failed).append(receipt)
+
+    def _report(self) -> None:
+        confirmed, failed = self._confirmed, self._failed
+        self._confirmed, self._failed = [], []
+        if confirmed or failed:
+            self._stored(confirmed, failed)
+
+    # --- in -----------------------------------------------------------------------------------
+
+    async def keep(self, wanted: set[str]) -> None:
+        """Hold one consumer per NATS subject filter in `wanted` (core subject filters, mapped here)."""
+        self._wanted = set(wanted)
+        if not self._ready.is_set():
+            return  # start() binds them
+        async with self._keeping:
+            await self._keep()
+
+    def _mine(self) -> set[str]:
+        return {self._durable(subject) for subject in self._wanted}
+
+    async def _keep(self) -> None:
+        wanted = self._wanted
+        mine = {self._durable(subject): subject for subject in wanted}
+        for subject in [s for s in self._subs if s not in mine]:
+            sub = self._subs.pop(subject)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(self.stream, consumer_name(self.node, subject))
+        for subject in [s for s in mine if s not in self._subs]:
+            try:
+                self._subs[subject] = await self._bind(subject, consumer_name(self.node, subject))
+            except Exception as exc:
+                log.warning("cluster backbone: consuming %s from JetStream failed: %s", subject, exc)
+
+    def _durable(self, core_subject: str) -> str:
+        return self.prefix + core_subject[len(self.prefix) - 2 :]  # `<prefix>.m…` → `<prefix>.q.m…`
+
+    async def _bind(
+        self,
+        subject: str,
+        durable: str,
+        cb: Callable[[Any], Awaitable[None]] | None = None,
+        idle: float | None = None,
+    ) -> Any:
+        from nats.js import api
+
+        s = self.settings
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait,
+            max_ack_pending=20_000,
+            inactive_threshold=s.consumer_idle if idle is None else idle,
+        )
+        return await self._js.subscribe(
+            subject,
+            durable=durable,
+            stream=self.stream,
+            cb=cb or self._on_message,
+            manual_ack=True,
+            config=config,
+            pending_msgs_limit=100_000,
+        )
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = msg.headers or {}
+        try:
+            stored_at = msg.metadata.timestamp.timestamp()
+        except Exception:
+            stored_at = 0.0  # not a JetStream delivery: refused as stale below
+        refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
+        if refused is not None:
+            self._refuse(msg, refused)
+            return
+        msg_id = headers.get(core.H_ID)
+        if headers.get(core.H_NODE) == self.node or msg_id is None or msg_id in self._seen:
+            if msg_id in self._seen:
+                self.counters.duplicates += 1
+            self._ack_later(msg)  # ours, or routed already: done with it
+            return
+        try:
+            remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.counters.dropped["malformed"] += 1
+            log.warning("cluster backbone: dropped a stored message on %s: %s", msg.subject, exc)
+            self._ack_later(msg)
+            return
+        self._seen[msg_id] = None
+        if len(self._seen) > core.SEEN_IDS:
+            self._seen.popitem(last=False)
+        self.counters.received += 1
+        self._in.append(remote)
+        self._ack_later(msg)
+
+    def _refuse(self, msg: Any, why: str) -> None:
+        self.counters.dropped[why] += 1
+        self._ack_later(msg)  # never routed, never redelivered
+        now = time.monotonic()
+        if now - self._refusal_logged >= 60:
+            self._refusal_logged = now
+            log.warning(
+                "cluster backbone: refused a stored message on %s (%s); counted in "
+                "fleetgate_backbone_dropped_total, logged once a minute",
+                msg.subject,
+                why,
+            )
+
+    def _ack_later(self, msg: Any) -> None:
+        """Acknowledged to JetStream once this iteration's batch was routed (or at once if none)."""
+        if not self._to_ack:
+            asyncio.get_running_loop().call_soon(self._route_and_ack)
+        self._to_ack.append(msg)
+
+    def _route_and_ack(self) -> None:
+        batch, self._in = self._in, []
+        acks, self._to_ack = self._to_ack, []
+        if batch:
+            # Synchronous: in the sessions' queues (and store) when it returns.
+            self._route_batch(batch, self.own)
+        for client_id, stored in self._for_sessions.items():
+            self._deliver(client_id, stored)  # their receipts come back through delivered()
+        self._for_sessions = {}
+        task = asyncio.get_running_loop().create_task(self._ack(acks))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _ack(self, msgs: list[Any]) -> None:
+        nc = self._nc
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await nc.publish(msg.reply, b"+ACK")
+
+    # --- persistent sessions: consumers of their own ---------------------------------------------
+
+    def session_subscription(
+        self, added: bool, client_id: str, subjects: tuple[str, ...], unsubscribed: bool = True
+    ) -> None:
+        """A persistent session's subscription came or went (its filter's core subjects).
+        `unsubscribed`: the client unsubscribed, so its consumers are deleted; otherwise (the session
+        expired, was discarded or taken over by another node) they are only unbound here, and
+        JetStream deletes them after `consumer_idle` unless another node binds them meanwhile."""
+        for core_subject in subjects:
+            key = (client_id, self._durable(core_subject))
+            self._session_wanted[key] += 1 if added else -1
+            if self._session_wanted[key] <= 0:
+                del self._session_wanted[key]
+                if not added and unsubscribed:
+                    self._doomed.add(key)
+        if self._ready.is_set():
+            task = asyncio.get_running_loop().create_task(self._keep_sessions())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _keep_sessions(self) -> None:
+        """Bind the consumers of sessions connected here; park (unbind, keep) those of sessions
+        offline here, so that their messages wait in JetStream for whichever node the client comes
+        back to; unbind (or delete, after an UNSUBSCRIBE) those no longer wanted."""
+        async with self._keeping:
+            wanted = dict(self._session_wanted)
+            here = self._presence
+            for key in [k for k in self._claimed if k not in wanted]:
+                client_id, subject = key
+                self._claimed.discard(key)
+                self.own[client_id] -= 1
+                if self.own[client_id] <= 0:
+                    del self.own[client_id]
+                    for receipt in self._session_ids.pop(client_id, {}).values():
+                        self._receipts.pop(receipt, None)  # not acked: JetStream redelivers it
+                sub = self._session_subs.pop(key, None)
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                if key in self._doomed:
+                    self._doomed.discard(key)
+                    with contextlib.suppress(Exception):  # unsubscribed: the session wants it no more
+                        await self._js.delete_consumer(self.stream, consumer_name(f"s-{client_id}", subject))
+            for key in [k for k in self._session_subs if not here(k[0])[0]]:
+                with contextlib.suppress(Exception):  # parked: its client left this node
+                    await self._session_subs.pop(key).unsubscribe()
+            for key in [k for k in wanted if k not in self._session_subs]:
+                client_id, subject = key
+                connected, expiry = here(client_id)
+                if not connected:
+                    continue
+                try:
+                    self._session_subs[key] = await self._bind(
+                        subject,
+                        consumer_name(f"s-{client_id}", subject),
+                        self._session_cb(client_id),
+                        idle=max(self.settings.consumer_idle, expiry + 60.0),
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "cluster backbone: the consumer of %s for session %r failed: %s",
+                        subject,
+                        client_id,
+                        exc,
+                    )
+                    continue
+                if key not in self._claimed:
+                    self._claimed.add(key)
+                    self.own[client_id] += 1
+
+    def _sessions_unsettled(self) -> bool:
+        """A session consumer to bind (its client is here) or to park (its client left)."""
+        here = self._presence
+        return any(here(c)[0] != ((c, s) in self._session_subs) for c, s in self._session_wanted)
+
+    def _session_cb(self, client_id: str) -> Callable[[Any], Awaitable[None]]:
+        async def on_message(msg: Any) -> None:
+            self._on_session_message(client_id, msg)
+
+        return on_message
+
+    def _on_session_message(self, client_id: str, msg: Any) -> None:
+        headers = msg.headers or {}
+        try:
+            stored_at = msg.metadata.timestamp.timestamp()
+        except Exception:
+            stored_at = 0.0
+        refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
+        if refused is not None:
+            self._refuse(msg, refused)
+            return
+        msg_id = headers.get(core.H_ID)
+        if msg_id is None:
+            self._ack_later(msg)
+            return
+        ids = self._session_ids.setdefault(client_id, OrderedDict())
+        known = ids.get(msg_id)
+        if known is not None:  # redelivered: the delivery in the session is still on its way, or done
+            self.counters.duplicates += 1
+            if known in self._receipts:
+                self._receipts[known] = msg  # whichever delivery of it is acked acks it in JetStream
+            else:
+                self._ack_later(msg)
+            return
+        try:
+            remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
+        except (ValueError, KeyError, TypeError):
+            self.counters.dropped["malformed"] += 1
+            self._ack_later(msg)
+            return
+        receipt = self._next_receipt
+        self._next_receipt += 1
+        self._receipts[receipt] = msg
+        ids[msg_id] = receipt
+        if len(ids) > SESSION_IDS:
+            ids.popitem(last=False)
+        self.counters.received += 1
+        if not self._to_ack and not self._in and not self._for_sessions:
+            asyncio.get_running_loop().call_soon(self._route_and_ack)
+        self._for_sessions.setdefault(client_id, []).append((remote, receipt))
+
+    def delivered(self, receipts: list[int]) -> None:
+        """The broker's word (inside its call): these sessions' deliveries ended; ack them."""
+        msgs = [m for m in (self._receipts.pop(r, None) for r in receipts) if m is not None]
+        if msgs:
+            task = asyncio.get_running_loop().create_task(self._ack(msgs))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def subjects(self) -> list[str]:
+        return sorted(self._subs) + sorted(f"{c}:{s}" for c, s in self._session_subs)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        for sub in list(self._subs.values()):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

@@ -1,0 +1,115 @@
+"""What travels on the cluster's backbone, and how a node checks it: headers, the HMAC, freshness,
+and turning a NATS message back into a broker message (docs/cluster.md, part 2). Shared by the core
+NATS path (backbone.py) and the JetStream path (backbone_durable.py); no NATS import here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.broker.core import RemoteMessage
+from gateway.broker.sessions import Message
+from gateway.broker.subjects import subject_to_topic
+from gateway.mqtt.packets import Properties
+from gateway.policy.access import Peer
+
+H_NODE = "Fg-Node"
+H_ID = "Fg-Id"
+H_CLIENT = "Fg-Client"
+H_IDENTITY = "Fg-Identity"
+H_QOS = "Fg-Qos"
+H_RETAIN = "Fg-Retain"
+H_PROPS = "Fg-Props"  # JSON (ASCII): no header injection whatever a content type holds
+H_TIME = "Fg-Time"  # unix milliseconds when the origin node sent it
+H_MAC = "Fg-Mac"
+FRESH_S = 30.0  # older (or this far in the future: clocks disagree) is refused as a replay
+SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
+
+
+@dataclass
+class BackboneCounters:
+    sent: int = 0
+    received: int = 0
+    duplicates: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    subjects: int = 0  # gauge: NATS subscriptions held
+    connected: bool = False
+    store_retries: int = 0  # JetStream stores tried again (backbone_durable.py)
+    store_retries_deduplicated: int = 0  # … that found the message stored already
+
+
+def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:
+    p = message.properties
+    props: dict[str, Any] = {}
+    if p.payload_format_indicator is not None:
+        props["pfi"] = p.payload_format_indicator
+    if message.expires_at is not None and p.message_expiry_interval is not None:
+        props["exp"] = p.message_expiry_interval  # the interval as received; 0 s spent on this node
+    if p.content_type is not None:
+        props["ct"] = p.content_type
+    if p.response_topic is not None:
+        props["rt"] = p.response_topic
+    if p.correlation_data is not None:
+        props["cd"] = base64.b64encode(p.correlation_data).decode("ascii")
+    if p.user_properties:
+        props["up"] = [list(pair) for pair in p.user_properties]
+    headers = {
+        H_NODE: node,
+        H_ID: msg_id,
+        H_CLIENT: json.dumps(client_id),
+        H_QOS: str(message.qos),
+        H_RETAIN: "1" if message.retain else "0",
+    }
+    if peer.identity is not None:
+        headers[H_IDENTITY] = json.dumps(str(peer.identity))
+    if props:
+        headers[H_PROPS] = json.dumps(props, separators=(",", ":"))
+    return headers
+
+
+def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> str:
+    """HMAC-SHA256 over the subject, every header but the MAC (sorted) and the payload, each part
+    length-prefixed so no two messages share an encoding."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    parts = [subject.encode()]
+    for name in sorted(headers):
+        if name != H_MAC:
+            parts += [name.encode(), headers[name].encode()]
+    parts.append(payload)
+    for part in parts:
+        mac.update(len(part).to_bytes(4, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes, now: float) -> str | None:
+    """None when the message was signed with `key` and is fresh, else why it is refused."""
+    given = headers.get(H_MAC)
+    if given is None or not hmac.compare_digest(given, sign(key, subject, headers, payload)):
+        return "unauthenticated"
+    try:
+        sent = int(headers[H_TIME]) / 1000
+    except (KeyError, ValueError):
+        return "unauthenticated"
+    return None if abs(now - sent) <= FRESH_S else "stale"
+
+
+def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str) -> RemoteMessage:
+    """Raises ValueError (or KeyError) for anything a fleetgate node did not send."""
+    topic = subject_to_topic(subject, prefix)
+    props = json.loads(headers.get(H_PROPS, "{}"))
+    properties = Properties(
+        payload_format_indicator=props.get("pfi"),
+        message_expiry_interval=props.get("exp"),
+        content_type=props.get("ct"),
+        response_topic=props.get("rt"),
+        correlation_data=None if "cd" not in props else base64.b64decode(props["cd"]),
+        user_properties=tuple((str(k), str(v)) for k, v in props.get("up", ())),
+    )
+    client = json.loads(headers[H_CLIENT])
+    return topic, data, int(headers[H_QOS]), headers.get(H_RETAIN) == "1", properties, str(client)

@@ -1,0 +1,348 @@
+"""QoS 1 and 2 across nodes through JetStream (docs/cluster.md, "QoS 1 and 2 across nodes: JetStream"):
+three nats-servers with JetStream (R3), PostgreSQL, fleetgate nodes, real paho clients over mTLS.
+A unit's PUBACK means the message is stored in the cluster; what was acknowledged reaches the service
+on the other node even when a nats-server is killed (-9) under traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from gateway.app.backbone_durable import stream_name
+from gateway.broker.subjects import DEFAULT_PREFIX
+from tests.clients import Paho, Received
+from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _metrics, _until_arrives
+from tests.harness import Credentials, GatewayProcess
+from tests.nats import NatsServer, nats_js_cluster  # noqa: F401  (the module's nats-servers)
+from tests.ops.helpers import metrics_text
+from tests.pg import PgCluster
+
+
+@dataclass
+class Nodes:
+    a: GatewayProcess
+    b: GatewayProcess
+    c: GatewayProcess
+    dispatch: Credentials
+    nats: list[NatsServer]
+
+
+def _node(root: Path, url: str, name: str, nats_url: str) -> GatewayProcess:
+    env = {
+        "FLEETGATE_DATABASE_URL": url,
+        "FLEETGATE_CLUSTER_NODE_NAME": name,
+        "FLEETGATE_CLUSTER_NATS": nats_url,
+        "FLEETGATE_CLUSTER_JETSTREAM_REPLICAS": "3",
+    }
+    return GatewayProcess(root, env=env)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    pg_cluster: PgCluster,
+    nats_js_cluster: list[NatsServer],  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Nodes]:
+    url = pg_cluster.new_database()
+    root = tmp_path_factory.mktemp("jetstream")
+    first, second, third = (server.url for server in nats_js_cluster)
+    a = _node(root / "a", url, "node-a", first)
+    a.init()
+    b = _node(root / "b", url, "node-b", second)
+    c = _node(root / "c", url, "node-c", third)
+    shutil.copytree(a.data, b.data)
+    shutil.copytree(a.data, c.data)
+    for node in (a, b, c):
+        node.start()
+    dispatch = a.issue("service", "dispatch")
+    yield Nodes(a, b, c, dispatch, nats_js_cluster)
+    for node in (a, b, c):
+        node.stop()
+
+
+def _until_ready(publisher: Paho, topic: str, receiver: Paho) -> None:
+    """Node B's consumers are bound once a probe crosses (the stream is created by the first node)."""
+    _until_arrives(publisher, topic, receiver, timeout=30)
+
+
+def test_qos1_and_qos2_cross_nodes_stored_qos2_exactly_once(nodes: Nodes) -> None:
+    unit = "TRK-JS-1"
+    topic = f"fleet/{unit}/telemetry/gps"
+    # Two overlapping filters on node B: two consumers there, the service still gets one copy.
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    assert service.subscribe(topic, 2) == [2]
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_ready(truck, topic, service)
+    sent: dict[bytes, int] = {}
+    for i in range(40):
+        qos = 1 + i % 2
+        payload = f"fix-{i}-q{qos}".encode()
+        assert truck.publish(topic, payload, qos=qos) == 0  # PUBACK / PUBREC: stored in the cluster
+        sent[payload] = qos
+    got = _drain(service, 1.5)
+    counts = Counter(m.payload for m in got)
+    assert set(counts) == set(sent)  # every acknowledged message arrived
+    assert all(counts[p] == 1 for p, q in sent.items() if q == 2)  # QoS 2: exactly once
+    assert {m.payload: m.qos for m in got} == sent  # at the QoS it was published with
+    assert [m.payload for m in got if m.qos == 2] == [p for p, q in sent.items() if q == 2]  # in order
+    truck.disconnect()
+    service.disconnect()
+    a = _metrics(metrics_text(nodes.a))
+    assert a["fleetgate_backbone_sent_total"] >= 40
+    assert a.get('fleetgate_backbone_dropped_total{reason="not_stored"}', 0) == 0
+
+
+def _stored_copy(server: str, subject_part: str) -> tuple[str, bytes, dict[str, str]]:
+    """The last stored message whose subject contains `subject_part`, as a replayer would copy it."""
+
+    async def run() -> tuple[str, bytes, dict[str, str]]:
+        nc = await nats.connect(server)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream_name(DEFAULT_PREFIX))
+            for seq in range(info.state.last_seq, 0, -1):
+                msg = await js.get_msg(stream_name(DEFAULT_PREFIX), seq)
+                if subject_part in msg.subject:
+                    return msg.subject, msg.data or b"", dict(msg.headers or {})
+            raise AssertionError("no stored message found")
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def _publish_js(server: str, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+    async def run() -> Any:
+        nc = await nats.connect(server)
+        try:
+            return await nc.jetstream().publish(subject, payload, headers=headers)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_a_stored_message_replayed_into_the_stream_is_not_delivered_again(nodes: Nodes) -> None:
+    unit = "TRK-JS-2"
+    topic = f"fleet/{unit}/cmd/mode"
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit), f"fleet/{unit}/cmd/#")
+    _until_ready(truck, f"fleet/{unit}/telemetry/gps", service)
+    assert truck.publish(f"fleet/{unit}/telemetry/gps", b"once", qos=1) == 0
+    assert [m.payload for m in _drain(service, 1.0)] == [b"once"]
+    subject, payload, headers = _stored_copy(nodes.nats[0].url, unit)
+    ack = _publish_js(nodes.nats[0].url, subject, payload, headers)  # byte-identical, same signed id
+    assert ack.duplicate  # the stream's duplicate window drops it
+    forged = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+    _publish_js(nodes.nats[0].url, subject, payload, forged)  # a new id: the MAC no longer verifies
+    assert _drain(service, 1.5) == []
+    assert topic  # the unit's control topic saw nothing either
+    assert truck.quiet(0.2) == []
+    truck.disconnect()
+    service.disconnect()
+
+
+class Publisher(threading.Thread):
+    """A unit publishing QoS 1 telemetry at a steady rate, one PUBLISH at a time, recording exactly
+    which payloads were acknowledged (PUBACK reason 0) and which were not (no PUBACK within 15 s)."""
+
+    def __init__(self, client: Paho, topic: str, rate: float, qos: int = 1, failover: Any = None) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.qos = qos
+        self.failover = failover  # () -> Paho: a connection to another node, when this one's dies
+        self.topic = topic
+        self.period = 1 / rate
+        self.sent: list[bytes] = []
+        self.acked: set[bytes] = set()
+        self.halt = threading.Event()
+        self.outcomes: Counter[Any] = Counter()
+
+    def run(self) -> None:
+        i = 0
+        next_at = time.monotonic()
+        while not self.halt.is_set():
+            payload = f"{self.topic}#{i}".encode()
+            self.sent.append(payload)
+            try:
+                reason = self.client.publish(self.topic, payload, qos=self.qos, timeout=15)
+                if reason == 0:
+                    self.acked.add(payload)
+                else:
+                    self.outcomes[reason] += 1
+            except (TimeoutError, ValueError):
+                self.outcomes["timeout"] += 1
+            if self.failover is not None and not self.client.disconnects.empty():
+                self.outcomes["failover"] += 1
+                self.client.client.loop_stop()
+                self.client = self.failover()
+                self.failover = None
+            i += 1
+            next_at += self.period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def _received_until(service: Paho, wanted: set[bytes], timeout: float) -> list[Received]:
+    got: list[Received] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not wanted <= {m.payload for m in got}:
+        got += _drain(service, 0.3)
+    return got
+
+
+def test_a_persistent_session_moved_to_another_live_node_gets_what_was_sent_while_it_moved(
+    nodes: Nodes,
+) -> None:
+    """Dispatch leaves node B (DISCONNECT; its session stays there, offline) and comes back on node C
+    a second later while two units on node A keep publishing: B parks the session's consumer, C binds
+    it, and every acknowledged message reaches dispatch, those sent while it was away included."""
+    topic_filter = "fleet/+/telemetry/#"
+
+    def dispatch_on(node: GatewayProcess) -> Paho:
+        client = Paho(node.mqtt_port, nodes.dispatch, clean=False, session_expiry=600)
+        assert client.connect()[0] == 0
+        assert client.subscribe(topic_filter, 2) == [2]
+        return client
+
+    dispatch = dispatch_on(nodes.b)
+    units = [f"TRK-JS-M{i}" for i in range(2)]
+    trucks = [_client(nodes.a, _enroll(nodes.a, unit)) for unit in units]
+    for truck, unit in zip(trucks, units, strict=True):
+        _until_ready(truck, f"fleet/{unit}/telemetry/gps", dispatch)
+    _drain(dispatch, 0.3)
+    publishers = [
+        Publisher(t, f"fleet/{u}/telemetry/gps", rate=15, qos=1 + i % 2)
+        for i, (t, u) in enumerate(zip(trucks, units, strict=True))
+    ]
+    for p in publishers:
+        p.start()
+    time.sleep(1.0)
+    got = _drain(dispatch, 0.05)
+    dispatch.disconnect()  # its session lives on, offline, on node B
+    time.sleep(1.0)
+    dispatch = dispatch_on(nodes.c)
+    time.sleep(1.0)
+    for p in publishers:
+        p.halt.set()
+        p.join()
+    acknowledged = set().union(*(p.acked for p in publishers))
+    got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
+    missing = acknowledged - {m.payload for m in got}
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+    for truck in trucks:
+        truck.disconnect()
+    dispatch.disconnect()
+
+
+def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowledged(nodes: Nodes) -> None:
+    """Node B holds the dispatch service's persistent session (its own JetStream consumer) and two
+    units; node A two more units; all four publish (QoS 1 and 2) to dispatch. Node B is killed (-9):
+    its units go on through node C, dispatch resumes its session on node C, and every message a unit
+    got a PUBACK/PUBREC for reaches dispatch (duplicates allowed, counted)."""
+    topic_filter = "fleet/+/telemetry/#"
+
+    def dispatch_on(node: GatewayProcess) -> Paho:
+        client = Paho(node.mqtt_port, nodes.dispatch, clean=False, session_expiry=600)
+        assert client.connect()[0] == 0
+        assert client.subscribe(topic_filter, 2) == [2]
+        return client
+
+    dispatch = dispatch_on(nodes.b)
+    units = [f"TRK-JS-N{i}" for i in range(4)]
+    creds = [_enroll(nodes.a, unit) for unit in units]
+    homes = [nodes.a, nodes.a, nodes.b, nodes.b]
+    trucks = [_client(home, c) for home, c in zip(homes, creds, strict=True)]
+    for truck, unit in zip(trucks, units, strict=True):
+        _until_ready(truck, f"fleet/{unit}/telemetry/gps", dispatch)
+    _drain(dispatch, 0.3)
+
+    def to_c(c: Credentials) -> Any:
+        return lambda: _client(nodes.c, c)
+
+    publishers = [
+        Publisher(
+            truck,
+            f"fleet/{unit}/telemetry/gps",
+            rate=15,
+            qos=1 + i % 2,
+            failover=to_c(c) if homes[i] is nodes.b else None,
+        )
+        for i, (truck, unit, c) in enumerate(zip(trucks, units, creds, strict=True))
+    ]
+    for p in publishers:
+        p.start()
+    time.sleep(1.5)
+    got = _drain(dispatch, 0.05)
+    nodes.b.stop(signal.SIGKILL)
+    got += _drain(dispatch, 0.2)
+    dispatch.client.loop_stop()
+    dispatch = dispatch_on(nodes.c)  # the session resumes on node C: its consumer holds what was missed
+    time.sleep(2.0)
+    for p in publishers:
+        p.halt.set()
+        p.join()
+    acknowledged = set().union(*(p.acked for p in publishers))
+    got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
+    received = Counter(m.payload for m in got)
+    missing = acknowledged - set(received)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+    assert [p.outcomes["failover"] for p in publishers] == [0, 0, 1, 1]
+    qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
+    duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
+    print(f"acknowledged {len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}")
+    for p in publishers:
+        p.client.disconnect()
+    dispatch.disconnect()  # node B stays down: the next test uses nodes A and C
+
+
+def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes: Nodes) -> None:
+    """Node A's own nats-server is killed while four units on node A publish QoS 1 to a service on
+    node C: node A reconnects to another server, stores left unanswered are retried, JetStream (R3)
+    keeps the stream and the consumers; every PUBACKed message reaches the service. Last in the
+    module: it kills a server (and brings it back)."""
+    service = _client(nodes.c, nodes.dispatch, "fleet/+/telemetry/#")
+    units = [f"TRK-JS-K{i}" for i in range(4)]
+    trucks = [_client(nodes.a, _enroll(nodes.a, unit)) for unit in units]
+    _until_ready(trucks[0], f"fleet/{units[0]}/telemetry/gps", service)
+    _drain(service, 0.3)
+    publishers = [  # under the default policy's 20 messages per second for a unit
+        Publisher(t, f"fleet/{u}/telemetry/gps", rate=15) for t, u in zip(trucks, units, strict=True)
+    ]
+    for p in publishers:
+        p.start()
+    time.sleep(1.0)
+    nodes.nats[0].kill()  # node A's server, kill -9
+    time.sleep(3.0)
+    for p in publishers:
+        p.halt.set()
+        p.join()
+    published = sum(len(p.sent) for p in publishers)
+    acknowledged = set().union(*(p.acked for p in publishers))
+    got = _received_until(service, acknowledged, timeout=30)
+    received = Counter(m.payload for m in got)
+    missing = acknowledged - set(received)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+    assert len(acknowledged) == published, [
+        p.outcomes for p in publishers
+    ]  # traffic went on: every PUBLISH was stored and acknowledged
+    assert all(t.disconnects.empty() for t in trucks)  # no unit had to reconnect
+    duplicates = sum(n - 1 for n in received.values())
+    print(
+        f"published {published}, acknowledged {len(acknowledged)}, received {len(received)}, dup {duplicates}"
+    )
+    assert "cluster backbone: NATS connection back" in nodes.a.log()
+    for t in trucks:
+        t.disconnect()
+    service.disconnect()
+    nodes.nats[0].restart()
