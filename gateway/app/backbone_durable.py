@@ -166,6 +166,7 @@ class DurableLane:
             discard=api.DiscardPolicy.OLD,
             duplicate_window=min(DUPLICATE_WINDOW_S, s.max_age),
         )
+        said = -60.0
         while True:
             try:
                 try:
@@ -176,9 +177,16 @@ class DurableLane:
                     await self._js.update_stream(config)
                 break
             except Exception as exc:
-                log.warning(
-                    "cluster backbone: JetStream stream %s not ready (%s); retrying", self.stream, exc
-                )
+                if time.monotonic() - said >= 60:  # once a minute, not once a try
+                    said = time.monotonic()
+                    log.warning(
+                        "cluster backbone: JetStream stream %s cannot be made (%s); QoS 1/2 publishers "
+                        "get no PUBACK until it is. A NATS cluster with fewer than %d JetStream servers "
+                        "needs cluster.jetstream_replicas lowered to what it has; retrying every second",
+                        self.stream,
+                        exc,
+                        s.replicas,
+                    )
                 await asyncio.sleep(1.0)
         self._ready.set()
         log.info(

@@ -20,6 +20,12 @@ The balance NATS gives: one share per *node* holding members (not per member), c
 message; nats-server prefers a queue subscriber connected to the server the message was published
 on, so a node on the publisher's NATS server gets (nearly) all of that publisher's messages for the
 group. Within a node, members take turns.
+
+QoS 1/2 messages cross nodes on the JetStream stream's subjects (`<prefix>.q.…`, backbone_durable.py),
+and a JetStream publish is also an ordinary NATS message on its subject, so each group holds its queue
+subscriptions on both subtrees. The group's share of a stored message is taken from the live
+publish: held by the stream (the publisher's PUBACK waited for it), but delivered to the group at
+most once across nodes (no consumer of the group's own; docs/cluster.md, "What is left").
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.app.backbone import H_ID, SEEN_IDS, message_from
+from gateway.app.backbone_durable import durable_prefix
 from gateway.app.cluster_link import ClusterLink
 from gateway.broker.sessions import StoredSubscription
 from gateway.broker.subjects import filter_to_subjects
@@ -85,9 +92,19 @@ class ClusterShared:
             del self._members[key]
             self._hold(key, -1)
 
+    def _subjects(self, plain_filter: str) -> list[str]:
+        """The filter's core subjects and their stored (QoS 1/2) twins."""
+        core = filter_to_subjects(plain_filter, self._prefix)
+        stored = durable_prefix(self._prefix)
+        return [*core, *(stored + s[len(self._prefix) :] for s in core)]
+
+    def _core_subject(self, subject: str) -> str:
+        stored = durable_prefix(self._prefix) + "."
+        return self._prefix + "." + subject[len(stored) :] if subject.startswith(stored) else subject
+
     def _hold(self, key: GroupKey, delta: int) -> None:
         queue = queue_name(key)
-        for subject in filter_to_subjects(key[2], self._prefix):
+        for subject in self._subjects(key[2]):
             ref = (subject, queue)
             self._refs[ref] += delta
             if self._refs[ref] <= 0:
@@ -111,7 +128,7 @@ class ClusterShared:
             if len(self._seen) > SEEN_IDS:
                 self._seen.popitem(last=False)
             try:
-                remote = message_from(msg.subject, msg.data, headers, self._prefix)
+                remote = message_from(self._core_subject(msg.subject), msg.data, headers, self._prefix)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("cluster shared: dropped a message on %s: %s", msg.subject, exc)
                 return

@@ -117,6 +117,10 @@ def serve_with_workers(
             env = {**os.environ, "FLEETGATE_CLUSTER_NODE_NAME": worker_node_name(base, index)}
             if nats is not None:
                 env["FLEETGATE_CLUSTER_NATS"] = nats.url
+                # One local server holds one copy: the streams are made with one replica (a stream
+                # asking for three would never be created there, and QoS 1/2 could not be stored).
+                if config.cluster.jetstream_replicas > 1:
+                    env["FLEETGATE_CLUSTER_JETSTREAM_REPLICAS"] = "1"
             if typed is not None:
                 env[PASSPHRASE_ENV] = typed.decode()
             argv = worker_argv(index, data.root, listen, options)
