@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks import nodes
 from benchmarks.brokers import Broker, MosquittoBroker
 from benchmarks.world import Lab, Scale
 from device_sim.load import procstat
@@ -168,6 +169,117 @@ async def qos0_batched(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
     Not offered at QoS 1: Mosquitto 2.0.11 then leaves part of a record unprocessed until more bytes
     arrive, and the closed loop stalls on it (a Mosquitto behaviour, not a measurement of it)."""
     return await _throughput(lab, broker, scale, 0, batched=True)
+
+
+# --- 1b. the cross-node hop --------------------------------------------------------------------------
+
+
+async def hop(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """The cost of a cross-node hop: the same paced 1→1 stream (`hop_rate` msg/s for `hop_seconds`, each
+    message its own write, QoS 0 then QoS 1), publisher `dispatch` → unit TRK-00001 on its control
+    topic, measured (a) with both clients on one node and (b) with the publisher on one worker of
+    `serve --workers N` and the subscriber on another, the message crossing on NATS. Which worker took
+    a connection is read from the sockets (benchmarks/nodes.py); the publisher reconnects until it
+    lands where wanted. A single process (fleetgate, Mosquitto) has no hop: (a) only, and no
+    `cross_node_*`/`hop_*` metrics (shown as "-"). `hop_p99_ms` = (b) p99 − (a) p99 (issue 17: < 2 ms at
+    5k msg/s)."""
+    pids = nodes.workers(broker.pid)
+    out: Metrics = {}
+    for qos in (0, 1):
+        sink = LatencySink()
+        unit = lab.units[0]
+        sub = await _subscribed(lab, broker, unit, f"fleet/{unit.ident}/control/#", qos, sink)
+        try:
+            home = nodes.owner(pids, broker.port, _local_port(sub)) if pids else None
+            placements = [("same_node", home)] if not pids else [("same_node", home), ("cross_node", home)]
+            for label, _ in placements:
+                pub = await _placed_publisher(lab, broker, pids, home, same=label == "same_node")
+                meter = nodes.ProcessMeter(broker.pid)
+                meter.start()
+                try:
+                    result = await _paced(pub, sub, sink, lab, scale, qos, broker)
+                finally:
+                    await close_all([pub])
+                for key, value in result.items():
+                    out[f"qos{qos}_{label}_{key}"] = value
+                if label == "cross_node":
+                    out.update({f"qos{qos}_cross_node_{k}": v for k, v in meter.stop().items()})
+            if pids:
+                for p in ("p50", "p99"):
+                    cross, same = out[f"qos{qos}_cross_node_{p}_ms"], out[f"qos{qos}_same_node_{p}_ms"]
+                    out[f"qos{qos}_hop_{p}_ms"] = round(cross - same, 3)
+        finally:
+            await close_all([sub])
+    return out
+
+
+def _local_port(client: LeanClient) -> int:
+    assert client.transport is not None
+    return int(client.transport.get_extra_info("sockname")[1])
+
+
+async def _placed_publisher(
+    lab: Lab, broker: Broker, pids: dict[int, int], home: int | None, *, same: bool, attempts: int = 40
+) -> LeanClient:
+    """`dispatch` connected to the subscriber's worker (`same`) or to another one; any node of a
+    single process. The kernel spreads connections over the workers, so a few reconnects suffice."""
+    for _ in range(attempts):
+        pub = await _client(lab, broker, lab.dispatch)
+        if not pids:
+            return pub
+        where = nodes.owner(pids, broker.port, _local_port(pub))
+        if where is not None and (where == home) == same:
+            return pub
+        await close_all([pub])
+    raise RuntimeError(f"no connection landed {'on' if same else 'off'} worker {home} in {attempts} tries")
+
+
+async def _paced(
+    pub: LeanClient, sub: LeanClient, sink: LatencySink, lab: Lab, scale: Scale, qos: int, broker: Broker
+) -> Metrics:
+    """Open loop: `hop_rate` msg/s for warm-up + `hop_seconds`, each message its own write; the
+    latency of what was sent after the warm-up, delivered within 3 s of the last send."""
+    unit = lab.units[0]
+    template = PublishTemplate(f"fleet/{unit.ident}/control/hop", 100, qos, lab.version)
+    rate, window = scale.hop_rate, 100  # QoS 1: the brokers' in-flight limit
+    sent = skipped = 0
+    start_ns = time.perf_counter_ns()
+    warm_ns = start_ns + int(scale.warmup_seconds * 1e9)
+    end_ns = warm_ns + int(scale.hop_seconds * 1e9)
+    first = sink.count
+    counted_from: int | None = None
+    sent_at_warm = 0
+    before = procstat.sample(broker.pid)
+    while True:
+        now = time.perf_counter_ns()
+        if now >= end_ns:
+            break
+        if counted_from is None and now >= warm_ns:
+            counted_from, sent_at_warm = sink.count, sent + skipped
+            before = procstat.sample(broker.pid)
+        if pub.transport is None or sub.transport is None:
+            raise ConnectionError("a benchmark client was disconnected")
+        due = int((now - start_ns) * rate / 1e9) - sent - skipped
+        for _ in range(due):
+            if qos and pub.inflight >= window:
+                skipped += 1
+                continue
+            pub.write(template.frame(pub.next_packet_id() if qos else 0, time.perf_counter_ns()), 1, qos)
+            sent += 1
+        await asyncio.sleep(0.0005)
+    after = procstat.sample(broker.pid)
+    await _until_count(sink, first + sent, 3.0)
+    measured = sink.latencies[(counted_from if counted_from is not None else first) :]
+    lat = percentiles(measured)
+    offered = sent + skipped - sent_at_warm
+    return {
+        "p50_ms": _ms(lat.get("p50", 0)),
+        "p99_ms": _ms(lat.get("p99", 0)),
+        "delivered_pct": round(100 * (sink.count - first) / max(1, sent), 2),
+        "sent_per_s": round(offered / scale.hop_seconds),
+        "held_back": skipped,
+        "broker_cpu_pct": round(procstat.cpu_percent(before, after) or 0.0),
+    }
 
 
 # --- 2. fan-in ---------------------------------------------------------------------------------------
@@ -469,6 +581,7 @@ CASES: dict[str, Case] = {
     "qos0": qos0,
     "qos1": qos1,
     "qos0_batched": qos0_batched,
+    "hop": hop,
     "fanin": fanin,
     "fanin_qos1": fanin_qos1,
     "fanout": fanout,

@@ -40,6 +40,9 @@ class Scale:
     observe_seconds: float = 2.0  # Mosquitto containment: how long to watch for the session to go
     # QoS 1 fan-in under overload: units, msg/s per unit, seconds
     fanin_qos1: tuple[int, float, float] = (200, 100.0, 10.0)
+    # the cross-node hop: a paced 1→1 stream, msg/s and seconds measured (after `warmup_seconds`)
+    hop_rate: float = 5000.0
+    hop_seconds: float = 10.0
 
     @staticmethod
     def full() -> Scale:
@@ -47,7 +50,7 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6), 1000.0, 0.5)
 
     @property
     def units_needed(self) -> int:

@@ -1,0 +1,116 @@
+"""Which process of a broker serves a connection, and each process's own CPU and memory.
+
+`fleetgate serve --workers N` is a parent (serves nothing), N workers (`serve --as-worker i`, each a node
+of the cluster) and, with no `cluster.nats`, a nats-server, all sharing one listening port through
+SO_REUSEPORT. The kernel picks the worker per connection; nothing on the wire says which. The socket
+does: the server side of a loopback connection is the /proc/net/tcp row whose local port is the broker's
+and whose remote port is the client's, and its inode is among the open files of exactly one worker.
+Linux only, like device_sim/load/procstat.py.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from device_sim.load import procstat
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    role: str  # "parent", "worker 0", "nats-server", or the broker's own name for a single process
+
+
+def processes(pid: int) -> list[Process]:
+    """The broker process and its descendants, each named by what it is."""
+    found = [Process(pid, "parent")]
+    for child in procstat.descendants(pid):
+        found.append(Process(child, _role(child)))
+    if len(found) == 1:
+        return [Process(pid, "broker")]
+    return found
+
+
+def workers(pid: int) -> dict[int, int]:
+    """worker index -> pid of `serve --workers N`'s workers ({} for a single process)."""
+    out = {}
+    for proc in processes(pid):
+        if proc.role.startswith("worker "):
+            out[int(proc.role.removeprefix("worker "))] = proc.pid
+    return out
+
+
+def _role(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"--as-worker" in argv:
+        return f"worker {argv[argv.index(b'--as-worker') + 1].decode()}"
+    name = os.path.basename(argv[0].decode(errors="replace")) if argv and argv[0] else "?"
+    return name
+
+
+def server_socket_inode(broker_port: int, client_port: int) -> int | None:
+    """The inode of the broker's end of the loopback connection from client_port (IPv4 or IPv6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rsplit(":", 1)[1], 16) == broker_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                return int(fields[9])
+    return None
+
+
+def owner(pids: dict[int, int], broker_port: int, client_port: int) -> int | None:
+    """The index of the worker (of `pids`, index -> pid) holding the connection from client_port."""
+    inode = server_socket_inode(broker_port, client_port)
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for index, pid in pids.items():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
+                    return index
+            except OSError:
+                continue
+    return None
+
+
+class ProcessMeter:
+    """CPU and RSS of each process of a broker (each worker, nats-server, the parent) between `start`
+    and `stop`: where `procstat.sample` adds them up, this says which one was busy."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._before: dict[int, procstat.ProcSample | None] = {}
+        self._roles: dict[int, str] = {}
+
+    def start(self) -> None:
+        self._roles = {p.pid: p.role for p in processes(self.pid)}
+        self._before = {pid: procstat.sample_own(pid) for pid in self._roles}
+
+    def stop(self) -> dict[str, float]:
+        """{"<role>_cpu_pct": .., "<role>_rss_mb": ..} per process, roles as `processes` names them
+        ("worker_0", "nats-server", "parent"); {} for a single process (the broker's totals say it)."""
+        if len(self._roles) <= 1:
+            return {}
+        out: dict[str, float] = {}
+        for pid, role in self._roles.items():
+            end = procstat.sample_own(pid)
+            key = role.replace(" ", "_")
+            out[f"{key}_cpu_pct"] = round(procstat.cpu_percent(self._before.get(pid), end) or 0.0)
+            out[f"{key}_rss_mb"] = round((end.rss_bytes if end else 0) / 2**20, 1)
+        return out
