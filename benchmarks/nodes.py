@@ -63,8 +63,8 @@ def server_socket_inode(broker_port: int, client_port: int) -> int | None:
             continue
         for row in rows:
             fields = row.split()
-            local, remote = fields[1], fields[2]
-            if int(local.rsplit(":", 1)[1], 16) == broker_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if local == broker_port and remote == client_port:
                 return int(fields[9])
     return None
 
@@ -97,6 +97,14 @@ class ProcessMeter:
         self.pid = pid
         self._before: dict[int, procstat.ProcSample | None] = {}
         self._roles: dict[int, str] = {}
+        self.result: dict[str, float] = {}
+
+    def on_phase(self, phase: str) -> None:
+        """LoadOptions.on_phase: metered over the load run's own window (publishing to drained)."""
+        if phase == "publishing":
+            self.start()
+        else:
+            self.result = self.stop()
 
     def start(self) -> None:
         self._roles = {p.pid: p.role for p in processes(self.pid)}

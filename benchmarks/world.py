@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from device_sim.load.client import ClientIdentity, client_context
@@ -50,7 +50,8 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6), 1000.0, 0.5)
+        scale = Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        return replace(scale, hop_rate=1000.0, hop_seconds=0.5)
 
     @property
     def units_needed(self) -> int:
