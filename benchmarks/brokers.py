@@ -106,8 +106,10 @@ class FleetgateBroker(_ChildProcess):
         name: str = "fleetgate",
         source: Path | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = dict(env or {})  # more settings for the gateway (FLEETGATE_…)
         self.workers = workers  # `serve --workers N` (docs/cluster.md); 1: the single process
         self.data_dir = data_dir
         self.workdir = workdir
@@ -128,7 +130,7 @@ class FleetgateBroker(_ChildProcess):
         ]  # fmt: skip
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.source is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run in the

@@ -93,8 +93,12 @@ class ProcessMeter:
     """CPU and RSS of each process of a broker (each worker, nats-server, the parent) between `start`
     and `stop`: where `procstat.sample` adds them up, this says which one was busy."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, extra: dict[str, int] | None = None, always: bool = False) -> None:
+        """`extra`: more processes to meter, role -> pid (HAProxy); `always`: report a single process
+        too (as "broker"), not only the processes of `--workers N`."""
         self.pid = pid
+        self.extra = dict(extra or {})
+        self.always = always
         self._before: dict[int, procstat.ProcSample | None] = {}
         self._roles: dict[int, str] = {}
         self.result: dict[str, float] = {}
@@ -108,12 +112,13 @@ class ProcessMeter:
 
     def start(self) -> None:
         self._roles = {p.pid: p.role for p in processes(self.pid)}
+        self._roles.update({pid: role for role, pid in self.extra.items()})
         self._before = {pid: procstat.sample_own(pid) for pid in self._roles}
 
     def stop(self) -> dict[str, float]:
         """{"<role>_cpu_pct": .., "<role>_rss_mb": ..} per process, roles as `processes` names them
         ("worker_0", "nats-server", "parent"); {} for a single process (the broker's totals say it)."""
-        if len(self._roles) <= 1:
+        if len(self._roles) <= 1 and not self.always:
             return {}
         out: dict[str, float] = {}
         for pid, role in self._roles.items():
