@@ -144,10 +144,12 @@ class FleetgateBroker(_ChildProcess):
 
     def _wait_for_workers(self, timeout: float) -> None:
         """The port answers once one worker listens: wait until every worker reports in the nodes
-        table (`fleetgate cluster status`) with this run's port."""
+        table (`fleetgate cluster status`) with this run's port, and holds its connection to the local
+        nats-server (benchmarks/nodes.py: backbone_ready), before any clock starts."""
         import time
         from datetime import UTC, datetime
 
+        from benchmarks.nodes import backbone_ready
         from gateway.stores.cluster_nodes import ClusterNodes
         from pki.sqlite import open_store
 
@@ -159,10 +161,13 @@ class FleetgateBroker(_ChildProcess):
                 rows = ClusterNodes(conn).nodes(datetime.now(UTC))
             finally:
                 conn.close()
-            if sum(1 for row in rows if row.up and mine in row.listeners.split()) >= self.workers:
+            reported = sum(1 for row in rows if row.up and mine in row.listeners.split()) >= self.workers
+            if reported and (self.env.get("FLEETGATE_CLUSTER_NATS") or backbone_ready(self.pid)):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"{self.workers} workers did not all report within {timeout} s; see {self.log}")
+        raise RuntimeError(
+            f"{self.workers} workers did not all report and reach NATS within {timeout} s; see {self.log}"
+        )
 
 
 class MosquittoBroker:

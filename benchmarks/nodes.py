@@ -127,3 +127,62 @@ class ProcessMeter:
             out[f"{key}_cpu_pct"] = round(procstat.cpu_percent(self._before.get(pid), end) or 0.0)
             out[f"{key}_rss_mb"] = round((end.rss_bytes if end else 0) / 2**20, 1)
         return out
+
+
+def backbone_ready(pid: int) -> bool:
+    """Every worker of `serve --workers N` (broker pid `pid`) holds an established connection to the
+    NATS server it was given (FLEETGATE_CLUSTER_NATS in its environment). A worker reports in the nodes
+    table once it listens, while its backbone still connects in the background: a message crossing
+    before then would be lost to the measurement, not to the gateway's steady state."""
+    pids = workers(pid)
+    if not pids:
+        return False
+    for worker in pids.values():
+        port = _nats_port(worker)
+        if port is None or not _connected_to(worker, port):
+            return False
+    return True
+
+
+def _nats_port(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            env = handle.read().split(b"\0")
+    except OSError:
+        return None
+    for entry in env:
+        if entry.startswith(b"FLEETGATE_CLUSTER_NATS="):
+            first = entry.split(b"=", 1)[1].decode().split(",")[0].strip()
+            try:
+                return int(first.rsplit(":", 1)[1].strip("/"))
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+_ESTABLISHED = "01"
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == _ESTABLISHED and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
