@@ -186,3 +186,36 @@ def _connected_to(pid: int, port: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def connections_per_worker(pid: int, port: int) -> dict[str, int]:
+    """{"worker_0_connections": n, ...}: established connections on the broker's `port` held by each
+    worker of `serve --workers N` ({} for a single process): how the kernel (or HAProxy) spread them."""
+    pids = workers(pid)
+    if not pids:
+        return {}
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == _ESTABLISHED and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    out = {}
+    for index, worker in sorted(pids.items()):
+        count = 0
+        try:
+            fds = os.listdir(f"/proc/{worker}/fd")
+        except OSError:
+            fds = []
+        for fd in fds:
+            try:
+                count += os.readlink(f"/proc/{worker}/fd/{fd}") in inodes
+            except OSError:
+                continue
+        out[f"worker_{index}_connections"] = count
+    return out

@@ -18,7 +18,7 @@ bench's rate limits). Certificates: `fleetgate init` and one key and certificate
 into WORKDIR (the same layout as `scripts/bench --workdir`, so both share them) and reused by every
 later run; issuing 10,000 takes a few minutes once (about 12 ms each on this machine).
 
-Reported (printed, and all of it with --json): units connected, sent, delivered, lost, latency
+Reported (printed, and all of it with --json): units connected (and per worker), sent, delivered, latency
 p50/p95/p99/max, connect time, and CPU % (of one core) and RSS of each process over the publishing
 window: the gateway (or each worker, the parent, the nats-server), HAProxy, Mosquitto, and the load
 generator itself (this process; it is one process: its CPU says whether it kept up, with its lag).
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.brokers import Broker, FleetgateBroker, MosquittoBroker  # noqa: E402
 from benchmarks.mosquitto import acl_from_policy, load_policy  # noqa: E402
-from benchmarks.nodes import ProcessMeter  # noqa: E402
+from benchmarks.nodes import ProcessMeter, connections_per_worker  # noqa: E402
 from benchmarks.world import Scale, prepare_lab  # noqa: E402
 from device_sim.load.run import LoadOptions, run_load  # noqa: E402
 
@@ -100,6 +100,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             port, extra = balancer.port, {"haproxy": balancer.proc.pid}
         meter = ProcessMeter(broker.pid, extra=extra, always=True)
+        spread: dict[str, int] = {}
+
+        def on_phase(phase: str) -> None:
+            if phase == "publishing":  # every unit connected: how they were spread over the workers
+                spread.update(connections_per_worker(broker.pid, broker.port))
+            meter.on_phase(phase)
+
         units = lab.units[: args.units]
         report = await run_load(
             LoadOptions(
@@ -107,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 unit_ids=[u.ident for u in units], units=args.units, rate_per_unit=args.rate,
                 duration=args.duration, qos=args.qos, protocol=args.protocol, broker_pid=broker.pid,
                 broker_label=args.target, progress=not args.no_progress, connect_concurrency=args.concurrency,
-                keep_alive=args.keep_alive, on_phase=meter.on_phase, drain_timeout=5.0, drain_limit=30.0,
+                keep_alive=args.keep_alive, on_phase=on_phase, drain_timeout=5.0, drain_limit=30.0,
             )
         )  # fmt: skip
     lab.close()
@@ -126,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "delivered_pct": round(100 * report.delivered / max(1, report.sent), 3),
         "latency_ms": report.latency_ms,
         "processes": meter.result,
+        "connections_per_worker": spread,
         "generator_cpu_pct": report.generator_cpu_percent,
         "generator_max_lag_ms": report.generator_max_lag_ms,
         "certificates_ready_s": issuing_s,
@@ -164,6 +172,13 @@ def summary(result: dict[str, Any]) -> str:
         f"max {lat.get('max')} ms; generator CPU {result['generator_cpu_pct']} %, "
         f"lag {result['generator_max_lag_ms']} ms",
     ]
+    if result["connections_per_worker"]:
+        lines.append(
+            "  connections: "
+            + ", ".join(
+                f"{k.removesuffix('_connections')} {v:,}" for k, v in result["connections_per_worker"].items()
+            )
+        )
     procs = result["processes"]
     for key in sorted(k for k in procs if k.endswith("_cpu_pct")):
         role = key.removesuffix("_cpu_pct")
