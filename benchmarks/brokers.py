@@ -106,8 +106,10 @@ class FleetgateBroker(_ChildProcess):
         name: str = "fleetgate",
         source: Path | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = dict(env or {})  # more settings for the gateway (FLEETGATE_…)
         self.workers = workers  # `serve --workers N` (docs/cluster.md); 1: the single process
         self.data_dir = data_dir
         self.workdir = workdir
@@ -128,7 +130,7 @@ class FleetgateBroker(_ChildProcess):
         ]  # fmt: skip
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.source is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run in the
@@ -142,10 +144,12 @@ class FleetgateBroker(_ChildProcess):
 
     def _wait_for_workers(self, timeout: float) -> None:
         """The port answers once one worker listens: wait until every worker reports in the nodes
-        table (`fleetgate cluster status`) with this run's port."""
+        table (`fleetgate cluster status`) with this run's port, and holds its connection to the local
+        nats-server (benchmarks/nodes.py: backbone_ready), before any clock starts."""
         import time
         from datetime import UTC, datetime
 
+        from benchmarks.nodes import backbone_ready
         from gateway.stores.cluster_nodes import ClusterNodes
         from pki.sqlite import open_store
 
@@ -157,10 +161,13 @@ class FleetgateBroker(_ChildProcess):
                 rows = ClusterNodes(conn).nodes(datetime.now(UTC))
             finally:
                 conn.close()
-            if sum(1 for row in rows if row.up and mine in row.listeners.split()) >= self.workers:
+            reported = sum(1 for row in rows if row.up and mine in row.listeners.split()) >= self.workers
+            if reported and (self.env.get("FLEETGATE_CLUSTER_NATS") or backbone_ready(self.pid)):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"{self.workers} workers did not all report within {timeout} s; see {self.log}")
+        raise RuntimeError(
+            f"{self.workers} workers did not all report and reach NATS within {timeout} s; see {self.log}"
+        )
 
 
 class MosquittoBroker:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks import nodes
 from benchmarks.brokers import Broker, MosquittoBroker
 from benchmarks.world import Lab, Scale
 from device_sim.load import procstat
@@ -32,6 +33,7 @@ from device_sim.load.client import ClientIdentity, LatencySink, LeanClient, Publ
 from device_sim.load.report import percentiles
 from device_sim.load.run import LoadOptions, run_load
 from device_sim.load.swarm import close_all, connect_crowd
+from gateway.mqtt.packets import Connack
 
 Metrics = dict[str, Any]
 Case = Callable[[Lab, Broker, Scale], Awaitable[Metrics]]
@@ -71,9 +73,12 @@ async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched:
     unit = lab.units[0]
     sink = LatencySink()
     sub = await _subscribed(lab, broker, unit, f"fleet/{unit.ident}/control/#", qos, sink)
-    pub, connack = await open_client(
-        "127.0.0.1", broker.port, lab.context(lab.dispatch), "dispatch", version=lab.version
-    )
+    # serve --workers N: the publisher on the subscriber's worker, as one stream is best served (the
+    # kernel would otherwise put it on either, and a run would measure a hop or not by chance; the hop
+    # case measures the difference)
+    pids = nodes.workers(broker.pid)
+    home = nodes.owner(pids, broker.port, _local_port(sub)) if pids else None
+    pub, connack = await _placed_publisher(lab, broker, pids, home, same=True)
     template = PublishTemplate(f"fleet/{unit.ident}/control/bench", 100, qos, lab.version)
     window = scale.qos0_window if qos == 0 else 100
     receive_max = connack.properties.receive_maximum or 65535  # 5.0: the broker's in-flight cap for us
@@ -100,6 +105,8 @@ async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched:
         wake.set()
 
     watchdog = loop.call_later(0, lambda: None)
+    meter = nodes.ProcessMeter(broker.pid)  # serve --workers N: each worker's and nats-server's share
+    per_process: dict[str, float] = {}
     try:
         started = time.perf_counter()
         warm_until = started + scale.warmup_seconds
@@ -107,9 +114,11 @@ async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched:
         while True:
             now = time.perf_counter()
             if "start" not in marks and now >= warm_until:
+                meter.start()
                 marks["start"] = (now, sink.count, procstat.sample(broker.pid), _own_cpu())
             if now >= end:
                 marks["end"] = (now, sink.count, procstat.sample(broker.pid), _own_cpu())
+                per_process = meter.stop()
                 break
             if pub.transport is None or sub.transport is None:
                 raise ConnectionError("a benchmark client was disconnected")
@@ -144,6 +153,7 @@ async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched:
         "latency_p99_ms": _ms(lat.get("p99", 0)),
         "broker_cpu_pct": round(procstat.cpu_percent(b0, b1) or 0.0),
         "generator_cpu_pct": round(100 * (g1 - g0) / (t1 - t0)),
+        **per_process,
     }
 
 
@@ -170,6 +180,122 @@ async def qos0_batched(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
     return await _throughput(lab, broker, scale, 0, batched=True)
 
 
+# --- 1b. the cross-node hop --------------------------------------------------------------------------
+
+
+async def hop(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """The cost of a cross-node hop: the same paced 1→1 stream (`hop_rate` msg/s for `hop_seconds`, each
+    message its own write, QoS 0 then QoS 1), publisher `dispatch` → unit TRK-00001 on its control
+    topic, measured (a) with both clients on one node and (b) with the publisher on one worker of
+    `serve --workers N` and the subscriber on another, the message crossing on NATS. Which worker took
+    a connection is read from the sockets (benchmarks/nodes.py); the publisher reconnects until it
+    lands where wanted. A single process (fleetgate, Mosquitto) has no hop: (a) only, and no
+    `cross_node_*`/`hop_*` metrics (shown as "-"). `hop_p99_ms` = (b) p99 - (a) p99 (issue 17: < 2 ms at
+    5k msg/s)."""
+    pids = nodes.workers(broker.pid)
+    out: Metrics = {}
+    for qos in (0, 1):
+        sink = LatencySink()
+        unit = lab.units[0]
+        sub = await _subscribed(lab, broker, unit, f"fleet/{unit.ident}/control/#", qos, sink)
+        try:
+            home = nodes.owner(pids, broker.port, _local_port(sub)) if pids else None
+            placements = [("same_node", home)] if not pids else [("same_node", home), ("cross_node", home)]
+            for label, _ in placements:
+                pub, _ = await _placed_publisher(lab, broker, pids, home, same=label == "same_node")
+                meter = nodes.ProcessMeter(broker.pid)
+                meter.start()
+                try:
+                    result = await _paced(pub, sub, sink, lab, scale, qos, broker)
+                finally:
+                    await close_all([pub])
+                for key, value in result.items():
+                    out[f"qos{qos}_{label}_{key}"] = value
+                if label == "cross_node":
+                    out.update({f"qos{qos}_cross_node_{k}": v for k, v in meter.stop().items()})
+            if pids:
+                for p in ("p50", "p99"):
+                    cross, same = out[f"qos{qos}_cross_node_{p}_ms"], out[f"qos{qos}_same_node_{p}_ms"]
+                    out[f"qos{qos}_hop_{p}_ms"] = round(cross - same, 3)
+        finally:
+            await close_all([sub])
+    return out
+
+
+def _local_port(client: LeanClient) -> int:
+    assert client.transport is not None
+    return int(client.transport.get_extra_info("sockname")[1])
+
+
+async def _placed_publisher(
+    lab: Lab, broker: Broker, pids: dict[int, int], home: int | None, *, same: bool, attempts: int = 40
+) -> tuple[LeanClient, Connack]:
+    """`dispatch` connected to the subscriber's worker (`same`) or to another one; any node of a
+    single process. The kernel spreads connections over the workers, so a few reconnects suffice."""
+    for _ in range(attempts):
+        pub, connack = await open_client(
+            "127.0.0.1", broker.port, lab.context(lab.dispatch), lab.dispatch.ident, version=lab.version
+        )
+        if not pids:
+            return pub, connack
+        where = nodes.owner(pids, broker.port, _local_port(pub))
+        if where is not None and (where == home) == same:
+            return pub, connack
+        await close_all([pub])
+    raise RuntimeError(f"no connection landed {'on' if same else 'off'} worker {home} in {attempts} tries")
+
+
+async def _paced(
+    pub: LeanClient, sub: LeanClient, sink: LatencySink, lab: Lab, scale: Scale, qos: int, broker: Broker
+) -> Metrics:
+    """Open loop: `hop_rate` msg/s for warm-up + `hop_seconds`, each message its own write; the
+    latency of what was sent after the warm-up, delivered within 3 s of the last send."""
+    unit = lab.units[0]
+    template = PublishTemplate(f"fleet/{unit.ident}/control/hop", 100, qos, lab.version)
+    rate, window = scale.hop_rate, 100  # QoS 1: the brokers' in-flight limit
+    sent = skipped = 0
+    start_ns = time.perf_counter_ns()
+    warm_ns = start_ns + int(scale.warmup_seconds * 1e9)
+    end_ns = warm_ns + int(scale.hop_seconds * 1e9)
+    first = sink.count
+    counted_from: int | None = None
+    sent_at_warm = 0
+    before = procstat.sample(broker.pid)
+    own = _own_cpu()
+    while True:
+        now = time.perf_counter_ns()
+        if now >= end_ns:
+            break
+        if counted_from is None and now >= warm_ns:
+            counted_from, sent_at_warm = sink.count, sent + skipped
+            before, own = procstat.sample(broker.pid), _own_cpu()
+        if pub.transport is None or sub.transport is None:
+            raise ConnectionError("a benchmark client was disconnected")
+        due = int((now - start_ns) * rate / 1e9) - sent - skipped
+        for _ in range(due):
+            if qos and pub.inflight >= window:
+                skipped += 1
+                continue
+            pub.write(template.frame(pub.next_packet_id() if qos else 0, time.perf_counter_ns()), 1, qos)
+            sent += 1
+        await asyncio.sleep(0.001)  # 5 messages a tick at 5k msg/s, each stamped as it is written
+    after, own_after = procstat.sample(broker.pid), _own_cpu()
+    await _until_count(sink, first + sent, 3.0)
+    measured = sink.latencies[(counted_from if counted_from is not None else first) :]
+    lat = percentiles(measured)
+    offered = sent + skipped - sent_at_warm
+    return {
+        "p50_ms": _ms(lat.get("p50", 0)),
+        "p99_ms": _ms(lat.get("p99", 0)),
+        "delivered_pct": round(100 * (sink.count - first) / max(1, sent), 2),
+        "sent_per_s": round(offered / scale.hop_seconds),
+        "held_back": skipped,
+        "broker_cpu_pct": round(procstat.cpu_percent(before, after) or 0.0),
+        # the generator shares the machine: on 2 cores, with 2 workers and a nats-server, say its share
+        "generator_cpu_pct": round(100 * (own_after - own) / scale.hop_seconds),
+    }
+
+
 # --- 2. fan-in ---------------------------------------------------------------------------------------
 
 
@@ -180,6 +306,7 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
     out: Metrics = {}
     for rate in scale.fanin_rates:
         offered = scale.fanin_units * rate
+        meter = nodes.ProcessMeter(broker.pid)
         report = await run_load(
             LoadOptions(
                 port=broker.port, ca=lab.ca,
@@ -187,7 +314,7 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
                 unit_ids=[u.ident for u in lab.units[: scale.fanin_units]], units=scale.fanin_units,
                 rate_per_unit=rate, duration=scale.fanin_seconds, protocol=lab.protocol,
                 broker_pid=broker.pid, broker_label=broker.name, progress=False, drain_timeout=3.0,
-                drain_limit=max(3.0, scale.fanin_seconds),
+                drain_limit=max(3.0, scale.fanin_seconds), on_phase=meter.on_phase,
             )
         )  # fmt: skip
         tag = f"{offered / 1000:g}k"
@@ -198,6 +325,8 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
         out[f"{tag}_latency_p99_ms"] = lat.get("p99", 0.0)
         out[f"{tag}_broker_cpu_pct"] = report.broker_cpu_percent
         out[f"{tag}_generator_lag_ms"] = report.generator_max_lag_ms
+        out[f"{tag}_generator_cpu_pct"] = report.generator_cpu_percent
+        out.update({f"{tag}_{k}": v for k, v in meter.result.items()})  # serve --workers N: per process
     return out
 
 
@@ -213,13 +342,14 @@ async def fanin_qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
     offers and takes (`sent_per_s`, `delivered_per_s`, `generator_lag_ms`): a fleetgate figure below
     those is fleetgate's, not the generator's."""
     units, rate, seconds = scale.fanin_qos1
+    meter = nodes.ProcessMeter(broker.pid)
     report = await run_load(
         LoadOptions(
             port=broker.port, ca=lab.ca,
             identities={i.ident: i for i in (*lab.units[:units], lab.analytics)},
             unit_ids=[u.ident for u in lab.units[:units]], units=units, rate_per_unit=rate, duration=seconds,
             qos=1, payload_size=100, protocol=lab.protocol, broker_pid=broker.pid, broker_label=broker.name,
-            progress=False, drain_timeout=5.0, drain_limit=max(5.0, seconds),
+            progress=False, drain_timeout=5.0, drain_limit=max(5.0, seconds), on_phase=meter.on_phase,
         )
     )  # fmt: skip
     lat = report.latency_ms
@@ -240,6 +370,7 @@ async def fanin_qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
         "broker_cpu_pct": report.broker_cpu_percent,
         "generator_cpu_pct": report.generator_cpu_percent,
         "generator_lag_ms": report.generator_max_lag_ms,
+        **meter.result,
     }
 
 
@@ -469,6 +600,7 @@ CASES: dict[str, Case] = {
     "qos0": qos0,
     "qos1": qos1,
     "qos0_batched": qos0_batched,
+    "hop": hop,
     "fanin": fanin,
     "fanin_qos1": fanin_qos1,
     "fanout": fanout,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from device_sim.load.client import ClientIdentity, client_context
@@ -40,6 +40,9 @@ class Scale:
     observe_seconds: float = 2.0  # Mosquitto containment: how long to watch for the session to go
     # QoS 1 fan-in under overload: units, msg/s per unit, seconds
     fanin_qos1: tuple[int, float, float] = (200, 100.0, 10.0)
+    # the cross-node hop: a paced 1→1 stream, msg/s and seconds measured (after `warmup_seconds`)
+    hop_rate: float = 5000.0
+    hop_seconds: float = 10.0
 
     @staticmethod
     def full() -> Scale:
@@ -47,7 +50,8 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        scale = Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        return replace(scale, hop_rate=1000.0, hop_seconds=0.5)
 
     @property
     def units_needed(self) -> int:

@@ -57,8 +57,7 @@ def main() -> None:
             for _ in range(n):
                 encode_publish(publish, version)
 
-        print(f"MQTT {'5.0' if version == ProtocolVersion.MQTT_5 else '3.1.1'} "
-              f"({len(wire)}-byte packet):")
+        print(f"MQTT {'5.0' if version == ProtocolVersion.MQTT_5 else '3.1.1'} ({len(wire)}-byte packet):")
         print(f"  decode, burst        {_best_rate(decode_burst, n, args.repeat):>12,.0f} packets/s")
         print(f"  decode, one per feed {_best_rate(decode_each, n, args.repeat):>12,.0f} packets/s")
         print(f"  encode_publish       {_best_rate(encode_many, n, args.repeat):>12,.0f} packets/s")

@@ -85,3 +85,13 @@ def machine_busy(seconds: float = 1.0) -> float:
     time.sleep(seconds)
     busy1, total1 = ticks()
     return 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every descendant of `pid` (children first), [] if it is gone."""
+    return _descendants(pid)
+
+
+def sample_own(pid: int) -> ProcSample | None:
+    """One reading of this process alone (not its descendants), or None if it is gone."""
+    return _sample_one(pid)

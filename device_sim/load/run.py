@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,9 @@ class LoadOptions:
     drain_limit: float | None = None  # seconds the drain may last at most (None: as long as it delivers)
     tick: float = 0.005  # scheduler period, seconds
     server_hostname: str | None = None  # TLS name to verify (default: host)
+    # called with "publishing" when the clock starts (every unit connected) and "done" after the drain,
+    # beside the broker's CPU samples: a caller meters more processes over the same window
+    on_phase: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -280,6 +283,8 @@ async def _publish(
     pinger = asyncio.get_running_loop().create_task(keep_alive_loop(listeners, opts.keep_alive))
     publishing = progress.task("publishing", opts.duration)
     broker_before = procstat.sample(pid) if pid else None
+    if opts.on_phase is not None:
+        opts.on_phase("publishing")
     cpu_before = os.times()
     start = time.perf_counter()
     start_ns = time.perf_counter_ns()
@@ -317,6 +322,8 @@ async def _publish(
     finally:
         pinger.cancel()
     cpu_after = os.times()
+    if opts.on_phase is not None:
+        opts.on_phase("done")
     elapsed = time.perf_counter() - start
     progress.update(publishing, opts.duration, f"{sent:,} sent, {sink.count:,} delivered")
     used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)

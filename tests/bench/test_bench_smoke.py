@@ -46,6 +46,7 @@ def test_every_case_ran_on_both_brokers_without_error(results: dict[str, Any]) -
     [
         ("qos0", "delivered_per_s"),
         ("qos1", "delivered_per_s"),
+        ("hop", "qos1_same_node_delivered_pct"),
         ("fanin", "0.4k_delivered_pct"),
         ("fanout", "delivered_pct"),
         ("broadcast", "delivered_pct"),
@@ -71,3 +72,34 @@ def test_the_report_says_where_it_ran(results: dict[str, Any]) -> None:
     env = results["environment"]
     assert env["mosquitto"].startswith("mosquitto version")
     assert env["cpus"] >= 1 and results["targets"]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-w2") / "quick.json"
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "--cases", "hop,qos1", "--gateway-workers", "2",
+         "--only", "fleetgate", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_the_hop_is_measured_worker_to_worker_under_two_workers(two_workers: dict[str, Any]) -> None:
+    """`serve --workers 2`: the hop case put the publisher on the other worker (a message crossing on
+    NATS reached the subscriber) and reports each worker's and the nats-server's CPU."""
+    hop = two_workers["summary"]["hop"]
+    for qos in (0, 1):
+        assert hop[f"qos{qos}_cross_node_delivered_pct"]["fleetgate"] == 100
+        assert isinstance(hop[f"qos{qos}_hop_p99_ms"]["fleetgate"], float)
+    for process in ("worker_0", "worker_1", "nats-server"):
+        assert f"qos1_cross_node_{process}_cpu_pct" in hop
+    assert "worker_1_rss_mb" in two_workers["summary"]["qos1"]
+
+
+def test_a_single_broker_has_no_hop(results: dict[str, Any]) -> None:
+    hop = results["summary"]["hop"]
+    assert "qos0_same_node_p99_ms" in hop
+    assert hop.get("qos0_cross_node_p99_ms", {}).get("mosquitto") is None
