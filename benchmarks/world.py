@@ -40,6 +40,11 @@ class Scale:
     observe_seconds: float = 2.0  # Mosquitto containment: how long to watch for the session to go
     # QoS 1 fan-in under overload: units, msg/s per unit, seconds
     fanin_qos1: tuple[int, float, float] = (200, 100.0, 10.0)
+    gen_procs: int = 1  # processes the fan-in cases' publishers are spread over (--gen-procs)
+    # the generator check: msg/s per unit (x fanin_units), seconds per step, publishing processes
+    gencheck_rates: tuple[float, ...] = (20.0, 40.0, 60.0)
+    gencheck_seconds: float = 5.0
+    gencheck_procs: int = 2
 
     @staticmethod
     def full() -> Scale:
@@ -47,7 +52,10 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        return Scale(
+            0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6),
+            gencheck_rates=(20.0,), gencheck_seconds=0.6,
+        )  # fmt: skip
 
     @property
     def units_needed(self) -> int:
