@@ -9,8 +9,9 @@ nothing there. Per unit (the `{unit}` level of `fleet/{unit}/...`):
 - the last GPS fix from `fleet/{unit}/telemetry/gps` (`lat`, `lon` numbers in a JSON object), parsed
   when someone asks (`UnitTraffic.fix`), not on the hot path: the raw fixes since the last question
   wait in a short list (at most `UNREAD_FIXES`, each at most `MAX_PAYLOAD` bytes; a longer one is
-  parsed at once), and when it is full the newest good one is kept and the rest dropped. A fix that
-  cannot be read never replaces a good one, whenever it is parsed;
+  parsed at once; one that does not start with `{` is no fix and is dropped), and when it is full
+  the newest good one is kept and the rest dropped. A fix that cannot be read never replaces a good
+  one, whenever it is parsed;
 - when a control message last went to or from it (`fleet/{unit}/control/...`), and which way:
   the console shows this as the control channel's liveness, which quarantine must never touch.
 
@@ -73,7 +74,10 @@ class UnitTraffic:
         return self.last_fix
 
     def gps(self, payload: bytes, now: float, max_payload: int) -> None:
-        """Keep a GPS payload to parse when asked; a long one (rare) is parsed now, not kept."""
+        """Keep a GPS payload to parse when asked; a long one (rare) is parsed now, not kept, and one
+        that is not a JSON object (binary telemetry) cannot be a fix and is not kept either."""
+        if payload[:1] != b"{" and payload.lstrip()[:1] != b"{":
+            return
         if len(payload) > max_payload:
             if self.unread:
                 self.settle()

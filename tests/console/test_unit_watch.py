@@ -57,7 +57,8 @@ def test_the_last_good_fix_survives_any_run_of_bad_ones_whenever_the_console_ask
     w.observe(UNIT, gps, b'{"lat": 1, "lon": 1}', 1.0)
     w.observe(UNIT, gps, b'{"lat": 2, "lon": 2}', 2.0)  # the newest good one of those not yet read
     for n in range(3 * UNREAD_FIXES):  # more bad fixes than are kept unread: parsed on the way
-        w.observe(UNIT, gps, b"garbage", 3.0 + n)
+        w.observe(UNIT, gps, b'{"lat": "garbage"}', 3.0 + n)
+        w.observe(UNIT, gps, bytes(100), 3.5 + n)  # binary: not even kept
     assert w.fixes() == {"TRK-1": Fix(2.0, 2.0, 2.0)}
     w.observe(UNIT, gps, b'{"lat": 3, "lon": 3}', 50.0)
     w.observe(UNIT, gps, b'{"lat": 4, "lon": 4, "pad": "' + b"x" * 600 + b'"}', 51.0)  # long: parsed now
