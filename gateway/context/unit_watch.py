@@ -28,10 +28,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import PII, DataClasses, normal_key
+from pki.names import Identity
 
 PER_UNIT = 10
 MAX_PAYLOAD = 512
@@ -41,13 +42,20 @@ UNKNOWN_RECHECK = 10.0  # seconds before an unknown unit id is looked up again
 MAX_UNKNOWN = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
+    """One message as the unit page lists it. A tuple, built once per message on the hot path (a frozen
+    dataclass costs a Python __init__ and a setattr per field); the sender's name is made when shown."""
+
     topic: str
     at: float  # epoch seconds
     size: int
     payload: bytes  # at most MAX_PAYLOAD bytes of it
-    sender: str  # the publisher's identity, e.g. "service/dispatch"
+    identity: Identity | None  # the publisher (None: an in-process lab client)
+
+    @property
+    def sender(self) -> str:
+        """The publisher's identity, e.g. "service/dispatch"."""
+        return str(self.identity) if self.identity is not None else "lab"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +136,10 @@ class UnitWatch:
                 return
             self.unknown.pop(unit, None)
             traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
-        sender = str(peer.identity) if peer.identity is not None else "lab"
-        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], sender))
+        identity = peer.identity
+        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], identity))
         if levels[2] == "control":
+            sender = str(identity) if identity is not None else "lab"
             traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
         elif (
             len(levels) == 4 and levels[3] == "gps" and levels[2] == "telemetry"
