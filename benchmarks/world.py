@@ -42,7 +42,7 @@ class Scale:
     fanin_qos1: tuple[int, float, float] = (200, 100.0, 10.0)
     gen_procs: int = 1  # processes the fan-in cases' publishers are spread over (--gen-procs)
     # the generator check: msg/s per unit (x fanin_units), seconds per step, publishing processes
-    gencheck_rates: tuple[float, ...] = (20.0, 40.0, 60.0)
+    gencheck_rates: tuple[float, ...] = (20.0, 50.0, 100.0, 150.0)
     gencheck_seconds: float = 5.0
     gencheck_procs: int = 2
 
