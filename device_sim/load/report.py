@@ -74,7 +74,9 @@ class LoadReport:
     @property
     def generator_warnings(self) -> list[str]:
         """What says this run may have measured the generator rather than the broker."""
-        return generator_warnings(self.generator_cpu_by_process, self.broker_cpu_percent)
+        return generator_warnings(
+            self.generator_cpu_by_process, self.broker_cpu_percent, self.generator_max_lag_ms, self.duration_s
+        )
 
     @property
     def delivered_of_acked_pct(self) -> float:
@@ -196,9 +198,13 @@ class LoadReport:
 NEAR_A_CORE = 85.0  # % of one core: a single-threaded generator process this busy is (near) its limit
 
 
-def generator_warnings(by_process: Sequence[float], broker_cpu: float | None) -> list[str]:
+def generator_warnings(
+    by_process: Sequence[float], broker_cpu: float | None, lag_ms: float = 0.0, duration_s: float = 0.0
+) -> list[str]:
     """Warnings for a run whose generator may be the bottleneck: a process near a whole core (each is
-    one thread), or the machine's cores all busy (generator and broker share them)."""
+    one thread), the machine's cores all busy (generator and broker share them), or the schedule not
+    kept (behind by more than a tenth of the run and 100 ms: less was offered than asked, whether the
+    generator was saturated or starved of CPU by other work on the machine)."""
     out = []
     busy = [i for i, cpu in enumerate(by_process) if cpu >= NEAR_A_CORE]
     if busy:
@@ -213,6 +219,11 @@ def generator_warnings(by_process: Sequence[float], broker_cpu: float | None) ->
         out.append(
             f"generator and broker together used {total:.0f} % of this machine's {cores} cores: "
             "they compete for CPU, so neither number is a limit of its own"
+        )
+    if lag_ms > max(100.0, 100.0 * duration_s):  # 100 * s = a tenth of the run, in ms
+        out.append(
+            f"the generator fell {lag_ms / 1000:.1f} s behind its {duration_s:g} s schedule: it offered less "
+            "than asked, and rates per scheduled second overstate what was delivered"
         )
     return out
 

@@ -86,6 +86,9 @@ def test_a_generator_process_near_a_whole_core_is_warned_about() -> None:
     cores = os.cpu_count() or 1
     saturated = generator_warnings([60.0] * cores, 100.0 * cores)
     assert any(f"{cores} cores" in w for w in saturated)
+    assert generator_warnings([20.0], 30.0, lag_ms=50.0, duration_s=5.0) == []
+    (behind,) = generator_warnings([20.0], 30.0, lag_ms=2855.0, duration_s=5.0)
+    assert "2.9 s behind its 5 s schedule" in behind
 
 
 async def test_a_subscriber_without_the_grant_is_refused(fleet: tuple[GatewayProcess, Path]) -> None:
