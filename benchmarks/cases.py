@@ -10,7 +10,11 @@ Every case uses the same topics under both brokers and stays inside fleetgate's 
   consoles subscribed to `fleet/+/cmd/#` each get a copy;
 - dispatch broadcast: N units each subscribed to their own `fleet/<unit>/control/#`; `dispatch` sends
   one message per unit in one burst (N messages, N topics: what per-unit grants allow);
-- connect storm, idle-session memory, time to contain: units connecting, idle, or being revoked.
+- connect storm, idle-session memory, time to contain: units connecting, idle, or being revoked;
+- the generator check (`gencheck`): fan-in at rising rates, to show the load generator can take a
+  broker (Mosquitto) to its limit with CPU to spare, before its numbers are used to compare.
+The fan-in cases spread their publishers over `scale.gen_procs` processes (`--gen-procs`); every case
+that reports generator CPU also reports a `generator_warning` when the generator was near its limit.
 Metric names end in their unit; `*_per_s` are better higher, `*_ms` and `*_kb` better lower.
 """
 
@@ -30,7 +34,7 @@ from benchmarks.brokers import Broker, MosquittoBroker
 from benchmarks.world import Lab, Scale
 from device_sim.load import procstat
 from device_sim.load.client import ClientIdentity, LatencySink, LeanClient, PublishTemplate, open_client
-from device_sim.load.report import percentiles
+from device_sim.load.report import LoadReport, generator_warnings, percentiles
 from device_sim.load.run import LoadOptions, run_load
 from device_sim.load.swarm import close_all, connect_crowd
 from gateway.mqtt.packets import Connack
@@ -147,12 +151,17 @@ async def _throughput(lab: Lab, broker: Broker, scale: Scale, qos: int, batched:
         await close_all([pub, sub])
     (t0, n0, b0, g0), (t1, n1, b1, g1) = marks["start"], marks["end"]
     lat = percentiles(sink.latencies[n0:n1])
+    broker_cpu = procstat.cpu_percent(b0, b1) or 0.0
+    generator_cpu = 100 * (g1 - g0) / (t1 - t0)
+    # One connection each way, closed loop, in this one process: this case cannot be spread over
+    # processes, so it says when its generator was near a core.
     return {
         "delivered_per_s": round((n1 - n0) / (t1 - t0)),
         "latency_p50_ms": _ms(lat.get("p50", 0)),
         "latency_p99_ms": _ms(lat.get("p99", 0)),
-        "broker_cpu_pct": round(procstat.cpu_percent(b0, b1) or 0.0),
-        "generator_cpu_pct": round(100 * (g1 - g0) / (t1 - t0)),
+        "broker_cpu_pct": round(broker_cpu),
+        "generator_cpu_pct": round(generator_cpu),
+        "generator_warning": "; ".join(generator_warnings([generator_cpu], broker_cpu)),
         **per_process,
     }
 
@@ -315,6 +324,7 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
                 rate_per_unit=rate, duration=scale.fanin_seconds, protocol=lab.protocol,
                 broker_pid=broker.pid, broker_label=broker.name, progress=False, drain_timeout=3.0,
                 drain_limit=max(3.0, scale.fanin_seconds), on_phase=meter.on_phase,
+                processes=scale.gen_procs,
             )
         )  # fmt: skip
         tag = f"{offered / 1000:g}k"
@@ -325,8 +335,61 @@ async def fanin(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
         out[f"{tag}_latency_p99_ms"] = lat.get("p99", 0.0)
         out[f"{tag}_broker_cpu_pct"] = report.broker_cpu_percent
         out[f"{tag}_generator_lag_ms"] = report.generator_max_lag_ms
-        out[f"{tag}_generator_cpu_pct"] = report.generator_cpu_percent
         out.update({f"{tag}_{k}": v for k, v in meter.result.items()})  # serve --workers N: per process
+        out.update(_generator_cpu(report, f"{tag}_"))
+    return out
+
+
+def _generator_cpu(report: LoadReport, prefix: str = "") -> Metrics:
+    """The generator's CPU: all its processes together, the busiest one, and a warning if needed."""
+    by_process = report.generator_cpu_by_process
+    return {
+        f"{prefix}generator_cpu_pct": report.generator_cpu_percent,
+        f"{prefix}generator_cpu_max_pct": max(by_process) if by_process else None,
+        f"{prefix}generator_procs": len(by_process),
+        f"{prefix}generator_warning": "; ".join(report.generator_warnings),
+    }
+
+
+async def gencheck(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
+    """Can the generator take this broker to its limit? Fan-in (QoS 0, `fanin_units` units) at rising
+    offered rates (`gencheck_rates`, msg/s per unit, `gencheck_seconds` each), publishers spread over
+    `gencheck_procs` processes. Per step: delivered msg/s, the broker's CPU, the generator's busiest
+    process, how far it fell behind its schedule (`generator_lag_ms`: delivered msg/s are per
+    scheduled second, so a generator far behind overstates them). It stops at the first step that
+    reaches the broker's limit or warns about the generator. `broker_limit_reached`: a step had the
+    broker at >= 90 % of a core (Mosquitto is one thread); `generator_headroom`: in that step no
+    generator process was near a core and generator + broker did not fill the machine, i.e. the
+    broker, not the generator, was the limit. On a machine with fewer cores than broker + generator
+    need, the second cannot hold, and the check says so."""
+    out: Metrics = {}
+    reached = headroom = False
+    best = 0
+    for rate in scale.gencheck_rates:
+        report = await run_load(
+            LoadOptions(
+                port=broker.port, ca=lab.ca,
+                identities={i.ident: i for i in (*lab.units[: scale.fanin_units], lab.analytics)},
+                unit_ids=[u.ident for u in lab.units[: scale.fanin_units]], units=scale.fanin_units,
+                rate_per_unit=rate, duration=scale.gencheck_seconds, protocol=lab.protocol,
+                broker_pid=broker.pid, broker_label=broker.name, progress=False, drain_timeout=2.0,
+                drain_limit=max(2.0, scale.gencheck_seconds), processes=scale.gencheck_procs,
+            )
+        )  # fmt: skip
+        tag = f"{scale.fanin_units * rate / 1000:g}k"
+        broker_cpu = report.broker_cpu_percent or 0.0
+        out[f"{tag}_delivered_per_s"] = round(report.delivered_rate)
+        out[f"{tag}_broker_cpu_pct"] = report.broker_cpu_percent
+        out[f"{tag}_generator_lag_ms"] = report.generator_max_lag_ms  # behind its schedule by at most
+        out.update(_generator_cpu(report, f"{tag}_"))
+        best = max(best, round(report.delivered_rate))
+        if broker_cpu >= 90.0:
+            reached, headroom = True, not report.generator_warnings
+        if reached or report.generator_warnings:
+            break  # past this step a higher rate measures the generator, not the broker
+    out["max_delivered_per_s"] = best
+    out["broker_limit_reached"] = reached
+    out["generator_headroom"] = headroom
     return out
 
 
@@ -350,6 +413,7 @@ async def fanin_qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
             unit_ids=[u.ident for u in lab.units[:units]], units=units, rate_per_unit=rate, duration=seconds,
             qos=1, payload_size=100, protocol=lab.protocol, broker_pid=broker.pid, broker_label=broker.name,
             progress=False, drain_timeout=5.0, drain_limit=max(5.0, seconds), on_phase=meter.on_phase,
+            processes=scale.gen_procs,
         )
     )  # fmt: skip
     lat = report.latency_ms
@@ -368,9 +432,9 @@ async def fanin_qos1(lab: Lab, broker: Broker, scale: Scale) -> Metrics:
         "refused": drops.get("refused_by_broker", 0),
         "units_connected": report.units_connected,
         "broker_cpu_pct": report.broker_cpu_percent,
-        "generator_cpu_pct": report.generator_cpu_percent,
         "generator_lag_ms": report.generator_max_lag_ms,
         **meter.result,
+        **_generator_cpu(report),
     }
 
 
@@ -597,6 +661,7 @@ async def _contain_mosquitto(
 
 
 CASES: dict[str, Case] = {
+    "gencheck": gencheck,
     "qos0": qos0,
     "qos1": qos1,
     "qos0_batched": qos0_batched,

@@ -1,6 +1,7 @@
 """`scripts/bench`: fleetgate against Mosquitto 2.x on this machine, same load generator, same certificates.
 
     scripts/bench [--quick] [--cases qos0,fanin] [--runs 3] [--json FILE] [--workdir DIR] [--with-amqtt]
+    scripts/bench --cases gencheck --only mosquitto --gen-procs 2   # can the generator saturate Mosquitto?
 
 For every case and run, each broker is started fresh (Mosquitto first on even runs, fleetgate first
 on odd ones, so a slow minute of a shared machine does not always hit the same broker), driven, and
@@ -12,12 +13,18 @@ Every process started here is stopped in a `finally`, also on Ctrl-C.
 fleetgate / amqtt (`ratio_amqtt`). amqtt speaks MQTT 3.1.1 only, so such a run drives every broker
 with 3.1.1. Each case has a time budget (`--case-timeout`): a broker that falls over is reported with
 what it delivered, or as failed, and the run goes on.
+
+`--gen-procs K` spreads the fan-in cases' publishers over K processes (device_sim.load.spread). After
+the tables the run lists every case run whose load generator was near its limit (a process near a
+whole core, or generator and broker together using every core of the machine): such a number
+measures the generator, not the broker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import platform
@@ -269,7 +276,8 @@ def print_summary(
         table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     for case, rows in summary.items():
         for metric, row in rows.items():
-            table.add_row(case, metric, *(_cell(row.get(c)) for c in columns))
+            if not metric.endswith("generator_warning"):
+                table.add_row(case, metric, *(_cell(row.get(c)) for c in columns))
     console.print(table)
     if targets:
         checks = Table(title="targets")
@@ -281,13 +289,26 @@ def print_summary(
         console.print(checks)
 
 
+def generator_warnings(results: dict[str, dict[str, list[Metrics]]]) -> list[str]:
+    """Every case run whose load generator said it was near its limit, one line each."""
+    out = []
+    for case, by_broker in results.items():
+        for broker, runs in by_broker.items():
+            for number, metrics in enumerate(runs, 1):
+                for key, value in metrics.items():
+                    if key.endswith("generator_warning") and value:
+                        step = key.removesuffix("generator_warning").rstrip("_")
+                        out.append(f"{case}{' ' + step if step else ''} run {number} {broker}: {value}")
+    return out
+
+
 def markdown(summary: dict[str, dict[str, dict[str, Any]]], targets: list[dict[str, Any]]) -> str:
     """The summary as Markdown tables (what docs/benchmarks.md shows)."""
     columns = _columns(summary, before_ratio=False)
     lines = ["| case | metric | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for case, rows in summary.items():
         for metric, row in rows.items():
-            if metric == "background_busy_pct":
+            if metric == "background_busy_pct" or metric.endswith("generator_warning"):
                 continue
             lines.append(f"| {case} | {metric} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     if targets:
@@ -402,6 +423,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only these brokers (comma-separated, e.g. mosquitto: the load generator alone against it)",
     )
     parser.add_argument(
+        "--gen-procs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="spread the fan-in cases' publishers over K processes (the generator check uses at least 2)",
+    )
+    parser.add_argument(
         "--case-timeout",
         type=float,
         default=300.0,
@@ -448,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raise_fd_limit()
     scale = Scale.quick() if args.quick else Scale.full()
+    scale = dataclasses.replace(scale, gen_procs=args.gen_procs, gencheck_procs=max(2, args.gen_procs))
     runs = args.runs or (1 if args.quick else 3)
     cases = args.cases.split(",")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
@@ -486,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(results)
     targets = check_targets(summary)
     print_summary(summary, targets, console)
+    warnings = generator_warnings(results)
+    for line in warnings:
+        console.print(f"[bold yellow]WARNING[/bold yellow] load generator near its limit: {line}")
     if args.markdown is not None:
         args.markdown.write_text(markdown(summary, targets))
     if args.json is not None:
@@ -498,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "summary": summary,
             "targets": targets,
+            "generator_warnings": warnings,
         }
         args.json.write_text(json.dumps(document, indent=2, default=str))
         console.print(f"wrote {args.json}")

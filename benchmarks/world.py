@@ -43,6 +43,11 @@ class Scale:
     # the cross-node hop: a paced 1→1 stream, msg/s and seconds measured (after `warmup_seconds`)
     hop_rate: float = 5000.0
     hop_seconds: float = 10.0
+    gen_procs: int = 1  # processes the fan-in cases' publishers are spread over (--gen-procs)
+    # the generator check: msg/s per unit (x fanin_units), seconds per step, publishing processes
+    gencheck_rates: tuple[float, ...] = (20.0, 50.0, 100.0, 150.0)
+    gencheck_seconds: float = 5.0
+    gencheck_procs: int = 2
 
     @staticmethod
     def full() -> Scale:
@@ -50,7 +55,10 @@ class Scale:
 
     @staticmethod
     def quick() -> Scale:
-        scale = Scale(0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6))
+        scale = Scale(
+            0.5, 0.2, 500, 20, (20.0,), 0.6, 20, 2, 20, 1, 20, (20,), 1, 0.2, 0.3, (20, 20.0, 0.6),
+            gencheck_rates=(20.0,), gencheck_seconds=0.6,
+        )  # fmt: skip
         return replace(scale, hop_rate=1000.0, hop_seconds=0.5)
 
     @property

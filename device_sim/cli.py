@@ -305,6 +305,13 @@ def attack(
 @click.option("--subscriber", default="analytics", show_default=True, help="The measuring service.")
 @click.option("--broker-pid", type=int, default=None, help="Sample this process's CPU and RSS.")
 @click.option(
+    "--processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Spread the units over this many publishing processes (each one's CPU is reported).",
+)
+@click.option(
     "--png",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -323,6 +330,7 @@ def load(
     protocol: str,
     subscriber: str,
     broker_pid: int | None,
+    processes: int,
     png: Path | None,
     data: Path | None,
     as_json: bool,
@@ -350,6 +358,7 @@ def load(
         "protocol": protocol,
         "subscriber": subscriber,
         "broker_pid": broker_pid,
+        "processes": processes,
         "progress": not as_json,
         "server_hostname": host,
     }

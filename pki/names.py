@@ -8,7 +8,7 @@ from this SAN and nothing else; identity_from_certificate is the one place that 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -38,6 +38,19 @@ class Identity:
     kind: str
     id: str
     trust_domain: str
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Identities key the policy engine's and the broker's maps, several lookups per message:
+        # the hash is computed once, not once per lookup (dataclass's own __hash__ builds a tuple).
+        object.__setattr__(self, "_hash", hash((self.kind, self.id, self.trust_domain)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Identity], tuple[str, str, str]]:
+        # Rebuilt from its fields (never a stored hash: another process hashes strings differently).
+        return Identity, (self.kind, self.id, self.trust_domain)
 
     @property
     def spiffe_uri(self) -> str:

@@ -1,6 +1,6 @@
 """Fan-in micro-benchmark without sockets (not a test): one PUBLISH per connection per round.
 
-    .venv/bin/python scripts/bench_fanin.py [--tls] [--qos 0|1] [--rounds N] [--workdir DIR]
+    .venv/bin/python scripts/bench_fanin.py [--tls] [--qos 0|1] [--payload zeros|json] [--rounds N]
     .venv/bin/python scripts/bench_fanin.py --callgrind [--tls] [--qos 1]   # instructions per message
     PYTHONPATH=/other/checkout .venv/bin/python scripts/bench_fanin.py ...  # the same on another tree
 
@@ -202,6 +202,14 @@ def _count_publishes(data: bytes) -> int:
     return count
 
 
+def payload(kind: str) -> bytes:
+    """100 bytes: zeros (what scripts/bench's generator sends is binary too) or a JSON GPS fix."""
+    if kind == "zeros":
+        return bytes(100)
+    fix = b'{"lat": 51.92231, "lon": 4.47917, "speed_kmh": 63.5, "heading": 270, "pad": ""}'
+    return fix[:-2] + b"x" * (100 - len(fix)) + fix[-2:]
+
+
 async def run(args: argparse.Namespace) -> dict[str, float]:
     workdir = Path(args.workdir)
     data = prepare(workdir)
@@ -262,7 +270,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         client = MqttClient(unit, version=V5)
         client.connect()
         send(ep, client.data_to_send())
-        client.publish(f"fleet/{unit}/telemetry/gps", bytes(100), qos=args.qos)
+        client.publish(f"fleet/{unit}/telemetry/gps", payload(args.payload), qos=args.qos)
         units.append((ep, client.data_to_send()))
     await settle()
     for ep, _ in units:
@@ -342,6 +350,7 @@ def callgrind(args: argparse.Namespace) -> None:
             "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
             sys.executable, __file__, "--workdir", args.workdir, "--qos", str(args.qos),
             "--rounds", str(rounds), "--prepare-rounds", str(long), "--no-count-calls",
+            "--payload", args.payload,
         ] + (["--tls"] if args.tls else [])  # fmt: skip
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
@@ -351,7 +360,7 @@ def callgrind(args: argparse.Namespace) -> None:
         counts.append(int(match.group(1)))
         print(done.stdout.strip().splitlines()[-1])
     per_message = (counts[1] - counts[0]) / ((long - short) * UNITS)
-    mode = ("TLS" if args.tls else "plain") + f", QoS {args.qos}"
+    mode = ("TLS" if args.tls else "plain") + f", QoS {args.qos}, {args.payload} payload"
     print(f"instructions per message ({mode}): {per_message:,.0f}  ({counts[0]:,} / {counts[1]:,} Ir)")
 
 
@@ -359,6 +368,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tls", action="store_true", help="through TlsServerProtocol and MqttConnection")
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    parser.add_argument(
+        "--payload",
+        choices=("zeros", "json"),
+        default="zeros",
+        help="100 zero bytes, or a JSON GPS fix of 100 bytes",
+    )
     parser.add_argument("--rounds", type=int, default=40, help="measured rounds (callgrind: the long run)")
     parser.add_argument("--prepare-rounds", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--no-count-calls", dest="count_calls", action="store_false", help=argparse.SUPPRESS)
@@ -377,7 +392,7 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     result = runner(run(args))
-    mode = ("TLS" if args.tls else "plain") + f", QoS {args.qos}"
+    mode = ("TLS" if args.tls else "plain") + f", QoS {args.qos}, {args.payload} payload"
     expected = result["sent"]
     got = result["delivered"]
     ok = "all delivered" if got == expected else f"DELIVERED {got:.0f}/{expected:.0f}"

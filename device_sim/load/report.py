@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +68,15 @@ class LoadReport:
     generator_max_lag_ms: float = 0.0
     series: list[IntervalStats] = field(default_factory=list)
     acked: int = 0  # QoS 1: messages the broker acknowledged as accepted (PUBACK < 0x80)
+    # % of one core per generator process (the subscriber's process first); the total is above
+    generator_cpu_by_process: list[float] = field(default_factory=list)
+
+    @property
+    def generator_warnings(self) -> list[str]:
+        """What says this run may have measured the generator rather than the broker."""
+        return generator_warnings(
+            self.generator_cpu_by_process, self.broker_cpu_percent, self.generator_max_lag_ms, self.duration_s
+        )
 
     @property
     def delivered_of_acked_pct(self) -> float:
@@ -99,6 +109,7 @@ class LoadReport:
         data["delivered_rate"] = round(self.delivered_rate, 1)
         if self.qos:
             data["delivered_of_acked_pct"] = round(self.delivered_of_acked_pct, 3)
+        data["generator_warnings"] = self.generator_warnings
         return data
 
     def to_json(self) -> str:
@@ -132,7 +143,18 @@ class LoadReport:
                 "generator CPU",
                 "n/a" if self.generator_cpu_percent is None else f"{self.generator_cpu_percent:.0f} %",
             ),
+            *(
+                [
+                    (
+                        "generator CPU by process",
+                        " / ".join(f"{c:.0f} %" for c in self.generator_cpu_by_process),
+                    )
+                ]
+                if len(self.generator_cpu_by_process) > 1
+                else []
+            ),
             ("generator max lag", f"{self.generator_max_lag_ms:.1f} ms"),
+            *(("WARNING", w) for w in self.generator_warnings),
         ]
 
     def print_table(self, console: Console | None = None) -> None:
@@ -171,6 +193,39 @@ class LoadReport:
     def write_png(self, path: Path) -> None:
         """The chart as PNG (or SVG when `path` ends in .svg)."""
         save_chart(self.chart(), path)
+
+
+NEAR_A_CORE = 85.0  # % of one core: a single-threaded generator process this busy is (near) its limit
+
+
+def generator_warnings(
+    by_process: Sequence[float], broker_cpu: float | None, lag_ms: float = 0.0, duration_s: float = 0.0
+) -> list[str]:
+    """Warnings for a run whose generator may be the bottleneck: a process near a whole core (each is
+    one thread), the machine's cores all busy (generator and broker share them), or the schedule not
+    kept (behind by more than a tenth of the run and 100 ms: less was offered than asked, whether the
+    generator was saturated or starved of CPU by other work on the machine)."""
+    out = []
+    busy = [i for i, cpu in enumerate(by_process) if cpu >= NEAR_A_CORE]
+    if busy:
+        worst = max(by_process)
+        out.append(
+            f"load generator process(es) {', '.join(map(str, busy))} used up to {worst:.0f} % of a core: "
+            "the generator may be what limits this run (more processes: --gen-procs)"
+        )
+    cores = os.cpu_count() or 1
+    total = sum(by_process) + (broker_cpu or 0.0)
+    if by_process and total >= 0.9 * 100 * cores:
+        out.append(
+            f"generator and broker together used {total:.0f} % of this machine's {cores} cores: "
+            "they compete for CPU, so neither number is a limit of its own"
+        )
+    if lag_ms > max(100.0, 100.0 * duration_s):  # 100 * s = a tenth of the run, in ms
+        out.append(
+            f"the generator fell {lag_ms / 1000:.1f} s behind its {duration_s:g} s schedule: it offered less "
+            "than asked, and rates per scheduled second overstate what was delivered"
+        )
+    return out
 
 
 def _stats(values: dict[str, float], unit: str) -> str:

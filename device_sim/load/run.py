@@ -14,12 +14,19 @@ asyncio Protocol per unit (device_sim.load.client). Phases:
   4. drain: wait until everything sent has arrived (or stopped arriving, or `drain_limit` is up: a
      broker far behind would otherwise keep the run going for as long as its backlog lasts), then
      close everyone; what has not arrived by then counts as lost.
-Each payload starts with the send time (perf_counter_ns, same process as the subscriber), so the
-subscriber measures end-to-end latency. Drops are counted by where they happened: not sent because the
-unit was disconnected or its QoS 1 window was full (a broker that holds publishers back fills it),
-refused by the broker (5.0 PUBACK >= 0x80), or sent and never delivered. At QoS 1 the report also
-says how many PUBLISHes the broker acknowledged and how much of that reached the subscriber: a
-broker may be slow, but what it acknowledged it must deliver (`acknowledged_not_delivered`).
+Each payload starts with the send time (perf_counter_ns: CLOCK_MONOTONIC on Linux, one clock for every
+process of the machine), so the subscriber measures end-to-end latency. Drops are counted by where
+they happened: not sent because the unit was disconnected or its QoS 1 window was full (a broker
+that holds publishers back fills it), refused by the broker (5.0 PUBACK >= 0x80), or sent and never
+delivered. At QoS 1 the report also says how many PUBLISHes the broker acknowledged and how much of
+that reached the subscriber: a broker may be slow, but what it acknowledged it must deliver
+(`acknowledged_not_delivered`).
+
+With `processes` > 1 the units are spread over that many worker processes (device_sim.load.spread),
+each connecting and publishing its share on the same schedule, interleaved; the subscriber stays in
+this process. Each process's CPU is reported (`generator_cpu_by_process`, this process first), and
+the report warns when one of them is near a whole core (`generator_warnings`): a generator that is
+itself saturated measures itself, not the broker.
 
 Works against any MQTT broker with mTLS (fleetgate, Mosquitto): give it the port, the CA and the
 certificates. With `broker_pid` it also samples the broker's CPU and RSS from /proc.
@@ -31,7 +38,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -46,7 +53,15 @@ from device_sim.load.client import (
     open_client,
 )
 from device_sim.load.report import LoadReport, interval_series, ns_to_ms, percentiles
-from device_sim.load.swarm import close_all, connect_crowd, contexts, identities_in, keep_alive_loop, pick
+from device_sim.load.swarm import (
+    Crowd,
+    close_all,
+    connect_crowd,
+    contexts,
+    identities_in,
+    keep_alive_loop,
+    pick,
+)
 from device_sim.load.swarm import protocol_version as parse_protocol
 from gateway.mqtt.packets import ProtocolVersion
 
@@ -84,6 +99,7 @@ class LoadOptions:
     # called with "publishing" when the clock starts (every unit connected) and "done" after the drain,
     # beside the broker's CPU samples: a caller meters more processes over the same window
     on_phase: Callable[[str], None] | None = None
+    processes: int = 1  # publishing processes (units spread over them); the subscriber stays here
 
 
 @dataclass
@@ -189,6 +205,11 @@ async def run_load(options: LoadOptions) -> LoadReport:
                         f"{creds.subscriber.ident} may not subscribe to {options.subscribe_filter}"
                         f" (SUBACK 0x{suback.reason_codes[0]:02x})"
                     )
+            if options.processes > 1:
+                from device_sim.load.spread import run_spread
+
+                spread = await run_spread(options, creds.units, creds.ca, subscriber, sink)
+                return _report(options, spread.crowd, spread.result, sink, spread.acked, spread.refused)
             connecting = progress.task("connecting", len(creds.units))
             crowd = await connect_crowd(
                 options.host,
@@ -206,11 +227,17 @@ async def run_load(options: LoadOptions) -> LoadReport:
             result = await _publish(options, version, units, subscriber, sink, progress)
         finally:
             await close_all([*clients, *([subscriber] if subscriber else [])])
+    refused = sum(c.refused for c in clients)
+    acked = sum(c.acked - c.refused for c in clients) if options.qos else 0
+    return _report(options, crowd, result, sink, acked, refused)
+
+
+def _report(
+    options: LoadOptions, crowd: Crowd, result: _PublishResult, sink: LatencySink, acked: int, refused: int
+) -> LoadReport:
     lat = sink.latencies
     result_drops = result.drops
     delivered = min(sink.count, result.sent)
-    refused = sum(c.refused for c in clients)
-    acked = sum(c.acked - c.refused for c in clients) if options.qos else 0
     result_drops["refused_by_broker"] = refused
     lost = max(0, result.sent - refused - delivered)
     if result.subscriber_lost and lost:
@@ -222,7 +249,7 @@ async def run_load(options: LoadOptions) -> LoadReport:
     return LoadReport(
         broker=options.broker_label,
         units_requested=options.units,
-        units_connected=len(clients),
+        units_connected=len(crowd.clients) or result.units_connected,
         connect_seconds=round(crowd.seconds, 3),
         connack_ms=ns_to_ms(percentiles(crowd.connack_ns)),
         connect_failures=dict(crowd.failures),
@@ -245,6 +272,9 @@ async def run_load(options: LoadOptions) -> LoadReport:
         generator_max_lag_ms=round(result.max_lag_s * 1000, 1),
         series=interval_series(lat, sink.marks, result.start_ns),
         acked=acked,
+        generator_cpu_by_process=[round(c, 1) for c in result.cpu_by_process]
+        if result.cpu_by_process
+        else ([round(result.generator_cpu, 1)] if result.generator_cpu is not None else []),
     )
 
 
@@ -257,8 +287,10 @@ class _PublishResult:
     max_lag_s: float
     broker_before: procstat.ProcSample | None
     broker_after: procstat.ProcSample | None
-    generator_cpu: float | None
+    generator_cpu: float | None  # % of one core, every generator process together
     subscriber_lost: bool  # the measuring subscriber's connection went away during the run
+    cpu_by_process: list[float] = field(default_factory=list)  # % of a core each; [] for one process
+    units_connected: int = 0  # set when the units were connected elsewhere (worker processes)
 
 
 async def _publish(
@@ -268,7 +300,12 @@ async def _publish(
     subscriber: LeanClient | None,
     sink: LatencySink,
     progress: _Progress,
+    *,
+    start_at: float | None = None,
+    deliveries: bool = True,
 ) -> _PublishResult:
+    """Publish on the schedule from `start_at` (a perf_counter() time; default now), then drain.
+    `deliveries`: wait for the subscriber's deliveries too (False in a worker: it has none)."""
     n = len(units)
     templates = [
         PublishTemplate(opts.topic.format(unit=c.ident), opts.payload_size, opts.qos, version)
@@ -282,12 +319,14 @@ async def _publish(
     listeners = [c for c in (*units, subscriber) if c is not None]
     pinger = asyncio.get_running_loop().create_task(keep_alive_loop(listeners, opts.keep_alive))
     publishing = progress.task("publishing", opts.duration)
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     broker_before = procstat.sample(pid) if pid else None
     if opts.on_phase is not None:
         opts.on_phase("publishing")
     cpu_before = os.times()
-    start = time.perf_counter()
-    start_ns = time.perf_counter_ns()
+    start = time.perf_counter() if start_at is None else start_at
+    start_ns = int(start * 1e9)
     k = 0
     offered_total = int(total_rate * opts.duration)
     max_lag = 0.0
@@ -318,7 +357,7 @@ async def _publish(
                 )
             await asyncio.sleep(opts.tick)
         sent = sum(u.sent for u in units if u is not None)
-        await _drain(sink, units, sent, opts.drain_timeout, opts.drain_limit)
+        await _drain(sink, units, sent, opts.drain_timeout, opts.drain_limit, deliveries)
     finally:
         pinger.cancel()
     cpu_after = os.times()
@@ -341,20 +380,26 @@ async def _publish(
 
 
 async def _drain(
-    sink: LatencySink, units: Sequence[LeanClient | None], sent: int, timeout: float, limit: float | None
+    sink: LatencySink,
+    units: Sequence[LeanClient | None],
+    sent: int,
+    timeout: float,
+    limit: float | None,
+    deliveries: bool = True,
 ) -> None:
-    """Wait until everything sent arrived (or was refused) and was acknowledged (QoS 1), nothing arrived
-    for `timeout` seconds, or `limit` seconds have passed."""
-    last, idle_since = sink.count, time.monotonic()
+    """Wait until everything sent arrived (or was refused; not asked if not `deliveries`) and was
+    acknowledged (QoS 1), nothing arrived for `timeout` seconds, or `limit` seconds have passed."""
+    last, idle_since = sink.count if deliveries else 0, time.monotonic()
     end = idle_since + (limit if limit is not None else float("inf"))
     while time.monotonic() - idle_since < timeout and time.monotonic() < end:
         live = [u for u in units if u is not None]
         acked = not any(u.inflight for u in live if u.transport is not None)
-        if sink.count + sum(u.refused for u in live) >= sent and acked:
+        if acked and (not deliveries or sink.count + sum(u.refused for u in live) >= sent):
             return
         await asyncio.sleep(0.02)
-        if sink.count != last:
-            last, idle_since = sink.count, time.monotonic()
+        progress = sink.count if deliveries else sum(u.acked for u in live)
+        if progress != last:
+            last, idle_since = progress, time.monotonic()
 
 
 def _round(value: float | None) -> float | None:

@@ -1,12 +1,17 @@
 """What the console shows of each unit's traffic: its last messages, last GPS fix, control liveness.
 
 A publish observer (gateway/app/observers.py) like the flow feed: it sees every client PUBLISH the
-policy accepted, in the middle of routing, so it only appends to bounded structures and never parses
-more than a GPS fix. Per unit (the `{unit}` level of `fleet/{unit}/...`):
+policy accepted, in the middle of routing, so it only appends to bounded structures and parses
+nothing there. Per unit (the `{unit}` level of `fleet/{unit}/...`):
 
 - the last `per_unit` messages on its topics (topic, time, size, the first `max_payload` bytes), in a
   deque, so memory is bounded by units x per_unit x max_payload (defaults: 10 x 512 B per unit);
-- the last GPS fix from `fleet/{unit}/telemetry/gps` (`lat`, `lon` numbers in a JSON object);
+- the last GPS fix from `fleet/{unit}/telemetry/gps` (`lat`, `lon` numbers in a JSON object), parsed
+  when someone asks (`UnitTraffic.fix`), not on the hot path: the raw fixes since the last question
+  wait in a short list (at most `UNREAD_FIXES`, each at most `MAX_PAYLOAD` bytes; a longer one is
+  parsed at once; one that does not start with `{` is no fix and is dropped), and when it is full
+  the newest good one is kept and the rest dropped. A fix that cannot be read never replaces a good
+  one, whenever it is parsed;
 - when a control message last went to or from it (`fleet/{unit}/control/...`), and which way:
   the console shows this as the control channel's liveness, which quarantine must never touch.
 
@@ -23,25 +28,34 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import PII, DataClasses, normal_key
+from pki.names import Identity
 
 PER_UNIT = 10
 MAX_PAYLOAD = 512
 REDACTED = "[redacted: pii]"
+UNREAD_FIXES = 8  # raw GPS payloads kept per unit until the fix is asked for (or this many arrive)
 UNKNOWN_RECHECK = 10.0  # seconds before an unknown unit id is looked up again
 MAX_UNKNOWN = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
+    """One message as the unit page lists it. A tuple, built once per message on the hot path (a frozen
+    dataclass costs a Python __init__ and a setattr per field); the sender's name is made when shown."""
+
     topic: str
     at: float  # epoch seconds
     size: int
     payload: bytes  # at most MAX_PAYLOAD bytes of it
-    sender: str  # the publisher's identity, e.g. "service/dispatch"
+    identity: Identity | None  # the publisher (None: an in-process lab client)
+
+    @property
+    def sender(self) -> str:
+        """The publisher's identity, e.g. "service/dispatch"."""
+        return str(self.identity) if self.identity is not None else "lab"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +68,45 @@ class Fix:
 @dataclass(slots=True)
 class UnitTraffic:
     messages: deque[Seen]
-    fix: Fix | None = None
     control_at: float | None = None
     control_topic: str = ""
     control_sender: str = ""
+    last_fix: Fix | None = None  # the last good fix parsed so far: read `fix`, which parses the unread
+    unread: list[tuple[bytes, float]] | None = None  # GPS payloads not parsed yet, oldest first
+
+    @property
+    def fix(self) -> Fix | None:
+        """The last good GPS fix, after parsing what arrived since the last question."""
+        if self.unread:
+            self.settle()
+        return self.last_fix
+
+    def gps(self, payload: bytes, now: float, max_payload: int) -> None:
+        """Keep a GPS payload to parse when asked; a long one (rare) is parsed now, not kept, and one
+        that is not a JSON object (binary telemetry) cannot be a fix and is not kept either."""
+        if payload[:1] != b"{" and payload.lstrip()[:1] != b"{":
+            return
+        if len(payload) > max_payload:
+            if self.unread:
+                self.settle()
+            self.last_fix = parse_fix(payload, now) or self.last_fix
+            return
+        unread = self.unread
+        if unread is None:
+            self.unread = unread = []
+        unread.append((payload, now))
+        if len(unread) >= UNREAD_FIXES:
+            self.settle()
+
+    def settle(self) -> None:
+        """Parse the unread fixes newest first: the first good one is the last good fix."""
+        unread = self.unread or []
+        for payload, at in reversed(unread):
+            fix = parse_fix(payload, at)
+            if fix is not None:
+                self.last_fix = fix
+                break
+        unread.clear()
 
 
 @dataclass
@@ -87,18 +136,22 @@ class UnitWatch:
                 return
             self.unknown.pop(unit, None)
             traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
-        sender = str(peer.identity) if peer.identity is not None else "lab"
-        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], sender))
+        identity = peer.identity
+        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], identity))
         if levels[2] == "control":
+            sender = str(identity) if identity is not None else "lab"
             traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
-        elif topic == f"fleet/{unit}/telemetry/gps":
-            traffic.fix = parse_fix(payload, now) or traffic.fix
+        elif (
+            len(levels) == 4 and levels[3] == "gps" and levels[2] == "telemetry"
+        ):  # fleet/{unit}/telemetry/gps
+            traffic.gps(payload, now, self.max_payload)
 
     def traffic(self, unit: str) -> UnitTraffic | None:
         return self.units.get(unit)
 
     def fixes(self) -> dict[str, Fix]:
-        return {unit: t.fix for unit, t in self.units.items() if t.fix is not None}
+        found = {unit: t.fix for unit, t in self.units.items()}
+        return {unit: fix for unit, fix in found.items() if fix is not None}
 
 
 def parse_fix(payload: bytes, now: float) -> Fix | None:

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-_READ_SIZE = 256 * 1024  # decrypted bytes taken per read call (a full TCP read of records)
+# Decrypted bytes asked for per SSLObject.read call: one record's worth. A TLS record carries at most
+# 16 KiB of plaintext (RFC 8446 5.1, RFC 5246 6.2.1) and OpenSSL returns one record per read, so
+# the loop below takes a read's records one call each and never leaves part of one inside OpenSSL.
+# Asking for more buys nothing and costs a lot: CPython allocates the whole size on every call, and
+# above glibc's mmap threshold (128 KiB) that is an mmap, a mremap and a munmap per read (256 KiB:
+# ~55 µs per record on this machine, against ~2 µs at 16 KiB; docs/benchmarks.md, issue 18).
+_READ_SIZE = 16 * 1024
 # After our close_notify and FIN, how long a peer may take to close its side before the socket is
 # reset. Closing at once while the peer's bytes sit unread would reset the connection, and a client
 # could lose the DISCONNECT (with its reason code) we wrote just before.
@@ -34,6 +40,7 @@ class HandshakeObserver(Protocol):
     def handshake_ok(self, seconds: float) -> None: ...
 
     def handshake_failed(self, address: str, reason: str) -> None: ...
+
 
 __all__ = ["TlsServerProtocol", "TlsTransport", "handshake_failure_reason"]
 

@@ -44,6 +44,7 @@ def test_every_case_ran_on_both_brokers_without_error(results: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("case", "metric"),
     [
+        ("gencheck", "0.4k_delivered_per_s"),
         ("qos0", "delivered_per_s"),
         ("qos1", "delivered_per_s"),
         ("hop", "qos1_same_node_delivered_pct"),
@@ -59,6 +60,16 @@ def test_both_brokers_delivered(results: dict[str, Any], case: str, metric: str)
     for broker in BROKERS:
         assert row[broker] > 0, (case, metric, row)
     assert row["ratio"] > 0
+
+
+def test_the_generator_reports_each_process_and_its_warnings(results: dict[str, Any]) -> None:
+    gencheck = results["summary"]["gencheck"]
+    for broker in BROKERS:
+        assert gencheck["0.4k_generator_procs"][broker] == 3  # the subscriber's process and two workers
+        assert gencheck["0.4k_generator_cpu_max_pct"][broker] > 0
+        assert isinstance(gencheck["broker_limit_reached"][broker], bool)
+    assert results["summary"]["fanin"]["0.4k_generator_procs"]["fleetgate"] == 1
+    assert isinstance(results["generator_warnings"], list)
 
 
 def test_containment_is_reported_for_both(results: dict[str, Any]) -> None:

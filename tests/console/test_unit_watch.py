@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.admin.console_html import esc, frame, graticule, project
-from gateway.context.unit_watch import REDACTED, Fix, UnitWatch, parse_fix, redacted
+from gateway.context.unit_watch import REDACTED, UNREAD_FIXES, Fix, UnitWatch, parse_fix, redacted
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
 from pki.names import Identity
@@ -49,6 +49,25 @@ def test_control_liveness_counts_both_directions_and_gps_keeps_the_last_good_fix
     assert (traffic.control_at, traffic.control_sender) == (10.5, "unit/TRK-1")
     assert traffic.control_topic == "fleet/TRK-1/control/brake/ack"
     assert w.fixes() == {"TRK-1": Fix(51.9, 4.4, 11.0)}
+
+
+def test_the_last_good_fix_survives_any_run_of_bad_ones_whenever_the_console_asks() -> None:
+    w = watch()
+    gps = "fleet/TRK-1/telemetry/gps"
+    w.observe(UNIT, gps, b'{"lat": 1, "lon": 1}', 1.0)
+    w.observe(UNIT, gps, b'{"lat": 2, "lon": 2}', 2.0)  # the newest good one of those not yet read
+    for n in range(3 * UNREAD_FIXES):  # more bad fixes than are kept unread: parsed on the way
+        w.observe(UNIT, gps, b'{"lat": "garbage"}', 3.0 + n)
+        w.observe(UNIT, gps, bytes(100), 3.5 + n)  # binary: not even kept
+    assert w.fixes() == {"TRK-1": Fix(2.0, 2.0, 2.0)}
+    w.observe(UNIT, gps, b'{"lat": 3, "lon": 3}', 50.0)
+    w.observe(UNIT, gps, b'{"lat": 4, "lon": 4, "pad": "' + b"x" * 600 + b'"}', 51.0)  # long: parsed now
+    w.observe(UNIT, gps, b'{"lat": 999, "lon": 3}', 52.0)
+    assert w.fixes() == {"TRK-1": Fix(4.0, 4.0, 51.0)}
+    w.observe(UNIT, gps, b'{"lat": 5, "lon": 5}', 53.0)
+    w.observe(UNIT, "fleet/TRK-1/telemetry/gps/extra", b'{"lat": 6, "lon": 6}', 54.0)  # not the fix topic
+    traffic = w.traffic("TRK-1")
+    assert traffic is not None and traffic.fix == Fix(5.0, 5.0, 53.0)
 
 
 def test_a_fix_must_be_two_finite_numbers() -> None:

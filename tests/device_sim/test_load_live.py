@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from benchmarks.brokers import MosquittoBroker
 from benchmarks.mosquitto import MOSQUITTO, acl_from_policy, load_policy
 from device_sim.load.identities import BulkIssuer, unit_ids
+from device_sim.load.report import generator_warnings
 from device_sim.load.run import LoadOptions, run_load
 from tests.harness import GatewayProcess
 
@@ -55,6 +57,38 @@ async def test_every_offered_message_reaches_the_subscriber(
     assert report.broker_rss_mb["end"] > 0 and report.broker_cpu_percent is not None
     report.write_png(tmp_path / "run.png")
     assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_publishers_spread_over_processes_deliver_everything_and_report_each_ones_cpu(
+    fleet: tuple[GatewayProcess, Path], qos: int
+) -> None:
+    gw, root = fleet
+    assert gw.proc is not None
+    report = await run_load(
+        _options(root, gw.mqtt_port, qos=qos, processes=2, broker_pid=gw.proc.pid, broker_label="fleetgate")
+    )
+    assert report.units_connected == 5 and not report.connect_failures
+    assert report.offered == 100 and report.sent == 100 and report.delivered == 100
+    assert report.drops["lost_in_broker"] == 0 and report.drops["not_sent_disconnected"] == 0
+    if qos:
+        assert report.acked == 100 and report.delivered_of_acked_pct == 100.0
+    assert report.latency_ms["p50"] > 0 and report.connack_ms["p99"] > 0
+    assert len(report.generator_cpu_by_process) == 3  # the subscriber's process and two workers
+    assert report.generator_cpu_percent == pytest.approx(sum(report.generator_cpu_by_process), abs=0.5)
+    assert "generator_warnings" in report.to_dict()
+
+
+def test_a_generator_process_near_a_whole_core_is_warned_about() -> None:
+    assert generator_warnings([40.0, 30.0], 50.0) == []
+    (warning,) = generator_warnings([40.0, 97.0], 20.0)
+    assert "process(es) 1 used up to 97 % of a core" in warning
+    cores = os.cpu_count() or 1
+    saturated = generator_warnings([60.0] * cores, 100.0 * cores)
+    assert any(f"{cores} cores" in w for w in saturated)
+    assert generator_warnings([20.0], 30.0, lag_ms=50.0, duration_s=5.0) == []
+    (behind,) = generator_warnings([20.0], 30.0, lag_ms=2855.0, duration_s=5.0)
+    assert "2.9 s behind its 5 s schedule" in behind
 
 
 async def test_a_subscriber_without_the_grant_is_refused(fleet: tuple[GatewayProcess, Path]) -> None:

@@ -129,3 +129,26 @@ async def test_whole_records_are_delivered_and_a_partial_one_waits(tmp_path: Pat
     assert bytes(app.data) == b"record 0;record 1;record 2;record 3;"
     protocol.data_received(records[0][:3])  # a few bytes of nothing whole: nothing handed on
     assert app.reads == 2
+
+    # A small record and records as large as TLS allows (16 KiB of plaintext), in one read: every byte
+    # is handed on, nothing of the last record stays behind in OpenSSL until more bytes arrive.
+    protocol = TlsServerProtocol(tls_server_context(*server, ca_pem), _Hub(), "127.0.0.1:2", lambda: app)
+    tcp = _Tcp()
+    protocol.connection_made(tcp)  # type: ignore[arg-type]
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    for _ in range(10):
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            protocol.data_received(outgoing.read())
+            incoming.write(bytes(tcp.out))
+            tcp.out.clear()
+    protocol.data_received(outgoing.read())
+    app.data.clear()
+    big = bytes(range(256)) * 192  # 49,152 bytes: three records of 16,384
+    tls.write(b"start")
+    tls.write(big)
+    protocol.data_received(outgoing.read())
+    assert bytes(app.data) == b"start" + big
