@@ -25,7 +25,6 @@ import pytest
 from gateway.app.backbone_durable import stream_name
 from gateway.broker.subjects import DEFAULT_PREFIX
 from tests.clients import Paho, Received
-from tests.cluster.test_haproxy import local_address
 from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _metrics, _until_arrives
 from tests.haproxy import BALANCER_SOURCE, Haproxy
 from tests.harness import Credentials, GatewayProcess
@@ -309,8 +308,11 @@ def _seen_at_their_own_address(nodes: Nodes, clients: dict[str, Paho]) -> dict[s
     which HAProxy's PROXY header named, never HAProxy's 127.0.0.2); client id -> node."""
 
     def placed() -> dict[str, tuple[str, str]] | None:
+        sockets = {ident: client.client.socket() for ident, client in clients.items()}
+        if any(sock is None for sock in sockets.values()):
+            return None  # a client between two connections
         where = _placement(nodes)
-        own = {ident: local_address(client) for ident, client in clients.items()}
+        own = {ident: "{}:{}".format(*sock.getsockname()[:2]) for ident, sock in sockets.items()}
         return where if all(where.get(i, ("", ""))[1] == a for i, a in own.items()) else None
 
     where = eventually(placed, timeout=15, interval=0.2)
