@@ -1,13 +1,16 @@
 """QoS 1 and 2 across nodes through JetStream (docs/cluster.md, "QoS 1 and 2 across nodes: JetStream"):
 three nats-servers with JetStream (R3), PostgreSQL, fleetgate nodes, real paho clients over mTLS.
 A unit's PUBACK means the message is stored in the cluster; what was acknowledged reaches the service
-on the other node even when a nats-server is killed (-9) under traffic."""
+on the other node even when a nats-server is killed (-9) under traffic. The nodes sit behind HAProxy (the
+configuration of docs/cluster.md, PROXY v2 from 127.0.0.2): the kill -9 of a node is survived through it."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import shutil
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
@@ -23,10 +26,13 @@ from gateway.app.backbone_durable import stream_name
 from gateway.broker.subjects import DEFAULT_PREFIX
 from tests.clients import Paho, Received
 from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _metrics, _until_arrives
+from tests.haproxy import BALANCER_SOURCE, Haproxy
 from tests.harness import Credentials, GatewayProcess
 from tests.nats import NatsServer, nats_js_cluster  # noqa: F401  (the module's nats-servers)
-from tests.ops.helpers import metrics_text
+from tests.ops.helpers import api, eventually, metrics_text
 from tests.pg import PgCluster
+
+CLIENTS = "127.0.0.3"  # where clients connect to HAProxy from (HAProxy reaches the nodes from 127.0.0.2)
 
 
 @dataclass
@@ -36,6 +42,17 @@ class Nodes:
     c: GatewayProcess
     dispatch: Credentials
     nats: list[NatsServer]
+    lb: Haproxy  # in front of a, b and c
+    ops: Credentials  # reads each node's session view
+
+    def named(self) -> dict[str, GatewayProcess]:
+        return {"node-a": self.a, "node-b": self.b, "node-c": self.c}
+
+    def nats_of(self, node: GatewayProcess) -> NatsServer:
+        return self.nats[[self.a, self.b, self.c].index(node)]
+
+    def live(self) -> list[GatewayProcess]:
+        return [n for n in (self.a, self.b, self.c) if n.proc is not None and n.proc.poll() is None]
 
 
 def _node(root: Path, url: str, name: str, nats_url: str) -> GatewayProcess:
@@ -44,6 +61,7 @@ def _node(root: Path, url: str, name: str, nats_url: str) -> GatewayProcess:
         "FLEETGATE_CLUSTER_NODE_NAME": name,
         "FLEETGATE_CLUSTER_NATS": nats_url,
         "FLEETGATE_CLUSTER_JETSTREAM_REPLICAS": "3",
+        "FLEETGATE_LISTEN_PROXY_PROTOCOL_FROM": BALANCER_SOURCE,  # HAProxy; direct clients served as always
     }
     return GatewayProcess(root, env=env)
 
@@ -66,7 +84,10 @@ def nodes(
     for node in (a, b, c):
         node.start()
     dispatch = a.issue("service", "dispatch")
-    yield Nodes(a, b, c, dispatch, nats_js_cluster)
+    ops = a.issue("operator", "ops1", "--role", "ops")
+    servers = [("node-a", a.mqtt_port), ("node-b", b.mqtt_port), ("node-c", c.mqtt_port)]
+    with Haproxy.in_front_of(root / "haproxy", servers) as lb:
+        yield Nodes(a, b, c, dispatch, nats_js_cluster, lb, ops)
     for node in (a, b, c):
         node.stop()
 
@@ -245,50 +266,104 @@ def test_a_persistent_session_moved_to_another_live_node_gets_what_was_sent_whil
     dispatch.disconnect()
 
 
+def _through_balancer(nodes: Nodes, creds: Credentials, *, persistent: bool = False) -> Paho:
+    """A client connected through HAProxy from 127.0.0.3; tried again (a new connection every 0.2 s, for
+    30 s at most) while HAProxy has no live node to offer it."""
+    deadline = time.monotonic() + 30
+    while True:
+        client = Paho(
+            nodes.lb.port,
+            creds,
+            clean=not persistent,
+            session_expiry=600 if persistent else None,
+            bind_address=CLIENTS,
+        )
+        try:
+            if client.connect(timeout=5)[0] == 0:
+                return client
+        except (OSError, ssl.SSLError, queue.Empty):
+            pass
+        client.client.loop_stop()
+        assert time.monotonic() < deadline, "no node answered through HAProxy within 30 s"
+        time.sleep(0.2)
+
+
+def _placement(nodes: Nodes) -> dict[str, tuple[str, str]]:
+    """client id -> (node, address) of every connected session, as each live node's admin API shows it."""
+    placed: dict[str, tuple[str, str]] = {}
+    for name, node in nodes.named().items():
+        if node not in nodes.live():
+            continue
+        status, body = api(node, nodes.ops, "GET", "/api/sessions")
+        assert status == 200, body
+        for session in body["sessions"]:
+            if session["connected"]:
+                assert session["client_id"] not in placed, f"{session['client_id']} is live on two nodes"
+                placed[session["client_id"]] = (name, session["address"])
+    return placed
+
+
+def _seen_at_their_own_address(nodes: Nodes, clients: dict[str, Paho]) -> dict[str, str]:
+    """Waits until every client is live on one node at its own address (127.0.0.3 and its socket's port,
+    which HAProxy's PROXY header named, never HAProxy's 127.0.0.2); client id -> node."""
+
+    def placed() -> dict[str, tuple[str, str]] | None:
+        sockets = {ident: client.client.socket() for ident, client in clients.items()}
+        if any(sock is None for sock in sockets.values()):
+            return None  # a client between two connections
+        where = _placement(nodes)
+        own = {ident: "{}:{}".format(*sock.getsockname()[:2]) for ident, sock in sockets.items()}
+        return where if all(where.get(i, ("", ""))[1] == a for i, a in own.items()) else None
+
+    where = eventually(placed, timeout=15, interval=0.2)
+    assert where is not None, f"not every client seen at its own address: {_placement(nodes)}"
+    assert all(a.startswith(f"{CLIENTS}:") for _, a in where.values()), where
+    return {ident: where[ident][0] for ident in clients}
+
+
 def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowledged(nodes: Nodes) -> None:
-    """Node B holds the dispatch service's persistent session (its own JetStream consumer) and two
-    units; node A two more units; all four publish (QoS 1 and 2) to dispatch. Node B is killed (-9):
-    its units go on through node C, dispatch resumes its session on node C, and every message a unit
-    got a PUBACK/PUBREC for reaches dispatch (duplicates allowed, counted)."""
+    """Through HAProxy: the dispatch service (a persistent session, its own JetStream consumer) and
+    eight units spread over the three nodes by `balance leastconn` (three connections each), the units
+    publishing QoS 1 and 2 to dispatch. The node holding dispatch is killed (-9): its units' MQTT
+    clients reconnect by themselves to the same address, HAProxy sends them to a live node, dispatch
+    resumes its session through HAProxy on a live node, and every message a unit got a PUBACK/PUBREC for
+    reaches dispatch (duplicates allowed, counted). Each node sees every client at its own address."""
     topic_filter = "fleet/+/telemetry/#"
 
-    def dispatch_on(node: GatewayProcess) -> Paho:
-        client = Paho(node.mqtt_port, nodes.dispatch, clean=False, session_expiry=600)
-        assert client.connect()[0] == 0
+    def dispatch_connects() -> Paho:
+        client = _through_balancer(nodes, nodes.dispatch, persistent=True)
         assert client.subscribe(topic_filter, 2) == [2]
         return client
 
-    dispatch = dispatch_on(nodes.b)
-    units = [f"TRK-JS-N{i}" for i in range(4)]
-    creds = [_enroll(nodes.a, unit) for unit in units]
-    homes = [nodes.a, nodes.a, nodes.b, nodes.b]
-    trucks = [_client(home, c) for home, c in zip(homes, creds, strict=True)]
+    dispatch = dispatch_connects()
+    units = [f"TRK-JS-N{i}" for i in range(8)]
+    trucks = [_through_balancer(nodes, _enroll(nodes.a, unit)) for unit in units]
+    clients = {"dispatch": dispatch, **dict(zip(units, trucks, strict=True))}
+    home = _seen_at_their_own_address(nodes, clients)
+    doomed = nodes.named()[home["dispatch"]]
+    on_doomed = [home[u] == home["dispatch"] for u in units]
+    assert sum(on_doomed) >= 2 and set(home.values()) == set(nodes.named()), home  # leastconn: 3 each
     for truck, unit in zip(trucks, units, strict=True):
         _until_ready(truck, f"fleet/{unit}/telemetry/gps", dispatch)
     _drain(dispatch, 0.3)
-
-    def to_c(c: Credentials) -> Any:
-        return lambda: _client(nodes.c, c)
-
-    publishers = [
-        Publisher(
-            truck,
-            f"fleet/{unit}/telemetry/gps",
-            rate=15,
-            qos=1 + i % 2,
-            failover=to_c(c) if homes[i] is nodes.b else None,
-        )
-        for i, (truck, unit, c) in enumerate(zip(trucks, units, creds, strict=True))
+    publishers = [  # 64 msg/s in all; a unit's client resends what was unacknowledged when it reconnects
+        Publisher(truck, f"fleet/{unit}/telemetry/gps", rate=8, qos=1 + i % 2)
+        for i, (truck, unit) in enumerate(zip(trucks, units, strict=True))
     ]
     for p in publishers:
         p.start()
     time.sleep(1.5)
     got = _drain(dispatch, 0.05)
-    nodes.b.stop(signal.SIGKILL)
+    doomed.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
     got += _drain(dispatch, 0.2)
     dispatch.client.loop_stop()
-    dispatch = dispatch_on(nodes.c)  # the session resumes on node C: its consumer holds what was missed
-    time.sleep(2.0)
+    dispatch = dispatch_connects()  # the session resumes on a live node: its consumer holds what was missed
+    clients["dispatch"] = dispatch
+    moved = _seen_at_their_own_address(nodes, clients)  # every unit back, on a live node, at its new port
+    assert home["dispatch"] not in moved.values(), moved
+    back_after = time.monotonic() - killed_at  # printed, not asserted
+    time.sleep(1.0)  # traffic after the failover counts too
     for p in publishers:
         p.halt.set()
         p.join()
@@ -297,23 +372,29 @@ def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowled
     received = Counter(m.payload for m in got)
     missing = acknowledged - set(received)
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
-    assert [p.outcomes["failover"] for p in publishers] == [0, 0, 1, 1]
+    assert [not t.disconnects.empty() for t in trucks] == on_doomed  # only the killed node's units moved
     qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
     duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
-    print(f"acknowledged {len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}")
-    for p in publishers:
-        p.client.disconnect()
-    dispatch.disconnect()  # node B stays down: the next test uses nodes A and C
+    print(
+        f"killed {home['dispatch']} ({sum(on_doomed)} units and dispatch), all back through HAProxy "
+        f"within {back_after:.1f} s; acknowledged "
+        f"{len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}, "
+        f"outcomes {[dict(p.outcomes) for p in publishers]}"
+    )
+    for t in trucks:
+        t.disconnect()
+    dispatch.disconnect()  # the killed node stays down: the next test uses the two others
 
 
 def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes: Nodes) -> None:
-    """Node A's own nats-server is killed while four units on node A publish QoS 1 to a service on
-    node C: node A reconnects to another server, stores left unanswered are retried, JetStream (R3)
-    keeps the stream and the consumers; every PUBACKed message reaches the service. Last in the
-    module: it kills a server (and brings it back)."""
-    service = _client(nodes.c, nodes.dispatch, "fleet/+/telemetry/#")
+    """A node's own nats-server is killed while four units on that node publish QoS 1 to a service on
+    another node (the two nodes the previous test left alive): the node reconnects to another server,
+    stores left unanswered are retried, JetStream (R3) keeps the stream and the consumers; every
+    PUBACKed message reaches the service. Last in the module: it kills a server (and brings it back)."""
+    node, other = nodes.live()
+    service = _client(other, nodes.dispatch, "fleet/+/telemetry/#")
     units = [f"TRK-JS-K{i}" for i in range(4)]
-    trucks = [_client(nodes.a, _enroll(nodes.a, unit)) for unit in units]
+    trucks = [_client(node, _enroll(node, unit)) for unit in units]
     _until_ready(trucks[0], f"fleet/{units[0]}/telemetry/gps", service)
     _drain(service, 0.3)
     publishers = [  # under the default policy's 20 messages per second for a unit
@@ -322,7 +403,7 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
     for p in publishers:
         p.start()
     time.sleep(1.0)
-    nodes.nats[0].kill()  # node A's server, kill -9
+    nodes.nats_of(node).kill()  # the publishers' node's server, kill -9
     time.sleep(3.0)
     for p in publishers:
         p.halt.set()
@@ -341,8 +422,8 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
     print(
         f"published {published}, acknowledged {len(acknowledged)}, received {len(received)}, dup {duplicates}"
     )
-    assert "cluster backbone: NATS connection back" in nodes.a.log()
+    assert "cluster backbone: NATS connection back" in node.log()
     for t in trucks:
         t.disconnect()
     service.disconnect()
-    nodes.nats[0].restart()
+    nodes.nats_of(node).restart()
