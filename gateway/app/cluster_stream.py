@@ -9,7 +9,8 @@ topic) and the persistent sessions' records (cluster_session_records.py, one sub
   else, the way nats-server's own MQTT implementation keeps retained messages and sessions.
 - Out: `put` queues a message (safe inside a broker call: nothing is awaited); one sender task
   publishes them in order, signed like a backbone message (ClusterLink.signed), each waiting for the
-  stream's acknowledgement.
+  stream's acknowledgement. Of messages for one subject still waiting only the latest is sent (the
+  stream would keep only it), so the wait for JetStream costs memory per subject, not per change.
 - In: an ordered consumer that starts with the last message of every subject and then follows new
   ones hands each message to `apply(msg, headers, sent)` (True: applied, counted), this node's own
   included, so every node applies the same sequence and ends with the stream's value. Only
@@ -48,7 +49,9 @@ class KeyedStream:
         self.prefix = prefix
         self._what = what  # for the logs: "retained", "session records"
         self._apply = apply
-        self._out: list[tuple[str, bytes, dict[str, str]]] = []
+        # subject → (payload, headers) to store: only the latest per subject counts, so what waits
+        # for JetStream (a core-only NATS, a stream being made) is bounded by the subjects, not the rate
+        self._out: dict[str, tuple[bytes, dict[str, str]]] = {}
         self._out_ready = asyncio.Event()
         self._js: Any = None
         self.ready = False  # the stream exists and the consumer runs
@@ -59,7 +62,8 @@ class KeyedStream:
         self._link.when_connected(self._start)
 
     def put(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        self._out.append((subject, payload, headers))
+        self._out.pop(subject, None)  # a newer value goes after the others, as it was put
+        self._out[subject] = (payload, headers)
         self._out_ready.set()
 
     async def _start(self) -> None:
@@ -121,8 +125,8 @@ class KeyedStream:
         while True:
             await self._out_ready.wait()
             self._out_ready.clear()
-            batch, self._out = self._out, []
-            for subject, payload, headers in batch:
+            batch, self._out = self._out, {}
+            for subject, (payload, headers) in batch.items():
                 signed = self._link.signed(subject, payload, headers)
                 try:
                     await self._js.publish(subject, payload, headers=signed)
