@@ -414,6 +414,8 @@ class DurableLane:
         JetStream deletes them after `consumer_idle` unless another node binds them meanwhile."""
         for core_subject in subjects:
             key = (client_id, self._durable(core_subject))
+            if added:
+                self._doomed.discard(key)  # subscribed again (a resumed subscription replaced): kept
             self._session_wanted[key] += 1 if added else -1
             if self._session_wanted[key] <= 0:
                 del self._session_wanted[key]

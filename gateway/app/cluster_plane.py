@@ -1,8 +1,8 @@
 """Cluster-wide sessions, retained messages, shared subscriptions and detector state, wired together.
 
 Only with `cluster.nats` (as the backbone): one NATS control connection (cluster_link.py) carrying
-cluster_sessions.py, cluster_retained.py and cluster_shared.py. docs/cluster.md, "Sessions, retained
-messages, shared subscriptions and wills across nodes".
+cluster_sessions.py, cluster_retained.py, cluster_session_records.py and cluster_shared.py.
+docs/cluster.md, "Sessions, retained messages, shared subscriptions and wills across nodes".
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gateway.app.backbone import NatsBackbone
 from gateway.app.cluster_link import ClusterLink
 from gateway.app.cluster_retained import ClusterRetained
+from gateway.app.cluster_session_records import ClusterSessionRecords
 from gateway.app.cluster_sessions import ClusterSessions
 from gateway.app.cluster_shared import ClusterShared
 from gateway.detection.continuous import ContinuousEvaluator
@@ -29,6 +30,9 @@ class ClusterPlaneCounters:
     retained_published: int = 0
     retained_applied: int = 0
     shared_received: int = 0
+    sessions_following: bool = False
+    sessions_published: int = 0
+    sessions_applied: int = 0
 
 
 class ClusterPlane:
@@ -39,12 +43,14 @@ class ClusterPlane:
         self.link = ClusterLink(backbone.servers, backbone.node, key)
         self.sessions = ClusterSessions(self.link, driver, evaluator, prefix)
         self.retained = ClusterRetained(self.link, driver, prefix)
+        self.records = ClusterSessionRecords(self.link, driver, prefix)
         self.shared = ClusterShared(self.link, driver, prefix, lambda: backbone.counters.connected)
         backbone.groups = self.shared.group_changed  # before backbone.attach(): its replay goes here too
 
     def attach(self) -> None:
         self.sessions.attach()
         self.retained.attach()
+        self.records.attach()
         self.shared.attach()
 
     def counters(self) -> ClusterPlaneCounters:
@@ -55,6 +61,9 @@ class ClusterPlane:
             self.retained.published,
             self.retained.stored,
             self.shared.received,
+            self.records.ready,
+            self.records.published,
+            self.records.applied,
         )
 
     def observe_events(self, events: Iterable[object]) -> None:
@@ -65,4 +74,5 @@ class ClusterPlane:
 
     async def close(self) -> None:
         self.sessions.detach()
+        self.records.detach()
         await self.link.close()

@@ -185,6 +185,11 @@ class GatewayCollector(Collector):
             m.sessions_taken_elsewhere,
         )
         yield _counter(
+            "sessions_resumed_elsewhere",
+            "Persistent sessions another node held, resumed here from the cluster's session record.",
+            m.sessions_resumed_elsewhere,
+        )
+        yield _counter(
             "certificates_expired",
             "Live connections ended because their certificate expired.",
             m.certificates_expired,
@@ -368,6 +373,21 @@ def _cluster_plane_families(c: ClusterPlaneCounters) -> Iterator[Any]:
         "cluster_retained_applied",
         "Retained messages from the stream stored in this node.",
         c.retained_applied,
+    )
+    yield _gauge(
+        "cluster_sessions_following",
+        "1 while this node follows the cluster's session-record stream (JetStream).",
+        float(c.sessions_following),
+    )
+    yield _counter(
+        "cluster_sessions_published",
+        "Persistent sessions' records written here to the stream.",
+        c.sessions_published,
+    )
+    yield _counter(
+        "cluster_sessions_applied",
+        "Persistent sessions' records from the stream held in this node's copy.",
+        c.sessions_applied,
     )
     yield _counter(
         "cluster_shared_received",

@@ -19,6 +19,10 @@ before anything is touched — the owner is not disconnected and its session is 
 sessions that give way to a different peer are those no certificate identity owns (a lab client's, a
 stored one whose owner does not parse), to the certificate holder whose id they name.
 
+On a cluster's node, a CONNECT with clean start 0 for a client id this node holds no session of may
+resume the persistent session another node held (resume_elsewhere.py: from the cluster's record of
+it, for the same identity only, its subscriptions re-authorized now).
+
 Otherwise the session is chosen (§3.1.2.4): a live connection with the same client id is taken over
 (it gets DISCONNECT 0x8E and its will follows §3.1.3.2.2: published, or left pending with its delay if
 the new connection continues the session); an existing session is resumed if clean start is 0 (and
@@ -44,6 +48,7 @@ from gateway.broker.events import (
 from gateway.broker.inbound import publish_will
 from gateway.broker.outbound import resume
 from gateway.broker.records import identity_to_text
+from gateway.broker.resume_elsewhere import forget_elsewhere, resume_elsewhere
 from gateway.broker.sessions import MqttSession, PendingWill, offline_peer
 from gateway.broker.state import BrokerState, Connection
 from gateway.broker.subscribe import recheck_subscriptions
@@ -89,6 +94,11 @@ def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: flo
         refuse(st, conn, client_id, code, decision.reason, decision.rule)
         return
     existing = _current_session(st, client_id, now)
+    if existing is None and st.cluster.session_elsewhere is not None:
+        if not connect.clean_start:
+            existing = resume_elsewhere(st, conn.peer, client_id, now)  # another node's persistent session
+        else:
+            forget_elsewhere(st, conn.peer, client_id, now)  # a clean start ends it cluster-wide
     if existing is not None:
         owner = st.counted("connect", decide_session_owner(existing.identity, conn.peer))
         if not owner.allowed:
@@ -314,6 +324,7 @@ def end_session(st: BrokerState, session: MqttSession, now: float) -> None:
         st.index.remove(client_id, sub)
     st.timers.cancel(("expiry", client_id))
     flow.stop_holding(st, session)
+    st.record_session(session, ended=True)
     st.unpersist_session(session)
     session.inflight.clear()
     session.clear_queue()

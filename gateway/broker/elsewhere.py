@@ -44,9 +44,10 @@ def connected_elsewhere(
     if session is None or (session.identity is not None and session.identity != identity):
         return None
     old_peer = None
+    if session.conn is not None and announced <= (session.since, here):
+        return None  # ours is the later connection: the other node ends its own
+    session.elsewhere = True  # the session's record is the new node's to write from now on
     if session.conn is not None:
-        if announced <= (session.since, here):
-            return None  # ours is the later connection: the other node ends its own
         conn = st.connections.get(session.conn)
         if conn is not None:
             old_peer = conn.peer

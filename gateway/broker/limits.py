@@ -63,6 +63,7 @@ class BrokerMetrics:
     connects_refused: Counter[str] = field(default_factory=Counter)  # by reason
     takeovers: int = 0
     sessions_taken_elsewhere: int = 0  # live connections here ended by a connect on another node
+    sessions_resumed_elsewhere: int = 0  # persistent sessions of another node resumed here (a record)
     certificates_expired: int = 0  # live connections ended when their certificate expired
     sessions_resumed: int = 0
     sessions_discarded: Counter[str] = field(default_factory=Counter)  # clean_start, identity_mismatch

@@ -135,3 +135,29 @@ def identity_from_text(text: str | None) -> Identity | None:
         return Identity("unparseable", text, "")
     trust_domain, kind, ident = parts
     return Identity(kind, ident, trust_domain)
+
+
+def session_to_json(record: SessionRecord) -> bytes:
+    """A session record as the cluster keeps it (cluster_session_records.py): ASCII JSON."""
+    body = {
+        "client": record.client_id,
+        "identity": record.identity,
+        "expiry": record.expiry_interval,
+        "disconnected_at": record.disconnected_at,
+        "subscriptions": json.loads(subscriptions_to_json(record.subscriptions)),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def session_from_json(data: bytes) -> SessionRecord:
+    """The inverse of session_to_json; raises ValueError (or KeyError, TypeError) on anything else."""
+    body = json.loads(data)
+    identity = body["identity"]
+    disconnected_at = body["disconnected_at"]
+    return SessionRecord(
+        client_id=str(body["client"]),
+        identity=None if identity is None else str(identity),
+        expiry_interval=int(body["expiry"]),
+        disconnected_at=None if disconnected_at is None else float(disconnected_at),
+        subscriptions=subscriptions_from_json(json.dumps(body["subscriptions"])),
+    )

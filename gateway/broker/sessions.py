@@ -114,6 +114,8 @@ class MqttSession:
     last_packet_id: int = 0
     last_seq: int = 0
     stored: bool = False  # the store holds a row for it
+    recorded: bool = False  # the cluster holds a record of it (ClusterHooks.session_recorded)
+    elsewhere: bool = False  # its client connected on another node: that node records it now
     queued: int = 0  # deliveries queued: in `queue` plus those held only in the store
     queued_bytes: int = 0  # their payload bytes
     queued_qos0: int = 0  # QoS 0 deliveries in `queue`: a full queue of QoS>0 is refused without a scan

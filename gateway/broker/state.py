@@ -118,11 +118,19 @@ class ClusterHooks:
     client or will set (or, with an empty payload, cleared) a retained message here (stored once for
     the cluster). `groups_elsewhere()`: True while the backbone delivers shared subscriptions (NATS
     queue groups pick one node per message): then a client's message is not given to local share
-    groups by `route`, only by `route_to_group` when NATS picked this node."""
+    groups by `route`, only by `route_to_group` when NATS picked this node.
+
+    `session_recorded(client_id, record)`: a persistent session was created or changed here (its
+    subscriptions, its connection's start or end), or, with None, ended; the cluster keeps the latest
+    record per client id. `session_elsewhere(client_id)`: the cluster's latest record of that client
+    id's persistent session, if another node holds one (a CONNECT with clean start 0 resumes it here:
+    resume_elsewhere.py)."""
 
     session_started: Callable[[str, Peer, float], None] | None = None
     retained_changed: Callable[[Message, str], None] | None = None
     groups_elsewhere: Callable[[], bool] | None = None
+    session_recorded: Callable[[str, SessionRecord | None], None] | None = None
+    session_elsewhere: Callable[[str], SessionRecord | None] | None = None
 
 
 class BrokerState:
@@ -224,6 +232,7 @@ class BrokerState:
     # --- persistence ----------------------------------------------------------------------------
 
     def persist_session(self, session: MqttSession) -> None:
+        self.record_session(session)
         store = self.store
         if store is None:
             return
@@ -233,6 +242,19 @@ class BrokerState:
         elif session.stored:
             self.page_in(session, session.stored_queued)  # it goes on without the store: all in memory
             self.unpersist_session(session)
+
+    def record_session(self, session: MqttSession, *, ended: bool = False) -> None:
+        """Tell the cluster (if any) a persistent session's latest state, or that it is gone. Not for
+        a session whose client went to another node: the record is that node's to write now."""
+        hook = self.cluster.session_recorded
+        if hook is None or session.elsewhere:
+            return
+        if session.persistent and not ended:
+            hook(session.client_id, session_record(session))
+            session.recorded = True
+        elif session.recorded:
+            hook(session.client_id, None)
+            session.recorded = False
 
     def unpersist_session(self, session: MqttSession) -> None:
         """Drop the session from the store (its rows go with it, and messages only it pointed at)."""

@@ -6,6 +6,7 @@ server N, so everything crosses routes), real paho clients over mTLS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,10 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import psycopg
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
+from gateway.app.backbone import H_MAC, H_NODE, H_TIME, sign
+from gateway.broker.subjects import DEFAULT_PREFIX, topic_to_subject
 from gateway.config import ENV_PREFIX
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Connack, Disconnect
@@ -82,9 +86,9 @@ def cluster(
         ops = [future.result() for future in issued]
         for future in started:
             future.result()
-    following = "cluster retained: following stream"
     for node in nodes:
-        _wait_for(lambda n=node: following in n.log(), "the retained stream", timeout=40)
+        for following in ("cluster retained: following stream", "cluster session records: following stream"):
+            _wait_for(lambda n=node, f=following: f in n.log(), following, timeout=40)
     yield Cluster(nodes, ops, dispatch, url)
     for node in nodes:
         node.stop()
@@ -347,3 +351,160 @@ def test_impossible_travel_across_a_reconnect_to_another_node_still_fires(cluste
         "the impossible-travel firing on node 2",
     )
     truck.client.loop_stop()
+
+
+# --- 6. persistent sessions resumed on any node ---------------------------------------------------
+
+_RECORDS = "FLEETGATE_SESSIONS"
+
+
+def _fresh_start(node: GatewayProcess, creds: Credentials) -> None:
+    """A clean start and a disconnect: no session of this client id is left anywhere."""
+    client = Paho(node.mqtt_port, creds)
+    assert client.connect()[0] == 0
+    client.disconnect()
+
+
+def _stored_record(server: str, client_id: str) -> tuple[str, dict[str, object]]:
+    """(subject, the JSON body) of the cluster's record of `client_id`'s session."""
+    subject = topic_to_subject(client_id, f"{DEFAULT_PREFIX}.s")
+
+    async def run() -> bytes:
+        nc = await nats.connect(server)
+        try:
+            msg = await nc.jetstream().get_last_msg(_RECORDS, subject)
+            return msg.data or b""
+        finally:
+            await nc.close()
+
+    return subject, json.loads(asyncio.run(run()))
+
+
+def _store_record(server: str, subject: str, body: dict[str, object], key: bytes) -> None:
+    """Write a record into the stream as a process on the NATS network would, signed with `key`."""
+    payload = json.dumps(body).encode()
+    headers = {H_NODE: "node-9", H_TIME: str(int(time.time() * 1000))}
+    headers[H_MAC] = sign(key, subject, headers, payload)
+
+    async def run() -> None:
+        nc = await nats.connect(server)
+        try:
+            await nc.jetstream().publish(subject, payload, headers=headers)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("version", [MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311])
+def test_a_persistent_session_resumes_on_another_node_without_subscribing_again(
+    cluster: Cluster, version: MQTTProtocolVersion
+) -> None:
+    """Dispatch subscribes with a persistent session on node 1 and leaves; a unit on node 3 publishes
+    QoS 1 meanwhile; dispatch connects with clean start 0 to node 2 and does not subscribe: the
+    session is present, every message acknowledged while it was away arrives, and new ones too."""
+    n1, n2, n3 = cluster.nodes
+    unit = f"TRK-RESUME-{int(version)}"
+    truck = _client(n3, _enroll(n3, unit))
+    expiry = 600 if version == MQTTProtocolVersion.MQTTv5 else None
+
+    def dispatch_on(node: GatewayProcess) -> Paho:
+        return Paho(node.mqtt_port, cluster.dispatch, version=version, clean=False, session_expiry=expiry)
+
+    _fresh_start(n1, cluster.dispatch)
+    dispatch = dispatch_on(n1)
+    assert dispatch.connect() == (0, False)
+    assert dispatch.subscribe(f"fleet/{unit}/telemetry/#", 1) == [1]
+    _until_arrives(truck, f"fleet/{unit}/telemetry/probe", dispatch, timeout=30)
+    _drain(dispatch, 0.3)
+    dispatch.disconnect()
+    # Node 1 parks the session's consumer within half a second; what it took before that would wait
+    # in its queue for JetStream's ack_wait (10 s) before the cluster redelivers it (docs/cluster.md).
+    time.sleep(1.0)
+    away = [f"away-{i}".encode() for i in range(20)]
+    for payload in away:
+        assert truck.publish(f"fleet/{unit}/telemetry/gps", payload, qos=1) == 0  # PUBACK: stored
+    dispatch = dispatch_on(n2)
+    started = time.monotonic()
+    assert dispatch.connect() == (0, True)  # session present, on another node
+    back = [f"back-{i}".encode() for i in range(5)]
+    got: list[Received] = []
+    deadline = started + 30
+    while not set(away) <= {m.payload for m in got}:
+        assert time.monotonic() < deadline, f"{len(set(away) - {m.payload for m in got})} never arrived"
+        got += _drain(dispatch, 0.2)
+    took = time.monotonic() - started
+    print(f"\nresumed on another node: the {len(away)} stored messages within {took:.2f} s")
+    for payload in back:
+        assert truck.publish(f"fleet/{unit}/telemetry/gps", payload, qos=1) == 0
+    got += _drain(dispatch, 0.5)
+    payloads = [m.payload for m in got if m.payload.startswith((b"away-", b"back-"))]
+    assert set(payloads) == set(away) | set(back), sorted(set(away) | set(back) - set(payloads))
+    assert _counter(n2, "fleetgate_sessions_resumed_elsewhere_total") >= 1
+    dispatch.disconnect()
+    truck.disconnect()
+    _fresh_start(n2, cluster.dispatch)
+
+
+def test_a_session_record_is_trusted_only_signed_for_its_identity_and_as_far_as_the_policy_allows(
+    cluster: Cluster,
+) -> None:
+    """Records written into the stream by hand: one signed with another key and one (signed) naming
+    another identity are not resumed (session present 0); one signed with the cluster's key that holds
+    a subscription dispatch is not granted now resumes without it."""
+    n1, n2, n3 = cluster.nodes
+    server = n2.env[f"{ENV_PREFIX}CLUSTER_NATS"]
+    unit = "TRK-RECORD"
+    truck = _client(n3, _enroll(n3, unit))
+    dispatch = Paho(n1.mqtt_port, cluster.dispatch, clean=False, session_expiry=600)
+    assert dispatch.connect()[0] == 0
+    assert dispatch.subscribe(f"fleet/{unit}/telemetry/#", 1) == [1]
+    dispatch.disconnect()
+    _wait_for(lambda: _counter(n2, "fleetgate_cluster_sessions_applied_total") >= 1, "the record")
+    subject, genuine = _stored_record(server, "dispatch")
+    with psycopg.connect(cluster.url) as conn:
+        row = conn.execute("SELECT value FROM cluster_secrets WHERE name = 'backbone'").fetchone()
+    assert row is not None
+    key = bytes.fromhex(row[0])
+    _fresh_start(n1, cluster.dispatch)
+
+    def resumed(body: dict[str, object], signing_key: bytes) -> Paho | None:
+        applied = _counter(n2, "fleetgate_cluster_sessions_applied_total")
+        refused = _counter(n2, "fleetgate_cluster_control_refused_total")
+        _store_record(server, subject, body, signing_key)
+        _wait_for(
+            lambda: (
+                _counter(n2, "fleetgate_cluster_sessions_applied_total") > applied
+                or _counter(n2, "fleetgate_cluster_control_refused_total") > refused
+            ),
+            "the record reaching node 2",
+        )
+        client = Paho(n2.mqtt_port, cluster.dispatch, clean=False, session_expiry=600)
+        code, present = client.connect()
+        assert code == 0
+        if present:
+            return client
+        client.disconnect()
+        _fresh_start(n2, cluster.dispatch)
+        return None
+
+    assert resumed(genuine, b"k" * 32) is None  # not signed by a node: ignored
+    other = str(genuine["identity"]).replace("/service/dispatch", f"/unit/{unit}")
+    assert other != genuine["identity"]
+    assert resumed({**genuine, "identity": other}, key) is None  # another identity's: never resumed
+    stale = {
+        **genuine,
+        "subscriptions": [
+            [f"fleet/{unit}/telemetry/#", 1, 0, 0, 0, None],
+            [f"fleet/{unit}/diag/#", 1, 0, 0, 0, None],  # dispatch is not granted diag (now)
+        ],
+    }
+    dispatch = resumed(stale, key)
+    assert dispatch is not None
+    assert truck.publish(f"fleet/{unit}/diag/dtc", b"diag", qos=1) == 0
+    assert truck.publish(f"fleet/{unit}/telemetry/gps", b"telemetry", qos=1) == 0
+    got = [m.payload for m in dispatch.expect(1, timeout=30)] + [m.payload for m in _drain(dispatch, 1.0)]
+    assert got == [b"telemetry"]
+    dispatch.disconnect()
+    truck.disconnect()
+    _fresh_start(n2, cluster.dispatch)
