@@ -3,7 +3,7 @@
     report = await run_load(LoadOptions(..., processes=4))   # run.py calls run_spread
 
 The parent (run.py's process) keeps the measuring subscriber. It starts K workers
-(`python -m device_sim.load.spread`), each given its share of the units (unit i goes to worker
+(`python -m device_sim.load.spread_worker`), each given its share of the units (unit i goes to worker
 i mod K) as one JSON line on stdin. Each worker connects its units and answers `ready` (with its
 connect times), then waits; when every worker is ready the parent sends one start time
 (perf_counter(): CLOCK_MONOTONIC, the same clock in every process of the machine), and every worker
@@ -23,13 +23,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from device_sim.load.client import ClientIdentity, LatencySink, LeanClient
+from device_sim.load.options import LoadOptions, PublishResult
 from device_sim.load.swarm import Crowd
-
-if TYPE_CHECKING:
-    from device_sim.load.run import LoadOptions, _PublishResult
 
 
 @dataclass
@@ -37,7 +35,7 @@ class Spread:
     """What the workers did, in the shapes run.py's report is built from."""
 
     crowd: Crowd  # connect times and failures of every worker (no clients: they live in the workers)
-    result: _PublishResult
+    result: PublishResult
     acked: int
     refused: int
 
@@ -85,14 +83,13 @@ async def run_spread(
     sink: LatencySink,
 ) -> Spread:
     from device_sim.load import procstat
-    from device_sim.load.run import _PublishResult
 
     count = min(options.processes, max(1, len(units)))
     workers = []
     try:
         for index in range(count):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "device_sim.load.spread",
+                sys.executable, "-m", "device_sim.load.spread_worker",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert proc.stdin is not None
@@ -141,7 +138,7 @@ async def run_spread(
     drops: Counter[str] = Counter()
     for r in reports:
         drops.update(r["drops"])
-    result = _PublishResult(
+    result = PublishResult(
         offered=sum(r["offered"] for r in reports),
         sent=sent,
         drops=dict(drops),
@@ -164,70 +161,3 @@ async def _drain_deliveries(sink: LatencySink, expected: int, timeout: float, li
         await asyncio.sleep(0.02)
         if sink.count != last:
             last, idle_since = sink.count, time.monotonic()
-
-
-# --- the worker ------------------------------------------------------------------------------------
-
-
-async def _worker() -> None:
-    from device_sim.load.run import LoadOptions, _Progress, _publish
-    from device_sim.load.swarm import close_all, connect_crowd, contexts
-    from device_sim.load.swarm import protocol_version as parse_protocol
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    spec = await _line(reader, "its orders")
-    raw = spec["options"]
-    ca = raw["ca"] = Path(raw["ca"])
-    opts = LoadOptions(**raw)
-    identities = [ClientIdentity(i, Path(c), Path(k)) for i, c, k in spec["identities"]]
-    version = parse_protocol(opts.protocol)
-    crowd = await connect_crowd(
-        opts.host, opts.port, identities, contexts(identities, ca),
-        concurrency=opts.connect_concurrency, version=version, keep_alive=opts.keep_alive,
-    )  # fmt: skip
-    by_ident = {c.ident: c for c in crowd.clients}
-    units = [by_ident.get(i.ident) for i in identities]
-    _say(
-        {
-            "connected": len(crowd.clients),
-            "connack_ns": crowd.connack_ns,
-            "failures": dict(crowd.failures),
-            "started": crowd.started,
-            "finished": crowd.finished,
-        }
-    )
-    start = (await _line(reader, "the start"))["start"] + spec["phase"]
-    try:
-        result = await _publish(
-            opts, version, units, None, LatencySink(), _Progress(False), start_at=start, deliveries=False
-        )
-    finally:
-        await close_all(crowd.clients)
-    live = crowd.clients
-    _say(
-        {
-            "offered": result.offered,
-            "sent": result.sent,
-            "drops": result.drops,
-            "max_lag_s": result.max_lag_s,
-            "cpu_pct": result.generator_cpu or 0.0,
-            "refused": sum(c.refused for c in live),
-            "acked": sum(c.acked - c.refused for c in live) if opts.qos else 0,
-        }
-    )
-
-
-def _say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a dependency on Linux
-        asyncio.run(_worker())
-    else:
-        uvloop.run(_worker())
