@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import sys
 import time
@@ -50,19 +49,23 @@ from device_sim.load.run import LoadOptions, run_load  # noqa: E402
 TARGETS = ("fleetgate", "fleetgate-w2", "fleetgate-w2-haproxy", "fleetgate-haproxy", "mosquitto")
 
 
-def raise_fd_limits(connections: int) -> None:
-    """Each unit is one socket here, one in the broker and two in HAProxy (client and server side):
-    HAProxy needs 2 x units + slack descriptors, which is more than a common hard limit (20,000).
-    As root the hard limit is raised; otherwise a clear sentence."""
-    needed = 2 * connections + 4000
+def raise_fd_limits(connections: int, haproxy: bool) -> None:
+    """Each unit is one socket here and one in the broker, and two in HAProxy (client and server
+    side): HAProxy needs 2 x units + slack descriptors, which is more than a common hard limit
+    (20,000). The hard limit is raised where that is allowed (root with CAP_SYS_RESOURCE); where it
+    is not, a run that cannot fit stops with one sentence."""
+    needed = (2 * connections if haproxy else connections) + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
-        if os.geteuid() != 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return
+        except (ValueError, OSError):
             raise SystemExit(
-                f"error: {connections} connections need {needed} open files (HAProxy uses two per "
-                f"connection) but the hard limit is {hard}; raise it (limits.conf) or run fewer units"
-            )
-        hard = needed
+                f"error: {connections} connections need {needed} open files per process"
+                f"{' (HAProxy uses two per connection)' if haproxy else ''} but the hard limit is "
+                f"{hard} and may not be raised here; raise it (limits.conf) or run fewer units"
+            ) from None
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
 
 
@@ -188,7 +191,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_fd_limits(args.units + 10)
+    raise_fd_limits(args.units + 10, haproxy=args.target.endswith("-haproxy"))
     try:
         import uvloop
 
