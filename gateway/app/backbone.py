@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +66,43 @@ from gateway.policy.access import Peer
 log = logging.getLogger("fleetgate.cluster")
 
 RECONNECT_WAIT_S = 0.5
+
+
+async def connect_until_up(
+    servers: list[str],
+    name: str,
+    *,
+    no_echo: bool,
+    disconnected: Callable[[], Awaitable[None]],
+    reconnected: Callable[[], Awaitable[None]],
+    error: Callable[[Exception], Awaitable[None]],
+    unreachable: Callable[[Exception], None],
+) -> Any:
+    """A NATS connection that reconnects by itself forever, made as soon as NATS first answers
+    (retrying every RECONNECT_WAIT_S; `unreachable` is told the first failure, once). The node serves
+    its own clients while it waits. `error` should begin with reraise_if_stopping()."""
+    import nats  # only a cluster's node with cluster.nats pays for the import
+
+    announced = False
+    while True:
+        try:
+            return await nats.connect(
+                servers=servers,
+                name=name,
+                no_echo=no_echo,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT_S,
+                connect_timeout=2,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except Exception as exc:
+            if not announced:
+                unreachable(exc)
+                announced = True
+            await asyncio.sleep(RECONNECT_WAIT_S)
 
 
 def reraise_if_stopping() -> None:
@@ -139,32 +177,17 @@ class NatsBackbone:
     async def run(self) -> None:
         """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then
         keep the NATS subscriptions current and send what the broker accepted."""
-        import nats  # only a cluster's node with cluster.nats pays for the import
-
-        announced = False
-        while self._nc is None:
-            try:
-                self._nc = await nats.connect(
-                    servers=self.servers,
-                    name=f"fleetgate-{self.node}",
-                    no_echo=True,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=RECONNECT_WAIT_S,
-                    connect_timeout=2,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    error_cb=self._error,
-                )
-            except Exception as exc:
-                if not announced:
-                    log.warning(
-                        "NATS at %s unreachable (%s); retrying, messages stay on this node",
-                        self.where,
-                        exc,
-                    )
-                    announced = True
-                await asyncio.sleep(RECONNECT_WAIT_S)
+        self._nc = await connect_until_up(
+            self.servers,
+            f"fleetgate-{self.node}",
+            no_echo=True,
+            disconnected=self._disconnected,
+            reconnected=self._reconnected,
+            error=self._error,
+            unreachable=lambda exc: log.warning(
+                "NATS at %s unreachable (%s); retrying, messages stay on this node", self.where, exc
+            ),
+        )
         self.counters.connected = True
         log.info("cluster backbone: connected to NATS (%s)", self.where)
         loop = asyncio.get_running_loop()

@@ -27,7 +27,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.app.backbone import H_MAC, H_NODE, H_TIME, RECONNECT_WAIT_S, authentic, reraise_if_stopping, sign
+from gateway.app.backbone import (
+    H_MAC,
+    H_NODE,
+    H_TIME,
+    authentic,
+    connect_until_up,
+    reraise_if_stopping,
+    sign,
+)
 
 log = logging.getLogger("fleetgate.cluster")
 
@@ -144,27 +152,15 @@ class ClusterLink:
     # --- running ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        import nats
-
-        announced = False
-        while self.nc is None:
-            try:
-                self.nc = await nats.connect(
-                    servers=self.servers,
-                    name=f"fleetgate-{self.node}-control",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=RECONNECT_WAIT_S,
-                    connect_timeout=2,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    error_cb=self._error,
-                )
-            except Exception as exc:
-                if not announced:
-                    log.warning("cluster link: NATS unreachable (%s); retrying", exc)
-                    announced = True
-                await asyncio.sleep(RECONNECT_WAIT_S)
+        self.nc = await connect_until_up(
+            self.servers,
+            f"fleetgate-{self.node}-control",
+            no_echo=False,  # share groups and the keyed streams need this node's own messages too
+            disconnected=self._disconnected,
+            reconnected=self._reconnected,
+            error=self._error,
+            unreachable=lambda exc: log.warning("cluster link: NATS unreachable (%s); retrying", exc),
+        )
         self.counters.connected = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_subscriptions()), loop.create_task(self._send())]

@@ -305,11 +305,7 @@ class Broker:
         self._arm(now)
         for (topic, payload, qos, retain, properties, origin), receipt in messages:
             try:
-                validate_topic_name(topic)
-                props = replace(properties, topic_alias=None, subscription_identifiers=())
-                interval = props.message_expiry_interval
-                expires = None if interval is None else now + interval
-                message = Message(topic, payload, qos, retain, props, expires)
+                message = _arrived(topic, payload, qos, retain, properties, now)
                 deliver_stored(st, client_id, message, origin, receipt, now)
                 st.metrics.remote_in += 1
             except Exception:
@@ -328,13 +324,7 @@ class Broker:
         self._arm(now)
         for topic, payload, qos, retain, properties, origin in messages:
             try:
-                validate_topic_name(topic)
-                if qos not in (0, 1, 2):
-                    raise ValueError(qos)
-                props = replace(properties, topic_alias=None, subscription_identifiers=())
-                interval = props.message_expiry_interval
-                expires = None if interval is None else now + interval
-                route(st, Message(topic, payload, qos, retain, props, expires), origin, now, skip=skip)
+                route(st, _arrived(topic, payload, qos, retain, properties, now), origin, now, skip=skip)
                 st.metrics.remote_in += 1
             except Exception:
                 log.exception("routing a message from another node on %r failed", topic)
@@ -374,9 +364,8 @@ class Broker:
         """A retained message set (or, empty, cleared) through another node: stored here, not routed."""
         self._arm(now)
         try:
-            validate_topic_name(topic)
-            props = replace(properties, topic_alias=None, subscription_identifiers=())
-            message = Message(topic, payload, qos, True, props, expires_at)
+            message = _arrived(topic, payload, qos, True, properties, now)
+            message.expires_at = expires_at  # from when it was set, not from now
             elsewhere.retained_elsewhere(self._st, message, origin, now)
         except Exception:
             log.exception("storing a retained message from another node on %r failed", topic)
@@ -392,13 +381,7 @@ class Broker:
         self._arm(now)
         topic, payload, qos, retain, properties, _origin = message
         try:
-            validate_topic_name(topic)
-            if qos not in (0, 1, 2):
-                raise ValueError(qos)
-            props = replace(properties, topic_alias=None, subscription_identifiers=())
-            interval = props.message_expiry_interval
-            expires = None if interval is None else now + interval
-            route_to_group(st, Message(topic, payload, qos, retain, props, expires), group, now)
+            route_to_group(st, _arrived(topic, payload, qos, retain, properties, now), group, now)
         except Exception:
             log.exception("routing a shared message from the cluster on %r failed", topic)
             st.metrics.internal_errors += 1
@@ -660,3 +643,17 @@ class Broker:
         st.out = Outbox()
         st.metrics.bytes_out += out.nbytes
         return out.actions()
+
+
+def _arrived(
+    topic: str, payload: bytes, qos: int, retain: bool, properties: Properties, now: float
+) -> Message:
+    """A message from another node (or the cluster's store) as this broker holds it: its topic and
+    QoS checked as a client's would be (ValueError, MqttError), alias and subscription ids stripped,
+    its expiry counted from now."""
+    validate_topic_name(topic)
+    if qos not in (0, 1, 2):
+        raise ValueError(f"QoS {qos}")
+    props = replace(properties, topic_alias=None, subscription_identifiers=())
+    interval = props.message_expiry_interval
+    return Message(topic, payload, qos, retain, props, None if interval is None else now + interval)
