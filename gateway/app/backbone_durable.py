@@ -8,9 +8,11 @@ stream (`FLEETGATE_QOS` for the default prefix) on its topic's subject under `<p
 every backbone message, with `Nats-Msg-Id` set to the message's backbone id (signed too) so that a
 retry, or a replay within the stream's duplicate window, is stored once. The broker's PUBACK (PUBREC)
 for it waits (gateway/broker/receipts.py) until JetStream acknowledged the store (PubAck): a retry every
-`RETRY_S` until `cluster.jetstream_store_timeout`, then the receipt is reported failed, the client's
-connection is closed unacknowledged and the client resends; counted (`not_stored`), logged once a
-minute. Confirmations reach the broker in batches (one call per event-loop iteration).
+`RETRY_S` for as long as it takes (said once a minute past `cluster.jetstream_store_timeout`, counted
+as `store_waiting`), because closing the client's connection would cut its control channel too. Only
+a message no retry can store (larger than NATS's max_payload) is reported failed: its connection is
+closed unacknowledged (`not_stored`), logged once a minute. Confirmations reach the broker in
+batches (one call per event-loop iteration).
 
 In: for every NATS subject filter this node's subscriptions need, a durable push consumer named from
 the node and the filter (`fg_<node>_<hash>`, one filter subject each: nats-server 2.9), deliver-new,
@@ -72,9 +74,18 @@ class DurableSettings:
     replicas: int = 3
     max_age: float = 86_400.0  # seconds a stored message is kept at most
     max_bytes: int = 1 << 30  # the stream's size bound (oldest dropped first)
-    store_timeout: float = 10.0  # how long a PUBACK may wait for JetStream before the client resends
+    store_timeout: float = (
+        10.0  # a PUBACK waiting this long for JetStream is logged (the store is kept trying)
+    )
     ack_wait: float = 10.0  # a delivery not acknowledged by its node within this is redelivered
     consumer_idle: float = 3600.0  # a consumer nobody has bound for this long is deleted
+
+
+def _never_storable(exc: Exception) -> bool:
+    """A store that no retry can make: the message is larger than NATS's max_payload."""
+    from nats.errors import MaxPayloadError
+
+    return isinstance(exc, MaxPayloadError)
 
 
 def durable_prefix(prefix: str) -> str:
@@ -144,6 +155,7 @@ class DurableLane:
         self._wanted: set[str] = set()
         self._keeping = asyncio.Lock()
         self._failure_logged = -60.0
+        self._waiting_logged = -60.0
         self._refusal_logged = -60.0
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -242,10 +254,17 @@ class DurableLane:
                 self._settle(receipt, True)
                 return
             except Exception as exc:
-                if time.monotonic() + RETRY_S >= deadline:
+                if _never_storable(exc):  # more than NATS's max_payload: no retry will ever store it
                     self._give_up(subject, exc)
                     self._settle(receipt, False)
                     return
+                # JetStream away (a majority of servers down, a leader election): keep trying, never
+                # give up. The client's PUBACK waits and its in-flight window fills, so it stops
+                # publishing QoS 1/2, but its connection stays and with it its control channel:
+                # nothing but an explicit revoke cuts that. Past the timeout it is said, once a minute.
+                if time.monotonic() >= deadline:
+                    self._still_waiting(subject, exc)
+                    deadline = time.monotonic() + self.settings.store_timeout
                 self.counters.store_retries += 1
                 await asyncio.sleep(RETRY_S)
 
@@ -255,9 +274,22 @@ class DurableLane:
         if now - self._failure_logged >= 60:
             self._failure_logged = now
             log.warning(
-                "cluster backbone: JetStream did not store a message on %s within %.0f s (%s); its "
-                "client was not acknowledged and resends it; counted in fleetgate_backbone_dropped_total"
-                '{reason="not_stored"}, logged once a minute',
+                "cluster backbone: a message on %s can never be stored in JetStream (%s); its client "
+                "was not acknowledged; keep limits.max_packet_size under NATS's max_payload. Counted in "
+                'fleetgate_backbone_dropped_total{reason="not_stored"}, logged once a minute',
+                subject,
+                exc or type(exc).__name__,
+            )
+
+    def _still_waiting(self, subject: str, exc: Exception) -> None:
+        self.counters.dropped["store_waiting"] += 1
+        now = time.monotonic()
+        if now - self._waiting_logged >= 60:
+            self._waiting_logged = now
+            log.warning(
+                "cluster backbone: JetStream has not stored a message on %s for %.0f s (%s); its "
+                "client's PUBACK waits and it is kept trying; QoS 1/2 publishers pause until JetStream "
+                "answers, their connections stay; logged once a minute",
                 subject,
                 self.settings.store_timeout,
                 exc or type(exc).__name__,
