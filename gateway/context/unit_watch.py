@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import PII, DataClasses, normal_key
-from pki.names import Identity
 
 PER_UNIT = 10
 MAX_PAYLOAD = 512
@@ -43,19 +42,21 @@ MAX_UNKNOWN = 10_000
 
 
 class Seen(NamedTuple):
-    """One message as the unit page lists it. A tuple, built once per message on the hot path (a frozen
-    dataclass costs a Python __init__ and a setattr per field); the sender's name is made when shown."""
+    """One message as the unit page lists it (`UnitTraffic.seen`)."""
 
     topic: str
     at: float  # epoch seconds
     size: int
     payload: bytes  # at most MAX_PAYLOAD bytes of it
-    identity: Identity | None  # the publisher (None: an in-process lab client)
+    sender: str  # the publisher, e.g. "service/dispatch" ("lab": an in-process lab client)
 
-    @property
-    def sender(self) -> str:
-        """The publisher's identity, e.g. "service/dispatch"."""
-        return str(self.identity) if self.identity is not None else "lab"
+
+# What the buffer holds per message: a Seen's fields in a plain tuple of strings, numbers and bytes.
+# The garbage collector stops tracking such a tuple the first time it looks at it, so a buffer that
+# turns over every message does not push objects into the old generation by the thousand a second:
+# with a NamedTuple, or an Identity inside, every buffered message was tracked, lived past two young
+# collections, and made a full collection (400 ms at 10,000 units) run every few seconds.
+_Kept = tuple[str, float, int, bytes, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +68,17 @@ class Fix:
 
 @dataclass(slots=True)
 class UnitTraffic:
-    messages: deque[Seen]
+    kept: deque[_Kept]
     control_at: float | None = None
     control_topic: str = ""
     control_sender: str = ""
     last_fix: Fix | None = None  # the last good fix parsed so far: read `fix`, which parses the unread
     unread: list[tuple[bytes, float]] | None = None  # GPS payloads not parsed yet, oldest first
+
+    @property
+    def messages(self) -> list[Seen]:
+        """The last messages, oldest first."""
+        return [Seen._make(kept) for kept in self.kept]
 
     @property
     def fix(self) -> Fix | None:
@@ -137,9 +143,9 @@ class UnitWatch:
             self.unknown.pop(unit, None)
             traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
         identity = peer.identity
-        traffic.messages.append(Seen(topic, now, len(payload), payload[: self.max_payload], identity))
+        sender = str(identity) if identity is not None else "lab"
+        traffic.kept.append((topic, now, len(payload), payload[: self.max_payload], sender))
         if levels[2] == "control":
-            sender = str(identity) if identity is not None else "lab"
             traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
         elif (
             len(levels) == 4 and levels[3] == "gps" and levels[2] == "telemetry"
