@@ -51,15 +51,12 @@ def _plain(topic_filter: str) -> str:
     return topic_filter.split("/", 2)[2] if topic_filter.startswith("$share/") else topic_filter
 
 
-@dataclass(slots=True)
-class _Noted:
-    kind: str
-    ident: str
-    group: str
-    topic: str
-    size: int
-    payload: bytes | None  # None past the buffer cap: recorded without classes
-    at: float
+# One PUBLISH noted on the hot path until the next tick: (kind, ident, group, topic, size, payload,
+# at), payload None past the buffer cap (recorded without classes). A plain tuple of strings, numbers
+# and bytes, which the garbage collector stops tracking at its first look: thousands are noted a
+# second, and tracked objects that live until the tick would be moved to the old generation and
+# bring the next full collection (a long pause with many sessions) closer.
+_Noted = tuple[str, str, str, str, int, bytes | None, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +89,11 @@ class FlowFeed:
     def observe(self, peer: Peer, topic: str, payload: bytes, now: float) -> None:
         kind, ident, group = group_of(peer.identity)
         keep = payload if len(self._noted) < self.max_buffer else None
-        self._noted.append(_Noted(kind, ident, group, topic, len(payload), keep, now))
+        self._noted.append((kind, ident, group, topic, len(payload), keep, now))
 
     def view_published(self, topic: str, payload: bytes, now: float) -> None:
         keep = payload if len(self._noted) < self.max_buffer else None
-        self._noted.append(_Noted("gateway", "views", VIEWS_GROUP, topic, len(payload), keep, now))
+        self._noted.append(("gateway", "views", VIEWS_GROUP, topic, len(payload), keep, now))
 
     # --- the event tick ---------------------------------------------------------------------------
 
@@ -110,20 +107,20 @@ class FlowFeed:
         topics: Counter[str] = Counter()
         sizes: Counter[str] = Counter()
         unsampled: dict[tuple[str, str, str, str], list[int]] = {}
-        for n in noted:
-            topics[n.topic] += 1
-            sizes[n.topic] += n.size
-            if n.payload is not None:
-                classes = self.classes.classify(n.topic, n.payload)
-                record(n.kind, n.ident, n.group, "publish", n.topic, classes, True, n.size, n.at)
+        for kind, ident, group, topic, size, payload, at in noted:
+            topics[topic] += 1
+            sizes[topic] += size
+            if payload is not None:
+                classes = self.classes.classify(topic, payload)
+                record(kind, ident, group, "publish", topic, classes, True, size, at)
                 continue
-            key = (n.kind, n.ident, n.group, n.topic)
+            key = (kind, ident, group, topic)
             tally = unsampled.get(key)
             if tally is None:
-                unsampled[key] = [1, n.size]
+                unsampled[key] = [1, size]
             else:
                 tally[0] += 1
-                tally[1] += n.size
+                tally[1] += size
         for (kind, ident, group, topic), (count, size) in unsampled.items():
             record(kind, ident, group, "publish", topic, None, True, size, now, count)
         for event in events:
