@@ -238,11 +238,17 @@ class ServerSession:
             return self._fail(self._pending)
         reader = self._reader
         if reader._error is None and len(reader._buf) - reader._pos < 2:
-            return None  # what next_packet() would say (no packet can be complete), without the call
+            # What next_packet() would say (no packet can be complete), without the call. The read is
+            # consumed, so the last PUBLISH is handled: let it go now rather than hold it until the
+            # client's next read (a second later, for a unit), long enough for the garbage collector
+            # to move it to the old generation and make the next full collection come sooner.
+            self._last_publish = None
+            return None
         during_connect = self.state is ConnectionState.AWAIT_CONNECT
         try:
             packet = reader.next_packet()
             if packet is None:
+                self._last_publish = None
                 return None
             if type(packet) is Publish and self.state is ConnectionState.CONNECTED:
                 # The hot path: what the table says for it (stay CONNECTED), without the lookups.
@@ -303,7 +309,7 @@ class ServerSession:
         """The bytes `publish` arrived as, if a subscriber on this protocol version would be sent
         exactly these (its packet id aside, which the broker patches in): the PUBLISH the last
         next_event() returned, unchanged (no topic alias resolved), without RETAIN, DUP or properties.
-        Valid until the next receive_data(); None otherwise."""
+        Valid until next_event() returns None (the read is consumed); None otherwise."""
         if (
             publish is not self._last_publish
             or publish.retain
