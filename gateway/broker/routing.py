@@ -78,7 +78,9 @@ Match = tuple[dict[str, Target], list[SharedGroup]]
 # cluster's backbone subscribes on NATS to what local subscribers can match (gateway/app/backbone.py).
 IndexWatcher = Callable[[bool, str, StoredSubscription], None]
 
-MATCH_CACHE_SIZE = 8192  # distinct (topic, publisher) answers kept; a fleet's units repeat their topics
+# Distinct (topic, publisher) answers kept: every unit publishes its own few topics, so a fleet needs
+# a few entries per unit (10,000 units with 8,192 entries and oldest-out missed on every message).
+MATCH_CACHE_SIZE = 65_536
 
 
 class SubscriptionIndex:
@@ -86,24 +88,33 @@ class SubscriptionIndex:
 
     Telemetry repeats: a unit publishes the same few topics all day. `match` keeps its answer per
     (topic, publisher) until the next subscribe or unsubscribe anywhere, which empties the cache (so
-    a cached answer is always what a fresh trie walk would say). Callers must not modify an answer.
+    a cached answer is always what a fresh trie walk would say); a full cache is emptied too.
+    Answers that are alike are one object: `fleet/TRK-1/telemetry/gps` and `.../TRK-2/...` reach
+    the same clients, so ten thousand cached topics share one answer instead of holding ten thousand
+    dicts, lists and Targets. That also keeps the cache from feeding the garbage collector's old
+    generation. Callers must not modify an answer.
     """
 
-    __slots__ = ("_cache", "_direct", "_groups", "_shared", "version", "watcher")
+    __slots__ = ("_answers", "_cache", "_direct", "_groups", "_shared", "version", "watcher")
 
     def __init__(self) -> None:
         self._direct: SubscriptionTrie[str, StoredSubscription] = SubscriptionTrie()
         self._shared: SubscriptionTrie[tuple[str | None, str], SharedGroup] = SubscriptionTrie()
         self._groups: dict[tuple[str | None, str, str], SharedGroup] = {}
         self._cache: dict[tuple[str, str | None], Match] = {}
+        self._answers: dict[tuple[object, ...], Match] = {}  # each distinct answer, by what it says
         self.version = 0  # bumped by every add and remove: lets observers skip unchanged snapshots
         self.watcher: IndexWatcher | None = None  # None (a single node): nothing more per subscribe
 
     def __len__(self) -> int:
         return len(self._direct) + sum(len(g.members) for g in self._groups.values())
 
-    def add(self, client_id: str, sub: StoredSubscription) -> None:
+    def _forget(self) -> None:
         self._cache.clear()
+        self._answers.clear()
+
+    def add(self, client_id: str, sub: StoredSubscription) -> None:
+        self._forget()
         self.version += 1
         if self.watcher is not None:
             self.watcher(True, client_id, sub)
@@ -120,7 +131,7 @@ class SubscriptionIndex:
         group.members[client_id] = sub
 
     def remove(self, client_id: str, sub: StoredSubscription) -> None:
-        self._cache.clear()
+        self._forget()
         self.version += 1
         if self.watcher is not None:
             self.watcher(False, client_id, sub)
@@ -152,11 +163,18 @@ class SubscriptionIndex:
         cache = self._cache
         found = cache.get(key)
         if found is None:
-            found = self._match(topic, publisher)
             if len(cache) >= MATCH_CACHE_SIZE:
-                del cache[next(iter(cache))]  # the oldest answer goes first
-            cache[key] = found
+                self._forget()  # not oldest-out: deleting from a dict's front makes each next one slower
+            found = cache[key] = self._shared_answer(self._match(topic, publisher))
         return found
+
+    def _shared_answer(self, answer: Match) -> Match:
+        targets, groups = answer
+        says = (
+            *((cid, t.qos, t.retain_as_published, *t.subscription_ids) for cid, t in targets.items()),
+            *map(id, groups),  # the groups are the index's own objects, alive while it has them
+        )
+        return self._answers.setdefault(says, answer)
 
     def _match(self, topic: str, publisher: str | None) -> Match:
         targets: dict[str, Target] = {}
