@@ -153,9 +153,13 @@ class PgConnection:
         if not running and (failed is None or time.monotonic() - failed[0] >= RETRY_AFTER_S):
             self._reconnecting = threading.Thread(target=self._reconnect, name="pg-reconnect", daemon=True)
             self._reconnecting.start()
-        raise failed[1] if failed is not None else sqlite3.OperationalError(
-            f"PostgreSQL at {describe_url(self.url)} is unreachable (reconnecting); nothing was changed, "
-            "try again when it is back"
+        raise (
+            failed[1]
+            if failed is not None
+            else sqlite3.OperationalError(
+                f"PostgreSQL at {describe_url(self.url)} is unreachable (reconnecting); nothing was changed, "
+                "try again when it is back"
+            )
         )
 
     def _reconnect(self) -> None:

@@ -100,6 +100,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pki_certificates ADD COLUMN issuing_ca INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX pki_certificates_by_issuing_ca ON pki_certificates (issuing_ca, status, not_after);
     """,
+    # 6: the feeds a running gateway reads every second ("valid and recorded since", "revoked since")
+    # by status and time together. Without statistics SQLite chose the status index for both and
+    # read every valid certificate each second (11,000 rows, ~12 ms a second at 10,000 units).
+    """
+    CREATE INDEX pki_certificates_by_status_record ON pki_certificates (status, recorded_at);
+    CREATE INDEX pki_certificates_by_status_revocation ON pki_certificates (status, revoked_at);
+    """,
 )
 
 # PostgreSQL (pki/postgres.py): the shape the SQLite steps above end at, in one step. `rowid` is a

@@ -287,6 +287,26 @@ def test_certificates(registry: Registry, ca: CertificateAuthority, key: Private
     assert registry.revoked_entries(NOW + timedelta(days=31)) == []  # expired entries may leave the CRL
 
 
+def test_the_feeds_a_gateway_reads_every_second_read_only_what_is_new(tmp_path: Path) -> None:
+    # The follower asks for "valid and recorded since" and "revoked since" once a second; read through
+    # the status index alone, they read every valid certificate each time (11,000 rows at 10,000
+    # units). They must go by status and time together.
+    registry = Registry(open_database(tmp_path / "db"))
+    statements: list[str] = []
+    registry.conn.set_trace_callback(statements.append)
+    registry.valid_fingerprints(recorded_since=NOW)
+    registry.revoked_since(NOW)
+    registry.conn.set_trace_callback(None)
+    plans = {
+        sql: " ".join(str(row[-1]) for row in registry.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        for sql in statements
+        if sql.startswith("SELECT")
+    }
+    assert len(plans) == 2, statements
+    for index in ("pki_certificates_by_status_record", "pki_certificates_by_status_revocation"):
+        assert any(f"USING INDEX {index} (status=? AND" in plan for plan in plans.values()), plans
+
+
 def test_remove_identity_keeps_certificate_history(
     registry: Registry, ca: CertificateAuthority, key: PrivateKey
 ) -> None:
