@@ -106,7 +106,15 @@ def make_brokers(
         name = f"{WORKERS_PREFIX}{count}"
         brokers[name] = FleetgateBroker(lab.data, lab.root, name=name, source=tree, workers=count)
     if compare is not None:
-        brokers[BEFORE] = FleetgateBroker(lab.data, lab.root, name=BEFORE, source=compare)
+        # A data directory of its own (WORKDIR/data-before, copied from WORKDIR/data the first time):
+        # a newer tree migrates its database forward, and an older one refuses a schema newer than it
+        # knows. After a migration, make the copy at the older schema by hand (docs/benchmarks.md).
+        before_data = lab.root / "data-before"
+        if not before_data.exists():
+            shutil.copytree(
+                lab.data, before_data, ignore=shutil.ignore_patterns("gateway.lock", "nats", "workers")
+            )
+        brokers[BEFORE] = FleetgateBroker(before_data, lab.root, name=BEFORE, source=compare)
     brokers["mosquitto"] = MosquittoBroker(lab.data, lab.root, acl)
     if with_amqtt:
         from benchmarks.amqtt_runner import topic_acls

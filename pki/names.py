@@ -39,14 +39,11 @@ class Identity:
     id: str
     trust_domain: str
     _hash: int = field(init=False, repr=False, compare=False)
-    _name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Identities key the policy engine's and the broker's maps, several lookups per message:
         # the hash is computed once, not once per lookup (dataclass's own __hash__ builds a tuple).
-        # The name too: the console's unit watch keeps it with every message it buffers.
         object.__setattr__(self, "_hash", hash((self.kind, self.id, self.trust_domain)))
-        object.__setattr__(self, "_name", f"{self.kind}/{self.id}")
 
     def __hash__(self) -> int:
         return self._hash
@@ -64,7 +61,7 @@ class Identity:
         return self.id
 
     def __str__(self) -> str:
-        return self._name
+        return f"{self.kind}/{self.id}"
 
 
 def validate_trust_domain(trust_domain: str) -> str:

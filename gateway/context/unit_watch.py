@@ -51,12 +51,13 @@ class Seen(NamedTuple):
     sender: str  # the publisher, e.g. "service/dispatch" ("lab": an in-process lab client)
 
 
-# What the buffer holds per message: a Seen's fields in a plain tuple of strings, numbers and bytes.
-# The garbage collector stops tracking such a tuple the first time it looks at it, so a buffer that
-# turns over every message does not push objects into the old generation by the thousand a second:
-# with a NamedTuple, or an Identity inside, every buffered message was tracked, lived past two young
+# What the buffer holds per message: (topic, at, size, payload, sender kind, sender id), a plain tuple
+# of strings, numbers and bytes that already exist, so nothing is made for it but the tuple. The
+# garbage collector stops tracking such a tuple the first time it looks at it, so a buffer that turns
+# over every message does not push objects into the old generation by the thousand a second: with a
+# NamedTuple, or an Identity inside, every buffered message was tracked, lived past two young
 # collections, and made a full collection (400 ms at 10,000 units) run every few seconds.
-_Kept = tuple[str, float, int, bytes, str]
+_Kept = tuple[str, float, int, bytes, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,10 @@ class UnitTraffic:
     @property
     def messages(self) -> list[Seen]:
         """The last messages, oldest first."""
-        return [Seen._make(kept) for kept in self.kept]
+        return [
+            Seen(topic, at, size, payload, f"{kind}/{ident}" if ident else kind)
+            for topic, at, size, payload, kind, ident in self.kept
+        ]
 
     @property
     def fix(self) -> Fix | None:
@@ -143,9 +147,10 @@ class UnitWatch:
             self.unknown.pop(unit, None)
             traffic = self.units[unit] = UnitTraffic(deque(maxlen=self.per_unit))
         identity = peer.identity
-        sender = str(identity) if identity is not None else "lab"
-        traffic.kept.append((topic, now, len(payload), payload[: self.max_payload], sender))
+        kind, ident = (identity.kind, identity.id) if identity is not None else ("lab", "")
+        traffic.kept.append((topic, now, len(payload), payload[: self.max_payload], kind, ident))
         if levels[2] == "control":
+            sender = f"{kind}/{ident}" if ident else kind
             traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
         elif (
             len(levels) == 4 and levels[3] == "gps" and levels[2] == "telemetry"
