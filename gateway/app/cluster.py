@@ -83,7 +83,7 @@ class RegistryNotifications:
     def _policy_reloads(self, payloads: list[str]) -> None:
         for payload in payloads:
             if payload.startswith(POLICY_PREFIX) and self._on_policy is not None:
-                origin = payload[len(POLICY_PREFIX):]
+                origin = payload[len(POLICY_PREFIX) :]
                 if origin != self.node:
                     self._on_policy(origin)
 

@@ -66,7 +66,9 @@ class GatewayCollector(Collector):
         node: str | None = None,
         backbone: Callable[[], BackboneCounters] | None = None,
         cluster_plane: Callable[[], ClusterPlaneCounters] | None = None,
+        gc_pauses: Callable[[], dict[str, Histogram]] | None = None,
     ) -> None:
+        self._gc_pauses = gc_pauses  # the cycle collector's pauses, by generation (app/gc_pauses.py)
         self._cluster_plane = cluster_plane  # sessions, retained, share groups across nodes
         self._node = node  # this node's name in a cluster (docs/cluster.md)
         self._backbone = backbone  # the NATS data plane's counters (cluster.nats set)
@@ -113,6 +115,13 @@ class GatewayCollector(Collector):
                 "Time to contain: from an operation's start until live sessions follow it, by action.",
                 "action",
                 self._containment(),
+            )
+        if self._gc_pauses is not None:
+            yield _labelled_histograms(
+                "gc_pause_seconds",
+                "Pauses of Python's cycle collector (the whole event loop waits), by generation.",
+                "generation",
+                self._gc_pauses(),
             )
         if self._units is not None:
             units = GaugeMetricFamily(

@@ -36,6 +36,7 @@ from gateway.app.backbone_durable import DurableSettings
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.cluster_plane import ClusterPlane
 from gateway.app.fd_budget import FdBudgetError, plan_connections, raise_open_file_limit
+from gateway.app.gc_pauses import GcPauses
 from gateway.app.health import ReadinessProbe, add_health_routes
 from gateway.app.log_format import set_node
 from gateway.app.metrics import GatewayCollector, metrics_registry, render
@@ -221,6 +222,7 @@ class Gateway:
             raise GatewayStartupError(str(exc)) from None
         plan = self.connection_plan
         self.balancers = Balancers(config.listen.proxy_protocol_from)  # PROXY v2 senders (docs/cluster.md)
+        self.gc_pauses = GcPauses()  # measured from start() to stop(): /metrics' gc_pause_seconds
         self.hub = ConnectionHub(
             self.broker,
             handshake_timeout=config.tls.handshake_timeout,
@@ -648,6 +650,7 @@ class Gateway:
             node=self.node if self.reports_node else None,
             backbone=None if self.backbone is None else self._backbone_counters,
             cluster_plane=None if self.cluster_plane is None else self.cluster_plane.counters,
+            gc_pauses=lambda: self.gc_pauses.by_generation,
         )
 
     def _backbone_counters(self) -> BackboneCounters:
@@ -729,6 +732,7 @@ class Gateway:
         # with the CLI while the gateway was down take effect now).
         # `fleetgate restore` asks it; the parent of `serve --workers N` holds it for its workers.
         self._serving_lock = hold_serving_lock(self.data.root) if self.worker is None else None
+        self.gc_pauses.install()
         reconciled = self.ops.reconcile(self.clock.wall())
         if reconciled:
             log.info("published %d mode command(s) to match the registry", reconciled)
@@ -805,6 +809,7 @@ class Gateway:
         self.anchor_audit("start")
 
     async def stop(self) -> None:
+        self.gc_pauses.uninstall()
         self.feed.close()  # event streams end, so the HTTP server need not wait for them
         for listener in self._listeners:
             listener.close()

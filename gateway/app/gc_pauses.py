@@ -1,0 +1,48 @@
+"""How long CPython's cycle collector stops the event loop, by generation: `fleetgate_gc_pause_seconds`.
+
+The whole gateway is one thread, so a collection is a pause of every connection at once. The young
+generations are collected in microseconds; a full (generation 2) collection walks every tracked object
+of every session, which at 10,000 units took ~400 ms, and when objects that outlive a few young
+collections were made at thousands a second, one ran every few seconds (docs/benchmarks.md, "Third
+round"). That shows as a p99 in the hundreds of milliseconds with nothing else to explain it; this
+histogram says so directly, and an alert (deploy/prometheus/fleetgate-rules.yml) says when full
+collections take more than a small share of the time.
+
+Measured by `gc.callbacks` ("start" and "stop" of every collection): two calls per collection, a few
+hundred young collections a second under load, each a clock read and a bucket count.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from gateway.broker.histogram import Histogram
+
+GENERATIONS = ("0", "1", "2")
+
+
+class GcPauses:
+    def __init__(self) -> None:
+        self.by_generation = {generation: Histogram() for generation in GENERATIONS}
+        self._started = 0.0
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self._observe)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self._observe)
+            self._installed = False
+
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        histogram = self.by_generation.get(str(info.get("generation")))
+        if histogram is not None:
+            histogram.observe(time.perf_counter() - self._started)
