@@ -120,19 +120,27 @@ class PublishRateDetector:
 
     def __init__(self, subject: Identity, settings: cfg.PublishRate) -> None:
         self.subject, self.settings = subject, settings
-        self._recent = SlidingWindowCounter(settings.window, _BUCKETS)
-        slots = max(1, min(30, round(settings.baseline_window / settings.window)))
-        self._baseline = SlidingWindowCounter(settings.baseline_window, slots)
+        # The two windows are made at the first publish: every connected unit has this detector,
+        # and an idle one would hold ~1 KB of empty buckets (a third of fleetgate's own memory per
+        # idle session). Until then both counts are zero, and nothing can fire.
+        self._recent: SlidingWindowCounter | None = None
+        self._baseline: SlidingWindowCounter | None = None
         self._slot = -1
         self._slot_count = self._previous_count = 0
         self._slot_tainted = False
         self._floor = settings.min_per_second * settings.window  # no firing below this many messages
 
     def observe(self, now: float, n: int = 1) -> None:
+        if self._recent is None:
+            s = self.settings
+            self._recent = SlidingWindowCounter(s.window, _BUCKETS)
+            slots = max(1, min(30, round(s.baseline_window / s.window)))
+            self._baseline = SlidingWindowCounter(s.baseline_window, slots)
         self._recent.add(now, n)
         slot = math.floor(now / self.settings.window)
         if slot > self._slot:  # (a late event from an earlier slot just counts in the current one)
             if self._slot_count and not self._slot_tainted:
+                assert self._baseline is not None  # made with _recent, above
                 self._baseline.add(self._slot * self.settings.window, self._slot_count)
             self._previous_count = self._slot_count if slot == self._slot + 1 else 0
             self._slot, self._slot_count, self._slot_tainted = slot, 0, False
@@ -141,12 +149,14 @@ class PublishRateDetector:
     def baseline_per_second(self, now: float) -> float:
         # The window being counted now is not in the baseline yet: it spans baseline_window - window.
         s = self.settings
+        if self._baseline is None:
+            return 0.0
         return self._baseline.count(now) / (s.baseline_window - s.window)
 
     def fired(self, now: float) -> Firing | None:
         # O(1) first: a sliding window lies within this tumbling slot and the one before, so if those
         # two hold fewer messages than the floor, nothing can fire (true for every normal unit).
-        if self._previous_count + self._slot_count < self._floor:
+        if self._previous_count + self._slot_count < self._floor or self._recent is None:
             return None
         s = self.settings
         count = self._recent.count(now)

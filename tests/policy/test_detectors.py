@@ -120,6 +120,15 @@ def test_publish_rate_spike_is_forgotten_after_its_window() -> None:
     assert detector.fired(T0 + 25) is None  # ...but nobody asked until the window had passed
 
 
+def test_a_unit_that_never_published_fires_nothing_even_with_no_floor() -> None:
+    # Its windows are made at the first publish (an idle unit holds none); until then it has no rate.
+    detector = PublishRateDetector(TRK1, replace(RATE, min_per_second=0.0))
+    assert detector.fired(T0) is None and detector.baseline_per_second(T0) == 0.0
+    t = feed(detector, T0, 10, RATE.ceiling_per_second + 1)
+    firing = detector.fired(t - 0.01)
+    assert firing is not None and firing.reason == "publish_rate_ceiling"
+
+
 def test_a_flood_does_not_become_the_baseline() -> None:
     detector = PublishRateDetector(TRK1, RATE)
     t = feed(detector, T0, 300, 1.0)
