@@ -131,6 +131,15 @@ class FlowRecorder:
     def __post_init__(self) -> None:
         self._width = self.window / _BUCKETS
 
+    def template_of(self, topic: str) -> str:
+        """The topic's template (`fleet/{unit}/telemetry/gps`), remembered for the next time."""
+        template = self._templates.get(topic)
+        if template is None:
+            if len(self._templates) >= _TEMPLATE_CACHE:
+                self._templates.clear()
+            template = self._templates[topic] = topic_template(topic, self.unit_templates)
+        return template
+
     def record(
         self,
         identity_kind: str,
@@ -149,11 +158,7 @@ class FlowRecorder:
             self._started = self._pruned = now
         if now - self._pruned >= self._width * 3:  # amortised: old buckets go without a timer
             self._prune(now)
-        template = self._templates.get(topic)
-        if template is None:
-            if len(self._templates) >= _TEMPLATE_CACHE:
-                self._templates.clear()
-            template = self._templates[topic] = topic_template(topic, self.unit_templates)
+        template = self.template_of(topic)
         key = (group, action, template)
         row = self._rows.get(key)
         if row is None:

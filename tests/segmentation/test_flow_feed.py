@@ -1,0 +1,63 @@
+"""The flow map's feed from the running gateway (gateway/context/flow_feed.py), without sockets: what
+the publish observer folds, and what each event tick records and classifies."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+from gateway.context.flow_feed import FlowFeed
+from gateway.policy.access import Peer
+from gateway.policy.data_classes import parse_data_classes
+from pki.names import Identity
+
+CLASSES = parse_data_classes({"pii": {"fields": ["driver_name"]}}, "policy.yaml")
+TEMPLATE = "fleet/{unit}/telemetry/gps"
+
+
+def unit(n: int) -> Peer:
+    return Peer(f"10.0.0.{n}:5000", Identity("unit", f"TRK-{n}", "fleet.local"))
+
+
+def fix(**extra: object) -> bytes:
+    return json.dumps({"lat": 51.9, "lon": 4.5, **extra}).encode()
+
+
+def publish_row(feed: FlowFeed, now: float) -> tuple[int, int, int, frozenset[str]]:
+    (row,) = [r for r in feed.recorder.snapshot(now).rows if r.action == "publish"]
+    assert (row.group, row.template) == ("unit", TEMPLATE)
+    return row.messages, row.bytes, row.identities, row.data_classes
+
+
+def test_every_message_is_counted_once_and_folded_per_identity_and_topic() -> None:
+    feed = FlowFeed(CLASSES)
+    payload = fix()
+    for n in range(1, 4):
+        for _ in range(10):
+            feed.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", payload, 100.0)
+    assert len(feed._tallies) == 3  # one entry per (identity, topic), not one per message
+    gc.collect()
+    assert not any(gc.is_tracked(k) or gc.is_tracked(v) for k, v in feed._tallies.items())
+    feed.tick([], 100.25)
+    assert publish_row(feed, 101.0)[:3] == (30, 30 * len(payload), 3)
+    feed.tick([], 100.5)  # nothing new: nothing recorded twice
+    assert publish_row(feed, 101.0)[0] == 30
+
+
+def test_each_tick_reads_a_few_payloads_per_template_taking_turns_among_the_units() -> None:
+    # TRK-5 alone sends a driver's name. With one payload read per template and tick, it is read
+    # within as many ticks as there are units on the template, whatever order they arrive in.
+    feed = FlowFeed(CLASSES, per_template=1)
+    now = 100.0
+    for _ in range(5):
+        for n in range(1, 6):
+            extra = {"driver_name": "J. Doe"} if n == 5 else {}
+            feed.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(**extra), now)
+        now += 0.25
+        feed.tick([], now)
+    assert "pii" in publish_row(feed, now)[3]
+    quiet = FlowFeed(CLASSES, per_template=1)
+    for n in range(1, 5):
+        quiet.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(), 100.0)
+    quiet.tick([], 100.25)
+    assert "pii" not in publish_row(quiet, 101.0)[3]
