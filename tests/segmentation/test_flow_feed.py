@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 
+from gateway.broker.limits import SessionInfo
 from gateway.context.flow_feed import FlowFeed
 from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
@@ -61,3 +62,24 @@ def test_each_tick_reads_a_few_payloads_per_template_taking_turns_among_the_unit
         quiet.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(), 100.0)
     quiet.tick([], 100.25)
     assert "pii" not in publish_row(quiet, 101.0)[3]
+
+
+def test_a_service_receiving_every_units_telemetry_gets_every_message_in_one_receive_row() -> None:
+    feed = FlowFeed(CLASSES)
+    analytics = SessionInfo(
+        "analytics",
+        Peer("10.0.0.9:5000", Identity("service", "analytics", "fleet.local")),
+        True,
+        ("fleet/+/telemetry/#",),
+        0,
+        0,
+        100.0,
+        0,
+    )
+    for n in range(1, 51):
+        feed.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(), 100.0)
+        feed.observe(unit(n), f"fleet/TRK-{n}/state", b"{}", 100.0)  # not analytics's
+    feed.tick([], 100.25, [analytics])
+    (row,) = [r for r in feed.recorder.snapshot(101.0).rows if r.action == "receive"]
+    assert (row.group, row.template, row.messages, row.identities) == ("service/analytics", TEMPLATE, 50, 1)
+    assert row.bytes == 50 * len(fix())
