@@ -42,7 +42,7 @@ MAX_UNKNOWN = 10_000
 
 
 class Seen(NamedTuple):
-    """One message as the unit page lists it (`UnitTraffic.seen`)."""
+    """One message as the unit page lists it (`UnitTraffic.messages`)."""
 
     topic: str
     at: float  # epoch seconds
