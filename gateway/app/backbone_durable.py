@@ -10,8 +10,9 @@ retry, or a replay within the stream's duplicate window, is stored once. The bro
 for it waits (gateway/broker/receipts.py) until JetStream acknowledged the store (PubAck): a retry every
 `RETRY_S` for as long as it takes (said once a minute past `cluster.jetstream_store_timeout`, counted
 as `store_waiting`), because closing the client's connection would cut its control channel too. Only
-a message no retry can store (larger than NATS's max_payload) is reported failed: its connection is
-closed unacknowledged (`not_stored`), logged once a minute. Confirmations reach the broker in
+a message no retry can store (larger than NATS's max_payload) is reported failed (`not_stored`, logged
+once a minute): the broker refuses it to a 5.0 client with 0x97 and closes a 3.1.1 client's connection
+unacknowledged (Broker.stored). Confirmations reach the broker in
 batches (one call per event-loop iteration).
 
 In: for every NATS subject filter this node's subscriptions need, a durable push consumer named from
@@ -47,6 +48,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -154,8 +156,7 @@ class DurableLane:
         self._subs: dict[str, Any] = {}
         self._wanted: set[str] = set()
         self._keeping = asyncio.Lock()
-        self._failure_logged = -60.0
-        self._waiting_logged = -60.0
+        self._logged: dict[str, float] = {}  # reason -> when it was last logged (once a minute each)
         self._refusal_logged = -60.0
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -269,31 +270,34 @@ class DurableLane:
                 await asyncio.sleep(RETRY_S)
 
     def _give_up(self, subject: str, exc: Exception) -> None:
-        self.counters.dropped["not_stored"] += 1
-        now = time.monotonic()
-        if now - self._failure_logged >= 60:
-            self._failure_logged = now
-            log.warning(
-                "cluster backbone: a message on %s can never be stored in JetStream (%s); its client "
-                "was not acknowledged; keep limits.max_packet_size under NATS's max_payload. Counted in "
-                'fleetgate_backbone_dropped_total{reason="not_stored"}, logged once a minute',
-                subject,
-                exc or type(exc).__name__,
-            )
+        self._count_and_warn(
+            "not_stored",
+            "cluster backbone: a message on %s can never be stored in JetStream (%s); its client "
+            "was refused (5.0: 0x97) or, on 3.1.1, disconnected; keep limits.max_packet_size under "
+            "NATS's max_payload. Counted in "
+            'fleetgate_backbone_dropped_total{reason="not_stored"}, logged once a minute',
+            subject,
+            str(exc) or type(exc).__name__,
+        )
 
     def _still_waiting(self, subject: str, exc: Exception) -> None:
-        self.counters.dropped["store_waiting"] += 1
+        self._count_and_warn(
+            "store_waiting",
+            "cluster backbone: JetStream has not stored a message on %s for %.0f s (%s); its "
+            "client's PUBACK waits and it is kept trying; QoS 1/2 publishers pause until JetStream "
+            "answers, their connections stay; logged once a minute",
+            subject,
+            self.settings.store_timeout,
+            str(exc) or type(exc).__name__,
+        )
+
+    def _count_and_warn(self, reason: str, message: str, *args: object) -> None:
+        """Count under fleetgate_backbone_dropped_total{reason}; say it at most once a minute."""
+        self.counters.dropped[reason] += 1
         now = time.monotonic()
-        if now - self._waiting_logged >= 60:
-            self._waiting_logged = now
-            log.warning(
-                "cluster backbone: JetStream has not stored a message on %s for %.0f s (%s); its "
-                "client's PUBACK waits and it is kept trying; QoS 1/2 publishers pause until JetStream "
-                "answers, their connections stay; logged once a minute",
-                subject,
-                self.settings.store_timeout,
-                exc or type(exc).__name__,
-            )
+        if now - self._logged.get(reason, -math.inf) >= 60:
+            self._logged[reason] = now
+            log.warning(message, *args)
 
     def _settle(self, receipt: int | None, ok: bool) -> None:
         if receipt is None:

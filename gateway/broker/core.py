@@ -389,8 +389,10 @@ class Broker:
 
     def stored(self, confirmed: Sequence[int], failed: Sequence[int], now: float) -> list[Action]:
         """The backbone's word on receipts it took (receipts.py): `confirmed` are stored in the
-        cluster, so their PUBACK/PUBREC goes out; `failed` could not be stored, so their connections
-        are closed unacknowledged and the clients resend them."""
+        cluster, so their PUBACK/PUBREC goes out; `failed` can never be stored (larger than NATS's
+        max_payload). A 5.0 client is told so, 0x97 on its PUBACK/PUBREC, and keeps its connection
+        (with it a unit's control channel); a 3.1.1 client cannot be told, so its connection is closed
+        unacknowledged and it resends."""
         st = self._st
         self._arm(now)
         for receipt in confirmed:
@@ -417,9 +419,17 @@ class Broker:
             conn.protocol.acks_flushed(receipts.withheld(conn))
         for receipt in failed:
             settled = receipts.settle(st, receipt)
-            if settled is None or settled[1] is None:
+            if settled is None:
                 continue
-            conn = settled[1]
+            entry, conn = settled
+            if conn is None:
+                continue
+            if conn.protocol.is_v5 and conn.session is not None:
+                refused = ReasonCode.QUOTA_EXCEEDED
+                ack = Puback(entry.packet_id, refused) if entry.qos == 1 else Pubrec(entry.packet_id, refused)
+                st.out.send(conn.conn_id, conn.protocol.encode(ack))
+                conn.protocol.acks_flushed(receipts.withheld(conn))
+                continue
             self._force_close(conn, now, "not_stored")
         return self._finish(now)
 

@@ -91,9 +91,11 @@ class ConnectionHub:
     ) -> None:
         self.broker = broker
         # One gate per listener ("mqtt", "https", "lab"), each with its own caps and rate buckets.
-        self.gates = gates if gates is not None else {
-            "mqtt": ConnectionGate("mqtt", max_connections=DEFAULT_MQTT_CAP, rate=SourceAdmission())
-        }
+        self.gates = (
+            gates
+            if gates is not None
+            else {"mqtt": ConnectionGate("mqtt", max_connections=DEFAULT_MQTT_CAP, rate=SourceAdmission())}
+        )
         self.refusals = RefusalLog(log)  # admission refusals: aggregated, never one line per socket
         self.handshake_log = RefusalLog(log, level=logging.INFO)  # failed handshakes, likewise
         self.handshake_timeout = handshake_timeout

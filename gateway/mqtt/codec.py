@@ -97,8 +97,9 @@ _VALUE_ERRORS = (struct.error, ValueError, OverflowError)
 
 
 def _local(exc: Exception) -> MalformedPacket:
-    return MalformedPacket(f"A packet field holds a value the wire format cannot carry: {exc}.",
-                           peer_at_fault=False)
+    return MalformedPacket(
+        f"A packet field holds a value the wire format cannot carry: {exc}.", peer_at_fault=False
+    )
 
 
 def _violation(v5: bool, message: str) -> MqttError:
@@ -131,8 +132,10 @@ def _packet_id(packet_id: int | None) -> bytes:
 
 def _enc_connect(p: Connect, version: ProtocolVersion) -> bytes:
     if p.protocol_version != version:
-        raise ProtocolError(f"A {p.protocol_version.name} CONNECT cannot be sent on a {version.name} "
-                            "connection.", peer_at_fault=False)
+        raise ProtocolError(
+            f"A {p.protocol_version.name} CONNECT cannot be sent on a {version.name} connection.",
+            peer_at_fault=False,
+        )
     v5 = version == _V5
     flags = 0x02 if p.clean_start else 0
     payload = [encode_string(p.client_id)]
@@ -189,8 +192,9 @@ def _enc_subscribe(p: Subscribe, version: ProtocolVersion) -> bytes:
         parts.append(encode_properties(p.properties, _T.SUBSCRIBE))
     for sub in p.subscriptions:
         if not 0 <= sub.qos <= 2 or not 0 <= sub.retain_handling <= 2:
-            raise MalformedPacket(f"Subscription options for {sub.topic_filter!r} are out of range.",
-                                  peer_at_fault=False)
+            raise MalformedPacket(
+                f"Subscription options for {sub.topic_filter!r} are out of range.", peer_at_fault=False
+            )
         options = sub.qos
         if v5:
             options |= sub.no_local << 2 | sub.retain_as_published << 3 | sub.retain_handling << 4
@@ -208,8 +212,9 @@ def _suback_code_311(code: int) -> int:
 
 def _enc_suback(p: Suback, version: ProtocolVersion) -> bytes:
     if version == _V5:
-        return _frame(0x90, _packet_id(p.packet_id), encode_properties(p.properties, _T.SUBACK),
-                      bytes(p.reason_codes))
+        return _frame(
+            0x90, _packet_id(p.packet_id), encode_properties(p.properties, _T.SUBACK), bytes(p.reason_codes)
+        )
     return _frame(0x90, _packet_id(p.packet_id), bytes(_suback_code_311(c) for c in p.reason_codes))
 
 
@@ -222,8 +227,9 @@ def _enc_unsubscribe(p: Unsubscribe, version: ProtocolVersion) -> bytes:
 
 def _enc_unsuback(p: Unsuback, version: ProtocolVersion) -> bytes:
     if version == _V5:
-        return _frame(0xB0, _packet_id(p.packet_id), encode_properties(p.properties, _T.UNSUBACK),
-                      bytes(p.reason_codes))
+        return _frame(
+            0xB0, _packet_id(p.packet_id), encode_properties(p.properties, _T.UNSUBACK), bytes(p.reason_codes)
+        )
     return bytes((0xB0, 2)) + _packet_id(p.packet_id)
 
 
@@ -308,8 +314,9 @@ def encode_publish(publish: Publish, version: ProtocolVersion) -> bytes:
         size = 4 + tlen + len(prop_bytes) + len(payload)
     else:
         if publish.packet_id is not None or publish.dup:
-            raise ProtocolError("A QoS 0 PUBLISH carries neither a packet identifier nor DUP.",
-                                peer_at_fault=False)
+            raise ProtocolError(
+                "A QoS 0 PUBLISH carries neither a packet identifier nor DUP.", peer_at_fault=False
+            )
         pid = b""
         size = 2 + tlen + len(prop_bytes) + len(payload)
     # Fixed header and topic length in one bytes() call; one- and two-byte remaining lengths inline.
@@ -374,8 +381,9 @@ def with_topic_alias(data: bytes, alias: int, *, send_topic: bool) -> bytes:
 def _check_auth_pair(props: Properties, *, peer: bool) -> None:
     # §3.1.2.11.10 / §3.15.2.2.3: Authentication Data without an Authentication Method.
     if props.authentication_data is not None and props.authentication_method is None:
-        raise ProtocolError("Authentication data was sent without an authentication method.",
-                            peer_at_fault=peer)
+        raise ProtocolError(
+            "Authentication data was sent without an authentication method.", peer_at_fault=peer
+        )
 
 
 # ================================================================================================ decode
@@ -437,8 +445,9 @@ def _dec_connect(flags: int, body: bytes, _v5: bool) -> Connect:
     if cflags & 0x40:
         password, pos = decode_binary(body, pos, end)
     _trailing(pos, end, "CONNECT")
-    return Connect(client_id, ProtocolVersion(level), bool(cflags & 0x02), keep_alive, username, password,
-                   will, props)
+    return Connect(
+        client_id, ProtocolVersion(level), bool(cflags & 0x02), keep_alive, username, password, will, props
+    )
 
 
 def _dec_connack(flags: int, body: bytes, v5: bool) -> Connack:
@@ -546,8 +555,11 @@ def _dec_subscribe(flags: int, body: bytes, v5: bool) -> Subscribe:
         retain_handling = options >> 4
         if retain_handling == 3:
             raise ProtocolError("A subscription has Retain Handling 3.")
-        subs.append(Subscription(topic_filter, qos, bool(options & 4), bool(options & 8),
-                                 RetainHandling(retain_handling)))
+        subs.append(
+            Subscription(
+                topic_filter, qos, bool(options & 4), bool(options & 8), RetainHandling(retain_handling)
+            )
+        )
     if not subs:
         raise _violation(v5, "A SUBSCRIBE has no subscriptions.")  # [MQTT-3.8.3-2]
     return Subscribe(pid, tuple(subs), props)
@@ -708,9 +720,7 @@ class PacketReader:
     `max_packet_size` bounds the whole packet (fixed header included, as 5.0 §3.1.2.11.4 counts it).
     """
 
-    __slots__ = (
-        "_buf", "_error", "_first_ok", "_max", "_pos", "_publish_at", "_refused", "_v5", "_version"
-    )
+    __slots__ = ("_buf", "_error", "_first_ok", "_max", "_pos", "_publish_at", "_refused", "_v5", "_version")
 
     def __init__(self, *, max_packet_size: int = 268_435_455, version: ProtocolVersion | None = None) -> None:
         self._buf: Buffer = b""

@@ -90,8 +90,16 @@ PROPERTY_TABLE: tuple[PropertySpec, ...] = (
     _spec(0x03, "content_type", WireType.UTF8, *_MESSAGE),
     _spec(0x08, "response_topic", WireType.UTF8, *_MESSAGE),
     _spec(0x09, "correlation_data", WireType.BINARY, *_MESSAGE),
-    _spec(0x0B, "subscription_identifiers", WireType.VARINT, _P.PUBLISH, _P.SUBSCRIBE,
-          many=True, repeatable_in=frozenset({_P.PUBLISH}), zero_error=ProtocolError),
+    _spec(
+        0x0B,
+        "subscription_identifiers",
+        WireType.VARINT,
+        _P.PUBLISH,
+        _P.SUBSCRIBE,
+        many=True,
+        repeatable_in=frozenset({_P.PUBLISH}),
+        zero_error=ProtocolError,
+    ),
     _spec(0x11, "session_expiry_interval", WireType.U32, _P.CONNECT, _P.CONNACK, _P.DISCONNECT),
     _spec(0x12, "assigned_client_identifier", WireType.UTF8, _P.CONNACK),
     _spec(0x13, "server_keep_alive", WireType.U16, _P.CONNACK),
@@ -102,15 +110,30 @@ PROPERTY_TABLE: tuple[PropertySpec, ...] = (
     _spec(0x19, "request_response_information", WireType.BYTE, _P.CONNECT, boolean=True),
     _spec(0x1A, "response_information", WireType.UTF8, _P.CONNACK),
     _spec(0x1C, "server_reference", WireType.UTF8, _P.CONNACK, _P.DISCONNECT),
-    _spec(0x1F, "reason_string", WireType.UTF8, _P.CONNACK, *_ACKS, _P.SUBACK, _P.UNSUBACK,
-          _P.DISCONNECT, _P.AUTH),
+    _spec(
+        0x1F,
+        "reason_string",
+        WireType.UTF8,
+        _P.CONNACK,
+        *_ACKS,
+        _P.SUBACK,
+        _P.UNSUBACK,
+        _P.DISCONNECT,
+        _P.AUTH,
+    ),
     _spec(0x21, "receive_maximum", WireType.U16, _P.CONNECT, _P.CONNACK, zero_error=ProtocolError),
     _spec(0x22, "topic_alias_maximum", WireType.U16, _P.CONNECT, _P.CONNACK),
     _spec(0x23, "topic_alias", WireType.U16, _P.PUBLISH, zero_error=TopicAliasInvalid),
     _spec(0x24, "maximum_qos", WireType.BYTE, _P.CONNACK, boolean=True),
     _spec(0x25, "retain_available", WireType.BYTE, _P.CONNACK, boolean=True),
-    _spec(0x26, "user_properties", WireType.UTF8_PAIR, *_ALL_WITH_PROPERTIES,
-          many=True, repeatable_in=_ALL_WITH_PROPERTIES),
+    _spec(
+        0x26,
+        "user_properties",
+        WireType.UTF8_PAIR,
+        *_ALL_WITH_PROPERTIES,
+        many=True,
+        repeatable_in=_ALL_WITH_PROPERTIES,
+    ),
     _spec(0x27, "maximum_packet_size", WireType.U32, _P.CONNECT, _P.CONNACK, zero_error=ProtocolError),
     _spec(0x28, "wildcard_subscription_available", WireType.BYTE, _P.CONNACK, boolean=True),
     _spec(0x29, "subscription_identifier_available", WireType.BYTE, _P.CONNACK, boolean=True),
@@ -159,8 +182,9 @@ def _encode_one(spec: PropertySpec, value: Any) -> bytes:
             return bytes((ident, value))
         return bytes((ident,)) + (U16 if wire is WireType.U16 else U32).pack(value)
     except (struct.error, ValueError, OverflowError) as exc:
-        raise MalformedPacket(f"Property {spec.name} value {value!r} does not fit its field.",
-                              peer_at_fault=False) from exc
+        raise MalformedPacket(
+            f"Property {spec.name} value {value!r} does not fit its field.", peer_at_fault=False
+        ) from exc
 
 
 def encode_properties(props: Properties, where: int) -> bytes:
@@ -173,12 +197,14 @@ def encode_properties(props: Properties, where: int) -> bytes:
         if value is None or value == ():
             continue
         if not spec.mask >> where & 1:
-            raise MalformedPacket(f"Property {spec.name} cannot be sent in {_where_name(where)}.",
-                                  peer_at_fault=False)
+            raise MalformedPacket(
+                f"Property {spec.name} cannot be sent in {_where_name(where)}.", peer_at_fault=False
+            )
         if spec.many:
             if len(value) > 1 and where not in spec.repeatable_in:
-                raise ProtocolError(f"Property {spec.name} may appear only once in {_where_name(where)}.",
-                                    peer_at_fault=False)
+                raise ProtocolError(
+                    f"Property {spec.name} may appear only once in {_where_name(where)}.", peer_at_fault=False
+                )
             parts.extend(_encode_one(spec, item) for item in value)
         else:
             parts.append(_encode_one(spec, value))

@@ -129,9 +129,7 @@ def _check_plain_filter(topic_filter: str) -> None:
                 f"In the topic filter {_show(topic_filter)} '#' must be the whole last level."
             )
         if "+" in level:
-            raise TopicFilterInvalid(
-                f"In the topic filter {_show(topic_filter)} '+' must be a whole level."
-            )
+            raise TopicFilterInvalid(f"In the topic filter {_show(topic_filter)} '+' must be a whole level.")
 
 
 def _show(text: str, limit: int = 80) -> str:

@@ -127,8 +127,9 @@ def encode_string(text: str) -> bytes:
     try:
         data = text.encode()
     except UnicodeEncodeError:
-        raise MalformedPacket("A string holds a lone surrogate, which UTF-8 cannot carry.",
-                              peer_at_fault=False) from None
+        raise MalformedPacket(
+            "A string holds a lone surrogate, which UTF-8 cannot carry.", peer_at_fault=False
+        ) from None
     if len(data) > 0xFFFF:
         raise MalformedPacket("A string is longer than 65,535 bytes.", peer_at_fault=False)
     if "\x00" in text:

@@ -27,7 +27,6 @@ ROOT_PASSPHRASE_ENV = "FLEETGATE_ROOT_KEY_PASSPHRASE"  # the root key's offline 
 DATABASE_URL_ENVS = ("FLEETGATE_STORAGE_URL", "FLEETGATE_DATABASE_URL")
 
 
-
 @dataclass(frozen=True)
 class DataDir:
     root: Path

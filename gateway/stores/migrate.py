@@ -77,9 +77,7 @@ def _copy_and_verify(
         held = {table: _count(target, table) for table, _ in TABLES if table != "pki_crl_state"}
         if any(held.values()):
             busy = ", ".join(f"{n} rows in {t}" for t, n in held.items() if n)
-            raise MigrationError(
-                f"{where} already holds a fleet ({busy}); migrate into an empty database"
-            )
+            raise MigrationError(f"{where} already holds a fleet ({busy}); migrate into an empty database")
         for table, order in TABLES:
             columns = _columns(source, table)
             marks = ", ".join("?" for _ in columns)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from gateway.broker.sessions import Message, StoredSubscription
 from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
+from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
@@ -86,7 +87,7 @@ def test_without_a_backbone_nothing_is_forwarded_and_the_watcher_sees_existing_s
 def _deferring_lab() -> tuple[Lab, list[int | None]]:
     """A node whose backbone (like JetStream's) acknowledges QoS 1/2 only once the cluster stored them."""
     directory = InMemoryDirectory()
-    for unit in ("TRK-1", "TRK-2"):
+    for unit in ("TRK-1", "TRK-2", "TRK-3"):
         directory.enroll(Identity("unit", unit, TRUST_DOMAIN))
     lab = Lab(PolicyEngine(load_policy(None), directory))
     taken: list[int | None] = []
@@ -99,7 +100,7 @@ def _deferring_lab() -> tuple[Lab, list[int | None]]:
     return lab, taken
 
 
-def test_a_qos1_puback_waits_for_the_cluster_store_and_a_failed_store_closes_unacknowledged() -> None:
+def test_a_qos1_puback_waits_for_the_cluster_store_and_a_failed_store_is_refused_not_acknowledged() -> None:
     lab, taken = _deferring_lab()
     truck = lab.connect("TRK-1")
     truck.publish("fleet/TRK-1/telemetry/gps", b"one", qos=1)
@@ -114,10 +115,16 @@ def test_a_qos1_puback_waits_for_the_cluster_store_and_a_failed_store_closes_una
     lab.pump()
     assert sorted(d.packet_id for d in truck.done) == [1, 2]
     truck.publish("fleet/TRK-1/telemetry/gps", b"three", qos=1)
-    lab.apply(lab.broker.stored([], [3], lab.now))
+    lab.apply(lab.broker.stored([], [3], lab.now))  # one no store can take (over NATS's max_payload)
     lab.pump()
-    assert truck.closed == "not_stored"
-    assert len(truck.done) == 2  # never acknowledged: the client resends it on its next connection
+    assert truck.closed is None  # a 5.0 client is told, and keeps its connection and control channel
+    assert [(d.packet_id, d.reason_code) for d in truck.done][-1] == (3, ReasonCode.QUOTA_EXCEEDED)
+    # A 3.1.1 client cannot be told: its connection is closed unacknowledged.
+    old = lab.connect("TRK-3", version=ProtocolVersion.MQTT_3_1_1)
+    old.publish("fleet/TRK-3/telemetry/gps", b"four", qos=1)
+    lab.apply(lab.broker.stored([], [4], lab.now))
+    lab.pump()
+    assert old.closed == "not_stored" and old.done == []  # it resends on its next connection
 
 
 def test_a_qos2_pubrec_waits_for_the_store_and_a_retransmission_meanwhile_is_not_routed_twice() -> None:
