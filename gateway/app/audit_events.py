@@ -40,10 +40,12 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "QueueOverflow": ("mqtt.queue", False),
 }
 
-_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "QueueOverflow": "dropped"}
-
-
-_OUTCOMES = {"ClientConnected": "ok", "SessionTakenOver": "suspicious", "CertificateExpired": "disconnected"}
+_OUTCOMES = {
+    "ClientConnected": "ok",
+    "SessionTakenOver": "suspicious",
+    "CertificateExpired": "disconnected",
+    "QueueOverflow": "dropped",
+}
 
 
 def _snake(name: str) -> str:

@@ -179,6 +179,7 @@ async def test_a_slow_subscriber_slows_its_publishers_and_only_a_stalled_one_pas
     assert len(taken) >= SLOW["max_queued_messages"]  # nothing dropped before the queue held its bound
     records = queue_audit_records(gw)
     assert len(records) == 1 and records[0]["subject"] == "analytics"  # one record, not one per message
+    assert records[0]["outcome"] == "dropped"  # as docs/operations.md says (it was once "refused")
     assert all(not u.peer.lost and u.peer.disconnect is None for u in units)
 
     figures = {
