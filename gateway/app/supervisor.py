@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("fleetgate.supervisor")
@@ -29,13 +29,17 @@ class LoopHealth:
     last_ok: float | None = None  # event-loop time of the last step that worked
 
 
-async def supervise(step: Callable[[], None], interval: float, health: LoopHealth) -> None:
-    """Run `step` every `interval` seconds until cancelled; never let one failure end the loop."""
+async def supervise(step: Callable[[], Awaitable[None] | None], interval: float, health: LoopHealth) -> None:
+    """Run `step` every `interval` seconds until cancelled; never let one failure end the loop. A step
+    may be a coroutine function (one that gives the event loop back while it works): each run is
+    awaited to its end before the pause."""
     pause = interval
     while True:
         await asyncio.sleep(pause)
         try:
-            step()
+            running = step()
+            if running is not None:
+                await running
         except Exception as exc:
             health.failures += 1
             if not health.failing:

@@ -401,3 +401,39 @@ def test_every_action_is_one_audit_record_naming_the_detector(action: str) -> No
     h.tick([PublishDenied(PEER1, "TRK-1", "fleet/TRK-2/x", "topic_outside_namespace")] * 10)
     (record,) = h.audit.records
     assert record["actor"] == "detector/denial_burst" and record["details"]["response"] == action
+
+
+def _jump(evaluator: ContinuousEvaluator, n: int) -> None:
+    """Unit TRK-n reports two fixes 1,500 km apart, 30 s apart."""
+    peer = Peer(f"10.0.{n // 250}.{n % 250}:40000", Identity("unit", f"TRK-{n}", TD))
+    for t, (lat, lon) in ((T0, (51.95, 4.14)), (T0 + 30, (44.43, 26.10))):
+        payload = json.dumps({"lat": lat, "lon": lon, "ts": t}).encode()
+        evaluator.observe_publish(peer, f"fleet/TRK-{n}/telemetry/gps", payload, t)
+
+
+def test_a_stepped_evaluation_pauses_between_slices_and_judges_every_subject_once() -> None:
+    # The running gateway lets the event loop serve reads at each pause (Gateway.event_tick).
+    stepped, whole = ContinuousEvaluator(DetectorSettings()), ContinuousEvaluator(DetectorSettings())
+    for n in range(600):
+        _jump(stepped, n)
+        _jump(whole, n)
+    steps = stepped.evaluate_steps(T0 + 60, size=256)
+    pauses = 0
+    late = 600
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            responses: list[Response] = done.value
+            break
+        pauses += 1
+        _jump(stepped, late)  # a unit whose fixes arrive while the evaluation is paused
+        late += 1
+    assert pauses == 2  # after subjects 256 and 512
+    expected = whole.evaluate(T0 + 60)
+    assert [(r.subject, r.action) for r in responses] == [(r.subject, r.action) for r in expected]
+    assert len(responses) == 600
+    # what arrived during the pauses is judged by the next evaluation, not lost
+    assert sorted(r.subject for r in stepped.evaluate(T0 + 60)) == sorted(
+        f"unit/TRK-{n}" for n in range(600, late)
+    )

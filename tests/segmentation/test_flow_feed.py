@@ -64,18 +64,21 @@ def test_each_tick_reads_a_few_payloads_per_template_taking_turns_among_the_unit
     assert "pii" not in publish_row(quiet, 101.0)[3]
 
 
+ANALYTICS = SessionInfo(
+    "analytics",
+    Peer("10.0.0.9:5000", Identity("service", "analytics", "fleet.local")),
+    True,
+    ("fleet/+/telemetry/#",),
+    0,
+    0,
+    100.0,
+    0,
+)
+
+
 def test_a_service_receiving_every_units_telemetry_gets_every_message_in_one_receive_row() -> None:
     feed = FlowFeed(CLASSES)
-    analytics = SessionInfo(
-        "analytics",
-        Peer("10.0.0.9:5000", Identity("service", "analytics", "fleet.local")),
-        True,
-        ("fleet/+/telemetry/#",),
-        0,
-        0,
-        100.0,
-        0,
-    )
+    analytics = ANALYTICS
     for n in range(1, 51):
         feed.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(), 100.0)
         feed.observe(unit(n), f"fleet/TRK-{n}/state", b"{}", 100.0)  # not analytics's
@@ -83,3 +86,21 @@ def test_a_service_receiving_every_units_telemetry_gets_every_message_in_one_rec
     (row,) = [r for r in feed.recorder.snapshot(101.0).rows if r.action == "receive"]
     assert (row.group, row.template, row.messages, row.identities) == ("service/analytics", TEMPLATE, 50, 1)
     assert row.bytes == 50 * len(fix())
+
+
+def test_a_stepped_tick_pauses_between_slices_and_what_comes_in_a_pause_is_the_next_ticks() -> None:
+    # The running gateway lets the event loop serve reads at each pause (Gateway.event_tick).
+    feed = FlowFeed(CLASSES)
+    for n in range(1, 1001):
+        feed.observe(unit(n), f"fleet/TRK-{n}/telemetry/gps", fix(), 100.0)
+    pauses = 0
+    for _ in feed.tick_steps([], 100.25, [ANALYTICS], size=300):
+        pauses += 1
+        feed.observe(unit(1), "fleet/TRK-1/telemetry/gps", fix(), 100.3)  # arrives during the pause
+    assert pauses == 6  # 1,000 (unit, topic)s published and 1,000 topics received: 3 slices each
+    snapshot = feed.recorder.snapshot(101.0)
+    publish = publish_row(feed, 101.0)
+    (receive,) = [r for r in snapshot.rows if r.action == "receive"]
+    assert (publish[0], publish[2], receive.messages) == (1000, 1000, 1000)
+    feed.tick([], 100.5)
+    assert publish_row(feed, 101.0)[0] == 1000 + pauses  # counted once, by the tick after
