@@ -39,7 +39,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -142,7 +142,12 @@ class AuditRecord:
     hash: str
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy of the details was a quarter of the cost of each
+        # append (the record is mirrored to the log stream as a dict); nothing mutates a record.
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
 @dataclass(frozen=True, slots=True)
