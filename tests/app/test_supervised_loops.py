@@ -118,7 +118,7 @@ async def test_an_audit_failure_between_two_commits_of_a_tick_loses_and_repeats_
 
     def append(**record: Any) -> Any:
         appended["n"] += 1
-        if appended["broken"] and appended["n"] > 200:  # within the tick's second commit
+        if appended["broken"] and appended["n"] > AUDIT_SLICE + AUDIT_SLICE // 2:  # within the second commit
             raise sqlite3.OperationalError("database or disk is full")
         return real_append(**record)
 
