@@ -67,8 +67,10 @@ class GatewayCollector(Collector):
         backbone: Callable[[], BackboneCounters] | None = None,
         cluster_plane: Callable[[], ClusterPlaneCounters] | None = None,
         gc_pauses: Callable[[], dict[str, Histogram]] | None = None,
+        gc_frozen: Callable[[], int] | None = None,
     ) -> None:
         self._gc_pauses = gc_pauses  # the cycle collector's pauses, by generation (app/gc_pauses.py)
+        self._gc_frozen = gc_frozen
         self._cluster_plane = cluster_plane  # sessions, retained, share groups across nodes
         self._node = node  # this node's name in a cluster (docs/cluster.md)
         self._backbone = backbone  # the NATS data plane's counters (cluster.nats set)
@@ -122,6 +124,12 @@ class GatewayCollector(Collector):
                 "Pauses of Python's cycle collector (the whole event loop waits), by generation.",
                 "generation",
                 self._gc_pauses(),
+            )
+        if self._gc_frozen is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_gc_frozen_objects",
+                "Start-up objects the cycle collector's full collections leave out (frozen before serving).",
+                value=self._gc_frozen(),
             )
         if self._units is not None:
             units = GaugeMetricFamily(

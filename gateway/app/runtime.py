@@ -676,6 +676,7 @@ class Gateway:
             backbone=None if self.backbone is None else self._backbone_counters,
             cluster_plane=None if self.cluster_plane is None else self.cluster_plane.counters,
             gc_pauses=lambda: self.gc_pauses.by_generation,
+            gc_frozen=lambda: self.gc_pauses.frozen,
         )
 
     def _backbone_counters(self) -> BackboneCounters:
@@ -888,6 +889,8 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        frozen = self.gc_pauses.freeze_startup_heap()  # before the listeners open (app/gc_pauses.py)
+        log.debug("%d start-up objects left out of the cycle collector's full collections", frozen)
         await self.start()
         log.info("fleetgate is up: %s", ", ".join(f"{k} {h}:{p}" for k, (h, p) in self.bound.items()))
         if self.balancers:

@@ -9,9 +9,9 @@ Theory of operation
   moved forward in the same transaction as every append; `verify` compares it with the chain's end.
   New records are chained from the head, not from the last row, so a cut tail stays a visible gap.
 - Each append is its own BEGIN IMMEDIATE transaction (or joins the caller's, so a state change and its
-  audit record commit together; `batch()` groups records into one commit (the event tick's, 64 at a time), which is what a
-  reconnect storm on a synchronous PostgreSQL is bounded by: one fsync per batch, not per record).
-  The write lock is taken before the head is read, which is what lets
+  audit record commit together; `batch()` groups records into one commit (the event tick's, 64 at
+  a time), which is what a reconnect storm on a synchronous PostgreSQL is bounded by: one fsync per
+  batch, not per record). The write lock is taken before the head is read, which is what lets
   the CLI and a running gateway append to one file concurrently without forking the chain. Committed
   WAL transactions survive `kill -9` of the process.
 - Triggers refuse UPDATE and DELETE on records, and any head change that does not move it forward, so
