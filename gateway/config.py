@@ -62,6 +62,9 @@ class ListenConfig:
     https: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8443))
     # Plaintext, anonymous, loopback only: for running protocol conformance suites. Never in production.
     insecure_plaintext: Endpoint | None = None
+    # `serve --workers N` only: worker i also serves HTTPS (admin API, /metrics) alone on PORT+i (port
+    # 0: one free port each, logged), so Prometheus can scrape each worker (docs/cluster.md).
+    worker_https: Endpoint | None = None
     # Load balancers (addresses or networks, space-separated) whose connections to the MQTT listener
     # open with a PROXY protocol v2 header naming the client; "" = none (docs/cluster.md).
     proxy_protocol_from: str = ""

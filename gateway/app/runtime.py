@@ -360,7 +360,13 @@ class Gateway:
             units_online=units,
             listeners=" ".join(f"{k}={h}:{p}" for k, (h, p) in sorted(self.bound.items())),
             healthy=not follower.failing,
+            backbone=self._backbone_state(),
         )
+
+    def _backbone_state(self) -> str:
+        if self.backbone is None:
+            return ""
+        return "connected" if self.backbone.counters.connected else "disconnected"
 
     # --- admission ----------------------------------------------------------------------------
 
@@ -797,15 +803,26 @@ class Gateway:
         )
         await self._http.setup()
         assert self._http.server is not None
+        self._https_live = self._live(self._https_context())
         https, self.bound["https"] = await start_https_listener(
             self.hub,
             listen.https.host,
             listen.https.port,
-            self._live(self._https_context()),
+            self._https_live,
             self._http.server,
             reuse_port=shared,
         )
         self._listeners.append(https)
+        own = listen.worker_https
+        if own is not None and self.worker is not None:  # this worker alone: a per-worker scrape address
+            mine, self.bound["worker_https"] = await start_https_listener(
+                self.hub, own.host, own.port, self._https_live, self._http.server, reuse_port=True
+            )
+            self._listeners.append(mine)
+        elif own is not None:
+            log.info(
+                "listen.worker_https is for `serve --workers N`; one process serves HTTPS on listen.https"
+            )
         self.hub.run_ticker()
         registry, events, anchoring = self.loops.values()
         self.hub.spawn(supervise(self.follower.step, DATA_VERSION_POLL_SECONDS, registry))

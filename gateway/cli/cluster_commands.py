@@ -34,8 +34,10 @@ def cluster() -> None:
 @friendly_errors
 def cluster_status(data_dir: Path | None, output: str) -> None:
     """Every node that shares the cluster's PostgreSQL ($FLEETGATE_DATABASE_URL), or every worker of
-    `serve --workers N` on this data dir: up or down, its live sessions and units online, its
-    listeners and whether it follows the registry (each node reports once a second)."""
+    `serve --workers N` on this data dir: up, degraded or down, its live sessions and units online,
+    its NATS backbone and its listeners (each node reports once a second). Degraded: it serves its
+    own clients but fails to follow the registry, or has lost NATS (messages to and from the other
+    nodes wait or are lost)."""
     data = DataDir.resolve(data_dir)
     target = shared_database(data)
     if not is_postgres_url(target) and not data.database.exists():
@@ -52,12 +54,14 @@ def cluster_status(data_dir: Path | None, output: str) -> None:
             "not_a_cluster",
         )
     for row in rows:
-        row["state"] = ("up" if row["healthy"] else "degraded") if row["up"] else "down"
+        serving = row["healthy"] and row["backbone"] != "disconnected"
+        row["state"] = ("up" if serving else "degraded") if row["up"] else "down"
     columns = [
         Column("node", "name"),
         Column("state", "state"),
         Column("sessions", "sessions"),
         Column("units online", "units_online"),
+        Column("backbone", "backbone"),
         Column("seen", "seen_at"),
         Column("started", "started_at", wide=True),
         Column("listeners", "listeners", wide=True),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 from gateway.app.cluster import node_name
 from gateway.app.local_nats import LocalNats, NatsServerMissing, find_nats_server
 from gateway.app.worker_role import WORKERS_DIR, worker_node_name
-from gateway.app.workers import WorkerPool, die_with_parent, reserve_port, worker_argv
+from gateway.app.workers import WorkerPool, die_with_parent, endpoint_text, reserve_port, worker_argv
 from gateway.cli.common import CliError
-from gateway.config import GatewayConfig
+from gateway.config import Endpoint, GatewayConfig
 from gateway.policy.rules import PolicyError
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key
 from gateway.stores.audit_log import AuditLog
@@ -60,6 +61,30 @@ def unlock_once(data: DataDir, source: PassphraseSource) -> bytes | None:
     return asked[0] if asked and not os.environ.get(PASSPHRASE_ENV) else None
 
 
+def _reserve_worker_https(
+    own: Endpoint | None, workers: int, reserved: list[socket.socket]
+) -> list[tuple[str, int]]:
+    """`listen.worker_https`: each worker's HTTPS address of its own (PORT+i, or a free port each for
+    port 0), reserved like the shared ports (appended to `reserved`); [] when not set."""
+    if own is None:
+        return []
+    if own.port and own.port + workers - 1 > 65535:
+        raise CliError(f"listen.worker_https: ports {own.port} to {own.port + workers - 1} do not all exist")
+    addresses = []
+    for index in range(workers):
+        port = own.port + index if own.port else 0
+        try:
+            sock = reserve_port(own.host, port)
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {own.host}:{port} (listen.worker_https for worker {index}): "
+                f"{exc.strerror or exc}; is something else using that port?"
+            ) from None
+        reserved.append(sock)
+        addresses.append((own.host, int(sock.getsockname()[1])))
+    return addresses
+
+
 def serve_with_workers(
     data: DataDir,
     config: GatewayConfig,
@@ -103,6 +128,7 @@ def serve_with_workers(
                 ) from None
             reserved.append(sock)
             listen[name] = (endpoint.host, int(sock.getsockname()[1]))
+        own_https = _reserve_worker_https(config.listen.worker_https, workers, reserved)
         nats = None
         if local_nats:
             nats = LocalNats(binary, data.root, die_with_parent())
@@ -123,6 +149,8 @@ def serve_with_workers(
                     env["FLEETGATE_CLUSTER_JETSTREAM_REPLICAS"] = "1"
             if typed is not None:
                 env[PASSPHRASE_ENV] = typed.decode()
+            if own_https:
+                env["FLEETGATE_LISTEN_WORKER_HTTPS"] = endpoint_text(*own_https[index])
             argv = worker_argv(index, data.root, listen, options)
             commands.append((worker_node_name(base, index), argv, env))
         log.info(
@@ -130,6 +158,8 @@ def serve_with_workers(
             workers,
             ", ".join(f"{k} {h}:{p}" for k, (h, p) in listen.items()),
         )
+        for index, (host, port) in enumerate(own_https):
+            log.info("worker %s: its own https %s", worker_node_name(base, index), endpoint_text(host, port))
         pool = WorkerPool(commands, nats, hup_every_worker=not is_postgres_url(database))
         try:
             code = pool.run()

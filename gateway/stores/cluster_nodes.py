@@ -1,7 +1,8 @@
 """Which gateway nodes share this database, and what each one last said about itself.
 
 Every node writes its row once a second (`heartbeat`): name, when it started, when it last wrote,
-its live sessions and units online, its listeners and whether its registry follower is healthy.
+its live sessions and units online, its listeners, whether its registry follower is healthy and
+whether its NATS backbone is connected.
 `fleetgate cluster status` reads them all; a node whose row is older than STALE_AFTER is shown as
 down (it stopped, lost the database or its host). Only a cluster's nodes report (PostgreSQL).
 
@@ -31,8 +32,10 @@ CREATE TABLE cluster_nodes (
     healthy INTEGER NOT NULL);
 CREATE TABLE cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_MIGRATIONS = (_SCHEMA,)
-_POSTGRES_MIGRATIONS = (_SCHEMA.replace("INTEGER", "BIGINT"),)
+# 2: the node's NATS backbone as it last said: "" (none: a single node), "connected", "disconnected".
+_BACKBONE = "ALTER TABLE cluster_nodes ADD COLUMN backbone TEXT NOT NULL DEFAULT ''"
+_MIGRATIONS = (_SCHEMA, _BACKBONE)
+_POSTGRES_MIGRATIONS = (_SCHEMA.replace("INTEGER", "BIGINT"), _BACKBONE)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class NodeRow:
     listeners: str
     healthy: bool
     up: bool  # seen within STALE_AFTER of the moment asked
+    backbone: str = ""  # "" (no backbone), "connected" or "disconnected"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,21 +69,22 @@ class ClusterNodes:
         units_online: int,
         listeners: str,
         healthy: bool,
+        backbone: str = "",
     ) -> None:
         # One statement on its own (autocommit), not under the write lock: a node's heartbeat touches
         # only its own row and must never queue behind, or delay, a change another node is making.
         self._conn.execute(
             "INSERT INTO cluster_nodes (name, started_at, seen_at, sessions, units_online, listeners, "
-            "healthy) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "healthy, backbone) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
             "started_at = excluded.started_at, seen_at = excluded.seen_at, sessions = excluded.sessions, "
             "units_online = excluded.units_online, listeners = excluded.listeners, "
-            "healthy = excluded.healthy",
-            (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy)),
+            "healthy = excluded.healthy, backbone = excluded.backbone",
+            (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy), backbone),
         )
 
     def nodes(self, now: datetime) -> list[NodeRow]:
         rows = self._conn.execute(
-            "SELECT name, started_at, seen_at, sessions, units_online, listeners, healthy "
+            "SELECT name, started_at, seen_at, sessions, units_online, listeners, healthy, backbone "
             "FROM cluster_nodes ORDER BY name"
         ).fetchall()
         return [
@@ -92,8 +97,9 @@ class ClusterNodes:
                 str(listeners),
                 bool(healthy),
                 now - from_text(str(seen)) <= STALE_AFTER,
+                str(backbone),
             )
-            for name, started, seen, sessions, online, listeners, healthy in rows
+            for name, started, seen, sessions, online, listeners, healthy, backbone in rows
         ]
 
     def agree(self, key: str, value: str) -> str:

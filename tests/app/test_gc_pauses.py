@@ -27,7 +27,9 @@ def test_each_collection_is_timed_under_its_generation_and_only_while_installed(
     assert pauses._observe not in gc.callbacks
 
 
-def test_a_served_gateway_leaves_its_start_up_objects_out_of_full_collections(gateway: GatewayProcess) -> None:
+def test_a_served_gateway_leaves_its_start_up_objects_out_of_full_collections(
+    gateway: GatewayProcess,
+) -> None:
     # `fleetgate serve` freezes what start-up built (modules, policy, CA, registry) before it
     # listens: a full collection then walks only what serving made (app/gc_pauses.py).
     text = metrics_text(gateway)

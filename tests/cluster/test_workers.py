@@ -11,6 +11,8 @@ import queue
 import re
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from gateway.app.workers import RestartBackoff
 from tests.clients import Paho, Received
 from tests.harness import Credentials, GatewayProcess, run_cli
 from tests.nats import skip_without_nats
+from tests.ops.helpers import context
 
 WORKERS = ("-w0", "-w1")
 
@@ -30,7 +33,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gateway = GatewayProcess(
         tmp_path_factory.mktemp("workers"),
         extra_args=("--workers", "2"),
-        env={"FLEETGATE_CLUSTER_NODE_NAME": "gw"},
+        env={"FLEETGATE_CLUSTER_NODE_NAME": "gw", "FLEETGATE_LISTEN_WORKER_HTTPS": "127.0.0.1:0"},
     )
     gateway.init()
     try:
@@ -174,7 +177,32 @@ def test_a_unit_connecting_again_and_again_lands_on_both_workers(
             break
     assert seen == {"gw-w0", "gw-w1"}
     status = gw.cli("cluster", "status", "-o", "json", check=True).json()
-    assert {(row["name"], row["state"]) for row in status} == {("gw-w0", "up"), ("gw-w1", "up")}  # type: ignore[index,union-attr]
+    assert {(row["name"], row["state"], row["backbone"]) for row in status} == {  # type: ignore[index,union-attr]
+        ("gw-w0", "up", "connected"),
+        ("gw-w1", "up", "connected"),
+    }
+
+
+OWN_HTTPS = re.compile(r"worker (gw-w\d): its own https 127\.0\.0\.1:(\d+)")
+
+
+def test_each_worker_answers_metrics_alone_on_its_own_https_address(gw: GatewayProcess) -> None:
+    # The shared HTTPS port hands each connection to any worker; a Prometheus scrape of one worker
+    # needs an address of its own (listen.worker_https, here port 0: one free port each, logged).
+    own = dict(OWN_HTTPS.findall(gw.log()))
+    assert set(own) == {"gw-w0", "gw-w1"} and own["gw-w0"] != own["gw-w1"]
+    reader = context(gw, gw.metrics_reader())
+    for node, port in own.items():
+        for _ in range(3):  # the same worker every time
+            url = f"https://localhost:{port}/metrics"
+            with urllib.request.urlopen(url, context=reader, timeout=10) as response:
+                text = response.read().decode()
+            assert f'fleetgate_node_info{{node="{node}"}} 1.0' in text
+    # and like the shared port, it wants the metrics role
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        url = f"https://localhost:{own['gw-w0']}/metrics"
+        urllib.request.urlopen(url, context=context(gw, None), timeout=10)
+    assert refused.value.code == 401
 
 
 def test_qos_0_and_1_cross_from_a_unit_on_one_worker_to_a_service_on_the_other(
