@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,16 +49,19 @@ from gateway.app.backbone_wire import H_NODE as H_NODE
 from gateway.app.backbone_wire import H_PROPS as H_PROPS
 from gateway.app.backbone_wire import H_QOS as H_QOS
 from gateway.app.backbone_wire import H_RETAIN as H_RETAIN
+from gateway.app.backbone_wire import H_SERVED as H_SERVED
 from gateway.app.backbone_wire import H_TIME as H_TIME
 from gateway.app.backbone_wire import SEEN_IDS as SEEN_IDS
 from gateway.app.backbone_wire import BackboneCounters as BackboneCounters
 from gateway.app.backbone_wire import authentic as authentic
 from gateway.app.backbone_wire import message_from as message_from
 from gateway.app.backbone_wire import message_headers as message_headers
+from gateway.app.backbone_wire import served_header as served_header
 from gateway.app.backbone_wire import sign as sign
 from gateway.broker.core import RemoteMessage
 from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.state import GroupKey
 from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, topic_to_subject
 from gateway.edge.driver import BrokerDriver
 from gateway.policy.access import Peer
@@ -238,9 +241,17 @@ class NatsBackbone:
 
     # --- out ----------------------------------------------------------------------------------
 
-    def accepted(self, message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
+    def accepted(
+        self,
+        message: Message,
+        client_id: str,
+        peer: Peer,
+        receipt: int | None,
+        served: Sequence[GroupKey] = (),
+    ) -> bool:
         """The broker's hook (inside its call): queue it for the sender, nothing more. True: the
-        acknowledgement of `receipt` waits for the durable store (QoS 1/2 with JetStream)."""
+        acknowledgement of `receipt` waits for the durable store (QoS 1/2 with JetStream). `served`:
+        the share groups a member here took it for (named on the message: cluster_shared.py)."""
         durable = self._durable if message.qos else None
         if self._nc is None and durable is None:
             self.counters.dropped["not_connected"] += 1
@@ -250,6 +261,8 @@ class NatsBackbone:
         headers = message_headers(self.node, msg_id, message, client_id, peer)
         subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
         headers[H_TIME] = str(int(time.time() * 1000))
+        if served:
+            headers[H_SERVED] = served_header(served)
         if durable is not None:
             headers[durable_lane.MSG_ID] = (
                 msg_id  # JetStream's dedupe of retries and replays, signed with the rest

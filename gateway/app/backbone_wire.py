@@ -9,11 +9,13 @@ import hashlib
 import hmac
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.broker.core import RemoteMessage
 from gateway.broker.sessions import Message
+from gateway.broker.state import GroupKey
 from gateway.broker.subjects import subject_to_topic
 from gateway.mqtt.packets import Properties
 from gateway.policy.access import Peer
@@ -27,6 +29,9 @@ H_RETAIN = "Fg-Retain"
 H_PROPS = "Fg-Props"  # JSON (ASCII): no header injection whatever a content type holds
 H_TIME = "Fg-Time"  # unix milliseconds when the origin node sent it
 H_MAC = "Fg-Mac"
+# The share groups a member on the origin node took the message for (local first: broker/inbound.py
+# `route`), as their queue names, comma-separated: no node gives it to them again.
+H_SERVED = "Fg-Served"
 FRESH_S = 30.0  # older (or this far in the future: clocks disagree) is refused as a replay
 SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
 
@@ -41,6 +46,24 @@ class BackboneCounters:
     connected: bool = False
     store_retries: int = 0  # JetStream stores tried again (backbone_durable.py)
     store_retries_deduplicated: int = 0  # … that found the message stored already
+
+
+def queue_name(key: GroupKey) -> str:
+    """A NATS queue group name for a share group (scope, name, plain filter): the same on every node,
+    any characters hashed."""
+    scope, group, plain = key
+    digest = hashlib.sha256(f"{scope}\0{group}\0{plain}".encode()).hexdigest()[:32]
+    return f"fg-share-{digest}"
+
+
+def served_header(served: Sequence[GroupKey]) -> str:
+    return ",".join(sorted(queue_name(key) for key in served))
+
+
+def served_elsewhere(headers: dict[str, str], queue: str) -> bool:
+    """True when the origin node gave the message to the share group of `queue` already."""
+    served = headers.get(H_SERVED)
+    return served is not None and queue in served.split(",")
 
 
 def message_headers(node: str, msg_id: str, message: Message, client_id: str, peer: Peer) -> dict[str, str]:

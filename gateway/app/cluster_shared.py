@@ -9,10 +9,15 @@ group, whichever node it is on and including the node that published it. That no
 to one of its own members of the group (`Broker.route_to_group`: the local rotation, a connected
 member first, the delivery decision for each), so the group gets it once.
 
+Local first: a client's message goes to a group's *connected* member on the node it arrived at
+(broker/inbound.py `route`), and the backbone names the group on the message (`Fg-Served`,
+backbone_wire.py); every node's queue subscriber for that group drops such a message. Only groups with
+no connected member on the publisher's node are left to NATS's choice.
+
 For that to hold, nothing else may give a share group a client's message: while this is in place
-(`groups_elsewhere`: the backbone and this connection are both up) the broker leaves share groups
-out of its routing of client messages and wills (local, or from other nodes on the ordinary
-subscriptions, which no longer include shared filters). The gateway's own messages (mode commands)
+(`groups_elsewhere`: the backbone and this connection are both up) the broker gives a group a client's
+message or will only in that local-first way, and never one from another node on the ordinary
+subscriptions (which no longer include shared filters). The gateway's own messages (mode commands)
 still go to local groups: every node publishes its own. If either NATS connection is down, groups
 are served locally again (each node's members, as on a single gateway).
 
@@ -30,7 +35,6 @@ most once across nodes (no consumer of the group's own; docs/cluster.md, "What i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -38,21 +42,14 @@ from typing import Any
 
 from gateway.app.backbone import H_ID, SEEN_IDS, message_from
 from gateway.app.backbone_durable import durable_prefix
+from gateway.app.backbone_wire import queue_name, served_elsewhere
 from gateway.app.cluster_link import ClusterLink
 from gateway.broker.sessions import StoredSubscription
+from gateway.broker.state import GroupKey
 from gateway.broker.subjects import filter_to_subjects
 from gateway.edge.driver import BrokerDriver
 
 log = logging.getLogger("fleetgate.cluster")
-
-GroupKey = tuple[str | None, str, str]  # scope, group name, plain filter
-
-
-def queue_name(key: GroupKey) -> str:
-    """A NATS queue group name for a share group: the same on every node, any characters hashed."""
-    scope, group, plain = key
-    digest = hashlib.sha256(f"{scope}\0{group}\0{plain}".encode()).hexdigest()[:32]
-    return f"fg-share-{digest}"
 
 
 class ClusterShared:
@@ -67,6 +64,7 @@ class ClusterShared:
         self._refs: Counter[tuple[str, str]] = Counter()  # (subject, queue) → share groups holding it
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (message id, queue)
         self.received = 0
+        self.served_at_origin = 0  # messages for a group here that a member on their origin node took
 
     def attach(self) -> None:
         self._driver.broker.cluster.groups_elsewhere = self.active
@@ -120,6 +118,9 @@ class ClusterShared:
                 return
             msg_id = headers.get(H_ID)
             if msg_id is None:
+                return
+            if served_elsewhere(headers, queue):
+                self.served_at_origin += 1  # a member on the publisher's node had it (local first)
                 return
             seen = (msg_id, queue)
             if seen in self._seen:

@@ -28,7 +28,7 @@ from gateway.broker import flow, receipts
 from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
 from gateway.broker.sessions import Delivery, Message, MqttSession
-from gateway.broker.state import BrokerState, Connection, Held, message_record
+from gateway.broker.state import BrokerState, Connection, GroupKey, Held, message_record
 from gateway.mqtt.codec import puback_success
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
 from gateway.mqtt.reason_codes import ReasonCode
@@ -91,6 +91,7 @@ def _route_and_ack(
     wire: bytes | None,
     now: float,
 ) -> None:
+    served: list[GroupKey] | None = None if st.backbone is None else []
     message = accept(
         st,
         publish.topic,
@@ -102,6 +103,7 @@ def _route_and_ack(
         now,
         None if wire is None else (conn.protocol.version, wire),  # type: ignore[arg-type]
         st.durable_sessions if publish.qos else (),
+        served,
     )
     if st.publish_observer is not None:
         st.publish_observer(conn.peer, publish.topic, publish.payload, now)
@@ -109,7 +111,7 @@ def _route_and_ack(
     # st.durable_sessions, skipped above, get it from the cluster's store).
     if st.backbone is not None:
         receipt = receipts.take_receipt(st) if publish.qos else None
-        if st.backbone(message, session.client_id, conn.peer, receipt) and receipt is not None:
+        if st.backbone(message, session.client_id, conn.peer, receipt, served or ()) and receipt is not None:
             receipts.await_store(st, conn, session.client_id, publish, receipt)
             return  # acknowledged by Broker.stored once the cluster has it
     if publish.qos == 2:
@@ -205,15 +207,17 @@ def accept(
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
     skip: Container[str] = (),
+    served: list[GroupKey] | None = None,
 ) -> Message:
     """An authorised application message enters the broker: retain it if asked, route it.
 
-    `wire`: the bytes it arrived as, when they can be forwarded as they are (see EncodeCache)."""
+    `wire`: the bytes it arrived as, when they can be forwarded as they are (see EncodeCache).
+    `served`: see `route`."""
     interval = properties.message_expiry_interval
     message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
     if retain:
         _retain(st, message, origin)
-    route(st, message, origin, now, wire, skip)
+    route(st, message, origin, now, wire, skip, served)
     return message
 
 
@@ -254,15 +258,20 @@ def route(
     now: float,
     wire: tuple[ProtocolVersion, bytes] | None = None,
     skip: Container[str] = (),
+    served: list[GroupKey] | None = None,
 ) -> None:
     """Deliver to every matching subscriber the policy lets receive it (one copy per client, §3.3.4),
     but those in `skip` (sessions the cluster's store delivers to one by one: receipts.py).
 
-    A client's message (`origin` set) is not given to share groups while a cluster's backbone
-    balances them across nodes: NATS picks one node per message, which calls `route_to_group`."""
+    While a cluster's backbone balances share groups across nodes, a client's message (`origin`
+    set) goes to a share group here only when a connected member here takes it at once, and the
+    group is added to `served` (the backbone names it on the message: no other node gives it again;
+    local first, so it does not cross to another node). Any other group gets it on the node NATS
+    picks (`route_to_group`). Without `served` (a message from another node) no group gets it here."""
     topic = message.topic
     targets, groups = st.index.match(topic, origin)
-    if groups and origin is not None and _groups_elsewhere(st):
+    elsewhere = bool(groups) and origin is not None and _groups_elsewhere(st)
+    if elsewhere and served is None:
         groups = []
     if not targets and not groups:
         return
@@ -292,10 +301,14 @@ def route(
         picked = group.pick(
             (lambda cid: cid not in holding and st.is_connected(cid)) if holding else st.is_connected,
             lambda cid: st.may_deliver(sessions[cid], topic, now),
+            offline_too=not elsewhere,  # none connected here: a node with one gets it from NATS
         )
         if picked is None:
-            st.metrics.drops["no_shared_member"] += 1
+            if not elsewhere:
+                st.metrics.drops["no_shared_member"] += 1
             continue
+        if served is not None and elsewhere:
+            served.append(group.key)
         client_id, sub = picked
         ids = () if sub.identifier is None else (sub.identifier,)
         options = sub.options
@@ -374,8 +387,9 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
     st.metrics.wills_published += 1
     properties = replace(will.properties, will_delay_interval=None)
     skip = st.durable_sessions if will.qos else ()
+    served: list[GroupKey] | None = None if st.backbone is None else []
     message = accept(
-        st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now, None, skip
+        st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now, None, skip, served
     )
     if st.backbone is not None:
-        st.backbone(message, client_id, peer, None)
+        st.backbone(message, client_id, peer, None, served or ())

@@ -44,10 +44,16 @@ class SharedGroup:
         self.order: list[str] = []
         self.cursor = 0
 
+    @property
+    def key(self) -> tuple[str | None, str, str]:
+        """(scope, name, plain filter): how the index and the cluster name the group."""
+        return self.scope, self.name, self.plain_filter
+
     def pick(
-        self, connected: Callable[[str], bool], allowed: Callable[[str], bool]
+        self, connected: Callable[[str], bool], allowed: Callable[[str], bool], offline_too: bool = True
     ) -> tuple[str, StoredSubscription] | None:
-        """The next member in rotation: a connected one if any will take it, else an offline one.
+        """The next member in rotation: a connected one if any will take it, else (`offline_too`) an
+        offline one.
 
         `allowed` is asked lazily (it is a policy decision) and at most once per member.
         """
@@ -61,6 +67,8 @@ class SharedGroup:
                 continue
             if allowed(client_id):
                 return self._chose(i)
+        if not offline_too:
+            return None
         for i in offline:
             if allowed(self.order[i]):
                 return self._chose(i)

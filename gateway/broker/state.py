@@ -9,7 +9,7 @@ no-op without a store, for clean sessions, and for QoS 0).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Container, Hashable
+from collections.abc import Callable, Container, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +104,11 @@ PublishObserver = Callable[[Peer, str, bytes, float], None]
 # Sees every accepted client PUBLISH and will, after local routing, with the publisher's client id and
 # peer: the cluster's backbone sends it to the other nodes (gateway/app/backbone.py). Must be cheap.
 # The fourth argument is a receipt for a client's QoS 1/2 PUBLISH (None for wills and QoS 0); the sink
-# answers True when that PUBLISH's acknowledgement must wait for `Broker.stored` (receipts.py).
-BackboneSink = Callable[[Message, str, Peer, int | None], bool]
+# answers True when that PUBLISH's acknowledgement must wait for `Broker.stored` (receipts.py). The
+# fifth: the share groups (scope, name, plain filter) a member on this node took it for already
+# (`route`'s local-first delivery), which no other node may give it to.
+GroupKey = tuple[str | None, str, str]
+BackboneSink = Callable[[Message, str, Peer, int | None, Sequence[GroupKey]], bool]
 
 
 @dataclass(slots=True)
@@ -117,8 +120,11 @@ class ClusterHooks:
     the other nodes end their session of that client id). `retained_changed(message, client_id)`: a
     client or will set (or, with an empty payload, cleared) a retained message here (stored once for
     the cluster). `groups_elsewhere()`: True while the backbone delivers shared subscriptions (NATS
-    queue groups pick one node per message): then a client's message is not given to local share
-    groups by `route`, only by `route_to_group` when NATS picked this node.
+    queue groups pick one node per message): then a message a client sent to this node goes to a
+    share group here only if a connected member here takes it at once (local first: no crossing to
+    another node; the backbone names the group on the message so no other node gives it again),
+    and otherwise to the node NATS picks, which calls `route_to_group`; a message from another node
+    reaches this node's share groups only that way.
 
     `session_recorded(client_id, record)`: a persistent session was created or changed here (its
     subscriptions, its connection's start or end), or, with None, ended; the cluster keeps the latest

@@ -3,7 +3,10 @@ comes back in, and what the subscription watcher is told."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.state import GroupKey
 from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
 from gateway.mqtt.reason_codes import ReasonCode
@@ -12,21 +15,23 @@ from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
-from tests.broker.lab import TRUST_DOMAIN, Lab
+from tests.broker.lab import TRUST_DOMAIN, Lab, lab_peer
 
 V5 = ProtocolVersion.MQTT_5
 
 
-def _lab() -> tuple[Lab, list[tuple[str, str, int]], list[tuple[bool, str, str]]]:
+def _lab() -> tuple[Lab, list[tuple[str, str, int, tuple[GroupKey, ...]]], list[tuple[bool, str, str]]]:
     directory = InMemoryDirectory()
     for unit in ("TRK-1", "TRK-2"):
         directory.enroll(Identity("unit", unit, TRUST_DOMAIN))
     lab = Lab(PolicyEngine(load_policy(None), directory))
-    forwarded: list[tuple[str, str, int]] = []
+    forwarded: list[tuple[str, str, int, tuple[GroupKey, ...]]] = []
     watched: list[tuple[bool, str, str]] = []
 
-    def sink(message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
-        forwarded.append((message.topic, client_id, message.qos))
+    def sink(
+        message: Message, client_id: str, peer: Peer, receipt: int | None, served: Sequence[GroupKey]
+    ) -> bool:
+        forwarded.append((message.topic, client_id, message.qos, tuple(served)))
         return False
 
     def watcher(added: bool, client_id: str, sub: StoredSubscription) -> None:
@@ -43,7 +48,7 @@ def test_accepted_client_publishes_are_forwarded_once_denied_and_internal_ones_n
     truck.publish("fleet/TRK-1/telemetry/gps", b"ok", qos=1)
     truck.publish("fleet/TRK-2/telemetry/gps", b"forged", qos=1)  # outside its grants: denied
     lab.apply(lab.broker.publish_internal(Publish("fleet/TRK-1/cmd/mode", b"m", qos=1, retain=True), lab.now))
-    assert forwarded == [("fleet/TRK-1/telemetry/gps", "TRK-1", 1)]
+    assert forwarded == [("fleet/TRK-1/telemetry/gps", "TRK-1", 1, ())]
 
 
 def test_remote_messages_reach_local_subscribers_through_delivery_decisions_and_go_no_further() -> None:
@@ -72,6 +77,42 @@ def test_remote_messages_reach_local_subscribers_through_delivery_decisions_and_
     assert watched[-1] == (False, "TRK-2", "fleet/TRK-2/cmd/#")
 
 
+def test_a_share_group_with_a_connected_member_here_gets_a_local_message_here_and_is_named_on_it() -> None:
+    # While the backbone balances share groups across nodes (NATS queue groups), a message a client
+    # sent to this node goes to a member here when one is connected (local first, no crossing), and
+    # the backbone is told which groups had it, so that no other node gives it to them again.
+    lab, forwarded, _ = _lab()
+    lab.broker._st.cluster.groups_elsewhere = lambda: True
+    keep = Properties(session_expiry_interval=3600)
+    members = [
+        lab.connect(f"lab-etl-{i}", peer=lab_peer(), clean_start=False, properties=keep) for i in range(2)
+    ]
+    for member in members:
+        assert member.subscribe("$share/etl/fleet/+/telemetry/#", qos=1).reason_codes == (1,)
+    group: GroupKey = ("lab", "etl", "fleet/+/telemetry/#")
+    truck = lab.connect("TRK-1")
+    for i in range(4):
+        truck.publish("fleet/TRK-1/telemetry/gps", str(i).encode(), qos=1)
+    assert sorted(p for m in members for p in m.payloads) == [b"0", b"1", b"2", b"3"]  # each once, here
+    assert [f[3] for f in forwarded] == [(group,)] * 4
+    # No member connected here (both offline, their sessions kept): the node NATS picks delivers it.
+    for member in members:
+        member.lose()
+    forwarded.clear()
+    truck.publish("fleet/TRK-1/telemetry/gps", b"later", qos=1)
+    assert forwarded == [("fleet/TRK-1/telemetry/gps", "TRK-1", 1, ())]
+    # A message from another node reaches a group here only through NATS's queue (route_to_group).
+    back = lab.connect("lab-etl-0", peer=lab_peer(), clean_start=False, properties=keep)
+    back.messages.clear()
+    lab.apply(
+        lab.broker.route_remote(
+            [("fleet/TRK-2/telemetry/gps", b"remote", 1, False, Properties(), "TRK-2")], lab.now
+        )
+    )
+    lab.pump()
+    assert back.payloads == []
+
+
 def test_without_a_backbone_nothing_is_forwarded_and_the_watcher_sees_existing_subscriptions() -> None:
     lab, forwarded, _ = _lab()
     lab.broker.forward_accepted(None)
@@ -92,7 +133,9 @@ def _deferring_lab() -> tuple[Lab, list[int | None]]:
     lab = Lab(PolicyEngine(load_policy(None), directory))
     taken: list[int | None] = []
 
-    def sink(message: Message, client_id: str, peer: Peer, receipt: int | None) -> bool:
+    def sink(
+        message: Message, client_id: str, peer: Peer, receipt: int | None, served: Sequence[GroupKey]
+    ) -> bool:
         taken.append(receipt)
         return receipt is not None
 

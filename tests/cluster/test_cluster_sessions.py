@@ -309,6 +309,39 @@ def test_a_shared_subscription_splits_across_nodes_without_duplicates_or_loss(cl
         client.disconnect()
 
 
+def test_a_share_group_member_on_the_publishers_node_takes_its_messages_without_a_crossing(
+    cluster: Cluster,
+) -> None:
+    """Local first: with a member of the group on the publisher's node, that member takes every
+    message there (none crosses to node 2's member, none twice); once it leaves, node 2's member
+    takes them through NATS."""
+    n1, n2, _ = cluster.nodes
+    unit = "TRK-SHARE-LOCAL"
+    truck = _client(n1, _enroll(n1, unit))
+    remote = _client(n2, cluster.ops[1], SHARED)
+    probe_deadline = time.monotonic() + 10
+    while remote.messages.empty():  # node 2's queue subscription is in NATS: it got a probe
+        assert time.monotonic() < probe_deadline, "node 2's share-group member never got a message"
+        truck.publish(f"fleet/{unit}/telemetry/probe", b"probe", qos=1)
+        time.sleep(0.05)
+    local = _client(n1, cluster.ops[0], SHARED)
+    time.sleep(0.5)
+    for member in (local, remote):
+        _drain(member, 0.2)
+    count = 40
+    for i in range(count):
+        assert truck.publish(f"fleet/{unit}/telemetry/gps", str(i).encode(), qos=1) == 0
+    here = [int(m.payload) for m in _drain(local, 1.0)]
+    there = [int(m.payload) for m in _drain(remote, 0.5)]
+    assert here == list(range(count)) and there == []  # all on node 1, in order, each once
+    local.disconnect()
+    for i in range(count, count + 10):
+        assert truck.publish(f"fleet/{unit}/telemetry/gps", str(i).encode(), qos=1) == 0
+    assert sorted(int(m.payload) for m in _drain(remote, 1.0)) == list(range(count, count + 10))
+    for client in (remote, truck):
+        client.disconnect()
+
+
 # --- 4. wills -----------------------------------------------------------------------------------
 
 
