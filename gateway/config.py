@@ -159,6 +159,12 @@ class ClusterConfig:
     # The NATS server(s) carrying accepted messages between the nodes (docs/cluster.md, part 2):
     # "" keeps every message on the node it arrived at; "nats://host:4222" (several: comma-separated).
     nats: str = ""
+    # TLS to NATS (tls:// URLs): the CA bundle the NATS servers' certificates chain to ("" = the
+    # system's), and this node's client certificate and key for servers that require one (nats-server
+    # `verify: true`); absolute paths, PEM.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     # QoS 1/2 between the nodes through a JetStream stream with this many replicas (3: survives one
     # nats-server lost; 1: a one-server dev cluster); 0: core NATS only, at most once between nodes.
     jetstream_replicas: int = 3
@@ -352,6 +358,23 @@ def _coerce(source: str, where: str, type_name: Any, value: Any) -> Any:
     raise ConfigError(f"{source}: {where} has an unsupported type")  # pragma: no cover - programming error
 
 
+def _check_nats_tls(src: str, c: ClusterConfig) -> None:
+    if bool(c.nats_tls_cert) != bool(c.nats_tls_key):
+        raise ConfigError(
+            f"{src}: cluster.nats_tls_cert and cluster.nats_tls_key go together: set both or neither"
+        )
+    for key in ("nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+        path = getattr(c, key)
+        if not path:
+            continue
+        if not Path(path).is_absolute():
+            raise ConfigError(f"{src}: cluster.{key} must be an absolute path, not {path!r}")
+        if not Path(path).is_file():
+            raise ConfigError(f"{src}: cluster.{key}: {path} is not a readable file")
+    if (c.nats_tls_ca or c.nats_tls_cert) and not c.nats.strip():
+        raise ConfigError(f"{src}: cluster.nats_tls_* are for cluster.nats, which is not set")
+
+
 def _check_queues(src: str, limits: LimitsConfig) -> None:
     for name in ("max_queued_messages", "max_queued_bytes", "queue_high_water", "queue_high_water_bytes"):
         if getattr(limits, name) < 1:
@@ -420,6 +443,7 @@ def _check(config: GatewayConfig) -> None:
     ):
         raise ConfigError(f"{src}: cluster.nats must be empty or nats:// (or tls://) URLs, comma-separated")
     c = config.cluster
+    _check_nats_tls(src, c)
     if not 0 <= c.jetstream_replicas <= 5:
         raise ConfigError(f"{src}: cluster.jetstream_replicas must be 0 (core NATS only) to 5")
     if not 1 <= c.jetstream_store_timeout <= 25:

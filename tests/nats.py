@@ -42,9 +42,12 @@ class NatsServer:
         cluster: tuple[int, list[int]] | None = None,
         jetstream: bool = False,
         name: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         """`cluster`: this server's route port and every server's route port (its own included).
-        `jetstream`: with a store under `root` (kept across a restart of the same `name`)."""
+        `jetstream`: with a store under `root` (kept across a restart of the same `name`). `extra`:
+        more nats-server flags (TLS: `--tls --tlscert … --tlsverify …`)."""
+        self.extra = extra
         self.root = root
         self.port = port or free_port()
         self.name = name or f"n{self.port}"
@@ -56,6 +59,7 @@ class NatsServer:
 
     def _start(self) -> subprocess.Popen[bytes]:
         args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-l", str(self.log), "-n", self.name]
+        args += self.extra
         cluster = self.cluster
         if self.jetstream:
             args += ["-js", "-sd", str(self.root / f"js-{self.name}")]

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,10 +72,22 @@ log = logging.getLogger("fleetgate.cluster")
 RECONNECT_WAIT_S = 0.5
 
 
+def nats_tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
+    """TLS for the NATS connections from cluster.nats_tls_* (None when none is set: tls:// URLs then
+    use the system's CAs). Raises OSError or ssl.SSLError for a file that cannot be used."""
+    if not (ca or cert):
+        return None
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 async def connect_until_up(
     servers: list[str],
     name: str,
     *,
+    tls: ssl.SSLContext | None = None,
     no_echo: bool,
     disconnected: Callable[[], Awaitable[None]],
     reconnected: Callable[[], Awaitable[None]],
@@ -87,9 +100,23 @@ async def connect_until_up(
     import nats  # only a cluster's node with cluster.nats pays for the import
 
     announced = False
+    connected = False
+
+    def announce(exc: Exception) -> None:
+        nonlocal announced
+        if not announced and not connected:
+            unreachable(exc)
+            announced = True
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py retries a first connection by itself, telling only this callback why each attempt
+        # failed (refused, a TLS handshake the server or this node turned down): say the first.
+        announce(exc)
+        await error(exc)
+
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=servers,
                 name=name,
                 no_echo=no_echo,
@@ -97,14 +124,15 @@ async def connect_until_up(
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=RECONNECT_WAIT_S,
                 connect_timeout=2,
+                tls=tls,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
-                error_cb=error,
+                error_cb=on_error,
             )
+            connected = True
+            return nc
         except Exception as exc:
-            if not announced:
-                unreachable(exc)
-                announced = True
+            announce(exc)
             await asyncio.sleep(RECONNECT_WAIT_S)
 
 
@@ -127,10 +155,13 @@ class NatsBackbone:
         key: bytes,
         prefix: str = DEFAULT_PREFIX,
         durable: durable_lane.DurableSettings | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`durable`: QoS 1/2 through JetStream (backbone_durable.py); None: everything on core NATS."""
+        """`durable`: QoS 1/2 through JetStream (backbone_durable.py); None: everything on core NATS.
+        `tls`: for tls:// servers (`nats_tls_context`); the cluster link uses it too."""
         self._key = key
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self.tls = tls
         self.node = node
         self.prefix = prefix
         self._driver = driver
@@ -183,6 +214,7 @@ class NatsBackbone:
         self._nc = await connect_until_up(
             self.servers,
             f"fleetgate-{self.node}",
+            tls=self.tls,
             no_echo=True,
             disconnected=self._disconnected,
             reconnected=self._reconnected,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -50,8 +51,9 @@ class LinkCounters:
 
 
 class ClusterLink:
-    def __init__(self, servers: list[str], node: str, key: bytes) -> None:
+    def __init__(self, servers: list[str], node: str, key: bytes, tls: ssl.SSLContext | None = None) -> None:
         self.servers = servers
+        self.tls = tls
         self.node = node
         self._key = key
         self.counters = LinkCounters()
@@ -155,6 +157,7 @@ class ClusterLink:
         self.nc = await connect_until_up(
             self.servers,
             f"fleetgate-{self.node}-control",
+            tls=self.tls,
             no_echo=False,  # share groups and the keyed streams need this node's own messages too
             disconnected=self._disconnected,
             reconnected=self._reconnected,

@@ -31,7 +31,7 @@ from gateway.admin.rights import RIGHT_TEXT
 from gateway.admin.sse import AuditFeed
 from gateway.admin.totp_store import TotpStore
 from gateway.app.audit_events import EventRecorder, HttpRefusals
-from gateway.app.backbone import BackboneCounters, NatsBackbone
+from gateway.app.backbone import BackboneCounters, NatsBackbone, nats_tls_context
 from gateway.app.backbone_durable import DurableSettings
 from gateway.app.cluster import POLICY_PREFIX, RegistryNotifications, node_name
 from gateway.app.cluster_plane import ClusterPlane
@@ -45,7 +45,7 @@ from gateway.app.registry_follower import DATA_VERSION_POLL_SECONDS, RegistryFol
 from gateway.app.supervisor import LoopHealth, supervise
 from gateway.app.worker_role import WorkerRole, arm_stop_deadline
 from gateway.broker import Broker, BrokerLimits
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.context.flow_feed import FlowFeed
 from gateway.context.partner_views import PartnerViews
 from gateway.context.posture_watch import PostureWatch
@@ -257,7 +257,13 @@ class Gateway:
                     store_timeout=c.jetstream_store_timeout,
                     consumer_idle=c.jetstream_consumer_idle,
                 )
-            self.backbone = NatsBackbone(c.nats, self.node, self.driver, backbone_secret, durable=durable)
+            try:
+                tls = nats_tls_context(c.nats_tls_ca, c.nats_tls_cert, c.nats_tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cluster.nats_tls_*: cannot use the certificate files ({exc})") from None
+            self.backbone = NatsBackbone(
+                c.nats, self.node, self.driver, backbone_secret, durable=durable, tls=tls
+            )
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
