@@ -15,10 +15,10 @@ hundred young collections a second under load, each a clock read and a bucket co
 registry's caches: ~80,000 objects) to the permanent generation before its listeners open, so a full
 collection walks only what serving made. With 1,000 units connected that was 33,000-46,000 objects
 instead of 100,000-135,000: a full collection took 12-15 ms instead of 55-65 ms (a probe during the
-fan-in bench, docs/benchmarks.md "Fourth round"), and one follows every connect burst. What it costs: start-up objects a policy reload replaces are freed by
-their reference counts as before, but any among them that form a cycle are never collected (a few
-kilobytes per reload). Nothing connected is frozen: no client can have connected yet.
-`fleetgate_gc_frozen_objects` says how many.
+fan-in bench, docs/benchmarks.md "Fourth round"), and one follows every connect burst. What it
+costs: start-up objects a policy reload replaces are freed by their reference counts as before, but
+any among them that form a cycle are never collected (a few kilobytes per reload). Nothing
+connected is frozen: no client can have connected yet. `fleetgate_gc_frozen_objects` says how many.
 """
 
 from __future__ import annotations
