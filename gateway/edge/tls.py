@@ -145,7 +145,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._context = context
         self._hub = hub
         self._address = address
-        self._app_factory = app_factory
+        self._app_factory: Callable[[], asyncio.Protocol] | None = app_factory  # used once, then let go
         self._app: asyncio.Protocol | None = None
         self._app_transport: TlsTransport | None = None
         self._tcp: asyncio.Transport | None = None
@@ -184,8 +184,9 @@ class TlsServerProtocol(asyncio.Protocol):
             self._timeout.cancel()
             self._timeout = None
         self._hub.handshake_ok(time.monotonic() - self._started)
-        assert self._tcp is not None
-        self._app = self._app_factory()
+        assert self._tcp is not None and self._app_factory is not None
+        factory, self._app_factory = self._app_factory, None  # one object fewer per connection to walk
+        self._app = factory()
         self._app_transport = TlsTransport(self._tcp, self._sslobj, self._outgoing, self._address)
         self._app.connection_made(self._app_transport)  # type: ignore[arg-type]
         return True

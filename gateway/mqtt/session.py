@@ -158,6 +158,12 @@ def reason_of(exc: MqttError) -> str:
 class ServerSession:
     """Protocol state of one server-side connection."""
 
+    # Outbound topic aliases (§3.3.2.3.4), made at CONNECT only for a 5.0 client that accepts them
+    # (most units do not: two objects fewer per connection for the collector to walk): topic -> alias
+    # in least-recently-used order, and topics that missed once while every alias was taken.
+    _out_aliases: OrderedDict[str, int]
+    _alias_misses: OrderedDict[str, None]
+
     def __init__(
         self,
         *,
@@ -184,11 +190,7 @@ class ServerSession:
         self._head = b""  # first bytes while awaiting CONNECT: which dialect to answer a bad CONNECT in
         self._pending: Violation | None = None
         self._aliases: dict[int, str] = {}
-        # Outbound topic aliases (§3.3.2.3.4), for a 5.0 client that accepts them: topic -> alias in
-        # least-recently-used order, and topics that missed once while every alias was taken.
-        self.outbound_alias_maximum = 0
-        self._out_aliases: OrderedDict[str, int] = OrderedDict()
-        self._alias_misses: OrderedDict[str, None] = OrderedDict()
+        self.outbound_alias_maximum = 0  # 0 until a 5.0 CONNECT accepts aliases (then the maps exist)
         self._inbound_qos2: Set[int] = frozenset()
         self._qos1_unacked = 0
         # Per-message shortcuts, set once the CONNECT fixed the protocol version: the version itself
@@ -304,6 +306,8 @@ class ServerSession:
             # We use at most as many aliases towards the client as we accept from it, so a client
             # that allows 65,535 cannot make us keep 65,535 topics per connection.
             self.outbound_alias_maximum = min(props.topic_alias_maximum or 0, self.topic_alias_maximum)
+            if self.outbound_alias_maximum:
+                self._out_aliases, self._alias_misses = OrderedDict(), OrderedDict()
 
     def forwardable(self, publish: Publish) -> bytes | None:
         """The bytes `publish` arrived as, if a subscriber on this protocol version would be sent
