@@ -30,6 +30,7 @@ class ClusterPlaneCounters:
     retained_published: int = 0
     retained_applied: int = 0
     shared_received: int = 0
+    shared_served_at_origin: int = 0
     sessions_following: bool = False
     sessions_published: int = 0
     sessions_applied: int = 0
@@ -61,6 +62,7 @@ class ClusterPlane:
             self.retained.published,
             self.retained.stored,
             self.shared.received,
+            self.shared.served_at_origin,
             self.records.ready,
             self.records.published,
             self.records.applied,

@@ -411,3 +411,8 @@ def _cluster_plane_families(c: ClusterPlaneCounters) -> Iterator[Any]:
         "Messages NATS gave this node for one of its share groups.",
         c.shared_received,
     )
+    yield _counter(
+        "cluster_shared_served_at_origin",
+        "Messages NATS gave this node for a share group that a member on their origin node had taken.",
+        c.shared_served_at_origin,
+    )

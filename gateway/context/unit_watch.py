@@ -60,6 +60,11 @@ class Seen(NamedTuple):
 _Kept = tuple[str, float, int, bytes, str, str]
 
 
+def _sender(kind: str, ident: str) -> str:
+    """How the unit page names a publisher: "service/dispatch", or "lab" (an in-process lab client)."""
+    return f"{kind}/{ident}" if ident else kind
+
+
 @dataclass(frozen=True, slots=True)
 class Fix:
     lat: float
@@ -80,7 +85,7 @@ class UnitTraffic:
     def messages(self) -> list[Seen]:
         """The last messages, oldest first."""
         return [
-            Seen(topic, at, size, payload, f"{kind}/{ident}" if ident else kind)
+            Seen(topic, at, size, payload, _sender(kind, ident))
             for topic, at, size, payload, kind, ident in self.kept
         ]
 
@@ -150,8 +155,11 @@ class UnitWatch:
         kind, ident = (identity.kind, identity.id) if identity is not None else ("lab", "")
         traffic.kept.append((topic, now, len(payload), payload[: self.max_payload], kind, ident))
         if levels[2] == "control":
-            sender = f"{kind}/{ident}" if ident else kind
-            traffic.control_at, traffic.control_topic, traffic.control_sender = now, topic, sender
+            traffic.control_at, traffic.control_topic, traffic.control_sender = (
+                now,
+                topic,
+                _sender(kind, ident),
+            )
         elif (
             len(levels) == 4 and levels[3] == "gps" and levels[2] == "telemetry"
         ):  # fleet/{unit}/telemetry/gps

@@ -328,12 +328,20 @@ def test_a_share_group_member_on_the_publishers_node_takes_its_messages_without_
     time.sleep(0.5)
     for member in (local, remote):
         _drain(member, 0.2)
+    served = "fleetgate_cluster_shared_served_at_origin_total"
+    dropped_before = _counter(n1, served) + _counter(n2, served)
     count = 40
     for i in range(count):
         assert truck.publish(f"fleet/{unit}/telemetry/gps", str(i).encode(), qos=1) == 0
     here = [int(m.payload) for m in _drain(local, 1.0)]
     there = [int(m.payload) for m in _drain(remote, 0.5)]
     assert here == list(range(count)) and there == []  # all on node 1, in order, each once
+    # and the one node NATS picked for the group, each time, dropped it as served at its origin
+    deadline = time.monotonic() + 5
+    while _counter(n1, served) + _counter(n2, served) - dropped_before < count:
+        assert time.monotonic() < deadline, "the group's queue subscribers did not see every message"
+        time.sleep(0.1)
+    assert _counter(n1, served) + _counter(n2, served) - dropped_before == count
     local.disconnect()
     for i in range(count, count + 10):
         assert truck.publish(f"fleet/{unit}/telemetry/gps", str(i).encode(), qos=1) == 0
