@@ -165,6 +165,9 @@ class ClusterConfig:
     nats_tls_ca: str = ""
     nats_tls_cert: str = ""
     nats_tls_key: str = ""
+    # A NATS server in operator (JWT) mode: this node's user credentials, the `.creds` file the
+    # operator issued (the user's JWT and its nkey seed); absolute path, "" = none.
+    nats_credentials: str = ""
     # QoS 1/2 between the nodes through a JetStream stream with this many replicas (3: survives one
     # nats-server lost; 1: a one-server dev cluster); 0: core NATS only, at most once between nodes.
     jetstream_replicas: int = 3
@@ -375,6 +378,55 @@ def _check_nats_tls(src: str, c: ClusterConfig) -> None:
         raise ConfigError(f"{src}: cluster.nats_tls_* are for cluster.nats, which is not set")
 
 
+# The two blocks of a `.creds` file (nsc writes them; nats-py reads the line after each header).
+CREDENTIALS_BLOCKS = ("-----BEGIN NATS USER JWT-----", "-----BEGIN USER NKEY SEED-----")
+
+
+def _check_nats_credentials(src: str, c: ClusterConfig) -> None:
+    """cluster.nats_credentials names a readable `.creds` file with a user JWT and a user's nkey
+    seed. Checked here because nats-py finds out only while it connects: it would loop forever on a
+    file without the JWT block and fail each retry on a bad seed, in the background, while the node
+    serves on as if nothing were wrong."""
+    path = c.nats_credentials
+    if not path:
+        return
+    where = f"{src}: cluster.nats_credentials"
+    if not c.nats.strip():
+        raise ConfigError(f"{where} is for cluster.nats, which is not set")
+    if not Path(path).is_absolute():
+        raise ConfigError(f"{where} must be an absolute path, not {path!r}")
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(
+            f"{where}: {path} is not a readable file; name this node's NATS user .creds file"
+        ) from None
+    problem = credentials_problem(lines)
+    if problem:
+        raise ConfigError(
+            f"{where}: {path} is not a NATS .creds file ({problem}); use the file the NATS operator "
+            "(nsc) issued for this node's user"
+        )
+
+
+def credentials_problem(lines: list[str]) -> str | None:
+    """What a `.creds` file's lines lack, or None: each block's header with its value on the next
+    line, the first a JWT (header.claims.signature) and the second a user's nkey seed (SU…)."""
+    values = []
+    for header in CREDENTIALS_BLOCKS:
+        at = next((i for i, line in enumerate(lines) if line.strip() == header), None)
+        value = lines[at + 1].strip() if at is not None and at + 1 < len(lines) else ""
+        if not value:
+            return f"no {header} block with a value on the line after it"
+        values.append(value)
+    jwt, seed = values
+    if jwt.count(".") != 2:
+        return "its JWT block holds no JWT: three parts separated by dots"
+    if not seed.startswith("SU"):
+        return "its seed block holds no user's nkey seed (SU…)"
+    return None
+
+
 def _check_queues(src: str, limits: LimitsConfig) -> None:
     for name in ("max_queued_messages", "max_queued_bytes", "queue_high_water", "queue_high_water_bytes"):
         if getattr(limits, name) < 1:
@@ -444,6 +496,7 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"{src}: cluster.nats must be empty or nats:// (or tls://) URLs, comma-separated")
     c = config.cluster
     _check_nats_tls(src, c)
+    _check_nats_credentials(src, c)
     if not 0 <= c.jetstream_replicas <= 5:
         raise ConfigError(f"{src}: cluster.jetstream_replicas must be 0 (core NATS only) to 5")
     if not 1 <= c.jetstream_store_timeout <= 25:
