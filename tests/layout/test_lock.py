@@ -35,10 +35,11 @@ def _pins(lock: str) -> dict[str, tuple[str, int]]:
 
 
 def _wanted(requirements: list[str]) -> dict[str, str]:
-    """name -> the lowest version allowed (every range in pyproject.toml is `>=`, or none)."""
+    """name -> the lowest version allowed (every range in pyproject.toml is `>=`, or none; extras
+    such as `nats-py[nkeys]` are skipped over, so the range after them is still checked)."""
     out = {}
     for requirement in requirements:
-        match = re.match(r"([A-Za-z0-9_.-]+)(?:>=([0-9.]+))?", requirement)
+        match = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?(?:>=([0-9.]+))?", requirement)
         assert match, requirement
         out[_key(match.group(1))] = match.group(2) or "0"
     return out
