@@ -83,11 +83,22 @@ def nats_tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
     return context
 
 
+def not_connected(exc: Exception) -> str:
+    """Why a NATS connection is not up, for the node's log: NATS's own words, and for an
+    authorization violation what the operator should look at (NATS closes the connection with that
+    for a user it does not know: a .creds file from another account or operator, a wrong password)."""
+    reason = str(exc) or type(exc).__name__
+    if "authorization" in reason.lower():
+        return f"refused this node ({reason}): check cluster.nats_credentials or the user in cluster.nats"
+    return f"unreachable ({reason})"
+
+
 async def connect_until_up(
     servers: list[str],
     name: str,
     *,
     tls: ssl.SSLContext | None = None,
+    credentials: str = "",
     no_echo: bool,
     disconnected: Callable[[], Awaitable[None]],
     reconnected: Callable[[], Awaitable[None]],
@@ -96,7 +107,8 @@ async def connect_until_up(
 ) -> Any:
     """A NATS connection that reconnects by itself forever, made as soon as NATS first answers
     (retrying every RECONNECT_WAIT_S; `unreachable` is told the first failure, once). The node serves
-    its own clients while it waits. `error` should begin with reraise_if_stopping()."""
+    its own clients while it waits. `error` should begin with reraise_if_stopping(). `credentials`:
+    a `.creds` file (cluster.nats_credentials) for NATS servers in operator (JWT) mode."""
     import nats  # only a cluster's node with cluster.nats pays for the import
 
     announced = False
@@ -110,7 +122,8 @@ async def connect_until_up(
 
     async def on_error(exc: Exception) -> None:
         # nats-py retries a first connection by itself, telling only this callback why each attempt
-        # failed (refused, a TLS handshake the server or this node turned down): say the first.
+        # failed (refused, a TLS handshake the server or this node turned down, an authorization
+        # violation for credentials it does not accept): say the first.
         announce(exc)
         await error(exc)
 
@@ -125,6 +138,7 @@ async def connect_until_up(
                 reconnect_time_wait=RECONNECT_WAIT_S,
                 connect_timeout=2,
                 tls=tls,
+                user_credentials=credentials or None,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=on_error,
@@ -156,12 +170,15 @@ class NatsBackbone:
         prefix: str = DEFAULT_PREFIX,
         durable: durable_lane.DurableSettings | None = None,
         tls: ssl.SSLContext | None = None,
+        credentials: str = "",
     ) -> None:
         """`durable`: QoS 1/2 through JetStream (backbone_durable.py); None: everything on core NATS.
-        `tls`: for tls:// servers (`nats_tls_context`); the cluster link uses it too."""
+        `tls`: for tls:// servers (`nats_tls_context`); `credentials`: a `.creds` file for servers in
+        operator (JWT) mode (cluster.nats_credentials); the cluster link uses both too."""
         self._key = key
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.tls = tls
+        self.credentials = credentials
         self.node = node
         self.prefix = prefix
         self._driver = driver
@@ -215,12 +232,13 @@ class NatsBackbone:
             self.servers,
             f"fleetgate-{self.node}",
             tls=self.tls,
+            credentials=self.credentials,
             no_echo=True,
             disconnected=self._disconnected,
             reconnected=self._reconnected,
             error=self._error,
             unreachable=lambda exc: log.warning(
-                "NATS at %s unreachable (%s); retrying, messages stay on this node", self.where, exc
+                "NATS at %s %s; retrying, messages stay on this node", self.where, not_connected(exc)
             ),
         )
         self.counters.connected = True

@@ -34,6 +34,7 @@ from gateway.app.backbone import (
     H_TIME,
     authentic,
     connect_until_up,
+    not_connected,
     reraise_if_stopping,
     sign,
 )
@@ -51,9 +52,18 @@ class LinkCounters:
 
 
 class ClusterLink:
-    def __init__(self, servers: list[str], node: str, key: bytes, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        node: str,
+        key: bytes,
+        tls: ssl.SSLContext | None = None,
+        credentials: str = "",
+    ) -> None:
+        """`tls` and `credentials` (a `.creds` file): the backbone's, for the same NATS servers."""
         self.servers = servers
         self.tls = tls
+        self.credentials = credentials
         self.node = node
         self._key = key
         self.counters = LinkCounters()
@@ -158,11 +168,12 @@ class ClusterLink:
             self.servers,
             f"fleetgate-{self.node}-control",
             tls=self.tls,
+            credentials=self.credentials,
             no_echo=False,  # share groups and the keyed streams need this node's own messages too
             disconnected=self._disconnected,
             reconnected=self._reconnected,
             error=self._error,
-            unreachable=lambda exc: log.warning("cluster link: NATS unreachable (%s); retrying", exc),
+            unreachable=lambda exc: log.warning("cluster link: NATS %s; retrying", not_connected(exc)),
         )
         self.counters.connected = True
         loop = asyncio.get_running_loop()

@@ -41,7 +41,7 @@ class ClusterPlane:
         self, backbone: NatsBackbone, driver: BrokerDriver, evaluator: ContinuousEvaluator, key: bytes
     ) -> None:
         prefix = backbone.prefix
-        self.link = ClusterLink(backbone.servers, backbone.node, key, backbone.tls)
+        self.link = ClusterLink(backbone.servers, backbone.node, key, backbone.tls, backbone.credentials)
         self.sessions = ClusterSessions(self.link, driver, evaluator, prefix)
         self.retained = ClusterRetained(self.link, driver, prefix)
         self.records = ClusterSessionRecords(self.link, driver, prefix)

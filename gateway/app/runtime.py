@@ -10,6 +10,7 @@ run supervised (supervisor.py).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 import sqlite3
@@ -261,8 +262,20 @@ class Gateway:
                 tls = nats_tls_context(c.nats_tls_ca, c.nats_tls_cert, c.nats_tls_key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cluster.nats_tls_*: cannot use the certificate files ({exc})") from None
+            if c.nats_credentials and importlib.util.find_spec("nkeys") is None:
+                # nats-py would fail each connection attempt in the background, and the node serve on
+                raise ConfigError(
+                    "cluster.nats_credentials needs the nkeys package, which is not installed: "
+                    "pip install 'nats-py[nkeys]'"
+                )
             self.backbone = NatsBackbone(
-                c.nats, self.node, self.driver, backbone_secret, durable=durable, tls=tls
+                c.nats,
+                self.node,
+                self.driver,
+                backbone_secret,
+                durable=durable,
+                tls=tls,
+                credentials=c.nats_credentials,
             )
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
