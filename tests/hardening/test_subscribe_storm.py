@@ -13,8 +13,6 @@ recorded as a figure), never asserted: this machine is shared and wall-clock bou
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import statistics
 import threading
 import time
@@ -22,12 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.mqtt.codec import PacketReader, encode
+from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import (
-    Connack,
-    Connect,
     Disconnect,
-    Packet,
     Pingreq,
     Pingresp,
     ProtocolVersion,
@@ -38,6 +33,7 @@ from gateway.mqtt.packets import (
 from tests.hardening.common import record_figure
 from tests.harness import Credentials, GatewayProcess
 from tests.ops.helpers import metrics_text
+from tests.raw_mqtt import RawMqtt
 
 V5 = ProtocolVersion.MQTT_5
 V311 = ProtocolVersion.MQTT_3_1_1
@@ -54,46 +50,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
-class Raw:
-    """A bare MQTT client over mTLS, built on the project's codec (paho will not send such packets)."""
-
-    def __init__(self, gw: GatewayProcess, creds: Credentials, version: ProtocolVersion) -> None:
-        self.version = version
-        raw = socket.create_connection(("127.0.0.1", gw.mqtt_port))
-        self.tls: ssl.SSLSocket = gw.client_context(creds).wrap_socket(raw, server_hostname="localhost")
-        self.reader = PacketReader(version=version)
-        self.tls.sendall(encode(Connect(creds.ident, version, keep_alive=0), version))
-        connack = self.next(10)
-        assert isinstance(connack, Connack) and connack.reason_code == 0, connack
-
-    def send(self, packet: Packet) -> None:
-        self.tls.sendall(encode(packet, self.version))
-
-    def next(self, timeout: float) -> Packet | None:
-        """The next packet from the gateway, or None if the connection closed (or went quiet)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            packet = self.reader.next_packet()
-            if packet is not None:
-                return packet
-            self.tls.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.tls.recv(65536)
-            except (TimeoutError, ssl.SSLError, OSError):
-                return None
-            if not data:
-                return None
-            self.reader.feed(data)
-
-    def close(self) -> None:
-        self.tls.close()
-
-
 class Pinger:
     """A bystander unit sending PINGREQ every 50 ms and timing each PINGRESP, in a thread."""
 
     def __init__(self, gw: GatewayProcess, creds: Credentials) -> None:
-        self.client = Raw(gw, creds, V5)
+        self.client = RawMqtt(gw, creds, V5)
         self.latencies: list[float] = []
         self.lost = False
         self._stop = threading.Event()
@@ -138,7 +99,7 @@ def test_a_26000_filter_subscribe_is_judged_up_to_the_cap_and_costs_a_bystander_
     packet = Subscribe(7, tuple(Subscription(f"x/{i}") for i in range(FILTERS)))
     wire = encode(packet, version)
     denials_before = _subscribe_decisions(gw)
-    attacker = Raw(gw, attacker_creds, version)
+    attacker = RawMqtt(gw, attacker_creds, version)
     with Pinger(gw, bystander) as pinger:
         baseline = list(pinger.latencies)
         sent_at = time.monotonic()
@@ -180,7 +141,7 @@ def test_an_oversized_subscribe_of_granted_filters_is_granted_up_to_the_cap(gw: 
     """Filters past the identity's cap are answered 0x97 without being judged; the SUBACK has one code
     for each filter, as §3.8.4 requires."""
     unit = gw.enroll_unit("TRK-MANY-FILTERS")
-    client = Raw(gw, unit, V5)
+    client = RawMqtt(gw, unit, V5)
     decisions_before = _subscribe_decisions(gw)
     filters = tuple(Subscription(f"fleet/TRK-MANY-FILTERS/cmd/f{i}") for i in range(5000))
     client.send(Subscribe(9, filters))
