@@ -212,6 +212,7 @@ class NatsBackbone:
                 driver.route_remote_except,
                 driver.deliver_stored,
                 driver.broker.session_presence,
+                driver.broker.released_ids,
             )
         self._session_keys: set[tuple[str, str | None, str | None, str]] = set()
 

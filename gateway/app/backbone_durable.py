@@ -26,14 +26,22 @@ good are deleted by JetStream after `cluster.jetstream_consumer_idle` seconds wi
 
 Persistent sessions: per subscribed subject a consumer of their own (`fg_s-<client id>_<hash>`),
 bound by the node that holds the session, delivering to that session only (`Broker.deliver_stored`)
-and acknowledged to JetStream when the session's delivery ended (PUBACK/PUBCOMP, or dropped by the
-broker), not when it was queued: the node's queue is its own SQLite file and dies with it. So a
+and acknowledged to JetStream when the session's delivery ended (PUBACK; at QoS 2 the session's
+record naming its PUBREC, below; or dropped by the broker), not when it was queued: the node's
+queue is its own SQLite file and dies with it. So a
 session resumed on another node binds the same consumers and gets what it had not acknowledged. The
 node's consumers and local routing skip these sessions for QoS 1/2 (`Broker.deliver_durably`), so
 each message reaches them from one place; message ids are remembered per session, so a redelivery
 of a message still being delivered is not delivered twice. While a session's client is away from
 this node its consumers are parked (unbound, kept: the messages wait in JetStream for whichever node
 it comes back to), and they live as long as the session could (inactive threshold from its expiry).
+
+QoS 2 to a persistent session, exactly once across a node's death: the message goes out under a
+packet id taken from its stream sequence (`qos2_packet_id`), the same on every node, so a node that
+resumes the session resends it under the id the client holds; when the client's PUBREC comes, the
+session's cluster record names the release (cluster_session_records.py) before the PUBREL goes and
+before JetStream forgets the message, and a node resuming the session from that record sends the
+PUBREL and acknowledges any redelivery of the message without delivering it (`released`).
 
 Replay protection for stored messages: the MAC is checked as for core messages, but freshness is
 measured against the time JetStream stored the message (from the delivery's ack subject), not against
@@ -57,7 +65,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.app import backbone_wire as core
-from gateway.broker.core import RemoteMessage
+from gateway.broker.core import RemoteMessage, StoredMessage
 
 log = logging.getLogger("fleetgate.cluster")
 
@@ -105,6 +113,16 @@ def consumer_name(owner: str, subject: str) -> str:
     return f"fg_{_UNSAFE.sub('_', owner)[:40]}_{digest}"
 
 
+def qos2_packet_id(msg: Any) -> int:
+    """The packet id a stored message goes out under at QoS 2, on whichever node delivers it: from
+    its sequence in the stream, so that after a node's death the next node resends it under the id
+    the client may already hold (and the client delivers it once)."""
+    try:
+        return int((msg.metadata.sequence.stream - 1) % 65535 + 1)
+    except (AttributeError, TypeError):
+        return 0  # not a JetStream delivery: any free id
+
+
 def signed_part(headers: dict[str, str]) -> dict[str, str]:
     """The headers a node signed: ours and the message id (JetStream may add its own)."""
     return {k: v for k, v in headers.items() if k.startswith("Fg-") or k == MSG_ID}
@@ -120,8 +138,9 @@ class DurableLane:
         counters: core.BackboneCounters,
         stored: Callable[[list[int], list[int]], None],
         route: Callable[[list[RemoteMessage], Container[str]], None],
-        deliver: Callable[[str, list[tuple[RemoteMessage, int]]], None],
+        deliver: Callable[[str, list[StoredMessage]], None],
         presence: Callable[[str], tuple[bool, float]] = lambda client_id: (True, 0.0),
+        released: Callable[[str], Container[str]] = lambda client_id: (),
     ) -> None:
         self._nc: Any = None
         self._js: Any = None
@@ -147,7 +166,8 @@ class DurableLane:
         self._doomed: set[tuple[str, str]] = set()  # session consumers to delete, not just unbind
         self._claimed: set[tuple[str, str]] = set()  # bound once here: bound now, or parked
         self._presence = presence  # client id → (connected here, session expiry interval)
-        self._for_sessions: dict[str, list[tuple[RemoteMessage, int]]] = {}
+        self._released = released  # client id → backbone ids its session released (QoS 2, PUBREC)
+        self._for_sessions: dict[str, list[StoredMessage]] = {}
         self._confirmed: list[int] = []
         self._failed: list[int] = []
         self._in: list[RemoteMessage] = []
@@ -448,6 +468,13 @@ class DurableLane:
         `unsubscribed`: the client unsubscribed, so its consumers are deleted; otherwise (the session
         expired, was discarded or taken over by another node) they are only unbound here, and
         JetStream deletes them after `consumer_idle` unless another node binds them meanwhile."""
+        if added:
+            # A session resumed here from its cluster record comes with the QoS 2 messages it
+            # released on its old node (their placeholders are in place before its subscriptions):
+            # remembered as delivered, so that a redelivery after their PUBCOMP is not delivered.
+            ids = self._session_ids.setdefault(client_id, OrderedDict())
+            for msg_id in self._released(client_id):
+                ids.setdefault(msg_id, 0)  # receipt 0: none is ever issued, so it acks on sight
         for core_subject in subjects:
             key = (client_id, self._durable(core_subject))
             if added:
@@ -538,6 +565,11 @@ class DurableLane:
             self._ack_later(msg)
             return
         ids = self._session_ids.setdefault(client_id, OrderedDict())
+        if msg_id in self._released(client_id):  # the client has it (its PUBREC came, on some node)
+            ids.setdefault(msg_id, 0)
+            self.counters.duplicates += 1
+            self._ack_later(msg)
+            return
         known = ids.get(msg_id)
         if known is not None:  # redelivered: the delivery in the session is still on its way, or done
             self.counters.duplicates += 1
@@ -561,7 +593,7 @@ class DurableLane:
         self.counters.received += 1
         if not self._to_ack and not self._in and not self._for_sessions:
             asyncio.get_running_loop().call_soon(self._route_and_ack)
-        self._for_sessions.setdefault(client_id, []).append((remote, receipt))
+        self._for_sessions.setdefault(client_id, []).append((remote, receipt, msg_id, qos2_packet_id(msg)))
 
     def delivered(self, receipts: list[int]) -> None:
         """The broker's word (inside its call): these sessions' deliveries ended; ack them."""

@@ -11,7 +11,10 @@ under `<prefix>.s` (gateway/broker/subjects.py: every character NATS reserves es
   connection's start or end: the broker's `session_recorded` hook) its record goes to the stream
   (gateway/broker/records.py, session_to_json: client id, owner identity, expiry interval, when its
   client left, its subscriptions with their options and identifiers); when it ends (expired, clean
-  start, unsubscribed to nothing does not end it) an empty message: gone.
+  start, unsubscribed to nothing does not end it) an empty message: gone. A record also names the
+  session's QoS 2 messages released and awaiting PUBCOMP (packet id, backbone id); the PUBRELs of
+  those wait until JetStream stored the record (`Broker.releases_recorded`), so that whichever node
+  resumes the session after this one died sends them and never delivers those messages again.
 - In: every node keeps the stream's latest record per client id in memory (its own included) and
   answers the broker's `session_elsewhere(client_id)` from it: a CONNECT with clean start 0 on this
   node for a session another node held resumes it (gateway/broker/resume_elsewhere.py, which trusts
@@ -24,6 +27,7 @@ so a process on the NATS network that is not a node cannot give a client id's se
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -75,7 +79,11 @@ class ClusterSessionRecords:
         else:
             self.records[client_id] = record
         payload = b"" if record is None else session_to_json(record)
-        self._stream.put(topic_to_subject(client_id, self.prefix), payload, {})
+        stored = None
+        if record is not None and record.released:  # their PUBRELs wait for this record (outbound.py)
+            released = [packet_id for packet_id, _ in record.released]
+            stored = functools.partial(self._driver.releases_recorded, client_id, released)
+        self._stream.put(topic_to_subject(client_id, self.prefix), payload, {}, stored)
 
     def _apply(self, msg: Any, headers: dict[str, str], sent: float) -> bool:
         try:

@@ -11,6 +11,10 @@ topic) and the persistent sessions' records (cluster_session_records.py, one sub
   publishes them in order, signed like a backbone message (ClusterLink.signed), each waiting for the
   stream's acknowledgement. Of messages for one subject still waiting only the latest is sent (the
   stream would keep only it), so the wait for JetStream costs memory per subject, not per change.
+  A store that fails is tried again every RETRY_S (unless a newer message for its subject came
+  meanwhile), said once a minute. `put(..., stored=f)` calls `f()` once the stream holds that
+  message or a later one for its subject (which replaces it: a caller's later message says at least
+  as much).
 - In: an ordered consumer that starts with the last message of every subject and then follows new
   ones hands each message to `apply(msg, headers, sent)` (True: applied, counted), this node's own
   included, so every node applies the same sequence and ends with the stream's value. Only
@@ -26,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +58,9 @@ class KeyedStream:
         # subject → (payload, headers) to store: only the latest per subject counts, so what waits
         # for JetStream (a core-only NATS, a stream being made) is bounded by the subjects, not the rate
         self._out: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._when_stored: dict[str, list[Callable[[], None]]] = {}  # subject → callbacks of put()
         self._out_ready = asyncio.Event()
+        self._failure_said = -math.inf
         self._js: Any = None
         self.ready = False  # the stream exists and the consumer runs
         self.published = 0
@@ -61,9 +69,17 @@ class KeyedStream:
     def attach(self) -> None:
         self._link.when_connected(self._start)
 
-    def put(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    def put(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        stored: Callable[[], None] | None = None,
+    ) -> None:
         self._out.pop(subject, None)  # a newer value goes after the others, as it was put
         self._out[subject] = (payload, headers)
+        if stored is not None:
+            self._when_stored.setdefault(subject, []).append(stored)
         self._out_ready.set()
 
     async def _start(self) -> None:
@@ -126,13 +142,39 @@ class KeyedStream:
             await self._out_ready.wait()
             self._out_ready.clear()
             batch, self._out = self._out, {}
+            failed = False
             for subject, (payload, headers) in batch.items():
                 signed = self._link.signed(subject, payload, headers)
                 try:
                     await self._js.publish(subject, payload, headers=signed)
-                    self.published += 1
                 except Exception as exc:
-                    log.warning("cluster %s: storing on %s failed: %s", self._what, subject, exc)
+                    failed = True
+                    if subject not in self._out:  # nothing newer came meanwhile: this one again
+                        self._out[subject] = (payload, headers)
+                    self._say_failed(subject, exc)
+                    continue
+                self.published += 1
+                if subject not in self._out:  # the callbacks of a newer message wait for that one
+                    for callback in self._when_stored.pop(subject, ()):
+                        try:
+                            callback()
+                        except Exception:  # never the end of the sender
+                            log.exception("cluster %s: after storing on %s", self._what, subject)
+            if failed:
+                self._out_ready.set()
+                await asyncio.sleep(RETRY_S)
+
+    def _say_failed(self, subject: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._failure_said >= 60:
+            self._failure_said = now
+            log.warning(
+                "cluster %s: storing on %s failed (%s); tried again every %.0f s, said once a minute",
+                self._what,
+                subject,
+                exc,
+                RETRY_S,
+            )
 
     async def _on_message(self, msg: Any) -> None:
         headers = self._link.verified(msg, fresh=False)

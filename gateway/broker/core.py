@@ -34,10 +34,10 @@ from gateway.broker.inbound import (
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
-from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec
+from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec, releases_recorded
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.routing import IndexWatcher
-from gateway.broker.sessions import Message, MqttSession, offline_peer
+from gateway.broker.sessions import FromStore, Message, MqttSession, offline_peer
 from gateway.broker.state import BackboneSink, BrokerState, ClusterHooks, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.codec import puback_success
@@ -69,6 +69,9 @@ log = logging.getLogger("fleetgate.broker")
 # A message another node accepted: topic, payload, QoS, retain flag, its 5.0 properties, the
 # publisher's client id (no-local).
 RemoteMessage = tuple[str, bytes, int, bool, Properties, str | None]
+# A message from a persistent session's own consumer of the cluster's store: the message, its receipt,
+# its backbone id and the packet id it goes out under at QoS 2 (the same on every node).
+StoredMessage = tuple[RemoteMessage, int, str, int]
 
 
 @dataclass(frozen=True)
@@ -296,22 +299,38 @@ class Broker:
         deliveries ended: acknowledged by the subscriber, dropped, or sent at QoS 0."""
         self._st.delivery_sink = sink
 
-    def deliver_stored(
-        self, client_id: str, messages: Sequence[tuple[RemoteMessage, int]], now: float
-    ) -> list[Action]:
+    def deliver_stored(self, client_id: str, messages: Sequence[StoredMessage], now: float) -> list[Action]:
         """Messages from a session's own durable consumer in the cluster's store, for that session
-        only, each with a receipt reported (watch_deliveries) once its delivery ended."""
+        only, each with a receipt reported (watch_deliveries) once the store may forget it."""
         st = self._st
         self._arm(now)
-        for (topic, payload, qos, retain, properties, origin), receipt in messages:
+        for (topic, payload, qos, retain, properties, origin), receipt, message_id, packet_id in messages:
             try:
                 message = _arrived(topic, payload, qos, retain, properties, now)
-                deliver_stored(st, client_id, message, origin, receipt, now)
+                stored = FromStore(receipt, message_id, packet_id)
+                deliver_stored(st, client_id, message, origin, stored, now)
                 st.metrics.remote_in += 1
             except Exception:
                 log.exception("delivering a stored message on %r to %r failed", topic, client_id)
                 st.metrics.internal_errors += 1
         return self._finish(now)
+
+    def releases_recorded(self, client_id: str, packet_ids: Sequence[int], now: float) -> list[Action]:
+        """The cluster stored a record of `client_id`'s session naming these QoS 2 releases: their
+        PUBRELs go out (outbound.release_waits says why they waited)."""
+        self._arm(now)
+        session = self._st.sessions.get(client_id)
+        if session is not None:
+            releases_recorded(self._st, session, packet_ids)
+        return self._finish(now)
+
+    def released_ids(self, client_id: str) -> set[str]:
+        """The backbone ids of the QoS 2 messages from the cluster's store that `client_id`'s session
+        released (PUBREC received) and still awaits PUBCOMP for: never to be delivered again."""
+        session = self._st.sessions.get(client_id)
+        if session is None:
+            return set()
+        return {d.stored.message_id for d in session.inflight.values() if d.released and d.stored}
 
     def route_remote(
         self, messages: Sequence[RemoteMessage], now: float, skip: Container[str] = ()

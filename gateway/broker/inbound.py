@@ -27,7 +27,7 @@ from dataclasses import replace
 from gateway.broker import flow, receipts
 from gateway.broker.events import PublishDenied, WillDropped
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
-from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.sessions import Delivery, FromStore, Message, MqttSession
 from gateway.broker.state import BrokerState, Connection, GroupKey, Held, message_record
 from gateway.mqtt.codec import puback_success
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
@@ -352,24 +352,27 @@ def route_to_group(st: BrokerState, message: Message, key: tuple[str | None, str
 
 
 def deliver_stored(
-    st: BrokerState, client_id: str, message: Message, origin: str | None, receipt: int, now: float
+    st: BrokerState, client_id: str, message: Message, origin: str | None, stored: FromStore, now: float
 ) -> None:
     """One message from the cluster's store for one session (its own durable consumer): delivered
-    like route() would deliver it to that session, with `receipt` reported when the delivery ends
-    (PUBACK, PUBCOMP, dropped), or at once when nothing is to be delivered or it goes at QoS 0."""
+    like route() would deliver it to that session, with its receipt reported when the delivery ends
+    (PUBACK; at QoS 2 once the session's cluster record names its release; dropped), or at once when
+    nothing is to be delivered or it goes at QoS 0. At QoS 2 it goes out under `stored.packet_id`."""
     session = st.sessions.get(client_id)
     target = st.index.match(message.topic, origin)[0].get(client_id) if session is not None else None
     if session is None or target is None or not st.may_deliver(session, message.topic, now):
-        st.delivered.append(receipt)
+        st.let_store_forget(stored)
         return
     qos = min(message.qos, target.qos)
+    if qos < 2:
+        stored.packet_id = 0  # only a QoS 2 flow keeps its packet id from node to node
     retain = message.retain and target.retain_as_published
     delivery = Delivery(
-        message, qos, retain, tuple(target.subscription_ids), receipt=receipt if qos else None
+        message, qos, retain, tuple(target.subscription_ids), stored=stored if qos else None
     )
     deliver(st, session, delivery, None, now)
     if not qos:
-        st.delivered.append(receipt)
+        st.let_store_forget(stored)
 
 
 def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: float) -> None:

@@ -13,12 +13,15 @@ are unacknowledged per session; the rest waits in the session queue, which is bo
 what is dropped first, and where a persistent session's queue is held); a subscriber far behind
 holds back the publishers that feed it (flow.py). QoS 0 is sent at once to a connected client.
 Unacknowledged messages are resent, with DUP set, only when a session is resumed (§4.4); PUBREL is
-resent for QoS 2 messages the client already acknowledged with PUBREC. Expiry (§3.3.2.3.3) applies to
+resent for QoS 2 messages the client already acknowledged with PUBREC. A QoS 2 message from the
+cluster's store (a persistent session's own consumer) goes out under the packet id the store fixes,
+and its PUBREL waits for the session's cluster record (`release_waits`). Expiry (§3.3.2.3.3) applies to
 messages that have not been sent yet: they are dropped when they reach the head of the queue too late.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from gateway.broker import flow
@@ -124,15 +127,32 @@ def deliver(
     if conn is not None and (
         delivery.qos == 0 or (not session.queued and len(session.inflight) < window(st, conn))
     ):
-        if delivery.qos:
-            delivery.packet_id = session.allocate_packet_id()
-            session.inflight[delivery.packet_id] = delivery
+        if not delivery.qos:
+            transmit(st, conn, session, delivery, cache or EncodeCache(delivery.message, now))
+            return
+        # The common case in one call; a message from the cluster's store may have to wait for its id.
+        packet_id = (
+            session.allocate_packet_id() if delivery.stored is None else next_packet_id(session, delivery)
+        )
+        if packet_id:
+            delivery.packet_id = packet_id
+            session.inflight[packet_id] = delivery
             st.persist_delivery(session, delivery)
-        transmit(st, conn, session, delivery, cache or EncodeCache(delivery.message, now))
-        return
+            transmit(st, conn, session, delivery, cache or EncodeCache(delivery.message, now))
+            return
     queue_delivery(st, session, delivery, now)
     if conn is not None and len(session.inflight) < window(st, conn):
         pump(st, session, now)  # a slot freed without an ack (e.g. an oversized message was skipped)
+
+
+def next_packet_id(session: MqttSession, delivery: Delivery) -> int:
+    """The packet id a QoS>0 delivery goes out under: the next free one, or, for a QoS 2 message from
+    the cluster's store, its own (FromStore.packet_id); 0 while that one is still in flight for
+    another message (the delivery waits at the head of the queue until it is free)."""
+    stored = delivery.stored
+    if stored is not None and stored.packet_id:
+        return 0 if stored.packet_id in session.inflight else stored.packet_id
+    return session.allocate_packet_id()
 
 
 def send_qos0(st: BrokerState, conn: Connection, data: bytes, topic: str, cache: EncodeCache) -> None:
@@ -188,8 +208,13 @@ def pump(st: BrokerState, session: MqttSession, now: float) -> None:
             if not queue:
                 break
         delivery = queue[0]
-        if delivery.qos and len(session.inflight) >= limit:
-            break
+        packet_id = 0
+        if delivery.qos:
+            if len(session.inflight) >= limit:
+                break
+            packet_id = next_packet_id(session, delivery)
+            if not packet_id:
+                break  # its own packet id is still in flight for another message
         session.pop_queued()
         if delivery.message.expired(now):
             st.metrics.drops["message_expired"] += 1
@@ -198,9 +223,9 @@ def pump(st: BrokerState, session: MqttSession, now: float) -> None:
         if not st.may_deliver(session, delivery.message.topic, now):  # it waited: ask again
             st.forget_delivery(session, delivery)
             continue
-        if delivery.qos:
-            delivery.packet_id = session.allocate_packet_id()
-            session.inflight[delivery.packet_id] = delivery
+        if packet_id:
+            delivery.packet_id = packet_id
+            session.inflight[packet_id] = delivery
             st.persist_delivery(session, delivery)
         transmit(st, conn, session, delivery, EncodeCache(delivery.message, now))
     if session.holding or session.dropping:
@@ -214,7 +239,8 @@ def resume(st: BrokerState, session: MqttSession, now: float) -> None:
         return
     for packet_id, delivery in list(session.inflight.items()):
         if delivery.released:
-            st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet_id)))
+            if not release_waits(delivery):
+                st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet_id)))
         elif st.may_deliver(session, delivery.message.topic, now):
             transmit(st, conn, session, delivery, EncodeCache(delivery.message, now), dup=True)
         else:
@@ -254,7 +280,30 @@ def on_pubrec(st: BrokerState, conn: Connection, session: MqttSession, packet: P
     if not delivery.released:
         delivery.released = True
         st.persist_delivery(session, delivery)
-    st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet.packet_id)))
+        if delivery.stored is not None and not st.record_session(session):
+            st.let_store_forget(delivery.stored)  # no cluster record to wait for
+    if not release_waits(delivery):
+        st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet.packet_id)))
+
+
+def release_waits(delivery: Delivery) -> bool:
+    """A QoS 2 message from the cluster's store whose PUBREL waits until the session's cluster record
+    names its release (releases_recorded). Sent before, a node that died in between would leave the
+    next node to deliver the message again to a client that already had it (docs/cluster.md)."""
+    return delivery.stored is not None and delivery.stored.receipt is not None
+
+
+def releases_recorded(st: BrokerState, session: MqttSession, packet_ids: Iterable[int]) -> None:
+    """The cluster stored a record of the session naming these releases: their PUBRELs go out, and
+    the store may forget their messages (no node will deliver them again)."""
+    conn = st.connection_of(session)
+    for packet_id in packet_ids:
+        delivery = session.inflight.get(packet_id)
+        if delivery is None or not delivery.released or not release_waits(delivery):
+            continue
+        st.let_store_forget(delivery.stored)
+        if conn is not None:
+            st.out.send(conn.conn_id, conn.protocol.encode(Pubrel(packet_id)))
 
 
 def on_pubcomp(st: BrokerState, session: MqttSession, packet: Pubcomp, now: float) -> None:
@@ -263,5 +312,7 @@ def on_pubcomp(st: BrokerState, session: MqttSession, packet: Pubcomp, now: floa
         return
     del session.inflight[packet.packet_id]
     st.forget_delivery(session, delivery)
+    if delivery.stored is not None:
+        st.record_session(session)  # its record names the release no more
     flow.note_progress(st, session, now)
     pump(st, session, now)

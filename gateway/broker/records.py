@@ -38,6 +38,10 @@ class SessionRecord:
     expiry_interval: int
     disconnected_at: float | None  # None: it was connected when last written
     subscriptions: tuple[SubscriptionRecord, ...] = ()
+    # The cluster's record only: (packet id, backbone message id) of each QoS 2 message from the
+    # cluster's store that the client acknowledged with PUBREC and that awaits its PUBCOMP. A node
+    # resuming the session sends PUBREL for these and never delivers those messages again.
+    released: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ def session_to_json(record: SessionRecord) -> bytes:
         "disconnected_at": record.disconnected_at,
         "subscriptions": json.loads(subscriptions_to_json(record.subscriptions)),
     }
+    if record.released:
+        body["released"] = [[packet_id, message_id] for packet_id, message_id in record.released]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -160,4 +166,12 @@ def session_from_json(data: bytes) -> SessionRecord:
         expiry_interval=int(body["expiry"]),
         disconnected_at=None if disconnected_at is None else float(disconnected_at),
         subscriptions=subscriptions_from_json(json.dumps(body["subscriptions"])),
+        released=tuple(_released(pair) for pair in body.get("released", ())),
     )
+
+
+def _released(pair: Any) -> tuple[int, str]:
+    packet_id, message_id = pair
+    if not isinstance(packet_id, int) or not 1 <= packet_id <= 65535 or not isinstance(message_id, str):
+        raise ValueError(f"not a released QoS 2 message: {pair!r}")
+    return packet_id, message_id

@@ -16,6 +16,11 @@ grants now:
   quarantine, as it stands now): one it denies is not restored (counted and reported as a revoked
   subscription), nor any past the identity's subscription cap, nor an invalid filter.
 
+The record also names the QoS 2 messages the client acknowledged with PUBREC on the old node and has
+not completed (`released`): they become in-flight releases here, so the resume sends their PUBREL and
+the session's consumers never deliver them again (docs/cluster.md, "QoS 2 exactly once across a node's
+death").
+
 A CONNECT with clean start 1 from the owner ends the record (`forget_elsewhere`), as it ends a
 session on one node.
 """
@@ -24,10 +29,18 @@ from __future__ import annotations
 
 from gateway.broker.events import SubscribeDenied
 from gateway.broker.records import SessionRecord, identity_to_text
-from gateway.broker.sessions import MqttSession, StoredSubscription, offline_peer
+from gateway.broker.sessions import (
+    Delivery,
+    FromStore,
+    Message,
+    MqttSession,
+    StoredSubscription,
+    offline_peer,
+)
 from gateway.broker.state import BrokerState
 from gateway.broker.subscribe import subscription_cap
 from gateway.mqtt.errors import TopicFilterInvalid
+from gateway.mqtt.packets import Properties
 from gateway.mqtt.topics import parse_shared
 from gateway.policy.access import Peer
 
@@ -42,6 +55,8 @@ def resume_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) ->
     session = MqttSession(client_id, peer.identity, offline_peer(peer), record.expiry_interval, since=now)
     session.recorded = True
     st.sessions[client_id] = session  # first: the index hooks ask whether the session is persistent
+    for packet_id, message_id in record.released:  # before the subscriptions: their hooks read these
+        session.inflight[packet_id] = _released(packet_id, message_id)
     cap = subscription_cap(st, peer)
     for sub in record.subscriptions:
         topic_filter = sub.options.topic_filter
@@ -64,6 +79,18 @@ def resume_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) ->
         st.index.add(client_id, stored)
     st.metrics.sessions_resumed_elsewhere += 1
     return session
+
+
+_NOTHING = Message("", b"", 2, False, Properties())  # a released message is not sent again: no content
+
+
+def _released(packet_id: int, message_id: str) -> Delivery:
+    """A QoS 2 message the client received through the session's old node and acknowledged with
+    PUBREC: the CONNECT's resume sends its PUBREL, its PUBCOMP ends it, and the backbone never delivers
+    `message_id` to the session again (Broker.released_ids)."""
+    return Delivery(
+        _NOTHING, 2, False, packet_id=packet_id, released=True, stored=FromStore(None, message_id)
+    )
 
 
 def forget_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) -> None:

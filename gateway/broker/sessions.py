@@ -51,6 +51,21 @@ class Message:
         return max(1, math.ceil(self.expires_at - now))
 
 
+@dataclass(slots=True)
+class FromStore:
+    """A delivery's tie to the cluster's durable store (gateway/app/backbone_durable.py): a message
+    from a persistent session's own JetStream consumer."""
+
+    # Reported (BrokerState.delivered) when the store may forget the message: the delivery ended
+    # (PUBACK, dropped, sent at QoS 0) or, at QoS 2, the session's cluster record names its release.
+    # None once reported.
+    receipt: int | None
+    message_id: str  # the backbone id (Fg-Id): the record of a QoS 2 release names the message by it
+    # QoS 2: the packet id every node gives this message (from its place in the stream), so that a
+    # node resuming the session after its node died resends it under the id the client already holds.
+    packet_id: int = 0
+
+
 @dataclass(slots=True, eq=False)
 class Delivery:
     """One message on its way to one session."""
@@ -62,7 +77,7 @@ class Delivery:
     packet_id: int | None = None  # assigned when it enters the in-flight window
     released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
     seq: int = 0  # key in the store within the session; 0 = not persisted
-    receipt: int | None = None  # from the cluster's durable store: reported when the delivery is done
+    stored: FromStore | None = None  # from the cluster's durable store (a session's own consumer)
 
 
 @dataclass(frozen=True, slots=True)

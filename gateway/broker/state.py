@@ -26,7 +26,7 @@ from gateway.broker.records import (
     identity_to_text,
 )
 from gateway.broker.routing import RetainedStore, SubscriptionIndex
-from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.sessions import Delivery, FromStore, Message, MqttSession
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Publish, Will
 from gateway.mqtt.session import ServerSession
@@ -249,18 +249,28 @@ class BrokerState:
             self.page_in(session, session.stored_queued)  # it goes on without the store: all in memory
             self.unpersist_session(session)
 
-    def record_session(self, session: MqttSession, *, ended: bool = False) -> None:
+    def let_store_forget(self, stored: FromStore | None) -> None:
+        """The cluster's store may forget this message now: its receipt is reported at the end of
+        this broker call (watch_deliveries), once."""
+        if stored is not None and stored.receipt is not None:
+            self.delivered.append(stored.receipt)
+            stored.receipt = None
+
+    def record_session(self, session: MqttSession, *, ended: bool = False) -> bool:
         """Tell the cluster (if any) a persistent session's latest state, or that it is gone. Not for
-        a session whose client went to another node: the record is that node's to write now."""
+        a session whose client went to another node: the record is that node's to write now. True
+        when a record of the session went to the cluster."""
         hook = self.cluster.session_recorded
         if hook is None or session.elsewhere:
-            return
+            return False
         if session.persistent and not ended:
             hook(session.client_id, session_record(session))
             session.recorded = True
-        elif session.recorded:
+            return True
+        if session.recorded:
             hook(session.client_id, None)
             session.recorded = False
+        return False
 
     def unpersist_session(self, session: MqttSession) -> None:
         """Drop the session from the store (its rows go with it, and messages only it pointed at)."""
@@ -305,9 +315,8 @@ class BrokerState:
 
     def forget_delivery(self, session: MqttSession, delivery: Delivery) -> None:
         """A delivery is done (acked, dropped or expired): remove it from the store."""
-        if delivery.receipt is not None:  # the cluster's store may forget it now (receipts.py)
-            self.delivered.append(delivery.receipt)
-            delivery.receipt = None
+        if delivery.stored is not None:
+            self.let_store_forget(delivery.stored)
         if not delivery.seq:
             return
         message = delivery.message
@@ -376,5 +385,10 @@ def session_record(session: MqttSession) -> SessionRecord:
         disconnected_at=None if session.connected else session.since,
         subscriptions=tuple(
             SubscriptionRecord(s.options, s.identifier) for s in session.subscriptions.values()
+        ),
+        released=tuple(
+            (packet_id, d.stored.message_id)
+            for packet_id, d in session.inflight.items()
+            if d.released and d.stored is not None
         ),
     )

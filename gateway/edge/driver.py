@@ -18,7 +18,7 @@ from collections.abc import Callable, Container, Sequence
 from datetime import UTC, datetime
 
 from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
-from gateway.broker.core import DiscardedSessions, RemoteMessage
+from gateway.broker.core import DiscardedSessions, RemoteMessage, StoredMessage
 from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.packets import Properties, Publish
 from gateway.mqtt.reason_codes import ReasonCode
@@ -91,9 +91,13 @@ class BrokerDriver:
         """As route_remote, but not to the sessions in `skip` (their own consumers deliver to them)."""
         self.hub.apply(self.broker.route_remote(messages, self.clock.now(), skip))
 
-    def deliver_stored(self, client_id: str, messages: Sequence[tuple[RemoteMessage, int]]) -> None:
+    def deliver_stored(self, client_id: str, messages: Sequence[StoredMessage]) -> None:
         """Messages from a persistent session's own durable consumer, to that session only."""
         self.hub.apply(self.broker.deliver_stored(client_id, messages, self.clock.now()))
+
+    def releases_recorded(self, client_id: str, packet_ids: Sequence[int]) -> None:
+        """The cluster stored the session's record naming these QoS 2 releases: send their PUBRELs."""
+        self.hub.apply(self.broker.releases_recorded(client_id, packet_ids, self.clock.now()))
 
     def stored(self, confirmed: Sequence[int], failed: Sequence[int] = ()) -> None:
         """The cluster's store took (or could not take) these receipts' messages: acknowledge them

@@ -195,10 +195,10 @@ def test_a_stored_message_for_a_session_is_reported_delivered_only_when_the_subs
     other = lab.connect("TRK-2", auto_ack=False)
     other.subscribe("fleet/TRK-2/cmd/#", qos=1)
     remote = ("fleet/TRK-2/cmd/reboot", b"now", 1, False, Properties(), "ops-1")
-    lab.apply(lab.broker.deliver_stored("TRK-2", [(remote, 7)], lab.now))
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(remote, 7, "id-7", 0)], lab.now))
     assert [m.payload for m in other.messages] == [b"now"]
     nobody = ("fleet/TRK-1/cmd/reboot", b"x", 1, False, Properties(), "ops-1")
-    lab.apply(lab.broker.deliver_stored("TRK-2", [(nobody, 8)], lab.now))  # not its subscription
+    lab.apply(lab.broker.deliver_stored("TRK-2", [(nobody, 8, "id-8", 0)], lab.now))  # not its subscription
     assert done == [8]  # nothing to deliver: the store may forget it at once
     lab.pump()
     assert done == [8]  # received, not acknowledged yet

@@ -24,6 +24,20 @@ import pytest
 
 from gateway.app.backbone_durable import stream_name
 from gateway.broker.subjects import DEFAULT_PREFIX
+from gateway.mqtt.packets import (
+    Connect,
+    Disconnect,
+    Packet,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+)
 from tests.clients import Paho, Received
 from tests.cluster.test_nats_backbone import _client, _drain, _enroll, _metrics, _until_arrives
 from tests.haproxy import BALANCER_SOURCE, Haproxy
@@ -31,6 +45,7 @@ from tests.harness import Credentials, GatewayProcess
 from tests.nats import NatsServer, nats_js_cluster  # noqa: F401  (the module's nats-servers)
 from tests.ops.helpers import api, eventually, metrics_text
 from tests.pg import PgCluster
+from tests.raw_mqtt import RawMqtt
 
 CLIENTS = "127.0.0.3"  # where clients connect to HAProxy from (HAProxy reaches the nodes from 127.0.0.2)
 
@@ -189,6 +204,7 @@ class Publisher(threading.Thread):
         self.acked: set[bytes] = set()
         self.halt = threading.Event()
         self.outcomes: Counter[Any] = Counter()
+        self.spans: dict[bytes, tuple[float, float]] = {}  # payload → when its publish began and ended
 
     def run(self) -> None:
         i = 0
@@ -196,6 +212,7 @@ class Publisher(threading.Thread):
         while not self.halt.is_set():
             payload = f"{self.topic}#{i}".encode()
             self.sent.append(payload)
+            began = time.monotonic()
             try:
                 reason = self.client.publish(self.topic, payload, qos=self.qos, timeout=15)
                 if reason == 0:
@@ -204,6 +221,7 @@ class Publisher(threading.Thread):
                     self.outcomes[reason] += 1
             except (TimeoutError, ValueError):
                 self.outcomes["timeout"] += 1
+            self.spans[payload] = (began, time.monotonic())
             if self.failover is not None and not self.client.disconnects.empty():
                 self.outcomes["failover"] += 1
                 self.client.client.loop_stop()
@@ -325,9 +343,13 @@ def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowled
     """Through HAProxy: the dispatch service (a persistent session, its own JetStream consumer) and
     eight units spread over the three nodes by `balance leastconn` (three connections each), the units
     publishing QoS 1 and 2 to dispatch. The node holding dispatch is killed (-9): its units' MQTT
-    clients reconnect by themselves to the same address, HAProxy sends them to a live node, dispatch
-    resumes its session through HAProxy on a live node, and every message a unit got a PUBACK/PUBREC for
-    reaches dispatch (duplicates allowed, counted). Each node sees every client at its own address."""
+    clients and dispatch's reconnect by themselves to the same address, HAProxy sends them to a live
+    node, dispatch resumes its session there, and every message a unit got a PUBACK/PUBREC for reaches
+    dispatch. QoS 2 reaches it exactly once, although the node that died had QoS 2 flows to dispatch
+    under way (docs/cluster.md, "QoS 2 exactly once across a node's death"); the only copies allowed
+    twice are those a unit on the dead node may have sent twice itself (its clean session's PUBLISH
+    under way at the kill, resent on its new connection). QoS 1 duplicates are counted. Each node sees
+    every client at its own address."""
     topic_filter = "fleet/+/telemetry/#"
 
     def dispatch_connects() -> Paho:
@@ -356,11 +378,9 @@ def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowled
     got = _drain(dispatch, 0.05)
     doomed.stop(signal.SIGKILL)
     killed_at = time.monotonic()
-    got += _drain(dispatch, 0.2)
-    dispatch.client.loop_stop()
-    dispatch = dispatch_connects()  # the session resumes on a live node: its consumer holds what was missed
-    clients["dispatch"] = dispatch
-    moved = _seen_at_their_own_address(nodes, clients)  # every unit back, on a live node, at its new port
+    # Dispatch's client reconnects by itself, keeping its own session state (the QoS 2 messages it
+    # acknowledged with PUBREC and awaits PUBREL for), and resumes its session on a live node.
+    moved = _seen_at_their_own_address(nodes, clients)  # every client back, on a live node, at its new port
     assert home["dispatch"] not in moved.values(), moved
     back_after = time.monotonic() - killed_at  # printed, not asserted
     time.sleep(1.0)  # traffic after the failover counts too
@@ -373,8 +393,18 @@ def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowled
     missing = acknowledged - set(received)
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
     assert [not t.disconnects.empty() for t in trucks] == on_doomed  # only the killed node's units moved
+    assert not dispatch.disconnects.empty()  # dispatch's node died under it
     qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
     duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
+    resent_by_units = {
+        payload
+        for p, moved_unit in zip(publishers, on_doomed, strict=True)
+        if moved_unit
+        for payload, (began, ended) in p.spans.items()
+        if began <= killed_at <= ended
+    }
+    twice = {p for p, n in received.items() if n > 1 and p in qos2}
+    assert twice <= resent_by_units, f"QoS 2 delivered twice: {sorted(twice - resent_by_units)}"
     print(
         f"killed {home['dispatch']} ({sum(on_doomed)} units and dispatch), all back through HAProxy "
         f"within {back_after:.1f} s; acknowledged "
@@ -390,7 +420,7 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
     """A node's own nats-server is killed while four units on that node publish QoS 1 to a service on
     another node (the two nodes the previous test left alive): the node reconnects to another server,
     stores left unanswered are retried, JetStream (R3) keeps the stream and the consumers; every
-    PUBACKed message reaches the service. Last in the module: it kills a server (and brings it back)."""
+    PUBACKed message reaches the service. It kills a server (and brings it back)."""
     node, other = nodes.live()
     service = _client(other, nodes.dispatch, "fleet/+/telemetry/#")
     units = [f"TRK-JS-K{i}" for i in range(4)]
@@ -427,3 +457,76 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
         t.disconnect()
     service.disconnect()
     nodes.nats_of(node).restart()
+
+
+def test_qos2_to_a_persistent_session_is_exactly_once_across_the_death_of_its_node(nodes: Nodes) -> None:
+    """A subscriber that acknowledges by hand (the project's codec on a raw mTLS socket) holds a
+    persistent session on one node and is in the middle of two QoS 2 flows when that node is killed
+    (-9): it acknowledged `released` with PUBREC and got the PUBREL but has not sent PUBCOMP, and it
+    received `sent` but has not sent PUBREC. Resuming on the other node, it gets the PUBREL of
+    `released` at once and `sent` again under the packet id it already holds, and `released` is never
+    delivered again: a client that deduplicates by packet id, as MQTT asks, delivers each exactly once.
+    Last in the module: it uses the two nodes the kill -9 tests left and kills one of them."""
+    home, other = nodes.live()
+    keep = Properties(session_expiry_interval=600)
+
+    def session_on(node: GatewayProcess, *, clean: bool) -> RawMqtt:
+        connect = Connect(nodes.dispatch.ident, clean_start=clean, keep_alive=0, properties=keep)
+        return RawMqtt(node, nodes.dispatch, connect=connect)
+
+    sub = session_on(home, clean=True)  # a new session: nothing left from the tests before
+    sub.send(Subscribe(1, (Subscription("fleet/+/telemetry/#", 2),)))
+    suback = sub.until(Suback, 10)[-1]
+    assert isinstance(suback, Suback) and suback.reason_codes == (2,), suback
+    unit = "TRK-JS-Q2"
+    truck = _client(other, _enroll(other, unit))
+    topic = f"fleet/{unit}/telemetry/gps"
+
+    def next_publish(timeout: float = 30, probe: bool = False) -> Publish | None:
+        """The next QoS 2 message, QoS 1 probes acknowledged and skipped; with `probe`, QoS 1 probes
+        are sent until one arrives (the session's own consumer is bound then) and None is returned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe:
+                truck.publish(topic, b"probe", qos=1)
+            for packet in sub.until(Publish, 0.5):
+                if isinstance(packet, Publish) and packet.qos == 1 and packet.packet_id is not None:
+                    sub.send(Puback(packet.packet_id))
+                    if probe:
+                        return None
+                elif isinstance(packet, Publish) and packet.qos == 2:
+                    return packet
+        raise AssertionError(f"nothing arrived within {timeout} s")
+
+    next_publish(probe=True)
+    assert truck.publish(topic, b"q2-released", qos=2) == 0  # PUBREC: stored in the cluster
+    released = next_publish()
+    assert released is not None and released.payload == b"q2-released" and released.packet_id is not None
+    sub.send(Pubrec(released.packet_id))
+    pubrel = sub.until(Pubrel, 10)[-1]  # it waited for the session's record to name the release
+    assert isinstance(pubrel, Pubrel) and pubrel.packet_id == released.packet_id  # no PUBCOMP sent
+    assert truck.publish(topic, b"q2-sent", qos=2) == 0
+    sent = next_publish()
+    assert sent is not None and sent.payload == b"q2-sent" and sent.packet_id is not None  # no PUBREC sent
+    home.stop(signal.SIGKILL)
+    sub.close()
+
+    sub = session_on(other, clean=False)
+    assert sub.connack.session_present
+    again: list[Packet] = []
+    deadline = time.monotonic() + 25  # JetStream redelivers what the dead node left unacked after 10 s
+    while time.monotonic() < deadline and not any(isinstance(p, Publish) for p in again):
+        again += sub.until(Publish, deadline - time.monotonic())
+    pubrels = [p.packet_id for p in again if isinstance(p, Pubrel)]
+    publishes = [(p.payload, p.packet_id) for p in again if isinstance(p, Publish) and p.qos]
+    assert pubrels == [released.packet_id]  # at the resume, before anything else
+    assert publishes == [(b"q2-sent", sent.packet_id)]  # under the id the client holds
+    sub.send(Pubcomp(released.packet_id))
+    sub.send(Pubrec(sent.packet_id))
+    assert [p for p in sub.until(Pubrel, 10) if isinstance(p, Pubrel)][-1].packet_id == sent.packet_id
+    sub.send(Pubcomp(sent.packet_id))
+    later = [p for p in sub.until(Publish, 12) if isinstance(p, Publish) and p.qos]
+    assert later == []  # `released` never came again, nor `sent` a third time
+    sub.send(Disconnect())
+    sub.close()
+    truck.disconnect()
