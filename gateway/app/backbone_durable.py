@@ -60,7 +60,7 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Collection, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,7 @@ class DurableLane:
         route: Callable[[list[RemoteMessage], Container[str]], None],
         deliver: Callable[[str, list[StoredMessage]], None],
         presence: Callable[[str], tuple[bool, float]] = lambda client_id: (True, 0.0),
-        released: Callable[[str], Container[str]] = lambda client_id: (),
+        released: Callable[[str], Collection[str]] = lambda client_id: (),
     ) -> None:
         self._nc: Any = None
         self._js: Any = None
