@@ -158,6 +158,13 @@ class Paho:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def reconnect_to(self, port: int, timeout: float = 10.0) -> tuple[int, bool]:
+        """Connect again, to `port` (another node), as the same client: paho keeps its session state
+        (the QoS 2 messages it acknowledged with PUBREC and awaits PUBREL for) across it, as MQTT asks
+        of a client that resumes its session."""
+        self.port = port
+        return self.connect(timeout)
+
     def drop(self) -> None:
         """Vanish without DISCONNECT (the will fires)."""
         sock = self.client.socket()

@@ -224,7 +224,7 @@ class NatsBackbone:
         self._broker.forward_accepted(self.accepted)
         if self._durable is not None:
             self._broker.watch_deliveries(self._durable.delivered)
-            self._broker.deliver_durably(self._durable.own)
+            self._broker.deliver_durably(self._durable.durable)
 
     async def run(self) -> None:
         """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then

@@ -62,6 +62,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Container
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.app import backbone_wire as core
@@ -76,6 +77,9 @@ MSG_ID = "Nats-Msg-Id"
 REBIND_S = 5.0  # how often node consumers that could not be bound are tried again
 PRESENCE_S = 0.5  # how often sessions that came or left are looked for (their consumers bound, parked)
 SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
+# A session's new consumer starts this long before its subscription: the stream's clock is the NATS
+# server's, and a message stored between the SUBACK and the consumer must not fall between the two.
+START_MARGIN_S = 0.25
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -159,7 +163,13 @@ class DurableLane:
         # session's delivery ended; what arrived for each session in this loop iteration.
         self._session_subs: dict[tuple[str, str], Any] = {}
         self._session_wanted: Counter[tuple[str, str]] = Counter()
-        self.own: Counter[str] = Counter()
+        self._wanted_since: dict[tuple[str, str], float] = {}  # when a session subscribed (wall clock)
+        # Clients whose persistent sessions take client QoS 1/2 messages only from their own consumers
+        # (local routing and the node's consumers skip them), from the moment they subscribe: a
+        # resumed session's consumers exist and hold what arrives before they are bound here, and a
+        # new one's consumer starts at the subscription (`_bind`). The number of subjects each.
+        self.durable: Counter[str] = Counter()
+        self.own: Counter[str] = Counter()  # clients with consumers bound here once (bound or parked)
         self._receipts: dict[int, Any] = {}
         self._session_ids: dict[str, OrderedDict[str, int]] = {}
         self._next_receipt = 1
@@ -369,13 +379,20 @@ class DurableLane:
         durable: str,
         cb: Callable[[Any], Awaitable[None]] | None = None,
         idle: float | None = None,
+        since: float | None = None,
     ) -> Any:
+        """Bind the durable consumer, made if it does not exist yet: from new messages on, or with
+        `since` (a session's subscription, wall clock) from what was stored from then on."""
         from nats.js import api
 
         s = self.settings
+        start = None
+        if since is not None:
+            start = datetime.fromtimestamp(since - START_MARGIN_S, UTC)
         config = api.ConsumerConfig(
             durable_name=durable,
-            deliver_policy=api.DeliverPolicy.NEW,
+            deliver_policy=api.DeliverPolicy.NEW if start is None else api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait,
             max_ack_pending=20_000,
@@ -445,7 +462,7 @@ class DurableLane:
         acks, self._to_ack = self._to_ack, []
         if batch:
             # Synchronous: in the sessions' queues (and store) when it returns.
-            self._route_batch(batch, self.own)
+            self._route_batch(batch, self.durable)
         for client_id, stored in self._for_sessions.items():
             self._deliver(client_id, stored)  # their receipts come back through delivered()
         self._for_sessions = {}
@@ -479,9 +496,17 @@ class DurableLane:
             key = (client_id, self._durable(core_subject))
             if added:
                 self._doomed.discard(key)  # subscribed again (a resumed subscription replaced): kept
+                if not self._session_wanted[key]:
+                    self._wanted_since[key] = time.time()
+                    self.durable[client_id] += 1
             self._session_wanted[key] += 1 if added else -1
             if self._session_wanted[key] <= 0:
                 del self._session_wanted[key]
+                self._wanted_since.pop(key, None)
+                if not added:
+                    self.durable[client_id] -= 1
+                    if self.durable[client_id] <= 0:
+                        del self.durable[client_id]
                 if not added and unsubscribed:
                     self._doomed.add(key)
         if self._ready.is_set():
@@ -526,6 +551,7 @@ class DurableLane:
                         consumer_name(f"s-{client_id}", subject),
                         self._session_cb(client_id),
                         idle=max(self.settings.consumer_idle, expiry + 60.0),
+                        since=self._wanted_since.get(key),
                     )
                 except Exception as exc:
                     log.warning(
