@@ -9,7 +9,9 @@ Targets (each started fresh, stopped at the end, Ctrl-C included):
 - `fleetgate-w2`            `fleetgate serve --workers 2`, directly (the kernel spreads connections);
 - `fleetgate-w2-haproxy`    `--workers 2` behind a throwaway HAProxy in TCP mode with PROXY v2, configured
                             from docs/cluster.md (tests/haproxy.py: the one implementation the suite uses),
-                            the workers trusting its address (`listen.proxy_protocol_from`);
+                            the workers trusting its address (`listen.proxy_protocol_from`); where the
+                            open-file limit cannot hold two descriptors per unit in one process, as many
+                            HAProxy processes as it takes share the port (SO_REUSEPORT);
 - `fleetgate-haproxy`       one process behind the same HAProxy;
 - `mosquitto`               Mosquitto 2.x as scripts/bench configures it (no PROXY protocol: direct).
 
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
 import resource
 import sys
 import time
@@ -49,24 +53,32 @@ from device_sim.load.run import LoadOptions, run_load  # noqa: E402
 TARGETS = ("fleetgate", "fleetgate-w2", "fleetgate-w2-haproxy", "fleetgate-haproxy", "mosquitto")
 
 
-def raise_fd_limits(connections: int, haproxy: bool) -> None:
+def raise_fd_limits(connections: int) -> int:
     """Each unit is one socket here and one in the broker, and two in HAProxy (client and server
-    side): HAProxy needs 2 x units + slack descriptors, which is more than a common hard limit
-    (20,000). The hard limit is raised where that is allowed (root with CAP_SYS_RESOURCE); where it
-    is not, a run that cannot fit stops with one sentence."""
-    needed = (2 * connections if haproxy else connections) + 1000
+    side). The soft limit is raised to what this process needs (the hard limit too, where that is
+    allowed: root with CAP_SYS_RESOURCE); a run that cannot fit stops with one sentence. Returns the
+    open-file limit every child inherits."""
+    needed = connections + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * needed:
+        with contextlib.suppress(ValueError, OSError):  # enough for one HAProxy, where allowed
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2 * needed, 2 * needed))
+            return 2 * needed
     if hard != resource.RLIM_INFINITY and hard < needed:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
-            return
-        except (ValueError, OSError):
-            raise SystemExit(
-                f"error: {connections} connections need {needed} open files per process"
-                f"{' (HAProxy uses two per connection)' if haproxy else ''} but the hard limit is "
-                f"{hard} and may not be raised here; raise it (limits.conf) or run fewer units"
-            ) from None
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+        raise SystemExit(
+            f"error: {connections} connections need {needed} open files per process but the hard limit "
+            f"is {hard} and may not be raised here; raise it (limits.conf) or run fewer units"
+        )
+    limit = hard if hard != resource.RLIM_INFINITY else max(soft, 2 * needed)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    return limit
+
+
+def balancers_needed(connections: int, open_files: int) -> int:
+    """HAProxy processes sharing one port (SO_REUSEPORT) so that each fits the open-file limit with
+    two descriptors per connection, a quarter to spare for the kernel's uneven spread."""
+    per_process = max(1, (open_files - 200) // 2)
+    return max(1, math.ceil(connections * 1.25 / per_process)) if connections > per_process else 1
 
 
 def make_target(name: str, lab_data: Path, root: Path) -> Broker:
@@ -98,10 +110,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             from tests.haproxy import BALANCER_SOURCE, Haproxy
 
             assert BALANCER_SOURCE == BALANCER
-            balancer = stack.enter_context(
-                Haproxy.in_front_of(root / "haproxy", [("gw", broker.port)], maxconn=args.units + 200)
-            )
-            port, extra = balancer.port, {"haproxy": balancer.proc.pid}
+            count = balancers_needed(args.units + 10, args.open_files)
+            maxconn = max(100, (args.open_files - 200) // 2)
+            shared: int | None = None
+            for i in range(count):  # one port: the kernel spreads the units over them
+                balancer = stack.enter_context(
+                    Haproxy.in_front_of(
+                        root / f"haproxy-{i}", [("gw", broker.port)], maxconn=maxconn, port=shared
+                    )
+                )
+                shared = balancer.port
+                extra["haproxy" if count == 1 else f"haproxy_{i}"] = balancer.proc.pid
+            assert shared is not None
+            port = shared
+            if count > 1:
+                limit = args.open_files
+                print(f"bench_fleet: {count} HAProxy processes share port {port} (open files {limit} each)")
         meter = ProcessMeter(broker.pid, extra=extra, always=True)
         spread: dict[str, int] = {}
 
@@ -191,7 +215,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_fd_limits(args.units + 10, haproxy=args.target.endswith("-haproxy"))
+    args.open_files = raise_fd_limits(args.units + 10)
     try:
         import uvloop
 

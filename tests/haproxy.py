@@ -94,12 +94,14 @@ class Haproxy:
         *,
         source: str | None = BALANCER_SOURCE,
         maxconn: int | None = None,
+        port: int | None = None,
     ) -> Iterator[Haproxy]:
         """HAProxy on 127.0.0.1 and a free port, balancing over `servers` (name, port on 127.0.0.1)
         with the documented options; stopped when the block ends. `maxconn`: HAProxy's global limit
-        (default: what the open-file limit allows, at most 20,000)."""
+        (default: what the open-file limit allows, at most 20,000). `port`: another HAProxy's, to
+        share its listening port (HAProxy binds with SO_REUSEPORT: the kernel spreads connections)."""
         directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = free_port() if port is None else port
         config = directory / "haproxy.cfg"
         config.write_text(render(port, servers, source, maxconn))
         checked = subprocess.run([HAPROXY, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
