@@ -22,7 +22,9 @@ topic) and the persistent sessions' records (cluster_session_records.py, one sub
   time the stream stored them: a signed message captured and written to the stream again later is
   refused (counted `replayed`); it is not refused for being old, as a stored value is as old as it is.
 
-Until JetStream answers (a core-only NATS), the stream is retried every RETRY_S and logged once.
+Until JetStream answers (a core-only NATS), the stream is retried every RETRY_S and logged once. The
+follower's consumer sits on one NATS server; if that server dies, the follower is made again after two
+missed heartbeats (HEARTBEAT_S), from the message after the last it applied.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ from gateway.app.cluster_link import ClusterLink
 log = logging.getLogger("fleetgate.cluster")
 
 RETRY_S = 2.0
+# The follower's heartbeat: nats-py remakes an ordered consumer that missed two. Its consumer lives on
+# one NATS server; when that server dies the follower hears nothing until then, so a node would not
+# see records written meanwhile (nats-py's default, 5 s, left a node deaf for 10 to 15 s).
+HEARTBEAT_S = 1.0
 Apply = Callable[[Any, dict[str, str], float], bool]  # (nats-py Msg, verified headers, send time) → applied
 
 
@@ -95,6 +101,7 @@ class KeyedStream:
                     f"{self.prefix}.>",
                     cb=self._on_message,
                     ordered_consumer=True,
+                    idle_heartbeat=HEARTBEAT_S,
                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                     stream=self.name,
                 )

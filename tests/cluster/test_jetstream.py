@@ -431,7 +431,7 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
     another node (the two nodes the previous test left alive): the node reconnects to another server,
     stores left unanswered are retried, JetStream (R3) keeps the stream and the consumers; every
     PUBACKed message reaches the service. It kills a server (and brings it back)."""
-    node, other = nodes.live()
+    node, other = nodes.live()[:2]
     service = _client(other, nodes.dispatch, "fleet/+/telemetry/#")
     units = [f"TRK-JS-K{i}" for i in range(4)]
     trucks = [_client(node, _enroll(node, unit)) for unit in units]
@@ -469,6 +469,14 @@ def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes:
     nodes.nats_of(node).restart()
 
 
+def _records_applied(node: GatewayProcess) -> float:
+    """How many session records the node has applied from the cluster's stream."""
+    for line in metrics_text(node).splitlines():
+        if line.startswith("fleetgate_cluster_sessions_applied_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_qos2_to_a_persistent_session_is_exactly_once_across_the_death_of_its_node(nodes: Nodes) -> None:
     """A subscriber that acknowledges by hand (the project's codec on a raw mTLS socket) holds a
     persistent session on one node and is in the middle of two QoS 2 flows when that node is killed
@@ -477,7 +485,7 @@ def test_qos2_to_a_persistent_session_is_exactly_once_across_the_death_of_its_no
     `released` at once and `sent` again under the packet id it already holds, and `released` is never
     delivered again: a client that deduplicates by packet id, as MQTT asks, delivers each exactly once.
     Last in the module: it uses the two nodes the kill -9 tests left and kills one of them."""
-    home, other = nodes.live()
+    home, other = nodes.live()[:2]
     keep = Properties(session_expiry_interval=600)
 
     def session_on(node: GatewayProcess, *, clean: bool) -> RawMqtt:
@@ -512,12 +520,16 @@ def test_qos2_to_a_persistent_session_is_exactly_once_across_the_death_of_its_no
     assert truck.publish(topic, b"q2-released", qos=2) == 0  # PUBREC: stored in the cluster
     released = next_publish()
     assert released is not None and released.payload == b"q2-released" and released.packet_id is not None
+    followed = _records_applied(other)
     sub.send(Pubrec(released.packet_id))
     pubrel = sub.until(Pubrel, 10)[-1]  # it waited for the session's record to name the release
     assert isinstance(pubrel, Pubrel) and pubrel.packet_id == released.packet_id  # no PUBCOMP sent
     assert truck.publish(topic, b"q2-sent", qos=2) == 0
     sent = next_publish()
     assert sent is not None and sent.payload == b"q2-sent" and sent.packet_id is not None  # no PUBREC sent
+    # The other node has applied the record naming the release (its follower may lag for a moment
+    # after the server killed in the test before).
+    assert eventually(lambda: _records_applied(other) > followed, timeout=20)
     home.stop(signal.SIGKILL)
     sub.close()
 
