@@ -28,8 +28,8 @@ Persistent sessions: per subscribed subject a consumer of their own (`fg_s-<clie
 bound by the node that holds the session, delivering to that session only (`Broker.deliver_stored`)
 and acknowledged to JetStream when the session's delivery ended (PUBACK; at QoS 2 the session's
 record naming its PUBREC, below; or dropped by the broker), not when it was queued: the node's
-queue is its own SQLite file and dies with it. So a
-session resumed on another node binds the same consumers and gets what it had not acknowledged. The
+queue is its own SQLite file and dies with it. So a session resumed on another node binds the same
+consumers and gets what it had not acknowledged. The
 node's consumers and local routing skip these sessions for QoS 1/2 (`Broker.deliver_durably`), so
 each message reaches them from one place; message ids are remembered per session, so a redelivery
 of a message still being delivered is not delivered twice. While a session's client is away from
@@ -494,20 +494,24 @@ class DurableLane:
                 ids.setdefault(msg_id, 0)  # receipt 0: none is ever issued, so it acks on sight
         for core_subject in subjects:
             key = (client_id, self._durable(core_subject))
+            wanted = self._session_wanted[key]
             if added:
                 self._doomed.discard(key)  # subscribed again (a resumed subscription replaced): kept
-                if not self._session_wanted[key]:
+                if not wanted:
                     self._wanted_since[key] = time.time()
                     self.durable[client_id] += 1
-            self._session_wanted[key] += 1 if added else -1
-            if self._session_wanted[key] <= 0:
-                del self._session_wanted[key]
-                self._wanted_since.pop(key, None)
-                if not added:
-                    self.durable[client_id] -= 1
-                    if self.durable[client_id] <= 0:
-                        del self.durable[client_id]
-                if not added and unsubscribed:
+                self._session_wanted[key] = wanted + 1
+                continue
+            if wanted > 1:
+                self._session_wanted[key] = wanted - 1
+                continue
+            self._session_wanted.pop(key, None)
+            self._wanted_since.pop(key, None)
+            if wanted == 1:
+                self.durable[client_id] -= 1
+                if self.durable[client_id] <= 0:
+                    del self.durable[client_id]
+                if unsubscribed:
                     self._doomed.add(key)
         if self._ready.is_set():
             task = asyncio.get_running_loop().create_task(self._keep_sessions())

@@ -367,9 +367,7 @@ def deliver_stored(
     if qos < 2:
         stored.packet_id = 0  # only a QoS 2 flow keeps its packet id from node to node
     retain = message.retain and target.retain_as_published
-    delivery = Delivery(
-        message, qos, retain, tuple(target.subscription_ids), stored=stored if qos else None
-    )
+    delivery = Delivery(message, qos, retain, tuple(target.subscription_ids), stored=stored if qos else None)
     deliver(st, session, delivery, None, now)
     if not qos:
         st.let_store_forget(stored)

@@ -81,16 +81,13 @@ def resume_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) ->
     return session
 
 
-_NOTHING = Message("", b"", 2, False, Properties())  # a released message is not sent again: no content
-
-
 def _released(packet_id: int, message_id: str) -> Delivery:
     """A QoS 2 message the client received through the session's old node and acknowledged with
     PUBREC: the CONNECT's resume sends its PUBREL, its PUBCOMP ends it, and the backbone never delivers
-    `message_id` to the session again (Broker.released_ids)."""
-    return Delivery(
-        _NOTHING, 2, False, packet_id=packet_id, released=True, stored=FromStore(None, message_id)
-    )
+    `message_id` to the session again (Broker.released_ids). Its content is not needed: a released
+    message is never sent again."""
+    nothing = Message("", b"", 2, False, Properties())
+    return Delivery(nothing, 2, False, packet_id=packet_id, released=True, stored=FromStore(None, message_id))
 
 
 def forget_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) -> None:
