@@ -595,12 +595,7 @@ class DurableLane:
             self._ack_later(msg)
             return
         ids = self._session_ids.setdefault(client_id, OrderedDict())
-        if msg_id in self._released(client_id):  # the client has it (its PUBREC came, on some node)
-            ids.setdefault(msg_id, 0)
-            self.counters.duplicates += 1
-            self._ack_later(msg)
-            return
-        known = ids.get(msg_id)
+        known = ids.get(msg_id)  # released on another node: seeded when the session subscribed here
         if known is not None:  # redelivered: the delivery in the session is still on its way, or done
             self.counters.duplicates += 1
             if known in self._receipts:

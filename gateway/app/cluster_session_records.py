@@ -13,8 +13,11 @@ under `<prefix>.s` (gateway/broker/subjects.py: every character NATS reserves es
   client left, its subscriptions with their options and identifiers); when it ends (expired, clean
   start, unsubscribed to nothing does not end it) an empty message: gone. A record also names the
   session's QoS 2 messages released and awaiting PUBCOMP (packet id, backbone id); the PUBRELs of
-  those wait until JetStream stored the record (`Broker.releases_recorded`), so that whichever node
-  resumes the session after this one died sends them and never delivers those messages again.
+  those wait until JetStream stored the record (`Broker.releases_due`), so that whichever node
+  resumes the session after this one died sends them and never delivers those messages again. The
+  wait is bounded by RELEASE_WAIT_S: past it the PUBRELs go anyway (said once a minute), because a
+  unit's in-flight window full of releases would hold back its control messages too; exactly once
+  across a node's death then holds again from the next record JetStream stores.
 - In: every node keeps the stream's latest record per client id in memory (its own included) and
   answers the broker's `session_elsewhere(client_id)` from it: a CONNECT with clean start 0 on this
   node for a session another node held resumes it (gateway/broker/resume_elsewhere.py, which trusts
@@ -27,8 +30,11 @@ so a process on the NATS network that is not a node cannot give a client id's se
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import math
+import time
 from typing import Any
 
 from gateway.app.cluster_link import ClusterLink
@@ -39,10 +45,16 @@ from gateway.edge.driver import BrokerDriver
 
 log = logging.getLogger("fleetgate.cluster")
 
+RELEASE_WAIT_S = 10.0  # how long a QoS 2 PUBREL waits at most for the record naming its release
+
 
 class ClusterSessionRecords:
-    def __init__(self, link: ClusterLink, driver: BrokerDriver, prefix: str) -> None:
+    def __init__(
+        self, link: ClusterLink, driver: BrokerDriver, prefix: str, release_wait: float = RELEASE_WAIT_S
+    ) -> None:
         self._driver = driver
+        self.release_wait = release_wait
+        self._gave_up_said = -math.inf
         self.prefix = f"{prefix}.s"
         self._stream = KeyedStream(
             link, stream_name(prefix, "SESSIONS"), self.prefix, "session records", self._apply
@@ -82,8 +94,24 @@ class ClusterSessionRecords:
         stored = None
         if record is not None and record.released:  # their PUBRELs wait for this record (outbound.py)
             released = [packet_id for packet_id, _ in record.released]
-            stored = functools.partial(self._driver.releases_recorded, client_id, released)
+            stored = functools.partial(self._driver.releases_due, client_id, released)
+            asyncio.get_running_loop().call_later(self.release_wait, self._gave_up, client_id, released)
         self._stream.put(topic_to_subject(client_id, self.prefix), payload, {}, stored)
+
+    def _gave_up(self, client_id: str, released: list[int]) -> None:
+        """The wait for a record naming releases is over: send whichever PUBRELs still wait."""
+        if self._stream.waiting(topic_to_subject(client_id, self.prefix)):
+            now = time.monotonic()
+            if now - self._gave_up_said >= 60:
+                self._gave_up_said = now
+                log.warning(
+                    "cluster session records: JetStream has not stored %r's record for %.0f s; its "
+                    "QoS 2 PUBRELs go without it (a node dying now could deliver those messages "
+                    "twice); said once a minute",
+                    client_id,
+                    self.release_wait,
+                )
+        self._driver.releases_due(client_id, released)
 
     def _apply(self, msg: Any, headers: dict[str, str], sent: float) -> bool:
         try:

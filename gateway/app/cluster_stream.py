@@ -88,6 +88,10 @@ class KeyedStream:
             self._when_stored.setdefault(subject, []).append(stored)
         self._out_ready.set()
 
+    def waiting(self, subject: str) -> bool:
+        """A message put for `subject` with a `stored` callback is not stored yet."""
+        return subject in self._when_stored
+
     async def _start(self) -> None:
         """Make the stream (retrying while JetStream is unavailable), follow it, then send."""
         from nats.js.api import DeliverPolicy

@@ -34,7 +34,7 @@ from gateway.broker.inbound import (
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
-from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec, releases_recorded
+from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec, releases_due
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.routing import IndexWatcher
 from gateway.broker.sessions import FromStore, Message, MqttSession, offline_peer
@@ -315,13 +315,14 @@ class Broker:
                 st.metrics.internal_errors += 1
         return self._finish(now)
 
-    def releases_recorded(self, client_id: str, packet_ids: Sequence[int], now: float) -> list[Action]:
-        """The cluster stored a record of `client_id`'s session naming these QoS 2 releases: their
-        PUBRELs go out (outbound.release_waits says why they waited)."""
+    def releases_due(self, client_id: str, packet_ids: Sequence[int], now: float) -> list[Action]:
+        """The cluster stored a record of `client_id`'s session naming these QoS 2 releases, or gave
+        up waiting for it: their PUBRELs go out (outbound.release_waits says why they waited). A
+        release already sent is left alone, so both may come."""
         self._arm(now)
         session = self._st.sessions.get(client_id)
         if session is not None:
-            releases_recorded(self._st, session, packet_ids)
+            releases_due(self._st, session, packet_ids)
         return self._finish(now)
 
     def released_ids(self, client_id: str) -> set[str]:

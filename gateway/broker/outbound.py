@@ -212,7 +212,9 @@ def pump(st: BrokerState, session: MqttSession, now: float) -> None:
         if delivery.qos:
             if len(session.inflight) >= limit:
                 break
-            packet_id = next_packet_id(session, delivery)
+            packet_id = (
+                session.allocate_packet_id() if delivery.stored is None else next_packet_id(session, delivery)
+            )
             if not packet_id:
                 break  # its own packet id is still in flight for another message
         session.pop_queued()
@@ -288,14 +290,17 @@ def on_pubrec(st: BrokerState, conn: Connection, session: MqttSession, packet: P
 
 def release_waits(delivery: Delivery) -> bool:
     """A QoS 2 message from the cluster's store whose PUBREL waits until the session's cluster record
-    names its release (releases_recorded). Sent before, a node that died in between would leave the
-    next node to deliver the message again to a client that already had it (docs/cluster.md)."""
+    names its release (releases_due). Sent before, a node that died in between would leave the
+    next node to deliver the message again to a client that already had it (docs/cluster.md). The
+    wait is bounded: the cluster gives up on the record after a while and the PUBREL goes anyway,
+    so a store that does not answer never holds a unit's in-flight window (and the control
+    messages queued behind it)."""
     return delivery.stored is not None and delivery.stored.receipt is not None
 
 
-def releases_recorded(st: BrokerState, session: MqttSession, packet_ids: Iterable[int]) -> None:
-    """The cluster stored a record of the session naming these releases: their PUBRELs go out, and
-    the store may forget their messages (no node will deliver them again)."""
+def releases_due(st: BrokerState, session: MqttSession, packet_ids: Iterable[int]) -> None:
+    """The cluster stored a record of the session naming these releases (or gave up waiting for
+    it): their PUBRELs go out, and the store may forget their messages."""
     conn = st.connection_of(session)
     for packet_id in packet_ids:
         delivery = session.inflight.get(packet_id)

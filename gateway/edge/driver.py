@@ -95,9 +95,10 @@ class BrokerDriver:
         """Messages from a persistent session's own durable consumer, to that session only."""
         self.hub.apply(self.broker.deliver_stored(client_id, messages, self.clock.now()))
 
-    def releases_recorded(self, client_id: str, packet_ids: Sequence[int]) -> None:
-        """The cluster stored the session's record naming these QoS 2 releases: send their PUBRELs."""
-        self.hub.apply(self.broker.releases_recorded(client_id, packet_ids, self.clock.now()))
+    def releases_due(self, client_id: str, packet_ids: Sequence[int]) -> None:
+        """The session's record naming these QoS 2 releases is stored (or the wait for it is over):
+        send their PUBRELs."""
+        self.hub.apply(self.broker.releases_due(client_id, packet_ids, self.clock.now()))
 
     def stored(self, confirmed: Sequence[int], failed: Sequence[int] = ()) -> None:
         """The cluster's store took (or could not take) these receipts' messages: acknowledge them

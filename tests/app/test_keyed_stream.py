@@ -1,16 +1,23 @@
 """The cluster's keyed streams' sender (gateway/app/cluster_stream.py): a store JetStream refuses is
 tried again rather than dropped, only the latest message per subject is sent, and a `stored` callback
 runs once the stream holds that message or a later one for its subject. The QoS 2 PUBREL that waits
-for a session's record (docs/cluster.md) relies on all three; the whole path over a real NATS cluster
-is in tests/cluster/test_jetstream.py. JetStream here is a stand-in that refuses on command."""
+for a session's record (docs/cluster.md) relies on all three, and on the wait being bounded
+(cluster_session_records.py): a store that never answers must not hold a unit's in-flight window.
+The whole path over a real NATS cluster is in tests/cluster/test_jetstream.py. JetStream here is a
+stand-in that refuses on command."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
+
 from gateway.app import cluster_stream
+from gateway.app.cluster_session_records import ClusterSessionRecords
 from gateway.app.cluster_stream import KeyedStream
+from gateway.broker.records import SessionRecord
 
 
 class Link:
@@ -49,9 +56,13 @@ async def _until(check: Any, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_a_refused_store_is_tried_again_and_its_callback_runs_once_it_is_stored(monkeypatch: Any) -> None:
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cluster_stream, "RETRY_S", 0.05)
 
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_refused_store_is_tried_again_and_its_callback_runs_once_it_is_stored() -> None:
     async def run() -> None:
         js = JetStream()
         js.refusing = 2
@@ -66,9 +77,8 @@ def test_a_refused_store_is_tried_again_and_its_callback_runs_once_it_is_stored(
     asyncio.run(run())
 
 
-def test_only_the_latest_message_per_subject_goes_and_earlier_callbacks_wait_for_it(monkeypatch: Any) -> None:
-    monkeypatch.setattr(cluster_stream, "RETRY_S", 0.05)
-
+@pytest.mark.usefixtures("quick_retries")
+def test_only_the_latest_message_per_subject_goes_and_earlier_callbacks_wait_for_it() -> None:
     async def run() -> None:
         js = JetStream()
         js.refusing = 1
@@ -86,7 +96,7 @@ def test_only_the_latest_message_per_subject_goes_and_earlier_callbacks_wait_for
     asyncio.run(run())
 
 
-def test_a_callback_that_fails_does_not_stop_the_sender(monkeypatch: Any) -> None:
+def test_a_callback_that_fails_does_not_stop_the_sender() -> None:
     async def run() -> None:
         js = JetStream()
         stream, sender = await _sender(js)
@@ -102,3 +112,50 @@ def test_a_callback_that_fails_does_not_stop_the_sender(monkeypatch: Any) -> Non
         sender.cancel()
 
     asyncio.run(run())
+
+
+class Driver:
+    """The broker's side of the session records: which PUBRELs it was told to send, and when."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, str, list[int]]] = []
+
+    def releases_due(self, client_id: str, packet_ids: list[int]) -> None:
+        self.due.append((asyncio.get_running_loop().time(), client_id, list(packet_ids)))
+
+
+def _released(client_id: str, *packet_ids: int) -> SessionRecord:
+    return SessionRecord(client_id, None, 600, None, (), released=tuple((p, f"id-{p}") for p in packet_ids))
+
+
+def test_pubrels_wait_for_the_record_naming_them_and_go_as_soon_as_it_is_stored() -> None:
+    async def run() -> None:
+        driver = Driver()
+        records = ClusterSessionRecords(Link(), driver, "t", release_wait=5.0)  # type: ignore[arg-type]
+        js = JetStream()
+        records._stream._js = js
+        sender = asyncio.get_running_loop().create_task(records._stream._send())
+        started = asyncio.get_running_loop().time()
+        records.recorded("dispatch", _released("dispatch", 17))
+        await _until(lambda: driver.due)
+        assert [(c, p) for _, c, p in driver.due] == [("dispatch", [17])]
+        assert driver.due[0][0] - started < 1.0  # the store answered: long before the wait's bound
+        sender.cancel()
+
+    asyncio.run(run())
+
+
+def test_pubrels_go_anyway_when_the_record_is_not_stored_within_the_wait(caplog: Any) -> None:
+    async def run() -> None:
+        driver = Driver()
+        records = ClusterSessionRecords(Link(), driver, "t", release_wait=0.1)  # type: ignore[arg-type]
+        started = asyncio.get_running_loop().time()
+        records.recorded("TRK-1", _released("TRK-1", 5, 6))  # JetStream never answers: no sender runs
+        await _until(lambda: driver.due)
+        assert [(c, p) for _, c, p in driver.due] == [("TRK-1", [5, 6])]
+        assert driver.due[0][0] - started >= 0.1
+
+    with caplog.at_level(logging.WARNING, logger="fleetgate.cluster"):
+        asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if "PUBRELs go without it" in r.getMessage()]
+    assert len(said) == 1 and "'TRK-1'" in said[0], said

@@ -70,7 +70,7 @@ def test_a_stored_qos2_message_keeps_its_packet_id_and_its_pubrel_waits_for_the_
     assert record is not None and record.released == ((4242, "id-7"),)
     assert done == []  # nor may the store forget the message yet
     assert lab.broker.released_ids("TRK-2") == {"id-7"}
-    lab.apply(lab.broker.releases_recorded("TRK-2", [4242], lab.now))
+    lab.apply(lab.broker.releases_due("TRK-2", [4242], lab.now))
     lab.pump()  # PUBREL out, the client's PUBCOMP in
     assert _pubrels(unit) == [4242]
     assert done == [7]
@@ -86,7 +86,7 @@ def test_a_stored_qos2_message_waits_while_its_packet_id_is_in_flight_for_anothe
     assert unit.payloads == [b"one"]  # 65536 and 1 are 65535 apart in the stream: the same id
     unit.client.ack(unit.messages[0])
     lab.pump()
-    lab.apply(lab.broker.releases_recorded("TRK-2", [5], lab.now))
+    lab.apply(lab.broker.releases_due("TRK-2", [5], lab.now))
     lab.pump()  # PUBREL, PUBCOMP: id 5 is free again
     assert [(m.payload, m.packet_id) for m in unit.messages] == [(b"one", 5), (b"two", 5)]
 
