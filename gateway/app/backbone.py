@@ -200,6 +200,9 @@ class NatsBackbone:
         # Share-group subscriptions go here instead when the cluster balances them across nodes
         # (cluster_shared.py: NATS queue groups); set before attach().
         self.groups: IndexWatcher | None = None
+        # client id → done once the session record last put for it is stored (a QoS 2 PUBLISH's store
+        # waits for the record naming it: cluster_session_records.py); set before attach().
+        self.record_written: Callable[[str], Awaitable[None]] | None = None
         self._durable: durable_lane.DurableLane | None = None
         if durable is not None:
             self._durable = durable_lane.DurableLane(
@@ -225,6 +228,7 @@ class NatsBackbone:
         if self._durable is not None:
             self._broker.watch_deliveries(self._durable.delivered)
             self._broker.deliver_durably(self._durable.durable)
+            self._broker.cluster.message_id = self.next_message_id
 
     async def run(self) -> None:
         """Connect (retrying until NATS answers: the node serves its own clients meanwhile), then
@@ -258,6 +262,7 @@ class NatsBackbone:
         if self._durable is not None:
             self._broker.watch_deliveries(None)
             self._broker.deliver_durably(())
+            self._broker.cluster.message_id = None
             await self._durable.close()
         for task in self._tasks:
             task.cancel()
@@ -299,16 +304,18 @@ class NatsBackbone:
         peer: Peer,
         receipt: int | None,
         served: Sequence[GroupKey] = (),
+        message_id: str | None = None,
     ) -> bool:
         """The broker's hook (inside its call): queue it for the sender, nothing more. True: the
         acknowledgement of `receipt` waits for the durable store (QoS 1/2 with JetStream). `served`:
-        the share groups a member here took it for (named on the message: cluster_shared.py)."""
+        the share groups a member here took it for (named on the message: cluster_shared.py).
+        `message_id` (from `next_message_id`): the id to store it under, named in its client's session
+        record first; the store waits until that record is stored (`record_written`)."""
         durable = self._durable if message.qos else None
         if self._nc is None and durable is None:
             self.counters.dropped["not_connected"] += 1
             return False
-        self._seq += 1
-        msg_id = f"{self.node}:{self._incarnation}:{self._seq}"
+        msg_id = self.next_message_id() if message_id is None else message_id
         headers = message_headers(self.node, msg_id, message, client_id, peer)
         subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
         headers[H_TIME] = str(int(time.time() * 1000))
@@ -320,11 +327,19 @@ class NatsBackbone:
             )
         headers[H_MAC] = sign(self._key, subject, headers, message.payload)
         if durable is not None:
-            durable.publish(subject, message.payload, headers, receipt)
+            after = None
+            if message_id is not None and self.record_written is not None:
+                after = self.record_written(client_id)
+            durable.publish(subject, message.payload, headers, receipt, after)
             return receipt is not None
         self._out.append((subject, message.payload, headers))
         self._out_ready.set()
         return False
+
+    def next_message_id(self) -> str:
+        """A backbone id no other message of the cluster has: this node, its incarnation, a count."""
+        self._seq += 1
+        return f"{self.node}:{self._incarnation}:{self._seq}"
 
     async def _send(self) -> None:
         nc = self._nc

@@ -140,7 +140,7 @@ class DurableLane:
         prefix: str,
         settings: DurableSettings,
         counters: core.BackboneCounters,
-        stored: Callable[[list[int], list[int]], None],
+        stored: Callable[[list[int], list[int], set[int]], None],
         route: Callable[[list[RemoteMessage], Container[str]], None],
         deliver: Callable[[str, list[StoredMessage]], None],
         presence: Callable[[str], tuple[bool, float]] = lambda client_id: (True, 0.0),
@@ -180,6 +180,7 @@ class DurableLane:
         self._for_sessions: dict[str, list[StoredMessage]] = {}
         self._confirmed: list[int] = []
         self._failed: list[int] = []
+        self._duplicates: set[int] = set()  # confirmed receipts whose message the stream had already
         self._in: list[RemoteMessage] = []
         self._to_ack: list[Any] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -252,16 +253,31 @@ class DurableLane:
     # --- out ----------------------------------------------------------------------------------
 
     def publish(
-        self, topic_subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+        self,
+        topic_subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        receipt: int | None,
+        after: Awaitable[None] | None = None,
     ) -> None:
-        """Store a signed message; `receipt` (a client's PUBLISH) is confirmed or failed to the broker."""
-        task = asyncio.get_running_loop().create_task(self._store(topic_subject, payload, headers, receipt))
+        """Store a signed message, once `after` is done if given; `receipt` (a client's PUBLISH) is
+        confirmed (saying whether the stream had it already) or failed to the broker."""
+        task = asyncio.get_running_loop().create_task(
+            self._store(topic_subject, payload, headers, receipt, after)
+        )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _store(
-        self, subject: str, payload: bytes, headers: dict[str, str], receipt: int | None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        receipt: int | None,
+        after: Awaitable[None] | None,
     ) -> None:
+        if after is not None:
+            await after  # the session record naming it (bounded: cluster_session_records.py)
         deadline = time.monotonic() + self.settings.store_timeout
         while True:
             try:
@@ -282,7 +298,7 @@ class DurableLane:
                 self.counters.sent += 1
                 if ack.duplicate:
                     self.counters.store_retries_deduplicated += 1
-                self._settle(receipt, True)
+                self._settle(receipt, True, ack.duplicate)
                 return
             except Exception as exc:
                 if _never_storable(exc):  # more than NATS's max_payload: no retry will ever store it
@@ -329,18 +345,20 @@ class DurableLane:
             self._logged[reason] = now
             log.warning(message, *args)
 
-    def _settle(self, receipt: int | None, ok: bool) -> None:
+    def _settle(self, receipt: int | None, ok: bool, duplicate: bool = False) -> None:
         if receipt is None:
             return
         if not self._confirmed and not self._failed:
             asyncio.get_running_loop().call_soon(self._report)
         (self._confirmed if ok else self._failed).append(receipt)
+        if duplicate:
+            self._duplicates.add(receipt)
 
     def _report(self) -> None:
-        confirmed, failed = self._confirmed, self._failed
-        self._confirmed, self._failed = [], []
+        confirmed, failed, duplicates = self._confirmed, self._failed, self._duplicates
+        self._confirmed, self._failed, self._duplicates = [], [], set()
         if confirmed or failed:
-            self._stored(confirmed, failed)
+            self._stored(confirmed, failed, duplicates)
 
     # --- in -----------------------------------------------------------------------------------
 

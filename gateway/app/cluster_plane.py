@@ -47,6 +47,7 @@ class ClusterPlane:
         self.records = ClusterSessionRecords(self.link, driver, prefix)
         self.shared = ClusterShared(self.link, driver, prefix, lambda: backbone.counters.connected)
         backbone.groups = self.shared.group_changed  # before backbone.attach(): its replay goes here too
+        backbone.record_written = self.records.written
 
     def attach(self) -> None:
         self.sessions.attach()

@@ -17,7 +17,10 @@ under `<prefix>.s` (gateway/broker/subjects.py: every character NATS reserves es
   resumes the session after this one died sends them and never delivers those messages again. The
   wait is bounded by RELEASE_WAIT_S: past it the PUBRELs go anyway (said once a minute), because a
   unit's in-flight window full of releases would hold back its control messages too; exactly once
-  across a node's death then holds again from the next record JetStream stores.
+  across a node's death then holds again from the next record JetStream stores. Likewise a record
+  names the client's QoS 2 PUBLISHes from before their store until their PUBREL (packet id, backbone
+  id, digest), and their stores wait until JetStream stored it (`written`, the same bound), so that
+  a node resuming the session stores the client's resend under the same backbone id.
 - In: every node keeps the stream's latest record per client id in memory (its own included) and
   answers the broker's `session_elsewhere(client_id)` from it: a CONNECT with clean start 0 on this
   node for a session another node held resumes it (gateway/broker/resume_elsewhere.py, which trusts
@@ -60,6 +63,7 @@ class ClusterSessionRecords:
             link, stream_name(prefix, "SESSIONS"), self.prefix, "session records", self._apply
         )
         self.records: dict[str, SessionRecord] = {}  # client id → the cluster's latest record
+        self._writers: dict[str, list[asyncio.Future[None]]] = {}  # client id → `written` waiters
 
     @property
     def ready(self) -> bool:
@@ -92,26 +96,51 @@ class ClusterSessionRecords:
             self.records[client_id] = record
         payload = b"" if record is None else session_to_json(record)
         stored = None
-        if record is not None and record.released:  # their PUBRELs wait for this record (outbound.py)
+        # The PUBRELs of its releases wait for this record (outbound.py), and so do the stores of the
+        # QoS 2 messages it names as received (`written`).
+        if record is not None and (record.released or record.received):
             released = [packet_id for packet_id, _ in record.released]
-            stored = functools.partial(self._driver.releases_due, client_id, released)
+            stored = functools.partial(self._stored, client_id, released)
             asyncio.get_running_loop().call_later(self.release_wait, self._gave_up, client_id, released)
         self._stream.put(topic_to_subject(client_id, self.prefix), payload, {}, stored)
 
+    def written(self, client_id: str) -> asyncio.Future[None]:
+        """Done once the record last put for `client_id` (or a later one) is stored, or at once if
+        none waits; at most `release_wait` later in any case (the wait is then said, as for PUBRELs)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stream.waiting(topic_to_subject(client_id, self.prefix)):
+            self._writers.setdefault(client_id, []).append(done)
+        else:
+            done.set_result(None)
+        return done
+
+    def _stored(self, client_id: str, released: list[int]) -> None:
+        if released:
+            self._driver.releases_due(client_id, released)
+        self._wake_writers(client_id)
+
+    def _wake_writers(self, client_id: str) -> None:
+        for done in self._writers.pop(client_id, ()):
+            if not done.done():
+                done.set_result(None)
+
     def _gave_up(self, client_id: str, released: list[int]) -> None:
-        """The wait for a record naming releases is over: send whichever PUBRELs still wait."""
+        """The wait for a record naming releases or received messages is over: send whichever
+        PUBRELs still wait, and let the stores waiting for it go on."""
         if self._stream.waiting(topic_to_subject(client_id, self.prefix)):
             now = time.monotonic()
             if now - self._gave_up_said >= 60:
                 self._gave_up_said = now
                 log.warning(
                     "cluster session records: JetStream has not stored %r's record for %.0f s; its "
-                    "QoS 2 PUBRELs go without it (a node dying now could deliver those messages "
-                    "twice); said once a minute",
+                    "QoS 2 PUBRELs and stores go without it (a node dying now could deliver those "
+                    "messages twice); said once a minute",
                     client_id,
                     self.release_wait,
                 )
-        self._driver.releases_due(client_id, released)
+        if released:
+            self._driver.releases_due(client_id, released)
+        self._wake_writers(client_id)
 
     def _apply(self, msg: Any, headers: dict[str, str], sent: float) -> bool:
         try:

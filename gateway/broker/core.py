@@ -29,6 +29,7 @@ from gateway.broker.inbound import (
     handle_pubrel,
     release_held,
     route,
+    route_resend,
     route_to_group,
 )
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
@@ -407,12 +408,19 @@ class Broker:
             st.metrics.internal_errors += 1
         return self._finish(now)
 
-    def stored(self, confirmed: Sequence[int], failed: Sequence[int], now: float) -> list[Action]:
+    def stored(
+        self,
+        confirmed: Sequence[int],
+        failed: Sequence[int],
+        now: float,
+        duplicates: Container[int] = (),
+    ) -> list[Action]:
         """The backbone's word on receipts it took (receipts.py): `confirmed` are stored in the
         cluster, so their PUBACK/PUBREC goes out; `failed` can never be stored (larger than NATS's
         max_payload). A 5.0 client is told so, 0x97 on its PUBACK/PUBREC, and keeps its connection
         (with it a unit's control channel); a 3.1.1 client cannot be told, so its connection is closed
-        unacknowledged and it resends."""
+        unacknowledged and it resends. `duplicates`: confirmed receipts the store had had already (a
+        QoS 2 resend after a node's death is routed here only if it is not one of them)."""
         st = self._st
         self._arm(now)
         for receipt in confirmed:
@@ -422,6 +430,9 @@ class Broker:
             entry, conn = settled
             session = st.sessions.get(entry.client_id)
             alive = conn is not None and conn.session is session
+            if entry.resend is not None and receipt not in duplicates:
+                peer = conn.peer if conn is not None and alive else None
+                route_resend(st, entry.resend, entry.client_id, peer, now)
             if (
                 entry.qos == 2
                 and session is not None

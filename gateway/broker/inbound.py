@@ -21,6 +21,7 @@ unacknowledged, and routed and acknowledged when that subscriber has caught up (
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Container
 from dataclasses import replace
 
@@ -91,6 +92,9 @@ def _route_and_ack(
     wire: bytes | None,
     now: float,
 ) -> None:
+    recorded = publish.qos == 2 and session.persistent and st.cluster.message_id is not None
+    if recorded and _resent_after_node_death(st, conn, session, publish, retain, now):
+        return
     served: list[GroupKey] | None = None if st.backbone is None else []
     message = accept(
         st,
@@ -111,7 +115,11 @@ def _route_and_ack(
     # st.durable_sessions, skipped above, get it from the cluster's store).
     if st.backbone is not None:
         receipt = receipts.take_receipt(st) if publish.qos else None
-        if st.backbone(message, session.client_id, conn.peer, receipt, served or ()) and receipt is not None:
+        message_id = _record_inbound(st, session, publish) if recorded else None
+        if (
+            st.backbone(message, session.client_id, conn.peer, receipt, served or (), message_id)
+            and receipt is not None
+        ):
             receipts.await_store(st, conn, session.client_id, publish, receipt)
             return  # acknowledged by Broker.stored once the cluster has it
     if publish.qos == 2:
@@ -120,6 +128,64 @@ def _route_and_ack(
         if session.persistent and st.store is not None:
             st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
     _ack(st, conn, publish, ReasonCode.SUCCESS)
+
+
+def inbound_digest(publish: Publish) -> str:
+    """What tells a resend (DUP) of a QoS 2 PUBLISH from a new message under the same packet id."""
+    digest = hashlib.blake2b(publish.topic.encode(), digest_size=8)
+    digest.update(b"\0")
+    digest.update(publish.payload)
+    return digest.hexdigest()
+
+
+def _record_inbound(st: BrokerState, session: MqttSession, publish: Publish) -> str:
+    """A QoS 2 PUBLISH from a persistent session on a cluster node: its backbone id goes into the
+    session's cluster record, and its store waits for that record (docs/cluster.md, "QoS 2 exactly
+    once across a node's death"). Should the node die after the store and before the client has its
+    PUBREC, the node that resumes the session stores the client's resend under the same id, which the
+    cluster's store keeps once. The pair leaves the record at the PUBREL."""
+    assert st.cluster.message_id is not None and publish.packet_id is not None
+    message_id = st.cluster.message_id()
+    session.inbound_recorded[publish.packet_id] = (message_id, inbound_digest(publish))
+    st.record_session(session)
+    return message_id
+
+
+def _resent_after_node_death(
+    st: BrokerState, conn: Connection, session: MqttSession, publish: Publish, retain: bool, now: float
+) -> bool:
+    """A resend (DUP) of a QoS 2 PUBLISH the session's record names but this node never stored (the
+    session was resumed here from its record): stored again under the recorded backbone id, and routed
+    here only once the store says it had not had it (Broker.stored). False: not such a resend."""
+    assert publish.packet_id is not None
+    pair = session.inbound_recorded.get(publish.packet_id)
+    if pair is None or not publish.dup or pair[1] != inbound_digest(publish):
+        return False  # a new message: it takes the packet id's place in the record
+    assert st.backbone is not None
+    interval = publish.properties.message_expiry_interval
+    message = Message(
+        publish.topic,
+        publish.payload,
+        publish.qos,
+        retain,
+        publish.properties,
+        None if interval is None else now + interval,
+    )
+    receipt = receipts.take_receipt(st)
+    if not st.backbone(message, session.client_id, conn.peer, receipt, (), pair[0]):
+        return False
+    receipts.await_store(st, conn, session.client_id, publish, receipt, resend=message)
+    return True
+
+
+def route_resend(st: BrokerState, message: Message, client_id: str, peer: Peer | None, now: float) -> None:
+    """A resend the cluster's store had not had (the node that died never stored it): routed here now,
+    as `_route_and_ack` routes a new message (the other nodes have it from the store)."""
+    if message.retain:
+        _retain(st, message, client_id)
+    route(st, message, client_id, now, None, st.durable_sessions)
+    if peer is not None and st.publish_observer is not None:
+        st.publish_observer(peer, message.topic, message.payload, now)
 
 
 def _held_id(conn: Connection, packet_id: int | None) -> bool:
@@ -184,7 +250,12 @@ def _ack(st: BrokerState, conn: Connection, publish: Publish, code: int) -> None
 
 def handle_pubrel(st: BrokerState, conn: Connection, session: MqttSession, packet: Pubrel) -> None:
     packet_id = packet.packet_id
-    if packet_id in session.inbound_qos2:
+    # In the cluster's record (a QoS 2 PUBLISH stored, here or on a node that died after its PUBREC):
+    # released now, so the record drops it.
+    recorded = session.inbound_recorded.pop(packet_id, None) if session.inbound_recorded else None
+    if recorded is not None:
+        st.record_session(session)
+    if packet_id in session.inbound_qos2 or recorded is not None:
         session.inbound_qos2.discard(packet_id)
         if session.persistent and st.store is not None:
             st.store.remove_inbound_qos2(session.client_id, packet_id)
@@ -393,4 +464,4 @@ def publish_will(st: BrokerState, client_id: str, peer: Peer, will: Will, now: f
         st, will.topic, will.payload, will.qos, will.retain, properties, client_id, now, None, skip, served
     )
     if st.backbone is not None:
-        st.backbone(message, client_id, peer, None, served or ())
+        st.backbone(message, client_id, peer, None, served or (), None)

@@ -13,6 +13,8 @@ cluster's stream: the acknowledgement is the gateway taking responsibility, and 
     … or reports it failed (the store did not answer)     → no ack; the connection is closed so that
                                                             the client resends (with DUP) on a new one
     a QoS 2 retransmission of an id still awaiting        → ignored: its PUBREC comes when stored
+    a QoS 2 resend after a node's death (`resend`)        → routed only when confirmed, and only if
+                                                            the store had not had it (inbound.py)
 
 A confirmation for a connection already gone still records a QoS 2 id in its persistent session: the
 message is stored, so the client's retransmission must be acknowledged without routing it twice.
@@ -21,6 +23,7 @@ Pure: no clock, no I/O beyond the broker's store.
 
 from __future__ import annotations
 
+from gateway.broker.sessions import Message
 from gateway.broker.state import Awaiting, BrokerState, Connection
 from gateway.mqtt.packets import Publish
 
@@ -31,10 +34,18 @@ def take_receipt(st: BrokerState) -> int:
     return receipt
 
 
-def await_store(st: BrokerState, conn: Connection, client_id: str, publish: Publish, receipt: int) -> None:
-    """The ack of `publish` waits for the backbone's word on `receipt`."""
+def await_store(
+    st: BrokerState,
+    conn: Connection,
+    client_id: str,
+    publish: Publish,
+    receipt: int,
+    resend: Message | None = None,
+) -> None:
+    """The ack of `publish` waits for the backbone's word on `receipt`; `resend`: routed then, unless
+    the store had it already (inbound.py)."""
     assert publish.packet_id is not None  # QoS 1/2: the codec guarantees an id
-    st.awaiting[receipt] = Awaiting(conn.conn_id, client_id, publish.packet_id, publish.qos)
+    st.awaiting[receipt] = Awaiting(conn.conn_id, client_id, publish.packet_id, publish.qos, resend)
     if conn.awaiting is None:
         conn.awaiting = {}
     conn.awaiting[receipt] = publish.packet_id

@@ -42,6 +42,11 @@ class SessionRecord:
     # cluster's store that the client acknowledged with PUBREC and that awaits its PUBCOMP. A node
     # resuming the session sends PUBREL for these and never delivers those messages again.
     released: tuple[tuple[int, str], ...] = ()
+    # The cluster's record only: (packet id, backbone message id, digest) of each QoS 2 PUBLISH from
+    # the client that this record names before its message is stored, until the client's PUBREL. A
+    # node resuming the session stores the client's resend of it (DUP, same digest) under the same
+    # backbone id, which the cluster's store keeps once (gateway/broker/inbound.py).
+    received: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,8 @@ def session_to_json(record: SessionRecord) -> bytes:
     }
     if record.released:
         body["released"] = [[packet_id, message_id] for packet_id, message_id in record.released]
+    if record.received:
+        body["received"] = [list(triple) for triple in record.received]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -167,6 +174,7 @@ def session_from_json(data: bytes) -> SessionRecord:
         disconnected_at=None if disconnected_at is None else float(disconnected_at),
         subscriptions=subscriptions_from_json(json.dumps(body["subscriptions"])),
         released=tuple(_released(pair) for pair in body.get("released", ())),
+        received=tuple(_received(triple) for triple in body.get("received", ())),
     )
 
 
@@ -175,3 +183,15 @@ def _released(pair: Any) -> tuple[int, str]:
     if not isinstance(packet_id, int) or not 1 <= packet_id <= 65535 or not isinstance(message_id, str):
         raise ValueError(f"not a released QoS 2 message: {pair!r}")
     return packet_id, message_id
+
+
+def _received(triple: Any) -> tuple[int, str, str]:
+    packet_id, message_id, digest = triple
+    if (
+        not isinstance(packet_id, int)
+        or not 1 <= packet_id <= 65535
+        or not isinstance(message_id, str)
+        or not isinstance(digest, str)
+    ):
+        raise ValueError(f"not a received QoS 2 message: {triple!r}")
+    return packet_id, message_id, digest

@@ -19,7 +19,10 @@ grants now:
 The record also names the QoS 2 messages the client acknowledged with PUBREC on the old node and has
 not completed (`released`): they become in-flight releases here, so the resume sends their PUBREL and
 the session's consumers never deliver them again (docs/cluster.md, "QoS 2 exactly once across a node's
-death").
+death"). And it names the QoS 2 PUBLISHes the client sent the old node and has not released
+(`received`): a resend of one (DUP, same topic and payload) is stored under the backbone id the old
+node stored it under, and routed here only if the cluster's store had not had it (inbound.py); a PUBREL
+for one completes.
 
 A CONNECT with clean start 1 from the owner ends the record (`forget_elsewhere`), as it ends a
 session on one node.
@@ -57,6 +60,8 @@ def resume_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) ->
     st.sessions[client_id] = session  # first: the index hooks ask whether the session is persistent
     for packet_id, message_id in record.released:  # before the subscriptions: their hooks read these
         session.inflight[packet_id] = _released(packet_id, message_id)
+    for packet_id, message_id, digest in record.received:  # a resend is stored under the same id
+        session.inbound_recorded[packet_id] = (message_id, digest)
     cap = subscription_cap(st, peer)
     for sub in record.subscriptions:
         topic_filter = sub.options.topic_filter

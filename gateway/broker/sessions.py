@@ -125,6 +125,10 @@ class MqttSession:
     inflight: dict[int, Delivery] = field(default_factory=dict)  # insertion order = send order
     queue: deque[Delivery] = field(default_factory=deque)
     inbound_qos2: set[int] = field(default_factory=set)
+    # A cluster node's only: the client's QoS 2 PUBLISHes its cluster record names, from before their
+    # store until their PUBREL: packet id → (backbone id, digest). Resumed from the record on another
+    # node, they let a resend be stored under the same id (inbound.py).
+    inbound_recorded: dict[int, tuple[str, str]] = field(default_factory=dict)
     pending_will: PendingWill | None = None
     last_packet_id: int = 0
     last_seq: int = 0

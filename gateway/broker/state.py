@@ -59,6 +59,9 @@ class Awaiting:
     client_id: str
     packet_id: int
     qos: int
+    # A QoS 2 resend stored again under its recorded backbone id (inbound.py): routed here only if the
+    # store had not had it (the node that died before its PUBREC may have stored it or not).
+    resend: Message | None = None
 
 
 class Connection:
@@ -106,9 +109,11 @@ PublishObserver = Callable[[Peer, str, bytes, float], None]
 # The fourth argument is a receipt for a client's QoS 1/2 PUBLISH (None for wills and QoS 0); the sink
 # answers True when that PUBLISH's acknowledgement must wait for `Broker.stored` (receipts.py). The
 # fifth: the share groups (scope, name, plain filter) a member on this node took it for already
-# (`route`'s local-first delivery), which no other node may give it to.
+# (`route`'s local-first delivery), which no other node may give it to. The sixth: the backbone id to
+# store it under (from `ClusterHooks.message_id`), named in the session's cluster record first, so
+# that its store waits for that record; None: the backbone picks one.
 GroupKey = tuple[str | None, str, str]
-BackboneSink = Callable[[Message, str, Peer, int | None, Sequence[GroupKey]], bool]
+BackboneSink = Callable[[Message, str, Peer, int | None, Sequence[GroupKey], str | None], bool]
 
 
 @dataclass(slots=True)
@@ -130,13 +135,16 @@ class ClusterHooks:
     subscriptions, its connection's start or end), or, with None, ended; the cluster keeps the latest
     record per client id. `session_elsewhere(client_id)`: the cluster's latest record of that client
     id's persistent session, if another node holds one (a CONNECT with clean start 0 resumes it here:
-    resume_elsewhere.py)."""
+    resume_elsewhere.py). `message_id()`: a new backbone id for a message the cluster stores
+    (JetStream), for a QoS 2 PUBLISH from a persistent session, whose cluster record names it before
+    its store (inbound.py)."""
 
     session_started: Callable[[str, Peer, float], None] | None = None
     retained_changed: Callable[[Message, str], None] | None = None
     groups_elsewhere: Callable[[], bool] | None = None
     session_recorded: Callable[[str, SessionRecord | None], None] | None = None
     session_elsewhere: Callable[[str], SessionRecord | None] | None = None
+    message_id: Callable[[], str] | None = None
 
 
 class BrokerState:
@@ -390,5 +398,9 @@ def session_record(session: MqttSession) -> SessionRecord:
             (packet_id, d.stored.message_id)
             for packet_id, d in session.inflight.items()
             if d.released and d.stored is not None
+        ),
+        received=tuple(
+            (packet_id, message_id, digest)
+            for packet_id, (message_id, digest) in session.inbound_recorded.items()
         ),
     )

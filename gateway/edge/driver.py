@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from datetime import UTC, datetime
 
 from gateway.broker import Broker, BrokerMetrics, Close, SessionInfo
@@ -100,10 +100,12 @@ class BrokerDriver:
         send their PUBRELs."""
         self.hub.apply(self.broker.releases_due(client_id, packet_ids, self.clock.now()))
 
-    def stored(self, confirmed: Sequence[int], failed: Sequence[int] = ()) -> None:
+    def stored(
+        self, confirmed: Sequence[int], failed: Sequence[int] = (), duplicates: Collection[int] = ()
+    ) -> None:
         """The cluster's store took (or could not take) these receipts' messages: acknowledge them
-        (or close their connections unacknowledged)."""
-        self.hub.apply(self.broker.stored(confirmed, failed, self.clock.now()))
+        (or close their connections unacknowledged). `duplicates`: confirmed ones it had already."""
+        self.hub.apply(self.broker.stored(confirmed, failed, self.clock.now(), duplicates))
 
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""

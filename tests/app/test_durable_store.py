@@ -42,7 +42,7 @@ def _lane(js: AwayJetStream, settled: list[tuple[list[int], list[int]]]) -> Dura
         "fleetgate",
         DurableSettings(store_timeout=1.0),
         BackboneCounters(),
-        lambda confirmed, failed: settled.append((list(confirmed), list(failed))),
+        lambda confirmed, failed, duplicates: settled.append((list(confirmed), list(failed))),
         lambda messages, skip: None,
         lambda client_id, messages: None,
     )

@@ -157,5 +157,36 @@ def test_pubrels_go_anyway_when_the_record_is_not_stored_within_the_wait(caplog:
 
     with caplog.at_level(logging.WARNING, logger="fleetgate.cluster"):
         asyncio.run(run())
-    said = [r.getMessage() for r in caplog.records if "PUBRELs go without it" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "PUBRELs and stores go without it" in r.getMessage()]
     assert len(said) == 1 and "'TRK-1'" in said[0], said
+
+
+def _received(client_id: str, *packet_ids: int) -> SessionRecord:
+    return SessionRecord(
+        client_id, None, 600, None, (), received=tuple((p, f"id-{p}", "digest") for p in packet_ids)
+    )
+
+
+def test_a_qos2_store_waits_for_the_record_naming_it_and_no_longer_than_the_bound() -> None:
+    async def run() -> None:
+        driver = Driver()
+        records = ClusterSessionRecords(Link(), driver, "t", release_wait=0.2)  # type: ignore[arg-type]
+        assert records.written("TRK-1").done()  # nothing waits for a store: no wait
+        records.recorded("TRK-1", _received("TRK-1", 9))
+        written = records.written("TRK-1")
+        await asyncio.sleep(0.05)
+        assert not written.done()  # JetStream has not stored the record yet: the store waits
+        js = JetStream()
+        records._stream._js = js
+        sender = asyncio.get_running_loop().create_task(records._stream._send())
+        await asyncio.wait_for(written, 1.0)
+        assert js.stored and b'"received":[[9,"id-9","digest"]]' in js.stored[-1][1]
+        assert driver.due == []  # a received message has no PUBREL to send
+        sender.cancel()
+        # A record JetStream never stores: the store goes on after the bound.
+        records.recorded("TRK-2", _received("TRK-2", 4))
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(records.written("TRK-2"), 1.0)
+        assert asyncio.get_running_loop().time() - started >= 0.1
+
+    asyncio.run(run())

@@ -29,7 +29,12 @@ def _lab() -> tuple[Lab, list[tuple[str, str, int, tuple[GroupKey, ...]]], list[
     watched: list[tuple[bool, str, str]] = []
 
     def sink(
-        message: Message, client_id: str, peer: Peer, receipt: int | None, served: Sequence[GroupKey]
+        message: Message,
+        client_id: str,
+        peer: Peer,
+        receipt: int | None,
+        served: Sequence[GroupKey],
+        message_id: str | None,
     ) -> bool:
         forwarded.append((message.topic, client_id, message.qos, tuple(served)))
         return False
@@ -134,7 +139,12 @@ def _deferring_lab() -> tuple[Lab, list[int | None]]:
     taken: list[int | None] = []
 
     def sink(
-        message: Message, client_id: str, peer: Peer, receipt: int | None, served: Sequence[GroupKey]
+        message: Message,
+        client_id: str,
+        peer: Peer,
+        receipt: int | None,
+        served: Sequence[GroupKey],
+        message_id: str | None,
     ) -> bool:
         taken.append(receipt)
         return receipt is not None
