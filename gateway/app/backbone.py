@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.app import backbone_durable as durable_lane
+from gateway.app.backbone_groups import GroupConsumers
 from gateway.app.backbone_wire import FRESH_S as FRESH_S
 from gateway.app.backbone_wire import H_CLIENT as H_CLIENT
 from gateway.app.backbone_wire import H_ID as H_ID
@@ -218,6 +219,10 @@ class NatsBackbone:
                 driver.broker.released_ids,
             )
         self._session_keys: set[tuple[str, str | None, str | None, str]] = set()
+        # Share groups' QoS 1/2 messages, from consumers of the stream (cluster_shared.py uses it).
+        self.group_consumers: GroupConsumers | None = None
+        if self._durable is not None:
+            self.group_consumers = GroupConsumers(self._durable, driver.route_to_group)
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -252,6 +257,8 @@ class NatsBackbone:
         self._tasks = [loop.create_task(self._keep_subscriptions()), loop.create_task(self._send())]
         if self._durable is not None:
             self._tasks.append(loop.create_task(self._durable.start(self._nc)))
+        if self.group_consumers is not None:
+            self._tasks.append(loop.create_task(self.group_consumers.run()))
         self._subs_dirty.set()
         self._out_ready.set()
         await asyncio.gather(*self._tasks)
@@ -263,6 +270,8 @@ class NatsBackbone:
             self._broker.watch_deliveries(None)
             self._broker.deliver_durably(())
             self._broker.cluster.message_id = None
+            if self.group_consumers is not None:
+                await self.group_consumers.close()
             await self._durable.close()
         for task in self._tasks:
             task.cancel()

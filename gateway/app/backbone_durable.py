@@ -426,7 +426,9 @@ class DurableLane:
             pending_msgs_limit=100_000,
         )
 
-    async def _on_message(self, msg: Any) -> None:
+    def verified(self, msg: Any) -> dict[str, str] | None:
+        """A stored message's headers if a node signed it and it is fresh against the time JetStream
+        stored it; None when refused (counted, said once a minute, acknowledged: never redelivered)."""
         headers = msg.headers or {}
         try:
             stored_at = msg.metadata.timestamp.timestamp()
@@ -435,30 +437,65 @@ class DurableLane:
         refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
         if refused is not None:
             self._refuse(msg, refused)
+            return None
+        return dict(headers)
+
+    async def make_pull_consumer(self, subject: str, durable: str, idle: float) -> str:
+        """Make (or find) a durable pull consumer of `subject`, from new messages on, deleted by
+        JetStream once nobody has pulled from it for `idle` seconds; the subject its messages are
+        asked for on (`$JS.API.CONSUMER.MSG.NEXT…`)."""
+        from nats.js import api
+
+        s = self.settings
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait,
+            max_ack_pending=20_000,
+            inactive_threshold=idle,
+            filter_subject=subject,
+        )
+        try:
+            await self._js.add_consumer(self.stream, config=config)
+        except Exception:
+            await self._js.consumer_info(self.stream, durable)  # made by another node meanwhile
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
+
+    @property
+    def nc(self) -> Any:
+        return self._nc
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = self.verified(msg)
+        if headers is None:
             return
         msg_id = headers.get(core.H_ID)
         if headers.get(core.H_NODE) == self.node or msg_id is None or msg_id in self._seen:
             if msg_id in self._seen:
                 self.counters.duplicates += 1
-            self._ack_later(msg)  # ours, or routed already: done with it
+            self.ack_later(msg)  # ours, or routed already: done with it
             return
         try:
             remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
         except (ValueError, KeyError, TypeError) as exc:
             self.counters.dropped["malformed"] += 1
             log.warning("cluster backbone: dropped a stored message on %s: %s", msg.subject, exc)
-            self._ack_later(msg)
+            self.ack_later(msg)
             return
         self._seen[msg_id] = None
         if len(self._seen) > core.SEEN_IDS:
             self._seen.popitem(last=False)
         self.counters.received += 1
         self._in.append(remote)
-        self._ack_later(msg)
+        self.ack_later(msg)
 
     def _refuse(self, msg: Any, why: str) -> None:
         self.counters.dropped[why] += 1
-        self._ack_later(msg)  # never routed, never redelivered
+        self.ack_later(msg)  # never routed, never redelivered
         now = time.monotonic()
         if now - self._refusal_logged >= 60:
             self._refusal_logged = now
@@ -469,7 +506,7 @@ class DurableLane:
                 why,
             )
 
-    def _ack_later(self, msg: Any) -> None:
+    def ack_later(self, msg: Any) -> None:
         """Acknowledged to JetStream once this iteration's batch was routed (or at once if none)."""
         if not self._to_ack:
             asyncio.get_running_loop().call_soon(self._route_and_ack)
@@ -610,7 +647,7 @@ class DurableLane:
             return
         msg_id = headers.get(core.H_ID)
         if msg_id is None:
-            self._ack_later(msg)
+            self.ack_later(msg)
             return
         ids = self._session_ids.setdefault(client_id, OrderedDict())
         known = ids.get(msg_id)  # released on another node: seeded when the session subscribed here
@@ -619,13 +656,13 @@ class DurableLane:
             if known in self._receipts:
                 self._receipts[known] = msg  # whichever delivery of it is acked acks it in JetStream
             else:
-                self._ack_later(msg)
+                self.ack_later(msg)
             return
         try:
             remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
         except (ValueError, KeyError, TypeError):
             self.counters.dropped["malformed"] += 1
-            self._ack_later(msg)
+            self.ack_later(msg)
             return
         receipt = self._next_receipt
         self._next_receipt += 1

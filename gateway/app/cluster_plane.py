@@ -45,7 +45,9 @@ class ClusterPlane:
         self.sessions = ClusterSessions(self.link, driver, evaluator, prefix)
         self.retained = ClusterRetained(self.link, driver, prefix)
         self.records = ClusterSessionRecords(self.link, driver, prefix)
-        self.shared = ClusterShared(self.link, driver, prefix, lambda: backbone.counters.connected)
+        self.shared = ClusterShared(
+            self.link, driver, prefix, lambda: backbone.counters.connected, backbone.group_consumers
+        )
         backbone.groups = self.shared.group_changed  # before backbone.attach(): its replay goes here too
         backbone.record_written = self.records.written
 

@@ -26,11 +26,11 @@ message; nats-server prefers a queue subscriber connected to the server the mess
 on, so a node on the publisher's NATS server gets (nearly) all of that publisher's messages for the
 group. Within a node, members take turns.
 
-QoS 1/2 messages cross nodes on the JetStream stream's subjects (`<prefix>.q.…`, backbone_durable.py),
-and a JetStream publish is also an ordinary NATS message on its subject, so each group holds its queue
-subscriptions on both subtrees. The group's share of a stored message is taken from the live
-publish: held by the stream (the publisher's PUBACK waited for it), but delivered to the group at
-most once across nodes (no consumer of the group's own; docs/cluster.md, "What is left").
+QoS 1/2 messages cross nodes on the JetStream stream's subjects (`<prefix>.q.…`, backbone_durable.py).
+With JetStream, a group takes them from a pull consumer of its own (backbone_groups.py: held while its
+nodes are away from NATS, shared evenly by the nodes pulling from it); its queue subscriptions here
+are on the core subtree only. Without JetStream (`cluster.jetstream_replicas: 0`) everything crosses
+on core NATS and the queue subscriptions cover both subtrees.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 
 from gateway.app.backbone import H_ID, SEEN_IDS, message_from
 from gateway.app.backbone_durable import durable_prefix
+from gateway.app.backbone_groups import GroupConsumers
 from gateway.app.backbone_wire import queue_name, served_elsewhere
 from gateway.app.cluster_link import ClusterLink
 from gateway.broker.sessions import StoredSubscription
@@ -54,17 +55,32 @@ log = logging.getLogger("fleetgate.cluster")
 
 class ClusterShared:
     def __init__(
-        self, link: ClusterLink, driver: BrokerDriver, prefix: str, backbone_up: Callable[[], bool]
+        self,
+        link: ClusterLink,
+        driver: BrokerDriver,
+        prefix: str,
+        backbone_up: Callable[[], bool],
+        stored: GroupConsumers | None = None,
     ) -> None:
         self._link = link
+        self._stored = stored  # with JetStream: the groups' QoS 1/2 messages come from its consumers
         self._driver = driver
         self._prefix = prefix
         self._backbone_up = backbone_up
         self._members: dict[GroupKey, set[str]] = {}
         self._refs: Counter[tuple[str, str]] = Counter()  # (subject, queue) → share groups holding it
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (message id, queue)
-        self.received = 0
-        self.served_at_origin = 0  # messages for a group here that a member on their origin node took
+        self._received = 0
+        self._served_at_origin = 0  # messages for a group here that a member on their origin node took
+
+    @property
+    def received(self) -> int:
+        """Messages taken for a share group here (from NATS queues and, QoS 1/2, JetStream)."""
+        return self._received + (0 if self._stored is None else self._stored.received)
+
+    @property
+    def served_at_origin(self) -> int:
+        return self._served_at_origin + (0 if self._stored is None else self._stored.served_at_origin)
 
     def attach(self) -> None:
         self._driver.broker.cluster.groups_elsewhere = self.active
@@ -90,11 +106,11 @@ class ClusterShared:
             del self._members[key]
             self._hold(key, -1)
 
-    def _subjects(self, plain_filter: str) -> list[str]:
+    def _subjects(self, plain_filter: str) -> tuple[list[str], list[str]]:
         """The filter's core subjects and their stored (QoS 1/2) twins."""
-        core = filter_to_subjects(plain_filter, self._prefix)
+        core = list(filter_to_subjects(plain_filter, self._prefix))
         stored = durable_prefix(self._prefix)
-        return [*core, *(stored + s[len(self._prefix) :] for s in core)]
+        return core, [stored + s[len(self._prefix) :] for s in core]
 
     def _core_subject(self, subject: str) -> str:
         stored = durable_prefix(self._prefix) + "."
@@ -102,7 +118,8 @@ class ClusterShared:
 
     def _hold(self, key: GroupKey, delta: int) -> None:
         queue = queue_name(key)
-        for subject in self._subjects(key[2]):
+        core, stored = self._subjects(key[2])
+        for subject in core if self._stored is not None else core + stored:
             ref = (subject, queue)
             self._refs[ref] += delta
             if self._refs[ref] <= 0:
@@ -110,6 +127,13 @@ class ClusterShared:
                 self._link.unwant(subject, queue)
             elif delta > 0 and self._refs[ref] == 1:
                 self._link.want(subject, self._handler(key, queue), queue)
+        if self._stored is None:
+            return
+        for subject in stored:  # one group per key: no count needed
+            if delta > 0:
+                self._stored.want(subject, queue, key)
+            else:
+                self._stored.unwant(subject, queue)
 
     def _handler(self, key: GroupKey, queue: str) -> Callable[[Any], Any]:
         async def on_message(msg: Any) -> None:
@@ -120,7 +144,7 @@ class ClusterShared:
             if msg_id is None:
                 return
             if served_elsewhere(headers, queue):
-                self.served_at_origin += 1  # a member on the publisher's node had it (local first)
+                self._served_at_origin += 1  # a member on the publisher's node had it (local first)
                 return
             seen = (msg_id, queue)
             if seen in self._seen:
@@ -133,7 +157,7 @@ class ClusterShared:
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("cluster shared: dropped a message on %s: %s", msg.subject, exc)
                 return
-            self.received += 1
+            self._received += 1
             self._driver.route_to_group(remote, key)
 
         return on_message

@@ -24,6 +24,7 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from gateway.app.backbone import H_MAC, H_NODE, H_TIME, sign
+from gateway.app.backbone_durable import stream_name
 from gateway.broker.subjects import DEFAULT_PREFIX, topic_to_subject
 from gateway.config import ENV_PREFIX
 from gateway.mqtt.client import MqttClient
@@ -558,3 +559,74 @@ def test_a_session_record_is_trusted_only_signed_for_its_identity_and_as_far_as_
     dispatch.disconnect()
     truck.disconnect()
     _fresh_start(n2, cluster.dispatch)
+
+
+def _lead_from(server: NatsServer) -> None:
+    """Move the leadership of the stored messages' stream and of the share groups' consumers
+    (backbone_groups.group_consumer) to `server` (JetStream's step-down elects a new leader among the
+    other replicas, at random)."""
+
+    async def run() -> None:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            stream = stream_name(DEFAULT_PREFIX)
+            groups = [c.name for c in await js.consumers_info(stream) if c.name.startswith("fg_g-")]
+            for name in [None, *groups]:
+                api = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+                if name is not None:
+                    api = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{name}"
+                for _ in range(30):
+                    info = await (js.stream_info(stream) if name is None else js.consumer_info(stream, name))
+                    if info.cluster is not None and info.cluster.leader == server.name:
+                        break
+                    if info.cluster is not None and info.cluster.leader:
+                        await nc.request(api, b"", timeout=5)
+                    await asyncio.sleep(0.5)
+                else:
+                    raise AssertionError(f"{name or stream} never led from {server.name}")
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_share_groups_qos1_messages_wait_in_jetstream_while_its_node_is_away_from_nats(
+    cluster: Cluster,
+    nats_js_cluster: list[NatsServer],  # noqa: F811
+) -> None:
+    """The group's only member is on node 2, whose NATS server is killed (-9) while a unit on node 1
+    publishes QoS 1; node 2 reconnects to another server. Every message the unit had a PUBACK for
+    reaches the member: the group's messages waited in its JetStream consumer meanwhile (a NATS queue
+    subscription, which groups used before, has no member while its node is away, and loses them).
+    Server 1 leads the stream and the group's consumer first, so stores go on throughout.
+    Last in the module: it kills a server (and brings it back)."""
+    from tests.cluster.test_jetstream import Publisher, _received_until
+
+    n1, n2, _ = cluster.nodes
+    unit = "TRK-SHARE-AWAY"
+    truck = _client(n1, _enroll(n1, unit))
+    member = _client(n2, cluster.ops[1], SHARED)
+    probe_deadline = time.monotonic() + 20
+    while member.messages.empty():  # node 2 pulls from the group's consumer
+        assert time.monotonic() < probe_deadline, "the share-group member never got a message"
+        truck.publish(f"fleet/{unit}/telemetry/probe", b"probe", qos=1)
+        time.sleep(0.1)
+    _lead_from(nats_js_cluster[0])
+    time.sleep(0.5)
+    _drain(member, 0.3)
+    publisher = Publisher(truck, f"fleet/{unit}/telemetry/gps", rate=15)
+    publisher.start()
+    time.sleep(1.0)
+    nats_js_cluster[1].kill()  # node 2's server
+    time.sleep(3.0)
+    publisher.halt.set()
+    publisher.join()
+    acknowledged = publisher.acked
+    assert len(acknowledged) >= 40, publisher.outcomes  # the stores went on throughout
+    got = _received_until(member, acknowledged, timeout=40)
+    missing = acknowledged - {m.payload for m in got}
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never reached the group"
+    for client in (member, truck):
+        client.disconnect()
+    nats_js_cluster[1].restart()
