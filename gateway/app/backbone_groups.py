@@ -109,7 +109,9 @@ class GroupConsumers:
             left[0] -= 1
             if left[0] <= 0:
                 asked.set()
-            self._take(subject, queue, name, msg)
+            if not self._take(subject, queue, name, msg):
+                with contextlib.suppress(Exception):
+                    await msg.nak()  # for another node of the group, at once
 
         inbox = nc.new_inbox()
         sub = None
@@ -149,36 +151,41 @@ class GroupConsumers:
             self._said = now
             log.warning("cluster shared: " + message + "; said once a minute", *args)
 
-    def _take(self, subject: str, queue: str, name: str, msg: Any) -> None:
+    def _take(self, subject: str, queue: str, name: str, msg: Any) -> bool:
+        """Route one of the group's messages here; False when this node has no member of the group
+        any more (they left a moment ago): the caller gives it back to JetStream for another node."""
         lane = self._lane
         headers = lane.verified(msg)
         if headers is None:
-            return  # refused: counted, acknowledged
+            return True  # refused: counted, acknowledged
         key = self._wanted.get((subject, queue))
+        if key is None:
+            return False
         msg_id = headers.get(wire.H_ID)
-        if key is None or msg_id is None:
-            lane.ack_later(msg)  # its members here left a moment ago: JetStream gives it to no one else
-            return
+        if msg_id is None:
+            lane.ack_later(msg)
+            return True
         if wire.served_elsewhere(headers, queue):
             self.served_at_origin += 1  # a member on the publisher's node had it (local first)
             lane.ack_later(msg)
-            return
+            return True
         seen = (msg_id, name)
         if seen in self._seen:
             lane.ack_later(msg)  # a redelivery of one routed here already
-            return
+            return True
         try:
             remote = wire.message_from(msg.subject, msg.data, headers, lane.prefix)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("cluster shared: dropped a stored message on %s: %s", msg.subject, exc)
             lane.ack_later(msg)
-            return
+            return True
         self._seen[seen] = None
         if len(self._seen) > wire.SEEN_IDS:
             self._seen.popitem(last=False)
         self.received += 1
         self._route(remote, key)  # in a member's session (and store) when it returns
         lane.ack_later(msg)
+        return True
 
     async def close(self) -> None:
         for task in self._pulling.values():
