@@ -290,6 +290,8 @@ class NatsBackbone:
 
     async def _reconnected(self) -> None:
         self.counters.connected = True
+        if self.group_consumers is not None:
+            self.group_consumers.reconnected()
         log.info("cluster backbone: NATS connection back")
 
     async def _error(self, exc: Exception) -> None:

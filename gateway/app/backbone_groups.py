@@ -60,6 +60,7 @@ class GroupConsumers:
         self._changed = asyncio.Event()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (message id, consumer)
         self._said = -math.inf
+        self._asking: set[asyncio.Event] = set()  # one per pull: set, it asks again at once
         self.received = 0
         self.served_at_origin = 0
 
@@ -71,6 +72,12 @@ class GroupConsumers:
     def unwant(self, subject: str, queue: str) -> None:
         if self._wanted.pop((subject, queue), None) is not None:
             self._changed.set()
+
+    def reconnected(self) -> None:
+        """NATS is back: requests outstanding on the old connection are gone, so ask again now
+        (instead of when they would have expired)."""
+        for asked in self._asking:
+            asked.set()
 
     def pulling(self) -> list[tuple[str, str]]:
         """(subject, consumer) of the group consumers this node pulls from now (tests, status)."""
@@ -115,6 +122,7 @@ class GroupConsumers:
 
         inbox = nc.new_inbox()
         sub = None
+        self._asking.add(asked)
         try:
             while sub is None:
                 try:
@@ -141,6 +149,7 @@ class GroupConsumers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asked.wait(), EXPIRES_S + 1.0)
         finally:
+            self._asking.discard(asked)
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
