@@ -48,7 +48,7 @@ from gateway.broker.events import (
 from gateway.broker.inbound import publish_will
 from gateway.broker.outbound import resume
 from gateway.broker.records import identity_to_text
-from gateway.broker.resume_elsewhere import forget_elsewhere, resume_elsewhere
+from gateway.broker.resume_elsewhere import forget_elsewhere, received_from_record, resume_elsewhere
 from gateway.broker.sessions import MqttSession, PendingWill, offline_peer
 from gateway.broker.state import BrokerState, Connection
 from gateway.broker.subscribe import recheck_subscriptions
@@ -104,6 +104,8 @@ def handle_connect(st: BrokerState, conn: Connection, connect: Connect, now: flo
         if not owner.allowed:
             refuse(st, conn, client_id, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, owner.reason, owner.rule)
             return
+        if not connect.clean_start and st.cluster.session_elsewhere is not None:
+            received_from_record(st, conn.peer, existing, now)
     if connect.will is not None and not _will_valid(st, conn, client_id, connect.will):
         return
     _accept(st, conn, connect, client_id, assigned, now)

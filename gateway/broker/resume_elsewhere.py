@@ -95,6 +95,20 @@ def _released(packet_id: int, message_id: str) -> Delivery:
     return Delivery(nothing, 2, False, packet_id=packet_id, released=True, stored=FromStore(None, message_id))
 
 
+def received_from_record(st: BrokerState, peer: Peer, session: MqttSession, now: float) -> None:
+    """A persistent session this node holds (kept on disk across the node's restart, say) resumed
+    here: the QoS 2 PUBLISHes its cluster record names as received join it, unless this node has
+    their PUBREC on record already (`inbound_qos2`). So the resend of one caught between its record
+    and its store when the node died is stored under its recorded id, as any other node would."""
+    ask = st.cluster.session_elsewhere
+    record = None if ask is None else ask(session.client_id)
+    if record is None or not record.received or not usable(record, peer, session.client_id, now):
+        return
+    for packet_id, message_id, digest in record.received:
+        if packet_id not in session.inbound_qos2:
+            session.inbound_recorded.setdefault(packet_id, (message_id, digest))
+
+
 def forget_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) -> None:
     """A clean start of the record's owner: the session another node held ends everywhere (that node
     ends its copy when the CONNECT is announced; the record goes here)."""

@@ -37,7 +37,7 @@ class Node:
         self._count = 0
         hooks = self.lab.broker.cluster
         hooks.session_recorded = lambda client_id, record: self.log.append(("record", record))
-        hooks.session_elsewhere = (records or {}).get
+        hooks.session_elsewhere = ({} if records is None else records).get
         hooks.message_id = self._next_id
         self.lab.broker.forward_accepted(self._sink)
 
@@ -166,3 +166,23 @@ def test_the_received_triples_survive_the_records_text_form_and_a_bad_one_is_ref
         except (ValueError, TypeError):
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_a_session_this_node_kept_takes_the_received_ids_its_record_names() -> None:
+    """The node kept the session (on disk across a restart, here in memory) but died between the
+    record naming a PUBLISH and the confirmation of its store: the resend is stored under the recorded
+    id all the same, and an id whose PUBREC the node has on record is not taken from the record."""
+    records: dict[str, SessionRecord] = {}
+    node = Node(records)
+    unit = node.lab.connect("TRK-1", clean_start=False, properties=KEEP)
+    unit.disconnect_cleanly()
+    recorded = _record_naming(7, "node-a:3:99", b"open")
+    other = (9, "node-a:3:98", inbound_digest(Publish(TOPIC, b"shut", qos=2, packet_id=9)))
+    records["TRK-1"] = SessionRecord(
+        recorded.client_id, recorded.identity, 3600, T0, (), received=(*recorded.received, other)
+    )
+    node.lab.broker._st.sessions["TRK-1"].inbound_qos2.add(9)  # its store was confirmed here
+    unit = _resumed_unit(node)
+    unit.send_raw(encode(Publish(TOPIC, b"open", qos=2, packet_id=7, dup=True), V5))
+    unit.send_raw(encode(Publish(TOPIC, b"shut", qos=2, packet_id=9, dup=True), V5))
+    assert node.stores == [(1, "node-a:3:99", b"open")]  # 9: acknowledged again, not stored again
