@@ -438,7 +438,7 @@ class DurableLane:
         if refused is not None:
             self._refuse(msg, refused)
             return None
-        return dict(headers)
+        return headers
 
     async def make_pull_consumer(self, subject: str, durable: str, idle: float) -> str:
         """Make (or find) a durable pull consumer of `subject`, from new messages on, deleted by

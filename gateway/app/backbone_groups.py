@@ -17,9 +17,9 @@ of its own (local first: its `Fg-Served` header names the group) is acknowledged
 redelivery is routed once per node (ids remembered). Authenticity and freshness are checked as for
 any stored message (against the time JetStream stored it).
 
-A consumer nobody has pulled from for GROUP_IDLE_S is deleted by JetStream. So a group with no member on any
-node keeps what arrives for that long, and a member that joins within it gets those messages; after
-it, the group starts from new messages, as a group with no members gets nothing.
+A consumer nobody has pulled from for GROUP_IDLE_S is deleted by JetStream. So a group with no member
+on any node keeps what arrives for that long, and a member that joins within it gets those messages;
+after it, the group starts from new messages, as a group with no members gets nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ EXPIRES_S = 5.0  # how long a pull request waits for messages before it is made 
 
 
 def group_consumer(queue: str, subject: str) -> str:
-    """The durable (and deliver group) name of a share group's consumer of one stored subject."""
+    """The durable name of a share group's consumer of one stored subject (the same on every node)."""
     return consumer_name(f"g-{queue}", subject)
 
 
