@@ -161,6 +161,19 @@ def test_publish(world: World, who: Identity | None, topic: str, expected: tuple
     assert brief(publish(world.engine, who, topic)) == expected
 
 
+def test_a_topic_asked_again_gets_the_same_answer(world: World) -> None:
+    """The engine remembers the checks that depend on the topic and the grants alone (`$`-topics,
+    the mode command, grants, quarantine, the control lane) per identity: asked again, in another
+    order, and after more topics than it remembers, every row still gets the answer of the table."""
+    for round_ in range(3):
+        now = T0 + 60 * round_  # a minute apart: no row is refused for its rate
+        rows = PUBLISHES if round_ % 2 == 0 else PUBLISHES[::-1]
+        for who, topic, expected in rows:
+            assert brief(publish(world.engine, who, topic, now=now)) == expected, (who, topic)
+        for n in range(300):  # more than the memo holds: it is emptied, never wrong
+            assert not publish(world.engine, TRK1, f"elsewhere/{n}", now=now).allowed
+
+
 SUBSCRIBES = [
     (TRK1, "fleet/TRK-1/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
     (TRK1, "fleet/TRK-1/control/+", ("allow", "subscribe_granted", "unit/subscribe/1")),
