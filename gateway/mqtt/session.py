@@ -324,7 +324,9 @@ class ServerSession:
         return self._reader.last_publish_wire()
 
     def _inbound_publish(self, publish: Publish) -> Publish:
-        if self.is_v5:
+        # A 5.0 PUBLISH without properties (the codec hands out the one NO_PROPERTIES) has no topic
+        # alias, subscription identifier or response topic to look at: only its topic name to check.
+        if self.is_v5 and (publish.properties is not NO_PROPERTIES or not publish.topic):
             publish = self._resolve_alias(publish)
             props = publish.properties
             if props.subscription_identifiers:
