@@ -119,7 +119,8 @@ def _route_and_ack(
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
         if session.persistent and st.store is not None:
             st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
-    _ack(st, conn, publish, ReasonCode.SUCCESS)
+    if publish.packet_id is not None:  # QoS 0 is not acknowledged: no call for nothing
+        _ack(st, conn, publish, ReasonCode.SUCCESS)
 
 
 def _held_id(conn: Connection, packet_id: int | None) -> bool:
