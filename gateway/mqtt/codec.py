@@ -90,6 +90,9 @@ __all__ = [
 
 _V5 = ProtocolVersion.MQTT_5
 _T = PacketType
+# Read for every packet: an int global, not `_T.PUBLISH` (an Enum member read off its class costs ~6
+# times a global's load in Python 3.11).
+_PUBLISH = int(PacketType.PUBLISH)
 
 # What struct.pack and bytes() raise for a value that does not fit its field (a negative or too large
 # keep alive, reason code, ...); encode() turns them into MalformedPacket(peer_at_fault=False).
@@ -803,7 +806,7 @@ class PacketReader:
             if end > have:
                 return None
             self._pos = end
-            if first >> 4 == _T.PUBLISH:  # the hot path: decoded in place, without copying the body out
+            if first >> 4 == _PUBLISH:  # the hot path: decoded in place, without copying the body out
                 publish = _dec_publish(first & 0x0F, buf, pos + head, end, self._v5)
                 self._publish_at = pos
                 return publish
