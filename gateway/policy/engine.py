@@ -70,7 +70,10 @@ from pki.names import Identity, IdentityError
 __all__ = ["PolicyEngine"]
 
 _DOLLAR_RULE = "builtin/dollar_topics"
-_TOPIC_MEMO_LIMIT = 256  # topics judged and remembered per identity (grants._MEMO_LIMIT's bound)
+_TOPIC_MEMO_LIMIT = 256  # topics judged for publishing and remembered, per identity
+# ... for receiving: a fleet-wide subscriber hears every unit's topics (~8 per unit), so this must hold
+# a whole fleet's worth or the memo is emptied before it is reused.
+_DELIVERY_MEMO_LIMIT = 16_384
 
 
 @lru_cache(maxsize=4096)
@@ -132,9 +135,12 @@ class _Seen:
     control: _Buckets | None = None  # the control lane's own, kept the same way
     # topic -> what `_judge_topic` said with these grants: a unit publishes a handful of topics over
     # and over, so the `$` and mode-command checks, the grant and the control lane are looked up once
-    # per topic, not per message. Emptied with every refresh (new grants) and bounded like the grants'
-    # own memos; made at the identity's first publish.
+    # per topic, not per message. Emptied with every refresh (new grants); bounded, so a client
+    # spraying random topics cannot grow it; made at the identity's first publish.
     topics: dict[str, _Granted | Decision] | None = None
+    # topic -> what `_judge_delivery` said with these grants, the same way for what it receives: a
+    # fleet-wide subscriber (analytics on fleet/+/telemetry/#) hears every unit's topics over and over.
+    deliveries: dict[str, Decision] | None = None
 
 
 class PolicyEngine:
@@ -380,7 +386,7 @@ class PolicyEngine:
         elif (rule := grants.may_publish(topic)) is None:
             judged = _publish_refusal(grants, topic)
         else:
-            judged = _Granted(rule, grants.carries_control(topic), _allowed("publish_granted", rule))
+            judged = _Granted(rule, grants.in_control_namespace(topic), _allowed("publish_granted", rule))
         topics = seen.topics
         if topics is None or len(topics) >= _TOPIC_MEMO_LIMIT:
             topics = seen.topics = {}
@@ -412,12 +418,25 @@ class PolicyEngine:
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
-        if topic[:1] == "$" and peer.identity.kind != "operator":
-            return deny("reserved_topic", _DOLLAR_RULE)
-        rule = seen.grants.may_receive(topic)
-        if rule is None:
-            return deny("topic_not_granted", f"{seen.grants.profile.name}/subscribe")
-        return _allowed("delivery_granted", rule)
+        deliveries = seen.deliveries
+        judged = deliveries.get(topic) if deliveries is not None else None
+        return judged if judged is not None else self._judge_delivery(seen, topic)
+
+    def _judge_delivery(self, seen: _Seen, topic: str) -> Decision:
+        """The checks of a delivery that depend on the topic and the identity's grants alone
+        (`$`-topics, then the subscribe grants), remembered in `seen`."""
+        grants = seen.grants
+        if topic[:1] == "$" and grants.identity.kind != "operator":
+            judged = deny("reserved_topic", _DOLLAR_RULE)
+        elif (rule := grants.may_receive(topic)) is None:
+            judged = deny("topic_not_granted", f"{grants.profile.name}/subscribe")
+        else:
+            judged = _allowed("delivery_granted", rule)
+        deliveries = seen.deliveries
+        if deliveries is None or len(deliveries) >= _DELIVERY_MEMO_LIMIT:
+            deliveries = seen.deliveries = {}
+        deliveries[topic] = judged
+        return judged
 
     # --- checks -----------------------------------------------------------------------------------
 
@@ -478,7 +497,7 @@ class PolicyEngine:
             seen = self._seen[identity] = _Seen(self._epoch, state, grants, state.is_revoked)
         else:
             seen.epoch, seen.state, seen.grants, seen.revoked = self._epoch, state, grants, state.is_revoked
-            seen.topics = None  # judged with the grants before
+            seen.topics = seen.deliveries = None  # judged with the grants before
         return seen
 
     def _throttled(self, identity: Identity, profile: Profile, now: float) -> Decision | None:

@@ -234,6 +234,22 @@ def test_delivery(world: World, who: Identity | None, topic: str, expected: tupl
     assert brief(world.engine.decide_delivery(peer(who), topic, T0)) == expected
 
 
+def test_a_delivery_asked_again_gets_the_same_answer(world: World) -> None:
+    # The engine remembers what depends on the topic and the grants alone per identity, as for
+    # publishes: asked again, in another order, after more topics than it remembers and after a
+    # change it was told of, every answer is the one a fresh judgement gives.
+    for rows in (DELIVERIES, DELIVERIES[::-1], DELIVERIES):
+        for who, topic, expected in rows:
+            assert brief(world.engine.decide_delivery(peer(who), topic, T0)) == expected, (who, topic)
+    for n in range(17_000):
+        assert world.engine.decide_delivery(peer(TRK1), f"fleet/TRK-1/cmd/{n}", T0).allowed
+    tier1 = "views/1/fleet/TRK-1/eta"
+    assert not world.engine.decide_delivery(peer(ACME), tier1, T0).allowed
+    world.directory.set_tier(ACME, 1)
+    world.engine.invalidate(ACME)
+    assert world.engine.decide_delivery(peer(ACME), tier1, T0).rule == "partner/tier1/subscribe/0"
+
+
 def test_delivery_to_a_restored_session_needs_no_certificate_facts(world: World) -> None:
     restored = Peer("", TRK1)  # what the broker rebuilds from disk, and keeps for an offline session
     assert world.engine.decide_delivery(restored, "fleet/TRK-1/cmd/x", T0).allowed
