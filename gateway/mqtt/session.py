@@ -202,7 +202,7 @@ class ServerSession:
         # and the last PUBLISH handed out unchanged (the broker may forward its bytes as they came).
         self.version: ProtocolVersion | None = None
         self.is_v5 = False
-        self._valid_topic = ""
+        self._valid_topic: str | None = None  # not "": an empty topic name is never valid
         self._last_publish: Publish | None = None
 
     # --- facts --------------------------------------------------------------------------------

@@ -105,6 +105,15 @@ def test_a_publish_with_or_without_properties_is_judged_alike(props: Properties)
     assert isinstance(v, Violation) and v.reason_code == ReasonCode.PROTOCOL_ERROR
 
 
+def test_a_3_1_1_publish_with_an_empty_topic_name_is_refused() -> None:
+    # It has no topic alias to stand for it (§4.7.3: a topic name is at least one character); the
+    # first PUBLISH of a connection is checked like every other.
+    s = connected(V311)
+    s.receive_data(encode(Publish("", b"x"), V311), 0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.TOPIC_NAME_INVALID
+
+
 def test_receive_maximum_counts_unacked_qos1_and_pending_qos2() -> None:
     s = connected()
     pending: set[int] = {9}
