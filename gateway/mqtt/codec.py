@@ -343,19 +343,29 @@ def publish_at_qos0(data: bytes) -> bytes:
         return data
     if first & 0x09:
         raise ProtocolError("Only a PUBLISH without RETAIN or DUP has a QoS 0 form.", peer_at_fault=False)
-    size, body = decode_varint(data, 1, len(data))
+    # One- and two-byte remaining lengths (every telemetry message) inline, as in encode_publish.
+    if data[1] < 128:
+        size, body = data[1], 2
+    elif 0 < data[2] < 128:
+        size, body = (data[1] & 0x7F) | data[2] << 7, 3
+    else:
+        size, body = decode_varint(data, 1, len(data))
+    size -= 2
+    if size < 128:
+        head = bytes((0x30, size))
+    elif size < 16_384:
+        head = bytes((0x30, (size & 0x7F) | 0x80, size >> 7))
+    else:
+        head = bytes((0x30,)) + encode_varint(size)
     topic_end = body + 2 + (data[body] << 8 | data[body + 1])
-    return b"".join((bytes((0x30,)), encode_varint(size - 2), data[body:topic_end], data[topic_end + 2 :]))
-
-
-_PUBACK_SUCCESS = bytes((0x40, 2))
+    return b"".join((head, data[body:topic_end], data[topic_end + 2 :]))
 
 
 def puback_success(packet_id: int) -> bytes:
     """PUBACK with reason 0x00 and no properties: the same bytes in 3.1.1 and 5.0 (§3.4.2.1)."""
     if not 0 < packet_id <= 0xFFFF:
         raise ProtocolError(f"Packet identifier {packet_id!r} is not in 1..65535.", peer_at_fault=False)
-    return _PUBACK_SUCCESS + U16.pack(packet_id)
+    return bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF))
 
 
 def with_topic_alias(data: bytes, alias: int, *, send_topic: bool) -> bytes:
@@ -501,7 +511,11 @@ def _dec_publish(flags: int, body: Buffer, start: int, end: int, v5: bool) -> Pu
     qos = (flags >> 1) & 3
     pid = None
     if qos:
-        pid, pos = _dec_packet_id(body, pos, end, v5)
+        pid = (body[pos] << 8) | body[pos + 1] if pos + 2 <= end else 0  # _dec_packet_id, inlined
+        if pid:
+            pos += 2
+        else:
+            _dec_packet_id(body, pos, end, v5)  # raises the precise error (too short, or id 0)
     props = NO_PROPERTIES
     if v5:
         if pos < end and body[pos] == 0:  # the common case: no properties
