@@ -335,7 +335,7 @@ class Gateway:
             self.flows.observe,
             self.unit_watch.observe,
         )
-        self.broker.observe_publishes(self.observers)
+        self.broker.observe_publishes(self.observers.observe)
         self.feed = AuditFeed(self.audit, self.clock.wall)
         self._heartbeat_health = LoopHealth("reporting to the cluster")
         self.loops = {

@@ -547,7 +547,13 @@ class Broker:
                 close_for_violation(st, conn, event, now)
                 break
             try:
-                self._dispatch(conn, event, now)
+                if type(event) is Publish:  # nearly every packet: handled here, without a call
+                    session = conn.session
+                    assert session is not None  # the session machine lets nothing but CONNECT through first
+                    if not handle_publish(st, conn, session, event, now):
+                        count_denials(st, conn, 1, now)
+                else:
+                    self._dispatch(conn, event, now)
             except MqttError as exc:
                 if not exc.peer_at_fault:
                     raise
@@ -559,16 +565,14 @@ class Broker:
         protocol.acks_flushed(receipts.withheld(conn) if conn.held or conn.awaiting else 0)
 
     def _dispatch(self, conn: Connection, packet: Packet, now: float) -> None:
+        """Every packet but a PUBLISH (`_process` hands those to handle_publish itself)."""
         st = self._st
         session = conn.session
         if isinstance(packet, Connect):
             handle_connect(st, conn, packet, now)
             return
         assert session is not None  # the session machine lets nothing but CONNECT through first
-        if isinstance(packet, Publish):
-            if not handle_publish(st, conn, session, packet, now):
-                count_denials(st, conn, 1, now)
-        elif isinstance(packet, Puback):
+        if isinstance(packet, Puback):
             on_puback(st, session, packet, now)
         elif isinstance(packet, Pubrec):
             on_pubrec(st, conn, session, packet, now)

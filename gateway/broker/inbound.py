@@ -37,6 +37,7 @@ from gateway.policy.access import Peer
 from gateway.policy.decision import Verdict
 
 _ALLOW = Verdict.ALLOW
+_SUCCESS = ReasonCode.SUCCESS  # read for every QoS 1/2 PUBLISH: a global, not an Enum member lookup
 
 
 def handle_publish(
@@ -127,7 +128,8 @@ def _route_and_ack(
         session.inbound_qos2.add(packet_id)  # type: ignore[arg-type]  # the codec guarantees an id for QoS 2
         if session.persistent and st.store is not None:
             st.store.add_inbound_qos2(session.client_id, packet_id)  # type: ignore[arg-type]
-    _ack(st, conn, publish, ReasonCode.SUCCESS)
+    if publish.packet_id is not None:  # QoS 0 is not acknowledged: no call for nothing
+        _ack(st, conn, publish, _SUCCESS)
 
 
 def inbound_digest(publish: Publish) -> str:
@@ -241,7 +243,7 @@ def _may_retain(st: BrokerState, topic: str, client_id: str) -> bool:
 def _ack(st: BrokerState, conn: Connection, publish: Publish, code: int) -> None:
     if publish.packet_id is None:
         return
-    if publish.qos == 1 and code == ReasonCode.SUCCESS:  # the common case: fixed bytes, any version
+    if publish.qos == 1 and code == _SUCCESS:  # the common case: fixed bytes, any version
         st.out.send(conn.conn_id, puback_success(publish.packet_id))
         return
     ack = Puback(publish.packet_id, code) if publish.qos == 1 else Pubrec(publish.packet_id, code)

@@ -50,11 +50,11 @@ class EncodeCache:
     ) -> None:
         self._message = message
         self._now = now
-        self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] = {}
-        self._aliased: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
+        # Made at the first form that is not `wire` itself (a fan-in message to one subscriber on the
+        # publisher's version, the common case, needs neither map).
+        self._forms: dict[tuple[int, int, bool, tuple[int, ...]], bytes] | None = None
+        self._aliased: dict[tuple[int, bool], tuple[bytes, bytes]] | None = None
         self._wire = wire
-        if wire is not None:
-            self._forms[(wire[0], message.qos, False, ())] = wire[1]
 
     def publish(self, version: ProtocolVersion, delivery: Delivery, *, dup: bool = False) -> bytes:
         template = self.form(version, delivery.qos, delivery.retain, delivery.subscription_ids)
@@ -66,27 +66,35 @@ class EncodeCache:
         """The PUBLISH for a recipient on `version` (a QoS>0 form carries a placeholder packet id)."""
         if version != _V5:
             ids = ()
+        wire = self._wire
+        if wire is not None and wire[0] == version and not retain and not ids and qos == self._message.qos:
+            return wire[1]  # the bytes it arrived as: nothing to encode, nothing to remember
         key = (version, qos, retain, ids)
-        template = self._forms.get(key)
+        forms = self._forms
+        if forms is None:
+            forms = self._forms = {}
+        template = forms.get(key)
         if template is None:
-            wire = self._wire
             if wire is not None and not qos and not retain and not ids and wire[0] == version:
                 # A QoS 1/2 message as it came, to a QoS 0 subscription: the same bytes less the id.
                 template = publish_at_qos0(wire[1])
             else:
                 template = encode_publish(self._build(version, qos, retain, ids), version)
-            self._forms[key] = template
+            forms[key] = template
         return template
 
     def with_alias(self, data: bytes, alias: int, *, send_topic: bool) -> bytes:
         """`codec.with_topic_alias`, remembered: QoS 0 subscribers connected alike share one form and
         usually the same alias number for a topic, so a fan-out rewrites once, not once per recipient."""
         key = (alias, send_topic)
-        seen = self._aliased.get(key)
+        aliased = self._aliased
+        if aliased is None:
+            aliased = self._aliased = {}
+        seen = aliased.get(key)
         if seen is not None and seen[0] is data:
             return seen[1]
         out = with_topic_alias(data, alias, send_topic=send_topic)
-        self._aliased[key] = (data, out)
+        aliased[key] = (data, out)
         return out
 
     def _build(self, version: ProtocolVersion, qos: int, retain: bool, ids: tuple[int, ...]) -> Publish:
@@ -157,9 +165,10 @@ def next_packet_id(session: MqttSession, delivery: Delivery) -> int:
 
 def send_qos0(st: BrokerState, conn: Connection, data: bytes, topic: str, cache: EncodeCache) -> None:
     """A QoS 0 copy to a connected client: nothing to track, only its Maximum Packet Size to respect."""
-    if conn.protocol.outbound_alias_maximum:
-        data = conn.protocol.aliased(data, topic, cache.with_alias)
-    if not conn.protocol.fits(len(data)):
+    protocol = conn.protocol
+    if protocol.outbound_alias_maximum:
+        data = protocol.aliased(data, topic, cache.with_alias)
+    if len(data) > protocol.client_max_packet_size:  # not protocol.fits(len(data)): one call fewer
         st.metrics.drops["packet_too_large"] += 1
         return
     st.out.send(conn.conn_id, data)

@@ -183,6 +183,8 @@ class BrokerState:
         # durable consumers): local QoS>0 routing skips them (the backbone keeps this up to date).
         self.durable_sessions: Container[str] = ()
         self._tallies: dict[str, dict[int, list[Any]]] = {}  # kind → id(decision) → [decision, count]
+        # The "delivery" tally, read by may_deliver itself (once per recipient of every message).
+        self._delivery_tally: dict[int, list[Any]] = self._tallies.setdefault("delivery", {})
         self.next_conn_id = 1
         self.next_message_id = 1
         self.assigned_ids = 0
@@ -227,7 +229,12 @@ class BrokerState:
 
     def may_deliver(self, session: MqttSession, topic: str, now: float) -> bool:
         """decide_delivery for one recipient; every delivery path goes through here."""
-        decision = self.counted("delivery", self.policy.decide_delivery(session.peer, topic, now))
+        decision = self.policy.decide_delivery(session.peer, topic, now)
+        cell = self._delivery_tally.get(id(decision))
+        if cell is not None:
+            cell[1] += 1  # what counted("delivery", decision) does for a decision seen before
+        else:
+            self.counted("delivery", decision)
         if decision.verdict is _ALLOW:  # Decision.allowed, without a property call per delivery
             return True
         self.metrics.drops["delivery_denied"] += 1

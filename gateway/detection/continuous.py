@@ -126,7 +126,13 @@ class ContinuousEvaluator:
         identity = peer.identity
         if identity is None or identity.kind not in self._publish_kinds:
             return  # lab clients have no identity to judge; services' volumes are theirs to choose
-        subject = self._subject(identity, now)
+        subjects = self._subjects
+        subject = subjects.get(identity)
+        if subject is not None:  # what _subject does for a known one, without the call
+            subjects.move_to_end(identity)
+            subject.last_seen = now
+        else:
+            subject = self._subject(identity, now)
         if subject.rate is not None:
             subject.rate.observe(now)
         travel = subject.travel

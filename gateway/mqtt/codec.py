@@ -90,6 +90,9 @@ __all__ = [
 
 _V5 = ProtocolVersion.MQTT_5
 _T = PacketType
+# Read for every packet: an int global, not `_T.PUBLISH` (an Enum member read off its class costs ~6
+# times a global's load in Python 3.11).
+_PUBLISH = int(PacketType.PUBLISH)
 
 # What struct.pack and bytes() raise for a value that does not fit its field (a negative or too large
 # keep alive, reason code, ...); encode() turns them into MalformedPacket(peer_at_fault=False).
@@ -340,19 +343,29 @@ def publish_at_qos0(data: bytes) -> bytes:
         return data
     if first & 0x09:
         raise ProtocolError("Only a PUBLISH without RETAIN or DUP has a QoS 0 form.", peer_at_fault=False)
-    size, body = decode_varint(data, 1, len(data))
+    # One- and two-byte remaining lengths (every telemetry message) inline, as in encode_publish.
+    if data[1] < 128:
+        size, body = data[1], 2
+    elif 0 < data[2] < 128:
+        size, body = (data[1] & 0x7F) | data[2] << 7, 3
+    else:
+        size, body = decode_varint(data, 1, len(data))
+    size -= 2
+    if size < 128:
+        head = bytes((0x30, size))
+    elif size < 16_384:
+        head = bytes((0x30, (size & 0x7F) | 0x80, size >> 7))
+    else:
+        head = bytes((0x30,)) + encode_varint(size)
     topic_end = body + 2 + (data[body] << 8 | data[body + 1])
-    return b"".join((bytes((0x30,)), encode_varint(size - 2), data[body:topic_end], data[topic_end + 2 :]))
-
-
-_PUBACK_SUCCESS = bytes((0x40, 2))
+    return b"".join((head, data[body:topic_end], data[topic_end + 2 :]))
 
 
 def puback_success(packet_id: int) -> bytes:
     """PUBACK with reason 0x00 and no properties: the same bytes in 3.1.1 and 5.0 (§3.4.2.1)."""
     if not 0 < packet_id <= 0xFFFF:
         raise ProtocolError(f"Packet identifier {packet_id!r} is not in 1..65535.", peer_at_fault=False)
-    return _PUBACK_SUCCESS + U16.pack(packet_id)
+    return bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF))
 
 
 def with_topic_alias(data: bytes, alias: int, *, send_topic: bool) -> bytes:
@@ -498,7 +511,11 @@ def _dec_publish(flags: int, body: Buffer, start: int, end: int, v5: bool) -> Pu
     qos = (flags >> 1) & 3
     pid = None
     if qos:
-        pid, pos = _dec_packet_id(body, pos, end, v5)
+        pid = (body[pos] << 8) | body[pos + 1] if pos + 2 <= end else 0  # _dec_packet_id, inlined
+        if pid:
+            pos += 2
+        else:
+            _dec_packet_id(body, pos, end, v5)  # raises the precise error (too short, or id 0)
     props = NO_PROPERTIES
     if v5:
         if pos < end and body[pos] == 0:  # the common case: no properties
@@ -803,7 +820,7 @@ class PacketReader:
             if end > have:
                 return None
             self._pos = end
-            if first >> 4 == _T.PUBLISH:  # the hot path: decoded in place, without copying the body out
+            if first >> 4 == _PUBLISH:  # the hot path: decoded in place, without copying the body out
                 publish = _dec_publish(first & 0x0F, buf, pos + head, end, self._v5)
                 self._publish_at = pos
                 return publish

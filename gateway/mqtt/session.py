@@ -127,6 +127,10 @@ _TRANSITIONS: dict[ConnectionState, dict[PacketType, ConnectionState | _Reject]]
 
 _V5 = ProtocolVersion.MQTT_5
 _V311 = ProtocolVersion.MQTT_3_1_1
+# The states as plain globals for the per-packet code (receive_data, next_event): in Python 3.11 an
+# Enum member read off its class (`ConnectionState.CONNECTED`) costs ~6 times a global's load, and a
+# PUBLISH read five of them (docs/benchmarks.md, issue 18, fifth round).
+_AWAIT_CONNECT, _CONNECTED, _CLOSED = _S.AWAIT_CONNECT, _S.CONNECTED, _S.CLOSED
 
 # The packet types the table refuses once connected: the reader refuses them from their first byte
 # (RefusedPacketType), so a second CONNECT or a client-sent SUBACK is the Protocol Error the table says
@@ -198,7 +202,7 @@ class ServerSession:
         # and the last PUBLISH handed out unchanged (the broker may forward its bytes as they came).
         self.version: ProtocolVersion | None = None
         self.is_v5 = False
-        self._valid_topic = ""
+        self._valid_topic: str | None = None  # not "": an empty topic name is never valid
         self._last_publish: Publish | None = None
 
     # --- facts --------------------------------------------------------------------------------
@@ -226,7 +230,7 @@ class ServerSession:
 
     def receive_data(self, data: bytes, now: float) -> None:
         self._now = now
-        if self.state is ConnectionState.AWAIT_CONNECT and len(self._head) < 16:
+        if self.state is _AWAIT_CONNECT and len(self._head) < 16:
             if not self._head and data and data[0] >> 4 != PacketType.CONNECT:
                 self._pending = Violation("packet_before_connect", ReasonCode.PROTOCOL_ERROR, True)
             self._head += data[: 16 - len(self._head)]
@@ -234,7 +238,7 @@ class ServerSession:
 
     def next_event(self) -> Packet | Violation | None:
         """The next packet for the broker, a Violation (after which the machine is CLOSED), or None."""
-        if self.state is ConnectionState.CLOSED:
+        if self.state is _CLOSED:
             return None
         if self._pending is not None:
             return self._fail(self._pending)
@@ -246,13 +250,13 @@ class ServerSession:
             # to move it to the old generation and make the next full collection come sooner.
             self._last_publish = None
             return None
-        during_connect = self.state is ConnectionState.AWAIT_CONNECT
+        during_connect = self.state is _AWAIT_CONNECT
         try:
             packet = reader.next_packet()
             if packet is None:
                 self._last_publish = None
                 return None
-            if type(packet) is Publish and self.state is ConnectionState.CONNECTED:
+            if type(packet) is Publish and self.state is _CONNECTED:
                 # The hot path: what the table says for it (stay CONNECTED), without the lookups.
                 publish = self._last_publish = self._inbound_publish(packet)
                 self.last_packet_at = self._now
@@ -324,7 +328,9 @@ class ServerSession:
         return self._reader.last_publish_wire()
 
     def _inbound_publish(self, publish: Publish) -> Publish:
-        if self.is_v5:
+        # A 5.0 PUBLISH without properties (the codec hands out the one NO_PROPERTIES) has no topic
+        # alias, subscription identifier or response topic to look at: only its topic name to check.
+        if self.is_v5 and (publish.properties is not NO_PROPERTIES or not publish.topic):
             publish = self._resolve_alias(publish)
             props = publish.properties
             if props.subscription_identifiers:

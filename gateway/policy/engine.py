@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
@@ -69,6 +70,10 @@ from pki.names import Identity, IdentityError
 __all__ = ["PolicyEngine"]
 
 _DOLLAR_RULE = "builtin/dollar_topics"
+_TOPIC_MEMO_LIMIT = 256  # topics judged for publishing and remembered, per identity
+# ... for receiving: a fleet-wide subscriber hears every unit's topics (~8 per unit), so this must hold
+# a whole fleet's worth or the memo is emptied before it is reused.
+_DELIVERY_MEMO_LIMIT = 16_384
 
 
 @lru_cache(maxsize=4096)
@@ -110,6 +115,14 @@ class _Throttle:
     rate: float = 0.0  # the rate `bucket` was built for; a reload with other limits rebuilds it
 
 
+class _Granted(NamedTuple):
+    """The part of a publish decision that depends on the topic and the compiled grants alone."""
+
+    rule: str  # the grant that allows it
+    control: bool  # in the control namespace: the control lane, never throttled, buckets of its own
+    publish: Decision  # _allowed("publish_granted", rule), handed out when nothing else refuses
+
+
 @dataclass(slots=True)
 class _Seen:
     """What the engine knows about one identity until it is told something changed."""
@@ -117,8 +130,17 @@ class _Seen:
     epoch: int  # the engine's epoch when `state` was read; any other value means "ask again"
     state: IdentityState
     grants: CompiledGrants
+    revoked: bool  # state.is_revoked, read once per refresh (asked twice per routed message)
     buckets: _Buckets | None = None  # kept across invalidations: a state change must not refill them
     control: _Buckets | None = None  # the control lane's own, kept the same way
+    # topic -> what `_judge_topic` said with these grants: a unit publishes a handful of topics over
+    # and over, so the `$` and mode-command checks, the grant and the control lane are looked up once
+    # per topic, not per message. Emptied with every refresh (new grants); bounded, so a client
+    # spraying random topics cannot grow it; made at the identity's first publish.
+    topics: dict[str, _Granted | Decision] | None = None
+    # topic -> what `_judge_delivery` said with these grants, the same way for what it receives: a
+    # fleet-wide subscriber (analytics on fleet/+/telemetry/#) hears every unit's topics over and over.
+    deliveries: dict[str, Decision] | None = None
 
 
 class PolicyEngine:
@@ -308,19 +330,18 @@ class PolicyEngine:
         granted = self._may_publish(peer, topic, payload_size, now)
         if isinstance(granted, Decision):
             return granted
-        seen, rule = granted
-        grants = seen.grants
-        if grants.carries_control(topic):  # the control lane: never throttled, buckets of its own
-            return _spend(seen, payload_size, now, control=True) or _allowed("publish_granted", rule)
+        seen, (_, control, allowed) = granted
+        if control:  # the control lane: never throttled, buckets of its own
+            return _spend(seen, payload_size, now, control=True) or allowed
         # Quarantine supersedes a throttle: the ladder has climbed past it, and what a quarantined unit may
         # still send (its diagnostics) is what ops need to look into it.
         if (
             self._throttles
-            and not grants.quarantined
-            and (refusal := self._throttled(peer.identity, grants.profile, now)) is not None
+            and not seen.grants.quarantined
+            and (refusal := self._throttled(peer.identity, seen.grants.profile, now)) is not None
         ):
             return refusal
-        return _spend(seen, payload_size, now) or _allowed("publish_granted", rule)
+        return _spend(seen, payload_size, now) or allowed
 
     def decide_will(
         self, peer: Peer, topic: str, payload_size: int, qos: int, retain: bool, now: float
@@ -332,28 +353,45 @@ class PolicyEngine:
         if peer.identity is None:
             return self._floor.decide_will(peer, topic, payload_size, qos, retain, now)
         granted = self._may_publish(peer, topic, payload_size, now)
-        return granted if isinstance(granted, Decision) else _allowed("will_granted", granted[1])
+        return granted if isinstance(granted, Decision) else _allowed("will_granted", granted[1].rule)
 
     def _may_publish(
         self, peer: Peer, topic: str, payload_size: int, now: float
-    ) -> tuple[_Seen, str] | Decision:
+    ) -> tuple[_Seen, _Granted] | Decision:
         """Authorization for a publish (standing, `$`-topics, grants and quarantine, payload size):
-        the identity's entry and the granting rule, or the denial. Spends nothing."""
+        the identity's entry and what granted the topic, or the denial. Spends nothing."""
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
-        if topic[:1] == "$":
-            return deny("reserved_topic", _DOLLAR_RULE)
-        if is_mode_command(topic):  # whatever a grant says (rules.py refuses grants naming only it)
-            return RESERVED_FOR_GATEWAY
-        grants = seen.grants
-        rule = grants.may_publish(topic)
-        if rule is None:
-            return _publish_refusal(grants, topic)
-        max_payload = grants.profile.limits.max_payload
+        topics = seen.topics
+        granted = topics.get(topic) if topics is not None else None
+        if granted is None:
+            granted = self._judge_topic(seen, topic)
+        if isinstance(granted, Decision):
+            return granted
+        max_payload = seen.grants.profile.limits.max_payload
         if max_payload is not None and payload_size > max_payload:
-            return deny("payload_too_large", f"{grants.profile.name}/limits/max_payload")
-        return seen, rule
+            return deny("payload_too_large", f"{seen.grants.profile.name}/limits/max_payload")
+        return seen, granted
+
+    def _judge_topic(self, seen: _Seen, topic: str) -> _Granted | Decision:
+        """The checks of a publish that depend on the topic and the identity's grants alone, in
+        their order (`$`-topics, the mode command, grants and quarantine), remembered in `seen`."""
+        judged: _Granted | Decision
+        grants = seen.grants
+        if topic[:1] == "$":
+            judged = deny("reserved_topic", _DOLLAR_RULE)
+        elif is_mode_command(topic):  # whatever a grant says (rules.py refuses grants naming only it)
+            judged = RESERVED_FOR_GATEWAY
+        elif (rule := grants.may_publish(topic)) is None:
+            judged = _publish_refusal(grants, topic)
+        else:
+            judged = _Granted(rule, grants.in_control_namespace(topic), _allowed("publish_granted", rule))
+        topics = seen.topics
+        if topics is None or len(topics) >= _TOPIC_MEMO_LIMIT:
+            topics = seen.topics = {}
+        topics[topic] = judged
+        return judged
 
     def decide_subscribe(self, peer: Peer, topic_filter: str, now: float) -> Decision:
         if peer.identity is None:
@@ -380,12 +418,25 @@ class PolicyEngine:
         seen = self._standing(peer, now, check_expiry=True)
         if isinstance(seen, Decision):
             return seen
-        if topic[:1] == "$" and peer.identity.kind != "operator":
-            return deny("reserved_topic", _DOLLAR_RULE)
-        rule = seen.grants.may_receive(topic)
-        if rule is None:
-            return deny("topic_not_granted", f"{seen.grants.profile.name}/subscribe")
-        return _allowed("delivery_granted", rule)
+        deliveries = seen.deliveries
+        judged = deliveries.get(topic) if deliveries is not None else None
+        return judged if judged is not None else self._judge_delivery(seen, topic)
+
+    def _judge_delivery(self, seen: _Seen, topic: str) -> Decision:
+        """The checks of a delivery that depend on the topic and the identity's grants alone
+        (`$`-topics, then the subscribe grants), remembered in `seen`."""
+        grants = seen.grants
+        if topic[:1] == "$" and grants.identity.kind != "operator":
+            judged = deny("reserved_topic", _DOLLAR_RULE)
+        elif (rule := grants.may_receive(topic)) is None:
+            judged = deny("topic_not_granted", f"{grants.profile.name}/subscribe")
+        else:
+            judged = _allowed("delivery_granted", rule)
+        deliveries = seen.deliveries
+        if deliveries is None or len(deliveries) >= _DELIVERY_MEMO_LIMIT:
+            deliveries = seen.deliveries = {}
+        deliveries[topic] = judged
+        return judged
 
     # --- checks -----------------------------------------------------------------------------------
 
@@ -397,17 +448,23 @@ class PolicyEngine:
         """
         identity = peer.identity
         assert identity is not None  # callers handle lab clients first
-        try:
-            seen = self._lookup(identity)
-        except IdentityError:
-            return deny("invalid_identity", "builtin/identity")
-        if seen is None:
-            return deny("unknown_identity", "registry/identity")
-        if seen.state.is_revoked:
+        seen = self._seen.get(identity)
+        if seen is None or seen.epoch != self._epoch:  # `_lookup`'s own test, without the call
+            try:
+                seen = self._lookup(identity)
+            except IdentityError:
+                return deny("invalid_identity", "builtin/identity")
+            if seen is None:
+                return deny("unknown_identity", "registry/identity")
+        if seen.revoked:
             return deny("identity_revoked", "registry/identity")
         serial = peer.certificate_serial
-        if serial is not None and self._serial_revoked(serial):
-            return deny("certificate_revoked", "registry/certificate")
+        if serial is not None:
+            revoked = self._revoked_serials.get(serial)
+            if revoked is None:
+                revoked = self._serial_revoked(serial)
+            if revoked:
+                return deny("certificate_revoked", "registry/certificate")
         not_after = peer.certificate_not_after
         if check_expiry and not_after is not None and not_after + self._clock_skew < now:
             return deny("certificate_expired", "builtin/certificate_validity")
@@ -437,9 +494,10 @@ class PolicyEngine:
         # IdentityError for a bad id
         grants = self._grants.get(identity, state.tier, state.is_quarantined, restricted, state.role)
         if seen is None:
-            seen = self._seen[identity] = _Seen(self._epoch, state, grants)
+            seen = self._seen[identity] = _Seen(self._epoch, state, grants, state.is_revoked)
         else:
-            seen.epoch, seen.state, seen.grants = self._epoch, state, grants
+            seen.epoch, seen.state, seen.grants, seen.revoked = self._epoch, state, grants, state.is_revoked
+            seen.topics = seen.deliveries = None  # judged with the grants before
         return seen
 
     def _throttled(self, identity: Identity, profile: Profile, now: float) -> Decision | None:

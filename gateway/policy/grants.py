@@ -39,10 +39,6 @@ __all__ = ["ID", "CompiledGrants", "GrantCache", "IdentityMatcher", "TopicMatche
 ID = "\x00"  # the identity's own id inside a shared matcher
 _MAX_OWN_LEVELS = 4  # a topic naming the id more often than this is matched by a linear scan
 
-_MEMO_LIMIT = 256  # remembered publish answers per compiled identity
-# Remembered delivery answers per compiled identity: a fleet-wide subscriber hears every unit's topics
-# (~8 per unit), so this must hold a whole fleet's worth or the memo is emptied before it is reused.
-_RECEIVE_MEMO_LIMIT = 16_384
 STATE_TOPIC = "fleet/{id}/state"  # where a restricted unit reports its posture (within roles.unit.publish)
 
 
@@ -171,9 +167,6 @@ class CompiledGrants:
     # Restricted by device posture: diagnostic-only like quarantine, plus its own state topic
     # so that it can report a better posture and be let out.
     restricted: bool = False
-    _published: dict[str, str] = field(default_factory=dict, repr=False)  # topic -> rule, "" for none
-    _received: dict[str, str] = field(default_factory=dict, repr=False)  # the same, for deliveries
-    _control: dict[str, bool] = field(default_factory=dict, repr=False)  # topic -> in the control namespace
 
     @classmethod
     def for_identity(
@@ -221,17 +214,10 @@ class CompiledGrants:
 
         Quarantine narrows the normal grants everywhere except the control namespace, where the normal
         grant decides exactly as if the unit were not quarantined: vehicle control is never touched.
-        """
-        # A unit publishes a handful of topics over and over (telemetry/gps every second), so the
-        # answers are remembered; the memo is bounded so a client spraying random topics cannot grow it.
-        rule = self._published.get(topic)
-        if rule is None:
-            if len(self._published) >= _MEMO_LIMIT:
-                self._published.clear()
-            rule = self._published[topic] = self._judge_publish(topic) or ""
-        return rule or None
 
-    def _judge_publish(self, topic: str) -> str | None:
+        Not remembered here: the policy engine remembers its answers per identity and topic (engine.py,
+        `_Seen`), and asks again only when these grants may have changed.
+        """
         rule = self.publish.match(topic)
         if rule is None or self.quarantine is None or self.control.match(topic) is not None:
             return rule
@@ -239,15 +225,6 @@ class CompiledGrants:
 
     def in_control_namespace(self, topic: str) -> bool:
         return self.control.match(topic) is not None
-
-    def carries_control(self, topic: str) -> bool:
-        """`in_control_namespace`, remembered (asked for every granted publish: the control lane)."""
-        control = self._control.get(topic)
-        if control is None:
-            if len(self._control) >= _MEMO_LIMIT:
-                self._control.clear()
-            control = self._control[topic] = self.control.match(topic) is not None
-        return control
 
     def may_subscribe(self, topic_filter: str) -> str | None:
         """The rule of a grant covering the requested filter (a `$share/...` one judged on its filter)."""
@@ -258,15 +235,9 @@ class CompiledGrants:
         return self.subscribe.covering(plain)
 
     def may_receive(self, topic: str) -> str | None:
-        """The rule of a subscribe grant matching `topic` (quarantine does not limit what a unit hears)."""
-        # A wildcard subscriber (analytics on fleet/+/telemetry/#) hears the same fleet's topics over
-        # and over: remembered like may_publish, bounded the same way.
-        rule = self._received.get(topic)
-        if rule is None:
-            if len(self._received) >= _RECEIVE_MEMO_LIMIT:
-                self._received.clear()
-            rule = self._received[topic] = self.subscribe.match(topic) or ""
-        return rule or None
+        """The rule of a subscribe grant matching `topic` (quarantine does not limit what a unit hears).
+        Not remembered here, like `may_publish`."""
+        return self.subscribe.match(topic)
 
 
 @dataclass

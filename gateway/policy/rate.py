@@ -13,6 +13,8 @@ import math
 
 __all__ = ["SlidingWindowCounter", "TokenBucket"]
 
+_INF = math.inf
+
 
 class TokenBucket:
     """A token bucket: `burst` tokens at most, refilled continuously at `rate` tokens per second.
@@ -41,27 +43,34 @@ class TokenBucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend `cost` tokens if the bucket holds them now; return whether it did."""
-        if self.rate == math.inf:  # checked first: inf * 0 elapsed would be NaN
+        rate = self.rate
+        if rate == _INF:  # checked first: inf * 0 elapsed would be NaN
             return True
+        tokens = self._tokens
         elapsed = now - self._last
         if elapsed > 0:
-            # Refill. min() before storing keeps the bucket from ever holding more than one burst,
-            # however long the session was idle.
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            # Refill, capped before storing so the bucket never holds more than one burst, however
+            # long the session was idle (min(), without the call: two of these run per message).
+            tokens += elapsed * rate
+            if tokens > self.burst:
+                tokens = self.burst
             self._last = now
-        if self._tokens >= cost:
-            self._tokens -= cost
+        if tokens >= cost:
+            self._tokens = tokens - cost
             return True
+        self._tokens = tokens
         return False
 
     def available(self, now: float) -> float:
         """Tokens that could be spent at `now` (a query: the bucket itself is not changed)."""
-        if self.rate == math.inf:
-            return math.inf
+        rate = self.rate
+        if rate == _INF:
+            return _INF
         elapsed = now - self._last
         if elapsed <= 0:
             return self._tokens
-        return min(self.burst, self._tokens + elapsed * self.rate)
+        tokens = self._tokens + elapsed * rate
+        return self.burst if tokens > self.burst else tokens
 
     def wait_time(self, now: float, cost: float = 1.0) -> float:
         """Seconds from `now` until `cost` could be taken; `math.inf` if it never can.

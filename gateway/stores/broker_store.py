@@ -88,7 +88,9 @@ class SqliteBrokerStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._open = False
+        # Writes staged since the last commit (a transaction is open). A plain attribute, not a
+        # property: the broker reads it after every connection's read (Broker.receive_batch).
+        self.pending = False
         apply_migrations(conn, "broker", MIGRATIONS)
 
     # --- reading --------------------------------------------------------------------------------
@@ -175,10 +177,10 @@ class SqliteBrokerStore:
     # --- writing --------------------------------------------------------------------------------
 
     def _execute(self, sql: str, args: tuple[object, ...]) -> None:
-        if not self._open:
+        if not self.pending:
             if not self._conn.in_transaction:
                 self._conn.execute("BEGIN IMMEDIATE")
-            self._open = True
+            self.pending = True
         self._conn.execute(sql, args)
 
     def save_retained(self, message: MessageRecord) -> None:
@@ -274,20 +276,16 @@ class SqliteBrokerStore:
             "DELETE FROM broker_inbound_qos2 WHERE client_id = ? AND packet_id = ?", (client_id, packet_id)
         )
 
-    @property
-    def pending(self) -> bool:
-        return self._open
-
     def commit(self) -> None:
-        if not self._open:
+        if not self.pending:
             return
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")  # if this raises, the transaction stays open for rollback()
-        self._open = False
+        self.pending = False
 
     def rollback(self) -> None:
-        if self._open:
-            self._open = False
+        if self.pending:
+            self.pending = False
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
 

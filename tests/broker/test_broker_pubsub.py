@@ -286,13 +286,14 @@ def test_unknown_topic_alias_is_a_protocol_error() -> None:
     assert pub.closed == "protocol_error"
 
 
-def test_never_send_more_than_the_clients_maximum_packet_size() -> None:
+@pytest.mark.parametrize("qos", [1, 0])  # QoS 0 to a connected client takes its own short path
+def test_never_send_more_than_the_clients_maximum_packet_size(qos: int) -> None:
     lab = Lab()
     small = lab.connect("ops-1", properties=Properties(maximum_packet_size=64))
-    small.subscribe("big/#", qos=1)
+    small.subscribe("big/#", qos=qos)
     pub = lab.connect("TRK-1")
-    pub.publish("big/1", b"x" * 100, qos=1)
-    pub.publish("big/2", b"ok", qos=1)
+    pub.publish("big/1", b"x" * 100, qos=qos)
+    pub.publish("big/2", b"ok", qos=qos)
     assert small.payloads == [b"ok"]
     assert lab.broker.metrics.drops["packet_too_large"] == 1
     assert {s.client_id: s for s in lab.broker.sessions()}["ops-1"].inflight == 0  # nothing stuck

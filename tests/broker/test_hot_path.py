@@ -12,7 +12,7 @@ from gateway.broker import Broker, Close, Send
 from gateway.broker.actions import Outbox
 from gateway.broker.outbound import EncodeCache
 from gateway.broker.routing import SubscriptionIndex
-from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.sessions import Delivery, Message, StoredSubscription
 from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.codec import PacketReader, encode_publish
 from gateway.mqtt.packets import Properties, Publish, Subscription
@@ -50,6 +50,24 @@ def test_a_plain_publish_is_forwardable_as_it_came(version: Any, qos: int) -> No
     assert cache.form(version, qos, False, ()) == encode_publish(
         Publish(publish.topic, publish.payload, qos, packet_id=1 if qos else None), version
     )
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["3.1.1", "5.0"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_cache_seeded_with_the_bytes_as_they_came_gives_what_encoding_gives(version: Any, qos: int) -> None:
+    # EncodeCache hands out the bytes a message arrived as without building its map of forms; every
+    # form a recipient can get, asked twice, is what a cache without those bytes encodes.
+    publish = Publish("fleet/TRK-1/telemetry/gps", b"x" * 40, qos, packet_id=9 if qos else None)
+    message = Message(publish.topic, publish.payload, qos, False, publish.properties)
+    seeded = EncodeCache(message, 0.0, (version, encode_publish(publish, version)))
+    fresh = EncodeCache(message, 0.0)
+    for to_version in VERSIONS:
+        for to_qos in range(qos + 1):
+            for retain in (False, True):
+                for ids in ((), (7,)):
+                    delivery = Delivery(message, to_qos, retain, ids, packet_id=5 if to_qos else None)
+                    for _ in range(2):
+                        assert seeded.publish(to_version, delivery) == fresh.publish(to_version, delivery)
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,28 @@ def test_topic_aliases_and_names() -> None:
     assert s.farewell(v) == b"\xe0\x01\x90"
 
 
+@pytest.mark.parametrize("props", [Properties(), Properties(content_type="text/plain")])
+def test_a_publish_with_or_without_properties_is_judged_alike(props: Properties) -> None:
+    # Without properties (the codec's NO_PROPERTIES) the session skips the 5.0 property checks; the
+    # topic name must still be there, exactly as when properties come along.
+    s = connected()
+    s.receive_data(encode(Publish("a/b", b"1", properties=props), V5), 0)
+    got = s.next_event()
+    assert isinstance(got, Publish) and (got.topic, got.payload) == ("a/b", b"1")
+    s.receive_data(encode(Publish("", b"2", properties=props), V5), 0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.PROTOCOL_ERROR
+
+
+def test_a_3_1_1_publish_with_an_empty_topic_name_is_refused() -> None:
+    # It has no topic alias to stand for it (§4.7.3: a topic name is at least one character); the
+    # first PUBLISH of a connection is checked like every other.
+    s = connected(V311)
+    s.receive_data(encode(Publish("", b"x"), V311), 0)
+    v = s.next_event()
+    assert isinstance(v, Violation) and v.reason_code == ReasonCode.TOPIC_NAME_INVALID
+
+
 def test_receive_maximum_counts_unacked_qos1_and_pending_qos2() -> None:
     s = connected()
     pending: set[int] = {9}

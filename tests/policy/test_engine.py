@@ -161,6 +161,19 @@ def test_publish(world: World, who: Identity | None, topic: str, expected: tuple
     assert brief(publish(world.engine, who, topic)) == expected
 
 
+def test_a_topic_asked_again_gets_the_same_answer(world: World) -> None:
+    """The engine remembers the checks that depend on the topic and the grants alone (`$`-topics,
+    the mode command, grants, quarantine, the control lane) per identity: asked again, in another
+    order, and after more topics than it remembers, every row still gets the answer of the table."""
+    for round_ in range(3):
+        now = T0 + 60 * round_  # a minute apart: no row is refused for its rate
+        rows = PUBLISHES if round_ % 2 == 0 else PUBLISHES[::-1]
+        for who, topic, expected in rows:
+            assert brief(publish(world.engine, who, topic, now=now)) == expected, (who, topic)
+        for n in range(300):  # more than the memo holds: it is emptied, never wrong
+            assert not publish(world.engine, TRK1, f"elsewhere/{n}", now=now).allowed
+
+
 SUBSCRIBES = [
     (TRK1, "fleet/TRK-1/cmd/#", ("allow", "subscribe_granted", "unit/subscribe/0")),
     (TRK1, "fleet/TRK-1/control/+", ("allow", "subscribe_granted", "unit/subscribe/1")),
@@ -219,6 +232,22 @@ DELIVERIES = [
 @pytest.mark.parametrize(("who", "topic", "expected"), DELIVERIES)
 def test_delivery(world: World, who: Identity | None, topic: str, expected: tuple[str, str, str]) -> None:
     assert brief(world.engine.decide_delivery(peer(who), topic, T0)) == expected
+
+
+def test_a_delivery_asked_again_gets_the_same_answer(world: World) -> None:
+    # The engine remembers what depends on the topic and the grants alone per identity, as for
+    # publishes: asked again, in another order, after more topics than it remembers and after a
+    # change it was told of, every answer is the one a fresh judgement gives.
+    for rows in (DELIVERIES, DELIVERIES[::-1], DELIVERIES):
+        for who, topic, expected in rows:
+            assert brief(world.engine.decide_delivery(peer(who), topic, T0)) == expected, (who, topic)
+    for n in range(17_000):
+        assert world.engine.decide_delivery(peer(TRK1), f"fleet/TRK-1/cmd/{n}", T0).allowed
+    tier1 = "views/1/fleet/TRK-1/eta"
+    assert not world.engine.decide_delivery(peer(ACME), tier1, T0).allowed
+    world.directory.set_tier(ACME, 1)
+    world.engine.invalidate(ACME)
+    assert world.engine.decide_delivery(peer(ACME), tier1, T0).rule == "partner/tier1/subscribe/0"
 
 
 def test_delivery_to_a_restored_session_needs_no_certificate_facts(world: World) -> None:

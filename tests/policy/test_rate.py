@@ -102,6 +102,30 @@ class TestTokenBucket:
             assert 0.0 <= bucket.available(now) <= burst
         assert granted <= burst + rate * now + 1e-6
 
+    @given(
+        rate=st.floats(0.0, 1e5),
+        burst=st.floats(1.0, 1e5),
+        steps=st.lists(st.tuples(st.floats(-1.0, 5.0), st.floats(0.0, 2e3)), max_size=60),
+    )
+    def test_takes_exactly_what_the_textbook_bucket_takes(
+        self, rate: float, burst: float, steps: list[tuple[float, float]]
+    ) -> None:
+        # The bucket refills without min() (it runs twice per message); to the last bit, it keeps the
+        # tokens and answers of the plain formula: refill = min(burst, tokens + elapsed * rate).
+        bucket = TokenBucket(rate=rate, burst=burst, now=0.0)
+        tokens, last, now = burst, 0.0, 0.0
+        for dt, cost in steps:
+            now += dt
+            expected = min(burst, tokens + (now - last) * rate) if now > last else tokens
+            assert bucket.available(now) == expected
+            if now > last:
+                tokens, last = expected, now
+            took = tokens >= cost
+            if took:
+                tokens -= cost
+            assert bucket.take(now, cost) is took
+            assert bucket.available(now) == tokens
+
 
 class TestSlidingWindowCounter:
     def test_counts_within_window(self) -> None:
