@@ -65,9 +65,8 @@ class TlsTransport:
     def write(self, data: bytes) -> None:
         if self._closing or not data:
             return
-        sslobj = self._sslobj
         try:
-            getattr(sslobj, "_sslobj", sslobj).write(data)  # without ssl.py's wrapper: see data_received
+            self._sslobj.write(data)
         except ssl.SSLError:  # the session is broken (e.g. a fatal alert was received): drop it
             self.abort()
             return
@@ -219,10 +218,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return  # still shaking hands, or it failed
         chunks: list[bytes] = []
         closed_by_peer = False
-        # The _ssl object's own read: ssl.SSLObject.read is a Python wrapper that only passes the
-        # call on (CPython's ssl.py), a frame per record. Where there is no such object, the public one.
-        sslobj = self._sslobj
-        read = getattr(sslobj, "_sslobj", sslobj).read
+        read = self._sslobj.read
         incoming = self._incoming
         try:
             while True:
