@@ -102,19 +102,20 @@ class GroupConsumers:
         name = group_consumer(queue, subject)
         nc = self._lane.nc
         asked: asyncio.Event = asyncio.Event()  # the request outstanding is over: ask again
-        left = [0]  # messages the outstanding request may still bring
-        refused: list[str] = []  # why JetStream ended a request other than by its expiry
+        left = 0  # messages the outstanding request may still bring
+        refused: str | None = None  # why JetStream ended a request other than by its expiry
 
         async def on_reply(msg: Any) -> None:
+            nonlocal left, refused
             status = (msg.headers or {}).get("Status")
             if status is not None:
                 if status != "100":  # not a heartbeat: 408 expired; 404, 409: see below
                     if status != "408":
-                        refused.append(f"{status} {(msg.headers or {}).get('Description', '')}".strip())
+                        refused = f"{status} {(msg.headers or {}).get('Description', '')}".strip()
                     asked.set()
                 return
-            left[0] -= 1
-            if left[0] <= 0:
+            left -= 1
+            if left <= 0:
                 asked.set()
             if not self._take(subject, queue, name, msg):
                 with contextlib.suppress(Exception):
@@ -134,13 +135,13 @@ class GroupConsumers:
             request = json.dumps({"batch": BATCH, "expires": int(EXPIRES_S * 1e9)}).encode()
             while True:
                 if refused:  # the consumer deleted (nobody pulled for a while), too many waiting…
-                    self._say("JetStream refused a pull on %s (%s); made again", subject, refused[-1])
-                    refused.clear()
+                    self._say("JetStream refused a pull on %s (%s); made again", subject, refused)
+                    refused = None
                     await asyncio.sleep(RETRY_S)
                     with contextlib.suppress(Exception):
                         next_subject = await self._lane.make_pull_consumer(subject, name, GROUP_IDLE_S)
                 asked.clear()
-                left[0] = BATCH
+                left = BATCH
                 try:
                     await nc.publish(next_subject, request, reply=inbox)
                 except Exception as exc:  # NATS reconnecting: asked again in a moment

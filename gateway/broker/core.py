@@ -700,5 +700,4 @@ def _arrived(
     if qos not in (0, 1, 2):
         raise ValueError(f"QoS {qos}")
     props = replace(properties, topic_alias=None, subscription_identifiers=())
-    interval = props.message_expiry_interval
-    return Message(topic, payload, qos, retain, props, None if interval is None else now + interval)
+    return Message.arriving(topic, payload, qos, retain, props, now)

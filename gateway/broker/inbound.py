@@ -164,15 +164,7 @@ def _resent_after_node_death(
     if pair is None or not publish.dup or pair[1] != inbound_digest(publish):
         return False  # a new message: it takes the packet id's place in the record
     assert st.backbone is not None
-    interval = publish.properties.message_expiry_interval
-    message = Message(
-        publish.topic,
-        publish.payload,
-        publish.qos,
-        retain,
-        publish.properties,
-        None if interval is None else now + interval,
-    )
+    message = Message.arriving(publish.topic, publish.payload, publish.qos, retain, publish.properties, now)
     receipt = receipts.take_receipt(st)
     if not st.backbone(message, session.client_id, conn.peer, receipt, (), pair[0]):
         return False
@@ -286,7 +278,7 @@ def accept(
 
     `wire`: the bytes it arrived as, when they can be forwarded as they are (see EncodeCache).
     `served`: see `route`."""
-    interval = properties.message_expiry_interval
+    interval = properties.message_expiry_interval  # Message.arriving, inline: every PUBLISH comes here
     message = Message(topic, payload, qos, retain, properties, None if interval is None else now + interval)
     if retain:
         _retain(st, message, origin)

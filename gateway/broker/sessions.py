@@ -41,6 +41,15 @@ class Message:
     # row for `message_id` surely exists (the store deletes a message with its last delivery).
     refs: int = 0
 
+    @classmethod
+    def arriving(
+        cls, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties, now: float
+    ) -> Message:
+        """A message entering the broker at `now`: its expiry interval counted from then. (accept()
+        does the same inline: it runs for every client PUBLISH.)"""
+        interval = properties.message_expiry_interval
+        return cls(topic, payload, qos, retain, properties, None if interval is None else now + interval)
+
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
