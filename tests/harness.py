@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -33,9 +34,11 @@ INSECURE_KEYS = ("--insecure-unencrypted-keys",)  # `fleetgate init` for a throw
 # Ports for the gateways the tests start: below the kernel's ephemeral range (32768 and up on Linux,
 # where clients' own outgoing ports come from), in a band of its own per pytest-xdist worker, so two
 # workers never hand out the same port and no client can be sitting on one between pick and bind.
+# Each test process starts at a random place in its band: two suites run at once from two checkouts
+# (the same band for the same worker name) would otherwise pick the same ports in the same order.
 _PORT_BAND = 1500
 _PORT_BASE = 18000
-_next_port = itertools.count()
+_next_port = itertools.count(random.randrange(_PORT_BAND))
 
 
 def _port_band() -> range:
