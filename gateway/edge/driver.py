@@ -52,7 +52,7 @@ class BrokerDriver:
 
     def route_remote(self, messages: Sequence[RemoteMessage]) -> None:
         """Messages other nodes accepted (the cluster's backbone), to this node's subscribers."""
-        self.hub.apply(self.broker.route_remote(messages, self.clock.now()))
+        self.hub.apply_now(self.broker.route_remote(messages, self.clock.now()))
 
     # --- a cluster's other nodes (gateway/app/cluster_*.py, gateway/broker/elsewhere.py) ----------
 
@@ -89,23 +89,23 @@ class BrokerDriver:
 
     def route_remote_except(self, messages: Sequence[RemoteMessage], skip: Container[str]) -> None:
         """As route_remote, but not to the sessions in `skip` (their own consumers deliver to them)."""
-        self.hub.apply(self.broker.route_remote(messages, self.clock.now(), skip))
+        self.hub.apply_now(self.broker.route_remote(messages, self.clock.now(), skip))
 
     def deliver_stored(self, client_id: str, messages: Sequence[StoredMessage]) -> None:
         """Messages from a persistent session's own durable consumer, to that session only."""
-        self.hub.apply(self.broker.deliver_stored(client_id, messages, self.clock.now()))
+        self.hub.apply_now(self.broker.deliver_stored(client_id, messages, self.clock.now()))
 
     def releases_due(self, client_id: str, packet_ids: Sequence[int]) -> None:
         """The session's record naming these QoS 2 releases is stored (or the wait for it is over):
         send their PUBRELs."""
-        self.hub.apply(self.broker.releases_due(client_id, packet_ids, self.clock.now()))
+        self.hub.apply_now(self.broker.releases_due(client_id, packet_ids, self.clock.now()))
 
     def stored(
         self, confirmed: Sequence[int], failed: Sequence[int] = (), duplicates: Collection[int] = ()
     ) -> None:
         """The cluster's store took (or could not take) these receipts' messages: acknowledge them
         (or close their connections unacknowledged). `duplicates`: confirmed ones it had already."""
-        self.hub.apply(self.broker.stored(confirmed, failed, self.clock.now(), duplicates))
+        self.hub.apply_now(self.broker.stored(confirmed, failed, self.clock.now(), duplicates))
 
     def reauthorize(self) -> None:
         """Re-decide every live session against the current policy and registry state."""

@@ -16,7 +16,9 @@ first, so its last bytes go before its loss.
 Write path: Sends are collected per connection and written once per event-loop iteration (a
 call_soon flush), so a subscriber fed by a thousand publishers whose packets arrived in the same
 iteration gets one write, one TLS record batch and one syscall instead of a thousand. A Close first
-flushes what is pending for its connection, so the order the broker asked for is kept.
+flushes what is pending for its connection, so the order the broker asked for is kept. What arrives
+as one batch already (the reads of an iteration; the cluster backbone's messages and store receipts,
+`apply_now`) is written at once, not a turn of the loop later.
 
 Shutdown runbook: stop accepting → tell sessions (5.0 DISCONNECT 0x8B) → drain writes (bounded)
 → close sockets → flush the store.
@@ -244,6 +246,16 @@ class ConnectionHub:
                 transport = self._transports.get(conn)
                 if transport is not None and not transport.is_closing():
                     transport.resume_reading()
+
+    def apply_now(self, actions: Iterable[Action]) -> None:
+        """Apply a batch made outside a connection's read (the cluster backbone's messages, its store
+        receipts) and write it at once, as run_reads does with the reads: it is one batch already,
+        and the flush's own turn of the event loop would only add to every message's latency."""
+        self._flush_scheduled = True
+        try:
+            self.apply(actions)
+        finally:
+            self.flush_writes()
 
     def _schedule_flush(self) -> None:
         try:

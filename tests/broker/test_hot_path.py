@@ -277,6 +277,19 @@ async def test_hub_coalesces_sends_until_the_iteration_ends_and_flushes_before_c
     assert b.writes == [b"yw"]
 
 
+async def test_hub_writes_a_batch_from_outside_a_read_at_once_with_what_was_pending() -> None:
+    # The cluster backbone's messages and store receipts (BrokerDriver.route_remote, .stored, ...):
+    # written in the same turn of the event loop, in order after what was already pending.
+    hub = ConnectionHub(Broker(CertificateOnlyPolicy()))
+    a, b = RecordingTransport(), RecordingTransport()
+    hub._transports.update({1: a, 2: b})  # type: ignore[dict-item]
+    hub.apply([Send(1, b"x")])
+    hub.apply_now([Send(1, b"y"), Send(2, b"z")])
+    assert a.writes == [b"xy"] and b.writes == [b"z"]
+    await asyncio.sleep(0)
+    assert a.writes == [b"xy"] and b.writes == [b"z"]  # the flush scheduled by the first had nothing
+
+
 def test_hub_outside_a_loop_writes_at_once() -> None:
     hub = ConnectionHub(Broker(CertificateOnlyPolicy()))
     a = RecordingTransport()
