@@ -17,7 +17,7 @@ from gateway.broker.core import RemoteMessage
 from gateway.broker.sessions import Message
 from gateway.broker.state import GroupKey
 from gateway.broker.subjects import subject_to_topic
-from gateway.mqtt.packets import Properties
+from gateway.mqtt.packets import NO_PROPERTIES, Properties
 from gateway.policy.access import Peer
 
 H_NODE = "Fg-Node"
@@ -97,17 +97,32 @@ def message_headers(node: str, msg_id: str, message: Message, client_id: str, pe
 
 def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> str:
     """HMAC-SHA256 over the subject, every header but the MAC (sorted) and the payload, each part
-    length-prefixed so no two messages share an encoding."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    parts = [subject.encode()]
+    length-prefixed so no two messages share an encoding. (One `hmac.digest` over the joined parts:
+    the same MAC as feeding them one by one, for a fraction of the calls; every cross-node message
+    is signed once and checked once.)"""
+    encoded = subject.encode()
+    parts = [len(encoded).to_bytes(4, "big"), encoded]
     for name in sorted(headers):
         if name != H_MAC:
-            parts += [name.encode(), headers[name].encode()]
-    parts.append(payload)
-    for part in parts:
-        mac.update(len(part).to_bytes(4, "big"))
-        mac.update(part)
-    return mac.hexdigest()
+            label = _LABELS.get(name)
+            if label is None:
+                label = _label(name)
+            value = headers[name].encode()
+            parts += (label, len(value).to_bytes(4, "big"), value)
+    parts += (len(payload).to_bytes(4, "big"), payload)
+    return hmac.digest(key, b"".join(parts), "sha256").hex()
+
+
+def _label(name: str) -> bytes:
+    encoded = name.encode()
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+# The headers fleetgate nodes set, length-prefixed once (any other name is encoded when met).
+_LABELS = {
+    name: _label(name)
+    for name in (H_NODE, H_ID, H_CLIENT, H_IDENTITY, H_QOS, H_RETAIN, H_PROPS, H_TIME, H_SERVED)
+} | {"Nats-Msg-Id": _label("Nats-Msg-Id")}  # JetStream's dedupe id (backbone_durable.py), signed too
 
 
 def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes, now: float) -> str | None:
@@ -125,7 +140,12 @@ def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes,
 def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str) -> RemoteMessage:
     """Raises ValueError (or KeyError) for anything a fleetgate node did not send."""
     topic = subject_to_topic(subject, prefix)
-    props = json.loads(headers.get(H_PROPS, "{}"))
+    client = json.loads(headers[H_CLIENT])
+    qos, retain = int(headers[H_QOS]), headers.get(H_RETAIN) == "1"
+    encoded = headers.get(H_PROPS)
+    if encoded is None:  # most messages: no property to carry
+        return topic, data, qos, retain, NO_PROPERTIES, str(client)
+    props = json.loads(encoded)
     properties = Properties(
         payload_format_indicator=props.get("pfi"),
         message_expiry_interval=props.get("exp"),
@@ -134,5 +154,4 @@ def message_from(subject: str, data: bytes, headers: dict[str, str], prefix: str
         correlation_data=None if "cd" not in props else base64.b64decode(props["cd"]),
         user_properties=tuple((str(k), str(v)) for k, v in props.get("up", ())),
     )
-    client = json.loads(headers[H_CLIENT])
-    return topic, data, int(headers[H_QOS]), headers.get(H_RETAIN) == "1", properties, str(client)
+    return topic, data, qos, retain, properties, str(client)

@@ -25,10 +25,16 @@ its NATS filters matches the topic's subject in NATS terms.
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_PREFIX = "fleetgate"
 _EMPTY = "%"
 # Printable ASCII except what NATS reserves and our escape character: kept as they are.
 _PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - {".", "*", ">", "%"}
+# A topic whose every level is non-empty and `_PLAIN` alone (nearly every real topic): its subject
+# is the topic with `/` written `.`, made without looking at each level. The class is 0x21-0x7E
+# without `%` (0x25), `*` (0x2A), `.` (0x2E), `/` (0x2F, the separator) and `>` (0x3E).
+_PLAIN_TOPIC = re.compile(r"[!-$&-)+-\-0-=?-~]+(?:/[!-$&-)+-\-0-=?-~]+)*")
 _HEX = "0123456789ABCDEF"
 
 
@@ -74,6 +80,8 @@ def _root(first_level: str, prefix: str) -> str:
 
 def topic_to_subject(topic: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The subject a (valid) MQTT topic name is published on."""
+    if _PLAIN_TOPIC.fullmatch(topic) is not None:
+        return _root(topic, prefix) + "." + topic.replace("/", ".")
     levels = topic.split("/")
     return _root(levels[0], prefix) + "." + ".".join([_escape(level) for level in levels])
 
@@ -83,8 +91,11 @@ def subject_to_topic(subject: str, prefix: str = DEFAULT_PREFIX) -> str:
     head = prefix + "."
     if not subject.startswith(head) or subject[len(head) : len(head) + 2] not in ("m.", "d."):
         raise ValueError(f"{subject!r} is not a fleetgate topic subject under {prefix!r}")
-    tokens = subject[len(head) + 2 :].split(".")
-    topic = "/".join(_unescape(token) for token in tokens)
+    body = subject[len(head) + 2 :]
+    if "%" not in body:  # no escaped character and no empty level: every token is its level
+        topic = body.replace(".", "/")
+    else:
+        topic = "/".join(_unescape(token) for token in body.split("."))
     if (subject[len(head)] == "d") != topic.startswith("$"):
         raise ValueError(f"{subject!r} is in the wrong subtree for its topic")
     return topic
