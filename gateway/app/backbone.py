@@ -58,6 +58,8 @@ from gateway.app.backbone_wire import BackboneCounters as BackboneCounters
 from gateway.app.backbone_wire import authentic as authentic
 from gateway.app.backbone_wire import message_from as message_from
 from gateway.app.backbone_wire import message_headers as message_headers
+from gateway.app.backbone_wire import open_message as open_message
+from gateway.app.backbone_wire import seal as seal
 from gateway.app.backbone_wire import served_header as served_header
 from gateway.app.backbone_wire import sign as sign
 from gateway.broker.core import RemoteMessage
@@ -186,7 +188,7 @@ class NatsBackbone:
         self._broker = driver.broker
         self.counters = BackboneCounters()
         self._nc: Any = None
-        self._out: list[tuple[str, bytes, dict[str, str]]] = []
+        self._out: list[tuple[str, bytes, dict[str, str] | None]] = []
         self._out_ready = asyncio.Event()
         self._in: list[RemoteMessage] = []
         self._seq = 0
@@ -327,23 +329,26 @@ class NatsBackbone:
             self.counters.dropped["not_connected"] += 1
             return False
         msg_id = self.next_message_id() if message_id is None else message_id
-        headers = message_headers(self.node, msg_id, message, client_id, peer)
         subject = topic_to_subject(message.topic, self.prefix if durable is None else durable.prefix)
-        headers[H_TIME] = str(int(time.time() * 1000))
-        if served:
-            headers[H_SERVED] = served_header(served)
-        if durable is not None:
-            headers[durable_lane.MSG_ID] = (
-                msg_id  # JetStream's dedupe of retries and replays, signed with the rest
-            )
-        headers[H_MAC] = sign(self._key, subject, headers, message.payload)
+        body, headers = seal(
+            self._key,
+            subject,
+            self.node,
+            msg_id,
+            message,
+            client_id,
+            peer,
+            int(time.time() * 1000),
+            served_header(served) if served else "",
+            stored=durable is not None,  # JetStream dedupes retries and replays by the signed id
+        )
         if durable is not None:
             after = None
             if message_id is not None and self.record_written is not None:
                 after = self.record_written(client_id)
-            durable.publish(subject, message.payload, headers, receipt, after)
+            durable.publish(subject, body, headers or {}, receipt, after)
             return receipt is not None
-        self._out.append((subject, message.payload, headers))
+        self._out.append((subject, body, headers))
         self._out_ready.set()
         return False
 
@@ -429,9 +434,9 @@ class NatsBackbone:
     # --- in -----------------------------------------------------------------------------------
 
     async def _on_message(self, msg: Any) -> None:
-        headers = msg.headers or {}
-        refused = authentic(self._key, msg.subject, headers, msg.data, time.time())
-        if refused is not None:  # not from a node of this cluster, or a replay: never routed
+        opened = open_message(self._key, msg.subject, msg.headers, msg.data, time.time())
+        if isinstance(opened, str):  # not from a node of this cluster, or a replay: never routed
+            refused = opened
             self.counters.dropped[refused] += 1
             now = time.monotonic()
             if now - self._refusal_logged >= 60:
@@ -443,6 +448,7 @@ class NatsBackbone:
                     refused,
                 )
             return
+        headers, payload = opened
         if headers.get(H_NODE) == self.node:
             return  # our own (no_echo already keeps them away)
         msg_id = headers.get(H_ID)
@@ -457,7 +463,7 @@ class NatsBackbone:
         if len(seen) > SEEN_IDS:
             seen.popitem(last=False)
         try:
-            remote = message_from(msg.subject, msg.data, headers, self.prefix)
+            remote = message_from(msg.subject, payload, headers, self.prefix)
         except (ValueError, KeyError, TypeError) as exc:
             self.counters.dropped["malformed"] += 1
             log.warning("cluster backbone: dropped a message on %s: %s", msg.subject, exc)

@@ -73,7 +73,6 @@ log = logging.getLogger("fleetgate.cluster")
 RETRY_S = 0.5  # between attempts to store one message
 ATTEMPT_S = 2.0  # one attempt's wait for the PubAck
 DUPLICATE_WINDOW_S = 120.0  # the stream's Nats-Msg-Id memory: longer than FRESH_S
-MSG_ID = "Nats-Msg-Id"
 REBIND_S = 5.0  # how often node consumers that could not be bound are tried again
 PRESENCE_S = 0.5  # how often sessions that came or left are looked for (their consumers bound, parked)
 SESSION_IDS = 4096  # message ids remembered per persistent session (redeliveries: routed once)
@@ -125,11 +124,6 @@ def qos2_packet_id(msg: Any) -> int:
         return int((msg.metadata.sequence.stream - 1) % 65535 + 1)
     except (AttributeError, TypeError):
         return 0  # not a JetStream delivery: any free id
-
-
-def signed_part(headers: dict[str, str]) -> dict[str, str]:
-    """The headers a node signed: ours and the message id (JetStream may add its own)."""
-    return {k: v for k, v in headers.items() if k.startswith("Fg-") or k == MSG_ID}
 
 
 class DurableLane:
@@ -426,19 +420,19 @@ class DurableLane:
             pending_msgs_limit=100_000,
         )
 
-    def verified(self, msg: Any) -> dict[str, str] | None:
-        """A stored message's headers if a node signed it and it is fresh against the time JetStream
-        stored it; None when refused (counted, said once a minute, acknowledged: never redelivered)."""
-        headers = msg.headers or {}
+    def verified(self, msg: Any) -> tuple[dict[str, str], bytes] | None:
+        """A stored message's fields (as headers) and payload if a node signed it and it is fresh
+        against the time JetStream stored it; None when refused (counted, said once a minute,
+        acknowledged: never redelivered)."""
         try:
             stored_at = msg.metadata.timestamp.timestamp()
         except Exception:
             stored_at = 0.0  # not a JetStream delivery: refused as stale below
-        refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
-        if refused is not None:
-            self._refuse(msg, refused)
+        opened = core.open_message(self._key, msg.subject, msg.headers, msg.data, stored_at, stored=True)
+        if isinstance(opened, str):
+            self._refuse(msg, opened)
             return None
-        return headers
+        return opened
 
     async def make_pull_consumer(self, subject: str, durable: str, idle: float) -> str:
         """Make (or find) a durable pull consumer of `subject`, from new messages on, deleted by
@@ -470,9 +464,10 @@ class DurableLane:
         await self._ready.wait()
 
     async def _on_message(self, msg: Any) -> None:
-        headers = self.verified(msg)
-        if headers is None:
+        opened = self.verified(msg)
+        if opened is None:
             return
+        headers, payload = opened
         msg_id = headers.get(core.H_ID)
         if headers.get(core.H_NODE) == self.node or msg_id is None or msg_id in self._seen:
             if msg_id in self._seen:
@@ -480,7 +475,7 @@ class DurableLane:
             self.ack_later(msg)  # ours, or routed already: done with it
             return
         try:
-            remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
+            remote = core.message_from(msg.subject, payload, headers, self.prefix)
         except (ValueError, KeyError, TypeError) as exc:
             self.counters.dropped["malformed"] += 1
             log.warning("cluster backbone: dropped a stored message on %s: %s", msg.subject, exc)
@@ -636,15 +631,10 @@ class DurableLane:
         return on_message
 
     def _on_session_message(self, client_id: str, msg: Any) -> None:
-        headers = msg.headers or {}
-        try:
-            stored_at = msg.metadata.timestamp.timestamp()
-        except Exception:
-            stored_at = 0.0
-        refused = core.authentic(self._key, msg.subject, signed_part(headers), msg.data, stored_at)
-        if refused is not None:
-            self._refuse(msg, refused)
+        opened = self.verified(msg)
+        if opened is None:
             return
+        headers, payload = opened
         msg_id = headers.get(core.H_ID)
         if msg_id is None:
             self.ack_later(msg)
@@ -659,7 +649,7 @@ class DurableLane:
                 self.ack_later(msg)
             return
         try:
-            remote = core.message_from(msg.subject, msg.data, headers, self.prefix)
+            remote = core.message_from(msg.subject, payload, headers, self.prefix)
         except (ValueError, KeyError, TypeError):
             self.counters.dropped["malformed"] += 1
             self.ack_later(msg)

@@ -165,9 +165,10 @@ class GroupConsumers:
         """Route one of the group's messages here; False when this node has no member of the group
         any more (they left a moment ago): the caller gives it back to JetStream for another node."""
         lane = self._lane
-        headers = lane.verified(msg)
-        if headers is None:
+        opened = lane.verified(msg)
+        if opened is None:
             return True  # refused: counted, acknowledged
+        headers, payload = opened
         key = self._wanted.get((subject, queue))
         if key is None:
             return False
@@ -184,7 +185,7 @@ class GroupConsumers:
             lane.ack_later(msg)  # a redelivery of one routed here already
             return True
         try:
-            remote = wire.message_from(msg.subject, msg.data, headers, lane.prefix)
+            remote = wire.message_from(msg.subject, payload, headers, lane.prefix)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("cluster shared: dropped a stored message on %s: %s", msg.subject, exc)
             lane.ack_later(msg)

@@ -35,6 +35,7 @@ from gateway.app.backbone import (
     authentic,
     connect_until_up,
     not_connected,
+    open_message,
     reraise_if_stopping,
     sign,
 )
@@ -145,21 +146,31 @@ class ClusterLink:
     # --- in -----------------------------------------------------------------------------------
 
     def verified(self, msg: Any, *, fresh: bool = True) -> dict[str, str] | None:
-        """The headers of a message a node of this cluster signed (and sent within the freshness
-        window, unless `fresh` is False: a stored retained message is as old as it is); else None,
-        counted and logged once a minute."""
+        """The headers of a control message a node of this cluster signed (and sent within the
+        freshness window, unless `fresh` is False: a stored retained message is as old as it is);
+        else None, counted and logged once a minute."""
         headers: dict[str, str] = msg.headers or {}
         refused = authentic(self._key, msg.subject, headers, msg.data, time.time())
         if refused is None or (refused == "stale" and not fresh):
             return headers
-        self.counters.refused[refused] += 1
+        self._refused(msg, refused)
+        return None
+
+    def opened(self, msg: Any) -> tuple[dict[str, str], bytes] | None:
+        """A data message's fields (as headers) and payload, either form (backbone_wire.py), if a
+        node of this cluster signed it within the freshness window; else None, counted and logged."""
+        opened = open_message(self._key, msg.subject, msg.headers, msg.data, time.time())
+        if isinstance(opened, str):
+            self._refused(msg, opened)
+            return None
+        return opened
+
+    def _refused(self, msg: Any, why: str) -> None:
+        self.counters.refused[why] += 1
         now = time.monotonic()
         if now - self._refusal_logged >= 60:
             self._refusal_logged = now
-            log.warning(
-                "cluster link: refused a message on %s (%s); logged once a minute", msg.subject, refused
-            )
-        return None
+            log.warning("cluster link: refused a message on %s (%s); logged once a minute", msg.subject, why)
 
     # --- running ------------------------------------------------------------------------------
 

@@ -137,9 +137,10 @@ class ClusterShared:
 
     def _handler(self, key: GroupKey, queue: str) -> Callable[[Any], Any]:
         async def on_message(msg: Any) -> None:
-            headers = self._link.verified(msg)
-            if headers is None:
+            opened = self._link.opened(msg)
+            if opened is None:
                 return
+            headers, payload = opened
             msg_id = headers.get(H_ID)
             if msg_id is None:
                 return
@@ -153,7 +154,7 @@ class ClusterShared:
             if len(self._seen) > SEEN_IDS:
                 self._seen.popitem(last=False)
             try:
-                remote = message_from(self._core_subject(msg.subject), msg.data, headers, self._prefix)
+                remote = message_from(self._core_subject(msg.subject), payload, headers, self._prefix)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("cluster shared: dropped a message on %s: %s", msg.subject, exc)
                 return

@@ -1,17 +1,23 @@
-"""The backbone's wire form (gateway/app/backbone_wire.py): what one node signs, another checks and
-turns back into the message. Nodes of two versions share a cluster during a rolling upgrade, so the
-MAC of a given message must never change."""
+"""The backbone's wire forms (gateway/app/backbone_wire.py): what one node signs, another checks and
+turns back into the message. The first form (one header per field) is still read: nodes of earlier
+versions send it and left it in JetStream, so its MAC must never change."""
 
 from __future__ import annotations
 
 import time
 
 from gateway.app.backbone_wire import (
+    H_ID,
     H_MAC,
+    H_NODE,
+    H_SERVED,
     H_TIME,
+    MSG_ID,
     authentic,
     message_from,
     message_headers,
+    open_message,
+    seal,
     sign,
 )
 from gateway.broker.sessions import Message
@@ -81,3 +87,76 @@ def test_a_changed_header_value_or_payload_is_refused() -> None:
     assert authentic(KEY, subject, headers, b"fiX", time.time()) == "unauthenticated"
     assert authentic(KEY, subject + "x", headers, b"fix", time.time()) == "unauthenticated"
     assert authentic(KEY, subject, headers, b"fix", time.time() + 600) == "stale"
+
+
+# --- the sealed form: what nodes send now ---------------------------------------------------------
+
+UNIT = Peer("127.0.0.1:4000", Identity("unit", "TRK-1", "fleet.local"))
+SUBJECT = "fleetgate.m.fleet.TRK-1.telemetry.gps"
+
+
+def _sealed(
+    message: Message, *, node: str = "n1", stored: bool = False, served: str = ""
+) -> tuple[bytes, dict[str, str] | None]:
+    return seal(KEY, SUBJECT, node, "n1:x:1", message, "TRK-1", UNIT, int(time.time() * 1000), served, stored)
+
+
+def test_a_sealed_message_has_no_header_but_jetstreams_id_and_opens_as_the_first_form_would() -> None:
+    props = Properties(content_type="text/plain", user_properties=(("k", "v\tw"),))
+    message = Message("fleet/TRK-1/telemetry/gps", b"FG2\tlooks sealed\n", 1, True, props)
+    body, headers = _sealed(message, served="fg-share-abc")
+    assert headers is None and body.startswith(b"FG2\t")
+    opened = open_message(KEY, SUBJECT, None, body, time.time())
+    assert not isinstance(opened, str)
+    fields, payload = opened
+    assert payload == b"FG2\tlooks sealed\n"
+    assert fields[H_SERVED] == "fg-share-abc" and fields[H_ID] == "n1:x:1" and fields[H_NODE] == "n1"
+    assert message_from(SUBJECT, payload, fields, "fleetgate") == (
+        "fleet/TRK-1/telemetry/gps",
+        payload,
+        1,
+        True,
+        props,
+        "TRK-1",
+    )
+    _, stored_headers = _sealed(message, stored=True)
+    assert stored_headers == {MSG_ID: "n1:x:1"}
+
+
+def test_a_sealed_message_changed_anywhere_or_late_is_refused() -> None:
+    body, _ = _sealed(Message("fleet/TRK-1/telemetry/gps", b"brake", 0, False, Properties()))
+    now = time.time()
+    assert open_message(KEY, SUBJECT + "x", None, body, now) == "unauthenticated"
+    assert open_message(KEY, SUBJECT, None, body[:-1] + b"X", now) == "unauthenticated"
+    assert open_message(KEY, SUBJECT, None, body.replace(b"\t0\t0\t", b"\t1\t0\t"), now) == "unauthenticated"
+    assert open_message(b"other-key" * 4, SUBJECT, None, body, now) == "unauthenticated"
+    assert open_message(KEY, SUBJECT, None, body[:40], now) == "unauthenticated"
+    assert open_message(KEY, SUBJECT, None, b"brake", now) == "unauthenticated"  # neither form
+    assert open_message(KEY, SUBJECT, None, body, now + 600) == "stale"
+
+
+def test_a_stored_sealed_message_needs_its_signed_id_as_jetstreams_id() -> None:
+    body, headers = _sealed(Message("fleet/TRK-1/telemetry/gps", b"fix", 1, False, Properties()), stored=True)
+    now = time.time()
+    assert not isinstance(open_message(KEY, SUBJECT, headers, body, now, stored=True), str)
+    # a copy replayed into the stream under a new id would be stored again: refused on delivery
+    assert open_message(KEY, SUBJECT, {MSG_ID: "n1:x:2"}, body, now, stored=True) == "unauthenticated"
+    assert open_message(KEY, SUBJECT, None, body, now, stored=True) == "unauthenticated"
+
+
+def test_a_node_name_that_would_break_the_line_falls_back_to_the_first_form() -> None:
+    message = Message("fleet/TRK-1/telemetry/gps", b"fix", 1, False, Properties())
+    payload, headers = _sealed(message, node="bad\tname", stored=True)
+    assert payload == b"fix" and headers is not None and headers[H_NODE] == "bad\tname"
+    assert headers[MSG_ID] == "n1:x:1"
+    opened = open_message(KEY, SUBJECT, headers, payload, time.time(), stored=True)
+    assert not isinstance(opened, str) and opened[1] == b"fix"
+
+
+def test_a_first_form_message_whose_payload_looks_sealed_is_still_read_as_the_first_form() -> None:
+    # sent by a node of an earlier version, or left in JetStream by one
+    subject, headers = _signed(
+        Message("fleet/TRK-1/telemetry/gps", b"FG2\tnot sealed", 0, False, Properties())
+    )
+    opened = open_message(KEY, subject, headers, b"FG2\tnot sealed", time.time())
+    assert not isinstance(opened, str) and opened == (headers, b"FG2\tnot sealed")

@@ -36,8 +36,8 @@ class Lane:
     prefix: str = "fleetgate.q"
     acked: list[Any] = field(default_factory=list)
 
-    def verified(self, msg: Msg) -> dict[str, str]:
-        return msg.headers
+    def verified(self, msg: Msg) -> tuple[dict[str, str], bytes]:
+        return msg.headers, msg.data
 
     def ack_later(self, msg: Msg) -> None:
         self.acked.append(msg)
