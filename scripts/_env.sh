@@ -32,6 +32,10 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
   command -v pk12util >/dev/null || missing+=(libnss3-tools)
   [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)  # the cluster tests (tests/pg.py)
   command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)  # tests/nats.py
+  # scripts/compile: mypyc's C output needs a compiler and Python's headers
+  command -v gcc >/dev/null || missing+=(gcc)
+  "${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    2>/dev/null || missing+=(python3-dev)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
     echo "fleetgate: please install ${missing[*]} (the deploy/ and console checks use them; skipped otherwise)" >&2

@@ -245,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             ep.conn = holder[0]._conn
         else:
             peer = Peer(f"127.0.0.1:{port}", Identity(kind, ident, td), None, None)
-            ep.conn = hub.register(None, ep.tcp, peer)  # type: ignore[arg-type]
+            ep.conn = hub.register(ep.tcp, peer)  # type: ignore[arg-type]
         return ep
 
     def send(ep: Endpoint, plain: bytes) -> None:

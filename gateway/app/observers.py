@@ -43,5 +43,3 @@ class PublishFanout:
                 self.errors += 1
                 if self.errors <= 10 or self.errors % 1000 == 0:  # an observer bug must not flood the log
                     log.exception("publish observer %r failed (%d so far)", observer, self.errors)
-
-    __call__ = observe

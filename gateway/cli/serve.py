@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from gateway.app import compiled
 from gateway.app.log_format import FORMATS, configure_logging
 from gateway.app.preflight import run_preflight
 from gateway.app.worker_role import WorkerRole
@@ -121,6 +122,7 @@ def serve(
         logging.getLogger("fleetgate").warning(warning)
     loop_kind = install_event_loop()
     logging.getLogger("fleetgate").info("event loop: %s", loop_kind)
+    logging.getLogger("fleetgate").info("per-message path: %s", compiled.described())
     role = None if as_worker is None else WorkerRole.of(data.root, as_worker)
     gateway = Gateway(data, config, passphrase=passphrase_source(), worker=role)  # asked at a terminal, once
     try:

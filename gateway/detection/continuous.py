@@ -158,7 +158,7 @@ class ContinuousEvaluator:
 
     def observe_events(self, events: Iterable[object], now: float) -> None:
         for event in events:
-            handler = self._HANDLERS.get(type(event))
+            handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event, now)
 
@@ -235,16 +235,6 @@ class ContinuousEvaluator:
         wildcard = "#" in event.topic_filter or "+" in event.topic_filter
         if wildcard and event.reason in _OVERREACH_REASONS:
             self._count(identity, "subscription_overreach", now, event.topic_filter)
-
-    _HANDLERS: dict[type, Any] = {
-        ClientConnected: _on_connected,
-        ClientDisconnected: _on_disconnected,
-        ConnectRefused: _on_refused,
-        SessionTakenOver: _on_taken_over,
-        PublishDenied: _on_publish_denied,
-        WillDropped: _on_will_dropped,
-        SubscribeDenied: _on_subscribe_denied,
-    }
 
     def _identity_failure(self, identity: Identity, reason: str, now: float) -> None:
         self._count(identity, "handshake_failures", now, reason)
@@ -368,6 +358,18 @@ class ContinuousEvaluator:
         return self.stats
 
 
+# mypyc: a compiled class body cannot name its own methods (the table was a class attribute).
+_HANDLERS: dict[type, Any] = {
+    ClientConnected: ContinuousEvaluator._on_connected,
+    ClientDisconnected: ContinuousEvaluator._on_disconnected,
+    ConnectRefused: ContinuousEvaluator._on_refused,
+    SessionTakenOver: ContinuousEvaluator._on_taken_over,
+    PublishDenied: ContinuousEvaluator._on_publish_denied,
+    WillDropped: ContinuousEvaluator._on_will_dropped,
+    SubscribeDenied: ContinuousEvaluator._on_subscribe_denied,
+}
+
+
 def _detectors_of(subject: _Subject) -> Iterable[tuple[str, _Detector]]:
     if subject.rate is not None:
         yield "publish_rate", subject.rate
@@ -423,7 +425,9 @@ class AuditLike(Protocol):
 
 
 class ThrottleLike(Protocol):
-    def throttle(self, identity: Identity, factor: float, until: float, rule: str = ...) -> bool: ...
+    def throttle(
+        self, identity: Identity, factor: float, until: float, rule: str = "detector/throttle"
+    ) -> bool: ...
 
 
 def apply(

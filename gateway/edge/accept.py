@@ -24,6 +24,11 @@ ACCEPT_FAILURE_PAUSE = 0.1  # seconds the loop waits after a failed accept (e.g.
 Serve = Callable[[socket.socket, str, Slot], None]
 
 
+class NotLoopback(RuntimeError):
+    """The lab listener's address resolved to something other than loopback; it is not served.
+    (Here, not in hub.py: a class compiled by mypyc cannot derive from a built-in exception.)"""
+
+
 class Admitter(Protocol):
     """What a listener asks (the connection hub satisfies it)."""
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from gateway.broker import Action, Broker, Close, PauseReading, ResumeReading, Send
 from gateway.broker.histogram import Histogram
-from gateway.edge.accept import AcceptLoop, format_address, stream_server
+from gateway.edge.accept import AcceptLoop, NotLoopback, format_address, stream_server
 from gateway.edge.admission import ConnectionGate, Slot, SourceAdmission
 from gateway.edge.proxied import Balancers
 from gateway.edge.refusal_log import RefusalLog
@@ -70,10 +70,6 @@ class HubCounters:
     receive_seconds: Histogram = field(default_factory=Histogram)
     read_batches: int = 0  # receive_batch calls
     reads: int = 0  # connection reads they carried
-
-
-class NotLoopback(RuntimeError):
-    """The lab listener's address resolved to something other than loopback; it is not served."""
 
 
 # Without a plan from the runtime (tests): an MQTT gate with the configured defaults and a cap that
@@ -154,7 +150,7 @@ class ConnectionHub:
     def proxy_health_check(self, listener: str, address: str) -> None:
         self.counters.proxy_health_checks += 1
 
-    def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int:
+    def register(self, transport: asyncio.Transport, peer: Peer) -> int:
         conn = self.broker.open(peer, self._clock())
         self._transports[conn] = transport
         self._wake.set()  # the CONNECT timeout is a new deadline

@@ -32,7 +32,7 @@ PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]
 class ConnectionSink(HandshakeObserver, Admitter, ProxyObserver, Protocol):
     """What a connection reports to, and asks of (the connection hub satisfies it)."""
 
-    def register(self, protocol: MqttConnection, transport: asyncio.Transport, peer: Peer) -> int: ...
+    def register(self, transport: asyncio.Transport, peer: Peer) -> int: ...
 
     def received(self, conn: int, data: bytes) -> None: ...
 
@@ -61,7 +61,7 @@ class MqttConnection(asyncio.Protocol):
         if peer is None:
             stream.abort()
             return
-        self._conn = self._hub.register(self, stream, peer)
+        self._conn = self._hub.register(stream, peer)
 
     def _admit(self, stream: asyncio.Transport, address: str) -> Peer | None:
         if self._peer_check is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -482,9 +483,11 @@ def _dec_connack(flags: int, body: bytes, v5: bool) -> Connack:
     return Connack(bool(ack_flags), reason, props)
 
 
-# Frozen dataclasses build themselves through object.__setattr__ once per field, which doubles the cost
-# of a decoded PUBLISH. The slot descriptors set the same fields directly; the value is identical
-# (packets.py has no __post_init__), and the field list is checked against the model at import.
+# Interpreted, a frozen dataclass builds itself through object.__setattr__ once per field, which
+# doubles the cost of a decoded PUBLISH: the slot descriptors set the same fields directly (the value is
+# identical: packets.py has no __post_init__; the field list is checked against the model at import).
+# Compiled by mypyc (gateway/app/compiled.py), Publish is a native class, which refuses object.__new__:
+# there the constructor is the fast way.
 _PUBLISH_FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
 if tuple(f.name for f in dataclasses.fields(Publish)) != _PUBLISH_FIELDS:  # pragma: no cover
     raise RuntimeError("packets.Publish changed its fields; update codec._PUBLISH_FIELDS.")
@@ -523,6 +526,16 @@ def _dec_publish(flags: int, body: Buffer, start: int, end: int, v5: bool) -> Pu
         else:
             props, pos = decode_properties(body, pos, end, _T.PUBLISH)
     payload = body[pos:end]
+    if _COMPILED:
+        return Publish(
+            topic,
+            payload if type(payload) is bytes else bytes(payload),
+            qos,
+            flags & 1 == 1,
+            flags & 8 == 8,
+            pid,
+            props,
+        )
     packet = _new(Publish)
     _set_topic(packet, topic)
     _set_payload(packet, payload if type(payload) is bytes else bytes(payload))
@@ -532,6 +545,9 @@ def _dec_publish(flags: int, body: Buffer, start: int, end: int, v5: bool) -> Pu
     _set_pid(packet, pid)
     _set_props(packet, props)
     return packet
+
+
+_COMPILED = not isinstance(_dec_publish, types.FunctionType)  # mypyc's functions are built-in ones
 
 
 def _dec_ack(cls: type[Puback | Pubrec | Pubrel | Pubcomp], ptype: PacketType) -> _Decoder:

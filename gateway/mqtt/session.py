@@ -272,13 +272,15 @@ class ServerSession:
                 self._negotiate(packet)
                 if self.version is not None:
                     self._reader.refuse(_REFUSED_WHEN_CONNECTED[self.version])
-        except RefusedPacketType as exc:
-            refused = _TRANSITIONS[self.state][PacketType(exc.packet_type)]
+        except RefusedPacketType as refusal:  # mypyc: one name per handler (compiled code types it once)
+            refused = _TRANSITIONS[self.state][PacketType(refusal.packet_type)]
             assert isinstance(refused, _Reject)
             return self._fail(Violation(refused.reason, refused.code, during_connect))
-        except UnsupportedProtocolVersion as exc:
+        except UnsupportedProtocolVersion as unsupported:
             code = ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
-            return self._fail(Violation("unsupported_protocol_version", code, True, True, exc.protocol_level))
+            return self._fail(
+                Violation("unsupported_protocol_version", code, True, True, unsupported.protocol_level)
+            )
         except MqttError as exc:
             return self._fail(Violation(reason_of(exc), exc.reason_code, during_connect))
         self.last_packet_at = self._now
