@@ -43,6 +43,7 @@ H_MAC = "Fg-Mac"
 # The share groups a member on the origin node took the message for (local first: broker/inbound.py
 # `route`), as their queue names, comma-separated: no node gives it to them again.
 H_SERVED = "Fg-Served"
+MSG_ID = "Nats-Msg-Id"  # JetStream's dedupe id: a stored message's backbone id, signed with the rest
 FRESH_S = 30.0  # older (or this far in the future: clocks disagree) is refused as a replay
 SEEN_IDS = 65_536  # ids remembered for the overlapping-subscriptions dedupe
 
@@ -138,8 +139,8 @@ def _label(name: str) -> bytes:
 # The headers fleetgate nodes set, length-prefixed once (any other name is encoded when met).
 _LABELS = {
     name: _label(name)
-    for name in (H_NODE, H_ID, H_CLIENT, H_IDENTITY, H_QOS, H_RETAIN, H_PROPS, H_TIME, H_SERVED)
-} | {"Nats-Msg-Id": _label("Nats-Msg-Id")}  # JetStream's dedupe id (backbone_durable.py), signed too
+    for name in (H_NODE, H_ID, H_CLIENT, H_IDENTITY, H_QOS, H_RETAIN, H_PROPS, H_TIME, H_SERVED, MSG_ID)
+}
 
 
 def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes, now: float) -> str | None:
@@ -154,7 +155,6 @@ def authentic(key: bytes, subject: str, headers: dict[str, str], payload: bytes,
     return None if abs(now - sent) <= FRESH_S else "stale"
 
 
-MSG_ID = "Nats-Msg-Id"  # JetStream's dedupe id: a stored message's backbone id, signed with the rest
 SEALED = b"FG2\t"  # what a sealed body starts with
 _MAC_HEX = 64
 _FIELDS = 9  # node, id, client, identity, qos, retain, time, properties, served
