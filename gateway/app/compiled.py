@@ -4,8 +4,8 @@ sources whenever the compiled build does not match them.
 `scripts/compile` builds the modules named in MODULES in place: beside each `x.py` an extension
 `x.cpython-…so`, which Python imports instead of the source, all of them sharing one library
 (`gateway/native__mypyc.cpython-…so`), and writes MANIFEST: a digest of each module's source as
-built. Measured with `scripts/bench_fanin.py --callgrind`: ~45 % fewer instructions per message
-(docs/benchmarks.md, "Compiled with mypyc").
+built. Measured: 39 to 44 % fewer instructions per message in `scripts/bench_fanin.py --callgrind`, a
+quarter less CPU per message at fan-in 10k end to end (docs/benchmarks.md, "Sixth round").
 
 At `import gateway` (gateway/__init__.py), `choose()` compares the sources with MANIFEST. If one
 differs (an edit since the build, a checkout of another commit), or FLEETGATE_PURE_PYTHON=1 is set,
@@ -123,4 +123,4 @@ def described() -> str:
         return "from its sources: the compiled build is older than them (run scripts/compile)"
     if read_manifest() is not None:
         return "from its sources (FLEETGATE_PURE_PYTHON=1)"
-    return "from its sources (scripts/compile builds it: ~45 % less CPU per message)"
+    return "from its sources (scripts/compile builds it: about a quarter less CPU per message)"
