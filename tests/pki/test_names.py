@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -47,7 +49,8 @@ def test_ordinary_names_still_pass() -> None:
 
 
 def test_an_identity_pickled_in_another_process_finds_its_entries_here() -> None:
-    # Identities cache their hash; a pickle must not carry it across processes that hash differently.
+    # An identity hashes as its object; a pickle must not carry a hash across processes, and comes
+    # back as this process's one object for it.
     script = (
         "import pickle, sys; from pki.names import Identity; "
         "sys.stdout.buffer.write(pickle.dumps(Identity('unit', 'TRK-1', 'fleet.local')))"
@@ -57,3 +60,27 @@ def test_an_identity_pickled_in_another_process_finds_its_entries_here() -> None
     here = Identity("unit", "TRK-1", "fleet.local")
     assert {here: "found"}.get(pickle.loads(data)) == "found"
     assert copy.copy(here) == here and hash(copy.deepcopy(here)) == hash(here)
+
+
+def test_equal_identities_are_one_object_however_and_wherever_they_are_made() -> None:
+    # Identities hash by object (pki/names.py): two equal ones that were not the same object would be
+    # two keys of the engine's maps, and a revocation found under one would miss the other.
+    made: list[Identity] = []
+
+    def make() -> None:
+        made.extend(Identity("unit", "TRK-77", "fleet.local") for _ in range(200))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    one = Identity(kind="unit", id="TRK-77", trust_domain="fleet.local")
+    assert all(identity is one for identity in made)
+    assert copy.copy(one) is one and copy.deepcopy(one) is one and pickle.loads(pickle.dumps(one)) is one
+    assert dataclasses.replace(one, id="TRK-78") is Identity("unit", "TRK-78", "fleet.local")
+    other = Identity("service", "TRK-77", "fleet.local")
+    assert other is not one and other != one
+    assert len({one, other, Identity("unit", "TRK-77", "fleet.local")}) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.id = "TRK-78"  # type: ignore[misc]
