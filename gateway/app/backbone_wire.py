@@ -5,8 +5,8 @@ NATS path (backbone.py) and the JetStream path (backbone_durable.py); no NATS im
 Two forms, both signed with the cluster's backbone key:
 - **sealed** (`seal`, what a node sends): one line of tab-separated fields and their MAC before the
   payload, in the NATS message's body, and no NATS header but JetStream's `Nats-Msg-Id` on a stored
-  one. nats-py encodes and parses every header in Python: the eight headers of the first form cost
-  the two nodes ~25 us per message between them, the line a few.
+  one. nats-py encodes and parses every header in Python: with the eight headers of the first form a
+  message cost its two nodes 48-76 us between them (nats-py and this module), sealed 18-33 us.
 - **in headers** (the first form: one `Fg-*` header per field, `sign`/`authentic`): what nodes of
   earlier versions send and left in JetStream (queued, retained), what the cluster's control plane
   (cluster_link.py) uses, and what `seal` falls back to for a node name holding a tab or a line break.
