@@ -45,6 +45,22 @@ def test_fleetgate_pure_python_runs_every_module_from_its_source() -> None:
     assert out == "sources True False"
 
 
+def test_both_ways_of_running_decode_a_publish_alike() -> None:
+    # codec._dec_publish has a path for each (a native Publish refuses object.__new__)
+    code = (
+        "from gateway.mqtt.codec import PacketReader, encode_publish\n"
+        "from gateway.mqtt.packets import Publish, ProtocolVersion, Properties\n"
+        "props = Properties(content_type='t')\n"
+        "sent = Publish('fleet/TRK-1/telemetry/gps', b'fix', 1, True, False, 7, props)\n"
+        "reader = PacketReader(version=ProtocolVersion.MQTT_5)\n"
+        "reader.feed(encode_publish(sent, ProtocolVersion.MQTT_5))\n"
+        "got = reader.next_packet()\n"
+        "print(got == sent, repr(got))"
+    )
+    interpreted = _run(code, FLEETGATE_PURE_PYTHON="1")
+    assert interpreted.startswith("True ") and _run(code) == interpreted
+
+
 def test_a_build_of_other_sources_is_not_used() -> None:
     # as after an edit since scripts/compile: one module's digest differs from the manifest's
     out = _run(
