@@ -38,7 +38,7 @@ ensure_test_packages() {  # what only the test suite needs: promtool and systemd
     2>/dev/null || missing+=(python3-dev)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
-    echo "fleetgate: please install ${missing[*]} (the deploy/ and console checks use them; skipped otherwise)" >&2
+    echo "fleetgate: please install ${missing[*]} (the deploy/, console and cluster checks and scripts/compile use them; skipped otherwise)" >&2
     return 0
   fi
   local sudo=""
