@@ -227,7 +227,10 @@ def test_a_policy_reload_on_node_a_reloads_node_b(cluster: Cluster) -> None:
     while _query(cluster.url, sql)[0][0] == 0:
         assert time.monotonic() < deadline, "node B did not follow node A's policy reload"
         time.sleep(0.05)
-    assert "[node-b] fleetgate: policy reloaded" in cluster.b.log()  # each log line names its node
+    # node B logs the reload just after it appends the audit row: wait for the line, too
+    while "[node-b] fleetgate: policy reloaded" not in cluster.b.log():  # each line names its node
+        assert time.monotonic() < deadline, "node B's log does not name its node on the reload line"
+        time.sleep(0.05)
 
 
 def test_report(cluster: Cluster) -> None:
