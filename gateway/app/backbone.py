@@ -179,6 +179,10 @@ class NatsBackbone:
         `tls`: for tls:// servers (`nats_tls_context`); `credentials`: a `.creds` file for servers in
         operator (JWT) mode (cluster.nats_credentials); the cluster link uses both too."""
         self._key = key
+        # Whether every other node up reads the sealed wire form (backbone_wire.py); the runtime
+        # keeps it true to the nodes table, once a second. Until then: the first form, which every
+        # node reads.
+        self.sealing = False
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.tls = tls
         self.credentials = credentials
@@ -341,6 +345,7 @@ class NatsBackbone:
             int(time.time() * 1000),
             served_header(served) if served else "",
             stored=durable is not None,  # JetStream dedupes retries and replays by the signed id
+            sealed=self.sealing,
         )
         if durable is not None:
             after = None

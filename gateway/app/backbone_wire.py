@@ -9,7 +9,9 @@ Two forms, both signed with the cluster's backbone key:
   message cost its two nodes 48-76 us between them (nats-py and this module), sealed 18-33 us.
 - **in headers** (the first form: one `Fg-*` header per field, `sign`/`authentic`): what nodes of
   earlier versions send and left in JetStream (queued, retained), what the cluster's control plane
-  (cluster_link.py) uses, and what `seal` falls back to for a node name holding a tab or a line break.
+  (cluster_link.py) uses, and what `seal` falls back to for a node name holding a tab or a line break,
+  and while a node of an earlier version is up (it reads only this form: the nodes table says which
+  nodes read the sealed one, gateway/stores/cluster_nodes.py), so a rolling upgrade drops nothing.
 `open_message` takes either and gives the fields as the first form's headers.
 """
 
@@ -182,9 +184,11 @@ def seal(
     sent_ms: int,
     served: str = "",
     stored: bool = False,
+    sealed: bool = True,
 ) -> tuple[bytes, dict[str, str] | None]:
     """The NATS body and headers of an accepted message from this node: sealed (`stored`: with
-    JetStream's `Nats-Msg-Id`), or in the first form if a field would break the line."""
+    JetStream's `Nats-Msg-Id`), or in the first form if a field would break the line or not
+    `sealed` (a node of an earlier version is up: it reads only the first form)."""
     identity = peer.identity
     props = _properties_json(message)
     fields = (
@@ -199,7 +203,7 @@ def seal(
         served,
     )
     line = "\t".join(fields)
-    if line.count("\t") == _FIELDS - 1 and "\n" not in line:
+    if sealed and line.count("\t") == _FIELDS - 1 and "\n" not in line:
         encoded = line.encode()
         mac = _line_mac(key, subject, encoded, message.payload)
         body = b"".join((SEALED, mac, b"\t", encoded, b"\n", message.payload))

@@ -277,6 +277,10 @@ class Gateway:
                 tls=tls,
                 credentials=c.nats_credentials,
             )
+            if self.reports_node:  # other nodes learn from the nodes table that this one reads it
+                self.nodes.reads_sealed(self.node, self._started_at)
+            else:  # no other node (a backbone without a nodes table): nobody to wait for
+                self.backbone.sealing = True
         self.events = EventRecorder(self.audit)
         self.http_refusals = HttpRefusals(self.audit, self.clock.wall)
         self.follower = RegistryFollower(
@@ -381,6 +385,8 @@ class Gateway:
             healthy=not follower.failing,
             backbone=self._backbone_state(),
         )
+        if self.backbone is not None:  # the sealed wire form only once every node up reads it
+            self.backbone.sealing = self.nodes.all_read_sealed(self.node, self.clock.wall())
 
     def _backbone_state(self) -> str:
         if self.backbone is None:

@@ -37,7 +37,8 @@ def cluster_status(data_dir: Path | None, output: str) -> None:
     `serve --workers N` on this data dir: up, degraded or down, its live sessions and units online,
     its NATS backbone and its listeners (each node reports once a second). Degraded: it serves its
     own clients but fails to follow the registry, or has lost NATS (messages to and from the other
-    nodes wait or are lost)."""
+    nodes wait or are lost). Wide: which wire form each node reads (`first form`: an earlier
+    version, so every node sends it the first form until it is upgraded)."""
     data = DataDir.resolve(data_dir)
     target = shared_database(data)
     if not is_postgres_url(target) and not data.database.exists():
@@ -56,6 +57,7 @@ def cluster_status(data_dir: Path | None, output: str) -> None:
     for row in rows:
         serving = row["healthy"] and row["backbone"] != "disconnected"
         row["state"] = ("up" if serving else "degraded") if row["up"] else "down"
+        row["wire"] = "" if not row["backbone"] else "sealed" if row["reads_sealed"] else "first form"
     columns = [
         Column("node", "name"),
         Column("state", "state"),
@@ -64,6 +66,7 @@ def cluster_status(data_dir: Path | None, output: str) -> None:
         Column("backbone", "backbone"),
         Column("seen", "seen_at"),
         Column("started", "started_at", wide=True),
+        Column("wire", "wire", wide=True),
         Column("listeners", "listeners", wide=True),
     ]
     show_rows(rows, columns, output, title="Cluster nodes", name="name")

@@ -10,7 +10,11 @@ down (it stopped, lost the database or its host). Only a cluster's nodes report 
 (`root_ca_sha256`), written by the first node (or `fleetgate cluster migrate`) and checked by every
 later one,
 so a node provisioned with another CA's files refuses to start instead of issuing certificates the
-others do not trust.
+others do not trust. It also holds, for each node that reads the backbone's sealed wire form
+(gateway/app/backbone_wire.py), `sealed-reader/<name>` = the start time of the run that reads it:
+nodes of earlier versions never write it, and one that is downgraded starts again with another start
+time, so a row whose start time does not match is a node that reads only the first form. No schema
+step: nodes of earlier versions keep running on the same database during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pki.records import from_text, to_text
 from pki.sqlite import apply_migrations, transaction
 
 STALE_AFTER = timedelta(seconds=5)
+SEALED_READER = "sealed-reader/"  # cluster_meta key prefix (above)
 
 _SCHEMA = """
 CREATE TABLE cluster_nodes (
@@ -49,6 +54,7 @@ class NodeRow:
     healthy: bool
     up: bool  # seen within STALE_AFTER of the moment asked
     backbone: str = ""  # "" (no backbone), "connected" or "disconnected"
+    reads_sealed: bool = False  # this run of the node reads the backbone's sealed form
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,10 +88,20 @@ class ClusterNodes:
             (name, to_text(started), to_text(now), sessions, units_online, listeners, int(healthy), backbone),
         )
 
+    def reads_sealed(self, name: str, started: datetime) -> None:
+        """Record that this run of node `name` (started at `started`) reads the sealed wire form."""
+        self._conn.execute(
+            "INSERT INTO cluster_meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (f"{SEALED_READER}{name}", to_text(started)),
+        )
+
     def nodes(self, now: datetime) -> list[NodeRow]:
         rows = self._conn.execute(
-            "SELECT name, started_at, seen_at, sessions, units_online, listeners, healthy, backbone "
-            "FROM cluster_nodes ORDER BY name"
+            "SELECT n.name, n.started_at, n.seen_at, n.sessions, n.units_online, n.listeners, "
+            "n.healthy, n.backbone, m.value FROM cluster_nodes n "
+            "LEFT JOIN cluster_meta m ON m.key = CAST(? AS TEXT) || n.name ORDER BY n.name",
+            (SEALED_READER,),
         ).fetchall()
         return [
             NodeRow(
@@ -98,9 +114,14 @@ class ClusterNodes:
                 bool(healthy),
                 now - from_text(str(seen)) <= STALE_AFTER,
                 str(backbone),
+                reader == started,
             )
-            for name, started, seen, sessions, online, listeners, healthy, backbone in rows
+            for name, started, seen, sessions, online, listeners, healthy, backbone, reader in rows
         ]
+
+    def all_read_sealed(self, me: str, now: datetime) -> bool:
+        """Whether every other node up now reads the sealed form (else send the first form)."""
+        return all(node.reads_sealed for node in self.nodes(now) if node.up and node.name != me)
 
     def agree(self, key: str, value: str) -> str:
         """Record `value` under `key` if nobody did; return what is recorded (compare it with yours)."""

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -25,6 +26,7 @@ from gateway.broker.subjects import DEFAULT_PREFIX, topic_to_subject
 from gateway.cli.device import device_csr
 from pki.est_client import bootstrap, simpleenroll
 from pki.keys import generate_private_key
+from pki.records import to_text
 from tests.clients import Paho, Received
 from tests.harness import Credentials, GatewayProcess
 from tests.nats import NatsServer, nats_cluster  # noqa: F401  (the module's nats-servers)
@@ -253,6 +255,74 @@ def _query(nodes: Nodes, sql: str) -> str:
         row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
     assert row is not None
     return str(row[0])
+
+
+def _form_on_nats(nodes: Nodes, truck: Paho, topic: str, payload: bytes) -> str:
+    """Publish `payload` from `truck` and say which wire form it crossed NATS in."""
+
+    async def run() -> tuple[dict[str, str] | None, bytes]:
+        nc = await nats.connect(nodes.nats[0].url)  # node A's server: no route to wait for
+        sub = await nc.subscribe(topic_to_subject(topic, DEFAULT_PREFIX))
+        await nc.flush()
+        await asyncio.get_running_loop().run_in_executor(None, truck.publish, topic, payload, 0)
+        while True:  # this test's message, not a probe still on its way
+            msg = await sub.next_msg(timeout=5)
+            if msg.data.endswith(payload):
+                await nc.close()
+                return msg.headers, msg.data
+
+    headers, data = asyncio.run(run())
+    if data == payload and headers is not None and H_MAC in headers:
+        return "first form"
+    assert data.startswith(b"FG2\t") and not (headers or {}).get(H_MAC), (headers, data[:80])
+    return "sealed"
+
+
+def test_while_a_node_of_an_earlier_version_is_up_the_others_send_it_the_first_wire_form(
+    nodes: Nodes,
+) -> None:
+    """A rolling upgrade: a node that does not read the sealed form heartbeats in the nodes table (it
+    never records that it reads it), so node A sends the first form, which every node reads, and
+    seals again once that node is gone. The service on node B gets every message either way."""
+    unit = "TRK-NATS-7"
+    topic = f"fleet/{unit}/telemetry/gps"
+    service = _client(nodes.b, nodes.dispatch, "fleet/+/telemetry/#")
+    truck = _client(nodes.a, _enroll(nodes.a, unit))
+    _until_arrives(truck, topic, service)
+
+    def until_form(expected: str) -> None:
+        deadline = time.monotonic() + 10  # each node looks at the nodes table once a second
+        n = 0
+        while (form := _form_on_nats(nodes, truck, topic, f"fix-{n}".encode())) != expected:
+            assert time.monotonic() < deadline, f"node A still sends the {form}"
+            n += 1
+            time.sleep(0.2)  # within the unit's rate limit
+        received = [m.payload for m in _drain(service, 0.5)]
+        assert received and received[-1] == f"fix-{n}".encode(), received
+
+    until_form("sealed")  # two nodes of this version
+    later = to_text(datetime.now(UTC) + timedelta(hours=1))  # up, whatever the clocks say
+    with psycopg.connect(nodes.url) as conn:
+        conn.execute(
+            "INSERT INTO cluster_nodes (name, started_at, seen_at, sessions, units_online, listeners, "
+            "healthy, backbone) VALUES ('node-old', %s, %s, 0, 0, '', 1, 'connected')",
+            (later, later),
+        )
+    try:
+        until_form("first form")
+        status = nodes.a.cli("cluster", "status", "-o", "json")
+        assert status.code == 0, status.stderr
+        assert {r["name"]: r["wire"] for r in status.json()} == {  # type: ignore[index,union-attr]
+            "node-a": "sealed",
+            "node-b": "sealed",
+            "node-old": "first form",
+        }
+    finally:
+        with psycopg.connect(nodes.url) as conn:
+            conn.execute("DELETE FROM cluster_nodes WHERE name = 'node-old'")
+    until_form("sealed")
+    truck.disconnect()
+    service.disconnect()
 
 
 def test_node_b_moves_to_another_nats_server_when_its_own_stops(nodes: Nodes) -> None:
