@@ -63,8 +63,9 @@ from gateway.app.backbone_wire import seal as seal
 from gateway.app.backbone_wire import served_header as served_header
 from gateway.app.backbone_wire import sign as sign
 from gateway.broker.core import RemoteMessage
+from gateway.broker.message import Message
 from gateway.broker.routing import IndexWatcher
-from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.sessions import StoredSubscription
 from gateway.broker.state import GroupKey
 from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, topic_to_subject
 from gateway.edge.driver import BrokerDriver

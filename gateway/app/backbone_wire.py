@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.broker.core import RemoteMessage
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.state import GroupKey
 from gateway.broker.subjects import subject_to_topic
 from gateway.mqtt.packets import NO_PROPERTIES, Properties

@@ -30,7 +30,7 @@ from typing import Any
 from gateway.app.backbone import message_from, message_headers
 from gateway.app.cluster_link import ClusterLink
 from gateway.app.cluster_stream import KeyedStream, stream_name
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.edge.driver import BrokerDriver
 from gateway.policy.access import Peer

@@ -51,6 +51,7 @@ MODULES = (
     "gateway.broker.routing",
     "gateway.broker.state",
     "gateway.broker.histogram",
+    "gateway.broker.message",
     "gateway.policy.engine",
     "gateway.policy.rate",
     "gateway.policy.detectors",

@@ -19,6 +19,11 @@ class Send:
     conn: int
     data: bytes
 
+    def __init__(self, conn: int, data: bytes) -> None:
+        # Written out: compiled, a direct write (gateway/mqtt/packets.Publish says why).
+        object.__setattr__(self, "conn", conn)
+        object.__setattr__(self, "data", data)
+
 
 @dataclass(frozen=True, slots=True)
 class Close:

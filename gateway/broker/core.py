@@ -35,10 +35,11 @@ from gateway.broker.inbound import (
 from gateway.broker.lifecycle import close_for_violation, count_denials, fire_timer, handle_disconnect
 from gateway.broker.limits import BrokerLimits, BrokerMetrics, SessionInfo
 from gateway.broker.loading import load_state
+from gateway.broker.message import FromStore, Message
 from gateway.broker.outbound import on_puback, on_pubcomp, on_pubrec, releases_due
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.routing import IndexWatcher
-from gateway.broker.sessions import FromStore, Message, MqttSession, offline_peer
+from gateway.broker.sessions import MqttSession, offline_peer
 from gateway.broker.state import BackboneSink, BrokerState, ClusterHooks, Connection, PublishObserver
 from gateway.broker.subscribe import handle_subscribe, handle_unsubscribe, recheck_subscriptions
 from gateway.mqtt.codec import puback_success

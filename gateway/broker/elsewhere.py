@@ -21,7 +21,7 @@ from __future__ import annotations
 from gateway.broker.connect import end_connection, end_session
 from gateway.broker.events import SessionTakenOver
 from gateway.broker.inbound import retain_here
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.state import BrokerState
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.policy.access import Peer

@@ -27,8 +27,9 @@ from dataclasses import replace
 
 from gateway.broker import flow, receipts
 from gateway.broker.events import PublishDenied, WillDropped
+from gateway.broker.message import Delivery, FromStore, Message
 from gateway.broker.outbound import EncodeCache, deliver, send_qos0
-from gateway.broker.sessions import Delivery, FromStore, Message, MqttSession
+from gateway.broker.sessions import MqttSession
 from gateway.broker.state import BrokerState, Connection, GroupKey, Held, message_record
 from gateway.mqtt.codec import puback_success
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from gateway.broker.message import Delivery, Message
 from gateway.broker.records import StoredState, SubscriptionRecord, identity_from_text
-from gateway.broker.sessions import Delivery, Message, MqttSession, StoredSubscription
+from gateway.broker.sessions import MqttSession, StoredSubscription
 from gateway.broker.state import BrokerState
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.topics import parse_shared

@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from gateway.broker import flow
+from gateway.broker.message import Delivery, Message
 from gateway.broker.queues import PAGE, queue_delivery
-from gateway.broker.sessions import Delivery, Message, MqttSession
+from gateway.broker.sessions import MqttSession
 from gateway.broker.state import BrokerState, Connection
 from gateway.mqtt.codec import encode_publish, publish_at_qos0, with_topic_alias
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel

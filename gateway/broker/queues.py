@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from gateway.broker import flow
 from gateway.broker.events import QueueOverflow
-from gateway.broker.sessions import Delivery, MqttSession
+from gateway.broker.message import Delivery
+from gateway.broker.sessions import MqttSession
 from gateway.broker.state import BrokerState
 
 PAGE = 256  # store-only deliveries paged into memory at a time

@@ -23,7 +23,7 @@ Pure: no clock, no I/O beyond the broker's store.
 
 from __future__ import annotations
 
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.state import Awaiting, BrokerState, Connection
 from gateway.mqtt.packets import Publish
 

@@ -31,11 +31,9 @@ session on one node.
 from __future__ import annotations
 
 from gateway.broker.events import SubscribeDenied
+from gateway.broker.message import Delivery, FromStore, Message
 from gateway.broker.records import SessionRecord, identity_to_text
 from gateway.broker.sessions import (
-    Delivery,
-    FromStore,
-    Message,
     MqttSession,
     StoredSubscription,
     offline_peer,

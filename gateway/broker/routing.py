@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.message import Message
+from gateway.broker.sessions import StoredSubscription
 from gateway.mqtt.topics import SubscriptionTrie
 
 

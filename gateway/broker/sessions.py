@@ -17,76 +17,13 @@ copies no payload.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from gateway.mqtt.packets import Properties, Subscription, Will
+from gateway.broker.message import Delivery
+from gateway.mqtt.packets import Subscription, Will
 from gateway.policy.access import Peer
 from pki.names import Identity
-
-
-@dataclass(slots=True, eq=False)
-class Message:
-    """An application message as the broker holds it (topic alias and subscription ids stripped)."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: Properties
-    expires_at: float | None = None  # absolute (epoch seconds), from the message expiry interval
-    message_id: int = 0  # key in the store once persisted for some session; 0 = never persisted
-    # Persisted deliveries held in memory that point at this object. While it is above 0 the store's
-    # row for `message_id` surely exists (the store deletes a message with its last delivery).
-    refs: int = 0
-
-    @classmethod
-    def arriving(
-        cls, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties, now: float
-    ) -> Message:
-        """A message entering the broker at `now`: its expiry interval counted from then. (accept()
-        does the same inline: it runs for every client PUBLISH.)"""
-        interval = properties.message_expiry_interval
-        return cls(topic, payload, qos, retain, properties, None if interval is None else now + interval)
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
-
-    def remaining_expiry(self, now: float) -> int | None:
-        """The expiry interval to forward (§3.3.2.3.3: reduced by the time the message waited)."""
-        if self.expires_at is None:
-            return None
-        return max(1, math.ceil(self.expires_at - now))
-
-
-@dataclass(slots=True)
-class FromStore:
-    """A delivery's tie to the cluster's durable store (gateway/app/backbone_durable.py): a message
-    from a persistent session's own JetStream consumer."""
-
-    # Reported (BrokerState.delivered) when the store may forget the message: the delivery ended
-    # (PUBACK, dropped, sent at QoS 0) or, at QoS 2, the session's cluster record names its release.
-    # None once reported.
-    receipt: int | None
-    message_id: str  # the backbone id (Fg-Id): the record of a QoS 2 release names the message by it
-    # QoS 2: the packet id every node gives this message (from its place in the stream), so that a
-    # node resuming the session after its node died resends it under the id the client already holds.
-    packet_id: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """One message on its way to one session."""
-
-    message: Message
-    qos: int  # min(published QoS, subscription QoS)
-    retain: bool  # the RETAIN flag this recipient sees
-    subscription_ids: tuple[int, ...] = ()
-    packet_id: int | None = None  # assigned when it enters the in-flight window
-    released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
-    seq: int = 0  # key in the store within the session; 0 = not persisted
-    stored: FromStore | None = None  # from the cluster's durable store (a session's own consumer)
 
 
 @dataclass(frozen=True, slots=True)

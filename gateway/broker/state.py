@@ -16,6 +16,7 @@ from typing import Any
 from gateway.broker.actions import Outbox
 from gateway.broker.events import BrokerEvent, DeliveryDenied
 from gateway.broker.limits import BrokerLimits, BrokerMetrics
+from gateway.broker.message import Delivery, FromStore, Message
 from gateway.broker.persistence import BrokerStore
 from gateway.broker.quota import RetainedOwners
 from gateway.broker.records import (
@@ -26,7 +27,7 @@ from gateway.broker.records import (
     identity_to_text,
 )
 from gateway.broker.routing import RetainedStore, SubscriptionIndex
-from gateway.broker.sessions import Delivery, FromStore, Message, MqttSession
+from gateway.broker.sessions import MqttSession
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Publish, Will
 from gateway.mqtt.session import ServerSession

@@ -28,8 +28,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.broker.events import SubscribeDenied
+from gateway.broker.message import Delivery
 from gateway.broker.outbound import deliver
-from gateway.broker.sessions import Delivery, MqttSession, StoredSubscription
+from gateway.broker.sessions import MqttSession, StoredSubscription
 from gateway.broker.state import BrokerState, Connection
 from gateway.mqtt.errors import ProtocolError, TopicFilterInvalid
 from gateway.mqtt.packets import RetainHandling, Suback, Subscribe, Subscription, Unsuback, Unsubscribe

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from gateway.app.backbone import H_PROPS, NatsBackbone, message_from, message_headers
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.mqtt.packets import Properties
 from gateway.policy.access import Peer

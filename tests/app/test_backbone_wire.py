@@ -20,7 +20,7 @@ from gateway.app.backbone_wire import (
     seal,
     sign,
 )
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.mqtt.packets import Properties
 from gateway.policy.access import Peer

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.app.backbone_groups import GroupConsumers
 from gateway.app.backbone_wire import H_SERVED, message_headers, queue_name
 from gateway.broker.core import RemoteMessage
-from gateway.broker.sessions import Message
+from gateway.broker.message import Message
 from gateway.broker.state import GroupKey
 from gateway.mqtt.packets import Properties
 from tests.broker.lab import unit_peer

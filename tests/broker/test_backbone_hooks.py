@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.broker.sessions import Message, StoredSubscription
+from gateway.broker.message import Message
+from gateway.broker.sessions import StoredSubscription
 from gateway.broker.state import GroupKey
 from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish

@@ -10,9 +10,10 @@ import pytest
 
 from gateway.broker import Broker, Close, Send
 from gateway.broker.actions import Outbox
+from gateway.broker.message import Delivery, Message
 from gateway.broker.outbound import EncodeCache
 from gateway.broker.routing import SubscriptionIndex
-from gateway.broker.sessions import Delivery, Message, StoredSubscription
+from gateway.broker.sessions import StoredSubscription
 from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.codec import PacketReader, encode_publish
 from gateway.mqtt.packets import Properties, Publish, Subscription

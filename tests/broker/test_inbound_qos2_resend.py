@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.broker.inbound import inbound_digest
+from gateway.broker.message import Message
 from gateway.broker.records import SessionRecord, identity_to_text, session_from_json, session_to_json
-from gateway.broker.sessions import Message
 from gateway.broker.state import GroupKey
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.codec import PacketReader, encode

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.broker.actions import Close, Outbox, Send
+from gateway.broker.message import Delivery, Message
 from gateway.broker.outbound import with_packet_id
 from gateway.broker.routing import RetainedStore, SubscriptionIndex
-from gateway.broker.sessions import Delivery, Message, MqttSession, StoredSubscription
+from gateway.broker.sessions import MqttSession, StoredSubscription
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.codec import encode_publish
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish, Subscription
