@@ -26,7 +26,8 @@ from gateway.broker import Broker, BrokerLimits, Send
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.codec import encode_publish, with_topic_alias
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 V5 = ProtocolVersion.MQTT_5

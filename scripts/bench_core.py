@@ -26,7 +26,7 @@ from gateway.broker import Broker
 from gateway.config import load_config
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import ProtocolVersion
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from gateway.stores.datadir import DataDir
 from pki.names import Identity
 

@@ -44,7 +44,7 @@ from gateway.edge.tls import TlsServerProtocol
 from gateway.edge.transport import MqttConnection
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import ProtocolVersion
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from gateway.stores.datadir import DataDir
 from pki.names import Identity
 

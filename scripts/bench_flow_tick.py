@@ -15,8 +15,8 @@ import yaml
 
 from gateway.broker.limits import SessionInfo
 from gateway.context.flow_feed import FlowFeed
-from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 UNITS, PER_TICK, ROUNDS, WARMUP = 1000, 5, 40, 5

@@ -69,7 +69,7 @@ from gateway.broker.sessions import StoredSubscription
 from gateway.broker.state import GroupKey
 from gateway.broker.subjects import DEFAULT_PREFIX, filter_to_subjects, topic_to_subject
 from gateway.edge.driver import BrokerDriver
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.cluster")
 

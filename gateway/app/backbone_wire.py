@@ -31,7 +31,7 @@ from gateway.broker.message import Message
 from gateway.broker.state import GroupKey
 from gateway.broker.subjects import subject_to_topic
 from gateway.mqtt.packets import NO_PROPERTIES, Properties
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 H_NODE = "Fg-Node"
 H_ID = "Fg-Id"

@@ -33,7 +33,7 @@ from gateway.app.cluster_stream import KeyedStream, stream_name
 from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.edge.driver import BrokerDriver
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.cluster")
 

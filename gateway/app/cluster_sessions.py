@@ -33,7 +33,7 @@ from gateway.broker.events import ClientDisconnected
 from gateway.broker.records import identity_from_text, identity_to_text
 from gateway.detection.continuous import ContinuousEvaluator
 from gateway.edge.driver import BrokerDriver
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.cluster")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.observers")
 

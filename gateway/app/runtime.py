@@ -61,8 +61,8 @@ from gateway.edge.reports import HandshakeFailure
 from gateway.edge.tls import tls_server_context
 from gateway.edge.transport import MtlsListener
 from gateway.ops.operations import Operations, OpsContext
-from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.policy.rules import Policy, PolicyError
 from gateway.stores.audit_anchor import append_anchor, make_anchor
 from gateway.stores.audit_anchor import load_or_create_key as load_or_create_anchor_key

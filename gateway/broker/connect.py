@@ -56,7 +56,8 @@ from gateway.mqtt.errors import TopicNameInvalid
 from gateway.mqtt.packets import Connack, Connect, Properties, ProtocolVersion, Will
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.topics import validate_topic_name
-from gateway.policy.access import Peer, decide_session_owner
+from gateway.policy.access import decide_session_owner
+from gateway.policy.peer import Peer
 
 _V5 = ProtocolVersion.MQTT_5
 

@@ -62,7 +62,8 @@ from gateway.mqtt.packets import (
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.session import ServerSession, Violation, reason_of
 from gateway.mqtt.topics import validate_topic_name
-from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.access import AccessPolicy
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 log = logging.getLogger("fleetgate.broker")

@@ -24,7 +24,7 @@ from gateway.broker.inbound import retain_here
 from gateway.broker.message import Message
 from gateway.broker.state import BrokerState
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 
 @dataclass(frozen=True, slots=True)

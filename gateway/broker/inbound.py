@@ -34,8 +34,8 @@ from gateway.broker.state import BrokerState, Connection, GroupKey, Held, messag
 from gateway.mqtt.codec import puback_success
 from gateway.mqtt.packets import Properties, ProtocolVersion, Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
 from gateway.policy.decision import Verdict
+from gateway.policy.peer import Peer
 
 _ALLOW = Verdict.ALLOW
 _SUCCESS = ReasonCode.SUCCESS  # read for every QoS 1/2 PUBLISH: a global, not an Enum member lookup

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from gateway.broker.histogram import Histogram
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 
 @dataclass(frozen=True)

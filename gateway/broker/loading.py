@@ -17,7 +17,7 @@ from gateway.broker.sessions import MqttSession, StoredSubscription
 from gateway.broker.state import BrokerState
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.broker")
 

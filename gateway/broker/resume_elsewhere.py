@@ -43,7 +43,7 @@ from gateway.broker.subscribe import subscription_cap
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Properties
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 
 def resume_elsewhere(st: BrokerState, peer: Peer, client_id: str, now: float) -> MqttSession | None:

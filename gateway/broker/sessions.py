@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.broker.message import Delivery
 from gateway.mqtt.packets import Subscription, Will
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 

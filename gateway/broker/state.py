@@ -31,8 +31,9 @@ from gateway.broker.sessions import MqttSession
 from gateway.broker.timers import TimerQueue
 from gateway.mqtt.packets import Connect, Publish, Will
 from gateway.mqtt.session import ServerSession
-from gateway.policy.access import AccessPolicy, Peer, identity_scope
+from gateway.policy.access import AccessPolicy, identity_scope
 from gateway.policy.decision import Decision, Verdict
+from gateway.policy.peer import Peer
 
 _ALLOW = Verdict.ALLOW
 _TALLY_LIMIT = 64  # distinct decision objects counted per kind before they are folded into the metrics

@@ -36,7 +36,7 @@ from gateway.mqtt.errors import ProtocolError, TopicFilterInvalid
 from gateway.mqtt.packets import RetainHandling, Suback, Subscribe, Subscription, Unsuback, Unsubscribe
 from gateway.mqtt.reason_codes import ReasonCode
 from gateway.mqtt.topics import SHARE_PREFIX, parse_shared, validate_topic_filter
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 
 def handle_subscribe(

@@ -32,8 +32,8 @@ from gateway.broker.events import PublishDenied, SubscribeDenied
 from gateway.broker.limits import SessionInfo
 from gateway.context.flows import FlowMap, FlowRecorder
 from gateway.mqtt.topics import topic_matches
-from gateway.policy.access import Peer
 from gateway.policy.data_classes import DataClasses
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 VIEWS_GROUP = "gateway/views"

@@ -36,7 +36,7 @@ from gateway.context.views import ViewRepublisher, ViewStats
 from gateway.edge.driver import BrokerDriver
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import filters_intersect
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from gateway.policy.rate import TokenBucket
 from gateway.policy.rules import Limits, Policy
 

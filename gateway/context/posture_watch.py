@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.edge.driver import BrokerDriver
-from gateway.policy.access import Peer
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.policy.posture import parse_posture_from_state
 from gateway.stores.audit_log import AuditLog
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gateway.policy.access import Peer
 from gateway.policy.data_classes import PII, DataClasses, normal_key
+from gateway.policy.peer import Peer
 
 PER_UNIT = 10
 MAX_PAYLOAD = 512

@@ -33,7 +33,6 @@ from gateway.broker.events import (
     SubscribeDenied,
     WillDropped,
 )
-from gateway.policy.access import Peer
 from gateway.policy.detector_rules import DetectorSettings, Plan
 from gateway.policy.detectors import (
     CloningDetector,
@@ -44,6 +43,7 @@ from gateway.policy.detectors import (
     TravelDetector,
     host_of,
 )
+from gateway.policy.peer import Peer
 from gateway.policy.responses import LadderState, Response, climb
 from pki.names import Identity
 

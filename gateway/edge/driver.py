@@ -22,7 +22,7 @@ from gateway.broker.core import DiscardedSessions, RemoteMessage, StoredMessage
 from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.packets import Properties, Publish
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 

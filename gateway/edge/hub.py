@@ -44,7 +44,7 @@ from gateway.edge.proxied import Balancers
 from gateway.edge.refusal_log import RefusalLog
 from gateway.edge.reports import HandshakeFailure
 from gateway.edge.transport import MqttConnection, MtlsListener, PeerCheck
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 log = logging.getLogger("fleetgate.server")
 

@@ -23,7 +23,7 @@ from gateway.edge.accept import AcceptLoop, Admitter, Serve, format_address
 from gateway.edge.admission import Slot
 from gateway.edge.proxied import Balancers, ProxyObserver, behind_balancers
 from gateway.edge.tls import HandshakeObserver, TlsServerProtocol
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 # Decides what a verified client certificate proves: a Peer, or a refusal reason (e.g. "revoked").
 PeerCheck = Callable[[x509.Certificate, str], "Peer | str"]

@@ -1,34 +1,20 @@
 """The seam between the broker and the policy engine.
 
-The broker asks; the policy answers with a Decision. It never decides access itself. Two things sit
-here: the Peer a connection presents (who, proved by what), and the AccessPolicy protocol the broker
-calls for every connect, subscribe, publish and delivery.
+The broker asks; the policy answers with a Decision. It never decides access itself. Two things meet
+here: the Peer a connection presents (who, proved by what: policy/peer.py), and the AccessPolicy
+protocol the broker calls for every connect, subscribe, publish and delivery.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import filter_covers, topic_matches
 from gateway.policy.decision import Decision, allow, deny
+from gateway.policy.peer import Peer
 from pki.names import CLIENT_KINDS, Identity
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """What a connection proved about itself before sending a single MQTT byte."""
-
-    address: str  # "host:port" of the remote end
-    identity: Identity | None  # from the verified client certificate; None only on the lab listener
-    certificate_serial: int | None = None
-    certificate_not_after: float | None = None  # epoch seconds
-
-    @property
-    def is_lab_client(self) -> bool:
-        return self.identity is None
 
 
 class AccessPolicy(Protocol):

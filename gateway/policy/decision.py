@@ -26,6 +26,13 @@ class Decision:
     # path too).
     violation: bool = True
 
+    def __init__(self, verdict: Verdict, reason: str, rule: str = "", violation: bool = True) -> None:
+        # Written out: compiled with the per-message path (gateway/mqtt/packets.Publish says why).
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "violation", violation)
+
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW

@@ -50,13 +50,13 @@ from gateway.mqtt.topics import parse_shared
 from gateway.policy.access import (
     RESERVED_FOR_GATEWAY,
     CertificateOnlyPolicy,
-    Peer,
     identity_scope,
     is_mode_command,
 )
 from gateway.policy.decision import Decision, allow, deny
 from gateway.policy.directory import IdentityDirectory, IdentityState
 from gateway.policy.grants import CompiledGrants, GrantCache
+from gateway.policy.peer import Peer
 from gateway.policy.posture import (
     Posture,
     PostureVerdict,

@@ -13,11 +13,11 @@ from typing import Any
 from gateway.mqtt.errors import TopicFilterInvalid
 from gateway.mqtt.packets import Connect
 from gateway.mqtt.topics import parse_shared, validate_topic_name
-from gateway.policy.access import Peer
 from gateway.policy.decision import Decision
 from gateway.policy.directory import IdentityState, InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.grants import CompiledGrants
+from gateway.policy.peer import Peer
 from gateway.policy.rules import (
     Limits,
     Policy,

@@ -10,7 +10,7 @@ from gateway.app.backbone import H_PROPS, NatsBackbone, message_from, message_he
 from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.mqtt.packets import Properties
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 

@@ -23,7 +23,7 @@ from gateway.app.backbone_wire import (
 from gateway.broker.message import Message
 from gateway.broker.subjects import topic_to_subject
 from gateway.mqtt.packets import Properties
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 KEY = b"cluster-key-0123456789abcdef0123"

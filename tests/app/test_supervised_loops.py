@@ -16,7 +16,7 @@ from gateway.app.runtime import AUDIT_SLICE, Gateway
 from gateway.app.supervisor import LoopHealth, supervise
 from gateway.broker.events import ClientConnected
 from gateway.config import load_config
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from gateway.stores.datadir import DataDir
 from pki.names import Identity
 from tests.harness import INSECURE_KEYS, run_cli

@@ -15,7 +15,8 @@ from gateway.broker import Action, Broker, BrokerLimits, BrokerStore, Close, Pau
 from gateway.mqtt.client import ClientEvent, MqttClient, PublishDone
 from gateway.mqtt.errors import MqttError
 from gateway.mqtt.packets import Connack, Disconnect, ProtocolVersion, Publish, Suback, Unsuback
-from gateway.policy.access import AccessPolicy, CertificateOnlyPolicy, Peer
+from gateway.policy.access import AccessPolicy, CertificateOnlyPolicy
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 T0 = 1_700_000_000.0

@@ -11,9 +11,9 @@ from gateway.broker.state import GroupKey
 from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import TRUST_DOMAIN, Lab, lab_peer

@@ -8,8 +8,9 @@ from gateway.broker import BrokerLimits, ClientConnected, ConnectRefused, Sessio
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.packets import Connack, Properties, ProtocolVersion, Will
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
 from gateway.policy.decision import Decision, allow, deny
+from gateway.policy.peer import Peer
 from tests.broker.lab import V5, V311, VERSIONS, Lab, lab_peer, unit_peer
 
 

@@ -9,8 +9,9 @@ import pytest
 from gateway.broker import BrokerLimits, DeliveryDenied, PublishDenied, SubscribeDenied
 from gateway.mqtt.packets import Connect, Properties, ProtocolVersion, Publish, Will
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
 from gateway.policy.decision import Decision, allow, deny
+from gateway.policy.peer import Peer
 from tests.broker.lab import V5, V311, VERSIONS, Lab
 
 Rule = Callable[[str, str], bool]  # (client identity id, topic or filter) -> denied?

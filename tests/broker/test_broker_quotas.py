@@ -8,8 +8,9 @@ import pytest
 
 from gateway.broker import BrokerLimits, SubscribeDenied
 from gateway.mqtt.packets import ProtocolVersion, Subscription
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
 from gateway.policy.decision import Decision, deny
+from gateway.policy.peer import Peer
 from gateway.stores.broker_store import SqliteBrokerStore
 from pki.sqlite import open_database
 from tests.broker.lab import Lab

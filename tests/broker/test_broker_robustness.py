@@ -13,8 +13,9 @@ from gateway.mqtt.client import MqttClient
 from gateway.mqtt.codec import encode
 from gateway.mqtt.packets import Connect, ProtocolVersion, Publish
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
 from gateway.policy.decision import Decision
+from gateway.policy.peer import Peer
 from tests.broker.lab import V5, VERSIONS, Lab, Link, unit_peer
 
 

@@ -14,9 +14,9 @@ import pytest
 from gateway.broker import BrokerLimits, CertificateExpired
 from gateway.mqtt.packets import Properties, ProtocolVersion
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import T0, TRUST_DOMAIN, V5, VERSIONS, Lab, service_peer

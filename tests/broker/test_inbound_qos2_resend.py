@@ -19,7 +19,7 @@ from gateway.mqtt.client import MqttClient
 from gateway.mqtt.codec import PacketReader, encode
 from gateway.mqtt.packets import Properties, Pubcomp, Publish, Pubrec, Pubrel
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from tests.broker.lab import T0, V5, Lab, Link, service_peer, unit_peer
 
 KEEP = Properties(session_expiry_interval=3600)

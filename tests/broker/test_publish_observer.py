@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from gateway.mqtt.packets import ProtocolVersion, Will
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import T0, TRUST_DOMAIN, VERSIONS, Lab, lab_peer

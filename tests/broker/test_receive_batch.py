@@ -18,8 +18,9 @@ from gateway.edge.hub import ConnectionHub
 from gateway.mqtt.client import MqttClient
 from gateway.mqtt.codec import encode_publish
 from gateway.mqtt.packets import Publish
-from gateway.policy.access import CertificateOnlyPolicy, Peer
+from gateway.policy.access import CertificateOnlyPolicy
 from gateway.policy.decision import Decision
+from gateway.policy.peer import Peer
 from tests.broker.lab import Lab, Link, RecordingTransport, unit_peer
 
 TOPIC = "fleet/{unit}/telemetry/gps"

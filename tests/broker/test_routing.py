@@ -13,7 +13,7 @@ from gateway.broker.timers import TimerQueue
 from gateway.mqtt.codec import encode_publish
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish, Subscription
 from gateway.mqtt.topics import parse_shared
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 
 
 def stored(

@@ -16,7 +16,7 @@ from gateway.broker import ConnectRefused, InMemoryStore, SessionDiscarded, Sess
 from gateway.broker.records import SessionRecord
 from gateway.mqtt.packets import Properties, ProtocolVersion
 from gateway.mqtt.reason_codes import ReasonCode
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from pki.names import Identity
 from tests.broker.lab import T0, TRUST_DOMAIN, V5, VERSIONS, Lab, Link, lab_peer, service_peer, unit_peer
 

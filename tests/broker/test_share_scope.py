@@ -14,9 +14,9 @@ import yaml
 
 from gateway.broker import InMemoryStore
 from gateway.mqtt.packets import Properties
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.policy.rules import policy_from_mapping
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity

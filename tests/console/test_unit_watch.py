@@ -7,8 +7,8 @@ import json
 
 from gateway.admin.console_html import esc, frame, graticule, project
 from gateway.context.unit_watch import REDACTED, UNREAD_FIXES, Fix, UnitWatch, parse_fix, redacted
-from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 UNIT = Peer("10.0.0.1:5000", Identity("unit", "TRK-1", "fleet.local"))

@@ -27,9 +27,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from gateway.broker import BrokerLimits
 from gateway.mqtt.packets import Properties, ProtocolVersion, Publish
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 from tests.broker.lab import TRUST_DOMAIN, V5, V311, Lab, Link, lab_peer

@@ -29,9 +29,9 @@ import yaml
 
 from gateway.broker import BrokerLimits
 from gateway.mqtt.packets import Properties, ProtocolVersion, Subscription, Will
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.policy.rules import Policy, policy_from_mapping
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity

@@ -20,8 +20,8 @@ from gateway.broker.events import (
     WillDropped,
 )
 from gateway.detection.continuous import ContinuousEvaluator, Wiring, apply, wire
-from gateway.policy.access import Peer
 from gateway.policy.detector_rules import DetectorSettings, Plan
+from gateway.policy.peer import Peer
 from gateway.policy.responses import Response
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from gateway.broker.events import ClientConnected, ClientDisconnected, SessionTakenOver
 from gateway.detection.continuous import ContinuousEvaluator
-from gateway.policy.access import Peer
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.policy.access import Peer
 from gateway.policy.directory import InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.stores.policy_file import load_policy
 from pki.names import Identity
 

@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from gateway.mqtt.packets import Connect
-from gateway.policy.access import AccessPolicy, Peer
+from gateway.policy.access import AccessPolicy
 from gateway.policy.decision import Decision
 from gateway.policy.directory import IdentityState, InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.peer import Peer
 from gateway.policy.rules import policy_from_mapping
 from gateway.stores.policy_file import EMBEDDED_SOURCE, load_policy
 from pki.names import Identity

@@ -18,11 +18,11 @@ from typing import Any
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
-from gateway.policy.access import Peer
 from gateway.policy.decision import Decision
 from gateway.policy.directory import IdentityState, InMemoryDirectory
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.grants import CompiledGrants
+from gateway.policy.peer import Peer
 from gateway.policy.rules import (
     Grant,
     Policy,

@@ -8,8 +8,8 @@ import json
 
 from gateway.broker.limits import SessionInfo
 from gateway.context.flow_feed import FlowFeed
-from gateway.policy.access import Peer
 from gateway.policy.data_classes import parse_data_classes
+from gateway.policy.peer import Peer
 from pki.names import Identity
 
 CLASSES = parse_data_classes({"pii": {"fields": ["driver_name"]}}, "policy.yaml")
