@@ -12,7 +12,7 @@ The queue is counted as a whole (`queued`, `queued_bytes`) wherever its deliveri
 
 A routed application message is one `Message` object shared by every recipient; each recipient gets a
 small `Delivery` pointing at it with its own QoS, RETAIN flag and subscription identifiers, so a fan-out
-copies no payload.
+copies no payload (both are in message.py, compiled with the per-message path).
 """
 
 from __future__ import annotations
