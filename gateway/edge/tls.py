@@ -47,9 +47,9 @@ __all__ = ["TlsServerProtocol", "TlsTransport", "handshake_failure_reason"]
 
 def openssl_of(sslobj: ssl.SSLObject) -> Any:
     """The `_ssl` object inside an `ssl.SSLObject`: the wrapper's `read` and `write` only pass their
-    arguments on to it (CPython 3.5 to 3.13), and the same exceptions come from it, so calling it
-    directly saves an interpreted call per record each way. The wrapper itself on an interpreter
-    that keeps no such attribute."""
+    arguments on to it (CPython's ssl.py, read in 3.11), and the same exceptions come from it, so
+    calling it directly saves an interpreted call per record each way. The wrapper itself on an
+    interpreter that keeps no such attribute."""
     return getattr(sslobj, "_sslobj", sslobj)
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.edge.tls import TlsServerProtocol, tls_server_context
+from gateway.edge.tls import TlsServerProtocol, openssl_of, tls_server_context
 
 
 def _cert(name: str, key: Any, issuer: tuple[str, Any] | None, *, ca: bool) -> x509.Certificate:
@@ -152,3 +152,19 @@ async def test_whole_records_are_delivered_and_a_partial_one_waits(tmp_path: Pat
     tls.write(big)
     protocol.data_received(outgoing.read())
     assert bytes(app.data) == b"start" + big
+
+
+def test_records_go_through_the_openssl_object_and_fail_as_the_wrapper_does() -> None:
+    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    raw = openssl_of(client)
+    assert raw is not client and raw is client._sslobj  # type: ignore[attr-defined]
+    for call in (lambda o: o.read(16), lambda o: o.write(b"x")):  # no handshake yet: both ways alike
+        errors = []
+        for obj in (client, raw):
+            try:
+                call(obj)
+            except ssl.SSLError as exc:
+                errors.append(type(exc))
+        assert len(errors) == 2 and errors[0] is errors[1], errors
+    plain = object()  # an interpreter whose SSLObject keeps no inner object: the wrapper is used
+    assert openssl_of(plain) is plain  # type: ignore[arg-type]
