@@ -340,7 +340,10 @@ def _seen_at_their_own_address(nodes: Nodes, clients: dict[str, Paho]) -> dict[s
         if any(sock is None for sock in sockets.values()):
             return None  # a client between two connections
         where = _placement(nodes)
-        own = {ident: "{}:{}".format(*sock.getsockname()[:2]) for ident, sock in sockets.items()}
+        try:
+            own = {ident: "{}:{}".format(*sock.getsockname()[:2]) for ident, sock in sockets.items()}
+        except OSError:  # a client's socket closed since we took it: it is between two connections
+            return None
         return where if all(where.get(i, ("", ""))[1] == a for i, a in own.items()) else None
 
     where = eventually(placed, timeout=15, interval=0.2)
@@ -392,47 +395,53 @@ def test_kill_9_of_the_node_holding_a_persistent_session_loses_nothing_acknowled
     ]
     for p in publishers:
         p.start()
-    time.sleep(1.5)
-    got = _drain(dispatch, 0.05)
-    doomed.stop(signal.SIGKILL)
-    killed_at = time.monotonic()
-    # Dispatch's client reconnects by itself, keeping its own session state (the QoS 2 messages it
-    # acknowledged with PUBREC and awaits PUBREL for), and resumes its session on a live node.
-    moved = _seen_at_their_own_address(nodes, clients)  # every client back, on a live node, at its new port
-    assert home["dispatch"] not in moved.values(), moved
-    back_after = time.monotonic() - killed_at  # printed, not asserted
-    time.sleep(1.0)  # traffic after the failover counts too
-    for p in publishers:
-        p.halt.set()
-        p.join()
-    acknowledged = set().union(*(p.acked for p in publishers))
-    got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
-    received = Counter(m.payload for m in got)
-    missing = acknowledged - set(received)
-    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
-    assert [not t.disconnects.empty() for t in trucks] == on_doomed  # only the killed node's units moved
-    assert not dispatch.disconnects.empty()  # dispatch's node died under it
-    qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
-    duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
-    resent_by_units = {
-        payload
-        for p, moved_unit in zip(publishers, on_doomed, strict=True)
-        if moved_unit
-        for payload, (began, ended) in p.spans.items()
-        if began <= killed_at <= ended
-    }
-    twice = {p for p, n in received.items() if n > 1 and p in qos2} - resent_by_units
-    copies = [(round(at - killed_at, 3), mid, p) for at, mid, p in arrivals if p in twice]
-    assert not twice, f"QoS 2 delivered twice ((s after the kill, packet id, payload)): {copies}; {home}"
-    print(
-        f"killed {home['dispatch']} ({sum(on_doomed)} units and dispatch), all back through HAProxy "
-        f"within {back_after:.1f} s; acknowledged "
-        f"{len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}, "
-        f"outcomes {[dict(p.outcomes) for p in publishers]}"
-    )
-    for t in trucks:
-        t.disconnect()
-    dispatch.disconnect()  # the killed node stays down: the next test uses the two others
+    try:
+        time.sleep(1.5)
+        got = _drain(dispatch, 0.05)
+        doomed.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        # Dispatch's client reconnects by itself, keeping its own session state (the QoS 2 messages it
+        # acknowledged with PUBREC and awaits PUBREL for), and resumes its session on a live node.
+        # every client back, on a live node, at its new port
+        moved = _seen_at_their_own_address(nodes, clients)
+        assert home["dispatch"] not in moved.values(), moved
+        back_after = time.monotonic() - killed_at  # printed, not asserted
+        time.sleep(1.0)  # traffic after the failover counts too
+        for p in publishers:
+            p.halt.set()
+            p.join()
+        acknowledged = set().union(*(p.acked for p in publishers))
+        got += _received_until(dispatch, acknowledged - {m.payload for m in got}, timeout=30)
+        received = Counter(m.payload for m in got)
+        missing = acknowledged - set(received)
+        assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged messages never arrived"
+        assert [not t.disconnects.empty() for t in trucks] == on_doomed  # only the killed node's units moved
+        assert not dispatch.disconnects.empty()  # dispatch's node died under it
+        qos2 = set().union(*(p.acked for p in publishers if p.qos == 2))
+        duplicates = {q: sum(n - 1 for p, n in received.items() if (p in qos2) == (q == 2)) for q in (1, 2)}
+        resent_by_units = {
+            payload
+            for p, moved_unit in zip(publishers, on_doomed, strict=True)
+            if moved_unit
+            for payload, (began, ended) in p.spans.items()
+            if began <= killed_at <= ended
+        }
+        twice = {p for p, n in received.items() if n > 1 and p in qos2} - resent_by_units
+        copies = [(round(at - killed_at, 3), mid, p) for at, mid, p in arrivals if p in twice]
+        assert not twice, f"QoS 2 delivered twice ((s after the kill, packet id, payload)): {copies}; {home}"
+        print(
+            f"killed {home['dispatch']} ({sum(on_doomed)} units and dispatch), all back through HAProxy "
+            f"within {back_after:.1f} s; acknowledged "
+            f"{len(acknowledged)}, received {len(received)}, duplicates by QoS {duplicates}, "
+            f"outcomes {[dict(p.outcomes) for p in publishers]}"
+        )
+    finally:  # whatever the outcome: a unit left publishing or connected would upset the next tests
+        for p in publishers:
+            p.halt.set()
+            p.join()
+        for t in trucks:
+            t.disconnect()
+        dispatch.disconnect()  # the killed node stays down: the next test uses the two others
 
 
 def test_kill_9_of_a_nats_server_under_traffic_loses_nothing_acknowledged(nodes: Nodes) -> None:
