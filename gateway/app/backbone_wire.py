@@ -117,7 +117,7 @@ def message_headers(node: str, msg_id: str, message: Message, client_id: str, pe
 
 def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> str:
     """HMAC-SHA256 over the subject, every header but the MAC (sorted) and the payload, each part
-    length-prefixed so no two messages share an encoding. (One `hmac.digest` over the joined parts:
+    length-prefixed so no two messages share an encoding. (One HMAC over the joined parts:
     the same MAC as feeding them one by one, for a fraction of the calls; every cross-node message
     is signed once and checked once.)"""
     encoded = subject.encode()
@@ -130,7 +130,32 @@ def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> s
             value = headers[name].encode()
             parts += (label, len(value).to_bytes(4, "big"), value)
     parts += (len(payload).to_bytes(4, "big"), payload)
-    return hmac.digest(key, b"".join(parts), "sha256").hex()
+    return hmac_sha256(key, b"".join(parts)).hex()
+
+
+_BLOCK = 64  # SHA-256's block size: HMAC's pads are this long (RFC 2104)
+# a key -> the SHA-256 states after its inner and its outer pad
+_PADS: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104), the same bytes as `hmac.digest(key, data, "sha256")`, from the key's
+    two padded states hashed once and copied per message: ~2 us where `hmac.digest` takes ~4.5 us
+    (it looks the digest up by name in OpenSSL every call), on every message that crosses nodes,
+    twice (sealed, then opened). The cluster has one backbone key, and a new one after a rotation."""
+    pads = _PADS.get(key)
+    if pads is None:
+        padded = (hashlib.sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+        if len(_PADS) >= 8:  # keys rotated over a long run: the old ones go
+            _PADS.clear()
+        pads = _PADS[key] = (inner, outer)
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def _label(name: str) -> bytes:
@@ -170,7 +195,7 @@ def signed_part(headers: dict[str, str]) -> dict[str, str]:
 def _line_mac(key: bytes, subject: str, line: bytes, payload: bytes) -> bytes:
     encoded = subject.encode()
     signed = b"".join((len(encoded).to_bytes(4, "big"), encoded, len(line).to_bytes(4, "big"), line, payload))
-    return hmac.digest(key, signed, "sha256").hex().encode()
+    return hmac_sha256(key, signed).hex().encode()
 
 
 def seal(

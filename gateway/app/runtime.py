@@ -372,7 +372,7 @@ class Gateway:
 
     def heartbeat(self) -> None:
         """This node's row in the nodes table (`fleetgate cluster status`), once a second."""
-        peers = [s.peer for s in self.broker.sessions() if s.connected and s.peer is not None]
+        peers = self.broker.connected_peers()
         units = sum(1 for peer in peers if peer.identity is not None and peer.identity.kind == "unit")
         follower = self.loops["following the registry"]
         self.nodes.heartbeat(

@@ -4,7 +4,11 @@ versions send it and left it in JetStream, so its MAC must never change."""
 
 from __future__ import annotations
 
+import hmac
 import time
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.app.backbone_wire import (
     H_ID,
@@ -14,6 +18,7 @@ from gateway.app.backbone_wire import (
     H_TIME,
     MSG_ID,
     authentic,
+    hmac_sha256,
     message_from,
     message_headers,
     open_message,
@@ -48,6 +53,13 @@ def test_the_mac_of_a_message_is_what_every_earlier_version_computed() -> None:
     assert sign(
         KEY, "fleetgate.m.fleet.TRK-1.telemetry.gps", {**headers, "X-Other": "v"}, b"payload \x00\xff"
     ) == ("011f12ee17cb4814187ac4aa24d68d928447842dafe5555891655e0f45925358")
+
+
+@given(key=st.binary(max_size=200), data=st.binary(max_size=600))
+def test_the_mac_is_the_standard_hmac_sha256_for_any_key_length(key: bytes, data: bytes) -> None:
+    # Keys shorter than, as long as and longer than SHA-256's 64-byte block (hashed first).
+    assert hmac_sha256(key, data) == hmac.digest(key, data, "sha256")
+    assert hmac_sha256(key, data) == hmac.digest(key, data, "sha256")  # the cached pads again
 
 
 def _signed(message: Message) -> tuple[str, dict[str, str]]:

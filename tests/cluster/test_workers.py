@@ -183,6 +183,29 @@ def test_a_unit_connecting_again_and_again_lands_on_both_workers(
     }
 
 
+def _online(gw: GatewayProcess) -> tuple[int, int]:
+    rows = gw.cli("cluster", "status", "-o", "json", check=True).json()
+    return sum(r["sessions"] for r in rows), sum(r["units_online"] for r in rows)  # type: ignore[index,union-attr,misc]
+
+
+def test_cluster_status_counts_a_connected_unit_on_its_worker_and_forgets_it_when_it_leaves(
+    gw: GatewayProcess, truck: Credentials
+) -> None:
+    client = Paho(gw.mqtt_port, truck)
+    assert client.connect()[0] == 0
+    try:
+        deadline = time.monotonic() + 10  # each worker's heartbeat writes its row once a second
+        while _online(gw) != (1, 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _online(gw) == (1, 1)
+    finally:
+        client.disconnect()
+    deadline = time.monotonic() + 10
+    while _online(gw) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _online(gw) == (0, 0)
+
+
 OWN_HTTPS = re.compile(r"worker (gw-w\d): its own https 127\.0\.0\.1:(\d+)")
 
 
