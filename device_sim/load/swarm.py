@@ -134,10 +134,18 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
-async def keep_alive_loop(clients: Sequence[LeanClient], keep_alive: float) -> None:
+async def keep_alive_loop(
+    clients: Sequence[LeanClient], keep_alive: float, silent: Sequence[LeanClient] = ()
+) -> None:
     """PINGREQ for clients that wrote nothing for half their keep-alive: a subscriber that only listens
-    (QoS 0) or an idle unit would otherwise be cut by the server after 1.5 keep-alives."""
-    last = {id(c): -1 for c in clients}
+    (QoS 0) or an idle unit would otherwise be cut by the server after 1.5 keep-alives. `silent`:
+    clients that may have written nothing for longer already (the subscriber, while thousands of
+    units connected), pinged at once: pinged only after a whole keep-alive, such a subscriber was cut
+    by the server 60 s into a 10,000-unit run whose units took 30 s to connect."""
+    for client in silent:
+        if client.connected:
+            client.ping()
+    last = {id(c): c.writes for c in clients}
     while True:
         await asyncio.sleep(keep_alive / 2)
         for client in clients:

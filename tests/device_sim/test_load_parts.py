@@ -249,3 +249,25 @@ async def test_silent_clients_are_pinged_so_the_server_keeps_them() -> None:
     await asyncio.sleep(0.06)
     task.cancel()
     assert b"\xc0\x00" in b"".join(transport.written)  # PINGREQ from a client that only listens
+
+
+async def test_a_client_silent_since_before_the_loop_is_pinged_within_half_a_keep_alive() -> None:
+    from device_sim.load.swarm import keep_alive_loop
+
+    client, transport = _client(V311, LatencySink())
+    client.data_received(b"\x20\x02\x00\x00")  # CONNACK: connected, then silent
+    task = asyncio.get_running_loop().create_task(keep_alive_loop([client], keep_alive=2.0))
+    await asyncio.sleep(1.5)  # the first look is at 1 s; it used to take a whole keep-alive
+    task.cancel()
+    assert b"\xc0\x00" in b"".join(transport.written)
+
+
+async def test_a_subscriber_named_silent_is_pinged_as_the_loop_starts() -> None:
+    from device_sim.load.swarm import keep_alive_loop
+
+    client, transport = _client(V311, LatencySink())
+    client.data_received(b"\x20\x02\x00\x00")
+    task = asyncio.get_running_loop().create_task(keep_alive_loop([client], keep_alive=60, silent=[client]))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert b"\xc0\x00" in b"".join(transport.written)
