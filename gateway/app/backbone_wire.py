@@ -133,29 +133,22 @@ def sign(key: bytes, subject: str, headers: dict[str, str], payload: bytes) -> s
     return hmac_sha256(key, b"".join(parts)).hex()
 
 
-_BLOCK = 64  # SHA-256's block size: HMAC's pads are this long (RFC 2104)
-# a key -> the SHA-256 states after its inner and its outer pad
-_PADS: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
+_KEYED: dict[bytes, hmac.HMAC] = {}  # a backbone key -> its HMAC, keyed once and copied per message
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104), the same bytes as `hmac.digest(key, data, "sha256")`, from the key's
-    two padded states hashed once and copied per message: ~2 us where `hmac.digest` takes ~4.5 us
-    (it looks the digest up by name in OpenSSL every call), on every message that crosses nodes,
-    twice (sealed, then opened). The cluster has one backbone key, and a new one after a rotation."""
-    pads = _PADS.get(key)
-    if pads is None:
-        padded = (hashlib.sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
-        inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
-        outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
-        if len(_PADS) >= 8:  # keys rotated over a long run: the old ones go
-            _PADS.clear()
-        pads = _PADS[key] = (inner, outer)
-    inner = pads[0].copy()
-    inner.update(data)
-    outer = pads[1].copy()
-    outer.update(inner.digest())
-    return outer.digest()
+    """`hmac.digest(key, data, "sha256")`, from an HMAC keyed once and copied per message: ~3.1 us
+    where `hmac.digest` takes ~4.4 us (it looks SHA-256 up by name in OpenSSL and keys it every
+    call), on every message that crosses nodes, twice (sealed, then opened). The cluster has one
+    backbone key, and a new one after a rotation."""
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        if len(_KEYED) >= 8:  # keys rotated over a long run: the old ones go
+            _KEYED.clear()
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(data)
+    return mac.digest()
 
 
 def _label(name: str) -> bytes:
